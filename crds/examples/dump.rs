@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", policybind_crds::all_crds_yaml());
+}

@@ -1,0 +1,200 @@
+//! ModelDeployment: the registry entry for a model in use.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{DataClassification, Pricing, RiskLevel};
+
+/// A model this organisation uses: who owns it, what it may see, what it costs, how
+/// risky it is. Requests and workloads naming an unregistered, unapproved or
+/// suspended model are denied.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "policybind.io",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    doc = "ModelDeployment: the registry entry of an AI model in use, with owner, data limits, pricing, risk, approval and review schedule.",
+    plural = "modeldeployments",
+    shortname = "md",
+    shortname = "aimodel",
+    category = "policybind",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Risk","type":"string","jsonPath":".status.riskLevel"}"#,
+    printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".status.approval"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
+    printcolumn = r#"{"name":"Next-Review","type":"date","jsonPath":".status.nextReviewAt","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentSpec {
+    /// Provider: `openai`, `anthropic`, `azure-openai`, `bedrock`, `vertex`, or `self-hosted`
+    /// (vLLM, TGI, Ollama, KServe in this cluster). External providers raise the risk score.
+    #[schemars(length(min = 1, max = 63))]
+    pub provider: String,
+    /// Model id exactly as callers send it in the request body (`model`), e.g. `gpt-4o`.
+    #[schemars(length(min = 1, max = 253))]
+    pub model: String,
+    /// Other names that refer to this model (e.g. dated snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub aliases: Vec<String>,
+    /// Model version or snapshot, for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where the model is served (URL), for the record and for the sidecar's upstream default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region the model runs in, e.g. `eu-west-1`; policies can match on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Accountable person or group (email or name).
+    #[schemars(length(min = 1, max = 253))]
+    pub owner: String,
+    /// Team that owns the deployment.
+    #[schemars(length(min = 1, max = 63))]
+    pub team: String,
+    /// Use cases this model is approved for. Empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub use_cases: Vec<String>,
+    /// Highest data classification this model may receive. Default Internal.
+    #[serde(default = "default_classification")]
+    pub max_data_classification: DataClassification,
+    /// Price per 1,000 tokens, used to estimate and settle cost against budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// Risk assessment: declared factors, or a manual level that overrides the score.
+    #[serde(default)]
+    pub risk: RiskAssessment,
+    /// Days between reviews. Default 90. An overdue review makes the deployment non-compliant.
+    #[serde(default = "default_review_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub review_interval_days: u32,
+    /// When the model was last reviewed; the next review is due `reviewIntervalDays` later.
+    /// Unset means counted from creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reviewed_at: Option<DateTime<Utc>>,
+    /// Suspend the deployment automatically when its review is overdue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend_when_review_overdue: bool,
+    /// Pods serving this model (counted in status; admission checks their `policybind.io/model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<LabelSelector>,
+    /// Stop all use at once: every bundle denies requests to this model with MODEL_SUSPENDED.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+}
+
+fn default_classification() -> DataClassification {
+    DataClassification::Internal
+}
+
+fn default_review_days() -> u32 {
+    90
+}
+
+/// Declared risk factors. See the scoring table in the README ("Model risk").
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskAssessment {
+    /// Manual risk level; overrides the computed level when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<RiskLevel>,
+    /// Factors that raise the computed score.
+    #[serde(default)]
+    pub factors: RiskFactors,
+}
+
+/// Factors that feed the risk score (0-100).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskFactors {
+    /// Outputs reach customers or the public directly (+20).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub customer_facing: bool,
+    /// Outputs drive decisions about people without human review (+25).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automated_decisions: bool,
+    /// Prompts may contain personal data (+15).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub processes_personal_data: bool,
+    /// The model can call tools or act on systems (+15).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool_use: bool,
+    /// Fine-tuned on internal data (+10).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fine_tuned_on_internal_data: bool,
+    /// Generated code is executed or merged (+10).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code_execution: bool,
+}
+
+/// Approval state of a ModelDeployment.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ApprovalState {
+    /// Risk Low or Medium: usable without approval.
+    NotRequired,
+    /// Risk High or Critical and no decision yet.
+    Pending,
+    /// An approver granted use.
+    Approved,
+    /// An approver refused use.
+    Rejected,
+}
+
+impl ApprovalState {
+    /// Whether the model may be used in this state.
+    pub fn usable(self) -> bool {
+        matches!(self, ApprovalState::NotRequired | ApprovalState::Approved)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::NotRequired => "NotRequired",
+            ApprovalState::Pending => "Pending",
+            ApprovalState::Approved => "Approved",
+            ApprovalState::Rejected => "Rejected",
+        }
+    }
+}
+
+/// Status of a ModelDeployment, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Approved` (may be used), `Compliant` (review not overdue), `Suspended`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Computed risk score, 0-100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_score: Option<u32>,
+    /// Risk level in force (manual level if set, else from the score).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_level: Option<RiskLevel>,
+    /// Approval state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalState>,
+    /// Name of the ApprovalRequest raised for this deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request: Option<String>,
+    /// Who approved (or rejected), from the ApprovalRequest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// When the next review is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_review_at: Option<DateTime<Utc>>,
+    /// Pods currently matched by `workloadSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_workloads: Option<u32>,
+}
