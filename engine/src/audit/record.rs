@@ -1,0 +1,560 @@
+//! The audit record: one per decision or lifecycle event, and the canonical bytes
+//! its hash is computed over.
+//!
+//! Writers build an [`AuditEvent`] (what happened) and hand it to a
+//! [`Chain`](super::Chain), which assigns `seq`, `prev_hash` and `hash` and returns
+//! the finished [`AuditRecord`]. The JSON field names are the ones of DESIGN.md
+//! section 6 and are shared by every writer (sidecar, webhook, operator).
+//!
+//! The canonical serialization (see [`AuditRecord::canonical_bytes`] and
+//! `docs/audit.md`) is a small length-prefixed binary layout rather than JSON:
+//! it has exactly one encoding per record, needs no JSON canonicalization rules
+//! (key order, number formatting, escapes) and is easy to rebuild in any language.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use policybind_crds::Effect;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use super::hash::Hash256;
+
+/// Magic prefix of a canonical record (format version 1). Changing the layout
+/// means a new magic, never a silent change of this one.
+pub const RECORD_MAGIC: &[u8; 8] = b"PBAREC01";
+
+/// What kind of event a record describes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A model request decided by a sidecar or the decision API.
+    Decision,
+    /// An admission review decided by the webhook.
+    Admission,
+    /// A human approval or rejection (ApprovalRequest).
+    Approval,
+    /// A lifecycle change: writer start/recovery, token revoked, model suspended, ...
+    Lifecycle,
+}
+
+impl RecordKind {
+    /// The stable name used in JSON and in the canonical bytes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Decision => "Decision",
+            RecordKind::Admission => "Admission",
+            RecordKind::Approval => "Approval",
+            RecordKind::Lifecycle => "Lifecycle",
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An amount in US dollars, held as an integer number of nanodollars.
+///
+/// Floats have no single canonical text form and JSON parsers do not all round-trip
+/// them, so the hash covers this integer; JSON shows it as a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CostUsd {
+    nanos: u64,
+}
+
+impl CostUsd {
+    /// Zero dollars.
+    pub const ZERO: CostUsd = CostUsd { nanos: 0 };
+
+    /// From a whole number of nanodollars (1e-9 USD).
+    pub fn from_nanos(nanos: u64) -> Self {
+        CostUsd { nanos }
+    }
+
+    /// From a float amount of dollars, rounded to the nearest nanodollar; negative
+    /// and non-finite values become zero (a cost is never negative).
+    pub fn from_usd(usd: f64) -> Self {
+        if !usd.is_finite() || usd <= 0.0 {
+            return CostUsd::ZERO;
+        }
+        CostUsd {
+            nanos: (usd * 1e9).round() as u64,
+        }
+    }
+
+    /// The amount in nanodollars.
+    pub fn nanos(self) -> u64 {
+        self.nanos
+    }
+
+    /// The amount in dollars, for display and arithmetic that tolerates rounding.
+    pub fn as_usd(self) -> f64 {
+        self.nanos as f64 / 1e9
+    }
+}
+
+impl fmt::Display for CostUsd {
+    /// Exact decimal form, trailing fractional zeros trimmed: `0.0005`, `12`, `1.5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.nanos / 1_000_000_000;
+        let frac = self.nanos % 1_000_000_000;
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{frac:09}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// Why a [`CostUsd`] text could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid cost {0:?}: expected a non-negative decimal with at most 9 fractional digits")]
+pub struct InvalidCost(String);
+
+impl FromStr for CostUsd {
+    type Err = InvalidCost;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidCost(text.to_string());
+        let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !all_digits(whole) || !all_digits(frac) || frac.len() > 9 {
+            return Err(invalid());
+        }
+        if text.contains('.') && frac.is_empty() {
+            return Err(invalid());
+        }
+        let whole: u64 = whole.parse().map_err(|_| invalid())?;
+        let frac_nanos: u64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<9}").parse().map_err(|_| invalid())?
+        };
+        whole
+            .checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(frac_nanos))
+            .map(CostUsd::from_nanos)
+            .ok_or_else(invalid)
+    }
+}
+
+impl Serialize for CostUsd {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CostUsd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Tokens and money a request consumed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars, exact to the nanodollar.
+    pub cost_usd: CostUsd,
+}
+
+/// A timestamp as stored in a record: UTC, microsecond precision.
+///
+/// Microseconds because that is what most languages' date types can hold, so a
+/// verifier elsewhere never has to re-format a time it cannot represent. The text
+/// form is always `YYYY-MM-DDTHH:MM:SS.ffffffZ` (exactly six fractional digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordTime(DateTime<Utc>);
+
+impl RecordTime {
+    /// Truncate a time to microseconds.
+    pub fn new(time: DateTime<Utc>) -> Self {
+        let micros = time.nanosecond() / 1_000 * 1_000;
+        RecordTime(time.with_nanosecond(micros).unwrap_or(time))
+    }
+
+    /// The time as a chrono value.
+    pub fn get(self) -> DateTime<Utc> {
+        self.0
+    }
+
+    /// The canonical text form.
+    pub fn to_canonical_string(self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+}
+
+impl From<DateTime<Utc>> for RecordTime {
+    fn from(time: DateTime<Utc>) -> Self {
+        RecordTime::new(time)
+    }
+}
+
+impl fmt::Display for RecordTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_canonical_string())
+    }
+}
+
+impl Serialize for RecordTime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordTime {
+    /// Accepts only the canonical form, so a re-formatted time is a modified record
+    /// rather than something the verifier silently normalizes.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let parsed = DateTime::parse_from_rfc3339(&text)
+            .map_err(serde::de::Error::custom)?
+            .with_timezone(&Utc);
+        let time = RecordTime::new(parsed);
+        if time.to_canonical_string() != text {
+            return Err(serde::de::Error::custom(format!(
+                "time {text:?} is not in canonical form YYYY-MM-DDTHH:MM:SS.ffffffZ"
+            )));
+        }
+        Ok(time)
+    }
+}
+
+/// What happened, as a writer describes it: every record field except the ones the
+/// chain assigns (`seq`, `writer`, `prev_hash`, `hash`).
+///
+/// Build one with [`AuditEvent::new`] and the `with_*`/setter methods. `time` may be
+/// left empty; the writer then stamps it when the event is appended.
+///
+/// Two fields protect secrets by construction: [`AuditEvent::prompt`] stores only
+/// the SHA-256 of the prompt, and there is no field for a token's secret value,
+/// only its `namespace/name` id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// When it happened; `None` lets the writer stamp the time of append.
+    pub time: Option<RecordTime>,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Request id (from the caller, or generated by the enforcement point).
+    pub request_id: Option<String>,
+    /// Who asked: team, user or service account from the token.
+    pub subject: Option<String>,
+    /// Token id as `namespace/name`. Never the secret value.
+    pub token_id: Option<String>,
+    /// Model name as the caller asked for it (or ModelDeployment name).
+    pub model: Option<String>,
+    /// Namespace the event belongs to.
+    pub namespace: Option<String>,
+    /// The decided effect (absent for lifecycle events).
+    pub effect: Option<Effect>,
+    /// Policy that decided, as `namespace/name` or the ClusterAIPolicy name.
+    pub policy: Option<String>,
+    /// Rule within the policy that decided.
+    pub rule: Option<String>,
+    /// Rationale codes such as `PII_DETECTED`.
+    pub codes: Vec<String>,
+    /// Fingerprint of the policy bundle the decision was made under.
+    pub fingerprint: Option<String>,
+    /// Hex SHA-256 of the prompt text.
+    pub prompt_hash: Option<String>,
+    /// The prompt after redaction, only when a policy asked to keep it.
+    pub redacted_prompt: Option<String>,
+    /// Tokens and cost, once known.
+    pub usage: Option<Usage>,
+    /// Small kind-specific facts (admission object, lifecycle transition, ...).
+    pub detail: BTreeMap<String, String>,
+}
+
+impl AuditEvent {
+    /// An empty event of the given kind.
+    pub fn new(kind: RecordKind) -> Self {
+        AuditEvent {
+            time: None,
+            kind,
+            request_id: None,
+            subject: None,
+            token_id: None,
+            model: None,
+            namespace: None,
+            effect: None,
+            policy: None,
+            rule: None,
+            codes: Vec::new(),
+            fingerprint: None,
+            prompt_hash: None,
+            redacted_prompt: None,
+            usage: None,
+            detail: BTreeMap::new(),
+        }
+    }
+
+    /// A decision event (one model request).
+    pub fn decision(effect: Effect) -> Self {
+        AuditEvent::new(RecordKind::Decision).effect(effect)
+    }
+
+    /// A lifecycle event with a `transition` detail, e.g. `writer-recovered`.
+    pub fn lifecycle(transition: impl Into<String>) -> Self {
+        AuditEvent::new(RecordKind::Lifecycle).detail("transition", transition)
+    }
+
+    /// Set the event time (otherwise the writer stamps it).
+    pub fn time(mut self, time: impl Into<RecordTime>) -> Self {
+        self.time = Some(time.into());
+        self
+    }
+
+    /// Set the request id.
+    pub fn request_id(mut self, value: impl Into<String>) -> Self {
+        self.request_id = Some(value.into());
+        self
+    }
+
+    /// Set the subject.
+    pub fn subject(mut self, value: impl Into<String>) -> Self {
+        self.subject = Some(value.into());
+        self
+    }
+
+    /// Set the token id (`namespace/name`; never the secret).
+    pub fn token_id(mut self, value: impl Into<String>) -> Self {
+        self.token_id = Some(value.into());
+        self
+    }
+
+    /// Set the model.
+    pub fn model(mut self, value: impl Into<String>) -> Self {
+        self.model = Some(value.into());
+        self
+    }
+
+    /// Set the namespace.
+    pub fn namespace(mut self, value: impl Into<String>) -> Self {
+        self.namespace = Some(value.into());
+        self
+    }
+
+    /// Set the effect.
+    pub fn effect(mut self, effect: Effect) -> Self {
+        self.effect = Some(effect);
+        self
+    }
+
+    /// Set the deciding policy and rule.
+    pub fn policy_rule(mut self, policy: impl Into<String>, rule: impl Into<String>) -> Self {
+        self.policy = Some(policy.into());
+        self.rule = Some(rule.into());
+        self
+    }
+
+    /// Add a rationale code.
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.codes.push(code.into());
+        self
+    }
+
+    /// Set the bundle fingerprint.
+    pub fn fingerprint(mut self, value: impl Into<String>) -> Self {
+        self.fingerprint = Some(value.into());
+        self
+    }
+
+    /// Record the SHA-256 of the prompt. The prompt itself is not kept.
+    pub fn prompt(mut self, prompt: &str) -> Self {
+        self.prompt_hash = Some(hex::encode(Sha256::digest(prompt.as_bytes())));
+        self
+    }
+
+    /// Keep the redacted prompt. Call only when a policy asked for it, and only with
+    /// text that has already been redacted.
+    pub fn redacted_prompt(mut self, redacted: impl Into<String>) -> Self {
+        self.redacted_prompt = Some(redacted.into());
+        self
+    }
+
+    /// Set the usage.
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// Add a detail entry.
+    pub fn detail(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.detail.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// One record of the audit trail, as stored and as hashed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the writer's chain, from 1, no gaps.
+    pub seq: u64,
+    /// When the event happened (UTC, microseconds).
+    pub time: RecordTime,
+    /// Identity of the writer whose chain this record belongs to.
+    pub writer: String,
+    /// Record kind.
+    pub kind: RecordKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub detail: BTreeMap<String, String>,
+    /// Hash of the previous record of this writer (zeros for seq 1).
+    pub prev_hash: Hash256,
+    /// `SHA-256(prev_hash || canonical_bytes)`.
+    pub hash: Hash256,
+}
+
+impl AuditRecord {
+    /// The canonical bytes the hash covers (everything except `prev_hash` and
+    /// `hash`). The layout is documented in `docs/audit.md`.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_canonical(&mut out);
+        out
+    }
+
+    /// `SHA-256(prev_hash || canonical_bytes)` for the given predecessor hash.
+    pub fn compute_hash(&self, prev_hash: &Hash256) -> Hash256 {
+        let mut hasher = HashSink(Sha256::new());
+        hasher.put(prev_hash.as_bytes());
+        self.write_canonical(&mut hasher);
+        Hash256::from_bytes(hasher.0.finalize().into())
+    }
+
+    /// Whether `hash` matches the record's own content and `prev_hash`.
+    pub fn hash_is_consistent(&self) -> bool {
+        self.compute_hash(&self.prev_hash) == self.hash
+    }
+
+    fn write_canonical(&self, out: &mut impl CanonicalSink) {
+        out.put(RECORD_MAGIC);
+        out.put(&self.seq.to_be_bytes());
+        put_str(out, &self.time.to_canonical_string());
+        put_str(out, &self.writer);
+        put_str(out, self.kind.as_str());
+        put_opt_str(out, self.request_id.as_deref());
+        put_opt_str(out, self.subject.as_deref());
+        put_opt_str(out, self.token_id.as_deref());
+        put_opt_str(out, self.model.as_deref());
+        put_opt_str(out, self.namespace.as_deref());
+        put_opt_str(out, self.effect.map(|e| e.as_str()));
+        put_opt_str(out, self.policy.as_deref());
+        put_opt_str(out, self.rule.as_deref());
+        out.put(&(self.codes.len() as u32).to_be_bytes());
+        for code in &self.codes {
+            put_str(out, code);
+        }
+        put_opt_str(out, self.fingerprint.as_deref());
+        put_opt_str(out, self.prompt_hash.as_deref());
+        put_opt_str(out, self.redacted_prompt.as_deref());
+        match &self.usage {
+            None => out.put(&[0]),
+            Some(usage) => {
+                out.put(&[1]);
+                out.put(&usage.input_tokens.to_be_bytes());
+                out.put(&usage.output_tokens.to_be_bytes());
+                out.put(&usage.cost_usd.nanos().to_be_bytes());
+            }
+        }
+        out.put(&(self.detail.len() as u32).to_be_bytes());
+        // BTreeMap<String, _> iterates in byte order of the keys, which is the
+        // documented order.
+        for (key, value) in &self.detail {
+            put_str(out, key);
+            put_str(out, value);
+        }
+    }
+
+    /// Approximate size in bytes of the stored JSON form, used to seal segments
+    /// before they approach the object size limit without serializing twice.
+    pub fn approx_json_len(&self) -> usize {
+        const FIXED: usize = 260; // keys, quotes, seq, time, two hex hashes
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 20);
+        FIXED
+            + self.writer.len()
+            + opt(&self.request_id)
+            + opt(&self.subject)
+            + opt(&self.token_id)
+            + opt(&self.model)
+            + opt(&self.namespace)
+            + opt(&self.policy)
+            + opt(&self.rule)
+            + opt(&self.fingerprint)
+            + opt(&self.prompt_hash)
+            // Redacted text may be escaped heavily in JSON; count it twice.
+            + self.redacted_prompt.as_ref().map_or(0, |s| 2 * s.len() + 24)
+            + self.codes.iter().map(|c| c.len() + 3).sum::<usize>()
+            + self.detail.iter().map(|(k, v)| k.len() + 2 * v.len() + 6).sum::<usize>()
+            + if self.usage.is_some() { 90 } else { 0 }
+            + if self.effect.is_some() { 30 } else { 0 }
+    }
+}
+
+/// Where canonical bytes go: a buffer (to show them) or a hasher (to hash them
+/// without allocating).
+pub(crate) trait CanonicalSink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl CanonicalSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+pub(crate) struct HashSink(pub(crate) Sha256);
+
+impl CanonicalSink for HashSink {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+pub(crate) fn put_str(out: &mut impl CanonicalSink, value: &str) {
+    out.put(&(value.len() as u32).to_be_bytes());
+    out.put(value.as_bytes());
+}
+
+pub(crate) fn put_opt_str(out: &mut impl CanonicalSink, value: Option<&str>) {
+    match value {
+        None => out.put(&[0]),
+        Some(value) => {
+            out.put(&[1]);
+            put_str(out, value);
+        }
+    }
+}

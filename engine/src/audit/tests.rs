@@ -1,0 +1,496 @@
+//! Chain, segment and verifier behaviour, including property tests of the chain
+//! invariants: an untouched trail always verifies, and any single mutation of a
+//! sealed trail is always caught.
+use chrono::{TimeZone, Utc};
+use policybind_crds::Effect;
+use proptest::prelude::*;
+
+use super::*;
+
+fn at(second: i64) -> RecordTime {
+    RecordTime::new(
+        Utc.timestamp_opt(1_780_000_000 + second, 123_456_789)
+            .unwrap(),
+    )
+}
+
+fn key() -> AuditSigningKey {
+    AuditSigningKey::from_seed(&[42; 32])
+}
+
+fn event(i: u64) -> AuditEvent {
+    AuditEvent::decision(if i.is_multiple_of(3) {
+        Effect::Deny
+    } else {
+        Effect::Allow
+    })
+    .request_id(format!("req-{i}"))
+    .subject("team-a")
+    .token_id("team-a/ci-token")
+    .model("gpt-4o")
+    .namespace("team-a")
+    .policy_rule("team-a/default", "allow-approved")
+    .code("OK")
+    .fingerprint("f00d")
+    .prompt("hello")
+    .usage(Usage {
+        input_tokens: 10 + i,
+        output_tokens: 20,
+        cost_usd: CostUsd::from_nanos(1_500 * i),
+    })
+}
+
+/// A sealed trail: `segments` segments of `per_segment` records for one writer.
+fn trail(writer: &str, segments: usize, per_segment: usize) -> Vec<NamedSegment> {
+    let mut chain = Chain::new(writer);
+    let mut out = Vec::new();
+    let mut prev = Hash256::ZERO;
+    for s in 0..segments {
+        let records: Vec<_> = (0..per_segment)
+            .map(|_| {
+                let seq = chain.last_seq() + 1;
+                chain.append(event(seq), at(seq as i64))
+            })
+            .collect();
+        let mut segment = Segment::open(prev, records);
+        segment.seal(at(10_000 + s as i64), &key());
+        prev = segment.header.last_hash;
+        out.push(NamedSegment {
+            name: format!("seg-{s}"),
+            segment,
+        });
+    }
+    out
+}
+
+fn trusted() -> VerifyOptions {
+    VerifyOptions {
+        trusted_keys: vec![key().verifying_key()],
+        require_genesis: true,
+        anchors: Vec::new(),
+    }
+}
+
+/// The head of a trail, as an auditor would have noted it.
+fn head_anchor(segments: &[NamedSegment]) -> Anchor {
+    let last = &segments.last().unwrap().segment.header;
+    Anchor {
+        writer: last.writer.clone(),
+        seq: last.last_seq,
+        hash: last.last_hash,
+    }
+}
+
+fn diagnosis(segments: &[NamedSegment]) -> Option<(ProblemKind, Option<u64>)> {
+    verify_segments(segments, &trusted())
+        .first_problem()
+        .map(|p| (p.kind, p.seq))
+}
+
+#[test]
+fn chain_assigns_consecutive_seqs_and_links_each_hash_to_the_previous() {
+    let mut chain = Chain::new("sidecar/team-a/pod-1");
+    let first = chain.append(event(1), at(1));
+    let second = chain.append(event(2), at(2));
+    assert_eq!((first.seq, second.seq), (1, 2));
+    assert_eq!(first.prev_hash, Hash256::ZERO);
+    assert_eq!(second.prev_hash, first.hash);
+    assert!(first.hash_is_consistent() && second.hash_is_consistent());
+    assert_eq!(chain.head(), second.hash);
+}
+
+#[test]
+fn event_time_wins_over_the_stamp_and_is_truncated_to_microseconds() {
+    let mut chain = Chain::new("w");
+    let record = chain.append(event(1).time(at(5).get()), at(99));
+    assert_eq!(record.time, at(5));
+    assert_eq!(
+        record.time.to_canonical_string(),
+        "2026-05-28T20:26:45.123456Z"
+    );
+}
+
+#[test]
+fn prompt_is_stored_only_as_its_sha256() {
+    let event = AuditEvent::decision(Effect::Allow).prompt("my secret prompt");
+    let record = Chain::new("w").append(event, at(0));
+    let json = serde_json::to_string(&record).unwrap();
+    assert!(!json.contains("my secret prompt"));
+    use sha2::{Digest, Sha256};
+    let expected = hex::encode(Sha256::digest(b"my secret prompt"));
+    assert_eq!(record.prompt_hash.as_deref(), Some(expected.as_str()));
+}
+
+#[test]
+fn canonical_bytes_follow_the_documented_layout() {
+    let record = Chain::new("w").append(
+        AuditEvent::new(RecordKind::Lifecycle)
+            .detail("transition", "started")
+            .time(at(0).get()),
+        at(0),
+    );
+    let mut expected = Vec::new();
+    expected.extend_from_slice(b"PBAREC01");
+    expected.extend_from_slice(&1u64.to_be_bytes());
+    let time = b"2026-05-28T20:26:40.123456Z";
+    expected.extend_from_slice(&(time.len() as u32).to_be_bytes());
+    expected.extend_from_slice(time);
+    expected.extend_from_slice(&1u32.to_be_bytes());
+    expected.extend_from_slice(b"w");
+    expected.extend_from_slice(&9u32.to_be_bytes());
+    expected.extend_from_slice(b"Lifecycle");
+    // request_id, subject, token_id, model, namespace, effect, policy, rule absent
+    expected.extend_from_slice(&[0; 8]);
+    expected.extend_from_slice(&0u32.to_be_bytes()); // no codes
+    expected.extend_from_slice(&[0, 0, 0]); // fingerprint, prompt_hash, redacted_prompt
+    expected.push(0); // no usage
+    expected.extend_from_slice(&1u32.to_be_bytes());
+    expected.extend_from_slice(&10u32.to_be_bytes());
+    expected.extend_from_slice(b"transition");
+    expected.extend_from_slice(&7u32.to_be_bytes());
+    expected.extend_from_slice(b"started");
+    assert_eq!(record.canonical_bytes(), expected);
+
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update([0u8; 32]);
+    hasher.update(&expected);
+    assert_eq!(record.hash.as_bytes()[..], hasher.finalize()[..]);
+}
+
+#[test]
+fn json_round_trip_keeps_the_hash_valid() {
+    let record = Chain::new("w").append(event(7), at(7));
+    let json = serde_json::to_string(&record).unwrap();
+    let back: AuditRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, record);
+    assert!(back.hash_is_consistent());
+}
+
+#[test]
+fn non_canonical_time_text_is_rejected_when_parsing() {
+    let record = Chain::new("w").append(event(1), at(1));
+    let json = serde_json::to_string(&record)
+        .unwrap()
+        .replace(".123456Z", ".123456000Z");
+    assert!(serde_json::from_str::<AuditRecord>(&json).is_err());
+}
+
+#[test]
+fn cost_text_round_trips_exactly() {
+    for (text, nanos) in [
+        ("0", 0),
+        ("0.0005", 500_000),
+        ("12", 12_000_000_000),
+        ("1.5", 1_500_000_000),
+    ] {
+        let cost: CostUsd = text.parse().unwrap();
+        assert_eq!(cost.nanos(), nanos);
+        assert_eq!(cost.to_string(), text);
+    }
+    for bad in ["", "-1", "1.", ".5", "1.0000000001", "1e3"] {
+        assert!(bad.parse::<CostUsd>().is_err(), "{bad:?}");
+    }
+    assert_eq!(CostUsd::from_usd(0.0000015).nanos(), 1_500);
+}
+
+#[test]
+fn untouched_sealed_trail_verifies_with_counts() {
+    let segments = trail("sidecar/team-a/pod-1", 3, 5);
+    let report = verify_segments(&segments, &trusted());
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.total_records(), 15);
+    assert_eq!(report.writers[0].sealed_segments, 3);
+    assert_eq!(report.writers[0].last_seq, 15);
+    assert!(report.signatures_checked);
+}
+
+#[test]
+fn segments_given_in_any_order_verify() {
+    let mut segments = trail("w", 4, 3);
+    segments.reverse();
+    assert!(verify_segments(&segments, &trusted()).is_ok());
+}
+
+#[test]
+fn writers_are_verified_independently() {
+    let mut segments = trail("a", 2, 3);
+    let mut other = trail("b", 2, 3);
+    other[1].segment.records[1].subject = Some("evil".into());
+    segments.append(&mut other);
+    let report = verify_segments(&segments, &trusted());
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(report.problems[0].writer, "b");
+    assert_eq!(report.writers.len(), 2);
+}
+
+#[test]
+fn changed_record_field_is_modified_at_its_seq() {
+    let mut segments = trail("w", 2, 4);
+    segments[1].segment.records[2].model = Some("other".into());
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Modified, Some(7))));
+}
+
+#[test]
+fn deleted_record_is_missing_at_its_seq() {
+    let mut segments = trail("w", 2, 4);
+    segments[0].segment.records.remove(1);
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Missing, Some(2))));
+}
+
+#[test]
+fn swapped_records_are_reordered() {
+    let mut segments = trail("w", 2, 4);
+    segments[1].segment.records.swap(0, 1);
+    assert_eq!(
+        diagnosis(&segments),
+        Some((ProblemKind::Reordered, Some(5)))
+    );
+}
+
+#[test]
+fn deleted_middle_segment_is_missing() {
+    let mut segments = trail("w", 3, 4);
+    segments.remove(1);
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Missing, Some(5))));
+}
+
+#[test]
+fn deleted_first_segment_is_missing_when_genesis_is_required_and_anchored_otherwise() {
+    let mut segments = trail("w", 3, 4);
+    let removed = segments.remove(0);
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Missing, Some(1))));
+    let options = VerifyOptions {
+        require_genesis: false,
+        ..trusted()
+    };
+    let report = verify_segments(&segments, &options);
+    assert!(report.is_ok());
+    assert_eq!(report.writers[0].first_seq, 5);
+    assert_eq!(
+        report.writers[0].anchored_at,
+        Some(removed.segment.header.last_hash)
+    );
+}
+
+#[test]
+fn truncated_tail_is_truncated() {
+    let mut segments = trail("w", 2, 4);
+    segments[1].segment.records.truncate(2);
+    assert_eq!(
+        diagnosis(&segments),
+        Some((ProblemKind::Truncated, Some(7)))
+    );
+}
+
+#[test]
+fn deleted_newest_segment_is_caught_only_with_an_anchor() {
+    let mut segments = trail("w", 3, 4);
+    let anchor = head_anchor(&segments);
+    segments.pop();
+    assert_eq!(diagnosis(&segments), None);
+    let options = VerifyOptions {
+        anchors: vec![anchor],
+        ..trusted()
+    };
+    let problem = verify_segments(&segments, &options).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Truncated, Some(9))
+    );
+}
+
+#[test]
+fn rewritten_chain_is_caught_by_an_anchor_hash() {
+    let segments = trail("w", 2, 4);
+    let mut anchor = head_anchor(&segments);
+    anchor.hash = Hash256::ZERO;
+    let options = VerifyOptions {
+        anchors: vec![anchor],
+        ..trusted()
+    };
+    let problem = verify_segments(&segments, &options).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Modified, Some(8))
+    );
+}
+
+#[test]
+fn replaced_signature_is_bad_signature() {
+    let mut segments = trail("w", 2, 4);
+    let other = trail("w", 2, 5);
+    segments[0].segment.signature = other[0].segment.signature.clone();
+    assert_eq!(
+        diagnosis(&segments),
+        Some((ProblemKind::BadSignature, None))
+    );
+}
+
+#[test]
+fn segment_resigned_with_another_key_is_untrusted() {
+    let mut segments = trail("w", 2, 4);
+    segments[1].segment.records[0].subject = Some("forged".into());
+    // The forger recomputes the whole segment consistently and signs it.
+    let mut chain = Chain::resume("w", 4, segments[0].segment.header.last_hash);
+    let records: Vec<_> = segments[1]
+        .segment
+        .records
+        .iter()
+        .map(|r| {
+            let mut event = AuditEvent::new(r.kind).time(r.time.get());
+            event.subject = r.subject.clone();
+            chain.append(event, r.time)
+        })
+        .collect();
+    let mut forged = Segment::open(segments[0].segment.header.last_hash, records);
+    forged.seal(at(1), &AuditSigningKey::from_seed(&[1; 32]));
+    segments[1].segment = forged;
+    assert_eq!(
+        diagnosis(&segments),
+        Some((ProblemKind::UntrustedKey, None))
+    );
+}
+
+#[test]
+fn open_last_segment_verifies_and_is_counted_as_unsealed() {
+    let mut segments = trail("w", 2, 4);
+    let mut chain = Chain::resume("w", 8, segments[1].segment.header.last_hash);
+    let records = vec![chain.append(event(9), at(9))];
+    segments.push(NamedSegment {
+        name: "open".into(),
+        segment: Segment::open(segments[1].segment.header.last_hash, records),
+    });
+    let report = verify_segments(&segments, &trusted());
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.writers[0].unsealed_records, 1);
+}
+
+#[test]
+fn unsealed_segment_followed_by_others_is_unsealed() {
+    let mut segments = trail("w", 3, 2);
+    segments[1].segment.signature = None;
+    segments[1].segment.header.sealed_at = None;
+    segments[1].segment.header.key_id = None;
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Unsealed, None)));
+}
+
+#[test]
+fn without_trusted_keys_the_report_says_signatures_were_not_checked() {
+    let segments = trail("w", 1, 2);
+    let report = verify_segments(&segments, &VerifyOptions::default());
+    assert!(report.is_ok());
+    assert!(!report.signatures_checked);
+}
+
+#[test]
+fn segment_json_round_trip_verifies() {
+    let segments = trail("w", 2, 3);
+    let parsed: Vec<NamedSegment> = segments
+        .iter()
+        .map(|s| NamedSegment {
+            name: s.name.clone(),
+            segment: serde_json::from_str(&serde_json::to_string(&s.segment).unwrap()).unwrap(),
+        })
+        .collect();
+    assert!(verify_segments(&parsed, &trusted()).is_ok());
+}
+
+/// One way to damage a sealed trail.
+#[derive(Clone, Debug)]
+enum Mutation {
+    ChangeSubject { segment: usize, record: usize },
+    DeleteRecord { segment: usize, record: usize },
+    SwapRecords { segment: usize, record: usize },
+    DeleteSegment { segment: usize },
+    TruncateTail { keep: usize },
+    FlipSignatureBit { segment: usize, bit: usize },
+}
+
+fn mutation(segments: usize, per_segment: usize) -> impl Strategy<Value = Mutation> {
+    let s = 0..segments;
+    let r = 0..per_segment;
+    prop_oneof![
+        (s.clone(), r.clone())
+            .prop_map(|(segment, record)| Mutation::ChangeSubject { segment, record }),
+        (s.clone(), r.clone())
+            .prop_map(|(segment, record)| Mutation::DeleteRecord { segment, record }),
+        (s.clone(), 0..per_segment - 1)
+            .prop_map(|(segment, record)| Mutation::SwapRecords { segment, record }),
+        s.clone()
+            .prop_map(|segment| Mutation::DeleteSegment { segment }),
+        (0..per_segment).prop_map(|keep| Mutation::TruncateTail { keep }),
+        (s, 0..512usize).prop_map(|(segment, bit)| Mutation::FlipSignatureBit { segment, bit }),
+    ]
+}
+
+fn apply(segments: &mut Vec<NamedSegment>, mutation: &Mutation) -> ProblemKind {
+    match *mutation {
+        Mutation::ChangeSubject { segment, record } => {
+            segments[segment].segment.records[record].subject = Some("intruder".into());
+            ProblemKind::Modified
+        }
+        Mutation::DeleteRecord { segment, record } => {
+            let records = &mut segments[segment].segment.records;
+            let last = record + 1 == records.len();
+            records.remove(record);
+            if records.is_empty() || last {
+                ProblemKind::Truncated
+            } else {
+                ProblemKind::Missing
+            }
+        }
+        Mutation::SwapRecords { segment, record } => {
+            segments[segment].segment.records.swap(record, record + 1);
+            ProblemKind::Reordered
+        }
+        Mutation::DeleteSegment { segment } => {
+            let last = segment + 1 == segments.len();
+            segments.remove(segment);
+            if last && !segments.is_empty() {
+                // Caught only through the anchor: the trail ends too early.
+                ProblemKind::Truncated
+            } else {
+                ProblemKind::Missing
+            }
+        }
+        Mutation::TruncateTail { keep } => {
+            segments.last_mut().unwrap().segment.records.truncate(keep);
+            ProblemKind::Truncated
+        }
+        Mutation::FlipSignatureBit { segment, bit } => {
+            use base64::Engine;
+            let target = &mut segments[segment].segment;
+            let mut bytes = target.signature_bytes().unwrap();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            target.signature = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+            ProblemKind::BadSignature
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_untouched_trail_verifies(segments in 1usize..5, per_segment in 1usize..6) {
+        let trail = trail("w", segments, per_segment);
+        let report = verify_segments(&trail, &trusted());
+        prop_assert!(report.is_ok());
+        prop_assert_eq!(report.total_records(), (segments * per_segment) as u64);
+    }
+
+    #[test]
+    fn every_single_mutation_is_caught_with_its_diagnosis(
+        (segments, per_segment, mutation) in (1usize..5, 2usize..6)
+            .prop_flat_map(|(s, p)| (Just(s), Just(p), mutation(s, p)))
+    ) {
+        let mut trail = trail("w", segments, per_segment);
+        let options = VerifyOptions { anchors: vec![head_anchor(&trail)], ..trusted() };
+        let expected = apply(&mut trail, &mutation);
+        let report = verify_segments(&trail, &options);
+        let problem = report.first_problem();
+        prop_assert!(problem.is_some(), "{:?} not detected", mutation);
+        prop_assert_eq!(problem.unwrap().kind, expected, "{:?}: {}", mutation, problem.unwrap());
+    }
+}
