@@ -1,0 +1,79 @@
+//! Rationale codes: the stable strings every decision carries.
+//!
+//! These are API: callers branch on them (`error.code` in the sidecar's JSON
+//! error, `x-policybind-codes`), dashboards group by them and auditors read them.
+//! A code is never renamed or reused for another meaning. [`ALL`] is the one
+//! table of them; the README's table is checked against it by a test.
+
+/// A rationale code with its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeInfo {
+    pub code: &'static str,
+    /// The check that produces it.
+    pub stage: &'static str,
+    pub meaning: &'static str,
+}
+
+macro_rules! codes {
+    ($( $name:ident = $stage:literal, $meaning:literal; )*) => {
+        $( #[doc = $meaning] pub const $name: &str = stringify!($name); )*
+        /// Every rationale code, in documentation order.
+        pub const ALL: &[CodeInfo] = &[ $( CodeInfo { code: stringify!($name), stage: $stage, meaning: $meaning }, )* ];
+    };
+}
+
+codes! {
+    TOKEN_MISSING = "token", "The request carries no `Authorization: Bearer` token.";
+    TOKEN_UNKNOWN = "token", "The token matches no AccessToken in the bundle.";
+    TOKEN_NOT_YET_VALID = "token", "The token's `notBefore` is in the future.";
+    TOKEN_EXPIRED = "token", "The token's `expiresAt` has passed.";
+    TOKEN_REVOKED = "token", "The token was revoked.";
+    TOKEN_MODEL_NOT_ALLOWED = "token", "The model is not in the token's `allowedModels`.";
+    USE_CASE_NOT_ALLOWED = "token", "The declared use case is not in the token's `allowedUseCases`.";
+    DATA_CLASSIFICATION_EXCEEDED = "token", "The request's data classification is above the token's `maxDataClassification`.";
+    OUTSIDE_SCHEDULE = "token", "The request falls outside the token's schedule (also the default code of rules with a schedule condition).";
+    BUDGET_EXCEEDED = "token", "The estimated cost or tokens would exceed a budget of the current period.";
+    RATE_LIMITED = "token", "The token's requests or tokens per minute are used up.";
+    MODEL_NOT_REGISTERED = "registry", "No ModelDeployment registers this model.";
+    MODEL_SUSPENDED = "registry", "The ModelDeployment is suspended.";
+    MODEL_NOT_APPROVED = "registry", "The ModelDeployment needs approval (risk High or Critical) and has none, or was rejected.";
+    MODEL_DATA_CLASSIFICATION_EXCEEDED = "registry", "The request's data classification is above the model's `maxDataClassification`.";
+    MODEL_USE_CASE_NOT_APPROVED = "registry", "The use case is not among the model's `useCases`.";
+    POLICY_ALLOW = "policy", "Default code of a rule with action Allow.";
+    POLICY_DENY = "policy", "Default code of a rule with action Deny.";
+    PII_REDACTED = "policy", "Default code of a rule with action Redact.";
+    APPROVAL_REQUIRED = "policy", "Default code of a rule with action RequireApproval.";
+    POLICY_DEGRADE = "policy", "Default code of a rule with action Degrade.";
+    PII_DETECTED = "policy", "Added to the codes when detectors found entities in the prompt.";
+    APPROVAL_GRANTED = "policy", "A RequireApproval decision let through because the request carries an approved reference.";
+    POLICY_EVALUATION_ERROR = "policy", "A rule's CEL expression failed at run time; the request is denied (fail closed).";
+    NO_MATCHING_POLICY = "default", "No rule matched; the default effect (Deny unless configured) applies.";
+    NO_POLICY_SET = "enforcement", "The enforcement point has no valid policy set loaded; every request is denied.";
+    AUDIT_UNAVAILABLE = "enforcement", "The audit trail cannot take the record; the request is denied rather than decided unrecorded.";
+    REQUEST_INVALID = "enforcement", "The request body or headers could not be read (malformed JSON, unknown header value, too large).";
+    PATH_NOT_ALLOWED = "enforcement", "The path is not one the sidecar forwards.";
+}
+
+/// Looks a code up in the table.
+pub fn info(code: &str) -> Option<&'static CodeInfo> {
+    ALL.iter().find(|c| c.code == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_upper_snake() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL {
+            assert!(seen.insert(c.code), "duplicate code {}", c.code);
+            assert!(
+                c.code
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch == '_')
+            );
+        }
+        assert_eq!(info(TOKEN_EXPIRED).unwrap().stage, "token");
+    }
+}

@@ -1,0 +1,38 @@
+//! The PolicyBind decision core.
+//!
+//! Everything that decides lives here, and nothing here does I/O or reads a
+//! clock: the operator, webhook, sidecar and CLI feed it facts and time and act
+//! on what it returns. That keeps every decision reproducible (`policybind eval`
+//! on a laptop gives the answer the sidecar gave in production, for the same
+//! bundle fingerprint) and lets the whole core be tested without a cluster.
+//!
+//! - [`bundle`]: the serializable input (policies, models, token hashes).
+//! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
+//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
+//! - [`detect`]: content detectors compiled into one automaton; redaction.
+//! - [`expr`]: CEL `when` expressions over the request.
+//! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
+//!   risk scoring, label selectors and globs.
+//! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
+//! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
+//! - [`codes`]: the table of rationale codes.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod bundle;
+pub mod bundle_codec;
+pub mod codes;
+pub mod compile;
+pub mod decide;
+pub mod detect;
+pub mod expr;
+pub mod manifest;
+pub mod request;
+pub mod risk;
+pub mod schedule;
+pub mod selector;
+
+pub use bundle::{Bundle, hash_token};
+pub use compile::{CompileError, CompileErrors, PolicySet};
+pub use decide::AuthError;
+pub use request::{Decision, Obligations, Request, RuleTrace, Stage};

@@ -1,0 +1,389 @@
+//! Reading PolicyBind manifests from YAML text (files are read by the caller).
+//!
+//! The same multi-document YAML a user applies with `kubectl` is what
+//! `policybind test`, `eval` and `serve` read. Unknown fields are errors, with
+//! the document and field named, because a misspelt field silently ignored is a
+//! policy silently not enforced. Objects of other API groups (Namespaces,
+//! Deployments, ...) are skipped; Secrets are read only as token values for
+//! standalone mode and are hashed at once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use policybind_crds::access_token::SECRET_KEY;
+use policybind_crds::approval_request::{ApprovalPhase, ApprovalTargetKind, DecisionState};
+use policybind_crds::{
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken, TokenHash, hash_token};
+use crate::request::Request;
+
+/// Where a document came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub path: String,
+    /// 1-based index of the document in the file.
+    pub document: usize,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (document {})", self.path, self.document)
+    }
+}
+
+/// A problem reading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{source_}: invalid YAML: {message}")]
+    Yaml { source_: Source, message: String },
+    #[error("{source_}: {kind} {name}: {message}")]
+    Invalid {
+        source_: Source,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error(
+        "{source_}: {kind} {name}: unknown field {field} (check the spelling; see `kubectl explain`)"
+    )]
+    UnknownField {
+        source_: Source,
+        kind: String,
+        name: String,
+        field: String,
+    },
+    #[error("{source_}: unknown kind {kind:?} in {api_version}")]
+    UnknownKind {
+        source_: Source,
+        api_version: String,
+        kind: String,
+    },
+}
+
+/// One parsed object.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Object {
+    AIPolicy(AIPolicy),
+    ClusterAIPolicy(ClusterAIPolicy),
+    ModelDeployment(ModelDeployment),
+    AccessToken(AccessToken),
+    ApprovalRequest(ApprovalRequest),
+    Incident(Incident),
+    Secret(Secret),
+    PolicyTest(PolicyTest),
+}
+
+/// A policy test file (not a cluster resource): requests and what must be decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: TestMetadata,
+    /// Fields merged into every case's request where the case leaves them out.
+    #[serde(default)]
+    pub defaults: serde_yaml::Mapping,
+    pub cases: Vec<TestCase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestMetadata {
+    pub name: String,
+}
+
+/// One case of a policy test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    /// The request, as in `policybind eval --request` (before `defaults` are merged).
+    pub request: serde_yaml::Mapping,
+    pub expect: Expectation,
+}
+
+/// What a case expects. Only the fields given are compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expectation {
+    pub effect: policybind_crds::Effect,
+    /// Codes that must all be present (order-insensitive); the first is the deciding code.
+    #[serde(default)]
+    pub codes: Vec<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// Model the request must be degraded to.
+    #[serde(default)]
+    pub degraded_model: Option<String>,
+    /// Entities that must be redacted.
+    #[serde(default)]
+    pub redacted: Vec<String>,
+    /// Effect an Audit-mode policy would have had.
+    #[serde(default)]
+    pub would_have: Option<policybind_crds::Effect>,
+}
+
+impl TestCase {
+    /// The case's request with the test's defaults merged in.
+    pub fn resolved_request(&self, defaults: &serde_yaml::Mapping) -> Result<Request, String> {
+        let mut merged = defaults.clone();
+        for (k, v) in &self.request {
+            merged.insert(k.clone(), v.clone());
+        }
+        serde_yaml::from_value(serde_yaml::Value::Mapping(merged))
+            .map_err(|e| format!("case {:?}: invalid request: {e}", self.name))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Option<serde_yaml::Value>,
+}
+
+fn object_name(meta: &Option<serde_yaml::Value>) -> String {
+    let get = |k: &str| {
+        meta.as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    match (get("namespace"), get("name")) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name,
+        _ => "(unnamed)".to_string(),
+    }
+}
+
+/// Fields the API server adds and that a manifest may carry when exported with
+/// `kubectl get -o yaml`; they are not user mistakes.
+fn is_server_field(path: &str) -> bool {
+    path.starts_with("metadata.") || path == "status" || path.starts_with("status.")
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+    source: &Source,
+    kind: &str,
+    name: &str,
+) -> Result<T, ManifestError> {
+    let mut unknown = None;
+    let result: Result<T, _> = serde_ignored::deserialize(value, |path| {
+        let p = path.to_string();
+        if unknown.is_none() && !is_server_field(&p) {
+            unknown = Some(p);
+        }
+    });
+    let object = result.map_err(|e| ManifestError::Invalid {
+        source_: source.clone(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        message: e.to_string(),
+    })?;
+    if let Some(field) = unknown {
+        return Err(ManifestError::UnknownField {
+            source_: source.clone(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            field,
+        });
+    }
+    Ok(object)
+}
+
+/// Parses every document of a YAML stream. Empty documents and objects of other
+/// API groups are skipped.
+pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, ManifestError> {
+    let mut out = vec![];
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let source = Source {
+            path: path.to_string(),
+            document: i + 1,
+        };
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Yaml {
+            source_: source.clone(),
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|e| ManifestError::Yaml {
+                source_: source.clone(),
+                message: format!("not a Kubernetes object: {e}"),
+            })?;
+        let name = object_name(&meta.metadata);
+        let kind = meta.kind.as_str();
+        let object = if meta.api_version == policybind_crds::API_VERSION {
+            match kind {
+                "AIPolicy" => Object::AIPolicy(typed(value, &source, kind, &name)?),
+                "ClusterAIPolicy" => Object::ClusterAIPolicy(typed(value, &source, kind, &name)?),
+                "ModelDeployment" => Object::ModelDeployment(typed(value, &source, kind, &name)?),
+                "AccessToken" => Object::AccessToken(typed(value, &source, kind, &name)?),
+                "ApprovalRequest" => Object::ApprovalRequest(typed(value, &source, kind, &name)?),
+                "Incident" => Object::Incident(typed(value, &source, kind, &name)?),
+                "PolicyTest" => Object::PolicyTest(typed(value, &source, kind, &name)?),
+                _ => {
+                    return Err(ManifestError::UnknownKind {
+                        source_: source,
+                        api_version: meta.api_version,
+                        kind: meta.kind,
+                    });
+                }
+            }
+        } else if meta.api_version == "v1" && kind == "Secret" {
+            Object::Secret(typed(value, &source, kind, &name)?)
+        } else {
+            continue;
+        };
+        out.push((source, object));
+    }
+    Ok(out)
+}
+
+/// A set of parsed objects.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub objects: Vec<(Source, Object)>,
+}
+
+impl Manifests {
+    pub fn extend(&mut self, objects: Vec<(Source, Object)>) {
+        self.objects.extend(objects);
+    }
+
+    pub fn tests(&self) -> impl Iterator<Item = (&Source, &PolicyTest)> {
+        self.objects.iter().filter_map(|(s, o)| match o {
+            Object::PolicyTest(t) => Some((s, t)),
+            _ => None,
+        })
+    }
+
+    /// Builds the bundle these objects describe. Token values come from Secrets named
+    /// as the token's `secretName` (default `<name>-token`, key `token`) in the same
+    /// namespace and are hashed here; model approval comes from the ModelDeployment's
+    /// status if present, otherwise from an ApprovalRequest targeting it.
+    pub fn bundle(&self, namespace: Option<&str>) -> Bundle {
+        let mut secrets: HashMap<(String, String), String> = HashMap::new();
+        let mut approvals: HashMap<(String, String), bool> = HashMap::new();
+        for (_, object) in &self.objects {
+            match object {
+                Object::Secret(s) => {
+                    let key = (
+                        s.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    );
+                    let value = s
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(SECRET_KEY).cloned())
+                        .or_else(|| {
+                            s.data
+                                .as_ref()
+                                .and_then(|d| d.get(SECRET_KEY))
+                                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                        });
+                    if let Some(v) = value {
+                        secrets.insert(key, v);
+                    }
+                }
+                Object::ApprovalRequest(a)
+                    if a.spec.target.kind == ApprovalTargetKind::ModelDeployment =>
+                {
+                    let phase = a.status.as_ref().and_then(|s| s.phase);
+                    let decided = match (phase, &a.spec.decision) {
+                        (Some(ApprovalPhase::Approved), _) => Some(true),
+                        (Some(ApprovalPhase::Rejected | ApprovalPhase::Expired), _) => Some(false),
+                        (_, Some(d)) => Some(d.state == DecisionState::Approved),
+                        _ => None,
+                    };
+                    if let (Some(target), Some(approved)) = (&a.spec.target.name, decided) {
+                        approvals.insert(
+                            (
+                                a.metadata
+                                    .namespace
+                                    .clone()
+                                    .unwrap_or_else(|| "default".into()),
+                                target.clone(),
+                            ),
+                            approved,
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut bundle = Bundle {
+            namespace: namespace.map(str::to_string),
+            ..Default::default()
+        };
+        let mut namespace_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (_, object) in &self.objects {
+            match object {
+                Object::AIPolicy(p) => {
+                    let mut p = p.clone();
+                    p.metadata.namespace.get_or_insert_with(|| "default".into());
+                    bundle.policies.push(BundlePolicy::from_ai_policy(&p));
+                }
+                Object::ClusterAIPolicy(p) => {
+                    bundle.policies.push(BundlePolicy::from_cluster_policy(p))
+                }
+                Object::ModelDeployment(m) => {
+                    let mut m = m.clone();
+                    let ns = m
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into())
+                        .clone();
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    let approved = approvals.get(&(ns, name)).copied();
+                    bundle.models.push(BundleModel::from_model(&m, approved));
+                }
+                Object::AccessToken(t) => {
+                    let mut t = t.clone();
+                    let ns = t
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into())
+                        .clone();
+                    let name = t.metadata.name.clone().unwrap_or_default();
+                    let secret_name = t
+                        .spec
+                        .secret_name
+                        .clone()
+                        .unwrap_or_else(|| format!("{name}-token"));
+                    let hashes = secrets
+                        .get(&(ns, secret_name))
+                        .map(|v| {
+                            vec![TokenHash {
+                                sha256: hash_token(v),
+                                valid_until: None,
+                            }]
+                        })
+                        .unwrap_or_default();
+                    bundle.tokens.push(BundleToken::from_token(&t, hashes));
+                }
+                _ => {}
+            }
+        }
+        namespace_labels.retain(|_, v| !v.is_empty());
+        bundle.namespace_labels = namespace_labels;
+        bundle.normalize();
+        bundle
+    }
+}
