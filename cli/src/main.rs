@@ -1,0 +1,68 @@
+//! `policybind`: one binary for every role and tool.
+//!
+//! A thin main: parse arguments, set up logging, hand over to the subcommand's
+//! module. Logic lives in the library crates.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod load;
+
+/// PolicyBind governs how an organisation uses AI models: policies, model
+/// registry, scoped tokens, enforcement and a tamper-evident audit trail.
+#[derive(Parser, Debug)]
+#[command(name = "policybind", version, about, long_about = None)]
+struct Cli {
+    /// Log format for long-running roles: `json` (default in a cluster) or `text`.
+    #[arg(long, global = true, env = "POLICYBIND_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every CustomResourceDefinition as YAML, or write them to a directory.
+    Crds(commands::crds::CrdsArgs),
+    /// Run policy tests (kind PolicyTest) found in files and directories.
+    Test(commands::test::TestArgs),
+    /// Decide one request against the manifests given and explain the decision.
+    Eval(commands::eval::EvalArgs),
+    /// Check, export and follow the audit trail.
+    Audit(commands::audit::AuditArgs),
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Crds(args) => commands::crds::run(args),
+        Command::Test(args) => commands::test::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Audit(args) => commands::audit::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
