@@ -1,0 +1,123 @@
+{{/* Chart name, truncated to the 63 characters a label value may have. */}}
+{{- define "policybind.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Prefix of every object name. Kept to 50 characters so suffixes such as
+"-webhook-tls" still fit a 63-character name.
+*/}}
+{{- define "policybind.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "policybind.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "policybind.labels" -}}
+helm.sh/chart: {{ include "policybind.chart" . }}
+app.kubernetes.io/name: {{ include "policybind.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: policybind
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component; pass (dict "ctx" $ "component" "webhook"). */}}
+{{- define "policybind.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "policybind.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The image reference; a digest wins over a tag. */}}
+{{- define "policybind.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "policybind.sidecarImage" -}}
+{{- default (include "policybind.image" .) .Values.sidecar.image }}
+{{- end }}
+
+{{- define "policybind.operatorName" -}}
+{{- printf "%s-operator" (include "policybind.fullname" .) }}
+{{- end }}
+
+{{- define "policybind.webhookName" -}}
+{{- printf "%s-webhook" (include "policybind.fullname" .) }}
+{{- end }}
+
+{{- define "policybind.sidecarRoleName" -}}
+{{- printf "%s-sidecar" (include "policybind.fullname" .) }}
+{{- end }}
+
+{{- define "policybind.webhookTlsSecret" -}}
+{{- default (printf "%s-webhook-tls" (include "policybind.fullname" .)) .Values.webhook.certificate.secretName }}
+{{- end }}
+
+{{- define "policybind.auditKeySecret" -}}
+{{- default (printf "%s-audit-signing-key" (include "policybind.fullname" .)) .Values.audit.signingKey.secretName }}
+{{- end }}
+
+{{- define "policybind.injectionConfigName" -}}
+{{- printf "%s-injection" (include "policybind.fullname" .) }}
+{{- end }}
+
+{{/* DNS name of the webhook Service, the name its certificate must carry. */}}
+{{- define "policybind.webhookServiceDns" -}}
+{{- printf "%s.%s.svc" (include "policybind.webhookName" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+Namespace selector terms shared by every workload webhook: never kube-system,
+never the release namespace (PolicyBind must be able to start itself), never
+the namespaces listed in webhook.excludeNamespaces.
+*/}}
+{{- define "policybind.excludedNamespaces" -}}
+- key: kubernetes.io/metadata.name
+  operator: NotIn
+  values:
+    - kube-system
+    - {{ .Release.Namespace }}
+    {{- range .Values.webhook.excludeNamespaces }}
+    - {{ . }}
+    {{- end }}
+{{- end }}
+
+{{/* Client config of one webhook path; pass (dict "ctx" $ "path" "/validate/resources"). */}}
+{{- define "policybind.webhookClientConfig" -}}
+service:
+  name: {{ include "policybind.webhookName" .ctx }}
+  namespace: {{ .ctx.Release.Namespace }}
+  path: {{ .path }}
+  port: 443
+{{- if eq .ctx.Values.webhook.certificate.mode "secret" }}
+caBundle: {{ required "webhook.certificate.caBundle is required when webhook.certificate.mode is secret" .ctx.Values.webhook.certificate.caBundle }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations that let cert-manager's CA injector fill caBundle. */}}
+{{- define "policybind.webhookConfigAnnotations" -}}
+{{- if eq .Values.webhook.certificate.mode "cert-manager" }}
+annotations:
+  cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "policybind.webhookName" . }}
+{{- end }}
+{{- end }}
