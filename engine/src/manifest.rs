@@ -75,6 +75,8 @@ pub enum Object {
     ApprovalRequest(ApprovalRequest),
     Incident(Incident),
     Secret(Secret),
+    /// A Namespace: only its name and labels matter (ClusterAIPolicy selectors).
+    Namespace(String, BTreeMap<String, String>),
     PolicyTest(PolicyTest),
 }
 
@@ -170,7 +172,11 @@ fn object_name(meta: &Option<serde_yaml::Value>) -> String {
 /// Fields the API server adds and that a manifest may carry when exported with
 /// `kubectl get -o yaml`; they are not user mistakes.
 fn is_server_field(path: &str) -> bool {
-    path.starts_with("metadata.") || path == "status" || path.starts_with("status.")
+    path == "apiVersion"
+        || path == "kind"
+        || path.starts_with("metadata.")
+        || path == "status"
+        || path.starts_with("status.")
 }
 
 fn typed<T: DeserializeOwned>(
@@ -245,6 +251,14 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
             }
         } else if meta.api_version == "v1" && kind == "Secret" {
             Object::Secret(typed(value, &source, kind, &name)?)
+        } else if meta.api_version == "v1" && kind == "Namespace" {
+            let labels = meta
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("labels"))
+                .and_then(|l| serde_yaml::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            Object::Namespace(name, labels)
         } else {
             continue;
         };
@@ -377,6 +391,9 @@ impl Manifests {
                         })
                         .unwrap_or_default();
                     bundle.tokens.push(BundleToken::from_token(&t, hashes));
+                }
+                Object::Namespace(name, labels) => {
+                    namespace_labels.insert(name.clone(), labels.clone());
                 }
                 _ => {}
             }

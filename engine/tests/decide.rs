@@ -1,0 +1,377 @@
+//! Decision semantics: evaluation order, precedence, audit mode, obligations,
+//! fail-closed behaviour and compile errors, plus the property tests of the issue.
+
+mod support;
+
+use policybind_crds::ai_policy::{CustomDetectorSpec, DegradeAction};
+use policybind_crds::{DataClassification, Effect, Enforcement};
+use policybind_engine::bundle::TokenHash;
+use policybind_engine::{PolicySet, codes, hash_token};
+use proptest::prelude::*;
+use support::*;
+
+fn set(policies: Vec<policybind_engine::bundle::BundlePolicy>) -> PolicySet {
+    PolicySet::compile(&bundle(policies)).expect("compiles")
+}
+
+#[test]
+fn no_matching_rule_is_denied_by_default() {
+    let d = set(vec![]).decide(&request("alice", "gpt-4o"));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.code(), codes::NO_MATCHING_POLICY);
+}
+
+#[test]
+fn higher_priority_rule_decides_even_when_less_restrictive() {
+    let s = set(vec![
+        cluster_policy("allow-high", 200, vec![rule("allow", Effect::Allow)]),
+        cluster_policy("deny-low", 100, vec![rule("deny", Effect::Deny)]),
+    ]);
+    let d = s.decide(&request("alice", "gpt-4o"));
+    assert_eq!(d.effect, Effect::Allow);
+    assert_eq!(d.policy.as_deref(), Some("allow-high"));
+}
+
+#[test]
+fn at_equal_priority_the_most_restrictive_effect_wins() {
+    let mut degrade = rule("degrade", Effect::Degrade);
+    degrade.degrade = Some(DegradeAction {
+        model: Some("llama".into()),
+        max_tokens: None,
+    });
+    degrade.match_.models = vec!["gpt-*".into()];
+    let mut redact = rule("redact", Effect::Redact);
+    redact.match_.teams = vec!["marketing".into()];
+    let s = set(vec![
+        cluster_policy("a", 100, vec![rule("allow", Effect::Allow), redact]),
+        cluster_policy("b", 100, vec![degrade]),
+    ]);
+    let d = s.decide(&request("alice", "gpt-4o"));
+    assert_eq!(d.effect, Effect::Degrade);
+    assert_eq!(d.obligations.model.as_deref(), Some("llama"));
+}
+
+#[test]
+fn token_checks_come_before_policies() {
+    let mut b = bundle(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    b.tokens[0].spec.expires_at = Some(at("2026-01-01T00:00:00Z"));
+    b.tokens[1].spec.revoked = true;
+    let s = PolicySet::compile(&b).unwrap();
+    assert_eq!(
+        s.decide(&request("alice", "gpt-4o")).code(),
+        codes::TOKEN_EXPIRED
+    );
+    assert_eq!(
+        s.decide(&request("bob", "gpt-4o")).code(),
+        codes::TOKEN_REVOKED
+    );
+    assert_eq!(
+        s.decide(&request("carol", "gpt-4o")).code(),
+        codes::TOKEN_UNKNOWN
+    );
+}
+
+#[test]
+fn unregistered_and_suspended_models_are_denied_before_policies() {
+    let mut b = bundle(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    b.models[1].spec.suspended = true;
+    let s = PolicySet::compile(&b).unwrap();
+    assert_eq!(
+        s.decide(&request("alice", "mistral")).code(),
+        codes::MODEL_NOT_REGISTERED
+    );
+    assert_eq!(
+        s.decide(&request("alice", "llama")).code(),
+        codes::MODEL_SUSPENDED
+    );
+}
+
+#[test]
+fn classification_above_the_token_maximum_is_denied() {
+    let mut b = bundle(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    b.tokens[0].spec.max_data_classification = DataClassification::Internal;
+    let s = PolicySet::compile(&b).unwrap();
+    let mut r = request("alice", "gpt-4o");
+    r.data_classification = Some(DataClassification::Confidential);
+    assert_eq!(s.decide(&r).code(), codes::DATA_CLASSIFICATION_EXCEEDED);
+}
+
+#[test]
+fn audit_mode_policy_never_blocks_but_records_what_it_would_have_done() {
+    let mut audit = cluster_policy("trial", 500, vec![rule("deny-all", Effect::Deny)]);
+    audit.enforcement = Enforcement::Audit;
+    let s = set(vec![
+        audit,
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    let d = s.decide(&request("alice", "gpt-4o"));
+    assert_eq!(d.effect, Effect::Allow);
+    let w = d.would_have.expect("would-have recorded");
+    assert_eq!(w.effect, Effect::Deny);
+    assert_eq!(w.policy, "trial");
+}
+
+#[test]
+fn pii_in_the_prompt_triggers_redaction_with_spans() {
+    let mut redact = rule("pii", Effect::Redact);
+    redact.conditions.detected = vec!["EMAIL".into()];
+    let s = set(vec![
+        cluster_policy("redact", 500, vec![redact]),
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    let mut r = request("alice", "gpt-4o");
+    r.prompt = Some("mail me at jane@example.com".into());
+    let d = s.decide(&r);
+    assert_eq!(d.effect, Effect::Redact);
+    assert_eq!(d.codes, vec![codes::PII_REDACTED, codes::PII_DETECTED]);
+    assert_eq!(
+        d.obligations.redact.as_ref().unwrap().entities,
+        vec!["EMAIL"]
+    );
+    let f = &d.findings[0];
+    assert_eq!(
+        &r.prompt.as_ref().unwrap()[f.start..f.end],
+        "jane@example.com"
+    );
+    // Without PII the redaction rule does not match and the allow rule decides.
+    r.prompt = Some("hello".into());
+    assert_eq!(s.decide(&r).effect, Effect::Allow);
+}
+
+#[test]
+fn cel_runtime_error_fails_closed() {
+    let mut r1 = rule("label-check", Effect::Allow);
+    r1.when = Some("request.labels['tier'] == 'gold'".into());
+    let s = set(vec![
+        cluster_policy("cel", 500, vec![r1]),
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    let d = s.decide(&request("alice", "gpt-4o"));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.code(), codes::POLICY_EVALUATION_ERROR);
+    let mut r = request("alice", "gpt-4o");
+    r.labels.insert("tier".into(), "gold".into());
+    assert_eq!(s.decide(&r).policy.as_deref(), Some("cel"));
+}
+
+#[test]
+fn bearer_values_authenticate_by_hash_and_rotated_values_expire() {
+    let mut b = bundle(vec![]);
+    b.tokens[0].hashes = vec![
+        TokenHash {
+            sha256: hash_token("new-secret"),
+            valid_until: None,
+        },
+        TokenHash {
+            sha256: hash_token("old-secret"),
+            valid_until: Some(at("2026-11-23T12:00:00Z")),
+        },
+    ];
+    let s = PolicySet::compile(&b).unwrap();
+    let now = at("2026-11-23T10:00:00Z");
+    assert_eq!(s.authenticate(Some("new-secret"), now), Ok("ns/alice"));
+    assert_eq!(s.authenticate(Some("old-secret"), now), Ok("ns/alice"));
+    assert!(
+        s.authenticate(Some("old-secret"), at("2026-11-23T13:00:00Z"))
+            .is_err()
+    );
+    assert_eq!(
+        s.authenticate(Some("guess"), now).unwrap_err().code(),
+        codes::TOKEN_UNKNOWN
+    );
+    assert_eq!(
+        s.authenticate(None, now).unwrap_err().code(),
+        codes::TOKEN_MISSING
+    );
+}
+
+#[test]
+fn compile_errors_name_resource_rule_and_field() {
+    let mut bad_cel = rule("bad-cel", Effect::Allow);
+    bad_cel.when = Some("request.team ==".into());
+    let mut bad_tz = rule("bad-tz", Effect::Deny);
+    bad_tz.conditions.schedule = Some(policybind_crds::Schedule {
+        days: vec![],
+        start_hour: 9,
+        end_hour: 17,
+        time_zone: "Europe/Atlantis".into(),
+    });
+    let mut policy = cluster_policy("broken", 100, vec![bad_cel, bad_tz]);
+    policy.custom_detectors = vec![CustomDetectorSpec {
+        name: "TICKET".into(),
+        pattern: "(unclosed".into(),
+    }];
+    let errors = PolicySet::compile(&bundle(vec![policy])).unwrap_err().0;
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let find = |field: &str| {
+        errors
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error at {field}: {text:?}"))
+    };
+    let cel = find("spec.rules[0].when");
+    assert_eq!(cel.resource, "ClusterAIPolicy broken");
+    assert_eq!(cel.rule.as_deref(), Some("bad-cel"));
+    assert!(
+        find("spec.rules[1].conditions.schedule")
+            .reason
+            .contains("Europe/Atlantis")
+    );
+    assert!(
+        find("spec.customDetectors[0].pattern")
+            .reason
+            .contains("TICKET")
+    );
+}
+
+#[test]
+fn contradictory_rules_at_the_same_priority_are_rejected() {
+    let mut deny = rule("deny-gpt", Effect::Deny);
+    deny.match_.models = vec!["gpt-4o".into()];
+    let mut allow = rule("allow-gpt", Effect::Allow);
+    allow.match_.models = vec!["gpt-4o".into()];
+    let errors = PolicySet::compile(&bundle(vec![
+        cluster_policy("a", 100, vec![deny.clone()]),
+        cluster_policy("b", 100, vec![allow.clone()]),
+    ]))
+    .unwrap_err();
+    assert!(errors.to_string().contains("conflicts with"), "{errors}");
+    // Different priorities say which one wins: accepted.
+    assert!(
+        PolicySet::compile(&bundle(vec![
+            cluster_policy("a", 200, vec![deny]),
+            cluster_policy("b", 100, vec![allow]),
+        ]))
+        .is_ok()
+    );
+}
+
+#[test]
+fn fingerprint_ignores_listing_order() {
+    let a = bundle(vec![
+        cluster_policy("x", 1, vec![rule("r", Effect::Allow)]),
+        cluster_policy("y", 2, vec![rule("r", Effect::Deny)]),
+    ]);
+    let mut b = a.clone();
+    b.policies.reverse();
+    b.tokens.reverse();
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    assert_eq!(
+        set(a.policies.clone())
+            .decide(&request("alice", "gpt-4o"))
+            .fingerprint,
+        a.fingerprint()
+    );
+}
+
+// ---- property tests ----
+
+fn arb_effect() -> impl Strategy<Value = Effect> {
+    prop_oneof![
+        Just(Effect::Allow),
+        Just(Effect::Deny),
+        Just(Effect::Redact),
+        Just(Effect::RequireApproval),
+        Just(Effect::Degrade),
+    ]
+}
+
+prop_compose! {
+    fn arb_rule(i: usize)(effect in arb_effect(), team in prop::option::of(prop_oneof![Just("marketing"), Just("research"), Just("ops")]),
+                          model in prop::option::of(prop_oneof![Just("gpt-*"), Just("llama"), Just("*o")]),
+                          min_class in prop::option::of(prop_oneof![Just(DataClassification::Internal), Just(DataClassification::Confidential)]),
+                          tokens_above in prop::option::of(0u64..400)) -> policybind_crds::PolicyRule {
+        let mut r = rule(&format!("r{i}"), effect);
+        if let Some(t) = team { r.match_.teams = vec![t.to_string()]; }
+        if let Some(m) = model { r.match_.models = vec![m.to_string()]; }
+        r.match_.min_data_classification = min_class;
+        r.conditions.estimated_tokens_above = tokens_above;
+        if effect == Effect::Degrade { r.degrade = Some(DegradeAction { model: Some("llama".into()), max_tokens: None }); }
+        r
+    }
+}
+
+fn arb_policies() -> impl Strategy<Value = Vec<policybind_engine::bundle::BundlePolicy>> {
+    prop::collection::vec((0i32..4, prop::collection::vec(0usize..1, 1..4)), 1..6).prop_flat_map(
+        |specs| {
+            let strategies: Vec<_> = specs
+                .into_iter()
+                .enumerate()
+                .map(|(p, (priority, rules))| {
+                    let n = rules.len();
+                    prop::collection::vec(arb_rule(p), n..=n).prop_map(move |mut rs| {
+                        for (i, r) in rs.iter_mut().enumerate() {
+                            r.name = format!("p{p}-r{i}");
+                        }
+                        cluster_policy(&format!("p{p}"), priority * 100, rs)
+                    })
+                })
+                .collect();
+            strategies
+        },
+    )
+}
+
+fn arb_request() -> impl Strategy<Value = policybind_engine::Request> {
+    (
+        prop_oneof![Just("alice"), Just("bob")],
+        prop_oneof![Just("gpt-4o"), Just("llama")],
+        prop_oneof![
+            Just(DataClassification::Public),
+            Just(DataClassification::Internal),
+            Just(DataClassification::Confidential)
+        ],
+        0u64..300,
+    )
+        .prop_map(|(t, m, c, n)| {
+            let mut r = request(t, m);
+            r.data_classification = Some(c);
+            r.estimated_input_tokens = n;
+            r
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Same request, same set: same decision, and the indexed path agrees with the
+    /// exhaustive explain path.
+    #[test]
+    fn decisions_are_deterministic_and_the_index_is_exact(policies in arb_policies(), req in arb_request()) {
+        let Ok(s) = PolicySet::compile(&bundle(policies.clone())) else { return Ok(()); };
+        let again = PolicySet::compile(&bundle(policies)).unwrap();
+        let d = s.decide(&req);
+        prop_assert_eq!(&d, &s.decide(&req));
+        prop_assert_eq!(&d, &again.decide(&req));
+        prop_assert_eq!(&d, &s.decide_explained(&req).0);
+    }
+
+    /// Adding a rule in a new lower-priority policy never changes a decision that a
+    /// higher-priority rule made.
+    #[test]
+    fn a_lower_priority_rule_never_changes_a_higher_decision(policies in arb_policies(), extra in arb_rule(99), req in arb_request()) {
+        let Ok(s) = PolicySet::compile(&bundle(policies.clone())) else { return Ok(()); };
+        let before = s.decide(&req);
+        prop_assume!(before.policy.is_some());
+        let mut more = policies;
+        more.push(cluster_policy("zz-lower", -1, vec![extra]));
+        let Ok(s2) = PolicySet::compile(&bundle(more)) else { return Ok(()); };
+        let after = s2.decide(&req);
+        prop_assert_eq!(before.effect, after.effect);
+        prop_assert_eq!(before.policy, after.policy);
+        prop_assert_eq!(before.rule, after.rule);
+        prop_assert_eq!(before.codes, after.codes);
+    }
+}

@@ -1,0 +1,75 @@
+//! The shipped examples compile and every PolicyTest case in them passes, so the
+//! examples a user copies are known to do what their comments say.
+
+use std::path::Path;
+
+use policybind_engine::PolicySet;
+use policybind_engine::manifest::{Manifests, parse_documents};
+
+fn load_examples() -> Manifests {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut manifests = Manifests::default();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                // GitOps and quickstart directories hold their own, separate sets.
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if name != "gitops" && name != "quickstart" {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                manifests.extend(
+                    parse_documents(&path.display().to_string(), &text)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+        }
+    }
+    manifests
+}
+
+#[test]
+fn every_example_policy_test_case_passes() {
+    let manifests = load_examples();
+    let set = PolicySet::compile(&manifests.bundle(None)).expect("examples compile");
+    let mut failures = vec![];
+    let mut count = 0;
+    for (source, test) in manifests.tests() {
+        for case in &test.cases {
+            count += 1;
+            let request = case.resolved_request(&test.defaults).unwrap();
+            let d = set.decide(&request);
+            let e = &case.expect;
+            let codes_ok = e.codes.iter().all(|c| d.codes.contains(c))
+                && e.codes.first().is_none_or(|c| d.code() == c);
+            let ok = d.effect == e.effect
+                && codes_ok
+                && e.policy
+                    .as_ref()
+                    .is_none_or(|p| d.policy.as_ref() == Some(p))
+                && e.rule.as_ref().is_none_or(|r| d.rule.as_ref() == Some(r))
+                && e.degraded_model
+                    .as_ref()
+                    .is_none_or(|m| d.obligations.model.as_ref() == Some(m))
+                && e.would_have
+                    .is_none_or(|w| d.would_have.as_ref().map(|x| x.effect) == Some(w))
+                && e.redacted
+                    .iter()
+                    .all(|ent| d.findings.iter().any(|f| &f.entity == ent));
+            if !ok {
+                failures.push(format!(
+                    "{source} / {}: expected {:?} {:?}, got {} {:?} ({}) findings {:?}",
+                    case.name, e.effect, e.codes, d.effect, d.codes, d.message, d.findings
+                ));
+            }
+        }
+    }
+    assert!(
+        count >= 20,
+        "expected the examples to hold at least 20 cases, found {count}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
