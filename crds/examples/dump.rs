@@ -1,3 +1,0 @@
-fn main() {
-    print!("{}", policybind_crds::all_crds_yaml());
-}
