@@ -1,0 +1,211 @@
+//! What the webhook decides with, apart from cluster state: which namespaces it
+//! never touches, how strict it is about undeclared model servers, and the shape
+//! of the injected sidecar.
+//!
+//! Everything here is plain data with defaults a production install can start
+//! with; `policybind webhook` fills it from flags, tests build it directly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Namespace label that opts a namespace into enforcement and sidecar injection.
+pub const ENFORCE_LABEL: &str = "policybind.io/enforce";
+/// Pod label that opts a single pod into injection.
+pub const INJECT_LABEL: &str = "policybind.io/inject";
+/// Pod annotation that opts a pod out of injection when set to `"false"`.
+pub const INJECT_ANNOTATION: &str = "policybind.io/inject";
+/// Annotation the webhook puts on a pod it injected.
+pub const INJECTED_ANNOTATION: &str = "policybind.io/injected";
+/// Annotation recording the port move, `<original>:<model>`, for people and tools.
+pub const PORTS_ANNOTATION: &str = "policybind.io/ports";
+/// Pod annotation naming the container that serves the model, when the port name
+/// alone is ambiguous.
+pub const MODEL_CONTAINER_ANNOTATION: &str = "policybind.io/model-container";
+/// Pod annotation declaring the highest data classification the workload handles.
+pub const DATA_CLASSIFICATION_ANNOTATION: &str = "policybind.io/data-classification";
+/// Namespace label: the highest data classification allowed in the namespace.
+pub const NAMESPACE_CLASSIFICATION_LABEL: &str = "policybind.io/max-data-classification";
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "policybind-sidecar";
+/// Name given to the model container's moved port (port names are at most 15 characters).
+pub const MODEL_PORT_NAME: &str = "pb-model";
+
+/// Namespaces the webhook never injects into nor gates, whatever their labels say.
+pub const ALWAYS_EXCLUDED: [&str; 2] = ["kube-system", "kube-public"];
+
+/// What to do with a workload that looks like a model server but declares no model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum UndeclaredMode {
+    /// Admit, with nothing but an audit record.
+    Ignore,
+    /// Admit with a warning shown to the client (`kubectl` prints it).
+    #[default]
+    Warn,
+    /// Deny until the workload declares `policybind.io/model`.
+    Deny,
+}
+
+impl UndeclaredMode {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "ignore" => Some(Self::Ignore),
+            "warn" => Some(Self::Warn),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the injected sidecar is a native sidecar (restartable init container,
+/// Kubernetes 1.29+) or a regular container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SidecarStyle {
+    /// Decided from the API server version at start-up.
+    #[default]
+    Auto,
+    Native,
+    Regular,
+}
+
+/// How the sidecar gets its policy bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleWiring {
+    /// The sidecar watches the ConfigMap itself (updates in about a second).
+    ConfigMap { name: String },
+    /// The ConfigMap is mounted as a volume (no API access needed by the pod; the
+    /// kubelet refreshes it within its sync period, about a minute).
+    Volume {
+        config_map: String,
+        mount_path: String,
+    },
+}
+
+impl Default for BundleWiring {
+    fn default() -> Self {
+        BundleWiring::ConfigMap {
+            name: "policybind-bundle".into(),
+        }
+    }
+}
+
+/// The injected container's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidecarConfig {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    /// Native or regular container.
+    pub style: SidecarStyle,
+    /// Name of the model container's port that the sidecar takes over.
+    pub port_name: String,
+    /// Fixed port the model moves to; `None` means original + `port_offset`.
+    pub model_port: Option<i32>,
+    /// Added to the original port number when `model_port` is not set.
+    pub port_offset: i32,
+    /// Port of the sidecar's health, readiness and metrics endpoints.
+    pub health_port: i32,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: String,
+    /// User id the sidecar runs as (non-root).
+    pub run_as_user: i64,
+    pub bundle: BundleWiring,
+    /// Extra environment for the sidecar (for example the audit store settings).
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            image: "ghcr.io/policybind/policybind:latest".into(),
+            image_pull_policy: None,
+            style: SidecarStyle::Auto,
+            port_name: "http".into(),
+            model_port: None,
+            port_offset: 10000,
+            health_port: 9090,
+            cpu_request: "50m".into(),
+            memory_request: "32Mi".into(),
+            cpu_limit: None,
+            memory_limit: "128Mi".into(),
+            run_as_user: 65532,
+            bundle: BundleWiring::default(),
+            extra_env: BTreeMap::new(),
+        }
+    }
+}
+
+/// Everything the admission handlers decide with besides cluster state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmissionConfig {
+    /// PolicyBind's own namespace: never injected, never gated.
+    pub own_namespace: String,
+    /// Further namespaces to leave alone.
+    pub excluded_namespaces: Vec<String>,
+    /// Undeclared model servers.
+    pub undeclared: UndeclaredMode,
+    /// Extra image globs recognised as model servers, on top of the built-in list.
+    pub extra_model_server_images: Vec<String>,
+    /// Classification allowed in a namespace without the
+    /// `policybind.io/max-data-classification` label.
+    pub default_namespace_classification: policybind_crds::DataClassification,
+    /// The injected sidecar.
+    pub sidecar: SidecarConfig,
+    /// Whether the cluster supports native sidecars (resolved from `sidecar.style`
+    /// and the API server version before serving).
+    pub native_sidecars: bool,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            own_namespace: "policybind-system".into(),
+            excluded_namespaces: vec![],
+            undeclared: UndeclaredMode::Warn,
+            extra_model_server_images: vec![],
+            default_namespace_classification: policybind_crds::DataClassification::Internal,
+            sidecar: SidecarConfig::default(),
+            native_sidecars: true,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// Namespaces the webhook leaves alone entirely (kube-system, kube-public, its own).
+    pub fn is_excluded(&self, namespace: &str) -> bool {
+        ALWAYS_EXCLUDED.contains(&namespace)
+            || namespace == self.own_namespace
+            || self.excluded_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// Native sidecars (restartable init containers) are on by default from
+/// Kubernetes 1.29 (beta) and GA in 1.33.
+pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+    let major: u32 = major.trim_end_matches('+').parse().unwrap_or(0);
+    let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
+    major > 1 || (major == 1 && minor >= 29)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_sidecars_start_at_1_29_and_tolerate_vendor_suffixes() {
+        assert!(!supports_native_sidecars("1", "28"));
+        assert!(supports_native_sidecars("1", "29"));
+        assert!(supports_native_sidecars("1", "31+"));
+        assert!(!supports_native_sidecars("1", "27+"));
+    }
+
+    #[test]
+    fn system_and_own_namespaces_are_always_excluded() {
+        let config = AdmissionConfig::default();
+        assert!(config.is_excluded("kube-system"));
+        assert!(config.is_excluded("kube-public"));
+        assert!(config.is_excluded("policybind-system"));
+        assert!(!config.is_excluded("team-a"));
+    }
+}

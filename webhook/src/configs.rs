@@ -1,0 +1,363 @@
+//! The ValidatingWebhookConfiguration and MutatingWebhookConfiguration that
+//! register the webhook, built in one place so that `policybind webhook configs`
+//! (registration by URL, used by the e2e suite), `policybind webhook --register`
+//! and the Helm chart (which templates the same shape, see docs/webhook.md) agree.
+//!
+//! Failure policies follow enforcement: namespaces labelled
+//! `policybind.io/enforce=true` fail closed (`Fail`), all others fail open
+//! (`Ignore`: only audit-mode checks and warnings apply there). PolicyBind's own
+//! resources are validated with `Fail` by default: an unchecked approval would
+//! skip the self-approval and right checks.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+
+use crate::config::{ALWAYS_EXCLUDED, ENFORCE_LABEL, INJECT_LABEL};
+
+/// Default name of both configurations.
+pub const DEFAULT_NAME: &str = "policybind-webhook";
+
+/// Where the API server reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Out-of-cluster or any reachable address: `https://host:port` (paths appended).
+    Url(String),
+    /// The in-cluster Service.
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
+}
+
+/// Failure policy: `Fail` or `Ignore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    Fail,
+    Ignore,
+}
+
+impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Fail => "Fail",
+            FailurePolicy::Ignore => "Ignore",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "fail" => Some(Self::Fail),
+            "ignore" => Some(Self::Ignore),
+            _ => None,
+        }
+    }
+}
+
+/// What the configurations are built from.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Name of both configuration objects.
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// PEM of the CA that signed the serving certificate; empty for cert-manager's
+    /// ca-injector to fill (the annotation is then added).
+    pub ca_bundle: Option<String>,
+    /// `namespace/certificate` for cert-manager's ca-injector annotation.
+    pub cert_manager_certificate: Option<String>,
+    /// PolicyBind's namespace, excluded from workload checks and injection.
+    pub own_namespace: String,
+    pub enforced_failure: FailurePolicy,
+    pub audit_failure: FailurePolicy,
+    pub resources_failure: FailurePolicy,
+    pub timeout_seconds: i32,
+}
+
+impl Registration {
+    pub fn new(endpoint: Endpoint, own_namespace: impl Into<String>) -> Self {
+        Registration {
+            name: DEFAULT_NAME.into(),
+            endpoint,
+            ca_bundle: None,
+            cert_manager_certificate: None,
+            own_namespace: own_namespace.into(),
+            enforced_failure: FailurePolicy::Fail,
+            audit_failure: FailurePolicy::Ignore,
+            resources_failure: FailurePolicy::Fail,
+            timeout_seconds: 3,
+        }
+    }
+
+    fn client_config(&self, path: &str) -> WebhookClientConfig {
+        let ca_bundle = self
+            .ca_bundle
+            .as_ref()
+            .map(|pem| ByteString(pem.as_bytes().to_vec()));
+        match &self.endpoint {
+            Endpoint::Url(base) => WebhookClientConfig {
+                url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+                ca_bundle,
+                service: None,
+            },
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
+                url: None,
+                ca_bundle,
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.into()),
+                    port: Some(*port),
+                }),
+            },
+        }
+    }
+
+    fn metadata(&self) -> ObjectMeta {
+        let mut labels = BTreeMap::new();
+        labels.insert("app.kubernetes.io/name".into(), "policybind".into());
+        labels.insert("app.kubernetes.io/component".into(), "webhook".into());
+        let annotations = self.cert_manager_certificate.as_ref().map(|certificate| {
+            let mut a = BTreeMap::new();
+            a.insert("cert-manager.io/inject-ca-from".into(), certificate.clone());
+            a
+        });
+        ObjectMeta {
+            name: Some(self.name.clone()),
+            labels: Some(labels),
+            annotations,
+            ..Default::default()
+        }
+    }
+
+    /// Namespaces with (`enforced`) or without the enforce label, minus the
+    /// system namespaces and PolicyBind's own.
+    fn namespace_selector(&self, enforced: bool) -> LabelSelector {
+        let mut excluded: Vec<String> = ALWAYS_EXCLUDED.iter().map(|s| s.to_string()).collect();
+        excluded.push(self.own_namespace.clone());
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: ENFORCE_LABEL.into(),
+                    operator: if enforced { "In" } else { "NotIn" }.into(),
+                    values: Some(vec!["true".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "kubernetes.io/metadata.name".into(),
+                    operator: "NotIn".into(),
+                    values: Some(excluded),
+                },
+            ]),
+        }
+    }
+
+    /// The validating configuration: our resources, then workloads in enforced
+    /// and in other namespaces.
+    pub fn validating(&self) -> ValidatingWebhookConfiguration {
+        let resources = ValidatingWebhook {
+            name: "resources.policybind.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: self.client_config("/validate"),
+            failure_policy: Some(self.resources_failure.as_str().into()),
+            match_policy: Some("Equivalent".into()),
+            rules: Some(vec![rule(
+                &["policybind.io"],
+                &["v1alpha1"],
+                &[
+                    "aipolicies",
+                    "clusteraipolicies",
+                    "modeldeployments",
+                    "accesstokens",
+                    "approvalrequests",
+                ],
+                &["CREATE", "UPDATE"],
+                "*",
+            )]),
+            side_effects: "None".into(),
+            timeout_seconds: Some(self.timeout_seconds),
+            namespace_selector: None,
+            object_selector: None,
+            match_conditions: None,
+        };
+        let workloads = |enforced: bool| ValidatingWebhook {
+            name: if enforced {
+                "workloads-enforced.policybind.io"
+            } else {
+                "workloads.policybind.io"
+            }
+            .into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: self.client_config("/validate"),
+            failure_policy: Some(
+                if enforced {
+                    self.enforced_failure
+                } else {
+                    self.audit_failure
+                }
+                .as_str()
+                .into(),
+            ),
+            match_policy: Some("Equivalent".into()),
+            rules: Some(workload_rules()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(self.timeout_seconds),
+            namespace_selector: Some(self.namespace_selector(enforced)),
+            object_selector: None,
+            match_conditions: None,
+        };
+        ValidatingWebhookConfiguration {
+            metadata: self.metadata(),
+            webhooks: Some(vec![resources, workloads(true), workloads(false)]),
+        }
+    }
+
+    /// The mutating configuration: every pod in enforced namespaces, and pods
+    /// labelled `policybind.io/inject=true` elsewhere.
+    pub fn mutating(&self) -> MutatingWebhookConfiguration {
+        let inject = |enforced: bool| MutatingWebhook {
+            name: if enforced {
+                "inject-enforced.policybind.io"
+            } else {
+                "inject.policybind.io"
+            }
+            .into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: self.client_config("/mutate"),
+            failure_policy: Some(
+                if enforced {
+                    self.enforced_failure
+                } else {
+                    self.audit_failure
+                }
+                .as_str()
+                .into(),
+            ),
+            match_policy: Some("Equivalent".into()),
+            reinvocation_policy: Some("IfNeeded".into()),
+            rules: Some(vec![rule(
+                &[""],
+                &["v1"],
+                &["pods"],
+                &["CREATE"],
+                "Namespaced",
+            )]),
+            side_effects: "None".into(),
+            timeout_seconds: Some(self.timeout_seconds),
+            namespace_selector: Some(self.namespace_selector(enforced)),
+            object_selector: if enforced {
+                None
+            } else {
+                Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(INJECT_LABEL.into(), "true".into())])),
+                    match_expressions: None,
+                })
+            },
+            match_conditions: None,
+        };
+        MutatingWebhookConfiguration {
+            metadata: self.metadata(),
+            webhooks: Some(vec![inject(true), inject(false)]),
+        }
+    }
+
+    /// Both configurations as one YAML stream, ready for `kubectl apply -f -`.
+    pub fn yaml(&self) -> Result<String, serde_yaml::Error> {
+        let mut validating = serde_json::to_value(self.validating()).expect("serializable");
+        let mut mutating = serde_json::to_value(self.mutating()).expect("serializable");
+        validating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+        validating["kind"] = "ValidatingWebhookConfiguration".into();
+        mutating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+        mutating["kind"] = "MutatingWebhookConfiguration".into();
+        Ok(format!(
+            "{}---\n{}",
+            serde_yaml::to_string(&validating)?,
+            serde_yaml::to_string(&mutating)?
+        ))
+    }
+}
+
+fn rule(
+    groups: &[&str],
+    versions: &[&str],
+    resources: &[&str],
+    operations: &[&str],
+    scope: &str,
+) -> RuleWithOperations {
+    let strings = |list: &[&str]| Some(list.iter().map(|s| s.to_string()).collect());
+    RuleWithOperations {
+        api_groups: strings(groups),
+        api_versions: strings(versions),
+        resources: strings(resources),
+        operations: strings(operations),
+        scope: Some(scope.into()),
+    }
+}
+
+fn workload_rules() -> Vec<RuleWithOperations> {
+    vec![
+        rule(
+            &[""],
+            &["v1"],
+            &["pods"],
+            &["CREATE", "UPDATE"],
+            "Namespaced",
+        ),
+        rule(
+            &["apps"],
+            &["v1"],
+            &["deployments", "statefulsets", "replicasets", "daemonsets"],
+            &["CREATE", "UPDATE"],
+            "Namespaced",
+        ),
+        rule(
+            &["batch"],
+            &["v1"],
+            &["jobs", "cronjobs"],
+            &["CREATE", "UPDATE"],
+            "Namespaced",
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforced_namespaces_fail_closed_and_others_fail_open() {
+        let registration = Registration::new(
+            Endpoint::Url("https://127.0.0.1:8443".into()),
+            "policybind-system",
+        );
+        let validating = registration.validating();
+        let hooks = validating.webhooks.unwrap();
+        assert_eq!(hooks[1].failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(hooks[2].failure_policy.as_deref(), Some("Ignore"));
+        assert_eq!(
+            hooks[1].client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/validate")
+        );
+        let mutating = registration.mutating().webhooks.unwrap();
+        assert_eq!(mutating[0].reinvocation_policy.as_deref(), Some("IfNeeded"));
+        assert_eq!(mutating[0].timeout_seconds, Some(3));
+        let excluded = mutating[1].namespace_selector.as_ref().unwrap();
+        let names = excluded.match_expressions.as_ref().unwrap()[1]
+            .values
+            .clone()
+            .unwrap();
+        assert!(names.contains(&"kube-system".to_string()));
+        assert!(names.contains(&"policybind-system".to_string()));
+    }
+}

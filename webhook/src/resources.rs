@@ -1,0 +1,321 @@
+//! Validating PolicyBind's own resources: the checks that need the engine or
+//! other objects, which CEL rules in the schema cannot do.
+//!
+//! - AIPolicy / ClusterAIPolicy: compiled with the engine together with the
+//!   policies already in the cluster that share its scope, so invalid regexes,
+//!   CEL, time zones and conflicts at equal priority are refused with the exact
+//!   resource, rule, field and reason the engine reports.
+//! - ModelDeployment: compiled against the registry for duplicate model names.
+//! - AccessToken: scope sanity (time zones, model globs, classifications,
+//!   use cases), plus warnings that help (already expired, no model matches).
+//! - ApprovalRequest: a decision must carry the deciding user's own name, cannot
+//!   come from the requester, and needs the `approve` verb (SubjectAccessReview).
+//!
+//! Nothing here mutates these resources: GitOps tools must see no drift.
+
+use k8s_openapi::api::authentication::v1::UserInfo;
+use policybind_crds::approval_request::{ApprovalDecision, DecisionState};
+use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
+use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
+use policybind_engine::{CompileErrors, PolicySet, codes};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::authz::{APPROVAL_RESOURCE, APPROVE_VERB, Authorizer};
+use crate::verdict::Verdict;
+use crate::view::ClusterView;
+
+/// Rationale codes for resource admission (webhook only; the engine's table
+/// covers request decisions).
+pub mod admission_codes {
+    /// A policy, model or token does not compile.
+    pub const RESOURCE_INVALID: &str = "RESOURCE_INVALID";
+    /// `spec.decision.approver` is not the user writing the decision.
+    pub const APPROVER_MISMATCH: &str = "APPROVER_MISMATCH";
+    /// The requester tried to decide their own request.
+    pub const SELF_APPROVAL: &str = "SELF_APPROVAL";
+    /// The user lacks the `approve` verb on approvalrequests.
+    pub const APPROVAL_NOT_PERMITTED: &str = "APPROVAL_NOT_PERMITTED";
+    /// A decision was changed or withdrawn.
+    pub const DECISION_IMMUTABLE: &str = "DECISION_IMMUTABLE";
+    /// An approver rejected.
+    pub const APPROVAL_REJECTED: &str = "APPROVAL_REJECTED";
+    /// The authorization check could not be made.
+    pub const AUTHORIZATION_UNAVAILABLE: &str = "AUTHORIZATION_UNAVAILABLE";
+}
+use admission_codes::*;
+
+fn parse<T: DeserializeOwned>(kind: &str, object: &Value) -> Result<T, Verdict> {
+    serde_json::from_value(object.clone()).map_err(|e| {
+        Verdict::deny(
+            RESOURCE_INVALID,
+            format!("{kind} does not match the policybind.io/v1alpha1 schema: {e}"),
+        )
+    })
+}
+
+fn name_of(object: &Value) -> (String, String) {
+    let meta = object.get("metadata");
+    let get = |key: &str| {
+        meta.and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (get("namespace"), get("name"))
+}
+
+/// Errors about `resource` only: existing objects may have problems of their own,
+/// which are theirs to fix and must not block this one.
+fn errors_for(errors: &CompileErrors, resource: &str) -> Vec<String> {
+    errors
+        .0
+        .iter()
+        .filter(|e| e.resource == resource)
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn compile_verdict(bundle: &Bundle, resource: &str) -> Verdict {
+    match PolicySet::compile(bundle) {
+        Ok(_) => Verdict::allow(codes::POLICY_ALLOW),
+        Err(errors) => {
+            let mine = errors_for(&errors, resource);
+            if mine.is_empty() {
+                Verdict::allow(codes::POLICY_ALLOW)
+            } else {
+                Verdict::deny(RESOURCE_INVALID, mine.join("; "))
+            }
+        }
+    }
+}
+
+/// An AIPolicy, compiled with the other AIPolicies of its namespace and every
+/// ClusterAIPolicy (the set a namespace bundle would hold).
+pub fn validate_ai_policy(view: &dyn ClusterView, object: &Value) -> Verdict {
+    let policy: AIPolicy = match parse("AIPolicy", object) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let (namespace, name) = name_of(object);
+    let mut bundle = Bundle {
+        namespace: Some(namespace.clone()),
+        ..Bundle::default()
+    };
+    bundle.policies.extend(
+        view.cluster_policies()
+            .iter()
+            .map(|p| BundlePolicy::from_cluster_policy(p)),
+    );
+    bundle.policies.extend(
+        view.ai_policies(&namespace)
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+            .map(|p| BundlePolicy::from_ai_policy(p)),
+    );
+    // Last, so that conflicts are reported against the incoming policy.
+    bundle.policies.push(BundlePolicy::from_ai_policy(&policy));
+    compile_verdict(&bundle, &format!("AIPolicy {namespace}/{name}"))
+}
+
+/// A ClusterAIPolicy, compiled with every other ClusterAIPolicy.
+pub fn validate_cluster_policy(view: &dyn ClusterView, object: &Value) -> Verdict {
+    let policy: ClusterAIPolicy = match parse("ClusterAIPolicy", object) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let (_, name) = name_of(object);
+    let mut bundle = Bundle::default();
+    bundle.policies.extend(
+        view.cluster_policies()
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+            .map(|p| BundlePolicy::from_cluster_policy(p)),
+    );
+    bundle
+        .policies
+        .push(BundlePolicy::from_cluster_policy(&policy));
+    compile_verdict(&bundle, &format!("ClusterAIPolicy {name}"))
+}
+
+/// A ModelDeployment, compiled with the registry: a model name or alias may be
+/// registered once.
+pub fn validate_model(view: &dyn ClusterView, object: &Value) -> Verdict {
+    let model: ModelDeployment = match parse("ModelDeployment", object) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let (namespace, name) = name_of(object);
+    let mut bundle = Bundle::default();
+    bundle.models.extend(
+        view.models()
+            .iter()
+            .filter(|m| {
+                !(m.metadata.namespace.as_deref() == Some(namespace.as_str())
+                    && m.metadata.name.as_deref() == Some(name.as_str()))
+            })
+            .map(|m| BundleModel::from_model(m, None)),
+    );
+    bundle.models.push(BundleModel::from_model(&model, None));
+    compile_verdict(&bundle, &format!("ModelDeployment {namespace}/{name}"))
+}
+
+/// An AccessToken: what the engine checks when compiling it, and the scope rules
+/// that span fields.
+pub fn validate_token(
+    view: &dyn ClusterView,
+    object: &Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Verdict {
+    let token: AccessToken = match parse("AccessToken", object) {
+        Ok(t) => t,
+        Err(v) => return v,
+    };
+    let (namespace, name) = name_of(object);
+    let resource = format!("AccessToken {namespace}/{name}");
+    let spec = &token.spec;
+    let mut problems = vec![];
+    if let Some(default) = &spec.default_use_case
+        && !spec.allowed_use_cases.is_empty()
+        && !spec.allowed_use_cases.contains(default)
+    {
+        problems.push(format!(
+            "{resource}: spec.defaultUseCase: {default:?} is not in spec.allowedUseCases"
+        ));
+    }
+    if spec.allowed_models.iter().any(|m| m.trim().is_empty()) {
+        problems.push(format!(
+            "{resource}: spec.allowedModels: an entry is empty; use \"*\" for every registered model"
+        ));
+    }
+    if let Some(rate) = &spec.rate_limit
+        && rate.requests_per_minute == Some(0)
+    {
+        problems.push(format!(
+            "{resource}: spec.rateLimit.requestsPerMinute: must be at least 1 (revoke the token to stop it)"
+        ));
+    }
+    let bundle = Bundle {
+        tokens: vec![BundleToken::from_token(&token, vec![])],
+        ..Bundle::default()
+    };
+    if let Err(errors) = PolicySet::compile(&bundle) {
+        problems.extend(errors_for(&errors, &resource));
+    }
+    if !problems.is_empty() {
+        return Verdict::deny(RESOURCE_INVALID, problems.join("; "));
+    }
+    let mut verdict = Verdict::allow(codes::POLICY_ALLOW);
+    if spec.expires_at.is_some_and(|t| t <= now) {
+        verdict.warnings.push(format!(
+            "{resource}: spec.expiresAt is in the past; every request with it will be denied TOKEN_EXPIRED"
+        ));
+    }
+    if let Ok(globs) = policybind_engine::selector::glob_set(&spec.allowed_models) {
+        let registered = view.models();
+        let any = registered.iter().any(|m| {
+            std::iter::once(&m.spec.model)
+                .chain(&m.spec.aliases)
+                .any(|n| globs.is_match(n))
+        });
+        if !registered.is_empty() && !any {
+            verdict.warnings.push(format!(
+                "{resource}: spec.allowedModels matches no registered ModelDeployment yet"
+            ));
+        }
+    }
+    verdict
+}
+
+/// An ApprovalRequest create or update. Only a new decision is judged; the
+/// schema's CEL rules keep target and requester immutable.
+pub async fn validate_approval(
+    authorizer: &dyn Authorizer,
+    user: &UserInfo,
+    object: &Value,
+    old_object: Option<&Value>,
+) -> Verdict {
+    let request: ApprovalRequest = match parse("ApprovalRequest", object) {
+        Ok(r) => r,
+        Err(v) => return v,
+    };
+    let (namespace, name) = name_of(object);
+    let old_decision: Option<ApprovalDecision> = old_object
+        .and_then(|o| o.pointer("/spec/decision"))
+        .and_then(|d| serde_json::from_value(d.clone()).ok());
+    let Some(decision) = &request.spec.decision else {
+        if old_decision.is_some() {
+            return Verdict::deny(
+                DECISION_IMMUTABLE,
+                format!(
+                    "ApprovalRequest {namespace}/{name}: spec.decision: a decision cannot be withdrawn; create a new ApprovalRequest"
+                ),
+            );
+        }
+        return Verdict::allow(codes::APPROVAL_REQUIRED);
+    };
+    if let Some(old) = &old_decision {
+        if old == decision {
+            // Unchanged decision: labels, annotations or other edits.
+            return Verdict::allow(codes::POLICY_ALLOW);
+        }
+        return Verdict::deny(
+            DECISION_IMMUTABLE,
+            format!(
+                "ApprovalRequest {namespace}/{name}: spec.decision: a decision cannot be changed once made (was {:?} by {})",
+                old.state, old.approver
+            ),
+        );
+    }
+
+    let username = user.username.clone().unwrap_or_default();
+    let approval = |v: Verdict| {
+        let mut v = v
+            .with_detail("approver", decision.approver.clone())
+            .with_detail("user", username.clone())
+            .with_detail("decision", format!("{:?}", decision.state))
+            .with_detail("requester", request.spec.requester.clone());
+        v.record_kind = policybind_engine::audit::RecordKind::Approval;
+        v
+    };
+    if decision.approver != username {
+        return approval(Verdict::deny(
+            APPROVER_MISMATCH,
+            format!(
+                "ApprovalRequest {namespace}/{name}: spec.decision.approver is {:?} but you are authenticated as {username:?}; \
+                 write your own user name",
+                decision.approver
+            ),
+        ));
+    }
+    if username == request.spec.requester {
+        return approval(Verdict::deny(
+            SELF_APPROVAL,
+            format!(
+                "ApprovalRequest {namespace}/{name}: {username} requested this and cannot decide it; another approver must"
+            ),
+        ));
+    }
+    match authorizer.may_approve(user, &namespace, &name).await {
+        Ok(true) => approval(Verdict::allow(match decision.state {
+            DecisionState::Approved => codes::APPROVAL_GRANTED,
+            DecisionState::Rejected => APPROVAL_REJECTED,
+        })),
+        Ok(false) => approval(Verdict::deny(
+            APPROVAL_NOT_PERMITTED,
+            format!(
+                "ApprovalRequest {namespace}/{name}: {username} may not decide approval requests in namespace {namespace}; \
+                 an administrator must grant verb {APPROVE_VERB:?} on {APPROVAL_RESOURCE}.policybind.io"
+            ),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "SubjectAccessReview failed");
+            approval(Verdict::deny(
+                AUTHORIZATION_UNAVAILABLE,
+                format!(
+                    "ApprovalRequest {namespace}/{name}: the approver's rights could not be checked right now; try again"
+                ),
+            ))
+        }
+    }
+}

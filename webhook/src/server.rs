@@ -1,0 +1,387 @@
+//! Serving: the TLS accept loop, the plain health port, and [`run`], which wires
+//! caches, certificate, audit and both servers together for `policybind webhook`.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource};
+use policybind_crds::{AIPolicy, ClusterAIPolicy, ModelDeployment};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::Error;
+use crate::admission::{App, router};
+use crate::audit::{AuditSink, LogSink};
+use crate::authz::SubjectAccessReviewer;
+use crate::config::{AdmissionConfig, SidecarStyle, supports_native_sidecars};
+use crate::configs::Registration;
+use crate::metrics::Metrics;
+use crate::tls::{self, CertResolver};
+use crate::view::KubeView;
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files, polled for changes.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A `kubernetes.io/tls` Secret, watched.
+    Secret { namespace: String, name: String },
+    /// Generated at start-up for these names and addresses.
+    SelfSigned {
+        dns_names: Vec<String>,
+        ips: Vec<IpAddr>,
+    },
+}
+
+/// Everything `policybind webhook` configures.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub health_listen: SocketAddr,
+    pub tls: TlsSource,
+    pub admission: AdmissionConfig,
+    pub max_body_bytes: usize,
+    /// Longest time one connection may take for its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Concurrent connections served; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How often certificate files are checked for changes.
+    pub reload_every: Duration,
+    /// The webhook configurations to keep the caBundle of (self-signed), or to
+    /// create (`register`).
+    pub registration: Registration,
+    /// Create or update both configurations by server-side apply at start-up
+    /// (registration by URL for out-of-cluster runs).
+    pub register: bool,
+}
+
+/// What readiness waits for.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub certificate: AtomicBool,
+    pub caches: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.certificate.load(Ordering::Acquire) && self.caches.load(Ordering::Acquire)
+    }
+}
+
+/// Accepts TLS connections and serves `router` on each, HTTP/1.1 or HTTP/2,
+/// until `shutdown` completes.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = &mut shutdown => return Ok(()),
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(router);
+            if let Err(error) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Liveness, readiness and metrics on the plain port.
+pub fn health_router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
+    #[derive(Clone)]
+    struct Health {
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+    }
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Health>| async move {
+                if h.readiness.ready() {
+                    (StatusCode::OK, "ready")
+                } else if !h.readiness.certificate.load(Ordering::Acquire) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no serving certificate yet",
+                    )
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    h.metrics.encode(),
+                )
+            }),
+        )
+        .with_state(Health { readiness, metrics })
+}
+
+fn reflect<K>(api: Api<K>) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = K::kind(&()).as_ref(), "watch error");
+            }
+        });
+    (reader, tokio::spawn(stream))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Applies both webhook configurations (server-side apply, field manager
+/// `policybind-webhook`).
+pub async fn register(client: Client, registration: &Registration) -> Result<(), Error> {
+    let params = PatchParams::apply("policybind-webhook").force();
+    let mut validating = serde_json::to_value(registration.validating()).expect("serializable");
+    validating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    validating["kind"] = "ValidatingWebhookConfiguration".into();
+    let mut mutating = serde_json::to_value(registration.mutating()).expect("serializable");
+    mutating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    mutating["kind"] = "MutatingWebhookConfiguration".into();
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(&registration.name, &params, &Patch::Apply(&validating))
+        .await
+        .map_err(Error::Kube)?;
+    Api::<MutatingWebhookConfiguration>::all(client)
+        .patch(&registration.name, &params, &Patch::Apply(&mutating))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Runs the webhook until SIGTERM or Ctrl-C.
+pub async fn run(mut settings: Settings) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+
+    settings.admission.native_sidecars = match settings.admission.sidecar.style {
+        SidecarStyle::Native => true,
+        SidecarStyle::Regular => false,
+        SidecarStyle::Auto => match client.apiserver_version().await {
+            Ok(info) => supports_native_sidecars(&info.major, &info.minor),
+            Err(error) => {
+                tracing::warn!(%error, "API server version unknown; injecting regular sidecars");
+                false
+            }
+        },
+    };
+    tracing::info!(
+        native = settings.admission.native_sidecars,
+        "sidecar style decided"
+    );
+
+    // Caches first: the health port reports "not ready" until they are synced.
+    let (models, _m) = reflect(Api::<ModelDeployment>::all(client.clone()));
+    let (namespaces, _n) = reflect(Api::<Namespace>::all(client.clone()));
+    let (ai_policies, _a) = reflect(Api::<AIPolicy>::all(client.clone()));
+    let (cluster_policies, _c) = reflect(Api::<ClusterAIPolicy>::all(client.clone()));
+    let view = KubeView {
+        models: models.clone(),
+        namespaces: namespaces.clone(),
+        ai_policies: ai_policies.clone(),
+        cluster_policies: cluster_policies.clone(),
+    };
+    {
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let synced = futures::future::join4(
+                models.wait_until_ready(),
+                namespaces.wait_until_ready(),
+                ai_policies.wait_until_ready(),
+                cluster_policies.wait_until_ready(),
+            )
+            .await;
+            if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
+                readiness.caches.store(true, Ordering::Release);
+                tracing::info!("caches synced");
+            }
+        });
+    }
+
+    let health = TcpListener::bind(settings.health_listen).await?;
+    tracing::info!(address = %settings.health_listen, "health, readiness and metrics (plain HTTP)");
+    {
+        let app = health_router(readiness.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(health, app).await {
+                tracing::error!(%error, "health server stopped");
+            }
+        });
+    }
+
+    let resolver = CertResolver::new();
+    match &settings.tls {
+        TlsSource::Files { cert, key } => {
+            tls::watch_files(
+                cert.clone(),
+                key.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                settings.reload_every,
+            )
+            .await?;
+        }
+        TlsSource::Secret { namespace, name } => {
+            tls::watch_secret(
+                client.clone(),
+                namespace,
+                name,
+                resolver.clone(),
+                metrics.clone(),
+            );
+        }
+        TlsSource::SelfSigned { dns_names, ips } => {
+            let generated = tls::generate_self_signed(dns_names, ips)?;
+            resolver.set(tls::certified_key(
+                generated.cert_pem.as_bytes(),
+                generated.key_pem.as_bytes(),
+            )?);
+            metrics.certificate_reloads.inc();
+            settings.registration.ca_bundle = Some(generated.ca_pem.clone());
+            if !settings.register {
+                tls::patch_ca_bundle(
+                    client.clone(),
+                    Some(&settings.registration.name),
+                    Some(&settings.registration.name),
+                    &generated.ca_pem,
+                )
+                .await?;
+            }
+        }
+    }
+    if settings.register {
+        register(client.clone(), &settings.registration).await?;
+        tracing::info!(name = %settings.registration.name, "webhook configurations applied");
+    }
+    {
+        // Certificates from a Secret arrive asynchronously.
+        let readiness = readiness.clone();
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            while !resolver.is_loaded() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            readiness.certificate.store(true, Ordering::Release);
+        });
+    }
+
+    let audit: Arc<dyn AuditSink> = Arc::new(LogSink);
+    let app = App::new(
+        settings.admission.clone(),
+        Arc::new(view),
+        Arc::new(SubjectAccessReviewer::new(client.clone())),
+        audit,
+        metrics.clone(),
+    )?;
+    let listener = TcpListener::bind(settings.listen).await?;
+    tracing::info!(address = %settings.listen, "admission webhook (HTTPS)");
+    serve_tls(
+        listener,
+        router(app, settings.max_body_bytes),
+        tls::server_config(resolver)?,
+        settings.handshake_timeout,
+        settings.max_connections,
+        shutdown_signal(),
+    )
+    .await
+}
