@@ -1,0 +1,437 @@
+//! Desired policy bundles (DESIGN.md section 4), as pure functions of the
+//! cluster's objects.
+//!
+//! [`ClusterView`] is everything bundles are made of, computed once per change
+//! from the watch caches: the version in force of every policy, every model with
+//! the state the operator concluded (risk, approval, review, suspension), and
+//! every token with the hashes of its accepted values and whether a budget is
+//! used up. [`desired_bundle`] cuts from it what one namespace needs:
+//!
+//! - policies: the namespace's AIPolicies, and the ClusterAIPolicies whose
+//!   `namespaces` globs and `namespaceSelector` select it;
+//! - models: every ModelDeployment in the cluster, because a workload may call a
+//!   model registered elsewhere and a suspension must reach every caller. When two
+//!   deployments claim the same model name (or alias), the one in the bundle's own
+//!   namespace wins, then the first by `namespace/name`; the other is left out;
+//! - tokens: every AccessToken (hashes only), because callers in any namespace
+//!   may present a token to this namespace's sidecars;
+//! - the namespace's labels, for ClusterAIPolicy selectors evaluated by the engine.
+//!
+//! Nothing here talks to the API server; [`crate::namespace`] writes the result.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
+use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
+
+use crate::access_token::{self, SecretState};
+use crate::ai_policy::{PolicyMemory, version_in_force};
+use crate::context::ENFORCE_LABEL;
+use crate::model_deployment;
+use crate::usage::{UsageReport, current_usage};
+
+/// Everything bundles are made of, at one instant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    pub policies: Vec<BundlePolicy>,
+    pub models: Vec<BundleModel>,
+    pub tokens: Vec<BundleToken>,
+    pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// When the view changes by itself (a review falls due, a grace period ends,
+    /// a budget period starts); bundles are rebuilt then.
+    pub next_change: Option<DateTime<Utc>>,
+}
+
+/// Raw inputs of a [`ClusterView`], borrowed from the caches.
+pub struct ViewInputs<'a> {
+    pub policies: &'a [Arc<AIPolicy>],
+    pub cluster_policies: &'a [Arc<ClusterAIPolicy>],
+    pub models: &'a [Arc<ModelDeployment>],
+    pub approvals: &'a [Arc<ApprovalRequest>],
+    pub tokens: &'a [Arc<AccessToken>],
+    /// Token Secret state by `namespace/secret-name`.
+    pub secrets: &'a HashMap<String, SecretState>,
+    pub usage: &'a [UsageReport],
+    pub namespaces: &'a [Arc<Namespace>],
+    pub approval_ttl: Duration,
+}
+
+/// Whether a namespace gets a bundle: labelled `policybind.io/enforce=true`, or
+/// running a pod that opts in with the same label or annotation.
+pub fn is_enforced<'a>(
+    namespace: &Namespace,
+    pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
+) -> bool {
+    let opted = |map: Option<&BTreeMap<String, String>>| {
+        map.and_then(|m| m.get(ENFORCE_LABEL))
+            .is_some_and(|v| v == "true")
+    };
+    if namespace.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    if opted(namespace.metadata.labels.as_ref()) {
+        return true;
+    }
+    let name = namespace.name_any();
+    pods.into_iter().any(|pod| {
+        pod.metadata.namespace.as_deref() == Some(name.as_str())
+            && (opted(pod.metadata.labels.as_ref()) || opted(pod.metadata.annotations.as_ref()))
+    })
+}
+
+/// Builds the view. Policies resolve through `memory` (last good version).
+pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Utc>) -> ClusterView {
+    let mut next_change: Option<DateTime<Utc>> = None;
+    let mut soonest = |t: DateTime<Utc>| {
+        if t > now && next_change.is_none_or(|n| t < n) {
+            next_change = Some(t);
+        }
+    };
+
+    let mut policies = Vec::with_capacity(inputs.policies.len() + inputs.cluster_policies.len());
+    for p in inputs.policies {
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let bp = BundlePolicy::from_ai_policy(p);
+        policies.extend(version_in_force(memory, &bp, &uid, p.metadata.generation));
+    }
+    for p in inputs.cluster_policies {
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let bp = BundlePolicy::from_cluster_policy(p);
+        policies.extend(version_in_force(memory, &bp, &uid, p.metadata.generation));
+    }
+
+    let mut approvals_by_ns: HashMap<&str, Vec<&ApprovalRequest>> = HashMap::new();
+    for a in inputs.approvals {
+        approvals_by_ns
+            .entry(a.metadata.namespace.as_deref().unwrap_or(""))
+            .or_default()
+            .push(a);
+    }
+    let models = inputs
+        .models
+        .iter()
+        .map(|m| {
+            let ns = m.metadata.namespace.as_deref().unwrap_or("");
+            let approvals = approvals_by_ns.get(ns).into_iter().flatten().copied();
+            let state = model_deployment::evaluate(m, approvals, now, inputs.approval_ttl);
+            if !state.review_overdue {
+                soonest(state.next_review_at);
+            }
+            model_deployment::bundle_model(m, &state)
+        })
+        .collect();
+
+    let tokens = inputs
+        .tokens
+        .iter()
+        .map(|t| {
+            let ns = t.metadata.namespace.as_deref().unwrap_or("");
+            let secret_key = format!("{ns}/{}", access_token::secret_name(t));
+            let secret = inputs.secrets.get(&secret_key);
+            let usage = current_usage(
+                &format!("{ns}/{}", t.name_any()),
+                &t.spec,
+                inputs.usage,
+                now,
+            );
+            if let Some(next) = access_token::next_change(t, secret, now) {
+                soonest(next);
+            }
+            access_token::bundle_token(t, secret, &usage, now)
+        })
+        .collect();
+
+    let namespace_labels = inputs
+        .namespaces
+        .iter()
+        .filter_map(|n| {
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            (!labels.is_empty()).then(|| (n.name_any(), labels))
+        })
+        .collect();
+
+    ClusterView {
+        policies,
+        models,
+        tokens,
+        namespace_labels,
+        next_change,
+    }
+}
+
+/// Whether a policy applies in `namespace` (whose labels are `labels`).
+pub fn policy_applies(
+    policy: &BundlePolicy,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    if let Some(own) = &policy.namespace {
+        return own == namespace;
+    }
+    let by_name = policy.namespaces.is_empty()
+        || policybind_engine::selector::glob_set(&policy.namespaces)
+            .map(|globs| globs.is_match(namespace))
+            // A ClusterAIPolicy with a bad glob never compiles, so it is never in
+            // force; staying out is the safe reading.
+            .unwrap_or(false);
+    let by_selector = policy
+        .namespace_selector
+        .as_ref()
+        .is_none_or(|s| policybind_engine::selector::matches(s, labels));
+    by_name && by_selector
+}
+
+/// The bundle for one namespace.
+pub fn desired_bundle(view: &ClusterView, namespace: &str) -> Bundle {
+    let empty = BTreeMap::new();
+    let labels = view.namespace_labels.get(namespace).unwrap_or(&empty);
+    let policies = view
+        .policies
+        .iter()
+        .filter(|p| policy_applies(p, namespace, labels))
+        .cloned()
+        .collect();
+
+    // Own namespace first, then by namespace/name: the first claim of a name wins.
+    let mut order: Vec<&BundleModel> = view.models.iter().collect();
+    order.sort_by(|a, b| {
+        (a.namespace != namespace, &a.namespace, &a.name).cmp(&(
+            b.namespace != namespace,
+            &b.namespace,
+            &b.name,
+        ))
+    });
+    let mut claimed: HashSet<&str> = HashSet::new();
+    let mut models = Vec::with_capacity(order.len());
+    for model in order {
+        let names: Vec<&str> = std::iter::once(model.spec.model.as_str())
+            .chain(model.spec.aliases.iter().map(String::as_str))
+            .collect();
+        if names.iter().any(|n| claimed.contains(n)) {
+            continue;
+        }
+        claimed.extend(names);
+        models.push(model.clone());
+    }
+
+    let mut namespace_labels = BTreeMap::new();
+    if !labels.is_empty() {
+        namespace_labels.insert(namespace.to_string(), labels.clone());
+    }
+    let mut bundle = Bundle {
+        namespace: Some(namespace.to_string()),
+        policies,
+        models,
+        tokens: view.tokens.clone(),
+        namespace_labels,
+        ..Default::default()
+    };
+    bundle.normalize();
+    bundle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{cluster_policy, model, namespace, policy, rule, token};
+    use policybind_crds::model_deployment::RiskFactors;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    struct Fixture {
+        policies: Vec<Arc<AIPolicy>>,
+        cluster_policies: Vec<Arc<ClusterAIPolicy>>,
+        models: Vec<Arc<ModelDeployment>>,
+        tokens: Vec<Arc<AccessToken>>,
+        namespaces: Vec<Arc<Namespace>>,
+        secrets: HashMap<String, SecretState>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                policies: vec![
+                    Arc::new(policy(
+                        "team-a",
+                        "a-rules",
+                        vec![rule("allow", "Allow", &["gpt-*"])],
+                    )),
+                    Arc::new(policy("team-b", "b-rules", vec![rule("deny", "Deny", &[])])),
+                ],
+                cluster_policies: vec![
+                    Arc::new(cluster_policy(
+                        "everywhere",
+                        &[],
+                        vec![rule("all", "Deny", &["bad-*"])],
+                    )),
+                    Arc::new(cluster_policy(
+                        "only-b",
+                        &["team-b*"],
+                        vec![rule("b", "Deny", &["x"])],
+                    )),
+                ],
+                models: vec![
+                    Arc::new(model("platform", "gpt-4o").build()),
+                    Arc::new(model("team-a", "gpt-4o").build()),
+                    Arc::new(model("platform", "llama").suspended().build()),
+                ],
+                tokens: vec![Arc::new(token("team-a", "bot").build())],
+                namespaces: vec![
+                    Arc::new(namespace("team-a", true)),
+                    Arc::new(namespace("team-b", true)),
+                ],
+                secrets: HashMap::from([(
+                    "team-a/bot-token".to_string(),
+                    SecretState {
+                        current_hash: "ab".repeat(32),
+                        previous: None,
+                        issued_at: None,
+                        rotation: None,
+                    },
+                )]),
+            }
+        }
+
+        fn view(&self) -> ClusterView {
+            let inputs = ViewInputs {
+                policies: &self.policies,
+                cluster_policies: &self.cluster_policies,
+                models: &self.models,
+                approvals: &[],
+                tokens: &self.tokens,
+                secrets: &self.secrets,
+                usage: &[],
+                namespaces: &self.namespaces,
+                approval_ttl: Duration::from_secs(7 * 86400),
+            };
+            cluster_view(
+                &inputs,
+                &PolicyMemory::default(),
+                at("2026-11-22T12:00:00Z"),
+            )
+        }
+    }
+
+    #[test]
+    fn namespace_gets_its_own_and_selecting_cluster_policies_only() {
+        let view = Fixture::new().view();
+        let a = desired_bundle(&view, "team-a");
+        let ids: Vec<String> = a.policies.iter().map(|p| p.id()).collect();
+        assert_eq!(ids, vec!["team-a/a-rules", "everywhere"]);
+        let b = desired_bundle(&view, "team-b");
+        let ids: Vec<String> = b.policies.iter().map(|p| p.id()).collect();
+        assert_eq!(ids, vec!["team-b/b-rules", "everywhere", "only-b"]);
+    }
+
+    #[test]
+    fn own_namespace_model_wins_a_name_clash_and_bundles_compile() {
+        let view = Fixture::new().view();
+        let a = desired_bundle(&view, "team-a");
+        let gpt: Vec<&str> = a
+            .models
+            .iter()
+            .filter(|m| m.spec.model == "gpt-4o")
+            .map(|m| m.namespace.as_str())
+            .collect();
+        assert_eq!(gpt, vec!["team-a"]);
+        let b = desired_bundle(&view, "team-b");
+        let gpt: Vec<&str> = b
+            .models
+            .iter()
+            .filter(|m| m.spec.model == "gpt-4o")
+            .map(|m| m.namespace.as_str())
+            .collect();
+        assert_eq!(gpt, vec!["platform"]);
+        policybind_engine::PolicySet::compile(&a).expect("bundle for team-a compiles");
+        policybind_engine::PolicySet::compile(&b).expect("bundle for team-b compiles");
+    }
+
+    #[test]
+    fn suspended_model_is_suspended_in_every_bundle() {
+        let view = Fixture::new().view();
+        for ns in ["team-a", "team-b"] {
+            let bundle = desired_bundle(&view, ns);
+            let llama = bundle.models.iter().find(|m| m.name == "llama").unwrap();
+            assert!(llama.spec.suspended, "{ns}");
+        }
+    }
+
+    #[test]
+    fn overdue_review_with_auto_suspend_suspends_in_bundles() {
+        let mut fixture = Fixture::new();
+        fixture.models = vec![Arc::new(
+            model("platform", "old").review_every(10, true).build(),
+        )];
+        let view = fixture.view();
+        let bundle = desired_bundle(&view, "team-a");
+        assert!(bundle.models[0].spec.suspended);
+        assert!(bundle.models[0].review_overdue);
+    }
+
+    #[test]
+    fn high_risk_model_without_approval_is_pending_in_bundles() {
+        let mut fixture = Fixture::new();
+        fixture.models = vec![Arc::new(
+            model("platform", "risky")
+                .factors(RiskFactors {
+                    customer_facing: true,
+                    automated_decisions: true,
+                    processes_personal_data: true,
+                    ..Default::default()
+                })
+                .build(),
+        )];
+        let bundle = desired_bundle(&fixture.view(), "team-a");
+        assert_eq!(
+            bundle.models[0].approval,
+            policybind_crds::model_deployment::ApprovalState::Pending
+        );
+    }
+
+    #[test]
+    fn bundles_hold_token_hashes_and_never_values() {
+        let view = Fixture::new().view();
+        let bundle = desired_bundle(&view, "team-b");
+        assert_eq!(bundle.tokens.len(), 1);
+        assert_eq!(bundle.tokens[0].hashes[0].sha256, "ab".repeat(32));
+    }
+
+    #[test]
+    fn same_inputs_in_any_order_give_the_same_fingerprint() {
+        let fixture = Fixture::new();
+        let mut reversed = Fixture::new();
+        reversed.policies.reverse();
+        reversed.models.reverse();
+        reversed.cluster_policies.reverse();
+        assert_eq!(
+            desired_bundle(&fixture.view(), "team-a").fingerprint(),
+            desired_bundle(&reversed.view(), "team-a").fingerprint()
+        );
+    }
+
+    #[test]
+    fn labelled_namespace_or_opted_in_pod_is_enforced() {
+        let plain = namespace("team-c", false);
+        assert!(!is_enforced(&plain, []));
+        assert!(is_enforced(&namespace("team-a", true), []));
+        let mut pod: PartialObjectMeta<Pod> = PartialObjectMeta::default();
+        pod.metadata.namespace = Some("team-c".into());
+        pod.metadata.annotations = Some([(ENFORCE_LABEL.to_string(), "true".to_string())].into());
+        assert!(is_enforced(&plain, [&pod]));
+    }
+
+    #[test]
+    fn next_change_is_the_earliest_review_due_date() {
+        let view = Fixture::new().view();
+        // Models created 2026-11-01 with the default 90-day interval.
+        assert_eq!(view.next_change, Some(at("2027-01-30T00:00:00Z")));
+    }
+}

@@ -1,0 +1,343 @@
+//! What every reconciler shares: the client, the watch caches (one watch per
+//! kind, shared by its controller and by the bundle builder), the clock, metrics,
+//! the event recorder, settings, and the small amount of memory the operator keeps
+//! between reconciles (the last good version of each policy, error backoff).
+//!
+//! Reconcilers read only from the caches, never from the API server, so a second
+//! reconcile of an unchanged object makes no call at all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{PartialObjectMeta, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use policybind_crds::{
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
+};
+
+use crate::error::Error;
+use crate::incident::IncidentSettings;
+use crate::metrics::Metrics;
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "policybind-operator";
+/// Label on every object the operator creates that has no owner reference to
+/// hold it (bundle ConfigMaps, the sidecar Role and RoleBinding).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "policybind";
+/// Namespace label that turns enforcement on (shared with the webhook, which
+/// injects sidecars into the same namespaces).
+pub const ENFORCE_LABEL: &str = "policybind.io/enforce";
+
+/// Condition reasons the crds crate does not define yet (candidates to move there).
+pub mod reasons {
+    pub const NOT_SUSPENDED: &str = "NotSuspended";
+    pub const APPROVAL_EXPIRED: &str = "ApprovalExpired";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const DECIDED: &str = "DecisionApplied";
+    pub const AWAITING_DECISION: &str = "AwaitingDecision";
+    pub const TRACKING: &str = "Tracking";
+}
+
+/// Where "now" comes from: the system clock in production, a fixed instant in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Settings of `policybind controller`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Kubeconfig file; unset means in-cluster, then `KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; unset means the current context.
+    pub kube_context: Option<String>,
+    /// Address of the metrics and health server.
+    pub metrics_listen: SocketAddr,
+    /// Take a Lease before acting, so that several replicas are safe.
+    pub leader_election: bool,
+    /// Namespace of the Lease (the operator's own namespace).
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (pod name) in the Lease and in events.
+    pub identity: String,
+    /// Quiet time after a change before bundles are rebuilt, so bursts coalesce.
+    pub bundle_debounce: Duration,
+    /// User name written as `requester` of the ApprovalRequests the operator raises.
+    pub requester: String,
+    /// How long an unanswered ApprovalRequest stays open when it sets no `expiresAt`.
+    pub approval_ttl: Duration,
+    /// Thresholds of the incident patterns.
+    pub incidents: IncidentSettings,
+    /// How long to wait for the watch caches to fill at start.
+    pub cache_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kubeconfig: None,
+            kube_context: None,
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            leader_election: false,
+            lease_namespace: "policybind-system".into(),
+            lease_name: "policybind-operator".into(),
+            identity: "policybind-operator".into(),
+            bundle_debounce: Duration::from_millis(250),
+            requester: "system:serviceaccount:policybind-system:policybind-operator".into(),
+            approval_ttl: Duration::from_secs(7 * 24 * 3600),
+            incidents: IncidentSettings::default(),
+            cache_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Read-only views of the watch caches.
+#[derive(Clone)]
+pub struct Stores {
+    pub policies: Store<AIPolicy>,
+    pub cluster_policies: Store<ClusterAIPolicy>,
+    pub models: Store<ModelDeployment>,
+    pub tokens: Store<AccessToken>,
+    pub approvals: Store<ApprovalRequest>,
+    pub incidents: Store<Incident>,
+    pub namespaces: Store<Namespace>,
+    /// Secrets labelled [`crate::access_token::TOKEN_LABEL`] (only ours are cached).
+    pub token_secrets: Store<Secret>,
+    /// ConfigMaps labelled [`crate::usage::USAGE_LABEL`].
+    pub usage_reports: Store<ConfigMap>,
+    /// ConfigMaps labelled `policybind.io/bundle`.
+    pub bundles: Store<ConfigMap>,
+    /// ConfigMaps labelled `policybind.io/audit-segment`.
+    pub audit_segments: Store<ConfigMap>,
+    /// Roles and RoleBindings labelled managed-by policybind.
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+    /// Pod metadata only: enough to count matched workloads without caching pod specs.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+}
+
+impl Stores {
+    /// Waits until every cache has been filled once. The bundle builder must not
+    /// run before: an empty token cache would publish bundles without tokens.
+    pub async fn wait_until_ready(&self) -> bool {
+        let all = async {
+            self.policies.wait_until_ready().await.is_ok()
+                && self.cluster_policies.wait_until_ready().await.is_ok()
+                && self.models.wait_until_ready().await.is_ok()
+                && self.tokens.wait_until_ready().await.is_ok()
+                && self.approvals.wait_until_ready().await.is_ok()
+                && self.incidents.wait_until_ready().await.is_ok()
+                && self.namespaces.wait_until_ready().await.is_ok()
+                && self.token_secrets.wait_until_ready().await.is_ok()
+                && self.usage_reports.wait_until_ready().await.is_ok()
+                && self.bundles.wait_until_ready().await.is_ok()
+                && self.audit_segments.wait_until_ready().await.is_ok()
+                && self.roles.wait_until_ready().await.is_ok()
+                && self.role_bindings.wait_until_ready().await.is_ok()
+                && self.pods.wait_until_ready().await.is_ok()
+        };
+        all.await
+    }
+}
+
+/// Shared state of every reconciler.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub clock: Clock,
+    /// Per-policy compile results and last good versions (see [`crate::ai_policy`]).
+    pub policies: crate::ai_policy::PolicyMemory,
+    /// Cached cluster view and encoded bundles (see [`crate::namespace`]).
+    pub bundles: crate::namespace::BundleCache,
+    /// Bumped whenever an input of the bundles changes.
+    epoch: AtomicU64,
+    /// Tells the bundle controller that bundles may need rebuilding.
+    bundle_trigger: Option<UnboundedSender<()>>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        bundle_trigger: Option<UnboundedSender<()>>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(settings.identity.clone()),
+            },
+        );
+        Context {
+            client,
+            stores,
+            settings,
+            metrics,
+            recorder,
+            clock,
+            policies: Default::default(),
+            bundles: Default::default(),
+            epoch: AtomicU64::new(0),
+            bundle_trigger,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Current input epoch of the bundles.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Records that an input of the bundles changed and asks for a rebuild.
+    pub fn bundles_changed(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.recheck_bundles();
+    }
+
+    /// Asks the bundle controller to compare bundles with what it wants (for
+    /// example after someone edited a bundle ConfigMap), without new inputs.
+    pub fn recheck_bundles(&self) {
+        if let Some(trigger) = &self.bundle_trigger {
+            // A closed channel means the controller is shutting down; nothing to do.
+            let _ = trigger.unbounded_send(());
+        }
+    }
+
+    /// Server-side apply with the operator's field manager. `force` takes over
+    /// fields another manager set, which is right for fields only we own.
+    pub fn apply_params() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    /// Publishes an event about `object`. A failed event never fails a reconcile.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let reference: ObjectReference = object.object_ref(&());
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, reason, "could not publish event");
+        }
+    }
+
+    /// Clears the backoff of an object after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .expect("failure map lock poisoned")
+            .remove(key);
+    }
+
+    /// Exponential backoff per object: 5 s, 10 s, 20 s ... at most 5 minutes.
+    pub fn backoff(&self, controller: &'static str, key: &str, error: &Error) -> Action {
+        self.metrics.failed(controller, error);
+        let mut failures = self.failures.lock().expect("failure map lock poisoned");
+        let count = failures.entry(format!("{controller}/{key}")).or_insert(0);
+        *count = count.saturating_add(1);
+        let delay = Duration::from_secs(5)
+            .saturating_mul(1 << (*count - 1).min(6))
+            .min(Duration::from_secs(300));
+        tracing::warn!(controller, object = key, %error, retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
+    }
+}
+
+/// `namespace/name` (or `name`) of an object, for logs and backoff keys.
+pub fn key_of<K: ResourceExt>(object: &K) -> String {
+    match object.namespace() {
+        Some(ns) => format!("{ns}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
+
+/// chrono time to the jiff time that k8s-openapi 0.29 uses.
+pub fn to_jiff(time: DateTime<Utc>) -> Timestamp {
+    Timestamp::new(time.timestamp(), time.timestamp_subsec_nanos() as i32)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// jiff time (from object metadata) to chrono.
+pub fn from_jiff(time: Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.as_second(), time.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// Requeue at `at` (the moment something changes, such as an expiry), or wait for
+/// a change when there is no such moment. A floor of one second avoids busy loops
+/// on clock skew; a ceiling of one hour re-checks long waits.
+pub fn requeue_at(now: DateTime<Utc>, at: Option<DateTime<Utc>>) -> Action {
+    match at {
+        Some(at) => {
+            let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
+            Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+        }
+        None => Action::await_change(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_conversion_round_trips_to_the_nanosecond() {
+        let t = DateTime::from_timestamp(1_767_225_600, 123_456_789).unwrap();
+        assert_eq!(from_jiff(to_jiff(t)), t);
+    }
+
+    #[test]
+    fn requeue_is_at_the_moment_clamped_between_one_second_and_one_hour() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        assert_eq!(
+            requeue_at(now, Some(now + chrono::Duration::seconds(30))),
+            Action::requeue(Duration::from_secs(30))
+        );
+        assert_eq!(
+            requeue_at(now, Some(now - chrono::Duration::seconds(30))),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert_eq!(
+            requeue_at(now, Some(now + chrono::Duration::days(3))),
+            Action::requeue(Duration::from_secs(3600))
+        );
+        assert_eq!(requeue_at(now, None), Action::await_change());
+    }
+}

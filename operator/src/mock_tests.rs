@@ -1,0 +1,1 @@
+//! Reconcilers against a mocked API server.

@@ -1,0 +1,257 @@
+//! Usage reports: how sidecars tell the operator what each token spent.
+//!
+//! Every sidecar pod writes one ConfigMap labelled [`USAGE_LABEL`]`=true` in its
+//! namespace, with data key [`USAGE_DATA_KEY`] holding a [`UsageReport`] as JSON:
+//!
+//! ```json
+//! { "team-a/chat-bot": [ { "period": "Day", "periodStart": "2026-11-22T00:00:00Z",
+//!                          "costUsd": 1.25, "tokens": 48000, "requests": 31 } ] }
+//! ```
+//!
+//! Keys are token ids (`namespace/name`); values are that pod's settled usage per
+//! budget period, each with the start of the period it counts. The operator sums
+//! every report's entries for a token's *current* periods into
+//! `AccessToken.status.usage` and marks the token exhausted in every bundle when a
+//! current-period budget is used up. Entries of past periods are ignored, so a
+//! sidecar need not clear them at a period boundary.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use policybind_crds::access_token::PeriodUsage;
+use policybind_crds::{AccessTokenSpec, BudgetPeriod};
+use serde::{Deserialize, Serialize};
+
+/// Label that marks a ConfigMap as a usage report.
+pub const USAGE_LABEL: &str = "policybind.io/usage";
+/// Data key of the report JSON.
+pub const USAGE_DATA_KEY: &str = "usage.json";
+
+/// One sidecar's report: token id (`namespace/name`) to usage per period.
+/// The entry type is the same as `AccessToken.status.usage`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UsageReport(pub BTreeMap<String, Vec<PeriodUsage>>);
+
+impl UsageReport {
+    /// Reads the report from a usage ConfigMap. A malformed report is skipped
+    /// (logged) rather than failing every token: one broken sidecar must not
+    /// stall the accounting of all others.
+    pub fn from_config_map(config_map: &ConfigMap) -> Option<UsageReport> {
+        let json = config_map.data.as_ref()?.get(USAGE_DATA_KEY)?;
+        match serde_json::from_str(json) {
+            Ok(report) => Some(report),
+            Err(error) => {
+                tracing::warn!(
+                    configmap = config_map.metadata.name.as_deref().unwrap_or(""),
+                    namespace = config_map.metadata.namespace.as_deref().unwrap_or(""),
+                    %error,
+                    "ignoring malformed usage report"
+                );
+                None
+            }
+        }
+    }
+}
+
+fn budget_time_zone(spec: &AccessTokenSpec, period: BudgetPeriod) -> chrono_tz::Tz {
+    spec.budget(period)
+        .and_then(|b| policybind_engine::schedule::parse_time_zone(&b.time_zone).ok())
+        .unwrap_or(chrono_tz::UTC)
+}
+
+/// Start of the current period of `period` for a token: in the time zone of the
+/// token's budget for that period, UTC when it has none.
+pub fn current_period_start(
+    spec: &AccessTokenSpec,
+    period: BudgetPeriod,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    policybind_engine::schedule::period_start(period, budget_time_zone(spec, period), now)
+}
+
+/// End of the current period (when an exhausted budget resets).
+pub fn current_period_end(
+    spec: &AccessTokenSpec,
+    period: BudgetPeriod,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    policybind_engine::schedule::period_end(period, budget_time_zone(spec, period), now)
+}
+
+/// Sums every report's entries for `token_id` that belong to the token's current
+/// periods. Periods with a budget are always listed (zero when nothing was
+/// reported), so `status.usage` shows every budget. Costs are summed in
+/// nano-dollars: the order of reports (cache order) must not change the result,
+/// or an unchanged cluster would produce a different status and a needless write.
+pub fn current_usage<'a>(
+    token_id: &str,
+    spec: &AccessTokenSpec,
+    reports: impl IntoIterator<Item = &'a UsageReport>,
+    now: DateTime<Utc>,
+) -> Vec<PeriodUsage> {
+    let periods = [BudgetPeriod::Day, BudgetPeriod::Week, BudgetPeriod::Month];
+    let starts: Vec<DateTime<Utc>> = periods
+        .iter()
+        .map(|&p| current_period_start(spec, p, now))
+        .collect();
+    // (nano-dollars, tokens, requests, seen)
+    let mut sums = [(0u128, 0u64, 0u64, false); 3];
+    for report in reports {
+        let Some(entries) = report.0.get(token_id) else {
+            continue;
+        };
+        for entry in entries {
+            let i = periods.iter().position(|&p| p == entry.period).unwrap_or(0);
+            if entry.period_start != starts[i] {
+                continue;
+            }
+            let sum = &mut sums[i];
+            sum.0 += (entry.cost_usd.max(0.0) * 1e9).round() as u128;
+            sum.1 = sum.1.saturating_add(entry.tokens);
+            sum.2 = sum.2.saturating_add(entry.requests);
+            sum.3 = true;
+        }
+    }
+    periods
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| sums[*i].3 || spec.budget(**p).is_some())
+        .map(|(i, &period)| PeriodUsage {
+            period,
+            period_start: starts[i],
+            cost_usd: sums[i].0 as f64 / 1e9,
+            tokens: sums[i].1,
+            requests: sums[i].2,
+        })
+        .collect()
+}
+
+/// The first period whose budget is used up, if any.
+pub fn exhausted_period(spec: &AccessTokenSpec, usage: &[PeriodUsage]) -> Option<BudgetPeriod> {
+    usage.iter().find_map(|u| {
+        let budget = spec.budget(u.period)?;
+        let over_cost = budget.max_cost_usd.is_some_and(|max| u.cost_usd >= max);
+        let over_tokens = budget.max_tokens.is_some_and(|max| u.tokens >= max);
+        (over_cost || over_tokens).then_some(u.period)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::token;
+    use policybind_crds::Budget;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn entry(period: BudgetPeriod, start: &str, cost: f64, tokens: u64) -> PeriodUsage {
+        PeriodUsage {
+            period,
+            period_start: at(start),
+            cost_usd: cost,
+            tokens,
+            requests: 1,
+        }
+    }
+
+    fn report(id: &str, entries: Vec<PeriodUsage>) -> UsageReport {
+        UsageReport(BTreeMap::from([(id.to_string(), entries)]))
+    }
+
+    fn day_budget(max_cost: f64) -> Budget {
+        Budget {
+            period: BudgetPeriod::Day,
+            max_cost_usd: Some(max_cost),
+            max_tokens: None,
+            time_zone: "UTC".into(),
+        }
+    }
+
+    #[test]
+    fn report_json_matches_the_documented_format() {
+        let json = r#"{"team-a/bot":[{"period":"Day","periodStart":"2026-11-22T00:00:00Z","costUsd":1.5,"tokens":10,"requests":2}]}"#;
+        let parsed: UsageReport = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed.0["team-a/bot"][0].tokens, 10);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), json);
+    }
+
+    #[test]
+    fn reports_of_several_sidecars_add_up_for_the_current_period_only() {
+        let spec = token("team-a", "bot").budget(day_budget(10.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let reports = [
+            report(
+                "team-a/bot",
+                vec![
+                    entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 1.1, 100),
+                    entry(BudgetPeriod::Day, "2026-11-21T00:00:00Z", 50.0, 9999),
+                ],
+            ),
+            report(
+                "team-a/bot",
+                vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 2.2, 200)],
+            ),
+            report(
+                "team-a/other",
+                vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 7.0, 7)],
+            ),
+        ];
+        let usage = current_usage("team-a/bot", &spec, &reports, now);
+        assert_eq!(usage.len(), 1);
+        assert!((usage[0].cost_usd - 3.3).abs() < 1e-9);
+        assert_eq!(usage[0].tokens, 300);
+        assert_eq!(usage[0].requests, 2);
+        assert_eq!(exhausted_period(&spec, &usage), None);
+    }
+
+    #[test]
+    fn sum_does_not_depend_on_report_order() {
+        let spec = token("team-a", "bot").budget(day_budget(10.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let costs = [0.1, 0.2, 0.3, 0.7, 1e-7, 3.3333];
+        let reports: Vec<UsageReport> = costs
+            .iter()
+            .map(|&c| {
+                report(
+                    "team-a/bot",
+                    vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", c, 1)],
+                )
+            })
+            .collect();
+        let forward = current_usage("team-a/bot", &spec, reports.iter(), now);
+        let backward = current_usage("team-a/bot", &spec, reports.iter().rev(), now);
+        assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn budget_used_up_in_the_current_period_is_exhausted() {
+        let spec = token("team-a", "bot").budget(day_budget(3.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let reports = [report(
+            "team-a/bot",
+            vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 3.0, 1)],
+        )];
+        let usage = current_usage("team-a/bot", &spec, &reports, now);
+        assert_eq!(exhausted_period(&spec, &usage), Some(BudgetPeriod::Day));
+    }
+
+    #[test]
+    fn budget_period_without_reports_shows_zero_usage() {
+        let spec = token("team-a", "bot").budget(day_budget(3.0)).spec();
+        let usage = current_usage("team-a/bot", &spec, &[], at("2026-11-22T15:00:00Z"));
+        assert_eq!(
+            usage,
+            vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 0.0, 0)]
+                .into_iter()
+                .map(|mut u| {
+                    u.requests = 0;
+                    u
+                })
+                .collect::<Vec<_>>()
+        );
+    }
+}
