@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn names_sort_by_writer_then_sequence() {
-        let mut names = vec![
+        let mut names = [
             segment_name("sidecar/b/pod", 1),
             segment_name("sidecar/a/pod", 1000),
             segment_name("sidecar/a/pod", 999),

@@ -20,7 +20,7 @@ fn key() -> AuditSigningKey {
 }
 
 fn event(i: u64) -> AuditEvent {
-    AuditEvent::decision(if i % 5 == 0 {
+    AuditEvent::decision(if i.is_multiple_of(5) {
         Effect::Deny
     } else {
         Effect::Allow
@@ -31,7 +31,7 @@ fn event(i: u64) -> AuditEvent {
     .model("gpt-4o")
     .namespace("team-a")
     .policy_rule("team-a/default", "allow-approved")
-    .code(if i % 5 == 0 {
+    .code(if i.is_multiple_of(5) {
         "BUDGET_EXCEEDED"
     } else {
         "ALLOWED"

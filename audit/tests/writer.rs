@@ -1,0 +1,269 @@
+//! Writer behaviour around the store: queue bound, recovery after a hard kill,
+//! graceful shutdown, and retention handing segments to a sink before deleting.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use policybind_audit::{
+    AppendError, AuditConfig, AuditWriter, DirectorySink, DirectoryStore, Error, RetentionPolicy,
+    SegmentStore, StoredSegment, enforce_retention, verify_stored,
+};
+use policybind_crds::Effect;
+use policybind_engine::audit::{AuditEvent, AuditSigningKey, RecordKind, Segment, VerifyOptions};
+
+const WRITER: &str = "standalone/host-1";
+
+fn key() -> AuditSigningKey {
+    AuditSigningKey::from_seed(&[5; 32])
+}
+
+fn options(require_genesis: bool) -> VerifyOptions {
+    VerifyOptions {
+        trusted_keys: vec![key().verifying_key()],
+        require_genesis,
+        anchors: Vec::new(),
+    }
+}
+
+fn event(i: u64) -> AuditEvent {
+    AuditEvent::decision(Effect::Allow)
+        .request_id(format!("req-{i}"))
+        .subject("team-a")
+        .model("gpt-4o")
+}
+
+/// A directory store that can be switched to fail every call, like an API server
+/// that went away.
+struct Flaky {
+    inner: DirectoryStore,
+    failing: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), Error> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(Error::Config("store is away".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl SegmentStore for Flaky {
+    fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            self.check()?;
+            self.inner.put(segment).await
+        }
+        .boxed()
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>> {
+        self.inner.list()
+    }
+    fn latest<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>> {
+        self.inner.latest(writer)
+    }
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.delete(name)
+    }
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+}
+
+#[tokio::test]
+async fn full_queue_refuses_appends_with_audit_unavailable_and_recovers_when_the_store_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Flaky {
+        inner: DirectoryStore::open(dir.path()).unwrap(),
+        failing: AtomicBool::new(true),
+    });
+    let mut config = AuditConfig::new(WRITER, key());
+    config.queue_capacity = 10;
+    config.flush_interval = Duration::from_millis(10);
+    config.max_retry_backoff = Duration::from_millis(20);
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    for i in 1..=10 {
+        writer.append(event(i)).unwrap();
+    }
+    let refused = writer.append(event(11)).unwrap_err();
+    assert_eq!(refused, AppendError::QueueFull { capacity: 10 });
+    assert_eq!(refused.denial_code(), "AUDIT_UNAVAILABLE");
+    assert!(writer.flush().await.is_err());
+
+    store.failing.store(false, Ordering::SeqCst);
+    writer.flush().await.unwrap();
+    assert_eq!(writer.append(event(11)).unwrap().seq, 11);
+    let report = writer.shutdown().await.unwrap();
+    assert_eq!(report.persisted_seq, 11);
+    assert!(writer.stats().store_failures > 0);
+    let verified = verify_stored(store.list().await.unwrap(), &options(true));
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.total_records(), 11);
+}
+
+#[tokio::test]
+async fn appends_after_shutdown_are_refused_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    // Long intervals: only shutdown can have written these records.
+    let mut config = AuditConfig::new(WRITER, key());
+    config.flush_interval = Duration::from_secs(3600);
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    let clone = writer.clone();
+    for i in 1..=500 {
+        clone.append(event(i)).unwrap();
+    }
+    let report = writer.shutdown().await.unwrap();
+    assert_eq!((report.last_seq, report.persisted_seq), (500, 500));
+    assert_eq!(clone.append(event(501)), Err(AppendError::Closed));
+    let segments = store.list().await.unwrap();
+    assert!(
+        segments
+            .iter()
+            .all(|s| s.content.as_ref().unwrap().is_sealed())
+    );
+    let verified = verify_stored(segments, &options(true));
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.total_records(), 500);
+}
+
+#[test]
+fn writer_after_a_hard_kill_seals_the_open_segment_and_records_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let flushed = runtime.block_on(async {
+        let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+        let mut config = AuditConfig::new(WRITER, key());
+        config.flush_interval = Duration::from_secs(3600);
+        let writer = AuditWriter::start(config, store).await.unwrap();
+        for i in 1..=5 {
+            writer.append(event(i)).unwrap();
+        }
+        writer.flush().await.unwrap();
+        // Appended after the last write: a hard kill loses these.
+        writer.append(event(6)).unwrap();
+        writer.append(event(7)).unwrap();
+        std::mem::forget(writer);
+        5
+    });
+    // The hard kill: the runtime goes away without the writer shutting down.
+    runtime.shutdown_background();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+        let writer = AuditWriter::start(AuditConfig::new(WRITER, key()), store.clone())
+            .await
+            .unwrap();
+        assert_eq!(writer.append(event(100)).unwrap().seq, flushed + 2);
+        writer.shutdown().await.unwrap();
+
+        let segments = store.list().await.unwrap();
+        let records: Vec<_> = segments
+            .iter()
+            .flat_map(|s| s.content.as_ref().unwrap().records.clone())
+            .collect();
+        let recovery = &records[flushed as usize];
+        assert_eq!(recovery.kind, RecordKind::Lifecycle);
+        assert_eq!(recovery.detail["transition"], "writer-recovered");
+        assert_eq!(recovery.detail["resumed_after_seq"], "5");
+        let verified = verify_stored(segments, &options(true));
+        assert!(verified.is_ok(), "{:?}", verified.problems);
+        assert_eq!(verified.total_records(), 7);
+    });
+}
+
+#[tokio::test]
+async fn oversized_record_is_refused_before_it_enters_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    let mut config = AuditConfig::new(WRITER, key());
+    config.max_segment_bytes = 8 * 1024;
+    let writer = AuditWriter::start(config, store).await.unwrap();
+    let huge = event(1).redacted_prompt("x".repeat(10_000));
+    assert!(matches!(
+        writer.append(huge),
+        Err(AppendError::RecordTooLarge { .. })
+    ));
+    assert_eq!(writer.append(event(1)).unwrap().seq, 1);
+    writer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_exports_oldest_segments_to_the_sink_then_deletes_and_both_halves_verify() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let sink_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(store_dir.path()).unwrap());
+    let mut config = AuditConfig::new(WRITER, key());
+    config.max_segment_bytes = 4 * 1024;
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    for i in 1..=200 {
+        writer.append(event(i)).unwrap();
+    }
+    writer.shutdown().await.unwrap();
+    let before = store.list().await.unwrap();
+    let total: u64 = before.iter().map(|s| s.size_bytes).sum();
+
+    let sink = DirectorySink::new(sink_dir.path()).unwrap();
+    let policy = RetentionPolicy {
+        max_bytes: total / 2,
+    };
+    let report = enforce_retention(store.as_ref(), &sink, &policy)
+        .await
+        .unwrap();
+    assert!(!report.removed.is_empty());
+    assert!(report.bytes_after <= policy.max_bytes);
+
+    // The kept half verifies from the anchor its first segment carries...
+    let kept = store.list().await.unwrap();
+    let verified = verify_stored(kept.clone(), &options(false));
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert!(verified.writers[0].anchored_at.is_some());
+    // ...but not as a complete trail...
+    assert!(!verify_stored(kept.clone(), &options(true)).is_ok());
+    // ...and sink plus store is the complete trail again.
+    let mut all = DirectoryStore::open(sink_dir.path())
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    all.extend(kept);
+    let verified = verify_stored(all, &options(true));
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.total_records(), 200);
+}
+
+#[tokio::test]
+async fn retention_keeps_each_writers_newest_segment_even_over_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    for writer_name in ["a", "b"] {
+        let mut config = AuditConfig::new(writer_name, key());
+        config.max_segment_bytes = 4 * 1024;
+        let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+        for i in 1..=50 {
+            writer.append(event(i)).unwrap();
+        }
+        writer.shutdown().await.unwrap();
+    }
+    let sink = DirectorySink::new(sink_dir.path()).unwrap();
+    enforce_retention(store.as_ref(), &sink, &RetentionPolicy { max_bytes: 0 })
+        .await
+        .unwrap();
+    let kept = store.list().await.unwrap();
+    assert_eq!(kept.len(), 2);
+    let verified = verify_stored(kept, &options(false));
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(
+        verified
+            .writers
+            .iter()
+            .map(|w| w.last_seq)
+            .collect::<Vec<_>>(),
+        [50, 50]
+    );
+}
