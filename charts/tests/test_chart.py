@@ -478,6 +478,8 @@ def test_each_container_runs_its_role_of_the_one_binary(render):
     assert operator["args"][0] == "controller"
     assert webhook["args"][0] == "webhook"
     assert "--leader-election=true" in operator["args"]
+    # The Role allows exactly this Lease name.
+    assert f"--leader-election-lease={OPERATOR}" in operator["args"]
     assert f"--audit-key-secret={FULL}-audit-signing-key" in operator["args"]
     assert f"--sidecar-cluster-role={FULL}-sidecar" in operator["args"]
     env = {e["name"]: e for e in operator["env"]}

@@ -1,0 +1,376 @@
+//! One scenario: a temporary namespace, a client, and the helpers every
+//! scenario needs (apply, wait, sidecar, CLI).
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::http::{self, Response};
+use crate::process::{Process, free_port};
+use crate::settings::Settings;
+use crate::system::{E2E_LABEL, FIELD_MANAGER, System};
+use crate::upstream::Upstream;
+
+/// Run `body` as a scenario named `name` in its own temporary namespace.
+///
+/// Builds a runtime, makes sure the control plane is there, creates the
+/// namespace, runs the body, deletes the namespace (unless
+/// `POLICYBIND_E2E_KEEP=1`) and panics with the error chain if the body failed.
+pub fn scenario<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Scenario) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let settings = Settings::get();
+    let system = System::ensure();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        let client = Client::try_default()
+            .await
+            .context("connect to the cluster")?;
+        let namespace = create_namespace(&client, name).await?;
+        let scenario = Scenario {
+            client: client.clone(),
+            namespace: namespace.clone(),
+            settings,
+            system,
+        };
+        let result = body(scenario).await;
+        let result = match (result, system.check_processes()) {
+            (Err(error), Err(died)) => Err(error.context(format!("{died:#}"))),
+            (Ok(()), Err(died)) => Err(died),
+            (result, Ok(())) => result,
+        };
+        if settings.keep_namespaces {
+            eprintln!("keeping namespace {namespace} (POLICYBIND_E2E_KEEP=1)");
+        } else {
+            let api: Api<Namespace> = Api::all(client);
+            let _ = api.delete(&namespace, &DeleteParams::background()).await;
+        }
+        result.with_context(|| format!("in namespace {namespace}"))
+    });
+    if let Err(error) = outcome {
+        panic!("scenario {name} failed: {error:#}");
+    }
+}
+
+async fn create_namespace(client: &Client, scenario: &str) -> Result<String> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let suffix = format!(
+        "{:06x}",
+        (nanos ^ u128::from(std::process::id())) & 0xff_ffff
+    );
+    let slug: String = scenario
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let slug = slug.trim_matches('-');
+    let slug = &slug[..slug.len().min(40)];
+    let name = format!("pb-e2e-{}-{suffix}", slug.trim_end_matches('-'));
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {E2E_LABEL: "true"}}
+    }))?;
+    api.create(&PostParams::default(), &namespace)
+        .await
+        .with_context(|| format!("create namespace {name}"))?;
+    Ok(name)
+}
+
+/// A scenario's namespace and client.
+#[derive(Clone)]
+pub struct Scenario {
+    /// A client for this scenario's runtime.
+    pub client: Client,
+    /// The temporary namespace.
+    pub namespace: String,
+    /// Suite settings.
+    pub settings: &'static Settings,
+    /// The control plane.
+    pub system: &'static System,
+}
+
+impl Scenario {
+    /// A typed API in the scenario namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Set a label on the scenario namespace (`policybind.io/enforce=true`...).
+    pub async fn label_namespace(&self, key: &str, value: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"labels": {key: value}}});
+        api.patch(
+            &self.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Opt the namespace into enforcement and injection.
+    pub async fn enforce(&self) -> Result<()> {
+        self.label_namespace("policybind.io/enforce", "true").await
+    }
+
+    /// Where a manifest goes: its API resource and whether it is namespaced.
+    pub async fn resource_of(&self, manifest: &Value) -> Result<(ApiResource, ApiCapabilities)> {
+        let api_version = manifest["apiVersion"]
+            .as_str()
+            .context("manifest without apiVersion")?;
+        let kind = manifest["kind"].as_str().context("manifest without kind")?;
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        pinned_kind(&self.client, &gvk)
+            .await
+            .with_context(|| format!("the API server does not serve {api_version} {kind}"))
+    }
+
+    fn dynamic_api(&self, resource: &ApiResource, caps: &ApiCapabilities) -> Api<DynamicObject> {
+        match caps.scope {
+            Scope::Namespaced => {
+                Api::namespaced_with(self.client.clone(), &self.namespace, resource)
+            }
+            Scope::Cluster => Api::all_with(self.client.clone(), resource),
+        }
+    }
+
+    /// Server-side apply `manifest` (namespaced objects land in the scenario
+    /// namespace whatever the manifest says); the API's error is kept intact so
+    /// a scenario can look at an admission denial.
+    pub async fn try_apply(&self, manifest: &Value) -> Result<DynamicObject, ApplyError> {
+        self.apply_with(manifest, false).await
+    }
+
+    /// [`Scenario::try_apply`] with `dryRun=All`: admission runs, nothing is stored.
+    pub async fn try_apply_dry_run(&self, manifest: &Value) -> Result<DynamicObject, ApplyError> {
+        self.apply_with(manifest, true).await
+    }
+
+    async fn apply_with(
+        &self,
+        manifest: &Value,
+        dry_run: bool,
+    ) -> Result<DynamicObject, ApplyError> {
+        let (resource, caps) = self
+            .resource_of(manifest)
+            .await
+            .map_err(ApplyError::Other)?;
+        let mut manifest = manifest.clone();
+        if caps.scope == Scope::Namespaced {
+            manifest["metadata"]["namespace"] = json!(self.namespace);
+        }
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .ok_or_else(|| ApplyError::Other(anyhow!("manifest without metadata.name")))?
+            .to_string();
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = dry_run;
+        self.dynamic_api(&resource, &caps)
+            .patch(&name, &params, &Patch::Apply(&manifest))
+            .await
+            .map_err(|error| match error {
+                kube::Error::Api(status) => ApplyError::Refused {
+                    code: status.code,
+                    message: status.message.clone(),
+                },
+                other => ApplyError::Other(other.into()),
+            })
+    }
+
+    /// Apply and require success.
+    pub async fn apply(&self, manifest: &Value) -> Result<DynamicObject> {
+        self.try_apply(manifest).await.map_err(|error| {
+            anyhow!(
+                "apply {} {}: {error}",
+                manifest["kind"].as_str().unwrap_or("?"),
+                manifest["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+    }
+
+    /// Read an object of `manifest`'s kind by name as JSON (None if absent).
+    pub async fn get_json(
+        &self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<Value>> {
+        let probe = json!({"apiVersion": api_version, "kind": kind});
+        let (resource, caps) = self.resource_of(&probe).await?;
+        let object = self.dynamic_api(&resource, &caps).get_opt(name).await?;
+        Ok(object.map(|o| serde_json::to_value(o).unwrap_or_default()))
+    }
+
+    /// Poll `check` every 100 ms until it yields a value or `timeout` passes.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = None;
+        loop {
+            match check().await {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(error) => last_error = Some(format!("{error:#}")),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}{}",
+                    last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                );
+            }
+            self.system.check_processes()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Start `policybind sidecar` for this namespace in front of `upstream`, as
+    /// the webhook would inject it (same environment variables).
+    pub async fn start_sidecar(&self, upstream: &Upstream, pod_name: &str) -> Result<Sidecar> {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let health = format!("127.0.0.1:{}", free_port()?);
+        let process = Process::start(
+            "policybind sidecar",
+            &self.settings.binary,
+            &["sidecar".into()],
+            &[
+                ("POLICYBIND_NAMESPACE".into(), self.namespace.clone()),
+                ("POLICYBIND_POD_NAME".into(), pod_name.into()),
+                ("POLICYBIND_UPSTREAM".into(), upstream.url()),
+                ("POLICYBIND_LISTEN".into(), listen.clone()),
+                ("POLICYBIND_HEALTH_LISTEN".into(), health.clone()),
+                ("POLICYBIND_LOG_FORMAT".into(), "text".into()),
+                (
+                    "RUST_LOG".into(),
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                ),
+            ],
+            self.settings
+                .log_dir
+                .join(format!("{}-{pod_name}-sidecar.log", self.namespace)),
+        )?;
+        let mut sidecar = Sidecar { listen, process };
+        // Listening is enough here; a scenario waits for the decisions it needs.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(&sidecar.listen)
+                .await
+                .is_ok()
+            {
+                return Ok(sidecar);
+            }
+            sidecar.process.check_running()?;
+            if Instant::now() >= deadline {
+                bail!("sidecar not listening on {} after 30s", sidecar.listen);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Run the `policybind` CLI (inherits KUBECONFIG).
+    pub async fn policybind(&self, args: &[&str]) -> Result<std::process::Output> {
+        tokio::process::Command::new(&self.settings.binary)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("run policybind {}", args.join(" ")))
+    }
+
+    /// `policybind audit verify` over the audit segment ConfigMaps of this namespace.
+    pub async fn audit_verify(&self) -> Result<std::process::Output> {
+        self.policybind(&["audit", "verify", "--namespace", &self.namespace])
+            .await
+    }
+}
+
+/// Why an apply failed: refused by the API server (validation or admission),
+/// or anything else.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The API server answered with an error status.
+    Refused { code: u16, message: String },
+    /// Discovery, transport or serialization.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Refused { code, message } => write!(f, "refused ({code}): {message}"),
+            ApplyError::Other(error) => write!(f, "{error:#}"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// A local `policybind sidecar`; dropping it stops it (SIGTERM: it flushes its
+/// audit trail first).
+pub struct Sidecar {
+    /// host:port it serves the OpenAI-compatible API on.
+    pub listen: String,
+    process: Process,
+}
+
+impl Sidecar {
+    /// `POST /v1/chat/completions` for `model`, with `token` as bearer if given.
+    pub async fn chat(&self, token: Option<&str>, model: &str) -> Result<Response> {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello to the e2e suite."}],
+            "max_tokens": 16
+        })
+        .to_string();
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(bearer) = bearer.as_deref() {
+            headers.push(("Authorization", bearer));
+        }
+        http::request(
+            &self.listen,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(body.as_bytes()),
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    /// The end of the sidecar's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail(30)
+    }
+}
