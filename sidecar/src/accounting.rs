@@ -1,0 +1,625 @@
+//! Usage accounting: rate limits and budgets (DESIGN.md section 5).
+//!
+//! The engine decides with the usage it is given (`Request::usage`) but keeps no
+//! state; this module is the state. Every forwarded request goes through three
+//! steps: [`UsageLedger::reserve`] the estimated cost and tokens before the call
+//! (atomically checking rate limits and budgets, so concurrent requests cannot
+//! together overspend), then either [`UsageLedger::settle`] with the actual usage
+//! the upstream reported, or [`UsageLedger::release`] when the upstream failed and
+//! nothing was consumed.
+//!
+//! The ledger is a trait because one process is only the first step: with several
+//! replicas serving one token, a shared implementation (leases of the remaining
+//! budget, DESIGN.md section 5) replaces [`InProcessLedger`] without touching the
+//! request path.
+//!
+//! Rate limits are token buckets (a GCRA in effect): a bucket holds one minute's
+//! allowance and refills continuously at allowance/60 per second, so a token may
+//! burst up to its per-minute limit and then proceeds at the steady rate. Only
+//! forwarded requests count; a denied request consumes nothing.
+//!
+//! Budgets are per calendar period (day, week from Monday, month) in the budget's
+//! time zone; a period's tally starts at zero when the period rolls over. The bound
+//! on overspend in one process is zero beyond the difference between estimates and
+//! actual usage of requests already admitted: a request is admitted only if settled
+//! plus reserved plus its own estimate fits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use policybind_crds::{BudgetPeriod, RateLimit};
+use policybind_engine::compile::CompiledBudget;
+use policybind_engine::request::UsageSoFar;
+use policybind_engine::schedule::period_start;
+
+/// Cost and tokens of one request, estimated or actual.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Amount {
+    /// US dollars.
+    pub cost_usd: f64,
+    /// Input plus output tokens.
+    pub tokens: u64,
+}
+
+/// Identifies one reservation until it is settled or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReservationId(u64);
+
+/// The limits of one token, taken from the compiled policy set.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLimits<'a> {
+    pub rate: Option<&'a RateLimit>,
+    pub budgets: &'a [CompiledBudget],
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("rate limit reached: {what}; retry after {retry_after:?}")]
+    RateLimited {
+        /// `requests per minute` or `tokens per minute`.
+        what: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the {} budget would be exceeded", period.as_str())]
+    BudgetExceeded { period: BudgetPeriod },
+}
+
+/// Where usage is counted. Implementations must be safe under concurrency:
+/// `reserve` checks and records atomically.
+pub trait UsageLedger: Send + Sync + 'static {
+    /// Settled plus reserved usage of each budget period of a token, for the
+    /// decision's facts.
+    fn usage(&self, token: &str, budgets: &[CompiledBudget], now: DateTime<Utc>)
+    -> Vec<UsageSoFar>;
+
+    /// Checks the rate limits and budgets and, if the estimate fits, records it.
+    fn reserve(
+        &self,
+        token: &str,
+        limits: TokenLimits<'_>,
+        estimate: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<ReservationId, Refusal>;
+
+    /// Replaces a reservation's estimate with the actual usage.
+    fn settle(&self, id: ReservationId, actual: Amount, now: DateTime<Utc>);
+
+    /// Drops a reservation; the request consumed nothing (upstream failure).
+    /// The request still counts against the requests-per-minute limit.
+    fn release(&self, id: ReservationId, now: DateTime<Utc>);
+}
+
+/// A token bucket over one minute.
+#[derive(Debug, Clone)]
+struct Bucket {
+    capacity: f64,
+    level: f64,
+    updated: DateTime<Utc>,
+}
+
+impl Bucket {
+    fn new(capacity: f64, now: DateTime<Utc>) -> Self {
+        Bucket {
+            capacity,
+            level: capacity,
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, capacity: f64, now: DateTime<Utc>) {
+        // A changed limit (policy reload) takes effect at once.
+        self.capacity = capacity;
+        let elapsed = (now - self.updated).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        if elapsed > 0.0 {
+            self.level = (self.level + elapsed * capacity / 60.0).min(capacity);
+            self.updated = now;
+        }
+    }
+
+    /// Time until `amount` would be available, or zero if it is now.
+    fn wait_for(&self, amount: f64) -> Option<Duration> {
+        if self.level >= amount {
+            return None;
+        }
+        if amount > self.capacity {
+            // Never satisfiable; a minute is the honest hint.
+            return Some(Duration::from_secs(60));
+        }
+        let seconds = (amount - self.level) * 60.0 / self.capacity;
+        Some(Duration::from_secs_f64(seconds.max(0.001)))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PeriodTally {
+    period: BudgetPeriod,
+    start: DateTime<Utc>,
+    settled: Amount,
+    reserved: Amount,
+}
+
+#[derive(Debug, Default)]
+struct TokenState {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    periods: Vec<PeriodTally>,
+}
+
+impl TokenState {
+    fn tally(&mut self, budget: &CompiledBudget, now: DateTime<Utc>) -> &mut PeriodTally {
+        let start = period_start(budget.period, budget.tz, now);
+        let index = match self.periods.iter().position(|p| p.period == budget.period) {
+            Some(i) => i,
+            None => {
+                self.periods.push(PeriodTally {
+                    period: budget.period,
+                    start,
+                    settled: Amount::default(),
+                    reserved: Amount::default(),
+                });
+                self.periods.len() - 1
+            }
+        };
+        let tally = &mut self.periods[index];
+        if tally.start != start {
+            // A new period: what was settled belongs to the old one. Reservations
+            // still in flight stay counted until they settle or are released.
+            tally.start = start;
+            tally.settled = Amount::default();
+        }
+        tally
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    token: String,
+    estimate: Amount,
+    /// Period and period start each budget was reserved in.
+    periods: Vec<(BudgetPeriod, DateTime<Utc>)>,
+    took_tokens: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tokens: HashMap<String, TokenState>,
+    pending: HashMap<u64, Pending>,
+    next: u64,
+}
+
+/// A [`UsageLedger`] for one process: one mutex over all state. The critical
+/// section is a few arithmetic operations, far below the cost of the HTTP call
+/// it guards.
+#[derive(Debug, Default)]
+pub struct InProcessLedger {
+    inner: Mutex<Inner>,
+}
+
+impl InProcessLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the tallies half-written
+        // in a way worse than losing one request's accounting; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of reservations in flight (for tests and metrics).
+    pub fn in_flight(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+impl UsageLedger for InProcessLedger {
+    fn usage(
+        &self,
+        token: &str,
+        budgets: &[CompiledBudget],
+        now: DateTime<Utc>,
+    ) -> Vec<UsageSoFar> {
+        if budgets.is_empty() {
+            return vec![];
+        }
+        let mut inner = self.lock();
+        let state = inner.tokens.entry(token.to_string()).or_default();
+        budgets
+            .iter()
+            .map(|b| {
+                let t = state.tally(b, now);
+                UsageSoFar {
+                    period: b.period,
+                    cost_usd: t.settled.cost_usd + t.reserved.cost_usd,
+                    tokens: t.settled.tokens + t.reserved.tokens,
+                }
+            })
+            .collect()
+    }
+
+    fn reserve(
+        &self,
+        token: &str,
+        limits: TokenLimits<'_>,
+        estimate: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<ReservationId, Refusal> {
+        let mut inner = self.lock();
+        let state = inner.tokens.entry(token.to_string()).or_default();
+
+        // Check everything first, then commit: a refused request leaves no trace.
+        let rpm = limits
+            .rate
+            .and_then(|r| r.requests_per_minute)
+            .map(f64::from);
+        let tpm = limits
+            .rate
+            .and_then(|r| r.tokens_per_minute)
+            .map(|t| t as f64);
+        match rpm {
+            Some(capacity) => {
+                let bucket = state
+                    .requests
+                    .get_or_insert_with(|| Bucket::new(capacity, now));
+                bucket.refill(capacity, now);
+                if let Some(retry_after) = bucket.wait_for(1.0) {
+                    return Err(Refusal::RateLimited {
+                        what: "requests per minute",
+                        retry_after,
+                    });
+                }
+            }
+            None => state.requests = None,
+        }
+        match tpm {
+            Some(capacity) => {
+                let bucket = state
+                    .tokens
+                    .get_or_insert_with(|| Bucket::new(capacity, now));
+                bucket.refill(capacity, now);
+                if let Some(retry_after) = bucket.wait_for(estimate.tokens as f64) {
+                    return Err(Refusal::RateLimited {
+                        what: "tokens per minute",
+                        retry_after,
+                    });
+                }
+            }
+            None => state.tokens = None,
+        }
+        for budget in limits.budgets {
+            let tally = state.tally(budget, now);
+            let over_cost = budget.max_cost_usd.is_some_and(|max| {
+                tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
+            });
+            let over_tokens = budget.max_tokens.is_some_and(|max| {
+                tally.settled.tokens + tally.reserved.tokens + estimate.tokens > max
+            });
+            if over_cost || over_tokens {
+                return Err(Refusal::BudgetExceeded {
+                    period: budget.period,
+                });
+            }
+        }
+
+        if let Some(bucket) = &mut state.requests {
+            bucket.level -= 1.0;
+        }
+        if let Some(bucket) = &mut state.tokens {
+            bucket.level -= estimate.tokens as f64;
+        }
+        let mut periods = Vec::with_capacity(limits.budgets.len());
+        for budget in limits.budgets {
+            let tally = state.tally(budget, now);
+            tally.reserved.cost_usd += estimate.cost_usd;
+            tally.reserved.tokens += estimate.tokens;
+            periods.push((budget.period, tally.start));
+        }
+        let took_tokens = state.tokens.is_some();
+        inner.next += 1;
+        let id = inner.next;
+        inner.pending.insert(
+            id,
+            Pending {
+                token: token.to_string(),
+                estimate,
+                periods,
+                took_tokens,
+            },
+        );
+        Ok(ReservationId(id))
+    }
+
+    fn settle(&self, id: ReservationId, actual: Amount, _now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        let Some(pending) = inner.pending.remove(&id.0) else {
+            return;
+        };
+        let Some(state) = inner.tokens.get_mut(&pending.token) else {
+            return;
+        };
+        if pending.took_tokens
+            && let Some(bucket) = &mut state.tokens
+        {
+            // Refund an overestimate, charge an underestimate (the bucket may go
+            // below zero, which delays the next request accordingly).
+            bucket.level = (bucket.level + pending.estimate.tokens as f64 - actual.tokens as f64)
+                .min(bucket.capacity);
+        }
+        for (period, start) in &pending.periods {
+            if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period) {
+                unreserve(tally, pending.estimate);
+                if tally.start == *start {
+                    tally.settled.cost_usd += actual.cost_usd;
+                    tally.settled.tokens += actual.tokens;
+                }
+            }
+        }
+    }
+
+    fn release(&self, id: ReservationId, _now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        let Some(pending) = inner.pending.remove(&id.0) else {
+            return;
+        };
+        let Some(state) = inner.tokens.get_mut(&pending.token) else {
+            return;
+        };
+        if pending.took_tokens
+            && let Some(bucket) = &mut state.tokens
+        {
+            bucket.level = (bucket.level + pending.estimate.tokens as f64).min(bucket.capacity);
+        }
+        for (period, _) in &pending.periods {
+            if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period) {
+                unreserve(tally, pending.estimate);
+            }
+        }
+    }
+}
+
+fn unreserve(tally: &mut PeriodTally, estimate: Amount) {
+    tally.reserved.cost_usd = (tally.reserved.cost_usd - estimate.cost_usd).max(0.0);
+    tally.reserved.tokens = tally.reserved.tokens.saturating_sub(estimate.tokens);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn budget(max_cost: Option<f64>, max_tokens: Option<u64>) -> CompiledBudget {
+        CompiledBudget {
+            period: BudgetPeriod::Day,
+            max_cost_usd: max_cost,
+            max_tokens,
+            tz: chrono_tz::UTC,
+        }
+    }
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 10, h, m, s).unwrap()
+    }
+
+    fn amount(cost: f64, tokens: u64) -> Amount {
+        Amount {
+            cost_usd: cost,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn reservation_counts_until_settled_with_actual_usage() {
+        let ledger = InProcessLedger::new();
+        let budgets = [budget(Some(1.0), None)];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        let id = ledger
+            .reserve("ns/t", limits, amount(0.4, 100), at(10, 0, 0))
+            .unwrap();
+        assert_eq!(
+            ledger.usage("ns/t", &budgets, at(10, 0, 1))[0].cost_usd,
+            0.4
+        );
+        ledger.settle(id, amount(0.1, 20), at(10, 0, 2));
+        let usage = ledger.usage("ns/t", &budgets, at(10, 0, 3));
+        assert!((usage[0].cost_usd - 0.1).abs() < 1e-12);
+        assert_eq!(usage[0].tokens, 20);
+        assert_eq!(ledger.in_flight(), 0);
+    }
+
+    #[test]
+    fn budget_refuses_an_estimate_that_does_not_fit() {
+        let ledger = InProcessLedger::new();
+        let budgets = [budget(Some(1.0), None)];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        ledger
+            .reserve("t", limits, amount(0.7, 1), at(10, 0, 0))
+            .unwrap();
+        assert_eq!(
+            ledger.reserve("t", limits, amount(0.4, 1), at(10, 0, 0)),
+            Err(Refusal::BudgetExceeded {
+                period: BudgetPeriod::Day
+            })
+        );
+        // Other tokens are unaffected.
+        ledger
+            .reserve("u", limits, amount(0.4, 1), at(10, 0, 0))
+            .unwrap();
+    }
+
+    #[test]
+    fn released_reservation_frees_the_budget() {
+        let ledger = InProcessLedger::new();
+        let budgets = [budget(None, Some(100))];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        let id = ledger
+            .reserve("t", limits, amount(0.0, 80), at(10, 0, 0))
+            .unwrap();
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.0, 80), at(10, 0, 0))
+                .is_err()
+        );
+        ledger.release(id, at(10, 0, 1));
+        ledger
+            .reserve("t", limits, amount(0.0, 80), at(10, 0, 1))
+            .unwrap();
+    }
+
+    #[test]
+    fn budget_resets_when_the_calendar_day_rolls_over_in_the_budget_time_zone() {
+        let ledger = InProcessLedger::new();
+        let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        let budgets = [CompiledBudget {
+            tz,
+            ..budget(Some(1.0), None)
+        }];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        // 03:00 UTC is still the previous day in New York (EDT, UTC-4, on 10 March 2026).
+        let id = ledger
+            .reserve("t", limits, amount(0.9, 1), at(3, 0, 0))
+            .unwrap();
+        ledger.settle(id, amount(0.9, 1), at(3, 0, 1));
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.5, 1), at(3, 30, 0))
+                .is_err()
+        );
+        // 04:00 UTC is midnight in New York: a new day, a fresh budget.
+        ledger
+            .reserve("t", limits, amount(0.5, 1), at(4, 0, 0))
+            .unwrap();
+    }
+
+    #[test]
+    fn requests_per_minute_allow_a_burst_then_the_steady_rate() {
+        let ledger = InProcessLedger::new();
+        let rate = RateLimit {
+            requests_per_minute: Some(6),
+            tokens_per_minute: None,
+        };
+        let limits = TokenLimits {
+            rate: Some(&rate),
+            budgets: &[],
+        };
+        for _ in 0..6 {
+            let id = ledger
+                .reserve("t", limits, amount(0.0, 1), at(10, 0, 0))
+                .unwrap();
+            ledger.settle(id, amount(0.0, 1), at(10, 0, 0));
+        }
+        match ledger.reserve("t", limits, amount(0.0, 1), at(10, 0, 0)) {
+            Err(Refusal::RateLimited { retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_secs(10))
+            }
+            other => panic!("expected rate limited, got {other:?}"),
+        }
+        // 6 per minute refills one every 10 seconds.
+        ledger
+            .reserve("t", limits, amount(0.0, 1), at(10, 0, 10))
+            .unwrap();
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.0, 1), at(10, 0, 11))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn tokens_per_minute_are_charged_with_actual_usage() {
+        let ledger = InProcessLedger::new();
+        let rate = RateLimit {
+            requests_per_minute: None,
+            tokens_per_minute: Some(1000),
+        };
+        let limits = TokenLimits {
+            rate: Some(&rate),
+            budgets: &[],
+        };
+        let id = ledger
+            .reserve("t", limits, amount(0.0, 900), at(10, 0, 0))
+            .unwrap();
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.0, 200), at(10, 0, 0))
+                .is_err()
+        );
+        // The call used far less than estimated: the rest is refunded.
+        ledger.settle(id, amount(0.0, 100), at(10, 0, 0));
+        ledger
+            .reserve("t", limits, amount(0.0, 800), at(10, 0, 0))
+            .unwrap();
+        // A single request larger than a minute's allowance is never admitted.
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.0, 5000), at(11, 0, 0))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overspend_the_budget() {
+        let ledger = Arc::new(InProcessLedger::new());
+        let budgets = Arc::new([budget(Some(10.0), None)]);
+        let admitted = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let ledger = ledger.clone();
+                let budgets = budgets.clone();
+                let admitted = admitted.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let limits = TokenLimits {
+                            rate: None,
+                            budgets: &budgets[..],
+                        };
+                        if let Ok(id) = ledger.reserve("t", limits, amount(0.01, 1), at(10, 0, 0)) {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            // Half settle at the estimate, half fail upstream and release.
+                            if i % 2 == 0 {
+                                ledger.settle(id, amount(0.01, 1), at(10, 0, 0));
+                            } else {
+                                ledger.release(id, at(10, 0, 0));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let usage = ledger.usage("t", &budgets[..], at(10, 0, 0));
+        assert!(
+            usage[0].cost_usd <= 10.0 + 1e-9,
+            "spent {}",
+            usage[0].cost_usd
+        );
+        // 4000 attempts at 0.01 against 10.0: the budget fills up exactly.
+        assert!(
+            (usage[0].cost_usd - 10.0).abs() < 0.011,
+            "spent {}",
+            usage[0].cost_usd
+        );
+        assert!(admitted.load(Ordering::Relaxed) >= 1000);
+        assert_eq!(ledger.in_flight(), 0);
+    }
+}

@@ -1,0 +1,279 @@
+//! Where the policy set comes from, and the atomic swap that puts a new one in force.
+//!
+//! The request path reads the set in force from a [`PolicyHolder`]: one `Arc`
+//! clone under a read lock, so a decision always sees one whole set, never half
+//! of an old and half of a new one. Loaders compile a candidate first and swap
+//! only when it compiled: a bad change is rejected and logged, and the last good
+//! set stays in force. With no set at all, the request path denies everything
+//! (`NO_POLICY_SET`): the sidecar fails closed.
+//!
+//! Standalone mode reads a directory of the same YAML manifests users apply
+//! (DESIGN.md section 8) and polls it for changes: polling by content hash also
+//! works on ConfigMap volume mounts and network file systems, where file events
+//! are unreliable. In a cluster, the operator's bundle ConfigMap is the source
+//! (DESIGN.md section 4, see [`crate::cluster`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use policybind_engine::manifest::{Manifests, parse_documents};
+use policybind_engine::{Bundle, PolicySet};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::metrics::{Metrics, ReloadLabels};
+
+/// A compiled set with where and when it was loaded.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: PolicySet,
+    pub loaded_at: DateTime<Utc>,
+    /// Human description of the source (directory, ConfigMap), for logs.
+    pub origin: String,
+}
+
+/// Holds the policy set in force. Cheap to read on every request.
+#[derive(Default)]
+pub struct PolicyHolder {
+    current: RwLock<Option<Arc<Loaded>>>,
+}
+
+impl PolicyHolder {
+    pub fn new() -> Arc<PolicyHolder> {
+        Arc::new(PolicyHolder::default())
+    }
+
+    /// The set in force, if any.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a new set in force.
+    pub fn swap(&self, loaded: Loaded) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(loaded));
+    }
+
+    /// Takes the set out of force (every request is then denied). For tests and
+    /// for a source that reports its bundle deleted on purpose.
+    pub fn clear(&self) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Why a candidate set was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Manifest(#[from] policybind_engine::manifest::ManifestError),
+    #[error("the policy set does not compile:\n{0}")]
+    Compile(#[from] policybind_engine::CompileErrors),
+    #[error("the bundle cannot be read: {0}")]
+    Bundle(String),
+}
+
+impl SourceError {
+    /// Short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Io { .. } => "io",
+            SourceError::Manifest(_) => "manifest",
+            SourceError::Compile(_) => "compile",
+            SourceError::Bundle(_) => "bundle",
+        }
+    }
+}
+
+/// The manifest files of a directory, recursively, sorted, skipping hidden
+/// entries (ConfigMap volume internals such as `..data`) and `exclude`.
+fn manifest_files(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, SourceError> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|source| SourceError::Io {
+            path: current.display().to_string(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| SourceError::Io {
+                path: current.display().to_string(),
+                source,
+            })?;
+            let path = entry.path();
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') || Some(path.as_path()) == exclude {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The contents of a directory's manifests and a hash over them.
+pub struct DirectorySnapshot {
+    pub digest: [u8; 32],
+    files: Vec<(PathBuf, String)>,
+}
+
+/// Reads every manifest file of a directory.
+pub fn read_directory(
+    dir: &Path,
+    exclude: Option<&Path>,
+) -> Result<DirectorySnapshot, SourceError> {
+    let mut hasher = Sha256::new();
+    let mut files = vec![];
+    for path in manifest_files(dir, exclude)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| SourceError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        files.push((path, text));
+    }
+    Ok(DirectorySnapshot {
+        digest: hasher.finalize().into(),
+        files,
+    })
+}
+
+impl DirectorySnapshot {
+    /// The bundle the manifests describe, for one namespace.
+    pub fn bundle(&self, namespace: &str) -> Result<Bundle, SourceError> {
+        let mut manifests = Manifests::default();
+        for (path, text) in &self.files {
+            manifests.extend(parse_documents(&path.display().to_string(), text)?);
+        }
+        Ok(manifests.bundle(Some(namespace)))
+    }
+}
+
+/// Compiles the manifests of a directory.
+pub fn load_directory(
+    dir: &Path,
+    exclude: Option<&Path>,
+    namespace: &str,
+) -> Result<(PolicySet, [u8; 32]), SourceError> {
+    let snapshot = read_directory(dir, exclude)?;
+    let bundle = snapshot.bundle(namespace)?;
+    Ok((PolicySet::compile(&bundle)?, snapshot.digest))
+}
+
+/// Puts a compiled set in force, with logs and metrics.
+pub fn install(holder: &PolicyHolder, metrics: &Metrics, set: PolicySet, origin: String) {
+    let now = Utc::now();
+    let (rules, policies, models, tokens) = set.counts();
+    let fingerprint = set.fingerprint().to_string();
+    let previous = holder.current().map(|l| l.set.fingerprint().to_string());
+    if previous.as_deref() != Some(fingerprint.as_str()) {
+        info!(
+            %fingerprint, %origin, rules, policies, models, tokens,
+            previous = previous.as_deref().unwrap_or("none"),
+            "policy set in force"
+        );
+    }
+    metrics.bundle_loaded(&fingerprint, now);
+    metrics
+        .reloads
+        .get_or_create(&ReloadLabels {
+            result: "ok".into(),
+        })
+        .inc();
+    holder.swap(Loaded {
+        set,
+        loaded_at: now,
+        origin,
+    });
+}
+
+/// Records a rejected candidate; the last good set stays in force.
+pub fn reject(holder: &PolicyHolder, metrics: &Metrics, error: &SourceError, origin: &str) {
+    let in_force = holder
+        .current()
+        .map(|l| l.set.fingerprint().to_string())
+        .unwrap_or_else(|| "none (every request is denied)".into());
+    error!(
+        kind = error.kind(),
+        %origin,
+        in_force = %in_force,
+        "policy change rejected; the last good set stays in force: {error}"
+    );
+    metrics
+        .reloads
+        .get_or_create(&ReloadLabels {
+            result: "rejected".into(),
+        })
+        .inc();
+}
+
+/// Loads a directory once, then re-reads it every `interval` and swaps in each
+/// change that compiles. Runs until `stop` is cancelled.
+pub async fn watch_directory(
+    dir: PathBuf,
+    exclude: Option<PathBuf>,
+    namespace: String,
+    interval: Duration,
+    holder: Arc<PolicyHolder>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let origin = format!("directory {}", dir.display());
+    let mut last_digest: Option<[u8; 32]> = None;
+    loop {
+        let dir2 = dir.clone();
+        let exclude2 = exclude.clone();
+        // File reads block; keep them off the request threads.
+        let snapshot =
+            tokio::task::spawn_blocking(move || read_directory(&dir2, exclude2.as_deref())).await;
+        match snapshot {
+            Ok(Ok(snapshot)) if Some(snapshot.digest) != last_digest => {
+                last_digest = Some(snapshot.digest);
+                match snapshot
+                    .bundle(&namespace)
+                    .and_then(|b| PolicySet::compile(&b).map_err(SourceError::from))
+                {
+                    Ok(set) => install(&holder, &metrics, set, origin.clone()),
+                    Err(e) => reject(&holder, &metrics, &e, &origin),
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // An unreadable directory (being replaced, permissions) is not a
+                // new policy: keep what is in force and try again.
+                if last_digest.is_some() {
+                    warn!(%origin, "cannot read the policy directory: {e}");
+                } else {
+                    reject(&holder, &metrics, &e, &origin);
+                    last_digest = Some([0; 32]);
+                }
+            }
+            Err(e) => warn!("policy directory reader failed: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
