@@ -1,1 +1,707 @@
-//! Reconcilers against a mocked API server.
+//! Reconcilers against a mocked API server (the kube-rs `ApiServerVerifier`
+//! pattern): every request is checked for method, path, field manager and body,
+//! in order, and the second reconcile of an unchanged object must make no call
+//! at all (any request fails the test instead of being answered).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use futures::Future;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::PartialObjectMeta;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+use kube::{Client, Resource, ResourceExt};
+use policybind_crds::model_deployment::RiskFactors;
+use policybind_crds::{
+    AIPolicy, AccessToken, AccessTokenStatus, ApprovalRequest, ClusterAIPolicy, Incident,
+    ModelDeployment, ModelDeploymentStatus,
+};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+use crate::context::{Context, Settings, Stores};
+use crate::metrics::Metrics;
+use crate::testing::{model, namespace, policy, rule, token};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn now() -> DateTime<Utc> {
+    "2026-11-22T12:00:00Z".parse().unwrap()
+}
+
+fn ready<K>() -> (reflector::Store<K>, Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&Event::InitDone);
+    (store, writer)
+}
+
+/// Writers of the caches a test fills.
+struct Writers {
+    models: Writer<ModelDeployment>,
+    tokens: Writer<AccessToken>,
+    approvals: Writer<ApprovalRequest>,
+    namespaces: Writer<Namespace>,
+    token_secrets: Writer<Secret>,
+    bundles: Writer<ConfigMap>,
+    roles: Writer<Role>,
+    role_bindings: Writer<RoleBinding>,
+    _rest: Vec<Box<dyn std::any::Any>>,
+}
+
+struct Env {
+    ctx: Arc<Context>,
+    api: ApiHandle,
+    w: Writers,
+}
+
+fn env() -> Env {
+    let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (policies, policies_w) = ready::<AIPolicy>();
+    let (cluster_policies, cluster_policies_w) = ready::<ClusterAIPolicy>();
+    let (models, models_w) = ready::<ModelDeployment>();
+    let (tokens, tokens_w) = ready::<AccessToken>();
+    let (approvals, approvals_w) = ready::<ApprovalRequest>();
+    let (incidents, incidents_w) = ready::<Incident>();
+    let (namespaces, namespaces_w) = ready::<Namespace>();
+    let (token_secrets, token_secrets_w) = ready::<Secret>();
+    let (usage_reports, usage_w) = ready::<ConfigMap>();
+    let (bundles, bundles_w) = ready::<ConfigMap>();
+    let (audit_segments, audit_w) = ready::<ConfigMap>();
+    let (roles, roles_w) = ready::<Role>();
+    let (role_bindings, role_bindings_w) = ready::<RoleBinding>();
+    let (pods, pods_w) = ready::<PartialObjectMeta<Pod>>();
+    let stores = Stores {
+        policies,
+        cluster_policies,
+        models,
+        tokens,
+        approvals,
+        incidents,
+        namespaces,
+        token_secrets,
+        usage_reports,
+        bundles,
+        audit_segments,
+        roles,
+        role_bindings,
+        pods,
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        stores,
+        Settings::default(),
+        Arc::new(Metrics::default()),
+        Arc::new(now),
+        None,
+    ));
+    Env {
+        ctx,
+        api,
+        w: Writers {
+            models: models_w,
+            tokens: tokens_w,
+            approvals: approvals_w,
+            namespaces: namespaces_w,
+            token_secrets: token_secrets_w,
+            bundles: bundles_w,
+            roles: roles_w,
+            role_bindings: role_bindings_w,
+            _rest: vec![
+                Box::new(policies_w),
+                Box::new(cluster_policies_w),
+                Box::new(incidents_w),
+                Box::new(usage_w),
+                Box::new(audit_w),
+                Box::new(pods_w),
+            ],
+        },
+    }
+}
+
+/// Waits for the next request and checks method and path. Apply patches must
+/// use the operator's field manager and force.
+async fn expect(
+    api: &mut ApiHandle,
+    method: &str,
+    path: &str,
+) -> (Value, SendResponse<Response<Body>>) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+        .expect("client dropped");
+    let uri = request.uri().clone();
+    assert_eq!(
+        (request.method().as_str(), uri.path()),
+        (method, path),
+        "unexpected request {uri}"
+    );
+    if method == "PATCH" {
+        let query = uri.query().unwrap_or("");
+        assert!(query.contains("fieldManager=policybind-operator"), "{uri}");
+        assert!(query.contains("force=true"), "{uri}");
+        assert_eq!(
+            request.headers().get("content-type").unwrap(),
+            "application/apply-patch+yaml"
+        );
+    }
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (body, send)
+}
+
+fn reply(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// Answers an event creation.
+async fn expect_event(api: &mut ApiHandle, namespace: &str, reason: &str) {
+    let (body, send) = expect(
+        api,
+        "POST",
+        &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+    )
+    .await;
+    assert_eq!(body["reason"], reason, "{body}");
+    reply(send, 201, &body);
+}
+
+/// Runs `reconcile` and fails on any API call.
+async fn expect_no_call<F: Future<Output = crate::Result<Action>>>(
+    api: &mut ApiHandle,
+    reconcile: F,
+) -> Action {
+    tokio::select! {
+        result = reconcile => result.expect("reconcile succeeds"),
+        request = api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call on an unchanged object: {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+fn with_status<K: serde::Serialize>(object: &K, body: &Value) -> Value {
+    let mut value = serde_json::to_value(object).unwrap();
+    value["status"] = body["status"].clone();
+    value
+}
+
+#[tokio::test]
+async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_call() {
+    let mut env = env();
+    let t = token("team-a", "bot")
+        .expires("2026-11-22T18:00:00Z")
+        .build();
+    let ctx = env.ctx.clone();
+    let object = Arc::new(t.clone());
+    let reconcile = tokio::spawn(crate::access_token::reconcile(object, ctx));
+
+    // Not in the cache: ask once whether someone else owns the name.
+    let (_, send) = expect(
+        &mut env.api,
+        "GET",
+        "/api/v1/namespaces/team-a/secrets/bot-token",
+    )
+    .await;
+    reply(send, 404, &not_found());
+    let (secret, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/api/v1/namespaces/team-a/secrets/bot-token",
+    )
+    .await;
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        "uid-team-a-bot"
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(secret["metadata"]["labels"]["policybind.io/token"], "bot");
+    let encoded = secret["data"]["token"].as_str().unwrap();
+    let value = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(value.starts_with("pb_") && value.len() == 46);
+    reply(send, 200, &secret);
+    expect_event(&mut env.api, "team-a", "Issued").await;
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
+    )
+    .await;
+    assert_eq!(status["kind"], "AccessToken");
+    assert_eq!(status["status"]["phase"], "Active");
+    let hash = policybind_engine::hash_token(&value);
+    assert_eq!(status["status"]["hashPrefix"], hash[..12]);
+    assert!(
+        !status.to_string().contains(&value),
+        "status must never hold the value"
+    );
+    assert!(
+        !status.to_string().contains(&hash),
+        "status holds only the hash prefix"
+    );
+    reply(send, 200, &with_status(&t, &status));
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Requeued for the expiry, capped at an hour.
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+
+    // The caches now hold the Secret and the status: nothing to do.
+    let secret: Secret = serde_json::from_value(secret).unwrap();
+    env.w
+        .token_secrets
+        .apply_watcher_event(&Event::Apply(secret));
+    let mut again = t.clone();
+    again.status =
+        Some(serde_json::from_value::<AccessTokenStatus>(status["status"].clone()).unwrap());
+    env.w
+        .tokens
+        .apply_watcher_event(&Event::Apply(again.clone()));
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::access_token::reconcile(Arc::new(again), ctx),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rotation_writes_a_new_value_and_keeps_the_old_hash_for_the_grace_period() {
+    let mut env = env();
+    let t = token("team-a", "bot").build();
+    let old =
+        crate::access_token::build_secret(&t, "pb_old", now() - chrono::Duration::days(1), None);
+    env.w.token_secrets.apply_watcher_event(&Event::Apply(old));
+    let rotating = token("team-a", "bot").rotate("2026-11-22").build();
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::access_token::reconcile(
+        Arc::new(rotating.clone()),
+        ctx,
+    ));
+    let (secret, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/api/v1/namespaces/team-a/secrets/bot-token",
+    )
+    .await;
+    let previous = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["previous-sha256"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(previous).unwrap(),
+        policybind_engine::hash_token("pb_old")
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["policybind.io/previous-valid-until"],
+        "2026-11-22T13:00:00+00:00"
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["policybind.io/rotation"],
+        "2026-11-22"
+    );
+    reply(send, 200, &secret);
+    expect_event(&mut env.api, "team-a", "Rotated").await;
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
+    )
+    .await;
+    assert_eq!(status["status"]["rotation"], "2026-11-22");
+    assert_eq!(
+        status["status"]["previousValidUntil"],
+        "2026-11-22T13:00:00Z"
+    );
+    reply(send, 200, &with_status(&rotating, &status));
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(3600)),
+        "requeue at the end of the grace period"
+    );
+}
+
+#[tokio::test]
+async fn secret_of_the_same_name_owned_by_someone_else_is_left_alone() {
+    let mut env = env();
+    let t = token("team-a", "bot").build();
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::access_token::reconcile(Arc::new(t), ctx));
+    let (_, send) = expect(
+        &mut env.api,
+        "GET",
+        "/api/v1/namespaces/team-a/secrets/bot-token",
+    )
+    .await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bot-token", "namespace": "team-a"}, "data": {"token": "dXNlcg=="}}),
+    );
+    expect_event(&mut env.api, "team-a", "SecretConflict").await;
+    let result = tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(crate::Error::SecretConflict(_))));
+}
+
+#[tokio::test]
+async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_makes_no_call() {
+    let mut env = env();
+    let m = model("team-a", "support-bot")
+        .factors(RiskFactors {
+            customer_facing: true,
+            automated_decisions: true,
+            tool_use: true,
+            ..Default::default()
+        })
+        .build();
+    let name = crate::model_deployment::approval_request_name(&m);
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::model_deployment::reconcile(Arc::new(m.clone()), ctx));
+    let (request, send) = expect(
+        &mut env.api,
+        "PATCH",
+        &format!("/apis/policybind.io/v1alpha1/namespaces/team-a/approvalrequests/{name}"),
+    )
+    .await;
+    assert_eq!(request["kind"], "ApprovalRequest");
+    assert_eq!(request["spec"]["target"]["kind"], "ModelDeployment");
+    assert_eq!(request["spec"]["target"]["name"], "support-bot");
+    assert_eq!(
+        request["metadata"]["ownerReferences"][0]["kind"],
+        "ModelDeployment"
+    );
+    reply(send, 200, &request);
+    expect_event(&mut env.api, "team-a", "ApprovalRequested").await;
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/modeldeployments/support-bot/status",
+    )
+    .await;
+    assert_eq!(status["status"]["riskScore"], 60);
+    assert_eq!(status["status"]["riskLevel"], "High");
+    assert_eq!(status["status"]["approval"], "Pending");
+    assert_eq!(status["status"]["nextReviewAt"], "2027-01-30T00:00:00Z");
+    reply(send, 200, &with_status(&m, &status));
+    // Approved=False is news; Compliant=True and Suspended=False are not.
+    expect_event(&mut env.api, "team-a", "ApprovalPending").await;
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+
+    let request: ApprovalRequest = serde_json::from_value(request).unwrap();
+    env.w.approvals.apply_watcher_event(&Event::Apply(request));
+    let mut again = m.clone();
+    again.status =
+        Some(serde_json::from_value::<ModelDeploymentStatus>(status["status"].clone()).unwrap());
+    env.w
+        .models
+        .apply_watcher_event(&Event::Apply(again.clone()));
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::model_deployment::reconcile(Arc::new(again), ctx),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_no_call() {
+    let mut env = env();
+    let mut r = rule("broken", "Deny", &["gpt-*"]);
+    r.when = Some("request.model ==".into());
+    let p = policy("team-a", "chat", vec![r]);
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::ai_policy::reconcile(Arc::new(p.clone()), ctx));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/aipolicies/chat/status",
+    )
+    .await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "CompileFailed");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("AIPolicy team-a/chat rule \"broken\": spec.rules[0].when")
+    );
+    reply(send, 200, &with_status(&p, &status));
+    expect_event(&mut env.api, "team-a", "CompileFailed").await;
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let mut again = p.clone();
+    again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::ai_policy::reconcile(Arc::new(again), ctx),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn enforced_namespace_gets_bundle_and_sidecar_rbac_then_a_rebuild_makes_no_call() {
+    let mut env = env();
+    let t = token("team-a", "bot").build();
+    let secret = crate::access_token::build_secret(&t, "pb_value", now(), None);
+    env.w.tokens.apply_watcher_event(&Event::Apply(t));
+    env.w
+        .token_secrets
+        .apply_watcher_event(&Event::Apply(secret));
+    let ns = namespace("team-a", true);
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(ns.clone()));
+    env.ctx.bundles_changed();
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns.clone()), ctx));
+    let (cm, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/api/v1/namespaces/team-a/configmaps/policybind-bundle",
+    )
+    .await;
+    assert_eq!(cm["metadata"]["labels"]["policybind.io/bundle"], "true");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "policybind"
+    );
+    assert_eq!(
+        cm["metadata"]["annotations"]["policybind.io/bundle-part"],
+        "0/1"
+    );
+    let json = cm["data"]["bundle.json"].as_str().unwrap();
+    let bundle: policybind_engine::Bundle = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        cm["metadata"]["annotations"]["policybind.io/fingerprint"],
+        bundle.fingerprint()
+    );
+    assert_eq!(
+        bundle.tokens[0].hashes[0].sha256,
+        policybind_engine::hash_token("pb_value")
+    );
+    assert!(
+        !json.contains("pb_value"),
+        "bundles hold hashes, never values"
+    );
+    reply(send, 200, &cm);
+    let (role, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/policybind-sidecar",
+    )
+    .await;
+    assert_eq!(role["rules"][0]["resourceNames"][0], "policybind-bundle");
+    reply(send, 200, &role);
+    let (binding, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings/policybind-sidecar",
+    )
+    .await;
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        "system:serviceaccounts:team-a"
+    );
+    reply(send, 200, &binding);
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    env.w
+        .bundles
+        .apply_watcher_event(&Event::Apply(serde_json::from_value(cm).unwrap()));
+    env.w
+        .roles
+        .apply_watcher_event(&Event::Apply(serde_json::from_value(role).unwrap()));
+    env.w
+        .role_bindings
+        .apply_watcher_event(&Event::Apply(serde_json::from_value(binding).unwrap()));
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::namespace::reconcile(Arc::new(ns.clone()), ctx.clone()),
+    )
+    .await;
+    // A new input epoch with the same content still writes nothing.
+    env.ctx.bundles_changed();
+    expect_no_call(&mut env.api, crate::namespace::reconcile(Arc::new(ns), ctx)).await;
+}
+
+#[tokio::test]
+async fn namespace_that_stops_being_enforced_loses_its_bundle_and_rbac() {
+    let mut env = env();
+    let encoded = policybind_engine::bundle_codec::encode(&Default::default(), 1 << 20);
+    for cm in crate::namespace::bundle_config_maps("team-a", &encoded) {
+        env.w.bundles.apply_watcher_event(&Event::Apply(cm));
+    }
+    env.w
+        .roles
+        .apply_watcher_event(&Event::Apply(crate::namespace::sidecar_role("team-a")));
+    env.w
+        .role_bindings
+        .apply_watcher_event(&Event::Apply(crate::namespace::sidecar_role_binding(
+            "team-a",
+        )));
+    let ns = namespace("team-a", false);
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns), ctx));
+    let (_, send) = expect(
+        &mut env.api,
+        "DELETE",
+        "/api/v1/namespaces/team-a/configmaps/policybind-bundle",
+    )
+    .await;
+    reply(
+        send,
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
+    let (_, send) = expect(
+        &mut env.api,
+        "DELETE",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings/policybind-sidecar",
+    )
+    .await;
+    reply(
+        send,
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
+    let (_, send) = expect(
+        &mut env.api,
+        "DELETE",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/policybind-sidecar",
+    )
+    .await;
+    reply(
+        send,
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn approval_decision_is_recorded_once() {
+    let mut env = env();
+    let m = model("team-a", "support-bot")
+        .level(policybind_crds::RiskLevel::High)
+        .build();
+    let state = crate::model_deployment::evaluate(&m, [], now(), Duration::from_secs(7 * 86400));
+    let mut request =
+        crate::model_deployment::desired_approval_request(&m, &state, "operator").unwrap();
+    request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
+    request.metadata.generation = Some(2);
+    request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
+        state: policybind_crds::approval_request::DecisionState::Approved,
+        approver: "alice".into(),
+        comment: None,
+    });
+    let name = request.name_any();
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::approval_request::reconcile(
+        Arc::new(request.clone()),
+        ctx,
+    ));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        &format!("/apis/policybind.io/v1alpha1/namespaces/team-a/approvalrequests/{name}/status"),
+    )
+    .await;
+    assert_eq!(status["status"]["phase"], "Approved");
+    assert_eq!(status["status"]["decidedAt"], "2026-11-22T12:00:00Z");
+    reply(send, 200, &with_status(&request, &status));
+    expect_event(&mut env.api, "team-a", "Approved").await;
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let mut again = request.clone();
+    again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::approval_request::reconcile(Arc::new(again), ctx),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_crds_stop_the_start_with_a_clear_message() {
+    let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let check = tokio::spawn(async move { crate::check_crds(&client).await });
+    let (_, send) = expect(&mut api, "GET", "/apis/policybind.io/v1alpha1/aipolicies").await;
+    reply(send, 404, &not_found());
+    let error = tokio::time::timeout(Duration::from_secs(5), check)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.metric_label(), "crd_missing");
+    let message = error.to_string();
+    assert!(
+        message.contains("aipolicies.policybind.io is not installed"),
+        "{message}"
+    );
+    assert!(message.contains("policybind crds"), "{message}");
+}
