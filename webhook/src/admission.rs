@@ -103,8 +103,24 @@ fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
         .map_err(|_| "the AdmissionReview has no request".to_string())
 }
 
+/// The review answer. The patch is sent base64-encoded, the form Go's
+/// `[]byte` marshals to and every webhook client expects (kube-core would
+/// otherwise write an array of numbers).
 fn respond(response: AdmissionResponse) -> Response {
-    (StatusCode::OK, axum::Json(response.into_review())).into_response()
+    use base64::Engine;
+    let patch = response.patch.clone();
+    let mut review = match serde_json::to_value(response.into_review()) {
+        Ok(v) => v,
+        Err(error) => {
+            tracing::error!(%error, "serializing an admission response");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    if let Some(patch) = patch {
+        review["response"]["patch"] =
+            Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    (StatusCode::OK, axum::Json(review)).into_response()
 }
 
 fn operation_str(operation: &Operation) -> &'static str {
