@@ -33,6 +33,11 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Check, export and follow the audit trail.
     Audit(commands::audit::AuditArgs),
+    /// Run the operator: controllers for every PolicyBind kind and the per-namespace policy bundles.
+    Controller(commands::controller::ControllerArgs),
+    /// Run the admission webhook (validate resources, gate AI workloads, inject the
+    /// sidecar), or print its webhook configurations (`webhook configs`).
+    Webhook(commands::webhook::WebhookArgs),
 }
 
 fn init_logging(format: &str) {
@@ -57,6 +62,8 @@ async fn main() -> ExitCode {
         Command::Test(args) => commands::test::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Audit(args) => commands::audit::run(args).await,
+        Command::Controller(args) => commands::controller::run(args).await,
+        Command::Webhook(args) => commands::webhook::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,119 @@
+//! `policybind controller`: run the operator (`policybind_operator::run`). Parses
+//! arguments into `Settings`; everything else lives in the operator crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use policybind_operator::incident::IncidentSettings;
+use policybind_operator::{Error, Settings};
+
+/// Run the PolicyBind controllers: compile policies, assess and approve models,
+/// issue and rotate tokens, raise incidents, and publish a policy bundle into
+/// every enforced namespace (label `policybind.io/enforce=true`).
+///
+/// Works in the cluster (service account) and outside it (kubeconfig), so the
+/// e2e suite and development need no image. Refuses to start when the CRDs are
+/// not installed.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    policybind controller --kubeconfig ~/.kube/config --metrics-listen 127.0.0.1:8080\n  \
+    policybind controller --leader-election --lease-namespace policybind-system\n\n\
+    Metrics: GET /metrics (Prometheus). Probes: GET /healthz, GET /readyz.\n\
+    Logs: RUST_LOG=policybind_operator=debug for detail.")]
+pub struct ControllerArgs {
+    /// Kubeconfig file. Default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, value_name = "PATH", env = "POLICYBIND_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+    /// Address of the metrics and health server (plain HTTP).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "POLICYBIND_METRICS_LISTEN")]
+    metrics_listen: SocketAddr,
+    /// Take a coordination.k8s.io Lease before acting, so several replicas are safe
+    /// (one acts, the others stand by and take over within ~15 s).
+    #[arg(long, env = "POLICYBIND_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, value_name = "NS", default_value = "policybind-system", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, value_name = "NAME", default_value = "policybind-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in events. Default: $POD_NAME, else the host name.
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    identity: Option<String>,
+    /// Quiet time after a change before bundles are rebuilt, so bursts coalesce.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    bundle_debounce_ms: u64,
+    /// User name written as requester of the ApprovalRequests the operator raises.
+    /// Default: system:serviceaccount:<lease namespace>:policybind-operator.
+    #[arg(long, value_name = "USER")]
+    requester: Option<String>,
+    /// Hours an ApprovalRequest without `expiresAt` stays open before it expires.
+    #[arg(long, value_name = "HOURS", default_value_t = 168)]
+    approval_ttl_hours: u64,
+    /// Denials of one subject within the window that raise a RepeatedDenials incident.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    incident_denials: usize,
+    /// Window of the incident patterns, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    incident_window_secs: u64,
+    /// Do not raise SensitiveDataToRestrictedToken incidents.
+    #[arg(long)]
+    no_pii_incidents: bool,
+    /// Do not raise BudgetExhausted incidents.
+    #[arg(long)]
+    no_budget_incidents: bool,
+    /// Seconds to wait for the watch caches to fill at start.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    cache_timeout_secs: u64,
+}
+
+impl ControllerArgs {
+    fn settings(self) -> Settings {
+        let identity = self
+            .identity
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "policybind-operator".into());
+        let requester = self.requester.unwrap_or_else(|| {
+            format!(
+                "system:serviceaccount:{}:policybind-operator",
+                self.lease_namespace
+            )
+        });
+        Settings {
+            kubeconfig: self.kubeconfig,
+            kube_context: self.context,
+            metrics_listen: self.metrics_listen,
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace,
+            lease_name: self.lease_name,
+            identity,
+            bundle_debounce: Duration::from_millis(self.bundle_debounce_ms),
+            requester,
+            approval_ttl: Duration::from_secs(self.approval_ttl_hours * 3600),
+            incidents: IncidentSettings {
+                denials: self.incident_denials,
+                window: Duration::from_secs(self.incident_window_secs),
+                pii_on_restricted_tokens: !self.no_pii_incidents,
+                budget_exhausted: !self.no_budget_incidents,
+            },
+            cache_timeout: Duration::from_secs(self.cache_timeout_secs),
+        }
+    }
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    match policybind_operator::run(args.settings()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // Not installed is a setup problem, not a crash: say so and exit 2.
+        Err(error @ Error::CrdMissing(_)) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(2))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
