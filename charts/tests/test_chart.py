@@ -4,9 +4,11 @@ default values and for non-default ones."""
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import re
+import subprocess
 
 import helm_python as helm
 import pytest
@@ -33,26 +35,37 @@ EVERYTHING_ON = {
         "podDisruptionBudget": {"minAvailable": 2},
         "excludeNamespaces": ["monitoring", "istio-system"],
         "resourcesFailurePolicy": "Ignore",
-        "optInFailurePolicy": "Fail",
+        "auditFailurePolicy": "Fail",
         "timeoutSeconds": 10,
+        "undeclaredModelServers": "deny",
+        "modelServerImages": ["registry.example.com/llm/*"],
         "certificate": {
             "mode": "cert-manager",
             "certManager": {"issuerName": "corp-ca", "issuerKind": "ClusterIssuer"},
         },
     },
-    "sidecar": {"image": "registry.example/policybind:debug", "nativeSidecar": False},
+    "sidecar": {
+        "image": "registry.example/policybind:debug",
+        "style": "regular",
+        "modelPort": 18000,
+        "bundleMount": "/var/run/policybind/bundle",
+        "resources": {"requests": {"cpu": "20m", "memory": "16Mi"},
+                      "limits": {"cpu": "1", "memory": "64Mi"}},
+        "extraEnv": {"POLICYBIND_AUDIT_FLUSH_MS": "500"},
+    },
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
         "dashboard": {"namespace": "monitoring"},
     },
     "rbac": {"aggregateToDefaultRoles": True},
-    "audit": {"signingKey": {"secretName": "corp-audit-key", "generate": False}},
+    "audit": {"signingKey": {"existingSecret": "corp-audit-key"}},
 }
 MINIMAL = {
-    "webhook": {"podDisruptionBudget": {"enabled": False}, "validatePodTemplates": False},
-    "sidecar": {"networkPolicy": False, "rbac": {"bindInEnforcedNamespaces": False}},
+    "operator": {"leaderElection": False},
+    "webhook": {"podDisruptionBudget": {"enabled": False}},
     "rbac": {"createUserRoles": False},
     "metrics": {"dashboard": {"enabled": False}},
+    "audit": {"signingKey": {"create": False}},
 }
 VALUE_SETS = {
     "default": None,
@@ -66,6 +79,9 @@ OUR_KINDS = {
     "aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens",
     "approvalrequests", "incidents",
 }
+# Kinds the webhook validates (Incidents are written by the operator only).
+VALIDATED_KINDS = OUR_KINDS - {"incidents"}
+EXCLUDED = {"kube-system", "kube-public", NAMESPACE}
 READ_VERBS = {"get", "list", "watch"}
 
 
@@ -126,10 +142,14 @@ def test_lint_reports_a_broken_values_file():
         {"webhook": {"certificate": {"mode": "secret"}}},
         {"logFormat": "xml"},
         {"image": {"digest": "latest"}},
-        {"audit": {"sink": "s3"}},
+        {"webhook": {"undeclaredModelServers": "block"}},
+        {"sidecar": {"style": "sidecar"}},
+        {"sidecar": {"portName": "a-port-name-longer-than-15"}},
+        {"sidecar": {"resources": {"requests": {"memory": None}}}},
     ],
     ids=["unknown-key", "bad-cert-mode", "lowercase-policy", "timeout-too-long",
-         "secret-mode-without-ca", "bad-log-format", "bad-digest", "bad-sink"],
+         "secret-mode-without-ca", "bad-log-format", "bad-digest", "bad-undeclared-mode",
+         "bad-sidecar-style", "long-port-name", "sidecar-request-without-memory"],
 )
 def test_schema_refuses_invalid_values(chart, values):
     with pytest.raises(helm.HelmError):
@@ -202,23 +222,52 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{OPERATOR}", f"ClusterRoleBinding/{OPERATOR}",
         f"Role/{OPERATOR}", f"RoleBinding/{OPERATOR}",
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
-        f"Role/{WEBHOOK}", f"RoleBinding/{WEBHOOK}",
-        f"ClusterRole/{FULL}-sidecar",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
-        f"ConfigMap/{FULL}-injection", f"ConfigMap/{FULL}-dashboard",
+        f"Secret/{FULL}-audit-signing-key",
+        f"ConfigMap/{FULL}-dashboard",
         *(f"ClusterRole/{r}" for r in USER_ROLES),
     }
     assert names == expected
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_no_key_material_is_ever_rendered(render, values):
-    """The audit signing key and TLS keys never pass through Helm (or a GitOps
-    repository): no Secret is rendered, whatever the values."""
+def test_no_tls_key_is_ever_rendered(render, values):
+    """Serving certificates come from the webhook itself, cert-manager or your
+    Secret; the chart never carries TLS key material."""
     rendered = render(values)
+    for secret in rendered.kinds("Secret"):
+        assert set(secret["data"]) == {"signing-key"}
+        assert secret["type"] == "Opaque"
+
+
+def test_audit_signing_key_is_generated_once_and_kept(render):
+    [secret] = render().kinds("Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pem = base64.b64decode(secret["data"]["signing-key"]).decode()
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")
+    der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+    # PKCS#8 Ed25519: 48 bytes, algorithm OID 1.3.101.112 (06 03 2b 65 70).
+    assert len(der) == 48 and bytes.fromhex("06032b6570") in der
+    for name in [OPERATOR, WEBHOOK]:
+        pod = render().get("Deployment", name)["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "audit-signing-key"]
+        assert volume["secret"]["secretName"] == f"{FULL}-audit-signing-key"
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["POLICYBIND_AUDIT_SIGNING_KEY_FILE"] == "/etc/policybind/audit/signing-key"
+
+
+def test_audit_signing_key_can_be_brought_or_left_out(render):
+    rendered = render(EVERYTHING_ON)
     assert rendered.kinds("Secret") == []
-    assert "PRIVATE KEY" not in json.dumps(rendered.docs)
+    pod = rendered.get("Deployment", OPERATOR)["spec"]["template"]["spec"]
+    [volume] = pod["volumes"]
+    assert volume["secret"]["secretName"] == "corp-audit-key"
+    minimal = render(MINIMAL)
+    assert minimal.kinds("Secret") == []
+    pod = minimal.get("Deployment", OPERATOR)["spec"]["template"]["spec"]
+    assert "volumes" not in pod
+    assert "No audit signing key" in minimal.notes
 
 
 # --- selectors ----------------------------------------------------------------------
@@ -257,7 +306,7 @@ def test_webhook_services_route_https_to_the_webhook_port(render):
     ports = {p["name"]: p["containerPort"]
              for p in render().get("Deployment", WEBHOOK)["spec"]["template"]["spec"]
              ["containers"][0]["ports"]}
-    assert ports == {"https": 8443, "metrics": 8080, "health": 8081}
+    assert ports == {"https": 8443, "metrics": 8080}
 
 
 # --- webhook configurations -------------------------------------------------------
@@ -267,29 +316,33 @@ def test_default_failure_policies(render):
     rendered = render()
     validating = webhooks(rendered, "ValidatingWebhookConfiguration")
     mutating = webhooks(rendered, "MutatingWebhookConfiguration")
-    assert validating["resources.policybind.io"]["failurePolicy"] == "Fail"
-    assert validating["workloads-enforced.policybind.io"]["failurePolicy"] == "Fail"
-    assert validating["workloads-optin.policybind.io"]["failurePolicy"] == "Ignore"
-    assert mutating["inject-enforced.policybind.io"]["failurePolicy"] == "Fail"
-    assert mutating["inject-optin.policybind.io"]["failurePolicy"] == "Ignore"
+    assert {n: w["failurePolicy"] for n, w in validating.items()} == {
+        "resources.policybind.io": "Fail",
+        "workloads-enforced.policybind.io": "Fail",
+        "workloads.policybind.io": "Ignore",
+    }
+    assert {n: w["failurePolicy"] for n, w in mutating.items()} == {
+        "inject-enforced.policybind.io": "Fail",
+        "inject.policybind.io": "Ignore",
+    }
 
 
 def test_failure_policies_follow_values(render):
     rendered = render(EVERYTHING_ON)
     validating = webhooks(rendered, "ValidatingWebhookConfiguration")
     assert validating["resources.policybind.io"]["failurePolicy"] == "Ignore"
-    assert validating["workloads-optin.policybind.io"]["failurePolicy"] == "Fail"
+    assert validating["workloads.policybind.io"]["failurePolicy"] == "Fail"
     assert all(w["timeoutSeconds"] == 10 for w in validating.values())
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_workload_webhooks_never_see_kube_system_or_the_release_namespace(render, values):
+def test_workload_webhooks_never_see_system_namespaces_or_the_release_namespace(render, values):
     rendered = render(values)
     extra = ((values or {}).get("webhook", {}).get("excludeNamespaces", []))
     for name, hook in workload_webhooks(rendered).items():
         [names] = expressions(hook, "kubernetes.io/metadata.name")
         assert names["operator"] == "NotIn"
-        assert set(names["values"]) == {"kube-system", NAMESPACE, *extra}, name
+        assert set(names["values"]) == EXCLUDED | set(extra), name
 
 
 def test_release_namespace_exclusion_follows_the_namespace(render):
@@ -300,20 +353,24 @@ def test_release_namespace_exclusion_follows_the_namespace(render):
         assert hook["clientConfig"]["service"]["namespace"] == "ai-governance"
 
 
-def test_enforced_and_opt_in_webhooks_select_disjoint_namespaces(render):
+def test_enforced_and_other_webhooks_select_disjoint_namespaces(render):
     rendered = render()
     for kind, prefix in [("ValidatingWebhookConfiguration", "workloads"),
                          ("MutatingWebhookConfiguration", "inject")]:
         hooks = webhooks(rendered, kind)
         enforced = hooks[f"{prefix}-enforced.policybind.io"]
-        opt_in = hooks[f"{prefix}-optin.policybind.io"]
+        other = hooks[f"{prefix}.policybind.io"]
         assert expressions(enforced, "policybind.io/enforce") == [
             {"key": "policybind.io/enforce", "operator": "In", "values": ["true"]}]
-        assert expressions(opt_in, "policybind.io/enforce") == [
+        assert expressions(other, "policybind.io/enforce") == [
             {"key": "policybind.io/enforce", "operator": "NotIn", "values": ["true"]}]
         assert "objectSelector" not in enforced
-        assert opt_in["objectSelector"] == {"matchExpressions": [
-            {"key": "policybind.io/inject", "operator": "In", "values": ["true"]}]}
+    # Validation sees every workload (audit-only outside enforced namespaces);
+    # injection outside them only pods that ask for it.
+    assert "objectSelector" not in webhooks(rendered, "ValidatingWebhookConfiguration")[
+        "workloads.policybind.io"]
+    assert webhooks(rendered, "MutatingWebhookConfiguration")["inject.policybind.io"][
+        "objectSelector"] == {"matchLabels": {"policybind.io/inject": "true"}}
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -324,40 +381,88 @@ def test_mutating_webhook_touches_only_pod_creation(render, values):
                                   "operations": ["CREATE"], "resources": ["pods"],
                                   "scope": "Namespaced"}]
         assert hook["reinvocationPolicy"] == "IfNeeded"
-        assert hook["clientConfig"]["service"]["path"] == "/mutate/pods"
-        [condition] = hook["matchConditions"]
-        assert "'policybind.io/inject'" in condition["expression"]
-        assert "'false'" in condition["expression"]
+        assert hook["clientConfig"]["service"]["path"] == "/mutate"
 
 
-def test_resources_webhook_validates_every_policybind_kind(render):
+def test_resources_webhook_validates_policybind_kinds_everywhere(render):
     hook = webhooks(render(), "ValidatingWebhookConfiguration")["resources.policybind.io"]
     [rule] = hook["rules"]
     assert rule["apiGroups"] == ["policybind.io"]
-    assert set(rule["resources"]) == OUR_KINDS
+    assert set(rule["resources"]) == VALIDATED_KINDS
     assert rule["operations"] == ["CREATE", "UPDATE"]
-    assert hook["clientConfig"]["service"]["path"] == "/validate/resources"
+    assert rule["scope"] == "*"
+    assert "namespaceSelector" not in hook
+    assert hook["clientConfig"]["service"]["path"] == "/validate"
 
 
-def test_workload_webhook_covers_pod_templates_unless_disabled(render):
-    hook = webhooks(render(), "ValidatingWebhookConfiguration")["workloads-enforced.policybind.io"]
-    resources = {r for rule in hook["rules"] for r in rule["resources"]}
-    assert resources == {"pods", "deployments", "statefulsets", "daemonsets", "replicasets",
-                         "jobs", "cronjobs"}
-    hook = webhooks(render(MINIMAL), "ValidatingWebhookConfiguration")[
-        "workloads-enforced.policybind.io"]
-    assert [r for rule in hook["rules"] for r in rule["resources"]] == ["pods"]
+def test_workload_webhooks_cover_pods_and_pod_templates(render):
+    for name, hook in webhooks(render(), "ValidatingWebhookConfiguration").items():
+        if name == "resources.policybind.io":
+            continue
+        resources = {r for rule in hook["rules"] for r in rule["resources"]}
+        assert resources == {"pods", "deployments", "statefulsets", "daemonsets",
+                             "replicasets", "jobs", "cronjobs"}
+        assert hook["clientConfig"]["service"]["path"] == "/validate"
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_webhooks_are_side_effect_free_on_dry_run_and_speak_v1(render, values):
+def test_webhooks_declare_side_effects_and_speak_v1(render, values):
     rendered = render(values)
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
         for hook in webhooks(rendered, kind).values():
-            assert hook["sideEffects"] == "NoneOnDryRun"
+            assert hook["sideEffects"] == "None"
+            assert hook["matchPolicy"] == "Equivalent"
             assert hook["admissionReviewVersions"] == ["v1"]
             assert hook["clientConfig"]["service"]["name"] == WEBHOOK
             assert hook["clientConfig"]["service"]["port"] == 443
+
+
+def _policybind_binary():
+    binary = CHART.parent.parent / "target" / "debug" / "policybind"
+    return binary if binary.is_file() else None
+
+
+@pytest.mark.skipif(_policybind_binary() is None,
+                    reason="target/debug/policybind not built (cargo build -p policybind)")
+def test_chart_webhooks_match_what_the_webhook_registers_itself(render):
+    """`policybind webhook configs` prints the configurations the webhook
+    registers by itself (webhook/src/configs.rs); the chart must agree."""
+    out = subprocess.run(
+        [str(_policybind_binary()), "webhook", "configs", f"--namespace={NAMESPACE}",
+         f"--service-name={WEBHOOK}", f"--configuration-name={WEBHOOK}"],
+        check=True, capture_output=True, text=True).stdout
+    theirs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    ours = render()
+    fields = ["rules", "namespaceSelector", "objectSelector", "failurePolicy", "sideEffects",
+              "matchPolicy", "timeoutSeconds", "reinvocationPolicy", "admissionReviewVersions",
+              "matchConditions"]
+
+    def normal(hook):
+        out = {f: hook.get(f) for f in fields}
+        out["service"] = hook["clientConfig"].get("service")
+        for rule in out["rules"] or []:
+            rule["resources"] = sorted(rule["resources"])
+        return out
+
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
+        mine = {h["name"]: normal(h) for h in ours.get(kind, WEBHOOK)["webhooks"]}
+        registered = {h["name"]: normal(h) for h in theirs[kind]["webhooks"]}
+        assert mine == registered, kind
+
+
+@pytest.mark.skipif(_policybind_binary() is None,
+                    reason="target/debug/policybind not built (cargo build -p policybind)")
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_binary_accepts_every_rendered_flag(render, values):
+    """Each container's args, handed to the real `policybind` with `--help`
+    appended: clap refuses an unknown flag or a bad value before it prints help."""
+    rendered = render(values)
+    for deploy in rendered.kinds("Deployment"):
+        for container in deploy["spec"]["template"]["spec"]["containers"]:
+            args = [a for a in container["args"] if a != "--extra-flag"]
+            result = subprocess.run([str(_policybind_binary()), *args, "--help"],
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, (deploy["metadata"]["name"], result.stderr)
 
 
 def test_self_signed_mode_leaves_ca_bundle_to_the_webhook(render):
@@ -368,8 +473,12 @@ def test_self_signed_mode_leaves_ca_bundle_to_the_webhook(render):
         assert all("caBundle" not in h["clientConfig"] for h in config["webhooks"])
     args = rendered.get("Deployment", WEBHOOK)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--self-signed" in args
-    assert f"--tls-secret={FULL}-webhook-tls" in args
-    assert f"--service-dns={WEBHOOK}.{NAMESPACE}.svc" in args
+    # The generated certificate names the Service; the patched configurations
+    # are the chart's.
+    assert f"--service-name={WEBHOOK}" in args
+    assert f"--namespace={NAMESPACE}" in args
+    assert f"--configuration-name={WEBHOOK}" in args
+    assert not any(a.startswith("--tls-") for a in args)
     assert rendered.kinds("Certificate") == []
 
 
@@ -386,8 +495,13 @@ def test_cert_manager_mode_injects_ca_and_mounts_the_certificate(render):
                                          "group": "cert-manager.io"}
     assert rendered.get("Issuer", f"{FULL}-selfsigned")["spec"] == {"selfSigned": {}}
     pod = rendered.get("Deployment", WEBHOOK)["spec"]["template"]["spec"]
-    assert "--self-signed" not in pod["containers"][0]["args"]
+    args = pod["containers"][0]["args"]
+    assert "--self-signed" not in args
+    assert "--tls-cert=/etc/policybind/tls/tls.crt" in args
+    assert "--tls-key=/etc/policybind/tls/tls.key" in args
     assert {"name": "tls", "secret": {"secretName": f"{FULL}-webhook-tls"}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/policybind/tls", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
 
 
 def test_cert_manager_mode_can_use_an_existing_cluster_issuer(render):
@@ -467,6 +581,11 @@ def test_pods_and_containers_run_locked_down(render, values):
             assert container.resources.requests and container.resources.limits["memory"]
             assert container.liveness_probe.http_get.path == "/healthz"
             assert container.readiness_probe.http_get.path == "/readyz"
+            assert container.readiness_probe.http_get.port == "metrics"
+
+
+def args_of(rendered, name):
+    return rendered.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_each_container_runs_its_role_of_the_one_binary(render):
@@ -475,16 +594,18 @@ def test_each_container_runs_its_role_of_the_one_binary(render):
     webhook = rendered.get("Deployment", WEBHOOK)["spec"]["template"]["spec"]["containers"][0]
     assert operator["image"] == webhook["image"] == "ghcr.io/policybind/policybind:0.1.0"
     assert "command" not in operator and "command" not in webhook  # the image's entrypoint
-    assert operator["args"][0] == "controller"
-    assert webhook["args"][0] == "webhook"
-    assert "--leader-election=true" in operator["args"]
+    assert operator["args"][:3] == ["controller", "--metrics-listen=0.0.0.0:8080",
+                                    "--leader-election"]
     # The Role allows exactly this Lease name.
-    assert f"--leader-election-lease={OPERATOR}" in operator["args"]
-    assert f"--audit-key-secret={FULL}-audit-signing-key" in operator["args"]
-    assert f"--sidecar-cluster-role={FULL}-sidecar" in operator["args"]
+    assert f"--lease-name={OPERATOR}" in operator["args"]
+    assert f"--requester=system:serviceaccount:{NAMESPACE}:{OPERATOR}" in operator["args"]
     env = {e["name"]: e for e in operator["env"]}
-    assert env["POLICYBIND_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POLICYBIND_LOG_FORMAT"]["value"] == "json"
+    assert webhook["args"][:3] == ["webhook", "--listen=0.0.0.0:8443",
+                                   "--health-listen=0.0.0.0:8080"]
+    assert "--leader-election" not in args_of(render(MINIMAL), OPERATOR)
 
 
 def test_image_digest_and_extra_args(render):
@@ -492,25 +613,26 @@ def test_image_digest_and_extra_args(render):
     operator = rendered.get("Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]
     assert operator["image"] == "ghcr.io/policybind/policybind@sha256:" + "a" * 64
     assert operator["args"][-1] == "--extra-flag"
-    assert "--audit-key-secret=corp-audit-key" in operator["args"]
-    assert "--audit-key-generate=false" in operator["args"]
 
 
-def test_injection_settings_reach_the_webhook(render):
-    rendered = render(EVERYTHING_ON)
-    config = yaml.safe_load(rendered.get("ConfigMap", f"{FULL}-injection")["data"]["injection.yaml"])
-    assert config["image"] == "registry.example/policybind:debug"
-    assert config["nativeSidecar"] is False
-    assert config["listenPort"] == 8480
-    assert config["securityContext"]["allowPrivilegeEscalation"] is False
-    assert config["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    default = yaml.safe_load(render().get("ConfigMap", f"{FULL}-injection")["data"]["injection.yaml"])
-    assert default["image"] == "ghcr.io/policybind/policybind:0.1.0"
-    webhook = render().get("Deployment", WEBHOOK)["spec"]["template"]
-    assert "checksum/injection" in webhook["metadata"]["annotations"]
-    assert webhook["metadata"]["annotations"]["checksum/injection"] != \
-        rendered.get("Deployment", WEBHOOK)["spec"]["template"]["metadata"]["annotations"][
-            "checksum/injection"]
+def test_sidecar_and_admission_settings_reach_the_webhook(render):
+    default = args_of(render(), WEBHOOK)
+    assert "--sidecar-image=ghcr.io/policybind/policybind:0.1.0" in default
+    assert "--sidecar-style=auto" in default
+    assert "--sidecar-memory-limit=128Mi" in default
+    assert "--undeclared-model-servers=warn" in default
+    assert not any(a.startswith(("--sidecar-cpu-limit", "--sidecar-model-port",
+                                 "--bundle-mount", "--exclude-namespace")) for a in default)
+    custom = args_of(render(EVERYTHING_ON), WEBHOOK)
+    for flag in ["--sidecar-image=registry.example/policybind:debug", "--sidecar-style=regular",
+                 "--sidecar-model-port=18000", "--sidecar-cpu-request=20m",
+                 "--sidecar-cpu-limit=1", "--sidecar-memory-limit=64Mi",
+                 "--bundle-mount=/var/run/policybind/bundle",
+                 "--sidecar-env=POLICYBIND_AUDIT_FLUSH_MS=500",
+                 "--exclude-namespace=monitoring", "--exclude-namespace=istio-system",
+                 "--undeclared-model-servers=deny",
+                 "--model-server-image=registry.example.com/llm/*"]:
+        assert flag in custom, flag
 
 
 # --- RBAC -------------------------------------------------------------------------
@@ -523,16 +645,12 @@ def test_no_wildcards_or_escalation_verbs(render, values):
         for rule in doc.get("rules", []):
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(key, []), (doc["metadata"]["name"], rule)
-            assert not {"escalate", "impersonate"} & set(rule["verbs"])
-            if "bind" in rule["verbs"]:
-                assert rule["resources"] == ["clusterroles"]
-                assert rule["resourceNames"] == [f"{FULL}-sidecar"]
+            assert not {"escalate", "impersonate", "bind"} & set(rule["verbs"])
 
 
 def test_every_rbac_rule_in_the_templates_is_justified():
     """Each rule of our own roles has a comment right above it saying why."""
-    for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "sidecar-rbac.yaml",
-                 "user-roles.yaml"]:
+    for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "user-roles.yaml"]:
         lines = (CHART / "templates" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -543,62 +661,54 @@ def test_every_rbac_rule_in_the_templates_is_justified():
                     f"{name}:{i + 1} has no justification comment"
 
 
+# What the operator creates in every enforced namespace for its sidecars
+# (operator/src/namespace.rs): the operator must hold all of it itself.
+SIDECAR_ROLE = [("", "configmaps", {"get", "list", "watch", "create", "update"}),
+                ("policybind.io", "approvalrequests", {"create", "get"})]
+
+
 def test_operator_rbac_is_what_it_needs(render):
     rules = rules_of(render(), "ClusterRole", OPERATOR)
     for kind in OUR_KINDS:
-        assert verbs_on(rules, "policybind.io", kind) >= READ_VERBS | {"patch"}
-        assert verbs_on(rules, "policybind.io", f"{kind}/status") == {"get", "patch"}
+        assert verbs_on(rules, "policybind.io", kind) >= READ_VERBS
+        assert verbs_on(rules, "policybind.io", f"{kind}/status") == {"patch"}
         assert "delete" not in verbs_on(rules, "policybind.io", kind)
-    assert verbs_on(rules, "policybind.io", "approvalrequests") >= {"create"}
-    assert verbs_on(rules, "policybind.io", "incidents") >= {"create"}
-    assert "create" not in verbs_on(rules, "policybind.io", "aipolicies")
-    assert verbs_on(rules, "", "secrets") == {"get", "list", "watch", "create", "patch"}
+    assert verbs_on(rules, "policybind.io", "approvalrequests") == READ_VERBS | {"create", "patch"}
+    assert verbs_on(rules, "policybind.io", "incidents") == READ_VERBS | {"create", "patch"}
+    for kind in ["aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens"]:
+        assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
+    assert verbs_on(rules, "", "secrets") == READ_VERBS | {"create", "patch"}
     assert verbs_on(rules, "", "namespaces") == READ_VERBS
-    assert verbs_on(rules, "", "pods") == READ_VERBS
+    assert verbs_on(rules, "", "pods") == {"list", "watch"}
+    for kind in ["roles", "rolebindings"]:
+        assert verbs_on(rules, "rbac.authorization.k8s.io", kind) == \
+            READ_VERBS | {"create", "patch", "delete"}
+    for group, resource, verbs in SIDECAR_ROLE:
+        assert verbs <= verbs_on(rules, group, resource), (resource, "escalation check")
     lease = rules_of(render(), "Role", OPERATOR)
     assert verbs_on(lease, "coordination.k8s.io", "leases") == {"create", "get", "update"}
     named = [r for r in lease if "resourceNames" in r]
     assert named and all(r["resourceNames"] == [OPERATOR] for r in named)
-
-
-def test_operator_rbac_shrinks_with_features(render):
-    rules = rules_of(render(MINIMAL), "ClusterRole", OPERATOR)
-    assert verbs_on(rules, "rbac.authorization.k8s.io", "rolebindings") == set()
-    assert verbs_on(rules, "rbac.authorization.k8s.io", "clusterroles") == set()
-    assert verbs_on(rules, "networking.k8s.io", "networkpolicies") == set()
-    args = render(MINIMAL).get("Deployment", OPERATOR)["spec"]["template"]["spec"][
-        "containers"][0]["args"]
-    assert not any(a.startswith("--sidecar-cluster-role") for a in args)
+    assert all(set(r["verbs"]) == {"create"} for r in lease if "resourceNames" not in r)
 
 
 def test_webhook_rbac_is_read_mostly(render):
-    rendered = render()
-    rules = rules_of(rendered, "ClusterRole", WEBHOOK)
-    for kind in OUR_KINDS:
+    rules = rules_of(render(), "ClusterRole", WEBHOOK)
+    for kind in ["modeldeployments", "aipolicies", "clusteraipolicies"]:
         assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
+    for kind in ["accesstokens", "approvalrequests", "incidents"]:
+        assert verbs_on(rules, "policybind.io", kind) == set()
     assert verbs_on(rules, "authorization.k8s.io", "subjectaccessreviews") == {"create"}
     configs = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
-    assert configs and all(r["resourceNames"] == [WEBHOOK] for r in configs)
+    assert [(r["verbs"], r["resourceNames"]) for r in configs] == [(["get", "update"], [WEBHOOK])]
     assert verbs_on(rules, "", "secrets") == set()
-    namespaced = rules_of(rendered, "Role", WEBHOOK)
-    for rule in namespaced:
-        if rule["resources"] == ["secrets"] and rule["verbs"] != ["create"]:
-            assert rule["resourceNames"], rule
+    assert verbs_on(rules, "", "configmaps") == set()
+    assert render().kinds("Role") == [render().get("Role", OPERATOR)]
 
 
 def test_webhook_rbac_in_cert_manager_mode_cannot_touch_configurations(render):
-    rendered = render(CERT_MANAGER)
-    rules = rules_of(rendered, "ClusterRole", WEBHOOK)
+    rules = rules_of(render(CERT_MANAGER), "ClusterRole", WEBHOOK)
     assert not [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
-    secrets = [r for r in rules_of(rendered, "Role", WEBHOOK) if "secrets" in r["resources"]]
-    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
-                        "resourceNames": [f"{FULL}-audit-signing-key"]}]
-
-
-def test_sidecar_role_reads_bundles_and_appends_only(render):
-    rules = rules_of(render(), "ClusterRole", f"{FULL}-sidecar")
-    assert verbs_on(rules, "", "configmaps") == {"get", "list", "watch", "create", "patch"}
-    assert all(r["resources"] == ["configmaps"] for r in rules)
 
 
 def test_bindings_point_at_the_right_service_accounts(render):
@@ -680,8 +790,7 @@ def test_dashboard_shows_what_operators_watch(render):
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     assert "sum by (code)" in exprs
     assert "histogram_quantile(0.99" in exprs
-    assert render(MINIMAL).kinds("ConfigMap") == [
-        render(MINIMAL).get("ConfigMap", f"{FULL}-injection")]
+    assert render(MINIMAL).kinds("ConfigMap") == []
 
 
 def test_notes_tell_the_next_step(render):

@@ -151,7 +151,11 @@ def test_argocd_syncs_the_chart_before_the_policies(chart):
     assert wave(chart_app) < wave(policies_app)
     assert chart_app["spec"]["source"]["path"] == "charts/policybind"
     assert (REPO / chart_app["spec"]["source"]["path"] / "Chart.yaml").is_file()
-    chart.validate_schema(chart_app["spec"]["source"]["helm"]["valuesObject"])
+    values = chart_app["spec"]["source"]["helm"]["valuesObject"]
+    chart.validate_schema(values)
+    # `helm template` cannot look up the existing key: Argo CD must bring one.
+    assert values["audit"]["signingKey"] == {"create": False,
+                                             "existingSecret": "policybind-audit-signing-key"}
     assert chart_app["spec"]["destination"]["namespace"] == "policybind-system"
     assert (REPO / policies_app["spec"]["source"]["path"]).is_dir()
     [root] = load_all(ARGO / "root-app.yaml")

@@ -65,20 +65,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-webhook" (include "policybind.fullname" .) }}
 {{- end }}
 
-{{- define "policybind.sidecarRoleName" -}}
-{{- printf "%s-sidecar" (include "policybind.fullname" .) }}
-{{- end }}
-
 {{- define "policybind.webhookTlsSecret" -}}
 {{- default (printf "%s-webhook-tls" (include "policybind.fullname" .)) .Values.webhook.certificate.secretName }}
 {{- end }}
 
+{{/* The audit signing key Secret: the one given, or the one the chart generates. */}}
 {{- define "policybind.auditKeySecret" -}}
-{{- default (printf "%s-audit-signing-key" (include "policybind.fullname" .)) .Values.audit.signingKey.secretName }}
+{{- default (printf "%s-audit-signing-key" (include "policybind.fullname" .)) .Values.audit.signingKey.existingSecret }}
 {{- end }}
 
-{{- define "policybind.injectionConfigName" -}}
-{{- printf "%s-injection" (include "policybind.fullname" .) }}
+{{- define "policybind.auditKeyEnabled" -}}
+{{- if or .Values.audit.signingKey.create .Values.audit.signingKey.existingSecret }}true{{ end }}
 {{- end }}
 
 {{/* DNS name of the webhook Service, the name its certificate must carry. */}}
@@ -87,22 +84,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-Namespace selector terms shared by every workload webhook: never kube-system,
-never the release namespace (PolicyBind must be able to start itself), never
-the namespaces listed in webhook.excludeNamespaces.
+Namespaces the webhook never sees: kube-system, kube-public, the release
+namespace (PolicyBind must be able to start while its webhook is down) and
+webhook.excludeNamespaces. The same list the webhook's own registration uses
+(webhook/src/configs.rs).
 */}}
 {{- define "policybind.excludedNamespaces" -}}
-- key: kubernetes.io/metadata.name
-  operator: NotIn
-  values:
-    - kube-system
-    - {{ .Release.Namespace }}
-    {{- range .Values.webhook.excludeNamespaces }}
-    - {{ . }}
-    {{- end }}
+- kube-system
+- kube-public
+- {{ .Release.Namespace }}
+{{- range .Values.webhook.excludeNamespaces }}
+- {{ . }}
+{{- end }}
 {{- end }}
 
-{{/* Client config of one webhook path; pass (dict "ctx" $ "path" "/validate/resources"). */}}
+{{/* Client config of one webhook path; pass (dict "ctx" $ "path" "/validate"). */}}
 {{- define "policybind.webhookClientConfig" -}}
 service:
   name: {{ include "policybind.webhookName" .ctx }}
