@@ -176,26 +176,15 @@ impl BitSet {
     pub fn set(&mut self, i: usize) {
         self.0[i / 64] |= 1 << (i % 64);
     }
-    pub fn and_assign(&mut self, other: &BitSet) {
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a &= *b;
-        }
-    }
-    pub fn or(&self, other: &BitSet) -> BitSet {
-        BitSet(self.0.iter().zip(&other.0).map(|(a, b)| a | b).collect())
-    }
-    /// Set bits in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, &word)| {
-            let mut bits = word;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let t = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(w * 64 + t)
-            })
+    /// Positions of the set bits of one word, ascending.
+    pub fn bits(mut word: u64) -> impl Iterator<Item = usize> {
+        std::iter::from_fn(move || {
+            if word == 0 {
+                return None;
+            }
+            let t = word.trailing_zeros() as usize;
+            word &= word - 1;
+            Some(t)
         })
     }
 }

@@ -188,13 +188,10 @@ impl PolicySet {
             cel_request: std::cell::OnceCell::new(),
         };
 
-        let candidates = match trace {
-            Some(_) => self.index.all.clone(),
-            None => self.candidates(&ctx),
-        };
+        let candidates = self.candidates(&ctx, trace.is_some());
         let mut would_have: Option<&CompiledRule> = None;
         let mut decided: Option<(usize, Option<String>)> = None;
-        for i in candidates.iter() {
+        for i in candidates {
             let rule = &self.rules[i];
             let check = if decided.is_some() && trace.is_none() {
                 break;
@@ -275,28 +272,30 @@ impl PolicySet {
         decision
     }
 
-    fn candidates(&self, ctx: &Ctx) -> BitSet {
+    /// Rule numbers that can match, in precedence order, computed word by word from
+    /// the team, subject and model bit sets without allocating. Explain mode visits
+    /// every rule instead, so that it can say why each one did not match.
+    fn candidates<'s>(&'s self, ctx: &Ctx, explain: bool) -> impl Iterator<Item = usize> + 's {
         let index = &self.index;
-        let mut set = match ctx.facts.team.as_deref().and_then(|t| index.by_team.get(t)) {
-            Some(by_team) => index.team_any.or(by_team),
-            None => index.team_any.clone(),
-        };
-        match ctx
+        let by_team = ctx.facts.team.as_deref().and_then(|t| index.by_team.get(t));
+        let by_subject = ctx
             .facts
             .subject
             .as_deref()
-            .and_then(|s| index.by_subject.get(s))
-        {
-            Some(by_subject) => set.and_assign(&index.subject_any.or(by_subject)),
-            None => set.and_assign(&index.subject_any),
-        }
-        match index.by_model.get(&ctx.facts.model) {
-            Some(by_model) => set.and_assign(by_model),
-            // An unregistered model (allowed when registration is not required):
-            // globs are checked rule by rule.
-            None => {}
-        }
-        set
+            .and_then(|s| index.by_subject.get(s));
+        // An unregistered model (allowed when registration is not required) has no
+        // precomputed set: its globs are checked rule by rule.
+        let by_model = index.by_model.get(&ctx.facts.model);
+        (0..index.all.0.len()).flat_map(move |w| {
+            let word = if explain {
+                index.all.0[w]
+            } else {
+                (index.team_any.0[w] | by_team.map_or(0, |b| b.0[w]))
+                    & (index.subject_any.0[w] | by_subject.map_or(0, |b| b.0[w]))
+                    & by_model.map_or(u64::MAX, |b| b.0[w])
+            };
+            BitSet::bits(word).map(move |bit| w * 64 + bit)
+        })
     }
 
     fn resolve(
