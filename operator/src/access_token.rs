@@ -33,6 +33,7 @@ use kube::{Resource, ResourceExt};
 use policybind_crds::access_token::{PeriodUsage, ROTATE_ANNOTATION, SECRET_KEY};
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{API_VERSION, AccessToken, AccessTokenStatus, TokenPhase};
+use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::{BundleToken, TokenHash};
 use serde_json::json;
 
@@ -439,6 +440,23 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
             _ => ("Issued", format!("value written to Secret {name}")),
         };
         tracing::info!(token = %key_of(token.as_ref()), reason, "token secret written");
+        ctx.record(
+            AuditEvent::lifecycle(if plan == SecretPlan::Rotate {
+                "token-rotated"
+            } else {
+                "token-issued"
+            })
+            .namespace(namespace.clone())
+            .token_id(key_of(token.as_ref()))
+            .subject(token.spec.subject.name.clone())
+            .detail(
+                "hashPrefix",
+                state
+                    .as_ref()
+                    .map(|s| s.current_hash[..12].to_string())
+                    .unwrap_or_default(),
+            ),
+        );
         ctx.event(token.as_ref(), false, reason, note).await;
     }
 

@@ -24,6 +24,7 @@ use policybind_crds::ai_policy::PolicyStatus;
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{AIPolicy, API_VERSION, ClusterAIPolicy};
 use policybind_engine::PolicySet;
+use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind};
 use policybind_engine::bundle_codec::{self, BundlePart};
 use serde_json::json;
@@ -386,6 +387,23 @@ where
         let was_ready = old_status
             .map(|s| conditions::is_true(&s.conditions, types::READY))
             .unwrap_or(true);
+        let transition = match &result {
+            Err(_) => Some("policy-compile-failed"),
+            Ok(_) if !was_ready => Some("policy-compiled"),
+            Ok(_) => None,
+        };
+        if let Some(transition) = transition {
+            let mut event = AuditEvent::lifecycle(transition)
+                .detail("policy", resource_id(&policy))
+                .detail(
+                    "fingerprint",
+                    status.fingerprint.clone().unwrap_or_default(),
+                );
+            if let Some(ns) = &policy.namespace {
+                event = event.namespace(ns.clone());
+            }
+            ctx.record(event);
+        }
         match &result {
             Err(error) => {
                 ctx.event(object, true, crd_reasons::COMPILE_FAILED, error.clone())

@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use policybind_crds::approval_request::{ApprovalPhase, DecisionState};
 use policybind_crds::conditions::{self, types};
 use policybind_crds::{API_VERSION, ApprovalRequest, ApprovalRequestStatus};
+use policybind_engine::audit::{AuditEvent, RecordKind};
 use serde_json::json;
 
 use crate::context::{Context, from_jiff, key_of, reasons, requeue_at, to_jiff};
@@ -138,6 +139,25 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
         if old_phase != status.phase {
             let phase = status.phase.unwrap_or(ApprovalPhase::Pending);
             if phase != ApprovalPhase::Pending {
+                let target = &request.spec.target;
+                let mut event = AuditEvent::new(RecordKind::Approval)
+                    .namespace(namespace.clone())
+                    .detail("approvalRequest", request.name_any())
+                    .detail("phase", phase.as_str())
+                    .detail("requester", request.spec.requester.clone());
+                if let Some(decision) = &request.spec.decision {
+                    event = event.detail("approver", decision.approver.clone());
+                }
+                if let Some(name) = &target.name {
+                    event = event.detail("modelDeployment", name.clone());
+                }
+                if let Some(id) = &target.request_id {
+                    event = event.request_id(id.clone());
+                }
+                if let Some(token) = &target.token {
+                    event = event.token_id(token.clone());
+                }
+                ctx.record(event);
                 ctx.event(
                     request.as_ref(),
                     phase != ApprovalPhase::Approved,

@@ -82,6 +82,10 @@ pub struct Settings {
     pub incidents: IncidentSettings,
     /// How long to wait for the watch caches to fill at start.
     pub cache_timeout: Duration,
+    /// Secret (`name` in `lease_namespace`, or `namespace/name`) holding the audit
+    /// signing key. Set, lifecycle records go to the audit trail in
+    /// `lease_namespace`; unset, there are only events and logs.
+    pub audit_key_secret: Option<String>,
 }
 
 impl Default for Settings {
@@ -99,6 +103,7 @@ impl Default for Settings {
             approval_ttl: Duration::from_secs(7 * 24 * 3600),
             incidents: IncidentSettings::default(),
             cache_timeout: Duration::from_secs(120),
+            audit_key_secret: None,
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Context {
     bundle_trigger: Option<UnboundedSender<()>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Writer of lifecycle records, when an audit key is configured.
+    audit: Option<policybind_audit::AuditWriter>,
 }
 
 impl Context {
@@ -200,6 +207,29 @@ impl Context {
             epoch: AtomicU64::new(0),
             bundle_trigger,
             failures: Mutex::new(HashMap::new()),
+            audit: None,
+        }
+    }
+
+    /// Records lifecycle changes in the audit trail with this writer.
+    pub fn with_audit(mut self, writer: Option<policybind_audit::AuditWriter>) -> Self {
+        self.audit = writer;
+        self
+    }
+
+    /// The audit writer, if lifecycle records are kept.
+    pub fn audit(&self) -> Option<&policybind_audit::AuditWriter> {
+        self.audit.as_ref()
+    }
+
+    /// Appends a lifecycle record (a state change of one of our objects). The
+    /// trail being unavailable never fails a reconcile: the change already
+    /// happened in the cluster, and the event and log still say so.
+    pub fn record(&self, event: policybind_engine::audit::AuditEvent) {
+        if let Some(writer) = &self.audit
+            && let Err(error) = writer.append(event.time(self.now()))
+        {
+            tracing::warn!(%error, "could not append a lifecycle record to the audit trail");
         }
     }
 

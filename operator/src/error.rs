@@ -39,6 +39,9 @@ pub enum Error {
     /// This replica no longer holds the leader Lease.
     #[error("lost the leader Lease {0}; stopping so that only one replica acts")]
     LostLeadership(String),
+    /// The audit writer for lifecycle records could not start or stop cleanly.
+    #[error("audit trail: {0}")]
+    Audit(#[source] policybind_audit::Error),
     /// The metrics and health server could not start.
     #[error("cannot serve metrics on {address}: {source}")]
     MetricsServer {
@@ -61,6 +64,7 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::CachesNotReady(_) => "caches_not_ready",
             Error::LostLeadership(_) => "lost_leadership",
+            Error::Audit(_) => "audit",
             Error::MetricsServer { .. } => "metrics_server",
         }
     }

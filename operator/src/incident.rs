@@ -30,7 +30,7 @@ use policybind_crds::incident::{IncidentState, Severity};
 use policybind_crds::{
     API_VERSION, AccessToken, DataClassification, Effect, Incident, IncidentSpec, IncidentStatus,
 };
-use policybind_engine::audit::{AuditRecord, RecordKind, Segment};
+use policybind_engine::audit::{AuditEvent, AuditRecord, RecordKind, Segment};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -361,6 +361,14 @@ pub async fn scan(ctx: &Context) -> Result<()> {
                     incident.spec.summary.clone(),
                 )
                 .await;
+                ctx.record(
+                    AuditEvent::lifecycle("incident-raised")
+                        .namespace(finding.namespace.clone())
+                        .subject(finding.subject.clone())
+                        .detail("incident", name.clone())
+                        .detail("pattern", finding.pattern)
+                        .detail("occurrences", finding.occurrences.to_string()),
+                );
                 tracing::warn!(incident = %name, namespace = %finding.namespace, pattern = finding.pattern, "incident raised");
                 let mut remembered = *incident;
                 remembered.status = Some(status);

@@ -316,14 +316,18 @@ pub async fn run_with(
     let (model_tx, model_rx) = mpsc::unbounded::<ObjectRef<ModelDeployment>>();
     let (namespace_tx, namespace_rx) = mpsc::unbounded::<ObjectRef<Namespace>>();
     let (audit_tx, audit_rx) = mpsc::unbounded::<()>();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        settings.clone(),
-        metrics.clone(),
-        Arc::new(chrono::Utc::now),
-        Some(bundle_tx),
-    ));
+    let audit = start_audit(&client, &settings).await?;
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            stores.clone(),
+            settings.clone(),
+            metrics.clone(),
+            Arc::new(chrono::Utc::now),
+            Some(bundle_tx),
+        )
+        .with_audit(audit),
+    );
 
     // Main watches: each feeds its controller, its cache and the bundle epoch.
     let policy_stream = watch(
@@ -636,7 +640,39 @@ pub async fn run_with(
     // watches are dropped with this scope.
     shutdown.cancel();
     tracing::info!("controllers stopped");
+    if let Some(writer) = ctx.audit() {
+        // Seal and write what is queued before the Lease goes to a standby.
+        if let Err(error) = writer.shutdown().await {
+            tracing::error!(%error, "audit trail not fully written at shutdown");
+        }
+    }
     finish(server, lease_task).await
+}
+
+/// Starts the lifecycle audit writer when a signing key is configured.
+async fn start_audit(
+    client: &Client,
+    settings: &Settings,
+) -> Result<Option<policybind_audit::AuditWriter>> {
+    let Some(secret) = &settings.audit_key_secret else {
+        return Ok(None);
+    };
+    let (namespace, name) = secret
+        .split_once('/')
+        .unwrap_or((settings.lease_namespace.as_str(), secret.as_str()));
+    let key = policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
+        .await
+        .map_err(Error::Audit)?;
+    let config = policybind_audit::AuditConfig::new(format!("operator/{}", settings.identity), key);
+    let store = Arc::new(policybind_audit::ConfigMapStore::new(
+        client.clone(),
+        settings.lease_namespace.clone(),
+    ));
+    let writer = policybind_audit::AuditWriter::start(config, store)
+        .await
+        .map_err(Error::Audit)?;
+    tracing::info!(writer = %writer.writer(), namespace = %settings.lease_namespace, "lifecycle records go to the audit trail");
+    Ok(Some(writer))
 }
 
 async fn finish(

@@ -30,6 +30,7 @@ use policybind_crds::{
     API_VERSION, ApprovalRequest, ApprovalRequestSpec, MODEL_ANNOTATION, ModelDeployment,
     ModelDeploymentStatus, RiskLevel,
 };
+use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::BundleModel;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -406,6 +407,17 @@ pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result
                 None => bad,
             };
             if news {
+                ctx.record(
+                    AuditEvent::lifecycle(format!(
+                        "model-{}-{}",
+                        type_.to_lowercase(),
+                        after.status.to_lowercase()
+                    ))
+                    .namespace(namespace.clone())
+                    .model(model.spec.model.clone())
+                    .detail("modelDeployment", model.name_any())
+                    .detail("reason", after.reason.clone()),
+                );
                 ctx.event(model.as_ref(), bad, &after.reason, after.message.clone())
                     .await;
             }

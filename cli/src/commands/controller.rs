@@ -30,14 +30,24 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "NAME")]
     context: Option<String>,
     /// Address of the metrics and health server (plain HTTP).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "POLICYBIND_METRICS_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "POLICYBIND_METRICS_LISTEN"
+    )]
     metrics_listen: SocketAddr,
     /// Take a coordination.k8s.io Lease before acting, so several replicas are safe
     /// (one acts, the others stand by and take over within ~15 s).
     #[arg(long, env = "POLICYBIND_LEADER_ELECTION")]
     leader_election: bool,
     /// Namespace of the leader Lease (the operator's own namespace).
-    #[arg(long, value_name = "NS", default_value = "policybind-system", env = "POD_NAMESPACE")]
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "policybind-system",
+        env = "POD_NAMESPACE"
+    )]
     lease_namespace: String,
     /// Name of the leader Lease.
     #[arg(long, value_name = "NAME", default_value = "policybind-operator")]
@@ -67,6 +77,12 @@ pub struct ControllerArgs {
     /// Do not raise BudgetExhausted incidents.
     #[arg(long)]
     no_budget_incidents: bool,
+    /// Secret with the audit signing key (key `signing-key`), as `name` in the lease
+    /// namespace or `namespace/name`. Set, every lifecycle change (token issued,
+    /// rotated, expired; model approved, suspended; policy failed; approval decided;
+    /// incident raised) is appended to the audit trail in the lease namespace.
+    #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
+    audit_key_secret: Option<String>,
     /// Seconds to wait for the watch caches to fill at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     cache_timeout_secs: u64,
@@ -102,6 +118,7 @@ impl ControllerArgs {
                 budget_exhausted: !self.no_budget_incidents,
             },
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
+            audit_key_secret: self.audit_key_secret,
         }
     }
 }
