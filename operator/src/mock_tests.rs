@@ -55,6 +55,8 @@ struct Writers {
     bundles: Writer<ConfigMap>,
     roles: Writer<Role>,
     role_bindings: Writer<RoleBinding>,
+    incidents: Writer<Incident>,
+    audit_segments: Writer<ConfigMap>,
     _rest: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -117,12 +119,12 @@ fn env() -> Env {
             bundles: bundles_w,
             roles: roles_w,
             role_bindings: role_bindings_w,
+            incidents: incidents_w,
+            audit_segments: audit_w,
             _rest: vec![
                 Box::new(policies_w),
                 Box::new(cluster_policies_w),
-                Box::new(incidents_w),
                 Box::new(usage_w),
-                Box::new(audit_w),
                 Box::new(pods_w),
             ],
         },
@@ -704,4 +706,84 @@ async fn missing_crds_stop_the_start_with_a_clear_message() {
         "{message}"
     );
     assert!(message.contains("policybind crds"), "{message}");
+}
+
+#[tokio::test]
+async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
+    use policybind_engine::audit::{AuditEvent, Chain, Hash256, RecordTime, Segment};
+    let mut env = env();
+    let mut chain = Chain::new("sidecar/team-a/pod-1");
+    let first = now() - chrono::Duration::seconds(60);
+    let records: Vec<_> = (0..10)
+        .map(|i| {
+            let at = first + chrono::Duration::seconds(i);
+            chain.append(
+                AuditEvent::decision(policybind_crds::Effect::Deny)
+                    .time(at)
+                    .subject("mallory")
+                    .token_id("team-a/bot")
+                    .code("POLICY_DENY"),
+                RecordTime::new(at),
+            )
+        })
+        .collect();
+    let segment = Segment::open(Hash256::ZERO, records);
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("pb-audit-segment".into());
+    cm.metadata.namespace = Some("team-a".into());
+    cm.data = Some(
+        [(
+            "segment.json".to_string(),
+            serde_json::to_string(&segment).unwrap(),
+        )]
+        .into(),
+    );
+    env.w.audit_segments.apply_watcher_event(&Event::Apply(cm));
+    let name = format!(
+        "repeated-denials-{}-{}",
+        &crate::incident::subject_hash("mallory")[..8],
+        first.timestamp()
+    );
+
+    let ctx = env.ctx.clone();
+    let scan = tokio::spawn(async move { crate::incident::scan(&ctx).await });
+    let path = format!("/apis/policybind.io/v1alpha1/namespaces/team-a/incidents/{name}");
+    let (incident, send) = expect(&mut env.api, "PATCH", &path).await;
+    assert_eq!(incident["spec"]["pattern"], "RepeatedDenials");
+    assert_eq!(incident["spec"]["subject"], "mallory");
+    assert_eq!(incident["spec"]["severity"], "Medium");
+    assert_eq!(
+        incident["spec"]["auditRecords"][0],
+        "sidecar/team-a/pod-1:1"
+    );
+    assert_eq!(
+        incident["metadata"]["labels"]["policybind.io/pattern"],
+        "RepeatedDenials"
+    );
+    reply(send, 200, &incident);
+    let (status, send) = expect(&mut env.api, "PATCH", &format!("{path}/status")).await;
+    assert_eq!(status["status"]["occurrences"], 10);
+    let written = with_status(
+        &serde_json::from_value::<Incident>(incident.clone()).unwrap(),
+        &status,
+    );
+    reply(send, 200, &written);
+    expect_event(&mut env.api, "team-a", "RepeatedDenials").await;
+    tokio::time::timeout(Duration::from_secs(5), scan)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    env.w
+        .incidents
+        .apply_watcher_event(&Event::Apply(serde_json::from_value(written).unwrap()));
+    let ctx = env.ctx.clone();
+    tokio::select! {
+        result = crate::incident::scan(&ctx) => result.expect("scan succeeds"),
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call on an unchanged trail: {} {}", request.method(), request.uri());
+        }
+    }
 }
