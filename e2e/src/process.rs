@@ -115,3 +115,69 @@ pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
     Ok(listener.local_addr()?.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_handle_stops_the_process() {
+        let dir = std::env::temp_dir().join(format!("pb-e2e-process-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("pid");
+        let mut process = Process::start(
+            "sleeper",
+            Path::new("sh"),
+            &[
+                "-c".into(),
+                format!("echo $$ > {}; exec sleep 30", pid_file.display()),
+            ],
+            &[],
+            dir.join("log"),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_file.exists()
+            || std::fs::read_to_string(&pid_file)
+                .unwrap()
+                .trim()
+                .is_empty()
+        {
+            assert!(Instant::now() < deadline, "process never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process.check_running().unwrap();
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        assert!(proc_dir.exists());
+        let started = Instant::now();
+        drop(process);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM was not enough"
+        );
+        assert!(!proc_dir.exists(), "process {pid} outlived its handle");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_process_that_exits_is_reported_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("pb-e2e-exit-{}", std::process::id()));
+        let mut process = Process::start(
+            "failing",
+            Path::new("sh"),
+            &["-c".into(), "echo bad flag >&2; exit 2".into()],
+            &[],
+            dir.join("log"),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let error = process.check_running().unwrap_err().to_string();
+        assert!(error.contains("failing exited"), "{error}");
+        assert!(error.contains("bad flag"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -256,9 +256,15 @@ impl Scenario {
         }
     }
 
-    /// Start `policybind sidecar` for this namespace in front of `upstream`, as
-    /// the webhook would inject it (same environment variables).
-    pub async fn start_sidecar(&self, upstream: &Upstream, pod_name: &str) -> Result<Sidecar> {
+    /// Start `policybind sidecar` for this namespace in front of `upstream`, with
+    /// the environment the webhook gives an injected sidecar
+    /// (webhook/src/inject.rs).
+    pub async fn start_sidecar(
+        &self,
+        upstream: &Upstream,
+        pod_name: &str,
+        model_deployment: &str,
+    ) -> Result<Sidecar> {
         let listen = format!("127.0.0.1:{}", free_port()?);
         let health = format!("127.0.0.1:{}", free_port()?);
         let process = Process::start(
@@ -271,6 +277,14 @@ impl Scenario {
                 ("POLICYBIND_UPSTREAM".into(), upstream.url()),
                 ("POLICYBIND_LISTEN".into(), listen.clone()),
                 ("POLICYBIND_HEALTH_LISTEN".into(), health.clone()),
+                (
+                    "POLICYBIND_MODEL_DEPLOYMENT".into(),
+                    model_deployment.into(),
+                ),
+                (
+                    "POLICYBIND_BUNDLE_CONFIGMAP".into(),
+                    "policybind-bundle".into(),
+                ),
                 ("POLICYBIND_LOG_FORMAT".into(), "text".into()),
                 (
                     "RUST_LOG".into(),

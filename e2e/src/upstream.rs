@@ -72,3 +72,38 @@ async fn chat(State(received): State<Arc<AtomicU64>>, Json(request): Json<Value>
 async fn models() -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": "e2e-model", "object": "model"}]}))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_chat_completions_and_counts_them() {
+        let upstream = Upstream::start().await.unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let response = crate::http::request(
+            &upstream.addr.to_string(),
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            Some(body),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["model"], "m");
+        assert_eq!(response.json()["usage"]["total_tokens"], 18);
+        assert_eq!(upstream.received(), 1);
+        crate::http::wait_ok(
+            &upstream.addr.to_string(),
+            "/healthz",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(upstream.received(), 1, "health checks are not completions");
+    }
+}
