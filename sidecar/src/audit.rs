@@ -71,3 +71,99 @@ impl AuditSink for MemoryAudit {
         Ok(())
     }
 }
+
+/// Why the audit trail could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditSetupError {
+    #[error("signing key {path}: {source}")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signing key: {0}")]
+    Key(#[from] policybind_engine::audit::KeyError),
+    #[error("no randomness available to generate a signing key: {0}")]
+    Random(String),
+    #[error(transparent)]
+    Audit(#[from] policybind_audit::Error),
+}
+
+/// Reads the Ed25519 signing key at `path`, or creates one there (mode 0600) when
+/// the file does not exist. Returns whether it was created.
+///
+/// A generated key suits standalone mode on one machine; a trail that others
+/// must be able to trust needs a key kept apart from it.
+pub fn load_or_create_signing_key(
+    path: &std::path::Path,
+) -> Result<(policybind_engine::audit::AuditSigningKey, bool), AuditSetupError> {
+    use policybind_engine::audit::AuditSigningKey;
+    let key_error = |source| AuditSetupError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => return Ok((AuditSigningKey::from_key_material(&bytes)?, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(key_error(e)),
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| AuditSetupError::Random(e.to_string()))?;
+    let key = AuditSigningKey::from_seed(&seed);
+    let pem = key.to_pkcs8_pem()?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(key_error)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(key_error)?;
+    std::io::Write::write_all(&mut file, pem.as_bytes()).map_err(key_error)?;
+    Ok((key, true))
+}
+
+/// An audit writer over a directory store (standalone mode).
+pub async fn directory_writer(
+    dir: &std::path::Path,
+    key: policybind_engine::audit::AuditSigningKey,
+    writer: &str,
+) -> Result<AuditWriter, AuditSetupError> {
+    let store = policybind_audit::DirectoryStore::open(dir)?;
+    let config = policybind_audit::AuditConfig::new(writer, key);
+    Ok(AuditWriter::start(config, std::sync::Arc::new(store)).await?)
+}
+
+/// An audit writer over ConfigMaps in a namespace (in-cluster).
+pub async fn config_map_writer(
+    client: kube::Client,
+    namespace: &str,
+    key: policybind_engine::audit::AuditSigningKey,
+    writer: &str,
+) -> Result<AuditWriter, AuditSetupError> {
+    let store = policybind_audit::ConfigMapStore::new(client, namespace);
+    let config = policybind_audit::AuditConfig::new(writer, key);
+    Ok(AuditWriter::start(config, std::sync::Arc::new(store)).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signing_key_is_created_once_and_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/signing-key.pem");
+        let (first, created) = load_or_create_signing_key(&path).unwrap();
+        assert!(created);
+        let (second, created) = load_or_create_signing_key(&path).unwrap();
+        assert!(!created);
+        assert_eq!(first.key_id(), second.key_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -13,6 +13,11 @@ pub enum SourceSettings {
         path: PathBuf,
         poll_interval: Duration,
     },
+    /// A mounted bundle ConfigMap (`bundle.json` or `bundle.json.gz`), re-read when it changes.
+    BundleDirectory {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
     /// The namespace's bundle ConfigMap, watched through the API server.
     ConfigMap { namespace: String, name: String },
 }

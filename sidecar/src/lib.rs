@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod decide_api;
 pub mod facts;
+pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
 pub mod source;
@@ -53,6 +54,7 @@ pub use source::PolicyHolder;
 use crate::approvals::Approvals;
 use crate::metrics::Metrics;
 use crate::proxy::AppState;
+use crate::source::{DirectoryKind, DirectoryWatcher};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -156,26 +158,25 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         SourceSettings::Directory {
             path,
             poll_interval,
+        }
+        | SourceSettings::BundleDirectory {
+            path,
+            poll_interval,
         } => {
-            let exclude = match &settings.approvals {
-                ApprovalSettings::Directory(dir) => Some(dir.clone()),
-                _ => None,
+            let (kind, exclude) = match (&settings.source, &settings.approvals) {
+                (SourceSettings::BundleDirectory { .. }, _) => (DirectoryKind::Bundle, None),
+                (_, ApprovalSettings::Directory(dir)) => {
+                    (DirectoryKind::Manifests, Some(dir.clone()))
+                }
+                _ => (DirectoryKind::Manifests, None),
             };
-            match source::load_directory(path, exclude.as_deref(), &settings.namespace) {
-                Ok((set, _)) => source::install(
-                    &holder,
-                    &metrics,
-                    set,
-                    format!("directory {}", path.display()),
-                ),
-                Err(e) => source::reject(&holder, &metrics, &e, &path.display().to_string()),
-            }
-            let (path, interval, namespace) =
-                (path.clone(), *poll_interval, settings.namespace.clone());
+            let mut watcher =
+                DirectoryWatcher::new(kind, path.clone(), exclude, settings.namespace.clone());
+            watcher.poll(&holder, &metrics);
+            let interval = *poll_interval;
             let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
             tasks.spawn(async move {
-                source::watch_directory(path, exclude, namespace, interval, holder, metrics, stop)
-                    .await;
+                watcher.run(interval, holder, metrics, stop).await;
                 Ok(())
             });
         }

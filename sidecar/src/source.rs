@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use policybind_engine::bundle_codec::{BUNDLE_DATA_KEY, BUNDLE_GZ_KEY, BundlePart, decode};
 use policybind_engine::manifest::{Manifests, parse_documents};
 use policybind_engine::{Bundle, PolicySet};
 use sha2::{Digest, Sha256};
@@ -129,10 +130,60 @@ fn manifest_files(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, So
     Ok(out)
 }
 
+/// What a watched directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryKind {
+    /// YAML manifests as users apply them (standalone mode).
+    Manifests,
+    /// A mounted bundle ConfigMap: `bundle.json` or `bundle.json.gz` (in-cluster,
+    /// volume wiring).
+    Bundle,
+}
+
 /// The contents of a directory's manifests and a hash over them.
 pub struct DirectorySnapshot {
     pub digest: [u8; 32],
     files: Vec<(PathBuf, String)>,
+}
+
+/// Reads a mounted bundle ConfigMap. Returns the bytes of the file present and a
+/// digest of them.
+fn read_bundle_directory(dir: &Path) -> Result<(Vec<BundlePart>, [u8; 32]), SourceError> {
+    let plain = dir.join(BUNDLE_DATA_KEY);
+    let gz = dir.join(BUNDLE_GZ_KEY);
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| SourceError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let (part, bytes) = if plain.exists() {
+        let bytes = read(&plain)?;
+        let text = String::from_utf8(bytes.clone())
+            .map_err(|e| SourceError::Bundle(format!("{}: {e}", plain.display())))?;
+        (BundlePart::Plain(text), bytes)
+    } else {
+        let bytes = read(&gz)?;
+        (BundlePart::Gzip(bytes.clone()), bytes)
+    };
+    Ok((vec![part], Sha256::digest(&bytes).into()))
+}
+
+/// Compiles what a directory holds, with a digest of its contents.
+pub fn load(
+    kind: DirectoryKind,
+    dir: &Path,
+    exclude: Option<&Path>,
+    namespace: &str,
+) -> Result<(PolicySet, [u8; 32]), SourceError> {
+    match kind {
+        DirectoryKind::Manifests => load_directory(dir, exclude, namespace),
+        DirectoryKind::Bundle => {
+            let (parts, digest) = read_bundle_directory(dir)?;
+            let bundle = decode(&parts).map_err(|e| SourceError::Bundle(e.to_string()))?;
+            Ok((PolicySet::compile(&bundle)?, digest))
+        }
+    }
 }
 
 /// Reads every manifest file of a directory.
@@ -228,52 +279,111 @@ pub fn reject(holder: &PolicyHolder, metrics: &Metrics, error: &SourceError, ori
         .inc();
 }
 
-/// Loads a directory once, then re-reads it every `interval` and swaps in each
-/// change that compiles. Runs until `stop` is cancelled.
-pub async fn watch_directory(
-    dir: PathBuf,
-    exclude: Option<PathBuf>,
-    namespace: String,
-    interval: Duration,
-    holder: Arc<PolicyHolder>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let origin = format!("directory {}", dir.display());
-    let mut last_digest: Option<[u8; 32]> = None;
-    loop {
-        let dir2 = dir.clone();
-        let exclude2 = exclude.clone();
-        // File reads block; keep them off the request threads.
-        let snapshot =
-            tokio::task::spawn_blocking(move || read_directory(&dir2, exclude2.as_deref())).await;
-        match snapshot {
-            Ok(Ok(snapshot)) if Some(snapshot.digest) != last_digest => {
-                last_digest = Some(snapshot.digest);
-                match snapshot
-                    .bundle(&namespace)
-                    .and_then(|b| PolicySet::compile(&b).map_err(SourceError::from))
-                {
-                    Ok(set) => install(&holder, &metrics, set, origin.clone()),
-                    Err(e) => reject(&holder, &metrics, &e, &origin),
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                // An unreadable directory (being replaced, permissions) is not a
-                // new policy: keep what is in force and try again.
-                if last_digest.is_some() {
-                    warn!(%origin, "cannot read the policy directory: {e}");
-                } else {
-                    reject(&holder, &metrics, &e, &origin);
-                    last_digest = Some([0; 32]);
-                }
-            }
-            Err(e) => warn!("policy directory reader failed: {e}"),
+/// A directory source: remembers what it last read so an unchanged directory
+/// costs one read per interval and a bad change is reported once.
+pub struct DirectoryWatcher {
+    pub kind: DirectoryKind,
+    pub dir: PathBuf,
+    /// A subdirectory that is not policy (the approvals directory).
+    pub exclude: Option<PathBuf>,
+    pub namespace: String,
+    last_digest: Option<[u8; 32]>,
+    last_error: Option<String>,
+}
+
+impl DirectoryWatcher {
+    pub fn new(
+        kind: DirectoryKind,
+        dir: PathBuf,
+        exclude: Option<PathBuf>,
+        namespace: String,
+    ) -> Self {
+        DirectoryWatcher {
+            kind,
+            dir,
+            exclude,
+            namespace,
+            last_digest: None,
+            last_error: None,
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+    }
+
+    fn digest(&self) -> Result<[u8; 32], SourceError> {
+        match self.kind {
+            DirectoryKind::Manifests => {
+                Ok(read_directory(&self.dir, self.exclude.as_deref())?.digest)
+            }
+            DirectoryKind::Bundle => Ok(read_bundle_directory(&self.dir)?.1),
+        }
+    }
+
+    /// Reads the directory once and swaps in its set if it changed and compiles.
+    /// Blocking (file reads, compiling).
+    pub fn poll(&mut self, holder: &PolicyHolder, metrics: &Metrics) {
+        let origin = format!("directory {}", self.dir.display());
+        let digest = match self.digest() {
+            Ok(d) => d,
+            Err(e) => {
+                // Unreadable (being replaced, permissions): keep what is in force.
+                self.report(holder, metrics, &e, &origin);
+                return;
+            }
+        };
+        if Some(digest) == self.last_digest {
+            return;
+        }
+        match load(
+            self.kind,
+            &self.dir,
+            self.exclude.as_deref(),
+            &self.namespace,
+        ) {
+            Ok((set, digest)) => {
+                self.last_digest = Some(digest);
+                self.last_error = None;
+                install(holder, metrics, set, origin);
+            }
+            Err(e) => {
+                self.last_digest = Some(digest);
+                self.report(holder, metrics, &e, &origin);
+            }
+        }
+    }
+
+    fn report(&mut self, holder: &PolicyHolder, metrics: &Metrics, e: &SourceError, origin: &str) {
+        let text = e.to_string();
+        if self.last_error.as_deref() != Some(text.as_str()) {
+            reject(holder, metrics, e, origin);
+            self.last_error = Some(text);
+        }
+    }
+
+    /// Polls every `interval` until `stop` is cancelled.
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        holder: Arc<PolicyHolder>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let (h, m) = (holder.clone(), metrics.clone());
+            match tokio::task::spawn_blocking(move || {
+                self.poll(&h, &m);
+                self
+            })
+            .await
+            {
+                Ok(watcher) => self = watcher,
+                Err(e) => {
+                    warn!("policy directory reader failed: {e}");
+                    return;
+                }
+            }
         }
     }
 }

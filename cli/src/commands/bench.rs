@@ -1,0 +1,118 @@
+//! `policybind bench`: measure what the enforcement point adds to a request.
+//!
+//! Runs the same fixed-rate, open-loop load (see `policybind_sidecar::loadgen`)
+//! against the upstream directly and through the sidecar, for each rate, and
+//! prints latency percentiles and their difference, plus the sidecar's memory
+//! when its process id is given. Start the upstream (for example the
+//! repository's `fake-upstream`) and `policybind serve` first; see docs/sidecar.md.
+use std::process::ExitCode;
+use std::time::Duration;
+
+use policybind_sidecar::loadgen::{LoadOptions, LoadReport, memory_kib, run_load};
+
+/// Arguments of `policybind bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Base URL of the upstream, called directly for the baseline.
+    #[arg(
+        long,
+        env = "POLICYBIND_BENCH_UPSTREAM",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub upstream: String,
+    /// Base URL of the sidecar (or `policybind serve`) in front of that upstream.
+    #[arg(
+        long,
+        env = "POLICYBIND_BENCH_SIDECAR",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub sidecar: String,
+    /// Bearer token for the sidecar (an allowed AccessToken value).
+    #[arg(long, env = "POLICYBIND_BENCH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Model named in the requests.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    pub model: String,
+    /// Prompt text of every request.
+    #[arg(long, default_value = "Summarise the plot of Hamlet in one sentence.")]
+    pub prompt: String,
+    /// Request rates to measure, per second, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000")]
+    pub rates: Vec<u32>,
+    /// Seconds measured per rate and target.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Seconds of warm-up at the same rate before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Process id of the sidecar, to report its resident memory.
+    #[arg(long)]
+    pub sidecar_pid: Option<u32>,
+}
+
+fn row(label: &str, rate: u32, r: &LoadReport) {
+    println!(
+        "{label:<8} {rate:>6} {:>9.1} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        r.achieved_rate, r.ok, r.failed, r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+    );
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "model": args.model,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": args.prompt}],
+    }))?;
+    let path = "/v1/chat/completions";
+    println!(
+        "{:<8} {:>6} {:>9} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "target",
+        "rate",
+        "achieved",
+        "ok",
+        "failed",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us"
+    );
+    let mut summary = vec![];
+    for &rate in &args.rates {
+        let options = |base: &str, token: Option<String>| LoadOptions {
+            url: format!("{}{path}", base.trim_end_matches('/')),
+            token,
+            body: body.clone(),
+            rate,
+            duration: Duration::from_secs(args.duration_secs),
+            warmup: Duration::from_secs(args.warmup_secs),
+        };
+        let direct = run_load(&options(&args.upstream, None)).await?;
+        row("direct", rate, &direct);
+        let via = run_load(&options(&args.sidecar, Some(args.token.clone()))).await?;
+        row("sidecar", rate, &via);
+        summary.push((
+            rate,
+            via.p50_us as i64 - direct.p50_us as i64,
+            via.p99_us as i64 - direct.p99_us as i64,
+            via.failed,
+        ));
+    }
+    println!();
+    for (rate, p50, p99, failed) in summary {
+        println!(
+            "added latency at {rate} req/s: p50 {p50} us, p99 {p99} us ({failed} failed through the sidecar)"
+        );
+    }
+    if let Some(pid) = args.sidecar_pid {
+        match memory_kib(pid) {
+            Some((rss, peak)) => println!(
+                "sidecar memory: RSS {:.1} MiB, peak RSS {:.1} MiB",
+                rss as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ),
+            None => println!("sidecar memory: cannot read /proc/{pid}/status"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,190 @@
+//! `policybind serve`: the enforcement point without a cluster (DESIGN.md section 8).
+//!
+//! Reads the same YAML manifests users apply (policies, models, tokens with their
+//! Secrets) from a directory, re-reads it when it changes, proxies an
+//! OpenAI-compatible server and writes the audit trail to a directory. The
+//! request path is the sidecar's, from `policybind-sidecar`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use policybind_sidecar::Dependencies;
+use policybind_sidecar::audit::{directory_writer, load_or_create_signing_key};
+use policybind_sidecar::config::{ApprovalSettings, Limits, Settings, SourceSettings};
+
+/// Options shared by `serve` and `sidecar`: limits and request handling.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// API key the upstream itself requires, sent to it as `Authorization: Bearer`.
+    /// The caller's PolicyBind token is never forwarded.
+    #[arg(long, env = "POLICYBIND_UPSTREAM_API_KEY", hide_env_values = true)]
+    pub upstream_api_key: Option<String>,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "POLICYBIND_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more are answered 503 at once.
+    #[arg(long, env = "POLICYBIND_MAX_CONCURRENCY", default_value_t = 1024)]
+    pub max_concurrency: usize,
+    /// Milliseconds to connect to the upstream (then 502).
+    #[arg(
+        long,
+        env = "POLICYBIND_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub upstream_connect_timeout_ms: u64,
+    /// Seconds until the upstream's response headers, and a whole non-streaming response (then 504).
+    #[arg(long, env = "POLICYBIND_UPSTREAM_TIMEOUT_SECS", default_value_t = 120)]
+    pub upstream_timeout_secs: u64,
+    /// Longest silence between two chunks of a streaming response, in seconds.
+    #[arg(
+        long,
+        env = "POLICYBIND_STREAM_IDLE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub stream_idle_timeout_secs: u64,
+    /// Output tokens assumed for budgets when a request sets no `max_tokens`.
+    #[arg(long, env = "POLICYBIND_DEFAULT_OUTPUT_TOKENS", default_value_t = 512)]
+    pub default_output_tokens: u64,
+    /// Further path prefix to forward (authenticated, not decided), e.g. `/v1/tokenize`.
+    /// Repeat for several. Other paths than the model endpoints are refused otherwise.
+    #[arg(
+        long = "allow-path",
+        env = "POLICYBIND_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
+    pub allow_paths: Vec<String>,
+    /// Do not serve `POST /v1/decide`.
+    #[arg(long, env = "POLICYBIND_NO_DECIDE_API")]
+    pub no_decide_api: bool,
+    /// Do not ask streaming upstreams for a final usage chunk
+    /// (`stream_options.include_usage`); streamed usage is then counted (chars/4).
+    #[arg(long, env = "POLICYBIND_NO_STREAM_USAGE")]
+    pub no_stream_usage: bool,
+}
+
+impl ProxyArgs {
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.upstream_api_key = self.upstream_api_key.clone();
+        settings.limits = Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_concurrency: self.max_concurrency.max(1),
+            upstream_connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
+            upstream_timeout: Duration::from_secs(self.upstream_timeout_secs),
+            stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs),
+            ..Limits::default()
+        };
+        settings.default_output_tokens = self.default_output_tokens;
+        settings.extra_paths = self.allow_paths.clone();
+        settings.decide_api = !self.no_decide_api;
+        settings.request_stream_usage = !self.no_stream_usage;
+    }
+}
+
+/// Arguments of `policybind serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Directory of YAML manifests (AIPolicy, ClusterAIPolicy, ModelDeployment,
+    /// AccessToken and their Secrets), read recursively and re-read on change.
+    #[arg(long, env = "POLICYBIND_CONFIG")]
+    pub config: PathBuf,
+    /// Base URL of the OpenAI-compatible server, e.g. `http://127.0.0.1:11434` (Ollama).
+    #[arg(long, env = "POLICYBIND_UPSTREAM")]
+    pub upstream: String,
+    /// Directory the audit trail is written to (one JSON file per segment).
+    #[arg(long, env = "POLICYBIND_AUDIT_DIR")]
+    pub audit_dir: PathBuf,
+    /// Ed25519 signing key for audit segments (PEM or 32 raw bytes). Default:
+    /// `<audit-dir>/signing-key.pem`, created if missing.
+    #[arg(long, env = "POLICYBIND_AUDIT_KEY")]
+    pub audit_key: Option<PathBuf>,
+    /// Address of the OpenAI-compatible API and `/v1/decide`.
+    #[arg(long, env = "POLICYBIND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(
+        long,
+        env = "POLICYBIND_HEALTH_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub health_listen: SocketAddr,
+    /// Namespace requests are decided in (AIPolicies of other namespaces do not apply).
+    #[arg(long, env = "POLICYBIND_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Where requests needing approval are held as ApprovalRequest manifests.
+    /// Default: `<config>/approvals` (not read as policy).
+    #[arg(long, env = "POLICYBIND_APPROVALS_DIR")]
+    pub approvals_dir: Option<PathBuf>,
+    /// How often the config directory is checked for changes, in milliseconds.
+    #[arg(long, env = "POLICYBIND_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub reload_interval_ms: u64,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// The writer identity of this process in the audit trail.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.config.is_dir(),
+        "--config {} is not a directory",
+        args.config.display()
+    );
+    let key_path = args
+        .audit_key
+        .clone()
+        .unwrap_or_else(|| args.audit_dir.join("signing-key.pem"));
+    let (key, created) = load_or_create_signing_key(&key_path)
+        .with_context(|| format!("audit signing key {}", key_path.display()))?;
+    if created {
+        tracing::warn!(
+            path = %key_path.display(),
+            "generated an audit signing key; keep it apart from the trail (--audit-key) if others must trust the trail"
+        );
+    }
+    let writer_id = format!("standalone/{}", host_name());
+    let writer = directory_writer(&args.audit_dir, key, &writer_id)
+        .await
+        .with_context(|| format!("audit directory {}", args.audit_dir.display()))?;
+
+    let mut settings = Settings::standalone(args.config.clone(), args.upstream.clone());
+    settings.listen = args.listen;
+    settings.health_listen = args.health_listen;
+    settings.namespace = args.namespace.clone();
+    settings.writer = writer_id;
+    settings.source = SourceSettings::Directory {
+        path: args.config.clone(),
+        poll_interval: Duration::from_millis(args.reload_interval_ms.max(50)),
+    };
+    settings.approvals = ApprovalSettings::Directory(
+        args.approvals_dir
+            .clone()
+            .unwrap_or_else(|| args.config.join("approvals")),
+    );
+    args.proxy.apply(&mut settings);
+
+    let result = policybind_sidecar::run(
+        settings,
+        Dependencies {
+            audit: Arc::new(writer.clone()),
+            ledger: None,
+            kube: None,
+        },
+    )
+    .await;
+    // Every acknowledged record reaches the directory before exiting.
+    let flushed = writer.shutdown().await;
+    result.context("policybind serve")?;
+    flushed.context("writing the last audit records")?;
+    Ok(ExitCode::SUCCESS)
+}
