@@ -38,6 +38,14 @@ enum Command {
     /// Run the admission webhook (validate resources, gate AI workloads, inject the
     /// sidecar), or print its webhook configurations (`webhook configs`).
     Webhook(commands::webhook::WebhookArgs),
+    /// Run the enforcement point standalone: manifests from a directory (reloaded on
+    /// change), an OpenAI-compatible upstream, the audit trail in a directory.
+    Serve(commands::serve::ServeArgs),
+    /// Run the enforcement sidecar in a pod (configured by the injecting webhook's
+    /// environment): the namespace's policy bundle, ConfigMap audit trail.
+    Sidecar(commands::sidecar::SidecarArgs),
+    /// Measure the latency the enforcement point adds, at fixed request rates.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn init_logging(format: &str) {
@@ -64,6 +72,9 @@ async fn main() -> ExitCode {
         Command::Audit(args) => commands::audit::run(args).await,
         Command::Controller(args) => commands::controller::run(args).await,
         Command::Webhook(args) => commands::webhook::run(args).await,
+        Command::Serve(args) => commands::serve::run(args).await,
+        Command::Sidecar(args) => commands::sidecar::run(args).await,
+        Command::Bench(args) => commands::bench::run(args).await,
     };
     match result {
         Ok(code) => code,
