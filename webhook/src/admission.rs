@@ -71,7 +71,12 @@ impl App {
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/validate", post(validate))
+        // Per-kind paths route to the same handlers (the handler dispatches on the
+        // review's kind), so configurations may split webhooks by path.
+        .route("/validate/resources", post(validate))
+        .route("/validate/workloads", post(validate))
         .route("/mutate", post(mutate))
+        .route("/mutate/pods", post(mutate))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(app)
 }
@@ -142,7 +147,9 @@ fn finish(
     started: Instant,
 ) -> Response {
     if !verdict.allowed {
-        response = response.deny(&verdict.message);
+        // The code leads the message: it is what `kubectl` shows, and what scripts grep.
+        let code = verdict.code.unwrap_or("DENIED");
+        response = response.deny(format!("{code}: {}", verdict.message));
         response.result.code = 403;
         response.result.reason = verdict.code.unwrap_or("Forbidden").to_string();
     }
@@ -287,13 +294,32 @@ pub async fn validate_request(app: &App, request: &AdmissionRequest<DynamicObjec
             return Verdict::allow_quietly();
         }
     }
-    workloads::check(
+    let verdict = workloads::check(
         &app.config,
         &app.heuristics,
         app.view.as_ref(),
         namespace,
         &template,
-    )
+    );
+    let labels = app.view.namespace_labels(namespace);
+    let enforced = workloads::is_enforced(labels.as_ref(), &object, &template);
+    if verdict.allowed || enforced {
+        return verdict;
+    }
+    // Audit mode: outside enforced namespaces (and without the pod's own opt-in)
+    // a denial is recorded as what would have happened and shown as a warning.
+    let mut audited = Verdict {
+        allowed: true,
+        ..verdict.clone()
+    };
+    audited.warnings.push(format!(
+        "PolicyBind would deny this in an enforced namespace: {}: {}",
+        verdict.code.unwrap_or("DENIED"),
+        verdict.message
+    ));
+    audited.detail.insert("wouldHave".into(), "Deny".into());
+    audited.detail.insert("enforcement".into(), "Audit".into());
+    audited
 }
 
 async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {

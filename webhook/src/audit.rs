@@ -8,6 +8,7 @@
 //! pipeline when no store is configured; [`MemorySink`] keeps records for tests.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use policybind_engine::audit::AuditEvent;
 
@@ -58,5 +59,44 @@ impl MemorySink {
 impl AuditSink for MemorySink {
     fn record(&self, event: AuditEvent) {
         self.records.lock().expect("audit lock").push(event);
+    }
+}
+
+/// The audit trail proper: records chained under the webhook's writer identity
+/// (`webhook/<pod>`) and batched into signed segments by `policybind-audit`.
+pub struct WriterSink {
+    writer: policybind_audit::AuditWriter,
+    failures: AtomicU64,
+}
+
+impl WriterSink {
+    pub fn new(writer: policybind_audit::AuditWriter) -> Self {
+        WriterSink {
+            writer,
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The writer, for flushing on shutdown.
+    pub fn writer(&self) -> &policybind_audit::AuditWriter {
+        &self.writer
+    }
+
+    /// Records the writer refused (queue full, closed).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+impl AuditSink for WriterSink {
+    fn record(&self, event: AuditEvent) {
+        // Admission keeps answering when the trail is congested: blocking every pod
+        // creation on a slow store would hurt more than a missing admission record.
+        // The refusal is logged and counted; the chain has no hole, the record was
+        // simply never appended.
+        if let Err(error) = self.writer.append(event) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, code = error.denial_code(), "admission record not written");
+        }
     }
 }

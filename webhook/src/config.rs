@@ -188,6 +188,115 @@ pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
     major > 1 || (major == 1 && minor >= 29)
 }
 
+/// The sidecar shape as a YAML file (`--injection-config`, a ConfigMap in the
+/// chart), overlaid on the flags. Every key is optional; keys the webhook does not
+/// own (`listenPort`, `upstream`: they follow from the port takeover) are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InjectionFile {
+    pub image: Option<String>,
+    pub image_pull_policy: Option<String>,
+    /// `true`: native sidecar; `false`: regular container; unset: by cluster version.
+    pub native_sidecar: Option<bool>,
+    pub port_name: Option<String>,
+    pub model_port: Option<i32>,
+    pub port_offset: Option<i32>,
+    pub health_port: Option<i32>,
+    pub run_as_user: Option<i64>,
+    pub resources: Option<InjectionResources>,
+    pub bundle_config_map: Option<String>,
+    pub bundle_mount_path: Option<String>,
+    /// Sets `POLICYBIND_LOG_FORMAT` in the sidecar.
+    pub log_format: Option<String>,
+    /// Sets `RUST_LOG` in the sidecar.
+    pub log_level: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Accepted for compatibility, not used: the webhook always sets the sidecar's
+    /// security context to non-root, read-only root filesystem, no escalation.
+    pub security_context: Option<serde_json::Value>,
+    /// Not used: the sidecar listens on the model's original port.
+    pub listen_port: Option<i32>,
+    /// Not used: the upstream is the model's moved port on 127.0.0.1.
+    pub upstream: Option<String>,
+}
+
+/// Requests and limits of the sidecar.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InjectionResources {
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+impl InjectionFile {
+    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    /// Overlays the file on `sidecar`.
+    pub fn apply(self, sidecar: &mut SidecarConfig) {
+        if let Some(v) = self.image {
+            sidecar.image = v;
+        }
+        if let Some(v) = self.image_pull_policy {
+            sidecar.image_pull_policy = Some(v);
+        }
+        if let Some(native) = self.native_sidecar {
+            sidecar.style = if native {
+                SidecarStyle::Native
+            } else {
+                SidecarStyle::Regular
+            };
+        }
+        if let Some(v) = self.port_name {
+            sidecar.port_name = v;
+        }
+        if let Some(v) = self.model_port {
+            sidecar.model_port = Some(v);
+        }
+        if let Some(v) = self.port_offset {
+            sidecar.port_offset = v;
+        }
+        if let Some(v) = self.health_port {
+            sidecar.health_port = v;
+        }
+        if let Some(v) = self.run_as_user {
+            sidecar.run_as_user = v;
+        }
+        if let Some(resources) = self.resources {
+            if let Some(v) = resources.requests.get("cpu") {
+                sidecar.cpu_request = v.clone();
+            }
+            if let Some(v) = resources.requests.get("memory") {
+                sidecar.memory_request = v.clone();
+            }
+            if let Some(v) = resources.limits.get("cpu") {
+                sidecar.cpu_limit = Some(v.clone());
+            }
+            if let Some(v) = resources.limits.get("memory") {
+                sidecar.memory_limit = v.clone();
+            }
+        }
+        match (self.bundle_config_map, self.bundle_mount_path) {
+            (config_map, Some(mount_path)) => {
+                sidecar.bundle = BundleWiring::Volume {
+                    config_map: config_map.unwrap_or_else(|| "policybind-bundle".into()),
+                    mount_path,
+                }
+            }
+            (Some(name), None) => sidecar.bundle = BundleWiring::ConfigMap { name },
+            (None, None) => {}
+        }
+        if let Some(v) = self.log_format {
+            sidecar.extra_env.insert("POLICYBIND_LOG_FORMAT".into(), v);
+        }
+        if let Some(v) = self.log_level {
+            sidecar.extra_env.insert("RUST_LOG".into(), v);
+        }
+        sidecar.extra_env.extend(self.env);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +307,22 @@ mod tests {
         assert!(supports_native_sidecars("1", "29"));
         assert!(supports_native_sidecars("1", "31+"));
         assert!(!supports_native_sidecars("1", "27+"));
+    }
+
+    #[test]
+    fn injection_file_overlays_the_sidecar_shape_and_ignores_keys_it_does_not_own() {
+        let file = InjectionFile::parse(
+            "image: registry.example.com/policybind:1.0\nnativeSidecar: false\nlistenPort: 8480\n\
+             resources:\n  requests:\n    cpu: 10m\n  limits:\n    memory: 64Mi\nlogLevel: debug\n",
+        )
+        .unwrap();
+        let mut sidecar = SidecarConfig::default();
+        file.apply(&mut sidecar);
+        assert_eq!(sidecar.image, "registry.example.com/policybind:1.0");
+        assert_eq!(sidecar.style, SidecarStyle::Regular);
+        assert_eq!(sidecar.cpu_request, "10m");
+        assert_eq!(sidecar.memory_limit, "64Mi");
+        assert_eq!(sidecar.extra_env["RUST_LOG"], "debug");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod view;
 pub mod workloads;
 
 pub use admission::{App, router};
-pub use server::{Readiness, Settings, TlsSource, run, serve_tls};
+pub use server::{AuditSettings, Readiness, Settings, TlsSource, run, serve_tls};
 
 /// Errors of the webhook library.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Error;
 use crate::admission::{App, router};
-use crate::audit::{AuditSink, LogSink};
+use crate::audit::{AuditSink, LogSink, WriterSink};
 use crate::authz::SubjectAccessReviewer;
 use crate::config::{AdmissionConfig, SidecarStyle, supports_native_sidecars};
 use crate::configs::Registration;
@@ -51,6 +51,20 @@ pub enum TlsSource {
         dns_names: Vec<String>,
         ips: Vec<IpAddr>,
     },
+}
+
+/// Where admission records go.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    /// Signing key Secret: `name` in the webhook's namespace, or `namespace/name`
+    /// (data key `signing-key`). The operator generates it.
+    pub key_secret: Option<String>,
+    /// Signing key file, instead of a Secret.
+    pub key_file: Option<PathBuf>,
+    /// Write segments to this directory instead of ConfigMaps.
+    pub directory: Option<PathBuf>,
+    /// Writer identity suffix, unique per process: the pod name.
+    pub identity: String,
 }
 
 /// Everything `policybind webhook` configures.
@@ -73,6 +87,10 @@ pub struct Settings {
     /// Create or update both configurations by server-side apply at start-up
     /// (registration by URL for out-of-cluster runs).
     pub register: bool,
+    /// Admission records: with no signing key they are logged as JSON lines only.
+    pub audit: AuditSettings,
+    /// A separate plain address for `/metrics` (it is on the health port too).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What readiness waits for.
@@ -365,7 +383,23 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
         });
     }
 
-    let audit: Arc<dyn AuditSink> = Arc::new(LogSink);
+    let writer = start_audit(&client, &settings).await?;
+    let audit: Arc<dyn AuditSink> = match &writer {
+        Some(writer) => Arc::new(WriterSink::new(writer.clone())),
+        None => {
+            tracing::warn!("no audit signing key configured: admission records are logged only");
+            Arc::new(LogSink)
+        }
+    };
+    if let Some(address) = settings.metrics_listen {
+        let listener = TcpListener::bind(address).await?;
+        let app = health_router(readiness.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        });
+    }
     let app = App::new(
         settings.admission.clone(),
         Arc::new(view),
@@ -383,5 +417,64 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
         settings.max_connections,
         shutdown_signal(),
     )
-    .await
+    .await?;
+    if let Some(writer) = writer {
+        match writer.shutdown().await {
+            Ok(report) => tracing::info!(
+                last_seq = report.last_seq,
+                persisted_seq = report.persisted_seq,
+                "audit trail flushed"
+            ),
+            Err(error) => tracing::error!(%error, "audit trail not fully flushed"),
+        }
+    }
+    Ok(())
+}
+
+/// Starts the audit writer when a signing key is configured. The operator
+/// generates the key Secret, so a missing one is waited for (up to a minute).
+async fn start_audit(
+    client: &Client,
+    settings: &Settings,
+) -> Result<Option<policybind_audit::AuditWriter>, Error> {
+    let audit = &settings.audit;
+    let key = if let Some(path) = &audit.key_file {
+        policybind_audit::keys::signing_key_from_file(path)
+            .map_err(|e| Error::Config(e.to_string()))?
+    } else if let Some(secret) = &audit.key_secret {
+        let own = settings.admission.own_namespace.as_str();
+        let (namespace, name) = secret.split_once('/').unwrap_or((own, secret.as_str()));
+        let mut attempts = 0;
+        loop {
+            match policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
+                .await
+            {
+                Ok(key) => break key,
+                Err(error) if attempts < 30 => {
+                    attempts += 1;
+                    tracing::info!(%error, "waiting for the audit signing key");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(error) => return Err(Error::Config(error.to_string())),
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    let config = policybind_audit::AuditConfig::new(format!("webhook/{}", audit.identity), key);
+    let store: Arc<dyn policybind_audit::SegmentStore> = match &audit.directory {
+        Some(dir) => Arc::new(
+            policybind_audit::DirectoryStore::open(dir.clone())
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+        None => Arc::new(policybind_audit::ConfigMapStore::new(
+            client.clone(),
+            settings.admission.own_namespace.clone(),
+        )),
+    };
+    let writer = policybind_audit::AuditWriter::start(config, store)
+        .await
+        .map_err(|e| Error::Config(format!("audit writer: {e}")))?;
+    tracing::info!(writer = %writer.writer(), "admission records go to the audit trail");
+    Ok(Some(writer))
 }

@@ -21,7 +21,8 @@ use policybind_engine::codes;
 use serde_json::Value;
 
 use crate::config::{
-    AdmissionConfig, DATA_CLASSIFICATION_ANNOTATION, NAMESPACE_CLASSIFICATION_LABEL, UndeclaredMode,
+    AdmissionConfig, DATA_CLASSIFICATION_ANNOTATION, ENFORCE_LABEL, INJECT_LABEL,
+    NAMESPACE_CLASSIFICATION_LABEL, UndeclaredMode,
 };
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
@@ -410,6 +411,21 @@ fn check_undeclared(
             v
         }
     }
+}
+
+/// Whether denials are enforced for this workload: its namespace carries
+/// `policybind.io/enforce=true`, or the workload or its pod template carries the
+/// `policybind.io/inject=true` opt-in label. Elsewhere checks run in audit mode.
+pub fn is_enforced(
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    object: &Value,
+    template: &PodTemplate<'_>,
+) -> bool {
+    let truthy = |v: Option<&String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let object_labels = string_map(object.pointer("/metadata/labels"));
+    truthy(namespace_labels.and_then(|l| l.get(ENFORCE_LABEL)))
+        || truthy(object_labels.get(INJECT_LABEL))
+        || truthy(template.labels.get(INJECT_LABEL))
 }
 
 /// Whether an update changed anything the checks look at.

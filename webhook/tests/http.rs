@@ -14,7 +14,7 @@ async fn body_that_is_not_json_gets_400_with_a_message() {
     assert_eq!(reply.status, 400);
     let error = reply.body["error"].as_str().unwrap();
     assert!(
-        error.starts_with("body is not an admission.k8s.io/v1 AdmissionReview"),
+        error.contains("body is not an admission.k8s.io/v1 AdmissionReview"),
         "{error}"
     );
     assert_eq!(harness.metrics.rejected_bodies.get(), 1);

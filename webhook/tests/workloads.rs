@@ -193,7 +193,10 @@ async fn workload_declaring_more_sensitive_data_than_its_model_may_see_is_denied
     let view = default_view();
     view.add_namespace(
         "team-a",
-        &[("policybind.io/max-data-classification", "Restricted")],
+        &[
+            ("policybind.io/enforce", "true"),
+            ("policybind.io/max-data-classification", "Restricted"),
+        ],
     );
     let harness = start(view, AdmissionConfig::default()).await;
     let mut review = pod_with_model("chat");
@@ -273,7 +276,7 @@ async fn every_workload_kind_is_judged_by_its_pod_template() {
             "spec.template.metadata.annotations[policybind.io/model]"
         };
         assert!(
-            denied.message().starts_with(expected_field),
+            denied.message().contains(expected_field),
             "{kind}: {}",
             denied.message()
         );
@@ -369,4 +372,32 @@ async fn system_namespaces_are_never_gated() {
         review["request"]["namespace"] = json!(namespace);
         assert!(harness.validate(&review).await.allowed(), "{namespace}");
     }
+}
+
+#[tokio::test]
+async fn outside_enforced_namespaces_a_denial_is_only_a_warning_and_a_record() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let mut review = pod_with_model("missing");
+    review["request"]["namespace"] = json!("team-b");
+    let reply = harness.validate(&review).await;
+    assert!(reply.allowed());
+    assert!(
+        reply.warnings()[0]
+            .contains("would deny this in an enforced namespace: MODEL_NOT_REGISTERED"),
+        "{:?}",
+        reply.warnings()
+    );
+    let records = harness.audit.records();
+    assert_eq!(records[0].detail["wouldHave"], "Deny");
+    assert_eq!(records[0].codes, ["MODEL_NOT_REGISTERED"]);
+
+    // The pod's own opt-in label enforces.
+    review["request"]["object"]["metadata"]["labels"]["policybind.io/inject"] = json!("true");
+    let reply = harness.validate(&review).await;
+    assert!(!reply.allowed());
+    assert!(
+        reply.message().starts_with("MODEL_NOT_REGISTERED: "),
+        "{}",
+        reply.message()
+    );
 }
