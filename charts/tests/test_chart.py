@@ -67,8 +67,13 @@ MINIMAL = {
     "metrics": {"dashboard": {"enabled": False}},
     "audit": {"signingKey": {"create": False}},
 }
+SELF_SIGNED = {
+    "webhook": {"replicas": 1, "certificate": {"mode": "self-signed"},
+                "podDisruptionBudget": {"enabled": False}},
+}
 VALUE_SETS = {
     "default": None,
+    "self-signed": SELF_SIGNED,
     "cert-manager": CERT_MANAGER,
     "secret": SECRET_MODE,
     "everything-on": EVERYTHING_ON,
@@ -140,6 +145,7 @@ def test_lint_reports_a_broken_values_file():
         {"webhook": {"enforcedFailurePolicy": "fail"}},
         {"webhook": {"timeoutSeconds": 31}},
         {"webhook": {"certificate": {"mode": "secret"}}},
+        {"webhook": {"certificate": {"mode": "self-signed"}}},
         {"logFormat": "xml"},
         {"image": {"digest": "latest"}},
         {"webhook": {"undeclaredModelServers": "block"}},
@@ -148,7 +154,7 @@ def test_lint_reports_a_broken_values_file():
         {"sidecar": {"resources": {"requests": {"memory": None}}}},
     ],
     ids=["unknown-key", "bad-cert-mode", "lowercase-policy", "timeout-too-long",
-         "secret-mode-without-ca", "bad-log-format", "bad-digest", "bad-undeclared-mode",
+         "secret-mode-without-ca", "self-signed-with-two-replicas", "bad-log-format", "bad-digest", "bad-undeclared-mode",
          "bad-sidecar-style", "long-port-name", "sidecar-request-without-memory"],
 )
 def test_schema_refuses_invalid_values(chart, values):
@@ -224,7 +230,7 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
-        f"Secret/{FULL}-audit-signing-key",
+        f"Secret/{FULL}-audit-signing-key", f"Secret/{FULL}-webhook-tls",
         f"ConfigMap/{FULL}-dashboard",
         *(f"ClusterRole/{r}" for r in USER_ROLES),
     }
@@ -232,17 +238,49 @@ def test_default_install_renders_the_expected_objects(render):
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_no_tls_key_is_ever_rendered(render, values):
-    """Serving certificates come from the webhook itself, cert-manager or your
-    Secret; the chart never carries TLS key material."""
+def test_only_the_signing_key_and_the_helm_mode_certificate_are_rendered(render, values):
     rendered = render(values)
+    helm_mode = rendered.get("Deployment", WEBHOOK) and \
+        ((values or {}).get("webhook", {}).get("certificate", {}).get("mode", "helm") == "helm")
     for secret in rendered.kinds("Secret"):
-        assert set(secret["data"]) == {"signing-key"}
-        assert secret["type"] == "Opaque"
+        if secret["metadata"]["name"] == f"{FULL}-webhook-tls":
+            assert helm_mode
+            assert secret["type"] == "kubernetes.io/tls"
+            assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+        else:
+            assert secret["metadata"]["name"] == f"{FULL}-audit-signing-key"
+            assert set(secret["data"]) == {"signing-key"}
+            assert secret["type"] == "Opaque"
+
+
+def test_helm_mode_certificate_matches_ca_bundle_and_service(render):
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.x509.oid import ExtensionOID  # noqa: PLC0415
+
+    rendered = render()
+    secret = rendered.get("Secret", f"{FULL}-webhook-tls")
+    ca_bundle = secret["data"]["ca.crt"]
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
+        for hook in rendered.get(kind, WEBHOOK)["webhooks"]:
+            assert hook["clientConfig"]["caBundle"] == ca_bundle
+    ca = x509.load_pem_x509_certificate(base64.b64decode(ca_bundle))
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_oid(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(x509.DNSName)
+    assert f"{WEBHOOK}.{NAMESPACE}.svc" in names
+    days = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days
+    assert 3649 <= days <= 3650
+    pod = rendered.get("Deployment", WEBHOOK)["spec"]["template"]["spec"]
+    assert "--tls-cert=/etc/policybind/tls/tls.crt" in pod["containers"][0]["args"]
+    assert {"name": "tls", "secret": {"secretName": f"{FULL}-webhook-tls"}} in pod["volumes"]
+    # No runtime writer of caBundle: the webhook may not touch its configurations.
+    rules = rules_of(rendered, "ClusterRole", WEBHOOK)
+    assert not [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
 
 
 def test_audit_signing_key_is_generated_once_and_kept(render):
-    [secret] = render().kinds("Secret")
+    secret = render().get("Secret", f"{FULL}-audit-signing-key")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     pem = base64.b64decode(secret["data"]["signing-key"]).decode()
     assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")
@@ -264,7 +302,7 @@ def test_audit_signing_key_can_be_brought_or_left_out(render):
     [volume] = pod["volumes"]
     assert volume["secret"]["secretName"] == "corp-audit-key"
     minimal = render(MINIMAL)
-    assert minimal.kinds("Secret") == []
+    assert [s["metadata"]["name"] for s in minimal.kinds("Secret")] == [f"{FULL}-webhook-tls"]
     pod = minimal.get("Deployment", OPERATOR)["spec"]["template"]["spec"]
     assert "volumes" not in pod
     assert "No audit signing key" in minimal.notes
@@ -466,7 +504,7 @@ def test_the_binary_accepts_every_rendered_flag(render, values):
 
 
 def test_self_signed_mode_leaves_ca_bundle_to_the_webhook(render):
-    rendered = render()
+    rendered = render(SELF_SIGNED)
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
         config = rendered.get(kind, WEBHOOK)
         assert "annotations" not in config["metadata"]
@@ -480,6 +518,10 @@ def test_self_signed_mode_leaves_ca_bundle_to_the_webhook(render):
     assert f"--configuration-name={WEBHOOK}" in args
     assert not any(a.startswith("--tls-") for a in args)
     assert rendered.kinds("Certificate") == []
+    assert rendered.kinds("Secret") == [rendered.get("Secret", f"{FULL}-audit-signing-key")]
+    rules = rules_of(rendered, "ClusterRole", WEBHOOK)
+    configs = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
+    assert [(r["verbs"], r["resourceNames"]) for r in configs] == [(["get", "update"], [WEBHOOK])]
 
 
 def test_cert_manager_mode_injects_ca_and_mounts_the_certificate(render):
@@ -678,6 +720,8 @@ def test_operator_rbac_is_what_it_needs(render):
     for kind in ["aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens"]:
         assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
     assert verbs_on(rules, "", "secrets") == READ_VERBS | {"create", "patch"}
+    for owner in ["accesstokens", "modeldeployments"]:
+        assert verbs_on(rules, "policybind.io", f"{owner}/finalizers") == {"update"}
     assert verbs_on(rules, "", "namespaces") == READ_VERBS
     assert verbs_on(rules, "", "pods") == {"list", "watch"}
     for kind in ["roles", "rolebindings"]:
@@ -699,8 +743,6 @@ def test_webhook_rbac_is_read_mostly(render):
     for kind in ["accesstokens", "approvalrequests", "incidents"]:
         assert verbs_on(rules, "policybind.io", kind) == set()
     assert verbs_on(rules, "authorization.k8s.io", "subjectaccessreviews") == {"create"}
-    configs = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
-    assert [(r["verbs"], r["resourceNames"]) for r in configs] == [(["get", "update"], [WEBHOOK])]
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
     assert render().kinds("Role") == [render().get("Role", OPERATOR)]

@@ -98,14 +98,19 @@ webhook.excludeNamespaces. The same list the webhook's own registration uses
 {{- end }}
 {{- end }}
 
-{{/* Client config of one webhook path; pass (dict "ctx" $ "path" "/validate"). */}}
+{{/*
+Client config of one webhook path; pass (dict "ctx" $ "path" "/validate"
+"caBundle" <base64 CA in helm mode, else "">).
+*/}}
 {{- define "policybind.webhookClientConfig" -}}
 service:
   name: {{ include "policybind.webhookName" .ctx }}
   namespace: {{ .ctx.Release.Namespace }}
   path: {{ .path }}
   port: 443
-{{- if eq .ctx.Values.webhook.certificate.mode "secret" }}
+{{- if .caBundle }}
+caBundle: {{ .caBundle }}
+{{- else if eq .ctx.Values.webhook.certificate.mode "secret" }}
 caBundle: {{ required "webhook.certificate.caBundle is required when webhook.certificate.mode is secret" .ctx.Values.webhook.certificate.caBundle }}
 {{- end }}
 {{- end }}
