@@ -37,6 +37,9 @@ FOREIGN_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): {
         "selector", "namespaceSelector", "endpoints",
     },
+    ("monitoring.coreos.com/v1", "PodMonitor"): {
+        "selector", "namespaceSelector", "podMetricsEndpoints",
+    },
 }
 
 

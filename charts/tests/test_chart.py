@@ -55,6 +55,7 @@ EVERYTHING_ON = {
     },
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+        "podMonitor": {"enabled": True},
         "dashboard": {"namespace": "monitoring"},
     },
     "rbac": {"aggregateToDefaultRoles": True},
@@ -820,6 +821,15 @@ def test_service_monitor_only_when_asked_and_it_scrapes_both_roles(render):
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
+def test_pod_monitor_scrapes_the_injected_sidecars(render):
+    assert render().kinds("PodMonitor") == []
+    [monitor] = render(EVERYTHING_ON).kinds("PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    # The port the webhook gives every injected sidecar (webhook/src/inject.rs).
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "pb-health"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
 def test_dashboard_shows_what_operators_watch(render):
     rendered = render()
     config = rendered.get("ConfigMap", f"{FULL}-dashboard")
@@ -832,6 +842,13 @@ def test_dashboard_shows_what_operators_watch(render):
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     assert "sum by (code)" in exprs
     assert "histogram_quantile(0.99" in exprs
+    # Metric names the components register (prometheus-client adds _total to
+    # counters): sidecar/src/metrics.rs, webhook/src/metrics.rs, operator/src/metrics.rs.
+    for metric in ["policybind_sidecar_decisions_total", "policybind_sidecar_decide_duration_seconds",
+                   "policybind_sidecar_budget_spent_usd", "policybind_webhook_admission_reviews_total",
+                   "policybind_webhook_admission_duration_seconds",
+                   "policybind_operator_bundle_writes_total"]:
+        assert metric in exprs, metric
     assert render(MINIMAL).kinds("ConfigMap") == []
 
 
