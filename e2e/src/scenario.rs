@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
@@ -88,6 +88,15 @@ async fn create_namespace(client: &Client, scenario: &str) -> Result<String> {
     api.create(&PostParams::default(), &namespace)
         .await
         .with_context(|| format!("create namespace {name}"))?;
+    // Pods need the namespace's `default` ServiceAccount. A bare control plane
+    // without kube-controller-manager never creates it, so the harness does.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error).context("create ServiceAccount default"),
+    }
     Ok(name)
 }
 
