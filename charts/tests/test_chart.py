@@ -229,6 +229,7 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{OPERATOR}", f"ClusterRoleBinding/{OPERATOR}",
         f"Role/{OPERATOR}", f"RoleBinding/{OPERATOR}",
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
+        f"Role/{FULL}-sidecar-audit-key", f"RoleBinding/{FULL}-sidecar-audit-key",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
         f"Secret/{FULL}-audit-signing-key", f"Secret/{FULL}-webhook-tls",
@@ -293,7 +294,7 @@ def test_audit_signing_key_is_generated_once_and_kept(render):
         [volume] = [v for v in pod["volumes"] if v["name"] == "audit-signing-key"]
         assert volume["secret"]["secretName"] == f"{FULL}-audit-signing-key"
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env["POLICYBIND_AUDIT_SIGNING_KEY_FILE"] == "/etc/policybind/audit/signing-key"
+        assert env["POLICYBIND_AUDIT_KEY"] == "/etc/policybind/audit/signing-key"
 
 
 def test_audit_signing_key_can_be_brought_or_left_out(render):
@@ -693,7 +694,8 @@ def test_no_wildcards_or_escalation_verbs(render, values):
 
 def test_every_rbac_rule_in_the_templates_is_justified():
     """Each rule of our own roles has a comment right above it saying why."""
-    for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "user-roles.yaml"]:
+    for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "user-roles.yaml",
+                 "sidecar-audit-key-rbac.yaml"]:
         lines = (CHART / "templates" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -746,7 +748,8 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "authorization.k8s.io", "subjectaccessreviews") == {"create"}
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
-    assert render().kinds("Role") == [render().get("Role", OPERATOR)]
+    assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
+        {OPERATOR, f"{FULL}-sidecar-audit-key"}
 
 
 def test_webhook_rbac_in_cert_manager_mode_cannot_touch_configurations(render):
@@ -760,8 +763,29 @@ def test_bindings_point_at_the_right_service_accounts(render):
         for binding in rendered.kinds(kind):
             name = binding["metadata"]["name"]
             assert binding["roleRef"]["name"] == name
+            if name == f"{FULL}-sidecar-audit-key":
+                continue
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
                                             "namespace": NAMESPACE}]
+
+
+def test_sidecars_may_read_the_signing_key_and_nothing_else(render):
+    rendered = render()
+    role = rendered.get("Role", f"{FULL}-sidecar-audit-key")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+                              "resourceNames": [f"{FULL}-audit-signing-key"]}]
+    binding = rendered.get("RoleBinding", f"{FULL}-sidecar-audit-key")
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:serviceaccounts"}]
+    assert (f"--sidecar-env=POLICYBIND_AUDIT_KEY_SECRET={NAMESPACE}/{FULL}-audit-signing-key"
+            in args_of(rendered, WEBHOOK))
+    brought = render(EVERYTHING_ON)
+    assert brought.get("Role", f"{FULL}-sidecar-audit-key")["rules"][0]["resourceNames"] == \
+        ["corp-audit-key"]
+    opted_out = render({"sidecar": {"shareAuditKey": False}})
+    assert {r["metadata"]["name"] for r in opted_out.kinds("Role")} == {OPERATOR}
+    assert not any("POLICYBIND_AUDIT_KEY_SECRET" in a for a in args_of(opted_out, WEBHOOK))
+    assert render(MINIMAL).kinds("RoleBinding") == [render(MINIMAL).get("RoleBinding", OPERATOR)]
 
 
 def test_user_roles(render):
