@@ -296,6 +296,10 @@ impl Scenario {
                 ),
                 ("POLICYBIND_LOG_FORMAT".into(), "text".into()),
                 (
+                    "POLICYBIND_AUDIT_KEY".into(),
+                    self.system.audit_key.display().to_string(),
+                ),
+                (
                     "RUST_LOG".into(),
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 ),
@@ -331,10 +335,19 @@ impl Scenario {
             .with_context(|| format!("run policybind {}", args.join(" ")))
     }
 
-    /// `policybind audit verify` over the audit segment ConfigMaps of this namespace.
+    /// `policybind audit verify` over the audit segment ConfigMaps of this
+    /// namespace, trusting the suite's signing key.
     pub async fn audit_verify(&self) -> Result<std::process::Output> {
-        self.policybind(&["audit", "verify", "--namespace", &self.namespace])
-            .await
+        let key = self.system.audit_key.display().to_string();
+        self.policybind(&[
+            "audit",
+            "verify",
+            "--namespace",
+            &self.namespace,
+            "--key",
+            &key,
+        ])
+        .await
     }
 }
 

@@ -1,5 +1,6 @@
 //! PolicyBind's control plane for the suite: started here (out-of-cluster) or
 //! checked (in-cluster). One per test process, shared by its scenarios.
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -32,6 +33,9 @@ pub struct System {
     pub controller_health: Option<String>,
     /// Name prefix of the control plane's objects (`<fullname>` of the chart).
     pub fullname: String,
+    /// The audit signing key (PEM file) sidecars seal with and `audit verify`
+    /// trusts: generated (out-of-cluster) or read from the chart's Secret.
+    pub audit_key: PathBuf,
     processes: Mutex<Vec<Process>>,
 }
 
@@ -89,10 +93,27 @@ impl System {
                 bail!("Deployment {name} has no available replica");
             }
         }
+        let key_secret = std::env::var("POLICYBIND_E2E_AUDIT_KEY_SECRET")
+            .unwrap_or_else(|_| format!("{fullname}-audit-signing-key"));
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.system_namespace);
+        let secret = secrets.get(&key_secret).await.with_context(|| {
+            format!(
+                "audit signing key Secret {}/{key_secret}",
+                settings.system_namespace
+            )
+        })?;
+        let pem = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("signing-key"))
+            .with_context(|| format!("Secret {key_secret} has no data key signing-key"))?;
+        let audit_key = work_dir()?.join("audit-signing-key.pem");
+        std::fs::write(&audit_key, &pem.0)?;
         Ok(System {
             webhook_addr: None,
             controller_health: None,
             fullname,
+            audit_key,
             processes: Mutex::new(Vec::new()),
         })
     }
@@ -108,6 +129,7 @@ impl System {
         ensure_namespace(client, &settings.system_namespace).await?;
 
         let fullname = "policybind-e2e".to_string();
+        let audit_key = generate_audit_key(&settings.binary, &work_dir()?)?;
         let listen_host = if settings.webhook_host == "127.0.0.1" {
             "127.0.0.1"
         } else {
@@ -119,6 +141,10 @@ impl System {
         let controller_health = format!("127.0.0.1:{}", free_port()?);
         let common_env = vec![
             ("POLICYBIND_LOG_FORMAT".to_string(), "text".to_string()),
+            (
+                "POLICYBIND_AUDIT_KEY".to_string(),
+                audit_key.display().to_string(),
+            ),
             (
                 "RUST_LOG".to_string(),
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -172,6 +198,7 @@ impl System {
             webhook_addr: Some(format!("{}:{webhook_port}", settings.webhook_host)),
             controller_health: Some(controller_health.clone()),
             fullname,
+            audit_key,
             processes: Mutex::new(vec![controller, webhook]),
         };
         for addr in [&controller_health, &webhook_health] {
@@ -211,6 +238,29 @@ impl System {
         drop(stopped);
         Ok(())
     }
+}
+
+/// A directory for this test process's files (keys), under the system temp dir.
+fn work_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("policybind-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `policybind audit keygen` into `dir`; returns the signing key file.
+fn generate_audit_key(binary: &Path, dir: &Path) -> Result<PathBuf> {
+    let output = std::process::Command::new(binary)
+        .args(["audit", "keygen", "--force", "--out"])
+        .arg(dir)
+        .output()
+        .context("run policybind audit keygen")?;
+    if !output.status.success() {
+        bail!(
+            "policybind audit keygen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(dir.join("audit-signing-key.pem"))
 }
 
 /// Name of the running test binary (`admission-0123abcd` -> `admission`).
