@@ -117,7 +117,7 @@ pub async fn serving(s: &Scenario) -> Result<Serving> {
     if upstream.received() == 0 {
         bail!(
             "sidecar answered 200 without calling the upstream: {}",
-            first.text()
+            first.summary()
         );
     }
     Ok(Serving {
@@ -129,27 +129,26 @@ pub async fn serving(s: &Scenario) -> Result<Serving> {
 }
 
 /// Send requests every 20 ms from `start` until one is refused (status 401,
-/// 403 or 429) and mentions `code`; returns the time it took and the response.
+/// 403 or 429) with one of `codes`; returns the time it took and the response.
 pub async fn time_until_refused(
     serving: &Serving,
     start: Instant,
-    code: &str,
+    codes: &[&str],
     limit: Duration,
 ) -> Result<(Duration, Response)> {
     let mut last = None;
     while start.elapsed() < limit * 3 {
         let response = serving.sidecar.chat(Some(&serving.token), MODEL).await?;
-        if matches!(response.status, 401 | 403 | 429) && response.text().contains(code) {
+        if matches!(response.status, 401 | 403 | 429) && codes.iter().any(|c| response.mentions(c))
+        {
             return Ok((start.elapsed(), response));
         }
         last = Some(response);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let last = last
-        .map(|r| format!("{} {}", r.status, r.text()))
-        .unwrap_or_default();
+    let last = last.map(|r| r.summary()).unwrap_or_default();
     bail!(
-        "no refusal with {code} within {:?}; last answer: {last}\nsidecar log:\n{}",
+        "no refusal with {codes:?} within {:?}; last answer: {last}\nsidecar log:\n{}",
         limit * 3,
         serving.sidecar.log_tail()
     )

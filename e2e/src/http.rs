@@ -26,6 +26,32 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// A header's value (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the sidecar's answer carries rationale `code`: in the
+    /// `x-policybind-codes` header or in the error body.
+    pub fn mentions(&self, code: &str) -> bool {
+        self.header("x-policybind-codes")
+            .is_some_and(|codes| codes.split(',').any(|c| c.trim() == code))
+            || self.text().contains(code)
+    }
+
+    /// Status, codes header and body, for failure messages.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} [{}] {}",
+            self.status,
+            self.header("x-policybind-codes").unwrap_or(""),
+            self.text()
+        )
+    }
 }
 
 /// Send one request to `addr` (host:port).
@@ -144,6 +170,17 @@ mod tests {
         let response = parse(raw).unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.body, b"abcde");
+    }
+
+    #[test]
+    fn codes_are_found_in_the_header_or_the_body() {
+        let raw = b"HTTP/1.1 401 Unauthorized\r\nX-PolicyBind-Codes: TOKEN_REVOKED, POLICY_DENY\r\n\r\n{}";
+        let response = parse(raw).unwrap();
+        assert!(response.mentions("TOKEN_REVOKED"));
+        assert!(response.mentions("POLICY_DENY"));
+        assert!(!response.mentions("TOKEN"));
+        let raw = b"HTTP/1.1 403 Forbidden\r\n\r\n{\"error\":{\"code\":\"MODEL_NOT_APPROVED\"}}";
+        assert!(parse(raw).unwrap().mentions("MODEL_NOT_APPROVED"));
     }
 
     #[test]
