@@ -3,9 +3,10 @@
 //! 200 models, into the bundles of 10 enforced namespaces, encoded as they are
 //! written (normalized, fingerprinted, JSON, gzip and split when large).
 //!
-//! - `cold`: right after start, every policy compiled once (no memory yet).
+//! - `cold`: right after start, every policy compiled once (no memory yet), then
+//!   the view and the bundles of 1 or 10 namespaces (encoded on every core).
 //! - `warm`: an input changed; view and every namespace's bundle rebuilt.
-//! - `one_namespace`: one namespace's bundle from a built view.
+//! - `one_namespace_from_view`: one namespace's bundle from a built view.
 //!
 //! Run: `cargo bench -p policybind-operator --bench bundles`.
 
@@ -21,7 +22,7 @@ use policybind_crds::{AIPolicy, AccessToken, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle_codec;
 use policybind_operator::access_token::SecretState;
 use policybind_operator::ai_policy::PolicyMemory;
-use policybind_operator::bundle::{ViewInputs, cluster_view, desired_bundle};
+use policybind_operator::bundle::{ViewInputs, cluster_view, desired_bundle, encode_bundles};
 use policybind_operator::testing::{cluster_policy, model, namespace, policy, rule, token};
 
 const TOKENS: usize = 10_000;
@@ -115,7 +116,12 @@ fn cluster() -> Cluster {
     }
 }
 
-fn build_all(cluster: &Cluster, memory: &PolicyMemory, now: DateTime<Utc>) -> usize {
+fn build_all(
+    cluster: &Cluster,
+    memory: &PolicyMemory,
+    now: DateTime<Utc>,
+    namespaces: usize,
+) -> usize {
     let inputs = ViewInputs {
         policies: &cluster.policies,
         cluster_policies: &cluster.cluster_policies,
@@ -128,13 +134,11 @@ fn build_all(cluster: &Cluster, memory: &PolicyMemory, now: DateTime<Utc>) -> us
         approval_ttl: Duration::from_secs(7 * 86400),
     };
     let view = cluster_view(&inputs, memory, now);
-    (0..ENFORCED)
-        .map(|i| {
-            let bundle = desired_bundle(&view, &ns(i));
-            bundle_codec::encode(&bundle, bundle_codec::DEFAULT_MAX_PART_BYTES)
-                .parts
-                .len()
-        })
+    let names: Vec<String> = (0..namespaces).map(ns).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encode_bundles(&view, &names, threads)
+        .iter()
+        .map(|(_, e)| e.parts.len())
         .sum()
 }
 
@@ -144,13 +148,16 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("bundles");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    group.bench_function("cold_10k_tokens_1k_policies_1_namespace", |b| {
+        b.iter(|| black_box(build_all(&cluster, &PolicyMemory::default(), now, 1)))
+    });
     group.bench_function("cold_10k_tokens_1k_policies_10_namespaces", |b| {
-        b.iter(|| black_box(build_all(&cluster, &PolicyMemory::default(), now)))
+        b.iter(|| black_box(build_all(&cluster, &PolicyMemory::default(), now, ENFORCED)))
     });
     let memory = PolicyMemory::default();
-    build_all(&cluster, &memory, now);
+    build_all(&cluster, &memory, now, 1);
     group.bench_function("warm_10k_tokens_1k_policies_10_namespaces", |b| {
-        b.iter(|| black_box(build_all(&cluster, &memory, now)))
+        b.iter(|| black_box(build_all(&cluster, &memory, now, ENFORCED)))
     });
     let inputs = ViewInputs {
         policies: &cluster.policies,

@@ -204,19 +204,68 @@ impl Remembered {
     }
 }
 
-/// The version of a policy bundles should carry. Compiles it alone when the
-/// controller has not seen this version yet (for example right after start).
-pub fn version_in_force(
-    memory: &PolicyMemory,
-    policy: &BundlePolicy,
-    uid: &str,
-    generation: Option<i64>,
-) -> Option<BundlePolicy> {
-    if !memory.knows(policy, uid, generation) {
-        let result = check(policy, vec![]);
-        memory.record(uid, generation, policy.clone(), &result, None);
+/// Compiles many policies at once (one engine compile, so detectors and the CEL
+/// environment are built once) and returns each one's result. `accepted` are
+/// versions already in force: they take part, so conflicts with them count, but
+/// errors are attributed to `candidates` only (listed last, so a conflict is
+/// reported on them).
+pub fn check_many(
+    candidates: &[BundlePolicy],
+    accepted: Vec<BundlePolicy>,
+) -> HashMap<String, Result<usize, String>> {
+    let mut results: HashMap<String, Result<usize, String>> = candidates
+        .iter()
+        .map(|p| (resource_id(p), Ok(p.rules.len())))
+        .collect();
+    let mut policies = accepted;
+    policies.retain(|p| !results.contains_key(&resource_id(p)));
+    policies.extend(candidates.iter().cloned());
+    let bundle = Bundle {
+        policies,
+        ..Default::default()
+    };
+    if let Err(errors) = PolicySet::compile(&bundle) {
+        for error in errors.0 {
+            if let Some(result) = results.get_mut(&error.resource) {
+                match result {
+                    Ok(_) => *result = Err(error.to_string()),
+                    Err(message) => {
+                        message.push('\n');
+                        message.push_str(&error.to_string());
+                    }
+                }
+            }
+        }
     }
-    memory.in_force(policy)
+    results
+}
+
+/// The versions bundles should carry, for policies given with their uid and
+/// generation. Versions the controller has not judged yet (right after start)
+/// are compiled here, all in one go.
+pub fn versions_in_force(
+    memory: &PolicyMemory,
+    policies: &[(BundlePolicy, String, Option<i64>)],
+) -> Vec<BundlePolicy> {
+    let unknown: Vec<&(BundlePolicy, String, Option<i64>)> = policies
+        .iter()
+        .filter(|(p, uid, generation)| !memory.knows(p, uid, *generation))
+        .collect();
+    if !unknown.is_empty() {
+        let candidates: Vec<BundlePolicy> = unknown.iter().map(|(p, _, _)| p.clone()).collect();
+        let results = check_many(&candidates, memory.all_in_force());
+        for (policy, uid, generation) in unknown {
+            let result = results
+                .get(&resource_id(policy))
+                .cloned()
+                .unwrap_or(Ok(policy.rules.len()));
+            memory.record(uid, *generation, policy.clone(), &result, None);
+        }
+    }
+    policies
+        .iter()
+        .filter_map(|(p, _, _)| memory.in_force(p))
+        .collect()
 }
 
 /// Finds the version of a policy in the bundles already written, to restore
@@ -541,6 +590,41 @@ mod tests {
         ));
         let found = peers(&a, [&b, &c]);
         assert_eq!(found, vec![c]);
+    }
+
+    #[test]
+    fn batch_compile_attributes_each_error_to_its_policy() {
+        let good = BundlePolicy::from_ai_policy(&policy(
+            "team-a",
+            "good",
+            vec![rule("r", "Allow", &["a"])],
+        ));
+        let bad = bad_when("team-a", "bad");
+        let results = check_many(&[good.clone(), bad.clone()], vec![]);
+        assert_eq!(results[&resource_id(&good)], Ok(1));
+        assert!(
+            results[&resource_id(&bad)]
+                .as_ref()
+                .unwrap_err()
+                .contains("spec.rules[0].when")
+        );
+    }
+
+    #[test]
+    fn unseen_policies_are_judged_once_and_broken_ones_stay_out() {
+        let memory = PolicyMemory::default();
+        let good = BundlePolicy::from_ai_policy(&policy(
+            "team-a",
+            "good",
+            vec![rule("r", "Allow", &["a"])],
+        ));
+        let bad = bad_when("team-a", "bad");
+        let input = vec![
+            (good.clone(), "u1".to_string(), Some(1)),
+            (bad.clone(), "u2".to_string(), Some(1)),
+        ];
+        assert_eq!(versions_in_force(&memory, &input), vec![good.clone()]);
+        assert!(memory.knows(&bad, "u2", Some(1)));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, M
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
 use crate::access_token::{self, SecretState};
-use crate::ai_policy::{PolicyMemory, version_in_force};
+use crate::ai_policy::{PolicyMemory, versions_in_force};
 use crate::context::ENFORCE_LABEL;
 use crate::model_deployment;
 use crate::usage::{UsageReport, current_usage};
@@ -94,17 +94,23 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
         }
     };
 
-    let mut policies = Vec::with_capacity(inputs.policies.len() + inputs.cluster_policies.len());
-    for p in inputs.policies {
-        let uid = p.metadata.uid.clone().unwrap_or_default();
-        let bp = BundlePolicy::from_ai_policy(p);
-        policies.extend(version_in_force(memory, &bp, &uid, p.metadata.generation));
-    }
-    for p in inputs.cluster_policies {
-        let uid = p.metadata.uid.clone().unwrap_or_default();
-        let bp = BundlePolicy::from_cluster_policy(p);
-        policies.extend(version_in_force(memory, &bp, &uid, p.metadata.generation));
-    }
+    let judged: Vec<(BundlePolicy, String, Option<i64>)> = inputs
+        .policies
+        .iter()
+        .map(|p| {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            (BundlePolicy::from_ai_policy(p), uid, p.metadata.generation)
+        })
+        .chain(inputs.cluster_policies.iter().map(|p| {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            (
+                BundlePolicy::from_cluster_policy(p),
+                uid,
+                p.metadata.generation,
+            )
+        }))
+        .collect();
+    let policies = versions_in_force(memory, &judged);
 
     let mut approvals_by_ns: HashMap<&str, Vec<&ApprovalRequest>> = HashMap::new();
     for a in inputs.approvals {
@@ -234,6 +240,41 @@ pub fn desired_bundle(view: &ClusterView, namespace: &str) -> Bundle {
     };
     bundle.normalize();
     bundle
+}
+
+/// Builds and encodes the bundles of several namespaces, spread over `threads`
+/// threads. Encoding (JSON, SHA-256, gzip) is most of the cost of a rebuild and
+/// namespaces are independent.
+pub fn encode_bundles(
+    view: &ClusterView,
+    namespaces: &[String],
+    threads: usize,
+) -> Vec<(String, policybind_engine::bundle_codec::EncodedBundle)> {
+    let threads = threads.clamp(1, namespaces.len().max(1));
+    let chunk = namespaces.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = namespaces
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|ns| {
+                            let bundle = desired_bundle(view, ns);
+                            let encoded = policybind_engine::bundle_codec::encode(
+                                &bundle,
+                                policybind_engine::bundle_codec::DEFAULT_MAX_PART_BYTES,
+                            );
+                            (ns.clone(), encoded)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("bundle encoding does not panic"))
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -426,6 +467,25 @@ mod tests {
         pod.metadata.namespace = Some("team-c".into());
         pod.metadata.annotations = Some([(ENFORCE_LABEL.to_string(), "true".to_string())].into());
         assert!(is_enforced(&plain, [&pod]));
+    }
+
+    #[test]
+    fn parallel_encoding_gives_the_same_bundles_as_one_by_one() {
+        let view = Fixture::new().view();
+        let namespaces = vec![
+            "team-a".to_string(),
+            "team-b".to_string(),
+            "team-c".to_string(),
+        ];
+        let parallel = encode_bundles(&view, &namespaces, 2);
+        assert_eq!(parallel.len(), 3);
+        for (ns, encoded) in parallel {
+            let one = policybind_engine::bundle_codec::encode(
+                &desired_bundle(&view, &ns),
+                policybind_engine::bundle_codec::DEFAULT_MAX_PART_BYTES,
+            );
+            assert_eq!(encoded, one, "{ns}");
+        }
     }
 
     #[test]

@@ -591,7 +591,11 @@ pub async fn run_with(
     let namespaces_ctl = Controller::for_stream(namespace_stream, stores.namespaces.clone())
         .with_config(
             ControllerConfig::default()
-                .concurrency(2)
+                .concurrency(
+                    std::thread::available_parallelism()
+                        .map(|n| n.get().min(8) as u16)
+                        .unwrap_or(2),
+                )
                 .debounce(settings.bundle_debounce),
         )
         .reconcile_all_on(bundle_rx)

@@ -321,7 +321,15 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         ctx.succeeded(&name);
         return Ok(Action::await_change());
     }
-    let (encoded, next_change) = encoded_bundle(&ctx, &name);
+    // Building the view and encoding take tens of milliseconds at scale: keep
+    // them off the async worker threads.
+    let (encoded, next_change) = {
+        let ctx = ctx.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || encoded_bundle(&ctx, &name))
+            .await
+            .expect("bundle encoding does not panic")
+    };
     let desired = bundle_config_maps(&name, &encoded);
     let existing: HashMap<String, Arc<ConfigMap>> = ctx
         .stores
