@@ -262,11 +262,18 @@ pub fn plan_incident<'a>(
     if resolved_until.is_some_and(|t| finding.last_seen <= t) {
         return IncidentAction::None;
     }
+    // The name must be the same in every scan until the watch shows the new
+    // incident (a repeated apply is then harmless), and must differ from a
+    // resolved incident of the same pattern and subject (which must stay resolved).
+    let since = match resolved_until {
+        Some(t) => finding.first_seen.max(t + chrono::Duration::seconds(1)),
+        None => finding.first_seen,
+    };
     let name = format!(
         "{}-{}-{}",
         kebab(finding.pattern),
         &hash[..8],
-        finding.first_seen.timestamp()
+        since.timestamp()
     );
     let mut incident = Incident::new(
         &name,
