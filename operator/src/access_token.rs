@@ -363,14 +363,35 @@ pub fn next_change(
         .min()
 }
 
-/// Usage reports of every sidecar, from the cache.
-pub fn usage_reports(ctx: &Context) -> Vec<UsageReport> {
-    ctx.stores
-        .usage_reports
-        .state()
+/// Usage reports of every sidecar, from the cache. Parsed reports are kept per
+/// ConfigMap version: every token reconcile reads all reports, and parsing them
+/// each time would cost O(tokens x reports) at start.
+pub fn usage_reports(ctx: &Context) -> Vec<Arc<UsageReport>> {
+    let config_maps = ctx.stores.usage_reports.state();
+    let mut cache = ctx.usage_cache.lock().expect("usage cache lock poisoned");
+    let mut live = std::collections::HashSet::new();
+    let reports = config_maps
         .iter()
-        .filter_map(|cm| UsageReport::from_config_map(cm))
-        .collect()
+        .filter_map(|cm| {
+            let uid = cm
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| key_of(cm.as_ref()));
+            let version = cm.metadata.resource_version.clone().unwrap_or_default();
+            live.insert(uid.clone());
+            if let Some((v, report)) = cache.get(&uid)
+                && *v == version
+            {
+                return Some(report.clone());
+            }
+            let report = Arc::new(UsageReport::from_config_map(cm)?);
+            cache.insert(uid, (version, report.clone()));
+            Some(report)
+        })
+        .collect();
+    cache.retain(|uid, _| live.contains(uid));
+    reports
 }
 
 /// The token's Secret from the cache, if it is there and ours.
@@ -461,7 +482,12 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
     }
 
     let reports = usage_reports(&ctx);
-    let usage = current_usage(&key_of(token.as_ref()), &token.spec, &reports, now);
+    let usage = current_usage(
+        &key_of(token.as_ref()),
+        &token.spec,
+        reports.iter().map(|r| r.as_ref()),
+        now,
+    );
     let status = desired_status(&token, state.as_ref(), usage, now);
     let old_phase = token.status.as_ref().and_then(|s| s.phase);
     if token.status.as_ref() != Some(&status) {

@@ -57,7 +57,7 @@ pub struct ViewInputs<'a> {
     pub tokens: &'a [Arc<AccessToken>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
-    pub usage: &'a [UsageReport],
+    pub usage: &'a [Arc<UsageReport>],
     pub namespaces: &'a [Arc<Namespace>],
     pub approval_ttl: Duration,
 }
@@ -143,7 +143,7 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
             let usage = current_usage(
                 &format!("{ns}/{}", t.name_any()),
                 &t.spec,
-                inputs.usage,
+                inputs.usage.iter().map(|r| r.as_ref()),
                 now,
             );
             if let Some(next) = access_token::next_change(t, secret, now) {

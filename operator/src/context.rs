@@ -177,6 +177,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Writer of lifecycle records, when an audit key is configured.
     audit: Option<policybind_audit::AuditWriter>,
+    /// Parsed usage reports by ConfigMap uid, with the version they were parsed at.
+    pub usage_cache: Mutex<HashMap<String, (String, Arc<crate::usage::UsageReport>)>>,
 }
 
 impl Context {
@@ -208,6 +210,7 @@ impl Context {
             bundle_trigger,
             failures: Mutex::new(HashMap::new()),
             audit: None,
+            usage_cache: Mutex::new(HashMap::new()),
         }
     }
 
