@@ -638,10 +638,9 @@ pub async fn run_with(
             )
         } => {}
         _ = sides => {}
-        _ = shutdown.cancelled() => {}
     }
-    // Controllers stopped gracefully (in-flight reconciles finished); the side
-    // watches are dropped with this scope.
+    // Shutdown (signal or lost Lease) stops each controller gracefully: no new
+    // work, in-flight reconciles finish. The side watches are dropped here.
     shutdown.cancel();
     tracing::info!("controllers stopped");
     if let Some(writer) = ctx.audit() {
@@ -862,4 +861,38 @@ async fn serve_metrics(
 
 fn http_content_type() -> axum::http::HeaderName {
     axum::http::header::CONTENT_TYPE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::token;
+
+    #[test]
+    fn status_only_updates_do_not_count_as_bundle_changes_but_spec_changes_and_deletes_do() {
+        let mut filter = ChangeFilter::default();
+        let t = token("team-a", "bot").build();
+        assert!(!filter.changed(&Event::InitApply(t.clone())));
+        assert!(filter.changed(&Event::<AccessToken>::InitDone));
+        let mut status_only = t.clone();
+        status_only.metadata.resource_version = Some("2".into());
+        status_only.status = Some(Default::default());
+        assert!(!filter.changed(&Event::Apply(status_only.clone())));
+        let mut new_spec = status_only.clone();
+        new_spec.metadata.generation = Some(2);
+        new_spec.spec.revoked = true;
+        assert!(filter.changed(&Event::Apply(new_spec.clone())));
+        assert!(filter.changed(&Event::Delete(new_spec)));
+    }
+
+    #[test]
+    fn objects_without_generation_change_with_every_version() {
+        let mut filter = ChangeFilter::default();
+        let mut ns = crate::testing::namespace("team-a", true);
+        ns.metadata.generation = None;
+        assert!(filter.changed(&Event::Apply(ns.clone())));
+        assert!(!filter.changed(&Event::Apply(ns.clone())));
+        ns.metadata.resource_version = Some("2".into());
+        assert!(filter.changed(&Event::Apply(ns)));
+    }
 }
