@@ -1,1 +1,267 @@
-fn main() {}
+//! Load test: AdmissionReviews sent directly to the webhook over HTTPS at a fixed
+//! rate, latency measured from each request's scheduled send time (so a slow
+//! answer delays the ones behind it and shows up, no coordinated omission).
+//!
+//! The server is the real one (router, TLS, audit writer with a directory store
+//! and a signing key) on 127.0.0.1; the mix is what a busy cluster sends: pod
+//! validation and injection, workload validation, denials, policy compiles.
+//!
+//! ```text
+//! cargo bench -p policybind-webhook --bench load
+//! LOAD_RATE=1000 LOAD_SECONDS=20 LOAD_CONNECTIONS=8 cargo bench -p policybind-webhook --bench load
+//! ```
+//! A measurement, not a test: it prints figures and asserts nothing.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use policybind_webhook::audit::{AuditSink, WriterSink};
+use policybind_webhook::authz::StaticAuthorizer;
+use policybind_webhook::config::AdmissionConfig;
+use policybind_webhook::metrics::Metrics;
+use policybind_webhook::tls::{self, CertResolver};
+use policybind_webhook::view::StaticView;
+use policybind_webhook::{App, router, serve_tls};
+use rustls::pki_types::ServerName;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
+}
+
+/// (path, body, label) in the proportions of the mix.
+fn mix() -> Vec<(&'static str, Bytes, &'static str)> {
+    let pod = fixture("pod-create.json");
+    let mut denied = pod.clone();
+    denied["request"]["object"]["metadata"]["annotations"]["policybind.io/model"] =
+        json!("unregistered");
+    let deployment = fixture("deployment-create.json");
+    let policy = fixture("aipolicy-create.json");
+    let body = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("json"));
+    let mut out = vec![];
+    for _ in 0..4 {
+        out.push(("/validate", body(&pod), "validate pod"));
+        out.push(("/mutate", body(&pod), "mutate pod (inject)"));
+    }
+    out.push(("/validate", body(&deployment), "validate deployment"));
+    out.push(("/validate", body(&denied), "validate pod (deny)"));
+    out.push(("/validate", body(&policy), "validate AIPolicy"));
+    out
+}
+
+fn view() -> StaticView {
+    let view = StaticView::new();
+    view.add_namespace("team-a", &[("policybind.io/enforce", "true")]);
+    let model: policybind_crds::ModelDeployment = serde_json::from_value(json!({
+        "apiVersion": "policybind.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "chat", "namespace": "team-a"},
+        "spec": {"provider": "self-hosted", "model": "llama-3.1-8b", "owner": "ml@example.com", "team": "ml"},
+        "status": {"approval": "NotRequired", "riskLevel": "Low"}
+    }))
+    .expect("model");
+    view.add_model(model);
+    view
+}
+
+fn connector(ca_pem: &str) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn main() {
+    let rate: u64 = env_or("LOAD_RATE", 1000);
+    let seconds: u64 = env_or("LOAD_SECONDS", 20);
+    let connections: u64 = env_or("LOAD_CONNECTIONS", 8);
+    let threads: usize = env_or("LOAD_THREADS", 2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(rate, seconds, connections));
+}
+
+async fn run(rate: u64, seconds: u64, connections: u64) {
+    let generated =
+        tls::generate_self_signed(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .expect("certificate");
+    let resolver = CertResolver::new();
+    resolver.set(
+        tls::certified_key(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())
+            .expect("key"),
+    );
+
+    // The production audit path: chained, signed segments written by the writer task.
+    let audit_dir = tempfile::tempdir().expect("tempdir");
+    let key = policybind_engine::audit::AuditSigningKey::from_seed(&[7; 32]);
+    let store = Arc::new(policybind_audit::DirectoryStore::open(audit_dir.path()).expect("store"));
+    let writer = policybind_audit::AuditWriter::start(
+        policybind_audit::AuditConfig::new("webhook/load-test", key),
+        store,
+    )
+    .await
+    .expect("audit writer");
+    let sink = Arc::new(WriterSink::new(writer.clone()));
+    let audit: Arc<dyn AuditSink> = sink.clone();
+
+    let app = App::new(
+        AdmissionConfig::default(),
+        Arc::new(view()),
+        Arc::new(StaticAuthorizer::default()),
+        audit,
+        Metrics::new(),
+    )
+    .expect("app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(serve_tls(
+        listener,
+        router(app, 4 << 20),
+        tls::server_config(resolver).expect("tls"),
+        Duration::from_secs(5),
+        1024,
+        futures::future::pending(),
+    ));
+
+    let connector = connector(&generated.ca_pem);
+    let mix = Arc::new(mix());
+    let per_connection = Duration::from_nanos(1_000_000_000 * connections / rate);
+    let total_per_connection = rate * seconds / connections;
+    let warmup = 200 / connections.max(1);
+    println!(
+        "load: {rate} reviews/s for {seconds} s over {connections} HTTPS keep-alive connections \
+         (one request every {per_connection:?} each), mix of {} review shapes",
+        mix.len()
+    );
+
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for c in 0..connections {
+        let connector = connector.clone();
+        let mix = mix.clone();
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(address).await.expect("connect");
+            tcp.set_nodelay(true).expect("nodelay");
+            let tls = connector
+                .connect(ServerName::try_from("localhost").expect("name"), tcp)
+                .await
+                .expect("tls");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(connection);
+            // Stagger connections across the interval so the rate is even.
+            tokio::time::sleep(per_connection * c as u32 / connections as u32).await;
+            let mut ticker = tokio::time::interval(per_connection);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut samples: Vec<(usize, Duration)> =
+                Vec::with_capacity(total_per_connection as usize);
+            let mut errors = 0u64;
+            for i in 0..(total_per_connection + warmup) {
+                let scheduled = ticker.tick().await;
+                let (path, body, _) = &mix[(i as usize + c as usize) % mix.len()];
+                let request = http::Request::post(*path)
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .expect("request");
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.into_body().collect().await;
+                        status.is_success() && body.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                let latency = scheduled.elapsed();
+                if !ok {
+                    errors += 1;
+                }
+                if i >= warmup {
+                    samples.push(((i as usize + c as usize) % mix.len(), latency));
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut all = vec![];
+    let mut errors = 0;
+    for task in tasks {
+        let (samples, e) = task.await.expect("worker");
+        all.extend(samples);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    let report = |label: &str, latencies: &mut Vec<Duration>| {
+        latencies.sort();
+        println!(
+            "{label:<24} n={:>6}  p50={:>9.1?}  p90={:>9.1?}  p99={:>9.1?}  p99.9={:>9.1?}  max={:>9.1?}",
+            latencies.len(),
+            percentile(latencies, 50.0),
+            percentile(latencies, 90.0),
+            percentile(latencies, 99.0),
+            percentile(latencies, 99.9),
+            latencies.last().copied().unwrap_or_default(),
+        );
+    };
+    let mut overall: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
+    println!(
+        "sent {} reviews in {elapsed:.1?} ({:.0}/s achieved), {errors} errors, {} audit records refused",
+        overall.len(),
+        overall.len() as f64 / elapsed.as_secs_f64(),
+        sink.failures()
+    );
+    report("all", &mut overall);
+    let mut labels: Vec<&str> = mix.iter().map(|(_, _, l)| *l).collect();
+    labels.sort();
+    labels.dedup();
+    for label in labels {
+        let mut subset: Vec<Duration> = all
+            .iter()
+            .filter(|(i, _)| mix[*i].2 == label)
+            .map(|(_, d)| *d)
+            .collect();
+        report(label, &mut subset);
+    }
+    let report = writer.shutdown().await.expect("audit shutdown");
+    println!(
+        "audit: {} records chained, {} persisted",
+        report.last_seq, report.persisted_seq
+    );
+}

@@ -296,7 +296,15 @@ pub async fn validate_approval(
             ),
         ));
     }
-    match authorizer.may_approve(user, &namespace, &name).await {
+    // Well inside the API server's webhook timeout (3 s), so a slow authorizer
+    // produces our clear message rather than the API server's generic one.
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        authorizer.may_approve(user, &namespace, &name),
+    )
+    .await
+    .unwrap_or_else(|_| Err(crate::Error::Timeout("SubjectAccessReview".into())));
+    match answer {
         Ok(true) => approval(Verdict::allow(match decision.state {
             DecisionState::Approved => codes::APPROVAL_GRANTED,
             DecisionState::Rejected => APPROVAL_REJECTED,

@@ -84,9 +84,10 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Er
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| Error::Tls(format!("private key PEM: {e}")))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| Error::Tls(format!("private key: {e}")))?;
-    Ok(CertifiedKey::new(certs, signing))
+    // `from_der` also checks that the key belongs to the certificate: during a
+    // rotation the two files can briefly disagree, and that pair must not be served.
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
 }
 
 /// The server's TLS configuration: TLS 1.2 and 1.3 with ring, HTTP/2 preferred
