@@ -86,6 +86,9 @@ pub struct Settings {
     /// signing key. Set, lifecycle records go to the audit trail in
     /// `lease_namespace`; unset, there are only events and logs.
     pub audit_key_secret: Option<String>,
+    /// File holding the audit signing key (a mounted Secret); wins over
+    /// `audit_key_secret`.
+    pub audit_key_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -104,6 +107,7 @@ impl Default for Settings {
             incidents: IncidentSettings::default(),
             cache_timeout: Duration::from_secs(120),
             audit_key_secret: None,
+            audit_key_file: None,
         }
     }
 }

@@ -657,15 +657,20 @@ async fn start_audit(
     client: &Client,
     settings: &Settings,
 ) -> Result<Option<policybind_audit::AuditWriter>> {
-    let Some(secret) = &settings.audit_key_secret else {
-        return Ok(None);
+    let key = match (&settings.audit_key_file, &settings.audit_key_secret) {
+        (Some(path), _) => {
+            policybind_audit::keys::signing_key_from_file(path).map_err(Error::Audit)?
+        }
+        (None, Some(secret)) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .unwrap_or((settings.lease_namespace.as_str(), secret.as_str()));
+            policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
+                .await
+                .map_err(Error::Audit)?
+        }
+        (None, None) => return Ok(None),
     };
-    let (namespace, name) = secret
-        .split_once('/')
-        .unwrap_or((settings.lease_namespace.as_str(), secret.as_str()));
-    let key = policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
-        .await
-        .map_err(Error::Audit)?;
     let config = policybind_audit::AuditConfig::new(format!("operator/{}", settings.identity), key);
     let store = Arc::new(policybind_audit::ConfigMapStore::new(
         client.clone(),

@@ -77,6 +77,10 @@ pub struct ControllerArgs {
     /// Do not raise BudgetExhausted incidents.
     #[arg(long)]
     no_budget_incidents: bool,
+    /// File with the audit signing key (the chart mounts it from a Secret). Set,
+    /// lifecycle changes are appended to the audit trail (see --audit-key-secret).
+    #[arg(long, value_name = "PATH", env = "POLICYBIND_AUDIT_KEY")]
+    audit_key: Option<PathBuf>,
     /// Secret with the audit signing key (key `signing-key`), as `name` in the lease
     /// namespace or `namespace/name`. Set, every lifecycle change (token issued,
     /// rotated, expired; model approved, suspended; policy failed; approval decided;
@@ -119,6 +123,7 @@ impl ControllerArgs {
             },
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
             audit_key_secret: self.audit_key_secret,
+            audit_key_file: self.audit_key,
         }
     }
 }
