@@ -27,6 +27,8 @@ use policybind_crds::{ApprovalRequest, ApprovalRequestSpec};
 #[derive(Debug, Clone)]
 pub struct HeldRequest {
     pub request_id: String,
+    /// Unique id the reference is made from (server-generated).
+    pub reference_id: String,
     pub token: String,
     pub subject: Option<String>,
     pub model: String,
@@ -162,7 +164,7 @@ impl Approvals {
         held: &HeldRequest,
         now: DateTime<Utc>,
     ) -> Result<String, ApprovalError> {
-        let reference = reference_for(&held.request_id);
+        let reference = reference_for(&held.reference_id);
         match self {
             Approvals::Directory(dir) => {
                 let mut object = manifest(held, &reference, "policybind-standalone", now);
@@ -181,6 +183,12 @@ impl Approvals {
                 tokio::fs::create_dir_all(dir).await?;
                 let path = dir.join(format!("{reference}.yaml"));
                 let tmp = dir.join(format!(".{reference}.yaml.tmp"));
+                if tokio::fs::try_exists(&path).await? {
+                    return Err(ApprovalError::Io(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!("{} already exists", path.display()),
+                    )));
+                }
                 tokio::fs::write(&tmp, text).await?;
                 tokio::fs::rename(&tmp, &path).await?;
             }
@@ -233,7 +241,8 @@ mod tests {
 
     fn held() -> HeldRequest {
         HeldRequest {
-            request_id: "0123abcd".into(),
+            request_id: "caller-chosen".into(),
+            reference_id: "0123abcd".into(),
             token: "default/alice".into(),
             subject: Some("alice".into()),
             model: "gpt-4o".into(),

@@ -138,6 +138,12 @@ impl RequestIds {
         }
     }
 
+    /// A new id, whatever the caller sent.
+    fn fresh(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}{:010x}", self.prefix, n)
+    }
+
     fn next(&self, headers: &HeaderMap) -> String {
         if let Some(given) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
             && !given.is_empty()
@@ -148,8 +154,7 @@ impl RequestIds {
         {
             return given.to_string();
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}{:010x}", self.prefix, n)
+        self.fresh()
     }
 }
 
@@ -591,7 +596,7 @@ async fn decide_and_forward(
                     .metrics
                     .decide_seconds
                     .observe(decide_started.elapsed().as_secs_f64());
-                record_decision(
+                if record_decision(
                     state,
                     &decision,
                     request_id,
@@ -600,7 +605,11 @@ async fn decide_and_forward(
                     endpoint,
                     approval_ref.as_deref(),
                 )
-                .ok();
+                .is_err()
+                {
+                    // Refused either way; counted here as the trail could not take it.
+                    state.metrics.decision("Deny", code, None);
+                }
                 let mut refused = Refused::from_decision(&decision);
                 refused.retry_after = retry_after;
                 return Err(refused.into_response(request_id, true));
@@ -613,6 +622,9 @@ async fn decide_and_forward(
     if decision.effect == Effect::RequireApproval && state.approvals.enabled() {
         let held = HeldRequest {
             request_id: request_id.to_string(),
+            // Never derived from caller input (x-request-id), so one caller cannot
+            // overwrite another's held request.
+            reference_id: state.ids.fresh(),
             token: token_id.clone(),
             subject: decision.facts.subject.clone(),
             model: body.model.clone(),
@@ -715,11 +727,6 @@ fn record_decision(
     endpoint: Endpoint,
     approval: Option<&str>,
 ) -> Result<(), crate::audit::AuditUnavailable> {
-    state.metrics.decision(
-        decision.effect.as_str(),
-        decision.code(),
-        decision.policy.as_deref(),
-    );
     tracing::Span::current().record("effect", decision.effect.as_str());
     tracing::Span::current().record("code", decision.code());
     let facts = &decision.facts;
@@ -776,7 +783,15 @@ fn record_decision(
     if let Some(usage) = estimated {
         event = event.usage(usage).detail("usage", "estimated");
     }
-    state.audit.append(event)
+    state.audit.append(event)?;
+    // Counted once recorded: a decision the trail refused is counted as the
+    // AUDIT_UNAVAILABLE denial it becomes.
+    state.metrics.decision(
+        decision.effect.as_str(),
+        decision.code(),
+        decision.policy.as_deref(),
+    );
+    Ok(())
 }
 
 /// A reservation in the ledger for one forwarded request. Released when dropped

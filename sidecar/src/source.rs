@@ -387,3 +387,60 @@ impl DirectoryWatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use policybind_engine::bundle_codec::encode;
+
+    use super::*;
+
+    #[test]
+    fn a_mounted_bundle_is_loaded_and_a_corrupt_one_keeps_the_last_good_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let encoded = encode(&Bundle::default(), 1 << 20);
+        let BundlePart::Plain(json) = &encoded.parts[0] else {
+            panic!("a small bundle is plain JSON");
+        };
+        std::fs::write(dir.path().join(BUNDLE_DATA_KEY), json).unwrap();
+        let holder = PolicyHolder::new();
+        let metrics = Metrics::new();
+        let mut watcher =
+            DirectoryWatcher::new(DirectoryKind::Bundle, dir.path().into(), None, "ns".into());
+        watcher.poll(&holder, &metrics);
+        assert_eq!(
+            holder.current().unwrap().set.fingerprint(),
+            encoded.fingerprint
+        );
+
+        std::fs::write(dir.path().join(BUNDLE_DATA_KEY), "{not json").unwrap();
+        watcher.poll(&holder, &metrics);
+        watcher.poll(&holder, &metrics);
+        assert_eq!(
+            holder.current().unwrap().set.fingerprint(),
+            encoded.fingerprint
+        );
+        let text = metrics.encode(Utc::now());
+        assert!(text.contains("policybind_sidecar_reloads_total{result=\"rejected\"} 1"));
+    }
+
+    #[test]
+    fn manifests_of_the_excluded_approvals_directory_are_not_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let approvals = dir.path().join("approvals");
+        std::fs::create_dir(&approvals).unwrap();
+        std::fs::write(approvals.join("broken.yaml"), "kind: [not valid").unwrap();
+        let holder = PolicyHolder::new();
+        let metrics = Metrics::new();
+        let mut watcher = DirectoryWatcher::new(
+            DirectoryKind::Manifests,
+            dir.path().into(),
+            Some(approvals),
+            "default".into(),
+        );
+        watcher.poll(&holder, &metrics);
+        assert!(
+            holder.current().is_some(),
+            "an empty policy directory compiles"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use policybind_sidecar::config::{ApprovalSettings, Settings, SourceSettings};
-use policybind_sidecar::{Dependencies, MemoryAudit, Running};
+use policybind_sidecar::{AuditSink, Dependencies, MemoryAudit, Running};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -208,6 +208,16 @@ impl Harness {
         files: &[(&str, &str)],
         tweak: impl FnOnce(&mut Settings),
     ) -> Harness {
+        Self::start_full(upstream, files, tweak, None).await
+    }
+
+    /// As `start_with`, with another audit sink than the in-memory one.
+    pub async fn start_full(
+        upstream: &str,
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Settings),
+        audit_sink: Option<Arc<dyn AuditSink>>,
+    ) -> Harness {
         let config = tempfile::tempdir().expect("temp dir");
         for (name, text) in files {
             std::fs::write(config.path().join(name), text).expect("write manifest");
@@ -227,7 +237,7 @@ impl Harness {
         let running = policybind_sidecar::start(
             settings,
             Dependencies {
-                audit: audit.clone(),
+                audit: audit_sink.unwrap_or_else(|| audit.clone()),
                 ledger: None,
                 kube: None,
             },
