@@ -20,8 +20,9 @@ use policybind_webhook::{AuditSettings, Settings, TlsSource};
 pub struct WebhookArgs {
     #[command(subcommand)]
     command: Option<WebhookCommand>,
+    // Boxed: the server has many flags, and `Command` stays small.
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: Box<ServeArgs>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -273,7 +274,7 @@ fn parse_style(value: &str) -> Result<SidecarStyle, String> {
 pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(WebhookCommand::Configs(configs)) => print_configs(configs),
-        None => serve(args.serve).await,
+        None => serve(*args.serve).await,
     }
 }
 
