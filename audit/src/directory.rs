@@ -94,11 +94,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Resu
     Ok(())
 }
 
-fn read_segment(path: &Path) -> Result<StoredSegment, Error> {
-    let bytes = fs::read(path).map_err(io("read", path))?;
-    Ok(StoredSegment::parse(path.display().to_string(), &bytes))
-}
-
 impl SegmentStore for DirectoryStore {
     fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
         // Blocking file I/O off the async workers; the clone is cheap next to an
@@ -117,11 +112,15 @@ impl SegmentStore for DirectoryStore {
         let store = self.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                store
+                let documents = store
                     .segment_files(SEGMENT_NAME_PREFIX)?
                     .iter()
-                    .map(|path| read_segment(path))
-                    .collect()
+                    .map(|path| {
+                        let bytes = fs::read(path).map_err(io("read", path))?;
+                        Ok((path.display().to_string(), bytes))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                Ok(StoredSegment::parse_many(documents))
             })
             .await
             .map_err(|_| Error::TaskGone)?

@@ -31,6 +31,37 @@ impl StoredSegment {
         }
     }
 
+    /// Parse many stored documents, on all cores when there is enough to gain:
+    /// verification of a large trail is dominated by JSON parsing otherwise.
+    pub fn parse_many(documents: Vec<(String, Vec<u8>)>) -> Vec<StoredSegment> {
+        const PARALLEL_THRESHOLD_BYTES: usize = 8 << 20;
+        let bytes: usize = documents.iter().map(|(_, d)| d.len()).sum();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 1 || bytes < PARALLEL_THRESHOLD_BYTES {
+            return documents
+                .iter()
+                .map(|(name, document)| StoredSegment::parse(name.clone(), document))
+                .collect();
+        }
+        let chunk = documents.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = documents
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(name, document)| StoredSegment::parse(name.clone(), document))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("parser thread panicked"))
+                .collect()
+        })
+    }
+
     /// The segment with its name, if it parsed.
     pub fn named(&self) -> Option<NamedSegment> {
         self.content.as_ref().ok().map(|segment| NamedSegment {

@@ -13,6 +13,7 @@
 //! `policybind-audit` crate; the `policybind audit` tools sit on both.
 //! The byte layouts are specified in `docs/audit.md`.
 mod chain;
+mod export;
 mod hash;
 mod keys;
 mod merkle;
@@ -21,6 +22,7 @@ mod segment;
 mod verify;
 
 pub use chain::Chain;
+pub use export::{EXPORT_FORMAT, ExportBundle, SegmentEvidence, verify_export};
 pub use hash::{Hash256, InvalidHash};
 pub use keys::{AuditSigningKey, AuditVerifyingKey, KeyError};
 pub use merkle::{leaf_hash, merkle_root, node_hash};

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use policybind_crds::Effect;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -149,8 +149,17 @@ impl Serialize for CostUsd {
 
 impl<'de> Deserialize<'de> for CostUsd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        struct CostVisitor;
+        impl serde::de::Visitor<'_> for CostVisitor {
+            type Value = CostUsd;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a decimal string of US dollars")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<CostUsd, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(CostVisitor)
     }
 }
 
@@ -187,7 +196,94 @@ impl RecordTime {
 
     /// The canonical text form.
     pub fn to_canonical_string(self) -> String {
-        self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
+        let (buf, len) = self.canonical_text();
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    }
+
+    /// The canonical text in a stack buffer. Hashing formats one time per record,
+    /// so this avoids chrono's general formatter (and an allocation) on the common
+    /// path of four-digit years.
+    fn canonical_text(self) -> ([u8; 40], usize) {
+        let mut buf = [0u8; 40];
+        let year = self.0.year();
+        if !(0..=9999).contains(&year) {
+            let text = self.0.to_rfc3339_opts(SecondsFormat::Micros, true);
+            let len = text.len().min(buf.len());
+            buf[..len].copy_from_slice(&text.as_bytes()[..len]);
+            return (buf, len);
+        }
+        let micros = self.0.nanosecond() / 1_000 % 1_000_000;
+        let mut put = |at: usize, value: u32, digits: usize| {
+            let mut value = value;
+            for i in (0..digits).rev() {
+                buf[at + i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, year as u32, 4);
+        put(5, self.0.month(), 2);
+        put(8, self.0.day(), 2);
+        put(11, self.0.hour(), 2);
+        put(14, self.0.minute(), 2);
+        put(17, self.0.second(), 2);
+        put(20, micros, 6);
+        for (at, byte) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ] {
+            buf[at] = byte;
+        }
+        (buf, 27)
+    }
+
+    /// Parse the canonical form `YYYY-MM-DDTHH:MM:SS.ffffffZ` exactly; anything else
+    /// (other precision, offsets, lower-case separators) is rejected.
+    pub fn parse_canonical(text: &str) -> Option<RecordTime> {
+        let b = text.as_bytes();
+        let fixed = [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ];
+        if b.len() != 27 || fixed.iter().any(|&(at, byte)| b[at] != byte) {
+            // Years outside 0..=9999 have a longer form; let chrono judge those.
+            let parsed = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+            let time = RecordTime::new(parsed);
+            return (time.to_canonical_string() == text).then_some(time);
+        }
+        let number = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |acc, &d| {
+                d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+            })
+        };
+        let date =
+            chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
+        let time = date.and_hms_micro_opt(
+            number(11, 13)?,
+            number(14, 16)?,
+            number(17, 19)?,
+            number(20, 26)?,
+        )?;
+        // Leap-second representations (second 60) are not canonical.
+        if number(17, 19)? > 59 {
+            return None;
+        }
+        Some(RecordTime(time.and_utc()))
+    }
+
+    pub(crate) fn put_canonical(self, out: &mut impl CanonicalSink) {
+        let (buf, len) = self.canonical_text();
+        out.put(&(len as u32).to_be_bytes());
+        out.put(&buf[..len]);
     }
 }
 
@@ -213,17 +309,21 @@ impl<'de> Deserialize<'de> for RecordTime {
     /// Accepts only the canonical form, so a re-formatted time is a modified record
     /// rather than something the verifier silently normalizes.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let parsed = DateTime::parse_from_rfc3339(&text)
-            .map_err(serde::de::Error::custom)?
-            .with_timezone(&Utc);
-        let time = RecordTime::new(parsed);
-        if time.to_canonical_string() != text {
-            return Err(serde::de::Error::custom(format!(
-                "time {text:?} is not in canonical form YYYY-MM-DDTHH:MM:SS.ffffffZ"
-            )));
+        struct TimeVisitor;
+        impl serde::de::Visitor<'_> for TimeVisitor {
+            type Value = RecordTime;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a time as YYYY-MM-DDTHH:MM:SS.ffffffZ")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RecordTime, E> {
+                RecordTime::parse_canonical(text).ok_or_else(|| {
+                    E::custom(format!(
+                        "time {text:?} is not in canonical form YYYY-MM-DDTHH:MM:SS.ffffffZ"
+                    ))
+                })
+            }
         }
-        Ok(time)
+        deserializer.deserialize_str(TimeVisitor)
     }
 }
 
@@ -463,7 +563,7 @@ impl AuditRecord {
     fn write_canonical(&self, out: &mut impl CanonicalSink) {
         out.put(RECORD_MAGIC);
         out.put(&self.seq.to_be_bytes());
-        put_str(out, &self.time.to_canonical_string());
+        self.time.put_canonical(out);
         put_str(out, &self.writer);
         put_str(out, self.kind.as_str());
         put_opt_str(out, self.request_id.as_deref());

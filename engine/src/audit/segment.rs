@@ -64,8 +64,13 @@ impl SegmentHeader {
         out.put(self.prev_segment_hash.as_bytes());
         out.put(self.last_hash.as_bytes());
         out.put(self.merkle_root.as_bytes());
-        let sealed_at = self.sealed_at.map(|t| t.to_canonical_string());
-        put_opt_str(&mut out, sealed_at.as_deref());
+        match self.sealed_at {
+            None => out.put(&[0]),
+            Some(time) => {
+                out.put(&[1]);
+                time.put_canonical(&mut out);
+            }
+        }
         put_opt_str(&mut out, self.key_id.as_deref());
         out
     }

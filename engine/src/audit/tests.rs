@@ -494,3 +494,91 @@ proptest! {
         prop_assert_eq!(problem.unwrap().kind, expected, "{:?}: {}", mutation, problem.unwrap());
     }
 }
+
+fn export_of(segments: &[NamedSegment]) -> ExportBundle {
+    ExportBundle::build(segments, |r| r.seq % 3 == 0, None, Default::default())
+}
+
+#[test]
+fn exported_slice_verifies_on_its_own() {
+    let segments = trail("w", 3, 4);
+    let bundle = export_of(&segments);
+    assert_eq!(bundle.records.len(), 4);
+    let json = serde_json::to_string(&bundle).unwrap();
+    let parsed: ExportBundle = serde_json::from_str(&json).unwrap();
+    let report = verify_export(&parsed, &trusted());
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.total_records(), 4);
+}
+
+#[test]
+fn changed_record_in_an_export_is_modified() {
+    let mut bundle = export_of(&trail("w", 3, 4));
+    bundle.records[1].subject = Some("someone".into());
+    let report = verify_export(&bundle, &trusted());
+    let problem = report.first_problem().unwrap();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Modified, Some(6))
+    );
+}
+
+#[test]
+fn consistently_rehashed_record_in_an_export_is_still_caught_by_the_signed_evidence() {
+    let mut bundle = export_of(&trail("w", 3, 4));
+    let record = &mut bundle.records[1];
+    record.subject = Some("someone".into());
+    record.hash = record.compute_hash(&record.prev_hash);
+    let problem = verify_export(&bundle, &trusted()).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Modified, Some(6))
+    );
+}
+
+#[test]
+fn tampered_evidence_hash_list_is_caught() {
+    let mut bundle = export_of(&trail("w", 3, 4));
+    bundle.evidence[0].record_hashes[0] = Hash256::ZERO;
+    let problem = verify_export(&bundle, &trusted()).problems[0].clone();
+    assert_eq!(problem.kind, ProblemKind::Modified);
+}
+
+proptest! {
+    #[test]
+    fn fast_time_text_matches_chrono_and_parses_back(
+        seconds in -62_000_000_000i64..253_402_300_799i64,
+        nanos in 0u32..1_000_000_000,
+    ) {
+        let time = RecordTime::new(Utc.timestamp_opt(seconds, nanos).unwrap());
+        let text = time.to_canonical_string();
+        prop_assert_eq!(&text, &time.get().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        prop_assert_eq!(RecordTime::parse_canonical(&text), Some(time));
+    }
+}
+
+#[test]
+fn non_canonical_time_texts_are_rejected() {
+    for bad in [
+        "2026-05-28T20:26:40Z",
+        "2026-05-28T20:26:40.123Z",
+        "2026-05-28T20:26:40.123456+00:00",
+        "2026-05-28t20:26:40.123456Z",
+        "2026-13-28T20:26:40.123456Z",
+        "2026-05-28T20:26:60.123456Z",
+    ] {
+        assert_eq!(RecordTime::parse_canonical(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn large_trail_verified_in_parallel_reports_the_same_first_problem() {
+    let mut segments = trail("w", 60, 400);
+    assert!(verify_segments(&segments, &trusted()).is_ok());
+    segments[37].segment.records[11].model = Some("changed".into());
+    let problem = verify_segments(&segments, &trusted()).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Modified, Some(37 * 400 + 12))
+    );
+}

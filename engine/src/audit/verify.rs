@@ -188,22 +188,31 @@ impl VerifyReport {
 }
 
 /// Verify segments of any number of writers, in any order.
+///
+/// The expensive, independent work (recomputing every record hash from its stored
+/// `prev_hash`, Merkle roots, signatures) runs on all available cores first; the
+/// walk that links records and decides diagnoses is then a cheap sequential pass.
 pub fn verify_segments(segments: &[NamedSegment], options: &VerifyOptions) -> VerifyReport {
-    let mut by_writer: BTreeMap<&str, Vec<&NamedSegment>> = BTreeMap::new();
-    for named in segments {
+    let precomputed = precompute_all(segments, options);
+    let mut by_writer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, named) in segments.iter().enumerate() {
         by_writer
             .entry(named.segment.header.writer.as_str())
             .or_default()
-            .push(named);
+            .push(index);
     }
     let mut report = VerifyReport {
         signatures_checked: !options.trusted_keys.is_empty(),
         ..VerifyReport::default()
     };
-    for (writer, mut chain) in by_writer {
+    for (writer, mut indexes) in by_writer {
         // Stable sort: two segments claiming the same first_seq stay in input order
         // and the walk reports the second as a duplicate.
-        chain.sort_by_key(|named| named.segment.header.first_seq);
+        indexes.sort_by_key(|&i| segments[i].segment.header.first_seq);
+        let chain: Vec<(&NamedSegment, &Precomputed)> = indexes
+            .iter()
+            .map(|&i| (&segments[i], &precomputed[i]))
+            .collect();
         let (summary, problem) = verify_writer(writer, &chain, options);
         report.writers.push(summary);
         report.problems.extend(problem);
@@ -239,6 +248,62 @@ pub fn verify_segments(segments: &[NamedSegment], options: &VerifyOptions) -> Ve
     report
 }
 
+/// Per-segment results that do not depend on other segments.
+struct Precomputed {
+    /// `compute_hash(stored prev_hash)` of every record.
+    hashes: Vec<Hash256>,
+    /// Merkle root over `hashes`.
+    merkle_root: Hash256,
+    /// Why the signature fails, if it does (checked only for sealed segments).
+    signature_problem: Option<(ProblemKind, String)>,
+}
+
+/// Below this many records threads cost more than they save.
+const PARALLEL_THRESHOLD_RECORDS: usize = 20_000;
+
+fn precompute_all(segments: &[NamedSegment], options: &VerifyOptions) -> Vec<Precomputed> {
+    let records: usize = segments.iter().map(|s| s.segment.records.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || records < PARALLEL_THRESHOLD_RECORDS {
+        return segments.iter().map(|s| precompute(s, options)).collect();
+    }
+    let chunk = segments.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = segments
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|s| precompute(s, options))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("verifier thread panicked"))
+            .collect()
+    })
+}
+
+fn precompute(named: &NamedSegment, options: &VerifyOptions) -> Precomputed {
+    let hashes: Vec<Hash256> = named
+        .segment
+        .records
+        .iter()
+        .map(|r| r.compute_hash(&r.prev_hash))
+        .collect();
+    Precomputed {
+        merkle_root: merkle_root(&hashes),
+        hashes,
+        signature_problem: if named.segment.is_sealed() {
+            signature_problem(&named.segment, options)
+        } else {
+            None
+        },
+    }
+}
+
 struct Walk<'a> {
     writer: &'a str,
     summary: WriterSummary,
@@ -264,16 +329,16 @@ impl Walk<'_> {
 
 fn verify_writer(
     writer: &str,
-    chain: &[&NamedSegment],
+    chain: &[(&NamedSegment, &Precomputed)],
     options: &VerifyOptions,
 ) -> (WriterSummary, Option<Problem>) {
-    let first_seq = chain.first().map_or(0, |s| s.segment.header.first_seq);
+    let first_seq = chain.first().map_or(0, |(s, _)| s.segment.header.first_seq);
     let mut walk = Walk {
         writer,
         summary: WriterSummary {
             writer: writer.to_string(),
             segments: chain.len(),
-            sealed_segments: chain.iter().filter(|s| s.segment.is_sealed()).count(),
+            sealed_segments: chain.iter().filter(|(s, _)| s.segment.is_sealed()).count(),
             records: 0,
             first_seq,
             last_seq: first_seq.saturating_sub(1),
@@ -288,10 +353,10 @@ fn verify_writer(
 
 fn walk_chain(
     walk: &mut Walk<'_>,
-    chain: &[&NamedSegment],
+    chain: &[(&NamedSegment, &Precomputed)],
     options: &VerifyOptions,
 ) -> Result<(), Problem> {
-    let Some(first) = chain.first() else {
+    let Some(&(first, _)) = chain.first() else {
         return Ok(());
     };
     let mut expected_seq = first.segment.header.first_seq;
@@ -328,7 +393,7 @@ fn walk_chain(
     }
     walk.summary.head = head;
 
-    for (index, named) in chain.iter().enumerate() {
+    for (index, &(named, pre)) in chain.iter().enumerate() {
         let segment = &named.segment;
         let header = &segment.header;
         let is_last = index + 1 == chain.len();
@@ -380,7 +445,9 @@ fn walk_chain(
         }
 
         if segment.is_sealed() {
-            check_signature(walk, named, options)?;
+            if let Some((kind, message)) = &pre.signature_problem {
+                return Err(walk.problem(*kind, named, None, message.clone()));
+            }
         } else if segment.signature.is_some() || header.sealed_at.is_some() {
             return Err(walk.problem(
                 ProblemKind::BadSignature,
@@ -406,7 +473,6 @@ fn walk_chain(
             ));
         }
 
-        let mut hashes = Vec::with_capacity(segment.records.len());
         for (position, record) in segment.records.iter().enumerate() {
             if record.seq != expected_seq {
                 let later = segment.records[position + 1..]
@@ -443,7 +509,13 @@ fn walk_chain(
                     format!("record names writer {:?}", record.writer),
                 ));
             }
-            let computed = record.compute_hash(&head);
+            // The stored link is almost always right, and then the hash computed in
+            // parallel from it is the one the chain needs.
+            let computed = if record.prev_hash == head {
+                pre.hashes[position]
+            } else {
+                record.compute_hash(&head)
+            };
             if computed != record.hash || record.prev_hash != head {
                 let message = if record.prev_hash != head {
                     format!(
@@ -478,7 +550,6 @@ fn walk_chain(
                 ));
             }
             head = computed;
-            hashes.push(computed);
             expected_seq += 1;
             walk.summary.records += 1;
             walk.summary.last_seq = record.seq;
@@ -524,7 +595,9 @@ fn walk_chain(
                 "header last_hash does not match the last record",
             ));
         }
-        if header.merkle_root != merkle_root(&hashes) {
+        // Every record matched its precomputed hash, so the precomputed root is the
+        // root of the walked hashes.
+        if header.merkle_root != pre.merkle_root {
             return Err(walk.problem(
                 ProblemKind::Modified,
                 named,
@@ -539,39 +612,31 @@ fn walk_chain(
     Ok(())
 }
 
-fn check_signature(
-    walk: &Walk<'_>,
-    named: &NamedSegment,
+pub(crate) fn signature_problem(
+    segment: &Segment,
     options: &VerifyOptions,
-) -> Result<(), Problem> {
-    let segment = &named.segment;
+) -> Option<(ProblemKind, String)> {
     let Some(signature) = segment.signature_bytes() else {
-        return Err(walk.problem(
+        return Some((
             ProblemKind::BadSignature,
-            named,
-            None,
-            "signature is not 64 bytes of base64",
+            "signature is not 64 bytes of base64".into(),
         ));
     };
     if options.trusted_keys.is_empty() {
-        return Ok(());
+        return None;
     }
     let key_id = segment.header.key_id.as_deref().unwrap_or("");
     let Some(key) = options.trusted_keys.iter().find(|k| k.key_id() == key_id) else {
-        return Err(walk.problem(
+        return Some((
             ProblemKind::UntrustedKey,
-            named,
-            None,
             format!("header is signed by key {key_id:?}, which is not a trusted key"),
         ));
     };
     if !key.verify(&segment.header.canonical_bytes(), &signature) {
-        return Err(walk.problem(
+        return Some((
             ProblemKind::BadSignature,
-            named,
-            None,
             format!("signature does not verify with trusted key {key_id}"),
         ));
     }
-    Ok(())
+    None
 }
