@@ -43,23 +43,29 @@ pub const SIDECAR_RBAC_NAME: &str = "policybind-sidecar";
 /// 16 parts of 700 KiB of gzip are far beyond any realistic bundle.
 pub const MAX_BUNDLE_PARTS: usize = 16;
 
-/// Per-epoch caches of the bundle writer.
+/// Caches of the bundle writer: the view of the current input epoch, and each
+/// namespace's encoded bundle tagged with the view build it came from.
 #[derive(Default)]
 pub struct BundleCache {
-    view: Mutex<Option<(u64, Arc<ClusterView>)>>,
+    /// (input epoch, build number, view).
+    view: Mutex<Option<(u64, u64, Arc<ClusterView>)>>,
     encoded: Mutex<HashMap<String, (u64, Arc<EncodedBundle>)>>,
+    builds: std::sync::atomic::AtomicU64,
 }
 
-/// The cluster view for the current epoch, built from the caches if needed.
-pub fn current_view(ctx: &Context) -> Arc<ClusterView> {
+/// The cluster view for the current input epoch, built from the caches if needed
+/// (one build at a time; concurrent callers wait and share it), with its build
+/// number. The epoch is read before the caches, so a change during the build
+/// makes the view look older, never newer, than it is.
+pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
     let epoch = ctx.epoch();
     let now = ctx.now();
     let mut cached = ctx.bundles.view.lock().expect("view cache lock poisoned");
-    if let Some((at_epoch, view)) = cached.as_ref()
+    if let Some((at_epoch, build, view)) = cached.as_ref()
         && *at_epoch == epoch
         && view.next_change.is_none_or(|t| now < t)
     {
-        return view.clone();
+        return (*build, view.clone());
     }
     let stores = &ctx.stores;
     let secrets: HashMap<String, SecretState> = stores
@@ -108,34 +114,39 @@ pub fn current_view(ctx: &Context) -> Arc<ClusterView> {
         }))
         .collect();
     ctx.policies.retain(&existing);
-    *cached = Some((epoch, view.clone()));
-    ctx.bundles
-        .encoded
-        .lock()
-        .expect("encoded cache lock poisoned")
-        .clear();
-    view
+    let build = ctx
+        .bundles
+        .builds
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
+    *cached = Some((epoch, build, view.clone()));
+    (build, view)
 }
 
 fn encoded_bundle(ctx: &Context, namespace: &str) -> (Arc<EncodedBundle>, Option<DateTime<Utc>>) {
-    let view = current_view(ctx);
-    let epoch = ctx.epoch();
-    let mut cache = ctx
+    let (build, view) = current_view(ctx);
+    let hit = ctx
         .bundles
         .encoded
         .lock()
-        .expect("encoded cache lock poisoned");
-    if let Some((at, encoded)) = cache.get(namespace)
-        && *at == epoch
-    {
-        return (encoded.clone(), view.next_change);
+        .expect("encoded cache lock poisoned")
+        .get(namespace)
+        .filter(|(at, _)| *at == build)
+        .map(|(_, encoded)| encoded.clone());
+    if let Some(encoded) = hit {
+        return (encoded, view.next_change);
     }
+    // Encode without holding the cache lock: namespaces encode in parallel.
     let bundle = desired_bundle(&view, namespace);
     let encoded = Arc::new(bundle_codec::encode(
         &bundle,
         bundle_codec::DEFAULT_MAX_PART_BYTES,
     ));
-    cache.insert(namespace.to_string(), (epoch, encoded.clone()));
+    ctx.bundles
+        .encoded
+        .lock()
+        .expect("encoded cache lock poisoned")
+        .insert(namespace.to_string(), (build, encoded.clone()));
     (encoded, view.next_change)
 }
 
