@@ -829,7 +829,7 @@ async fn serve_metrics(
                     count_phases(&metrics, &stores, approval_ttl);
                     (
                         [(
-                            http_content_type(),
+                            axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         metrics.encode(),
@@ -862,10 +862,6 @@ async fn serve_metrics(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(|source| Error::MetricsServer { address, source })
-}
-
-fn http_content_type() -> axum::http::HeaderName {
-    axum::http::header::CONTENT_TYPE
 }
 
 #[cfg(test)]
