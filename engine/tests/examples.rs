@@ -14,9 +14,9 @@ fn load_examples() -> Manifests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                // GitOps and quickstart directories hold their own, separate sets.
-                let name = path.file_name().unwrap().to_string_lossy().to_string();
-                if name != "gitops" && name != "quickstart" {
+                // A directory with a kustomization is a separate set (the quick start,
+                // the GitOps policies), as `policybind test` treats it.
+                if !path.join("kustomization.yaml").is_file() {
                     stack.push(path);
                 }
             } else if path.extension().is_some_and(|e| e == "yaml") {
