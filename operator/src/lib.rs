@@ -285,6 +285,7 @@ pub async fn run_with(
     ));
 
     let mut lease_task = None;
+    let lease_release = CancellationToken::new();
     if settings.leader_election {
         let api: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
         let lease = leader::LeaseSettings::new(
@@ -300,8 +301,11 @@ pub async fn run_with(
         tracing::info!("leadership acquired");
         metrics.is_leader.set(1);
         let shutdown_on_loss = shutdown.clone();
+        // The Lease is released only after the controllers stopped, so a standby
+        // never acts while an in-flight reconcile of ours still runs.
+        let release = lease_release.clone();
         lease_task = Some(tokio::spawn(async move {
-            let result = leader::hold(api, lease, shutdown_on_loss.clone()).await;
+            let result = leader::hold(api, lease, release).await;
             if result.is_err() {
                 shutdown_on_loss.cancel();
             }
@@ -649,6 +653,7 @@ pub async fn run_with(
             tracing::error!(%error, "audit trail not fully written at shutdown");
         }
     }
+    lease_release.cancel();
     finish(server, lease_task).await
 }
 
