@@ -33,7 +33,7 @@ use crate::common::{Budget, BudgetPeriod, DataClassification, RateLimit, Schedul
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.expiresAt) || !has(self.notBefore) || timestamp(self.expiresAt) > timestamp(self.notBefore)", "message": "expiresAt must be after notBefore"},
+    {"rule": "!has(self.expiresAt) || !has(self.notBefore) || self.expiresAt > self.notBefore", "message": "expiresAt must be after notBefore"},
     {"rule": "!has(self.budgets) || self.budgets.all(b, self.budgets.exists_one(c, c.period == b.period))", "message": "at most one budget per period"},
 ]))]
 pub struct AccessTokenSpec {
