@@ -205,6 +205,11 @@ async fn retention_exports_oldest_segments_to_the_sink_then_deletes_and_both_hal
     }
     writer.shutdown().await.unwrap();
     let before = store.list().await.unwrap();
+    assert!(before.len() > 4);
+    assert!(
+        before.iter().all(|s| s.size_bytes <= 4 * 1024),
+        "a segment exceeds its limit"
+    );
     let total: u64 = before.iter().map(|s| s.size_bytes).sum();
 
     let sink = DirectorySink::new(sink_dir.path()).unwrap();

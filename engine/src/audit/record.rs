@@ -602,8 +602,9 @@ impl AuditRecord {
     /// Approximate size in bytes of the stored JSON form, used to seal segments
     /// before they approach the object size limit without serializing twice.
     pub fn approx_json_len(&self) -> usize {
-        const FIXED: usize = 260; // keys, quotes, seq, time, two hex hashes
-        let opt = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 20);
+        // Keys, quotes, separators, seq, time and the two hex hashes.
+        const FIXED: usize = 280;
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
         FIXED
             + self.writer.len()
             + opt(&self.request_id)
@@ -615,11 +616,18 @@ impl AuditRecord {
             + opt(&self.rule)
             + opt(&self.fingerprint)
             + opt(&self.prompt_hash)
-            // Redacted text may be escaped heavily in JSON; count it twice.
+            // Free text may be escaped heavily in JSON; count it twice. Identifiers
+            // are escaped rarely, and the segment limit keeps headroom for that.
             + self.redacted_prompt.as_ref().map_or(0, |s| 2 * s.len() + 24)
+            + 12
             + self.codes.iter().map(|c| c.len() + 3).sum::<usize>()
-            + self.detail.iter().map(|(k, v)| k.len() + 2 * v.len() + 6).sum::<usize>()
-            + if self.usage.is_some() { 90 } else { 0 }
+            + 12
+            + self
+                .detail
+                .iter()
+                .map(|(k, v)| k.len() + 2 * v.len() + 6)
+                .sum::<usize>()
+            + if self.usage.is_some() { 100 } else { 0 }
             + if self.effect.is_some() { 30 } else { 0 }
     }
 }

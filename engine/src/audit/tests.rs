@@ -582,3 +582,18 @@ fn large_trail_verified_in_parallel_reports_the_same_first_problem() {
         (ProblemKind::Modified, Some(37 * 400 + 12))
     );
 }
+
+/// A record with every field set, as stored. Its hash is pinned: if this test
+/// fails, the canonical form changed and old trails would no longer verify. The
+/// same JSON and hash are checked by the Python re-computation in docs/audit.md.
+const GOLDEN_RECORD: &str = r#"{"seq":42,"time":"2026-11-22T11:00:00.123456Z","writer":"sidecar/team-a/pod-1","kind":"Decision","request_id":"req-42","subject":"team-a","token_id":"team-a/ci","model":"gpt-4o","namespace":"team-a","effect":"Redact","policy":"team-a/default","rule":"redact-pii","codes":["PII_DETECTED","ALLOWED"],"fingerprint":"f00d","prompt_hash":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","redacted_prompt":"call me at [PHONE]","usage":{"input_tokens":812,"output_tokens":96,"cost_usd":"0.0001514"},"detail":{"b":"2","a":"1","é":"x"},"prev_hash":"0101010101010101010101010101010101010101010101010101010101010101","hash":"b564beb1233230096a29d6a6dc6aa2b64d71c3332278dcf5edccdf5d70256cd4"}"#;
+
+#[test]
+fn golden_record_hash_is_stable() {
+    let record: AuditRecord = serde_json::from_str(GOLDEN_RECORD).unwrap();
+    assert!(record.hash_is_consistent());
+    assert_eq!(
+        record.hash.to_hex(),
+        "b564beb1233230096a29d6a6dc6aa2b64d71c3332278dcf5edccdf5d70256cd4"
+    );
+}
