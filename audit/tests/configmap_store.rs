@@ -321,3 +321,116 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
     assert!(verified.is_ok(), "{:?}", verified.problems);
     assert_no_more_requests(&mut handle).await;
 }
+
+#[tokio::test]
+async fn signing_key_is_read_from_the_secret_data_key() {
+    use base64::Engine;
+    let (client, mut handle) = mocked();
+    let pem = key().to_pkcs8_pem().unwrap();
+    let server = tokio::spawn(async move {
+        let (method, uri, _, _, respond) = next_request(&mut handle).await;
+        assert_eq!(method, Method::GET);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/policybind-system/secrets/audit-key"
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
+        respond_json(
+            respond,
+            StatusCode::OK,
+            &json!({ "apiVersion": "v1", "kind": "Secret",
+                     "metadata": { "name": "audit-key", "namespace": "policybind-system" },
+                     "data": { "signing-key": encoded } }),
+        );
+    });
+    let loaded =
+        policybind_audit::keys::signing_key_from_secret(client, "policybind-system", "audit-key")
+            .await
+            .unwrap();
+    server.await.unwrap();
+    assert_eq!(loaded.key_id(), key().key_id());
+}
+
+#[tokio::test]
+async fn retention_exports_then_deletes_the_oldest_config_maps_in_sequence_order() {
+    let (client, mut handle) = mocked();
+    let store = ConfigMapStore::new(client, NAMESPACE);
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = policybind_audit::DirectorySink::new(sink_dir.path()).unwrap();
+    // Three consecutive sealed segments of one writer.
+    let mut chain = Chain::new(WRITER);
+    let mut prev = Hash256::ZERO;
+    let segments: Vec<Segment> = (0..3)
+        .map(|s| {
+            let time =
+                RecordTime::new(chrono::DateTime::from_timestamp(1_780_000_000 + s, 0).unwrap());
+            let records = (0..5)
+                .map(|_| chain.append(AuditEvent::decision(Effect::Allow), time))
+                .collect();
+            let mut segment = Segment::open(prev, records);
+            segment.seal(time, &key());
+            prev = segment.header.last_hash;
+            segment
+        })
+        .collect();
+    let items: Vec<Value> = segments.iter().map(config_map_json).collect();
+    let names: Vec<String> = segments
+        .iter()
+        .map(|s| segment_name(WRITER, s.header.first_seq))
+        .collect();
+    let expected_deletes = names[..2].to_vec();
+    let server = tokio::spawn(async move {
+        let (method, _, _, _, respond) = next_request(&mut handle).await;
+        assert_eq!(method, Method::GET);
+        respond_json(
+            respond,
+            StatusCode::OK,
+            &json!({ "apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": items }),
+        );
+        for name in expected_deletes {
+            let (method, uri, _, _, respond) = next_request(&mut handle).await;
+            assert_eq!(method, Method::DELETE);
+            assert_eq!(
+                uri,
+                format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{name}?")
+            );
+            respond_json(
+                respond,
+                StatusCode::OK,
+                &json!({ "apiVersion": "v1", "kind": "Status", "status": "Success" }),
+            );
+        }
+        assert_no_more_requests(&mut handle).await;
+    });
+    // A budget of zero: everything but the writer's newest segment goes.
+    let report = policybind_audit::enforce_retention(
+        &store,
+        &sink,
+        &policybind_audit::RetentionPolicy { max_bytes: 0 },
+    )
+    .await
+    .unwrap();
+    drop(store);
+    server.await.unwrap();
+    assert_eq!(report.removed, names[..2].to_vec());
+    // The sink holds them before they were deleted, and they verify with the kept one.
+    let mut exported = policybind_audit::DirectoryStore::open(sink_dir.path())
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(exported.len(), 2);
+    exported.push(policybind_audit::StoredSegment::parse(
+        "kept",
+        &policybind_audit::store::encode_segment(&segments[2]),
+    ));
+    let verified = policybind_audit::verify_stored(
+        exported,
+        &VerifyOptions {
+            trusted_keys: vec![key().verifying_key()],
+            require_genesis: true,
+            anchors: vec![],
+        },
+    );
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+}
