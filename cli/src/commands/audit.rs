@@ -430,6 +430,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
         }
         merge(&mut report, bundle_report);
     }
+    if report.writers.is_empty() && report.problems.is_empty() {
+        // Nothing to prove: most likely a wrong directory or namespace.
+        eprintln!("warning: no audit segments found in the given sources");
+    }
     print_report(&report, args.format)?;
     Ok(if report.is_ok() { EXIT_OK } else { EXIT_BROKEN })
 }
