@@ -63,6 +63,7 @@ pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
     pub decide_seconds: Histogram,
+    pub overhead_seconds: Histogram,
     pub upstream_seconds: HistogramFamily<UpstreamLabels>,
     pub budget_spent_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     pub budget_spent_tokens: Family<BudgetLabels, Gauge>,
@@ -80,6 +81,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         let decide_seconds = latency_histogram();
+        let overhead_seconds = latency_histogram();
         let upstream_seconds: HistogramFamily<UpstreamLabels> =
             Family::new_with_constructor(latency_histogram);
         let budget_spent_usd = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
@@ -101,6 +103,11 @@ impl Metrics {
                 "decide_duration_seconds",
                 "Time to build the facts and decide one request (excluding the upstream call)",
                 decide_seconds.clone(),
+            );
+            r.register(
+                "overhead_seconds",
+                "Time the sidecar adds to a forwarded request: its whole handling time minus the time spent waiting for the upstream",
+                overhead_seconds.clone(),
             );
             r.register(
                 "upstream_duration_seconds",
@@ -152,6 +159,7 @@ impl Metrics {
             registry,
             decisions,
             decide_seconds,
+            overhead_seconds,
             upstream_seconds,
             budget_spent_usd,
             budget_spent_tokens,

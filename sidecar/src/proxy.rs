@@ -68,6 +68,17 @@ pub const REQUEST_ID_HEADER: &str = "x-policybind-request-id";
 
 type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
+tokio::task_local! {
+    /// Microseconds this request spent waiting for the upstream, so the time the
+    /// sidecar itself adds can be measured (`overhead_seconds`).
+    static UPSTREAM_WAIT_MICROS: Arc<AtomicU64>;
+}
+
+fn add_upstream_wait(since: Instant) {
+    let micros = since.elapsed().as_micros() as u64;
+    let _ = UPSTREAM_WAIT_MICROS.try_with(|w| w.fetch_add(micros.max(1), Ordering::Relaxed));
+}
+
 /// Everything the request path shares.
 pub struct AppState {
     pub holder: Arc<PolicyHolder>,
@@ -327,11 +338,24 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request<Body>) 
         }
     };
     state.metrics.in_flight.inc();
-    let response = serve(&state, request, &request_id)
-        .instrument(span.clone())
+    let upstream_wait = Arc::new(AtomicU64::new(0));
+    let response = UPSTREAM_WAIT_MICROS
+        .scope(
+            upstream_wait.clone(),
+            serve(&state, request, &request_id).instrument(span.clone()),
+        )
         .await;
     state.metrics.in_flight.dec();
     drop(permit);
+    let waited = upstream_wait.load(Ordering::Relaxed);
+    if waited > 0 {
+        // Only forwarded requests: what the sidecar added on top of the upstream.
+        let total = started.elapsed().as_micros() as u64;
+        state
+            .metrics
+            .overhead_seconds
+            .observe(total.saturating_sub(waited) as f64 / 1e6);
+    }
     info!(
         parent: &span,
         status = response.status().as_u16(),
@@ -1013,6 +1037,7 @@ async fn forward(
             return upstream_failure_response(state, failure, endpoint.as_str(), started, decision);
         }
     };
+    add_upstream_wait(started);
     let (parts, incoming) = upstream.into_parts();
     let outcome = if parts.status.is_server_error() {
         "error"
@@ -1053,11 +1078,13 @@ async fn forward(
         return response;
     }
     let limit = state.settings.limits.max_response_bytes;
+    let read_started = Instant::now();
     let read = tokio::time::timeout(
         state.settings.limits.upstream_timeout,
         Limited::new(incoming, limit).collect(),
     )
     .await;
+    add_upstream_wait(read_started);
     match read {
         Ok(Ok(collected)) => {
             let bytes = collected.to_bytes();

@@ -596,6 +596,8 @@ async fn metrics_count_decisions_and_show_the_bundle_in_force() {
         "policybind_sidecar_bundle_info{{fingerprint=\"{fingerprint}\"}} 1"
     )));
     assert!(metrics.contains("policybind_sidecar_decide_duration_seconds_count 1"));
+    // One forwarded request: the sidecar measured what it added to it.
+    assert!(metrics.contains("policybind_sidecar_overhead_seconds_count 1"));
     assert!(metrics.contains("policybind_sidecar_upstream_duration_seconds_count{endpoint=\"chat_completions\",outcome=\"ok\"} 1"));
     assert!(metrics.contains("policybind_sidecar_bundle_age_seconds"));
     sidecar.stop().await;

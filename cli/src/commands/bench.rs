@@ -8,7 +8,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use policybind_sidecar::loadgen::{LoadOptions, LoadReport, memory_kib, run_load};
+use policybind_sidecar::loadgen::{
+    LoadOptions, LoadReport, histogram_buckets, histogram_quantile, memory_kib, run_interleaved,
+    run_load,
+};
 
 /// Arguments of `policybind bench`.
 #[derive(clap::Args, Debug)]
@@ -45,6 +48,14 @@ pub struct BenchArgs {
     /// Seconds of warm-up at the same rate before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
+    /// Run the direct and the sidecar load one after the other instead of
+    /// interleaved (interleaved is the default: both see the same conditions).
+    #[arg(long)]
+    pub sequential: bool,
+    /// The sidecar's metrics URL (health port), to report its own measure of the
+    /// time it adds (`policybind_sidecar_overhead_seconds`), free of client noise.
+    #[arg(long, default_value = "http://127.0.0.1:8081/metrics")]
+    pub sidecar_metrics: String,
     /// Process id of the sidecar, to report its resident memory.
     #[arg(long)]
     pub sidecar_pid: Option<u32>,
@@ -78,6 +89,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "max_us"
     );
     let mut summary = vec![];
+    let mut internals = vec![];
     for &rate in &args.rates {
         let options = |base: &str, token: Option<String>| LoadOptions {
             url: format!("{}{path}", base.trim_end_matches('/')),
@@ -87,10 +99,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             duration: Duration::from_secs(args.duration_secs),
             warmup: Duration::from_secs(args.warmup_secs),
         };
-        let direct = run_load(&options(&args.upstream, None)).await?;
+        let before = scrape(&args.sidecar_metrics).await;
+        let (direct, via) = if args.sequential {
+            let direct = run_load(&options(&args.upstream, None)).await?;
+            let via = run_load(&options(&args.sidecar, Some(args.token.clone()))).await?;
+            (direct, via)
+        } else {
+            let mut reports = run_interleaved(&[
+                options(&args.upstream, None),
+                options(&args.sidecar, Some(args.token.clone())),
+            ])
+            .await?;
+            let via = reports.pop().unwrap_or_default();
+            let direct = reports.pop().unwrap_or_default();
+            (direct, via)
+        };
         row("direct", rate, &direct);
-        let via = run_load(&options(&args.sidecar, Some(args.token.clone()))).await?;
         row("sidecar", rate, &via);
+        let after = scrape(&args.sidecar_metrics).await;
+        let name = "policybind_sidecar_overhead_seconds";
+        let (b, a) = (
+            histogram_buckets(&before, name),
+            histogram_buckets(&after, name),
+        );
+        let internal = histogram_quantile(&b, &a, 0.5).zip(histogram_quantile(&b, &a, 0.99));
+        internals.push((rate, internal));
         summary.push((
             rate,
             via.p50_us as i64 - direct.p50_us as i64,
@@ -104,6 +137,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "added latency at {rate} req/s: p50 {p50} us, p99 {p99} us ({failed} failed through the sidecar)"
         );
     }
+    for (rate, internal) in internals {
+        match internal {
+            Some(((p50, n), (p99, _))) => println!(
+                "sidecar's own overhead at {rate} req/s ({n} forwarded, warm-up included): p50 <= {:.0} us, p99 <= {:.0} us (histogram bucket bounds)",
+                p50 * 1e6,
+                p99 * 1e6
+            ),
+            None => println!(
+                "sidecar's own overhead at {rate} req/s: no metrics at {}",
+                args.sidecar_metrics
+            ),
+        }
+    }
     if let Some(pid) = args.sidecar_pid {
         match memory_kib(pid) {
             Some((rss, peak)) => println!(
@@ -115,4 +161,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text of a metrics endpoint, or an empty string.
+async fn scrape(url: &str) -> String {
+    policybind_sidecar::loadgen::get_text(url)
+        .await
+        .unwrap_or_default()
 }
