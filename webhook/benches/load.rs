@@ -145,6 +145,50 @@ async fn run(rate: u64, seconds: u64, connections: u64) {
         Metrics::new(),
     )
     .expect("app");
+    // Phase 1: the router alone, in-process and sequential (no TLS, no network, no
+    // scheduling between threads): the CPU cost of one review.
+    {
+        use tower::ServiceExt;
+        let app = router(app.clone(), 4 << 20);
+        let mix = mix();
+        let mut per_shape: Vec<Vec<Duration>> = vec![vec![]; mix.len()];
+        for round in 0..2000 {
+            for (i, (path, body, _)) in mix.iter().enumerate() {
+                let request = http::Request::post(*path)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.clone()))
+                    .expect("request");
+                let started = Instant::now();
+                let response = app.clone().oneshot(request).await.expect("response");
+                let _ = response.into_body().collect().await.expect("body");
+                if round >= 200 {
+                    per_shape[i].push(started.elapsed());
+                }
+            }
+        }
+        println!("in-process router, sequential, 1,800 rounds of the mix:");
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, (_, _, label)) in mix.iter().enumerate() {
+            if !seen.insert(*label) {
+                continue;
+            }
+            let mut samples: Vec<Duration> = mix
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, l))| l == label)
+                .flat_map(|(j, _)| per_shape[j].clone())
+                .collect();
+            samples.sort();
+            let _ = i;
+            println!(
+                "  {label:<24} p50={:>8.1?}  p99={:>8.1?}",
+                percentile(&samples, 50.0),
+                percentile(&samples, 99.0)
+            );
+        }
+    }
+
+    // Phase 2: over HTTPS at a fixed rate.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

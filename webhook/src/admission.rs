@@ -44,6 +44,7 @@ pub struct App {
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     pub heuristics: Heuristics,
+    pub compile_cache: Arc<resources::CompileCache>,
 }
 
 impl App {
@@ -63,6 +64,7 @@ impl App {
             audit,
             metrics,
             heuristics,
+            compile_cache: Arc::new(resources::CompileCache::default()),
         }))
     }
 }
@@ -255,12 +257,33 @@ pub async fn validate_request(app: &App, request: &AdmissionRequest<DynamicObjec
         return Verdict::allow_quietly();
     };
     if group == policybind_crds::GROUP {
-        let view = app.view.as_ref();
         return match kind {
-            "AIPolicy" => resources::validate_ai_policy(view, &object),
-            "ClusterAIPolicy" => resources::validate_cluster_policy(view, &object),
-            "ModelDeployment" => resources::validate_model(view, &object),
-            "AccessToken" => resources::validate_token(view, &object, chrono::Utc::now()),
+            "AIPolicy" | "ClusterAIPolicy" | "ModelDeployment" | "AccessToken" => {
+                // Compiling is CPU work of milliseconds (more for large policy sets):
+                // off the async workers, so pod reviews never queue behind it.
+                let view = app.view.clone();
+                let cache = app.compile_cache.clone();
+                let kind = kind.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let view = view.as_ref();
+                    match kind.as_str() {
+                        "AIPolicy" => resources::validate_ai_policy(view, &cache, &object),
+                        "ClusterAIPolicy" => {
+                            resources::validate_cluster_policy(view, &cache, &object)
+                        }
+                        "ModelDeployment" => resources::validate_model(view, &cache, &object),
+                        _ => resources::validate_token(view, &object, chrono::Utc::now()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "resource validation task failed");
+                    Verdict::deny(
+                        resources::admission_codes::RESOURCE_INVALID,
+                        "internal error while validating; try again",
+                    )
+                })
+            }
             "ApprovalRequest" => {
                 let old = object_json(request.old_object.as_ref());
                 resources::validate_approval(

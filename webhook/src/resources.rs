@@ -76,7 +76,63 @@ fn errors_for(errors: &CompileErrors, resource: &str) -> Vec<String> {
         .collect()
 }
 
-fn compile_verdict(bundle: &Bundle, resource: &str) -> Verdict {
+/// Verdicts of recent compiles, keyed by a hash of exactly what was compiled.
+///
+/// Compiling builds the detector automaton and CEL programs (milliseconds), and
+/// GitOps tools re-apply unchanged objects all day: the same bundle gives the same
+/// verdict, so it is answered from here. The hash is keyed per process
+/// (`RandomState`), so nobody can craft a collision ahead of time. Bounded: the map
+/// is cleared when full.
+pub struct CompileCache {
+    state: std::collections::hash_map::RandomState,
+    verdicts: std::sync::Mutex<std::collections::HashMap<u64, Verdict>>,
+    capacity: usize,
+}
+
+impl CompileCache {
+    pub fn new(capacity: usize) -> Self {
+        CompileCache {
+            state: Default::default(),
+            verdicts: Default::default(),
+            capacity,
+        }
+    }
+
+    fn key(&self, bundle: &Bundle, resource: &str) -> Option<u64> {
+        use std::hash::{BuildHasher, Hasher};
+        let bytes = serde_json::to_vec(bundle).ok()?;
+        let mut hasher = self.state.build_hasher();
+        hasher.write(resource.as_bytes());
+        hasher.write(&bytes);
+        Some(hasher.finish())
+    }
+}
+
+impl Default for CompileCache {
+    fn default() -> Self {
+        CompileCache::new(1024)
+    }
+}
+
+fn compile_verdict(cache: &CompileCache, bundle: &Bundle, resource: &str) -> Verdict {
+    let key = cache.key(bundle, resource);
+    if let Some(key) = key
+        && let Some(verdict) = cache.verdicts.lock().expect("cache lock").get(&key)
+    {
+        return verdict.clone();
+    }
+    let verdict = compile_uncached(bundle, resource);
+    if let Some(key) = key {
+        let mut verdicts = cache.verdicts.lock().expect("cache lock");
+        if verdicts.len() >= cache.capacity {
+            verdicts.clear();
+        }
+        verdicts.insert(key, verdict.clone());
+    }
+    verdict
+}
+
+fn compile_uncached(bundle: &Bundle, resource: &str) -> Verdict {
     match PolicySet::compile(bundle) {
         Ok(_) => Verdict::allow(codes::POLICY_ALLOW),
         Err(errors) => {
@@ -92,7 +148,7 @@ fn compile_verdict(bundle: &Bundle, resource: &str) -> Verdict {
 
 /// An AIPolicy, compiled with the other AIPolicies of its namespace and every
 /// ClusterAIPolicy (the set a namespace bundle would hold).
-pub fn validate_ai_policy(view: &dyn ClusterView, object: &Value) -> Verdict {
+pub fn validate_ai_policy(view: &dyn ClusterView, cache: &CompileCache, object: &Value) -> Verdict {
     let policy: AIPolicy = match parse("AIPolicy", object) {
         Ok(p) => p,
         Err(v) => return v,
@@ -115,11 +171,15 @@ pub fn validate_ai_policy(view: &dyn ClusterView, object: &Value) -> Verdict {
     );
     // Last, so that conflicts are reported against the incoming policy.
     bundle.policies.push(BundlePolicy::from_ai_policy(&policy));
-    compile_verdict(&bundle, &format!("AIPolicy {namespace}/{name}"))
+    compile_verdict(cache, &bundle, &format!("AIPolicy {namespace}/{name}"))
 }
 
 /// A ClusterAIPolicy, compiled with every other ClusterAIPolicy.
-pub fn validate_cluster_policy(view: &dyn ClusterView, object: &Value) -> Verdict {
+pub fn validate_cluster_policy(
+    view: &dyn ClusterView,
+    cache: &CompileCache,
+    object: &Value,
+) -> Verdict {
     let policy: ClusterAIPolicy = match parse("ClusterAIPolicy", object) {
         Ok(p) => p,
         Err(v) => return v,
@@ -135,12 +195,12 @@ pub fn validate_cluster_policy(view: &dyn ClusterView, object: &Value) -> Verdic
     bundle
         .policies
         .push(BundlePolicy::from_cluster_policy(&policy));
-    compile_verdict(&bundle, &format!("ClusterAIPolicy {name}"))
+    compile_verdict(cache, &bundle, &format!("ClusterAIPolicy {name}"))
 }
 
 /// A ModelDeployment, compiled with the registry: a model name or alias may be
 /// registered once.
-pub fn validate_model(view: &dyn ClusterView, object: &Value) -> Verdict {
+pub fn validate_model(view: &dyn ClusterView, cache: &CompileCache, object: &Value) -> Verdict {
     let model: ModelDeployment = match parse("ModelDeployment", object) {
         Ok(m) => m,
         Err(v) => return v,
@@ -157,7 +217,11 @@ pub fn validate_model(view: &dyn ClusterView, object: &Value) -> Verdict {
             .map(|m| BundleModel::from_model(m, None)),
     );
     bundle.models.push(BundleModel::from_model(&model, None));
-    compile_verdict(&bundle, &format!("ModelDeployment {namespace}/{name}"))
+    compile_verdict(
+        cache,
+        &bundle,
+        &format!("ModelDeployment {namespace}/{name}"),
+    )
 }
 
 /// An AccessToken: what the engine checks when compiling it, and the scope rules
