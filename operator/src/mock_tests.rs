@@ -787,3 +787,49 @@ async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
         }
     }
 }
+
+#[tokio::test]
+async fn approval_flows_back_to_the_model_and_into_its_status() {
+    let mut env = env();
+    let m = model("team-a", "support-bot")
+        .level(policybind_crds::RiskLevel::Critical)
+        .build();
+    let ttl = Duration::from_secs(7 * 86400);
+    let pending = crate::model_deployment::evaluate(&m, [], now(), ttl);
+    let mut before = m.clone();
+    before.status = Some(crate::model_deployment::desired_status(
+        &m,
+        &pending,
+        0,
+        now(),
+    ));
+    let mut request =
+        crate::model_deployment::desired_approval_request(&m, &pending, "operator").unwrap();
+    request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
+    request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
+        state: policybind_crds::approval_request::DecisionState::Approved,
+        approver: "alice".into(),
+        comment: None,
+    });
+    env.w.approvals.apply_watcher_event(&Event::Apply(request));
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::model_deployment::reconcile(
+        Arc::new(before.clone()),
+        ctx,
+    ));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/modeldeployments/support-bot/status",
+    )
+    .await;
+    assert_eq!(status["status"]["approval"], "Approved");
+    assert_eq!(status["status"]["approvedBy"], "alice");
+    reply(send, 200, &with_status(&before, &status));
+    expect_event(&mut env.api, "team-a", "ApprovalGranted").await;
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
