@@ -216,6 +216,15 @@ fn decide(c: &mut Criterion) {
     }
     group.finish();
 
+    // Compiling a full bundle is what an enforcement point does on every change.
+    let big = bundle(1_000);
+    let mut compile = c.benchmark_group("compile");
+    compile.sample_size(10);
+    compile.bench_function("1000-rules-10k-tokens", |b| {
+        b.iter(|| std::hint::black_box(PolicySet::compile(&big).unwrap()))
+    });
+    compile.finish();
+
     // Authentication is on the same path in the sidecar: hash + lookup among 10,000.
     let set = PolicySet::compile(&bundle(1_000)).unwrap();
     let now = "2026-11-23T10:00:00Z".parse().unwrap();

@@ -324,9 +324,11 @@ impl PolicySet {
         let mut tokens = vec![];
         let mut token_by_id = HashMap::new();
         let mut token_by_hash = HashMap::new();
+        // Most tokens share a few allowed-model lists; build each matcher once.
+        let mut globs: HashMap<Vec<String>, GlobSet> = HashMap::new();
         for token in &bundle.tokens {
             let resource = format!("AccessToken {}", token.id());
-            let Some(compiled) = compile_token(token, &resource, &mut errors) else {
+            let Some(compiled) = compile_token(token, &resource, &mut globs, &mut errors) else {
                 continue;
             };
             for (i, h) in token.hashes.iter().enumerate() {
@@ -701,13 +703,20 @@ fn compile_model(model: &BundleModel) -> CompiledModel {
 fn compile_token(
     token: &BundleToken,
     resource: &str,
+    globs: &mut HashMap<Vec<String>, GlobSet>,
     errors: &mut Errors,
 ) -> Option<CompiledToken> {
     let spec = &token.spec;
     let before = errors.list.len();
-    let allowed_models = selector::glob_set(&spec.allowed_models)
-        .map_err(|e| errors.push(resource, None, "spec.allowedModels".into(), e))
-        .ok();
+    let allowed_models = match globs.get(&spec.allowed_models) {
+        Some(g) => Some(g.clone()),
+        None => selector::glob_set(&spec.allowed_models)
+            .map_err(|e| errors.push(resource, None, "spec.allowedModels".into(), e))
+            .ok()
+            .inspect(|g| {
+                globs.insert(spec.allowed_models.clone(), g.clone());
+            }),
+    };
     let mut budgets = vec![];
     for (i, b) in spec.budgets.iter().enumerate() {
         match parse_time_zone(&b.time_zone) {
