@@ -22,6 +22,11 @@ pub struct AuditUnavailable(pub String);
 pub trait AuditSink: Send + Sync + 'static {
     /// Appends one event without waiting for I/O, or refuses it.
     fn append(&self, event: AuditEvent) -> Result<(), AuditUnavailable>;
+
+    /// Records appended but not yet in the store, when the sink knows.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl AuditSink for AuditWriter {
@@ -29,6 +34,11 @@ impl AuditSink for AuditWriter {
         AuditWriter::append(self, event)
             .map(|_| ())
             .map_err(|e| AuditUnavailable(e.to_string()))
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        let stats = self.stats();
+        Some(stats.last_seq.saturating_sub(stats.persisted_seq))
     }
 }
 
@@ -130,7 +140,12 @@ pub async fn directory_writer(
     writer: &str,
 ) -> Result<AuditWriter, AuditSetupError> {
     let store = policybind_audit::DirectoryStore::open(dir)?;
-    let config = policybind_audit::AuditConfig::new(writer, key);
+    let mut config = policybind_audit::AuditConfig::new(writer, key);
+    // A local directory takes far more than the one write per second that suits
+    // the API server; the writer stores one segment per tick, so a shorter tick
+    // keeps up with thousands of decisions per second (and a hard kill loses at
+    // most this much).
+    config.flush_interval = std::time::Duration::from_millis(200);
     Ok(AuditWriter::start(config, std::sync::Arc::new(store)).await?)
 }
 

@@ -194,12 +194,13 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         }
     }
 
+    let audit = deps.audit;
     let state = AppState::new(
         settings.clone(),
         holder.clone(),
         deps.ledger
             .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>),
-        deps.audit,
+        audit.clone(),
         approvals,
         metrics.clone(),
     );
@@ -213,7 +214,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_handler))
-        .with_state((holder.clone(), metrics.clone()));
+        .with_state((holder.clone(), metrics.clone(), audit.clone()));
 
     let listener = bind(settings.listen).await?;
     let health_listener = bind(settings.health_listen).await?;
@@ -246,9 +247,9 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     })
 }
 
-type HealthState = (Arc<PolicyHolder>, Arc<Metrics>);
+type HealthState = (Arc<PolicyHolder>, Arc<Metrics>, Arc<dyn AuditSink>);
 
-async fn ready(State((holder, _)): State<HealthState>) -> impl IntoResponse {
+async fn ready(State((holder, _, _)): State<HealthState>) -> impl IntoResponse {
     match holder.current() {
         Some(loaded) => (
             StatusCode::OK,
@@ -261,7 +262,10 @@ async fn ready(State((holder, _)): State<HealthState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_handler(State((_, metrics)): State<HealthState>) -> impl IntoResponse {
+async fn metrics_handler(State((_, metrics, audit)): State<HealthState>) -> impl IntoResponse {
+    if let Some(backlog) = audit.backlog() {
+        metrics.audit_backlog.set(backlog as i64);
+    }
     (
         [(
             http::header::CONTENT_TYPE,

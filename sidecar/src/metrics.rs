@@ -73,6 +73,7 @@ pub struct Metrics {
     pub bundle_age_seconds: Gauge<f64, AtomicU64>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub in_flight: Gauge,
+    pub audit_backlog: Gauge,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
@@ -92,6 +93,7 @@ impl Metrics {
         let bundle_age_seconds = Gauge::<f64, AtomicU64>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let audit_backlog = Gauge::default();
         {
             let r = registry.sub_registry_with_prefix("policybind_sidecar");
             r.register(
@@ -150,6 +152,11 @@ impl Metrics {
                 reloads.clone(),
             );
             r.register(
+                "audit_backlog_records",
+                "Decisions appended to the audit trail but not yet in its store",
+                audit_backlog.clone(),
+            );
+            r.register(
                 "in_flight_requests",
                 "Requests being handled",
                 in_flight.clone(),
@@ -169,6 +176,7 @@ impl Metrics {
             bundle_age_seconds,
             reloads,
             in_flight,
+            audit_backlog,
             loaded_at: Mutex::new(None),
         })
     }
