@@ -16,8 +16,14 @@ mod load;
 #[derive(Parser, Debug)]
 #[command(name = "policybind", version, about, long_about = None)]
 struct Cli {
-    /// Log format for long-running roles: `json` (default in a cluster) or `text`.
-    #[arg(long, global = true, env = "POLICYBIND_LOG_FORMAT", default_value = "text")]
+    /// Log format: `text` (default) or `json` (structured, one object per line; the Helm
+    /// chart sets it for the operator and webhook).
+    #[arg(
+        long,
+        global = true,
+        env = "POLICYBIND_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,

@@ -31,8 +31,7 @@ pub fn run(args: CrdsArgs) -> anyhow::Result<ExitCode> {
                 drifted.push(path.display().to_string());
             }
         } else {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(&path, want).with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
         }

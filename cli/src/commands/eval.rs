@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use policybind_engine::request::{Decision, Request, RuleTrace};
 use policybind_engine::PolicySet;
+use policybind_engine::request::{Decision, Request, RuleTrace};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -30,7 +30,8 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let manifests = crate::load::manifests(&args.files)?;
     let bundle = manifests.bundle(None);
-    let set = PolicySet::compile(&bundle).map_err(|e| anyhow::anyhow!("policies do not compile:\n{e}"))?;
+    let set = PolicySet::compile(&bundle)
+        .map_err(|e| anyhow::anyhow!("policies do not compile:\n{e}"))?;
     let text = std::fs::read_to_string(&args.request)
         .with_context(|| format!("reading {}", args.request.display()))?;
     let mut request: Request = serde_yaml::from_str(&text)
@@ -59,7 +60,11 @@ fn print_decision(d: &Decision) {
         println!("decided by:  policy {p}, rule {r}");
     }
     if let Some(r) = &d.obligations.redact {
-        let what = if r.entities.is_empty() { "every entity found".to_string() } else { r.entities.join(", ") };
+        let what = if r.entities.is_empty() {
+            "every entity found".to_string()
+        } else {
+            r.entities.join(", ")
+        };
         println!("obligation:  redact {what} with {:?}", r.replacement);
     }
     if let Some(m) = &d.obligations.model {
@@ -69,10 +74,19 @@ fn print_decision(d: &Decision) {
         println!("obligation:  cap max_tokens at {t}");
     }
     for f in &d.findings {
-        println!("finding:     {} at bytes {}..{} ({})", f.entity, f.start, f.end, f.detector);
+        println!(
+            "finding:     {} at bytes {}..{} ({})",
+            f.entity, f.start, f.end, f.detector
+        );
     }
     if let Some(w) = &d.would_have {
-        println!("audit mode:  policy {} rule {} would have decided {} ({})", w.policy, w.rule, w.effect, w.codes.join(", "));
+        println!(
+            "audit mode:  policy {} rule {} would have decided {} ({})",
+            w.policy,
+            w.rule,
+            w.effect,
+            w.codes.join(", ")
+        );
     }
     let f = &d.facts;
     println!(
@@ -94,7 +108,10 @@ fn print_decision(d: &Decision) {
 fn print_explain(d: &Decision, trace: &[RuleTrace]) {
     println!();
     if trace.is_empty() {
-        println!("rules considered: none (decided at the {:?} stage, before policies)", d.stage);
+        println!(
+            "rules considered: none (decided at the {:?} stage, before policies)",
+            d.stage
+        );
         return;
     }
     println!("rules considered, in precedence order:");

@@ -57,7 +57,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         for case in &test.cases {
-            if args.filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+            if args
+                .filter
+                .as_ref()
+                .is_some_and(|f| !case.name.contains(f.as_str()))
+            {
                 continue;
             }
             let outcome = match case.resolved_request(&test.defaults) {
@@ -82,12 +86,22 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let width = outcomes.iter().map(|o| o.test.len() + o.case.len() + 3).max().unwrap_or(10).min(90);
+    let width = outcomes
+        .iter()
+        .map(|o| o.test.len() + o.case.len() + 3)
+        .max()
+        .unwrap_or(10)
+        .min(90);
     println!("{:<4} {:<width$} RESULT", "#", "TEST / CASE");
     for (i, o) in outcomes.iter().enumerate() {
         let name = format!("{} / {}", o.test, o.case);
         if !o.passed || args.verbose {
-            println!("{:<4} {:<width$} {}", i + 1, name, if o.passed { "pass" } else { "FAIL" });
+            println!(
+                "{:<4} {:<width$} {}",
+                i + 1,
+                name,
+                if o.passed { "pass" } else { "FAIL" }
+            );
         }
         if !o.passed {
             for line in o.detail.lines() {
@@ -98,14 +112,21 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     let passed = outcomes.len() - failed;
     println!("\n{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Compares only what the case states; returns one line per difference.
 fn compare(expect: &Expectation, d: &Decision) -> Vec<String> {
     let mut out = vec![];
     if expect.effect != d.effect {
-        out.push(format!("effect: expected {}, got {} ({})", expect.effect, d.effect, d.message));
+        out.push(format!(
+            "effect: expected {}, got {} ({})",
+            expect.effect, d.effect, d.message
+        ));
     }
     if let Some(first) = expect.codes.first()
         && d.code() != first
@@ -114,18 +135,27 @@ fn compare(expect: &Expectation, d: &Decision) -> Vec<String> {
     }
     for code in &expect.codes {
         if !d.codes.contains(code) {
-            out.push(format!("codes: expected {code} among [{}]", d.codes.join(", ")));
+            out.push(format!(
+                "codes: expected {code} among [{}]",
+                d.codes.join(", ")
+            ));
         }
     }
     if let Some(p) = &expect.policy
         && d.policy.as_ref() != Some(p)
     {
-        out.push(format!("policy: expected {p}, got {}", d.policy.as_deref().unwrap_or("(none)")));
+        out.push(format!(
+            "policy: expected {p}, got {}",
+            d.policy.as_deref().unwrap_or("(none)")
+        ));
     }
     if let Some(r) = &expect.rule
         && d.rule.as_ref() != Some(r)
     {
-        out.push(format!("rule: expected {r}, got {}", d.rule.as_deref().unwrap_or("(none)")));
+        out.push(format!(
+            "rule: expected {r}, got {}",
+            d.rule.as_deref().unwrap_or("(none)")
+        ));
     }
     if let Some(m) = &expect.degraded_model
         && d.obligations.model.as_ref() != Some(m)
@@ -136,11 +166,16 @@ fn compare(expect: &Expectation, d: &Decision) -> Vec<String> {
         ));
     }
     for entity in &expect.redacted {
-        let redacts = d.obligations.redact.as_ref().is_some_and(|r| {
-            r.entities.is_empty() || r.entities.contains(entity)
-        }) && d.findings.iter().any(|f| &f.entity == entity);
+        let redacts = d
+            .obligations
+            .redact
+            .as_ref()
+            .is_some_and(|r| r.entities.is_empty() || r.entities.contains(entity))
+            && d.findings.iter().any(|f| &f.entity == entity);
         if !redacts {
-            out.push(format!("redaction: expected {entity} to be found and redacted"));
+            out.push(format!(
+                "redaction: expected {entity} to be found and redacted"
+            ));
         }
     }
     if let Some(w) = expect.would_have {
@@ -148,7 +183,8 @@ fn compare(expect: &Expectation, d: &Decision) -> Vec<String> {
         if got != Some(w) {
             out.push(format!(
                 "audit mode: expected would-have {w}, got {}",
-                got.map(|e| e.to_string()).unwrap_or_else(|| "(none)".into())
+                got.map(|e| e.to_string())
+                    .unwrap_or_else(|| "(none)".into())
             ));
         }
     }
