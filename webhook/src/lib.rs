@@ -36,8 +36,10 @@ pub use server::{AuditSettings, Readiness, Settings, TlsSource, run, serve_tls};
 /// Errors of the webhook library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The message carries kube's own (already nested) error text; it is not
+    /// repeated as a source, so `{:#}` chains print it once.
     #[error("kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
+    Kube(kube::Error),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("configuration: {0}")]
