@@ -367,10 +367,6 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
             }
         }
     }
-    if settings.register {
-        register(client.clone(), &settings.registration).await?;
-        tracing::info!(name = %settings.registration.name, "webhook configurations applied");
-    }
     {
         // Certificates from a Secret arrive asynchronously.
         let readiness = readiness.clone();
@@ -409,15 +405,33 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
     )?;
     let listener = TcpListener::bind(settings.listen).await?;
     tracing::info!(address = %settings.listen, "admission webhook (HTTPS)");
-    serve_tls(
+    let server = tokio::spawn(serve_tls(
         listener,
         router(app, settings.max_body_bytes),
         tls::server_config(resolver)?,
         settings.handshake_timeout,
         settings.max_connections,
         shutdown_signal(),
-    )
-    .await?;
+    ));
+    if settings.register {
+        // Registered by URL, the API server calls at once: only register once the
+        // server is listening and the caches are synced, or the first reviews would
+        // fail (Fail policy) or see an empty registry (MODEL_NOT_REGISTERED).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !readiness.ready() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(
+                    "caches not synced within 120 s; not registering".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        register(client.clone(), &settings.registration).await?;
+        tracing::info!(name = %settings.registration.name, "webhook configurations applied");
+    }
+    server
+        .await
+        .map_err(|e| Error::Config(format!("server task: {e}")))??;
     if let Some(writer) = writer {
         match writer.shutdown().await {
             Ok(report) => tracing::info!(
