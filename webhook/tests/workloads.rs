@@ -401,3 +401,23 @@ async fn outside_enforced_namespaces_a_denial_is_only_a_warning_and_a_record() {
         reply.message()
     );
 }
+
+#[tokio::test]
+async fn a_workload_opting_its_pods_in_is_enforced_outside_enforced_namespaces() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let mut review = workload("apps", "Deployment", "deployments", "missing");
+    review["request"]["namespace"] = json!("team-b");
+    assert!(
+        harness.validate(&review).await.allowed(),
+        "audit mode without opt-in"
+    );
+    review["request"]["object"]["spec"]["template"]["metadata"]["labels"]["policybind.io/inject"] =
+        json!("true");
+    let reply = harness.validate(&review).await;
+    assert!(!reply.allowed());
+    assert!(
+        reply.message().starts_with("MODEL_NOT_REGISTERED: "),
+        "{}",
+        reply.message()
+    );
+}
