@@ -1,5 +1,5 @@
 //! Standalone mode end to end with the real audit writer: decisions land in the
-//! directory store as signed segments that verify.
+//! directory store as sealed, signed segments.
 
 mod common;
 
@@ -11,7 +11,7 @@ use policybind_audit::SegmentStore;
 use policybind_sidecar::audit::{directory_writer, load_or_create_signing_key};
 
 #[tokio::test]
-async fn decisions_are_written_to_the_audit_directory_as_a_verifiable_trail() {
+async fn decisions_are_written_to_the_audit_directory_as_sealed_signed_segments() {
     let upstream = Upstream::start().await;
     let audit_dir = tempfile::tempdir().unwrap();
     let (key, _) = load_or_create_signing_key(&audit_dir.path().join("signing-key.pem")).unwrap();
