@@ -27,6 +27,7 @@ use policybind_crds::{
     AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
 };
 
+use crate::audit_retention::AuditRetentionSettings;
 use crate::error::Error;
 use crate::incident::IncidentSettings;
 use crate::metrics::Metrics;
@@ -89,6 +90,9 @@ pub struct Settings {
     /// File holding the audit signing key (a mounted Secret); wins over
     /// `audit_key_secret`.
     pub audit_key_file: Option<PathBuf>,
+    /// Keeps each namespace's audit segment ConfigMaps within a budget (see
+    /// [`crate::audit_retention`]); `None` turns retention off.
+    pub audit_retention: Option<AuditRetentionSettings>,
 }
 
 impl Default for Settings {
@@ -108,6 +112,7 @@ impl Default for Settings {
             cache_timeout: Duration::from_secs(120),
             audit_key_secret: None,
             audit_key_file: None,
+            audit_retention: Some(AuditRetentionSettings::default()),
         }
     }
 }

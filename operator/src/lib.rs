@@ -10,6 +10,9 @@
 //! - [`namespace`]: the per-namespace policy bundle ([`bundle`] computes it) and
 //!   the sidecars' Role and RoleBinding.
 //!
+//! Besides the controllers, [`audit_retention`] keeps every namespace's audit
+//! segments within a byte budget, periodically.
+//!
 //! Every kind is watched once; the watch feeds both its controller and the
 //! caches ([`context::Stores`]) the others read, so reconcilers never read from
 //! the API server and an unchanged object costs no call. Writes are server-side
@@ -21,6 +24,7 @@
 pub mod access_token;
 pub mod ai_policy;
 pub mod approval_request;
+pub mod audit_retention;
 pub mod bundle;
 pub mod context;
 pub mod error;
@@ -242,6 +246,12 @@ pub async fn run_with(
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    // Opened before waiting for the Lease, so a misconfigured sink stops a
+    // standby too, at once, rather than at its first failover.
+    let retention_sink = match &settings.audit_retention {
+        Some(retention) => Some(retention.sink.open()?),
+        None => None,
+    };
 
     // Caches first: the metrics server reports objects by phase from them.
     let (policies, policies_w) = reflector::store::<AIPolicy>();
@@ -608,6 +618,21 @@ pub async fn run_with(
         .run(namespace::reconcile, namespace::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let incident_loop = incident_loop(ctx.clone(), audit_rx, shutdown.clone());
+    let retention_loop = {
+        let client = client.clone();
+        let retention = settings.audit_retention.clone().zip(retention_sink);
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            match retention {
+                Some((retention, sink)) => {
+                    audit_retention::retention_loop(client, retention, sink, metrics, shutdown)
+                        .await
+                }
+                None => tracing::info!("audit retention is off"),
+            }
+        }
+    };
 
     let caches = {
         let stores = stores.clone();
@@ -638,6 +663,7 @@ pub async fn run_with(
                 approvals_ctl,
                 namespaces_ctl,
                 incident_loop,
+                retention_loop,
                 caches,
             )
         } => {}

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the operator, in one registry with the prefix
 //! `policybind_operator`: reconciles, errors and durations per controller, bundle
-//! writes and sizes, and objects by phase (refreshed from the watch caches at
-//! every scrape, so they never drift from the cluster).
+//! writes and sizes, audit segments removed by retention, and objects by phase
+//! (refreshed from the watch caches at every scrape, so they never drift from the
+//! cluster).
 
 use std::time::Instant;
 
@@ -47,6 +48,7 @@ pub struct Metrics {
     pub objects: Family<PhaseLabels, Gauge>,
     pub bundle_writes: Family<NamespaceLabels, Counter>,
     pub bundle_bytes: Family<NamespaceLabels, Gauge>,
+    pub audit_segments_removed: Family<NamespaceLabels, Counter>,
     pub is_leader: Gauge,
 }
 
@@ -64,6 +66,7 @@ impl Default for Metrics {
         let objects = Family::<PhaseLabels, Gauge>::default();
         let bundle_writes = Family::<NamespaceLabels, Counter>::default();
         let bundle_bytes = Family::<NamespaceLabels, Gauge>::default();
+        let audit_segments_removed = Family::<NamespaceLabels, Counter>::default();
         let is_leader = Gauge::default();
         registry.register(
             "reconciles",
@@ -96,6 +99,11 @@ impl Default for Metrics {
             bundle_bytes.clone(),
         );
         registry.register(
+            "audit_segments_removed",
+            "Audit segment ConfigMaps exported to the retention sink and deleted, per namespace",
+            audit_segments_removed.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             is_leader.clone(),
@@ -108,6 +116,7 @@ impl Default for Metrics {
             objects,
             bundle_writes,
             bundle_bytes,
+            audit_segments_removed,
             is_leader,
         }
     }

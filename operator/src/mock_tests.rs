@@ -833,3 +833,198 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
         .unwrap()
         .unwrap();
 }
+
+/// A retention sink that remembers what it was given, so the test can check that
+/// a segment reached the sink before its ConfigMap is deleted.
+#[derive(Default)]
+struct RecordingSink {
+    exported: std::sync::Mutex<Vec<String>>,
+}
+
+impl policybind_audit::AuditSink for RecordingSink {
+    fn export<'a>(
+        &'a self,
+        segments: &'a [policybind_audit::StoredSegment],
+    ) -> futures::future::BoxFuture<'a, Result<(), policybind_audit::Error>> {
+        let names = segments.iter().map(|s| s.name.clone());
+        self.exported.lock().unwrap().extend(names);
+        Box::pin(futures::future::ready(Ok(())))
+    }
+
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+#[tokio::test]
+async fn retention_lists_segment_namespaces_once_then_exports_before_deleting_in_each() {
+    use policybind_audit::ConfigMapStore;
+    use policybind_engine::audit::{
+        AuditEvent, AuditSigningKey, Chain, Hash256, RecordTime, Segment,
+    };
+    let mut env = env();
+    let key = AuditSigningKey::from_seed(&[8; 32]);
+    // team-a: three sealed segments of one writer; team-b: one.
+    let sealed_run = |writer: &str, count: i64| {
+        let mut chain = Chain::new(writer);
+        let mut prev = Hash256::ZERO;
+        (0..count)
+            .map(|s| {
+                let time = RecordTime::new(now() + chrono::Duration::seconds(s));
+                let records = (0..3)
+                    .map(|_| {
+                        chain.append(AuditEvent::decision(policybind_crds::Effect::Allow), time)
+                    })
+                    .collect();
+                let mut segment = Segment::open(prev, records);
+                segment.seal(time, &key);
+                prev = segment.header.last_hash;
+                serde_json::to_value(ConfigMapStore::config_map_for(&segment)).unwrap()
+            })
+            .collect::<Vec<Value>>()
+    };
+    let team_a = sealed_run("sidecar/team-a/pod-1", 3);
+    let team_b = sealed_run("sidecar/team-b/pod-1", 1);
+    let name = |cm: &Value| cm["metadata"]["name"].as_str().unwrap().to_string();
+    let meta = |ns: &str, cm: &Value| {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": name(cm), "namespace": ns}})
+    };
+
+    let sink = Arc::new(RecordingSink::default());
+    let client = env.ctx.client.clone();
+    let metrics = env.ctx.metrics.clone();
+    let pass = {
+        let sink = sink.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            // A budget of one byte: all but each writer's newest sealed segment go.
+            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
+                .await
+        })
+    };
+
+    // One list across namespaces, by label, metadata only.
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), env.api.next_request())
+        .await
+        .expect("timed out waiting for the namespace list")
+        .expect("client dropped");
+    assert_eq!(request.method(), "GET");
+    assert_eq!(request.uri().path(), "/api/v1/configmaps");
+    let query = request.uri().query().unwrap_or("").to_string();
+    assert!(
+        query.contains("labelSelector=policybind.io%2Faudit-segment"),
+        "{query}"
+    );
+    let accept = request.headers()[http::header::ACCEPT].to_str().unwrap();
+    assert!(accept.contains("as=PartialObjectMetadataList"), "{accept}");
+    let mut items: Vec<Value> = team_b.iter().map(|cm| meta("team-b", cm)).collect();
+    items.extend(team_a.iter().map(|cm| meta("team-a", cm)));
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {}, "items": items}),
+    );
+
+    // team-a: its segments are read, the two oldest exported, then deleted.
+    let (_, send) = expect(&mut env.api, "GET", "/api/v1/namespaces/team-a/configmaps").await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": team_a}),
+    );
+    for cm in &team_a[..2] {
+        let path = format!("/api/v1/namespaces/team-a/configmaps/{}", name(cm));
+        let (_, send) = expect(&mut env.api, "DELETE", &path).await;
+        assert!(
+            sink.exported.lock().unwrap().contains(&name(cm)),
+            "{} deleted before the sink had it",
+            name(cm)
+        );
+        reply(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+        );
+    }
+    // team-b: its one segment is its writer's newest; it stays.
+    let (_, send) = expect(&mut env.api, "GET", "/api/v1/namespaces/team-b/configmaps").await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": team_b}),
+    );
+    tokio::select! {
+        result = pass => result.expect("retention pass does not panic"),
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call after the pass: {} {}", request.method(), request.uri());
+        }
+    }
+    assert_eq!(
+        *sink.exported.lock().unwrap(),
+        team_a[..2].iter().map(name).collect::<Vec<_>>()
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("policybind_operator_audit_segments_removed_total{namespace=\"team-a\"} 2"),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[tokio::test]
+async fn retention_failure_in_one_namespace_is_counted_and_the_next_namespace_still_runs() {
+    let mut env = env();
+    let sink = Arc::new(RecordingSink::default());
+    let client = env.ctx.client.clone();
+    let metrics = env.ctx.metrics.clone();
+    let pass = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
+                .await
+        })
+    };
+    let meta = |ns: &str| {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": "pb-audit-x", "namespace": ns}})
+    };
+    let (_, send) = expect(&mut env.api, "GET", "/api/v1/configmaps").await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {}, "items": [meta("team-a"), meta("team-b")]}),
+    );
+    let (_, send) = expect(&mut env.api, "GET", "/api/v1/namespaces/team-a/configmaps").await;
+    reply(
+        send,
+        403,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+    );
+    let (_, send) = expect(&mut env.api, "GET", "/api/v1/namespaces/team-b/configmaps").await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": []}),
+    );
+    tokio::time::timeout(Duration::from_secs(5), pass)
+        .await
+        .expect("the pass ends")
+        .expect("retention pass does not panic");
+    assert!(
+        metrics.encode().contains(
+            "policybind_operator_reconcile_errors_total{controller=\"audit_retention\",error=\"audit\"} 1"
+        ),
+        "{}",
+        metrics.encode()
+    );
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use policybind_operator::audit_retention::{self, AuditRetentionSettings, AuditSinkSetting};
 use policybind_operator::incident::IncidentSettings;
 use policybind_operator::{Error, Settings};
 
@@ -19,7 +20,8 @@ use policybind_operator::{Error, Settings};
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     policybind controller --kubeconfig ~/.kube/config --metrics-listen 127.0.0.1:8080\n  \
-    policybind controller --leader-election --lease-namespace policybind-system\n\n\
+    policybind controller --leader-election --lease-namespace policybind-system\n  \
+    policybind controller --audit-retention-bytes 104857600 --audit-sink dir:/var/lib/policybind/audit\n\n\
     Metrics: GET /metrics (Prometheus). Probes: GET /healthz, GET /readyz.\n\
     Logs: RUST_LOG=policybind_operator=debug for detail.")]
 pub struct ControllerArgs {
@@ -87,6 +89,35 @@ pub struct ControllerArgs {
     /// incident raised) is appended to the audit trail in the lease namespace.
     #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
     audit_key_secret: Option<String>,
+    /// Bytes of audit segment ConfigMaps (label policybind.io/audit-segment) each
+    /// namespace may keep; beyond it the oldest sealed segments go to --audit-sink
+    /// and are then deleted. Default 52428800 (50 MiB); 0 turns retention off.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = audit_retention::DEFAULT_MAX_BYTES,
+        env = "POLICYBIND_AUDIT_RETENTION_BYTES"
+    )]
+    audit_retention_bytes: u64,
+    /// Seconds between audit retention passes (the leader only).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = audit_retention::DEFAULT_INTERVAL_SECS,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "POLICYBIND_AUDIT_RETENTION_INTERVAL"
+    )]
+    audit_retention_interval: u64,
+    /// Where audit retention sends segments before deleting them: `stdout` (one
+    /// JSON line per segment, for a log pipeline; logs go to stderr) or
+    /// `dir:<path>` (segment files, verifiable with `policybind audit verify --dir`).
+    #[arg(
+        long,
+        value_name = "SINK",
+        default_value = "stdout",
+        env = "POLICYBIND_AUDIT_SINK"
+    )]
+    audit_sink: AuditSinkSetting,
     /// Seconds to wait for the watch caches to fill at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     cache_timeout_secs: u64,
@@ -124,6 +155,11 @@ impl ControllerArgs {
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
             audit_key_secret: self.audit_key_secret,
             audit_key_file: self.audit_key,
+            audit_retention: (self.audit_retention_bytes > 0).then(|| AuditRetentionSettings {
+                max_bytes: self.audit_retention_bytes,
+                interval: Duration::from_secs(self.audit_retention_interval),
+                sink: self.audit_sink,
+            }),
         }
     }
 }
