@@ -47,6 +47,21 @@ pub struct Amount {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservationId(u64);
 
+/// What one token settled in one budget period: the ledger's side of a usage
+/// report (`crate::usage`). Reservations in flight are not included; they are
+/// reported once they settle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettledUsage {
+    /// Token id, `namespace/name`.
+    pub token: String,
+    pub period: BudgetPeriod,
+    /// Start of the period the amounts count in.
+    pub period_start: DateTime<Utc>,
+    pub settled: Amount,
+    /// Requests settled in the period.
+    pub requests: u64,
+}
+
 /// The limits of one token, taken from the compiled policy set.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenLimits<'a> {
@@ -90,6 +105,19 @@ pub trait UsageLedger: Send + Sync + 'static {
     /// Drops a reservation; the request consumed nothing (upstream failure).
     /// The request still counts against the requests-per-minute limit.
     fn release(&self, id: ReservationId, now: DateTime<Utc>);
+
+    /// Settled usage of every token in the latest period of each budget it
+    /// was charged against, for the usage report the operator sums into
+    /// `AccessToken.status.usage`. Periods with nothing settled are left out.
+    /// A period that has ended but saw no request since keeps its old start;
+    /// the operator ignores entries of past periods.
+    fn settled_usage(&self) -> Vec<SettledUsage>;
+
+    /// Adds usage settled by an earlier run of this reporter (a restarted
+    /// container keeps its pod name, hence its report), so that a restart does
+    /// not reset what the token spent. The entries must be added to, not
+    /// replace, the tallies: requests may have settled before the restore.
+    fn restore(&self, settled: &[SettledUsage]);
 }
 
 /// A token bucket over one minute.
@@ -138,6 +166,8 @@ struct PeriodTally {
     period: BudgetPeriod,
     start: DateTime<Utc>,
     settled: Amount,
+    /// Requests settled in the period.
+    requests: u64,
     reserved: Amount,
 }
 
@@ -158,6 +188,7 @@ impl TokenState {
                     period: budget.period,
                     start,
                     settled: Amount::default(),
+                    requests: 0,
                     reserved: Amount::default(),
                 });
                 self.periods.len() - 1
@@ -169,6 +200,7 @@ impl TokenState {
             // still in flight stay counted until they settle or are released.
             tally.start = start;
             tally.settled = Amount::default();
+            tally.requests = 0;
         }
         tally
     }
@@ -354,6 +386,7 @@ impl UsageLedger for InProcessLedger {
                 if tally.start == *start {
                     tally.settled.cost_usd += actual.cost_usd;
                     tally.settled.tokens += actual.tokens;
+                    tally.requests += 1;
                 }
             }
         }
@@ -375,6 +408,51 @@ impl UsageLedger for InProcessLedger {
         for (period, _) in &pending.periods {
             if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period) {
                 unreserve(tally, pending.estimate);
+            }
+        }
+    }
+
+    fn settled_usage(&self) -> Vec<SettledUsage> {
+        let inner = self.lock();
+        inner
+            .tokens
+            .iter()
+            .flat_map(|(token, state)| {
+                state
+                    .periods
+                    .iter()
+                    .filter(|t| t.requests > 0 || t.settled != Amount::default())
+                    .map(|t| SettledUsage {
+                        token: token.clone(),
+                        period: t.period,
+                        period_start: t.start,
+                        settled: t.settled,
+                        requests: t.requests,
+                    })
+            })
+            .collect()
+    }
+
+    fn restore(&self, settled: &[SettledUsage]) {
+        let mut inner = self.lock();
+        for entry in settled {
+            let state = inner.tokens.entry(entry.token.clone()).or_default();
+            match state.periods.iter_mut().find(|t| t.period == entry.period) {
+                Some(tally) if tally.start == entry.period_start => {
+                    tally.settled.cost_usd += entry.settled.cost_usd;
+                    tally.settled.tokens += entry.settled.tokens;
+                    tally.requests += entry.requests;
+                }
+                // This run already counts a newer (or other) period: the
+                // restored entry is of a past one.
+                Some(_) => {}
+                None => state.periods.push(PeriodTally {
+                    period: entry.period,
+                    start: entry.period_start,
+                    settled: entry.settled,
+                    requests: entry.requests,
+                    reserved: Amount::default(),
+                }),
             }
         }
     }

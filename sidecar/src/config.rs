@@ -94,6 +94,9 @@ pub struct Settings {
     /// Serve `POST /v1/decide` on the main port.
     pub decide_api: bool,
     pub limits: Limits,
+    /// Where settled usage is reported for the operator (cluster mode only;
+    /// needs a Kubernetes client). `None`: no report.
+    pub usage_report: Option<crate::usage::UsageReportSettings>,
 }
 
 impl Settings {
@@ -116,6 +119,7 @@ impl Settings {
             request_stream_usage: true,
             decide_api: true,
             limits: Limits::default(),
+            usage_report: None,
         }
     }
 }

@@ -13,6 +13,7 @@
 //!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap.
 //! - [`proxy`] is the request path; [`facts`] reads and rewrites bodies.
 //! - [`accounting`] keeps rate limits and budgets behind the [`accounting::UsageLedger`] trait.
+//! - [`usage`] reports the ledger's settled usage to the operator (cluster mode).
 //! - [`approvals`] holds requests for a human decision.
 //! - [`decide_api`] is the decision API; [`audit`] is the audit trail as the request
 //!   path sees it; [`metrics`] has the Prometheus metrics.
@@ -32,6 +33,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
 pub mod source;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,11 +92,13 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     stop: CancellationToken,
     tasks: JoinSet<Result<(), Error>>,
+    /// The usage reporter, stopped only after the servers have drained.
+    reporter: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
     /// Stops accepting connections, lets requests in progress finish, stops the
-    /// policy source.
+    /// policy source, then writes the last usage report.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.stop.cancel();
         let mut result = Ok(());
@@ -102,6 +106,10 @@ impl Running {
             if let Ok(Err(e)) = joined {
                 result = Err(e);
             }
+        }
+        if let Some((stop, reporter)) = self.reporter.take() {
+            stop.cancel();
+            let _ = reporter.await;
         }
         result
     }
@@ -194,12 +202,14 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         }
     }
 
+    let ledger = deps
+        .ledger
+        .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>);
     let audit = deps.audit;
     let state = AppState::new(
         settings.clone(),
         holder.clone(),
-        deps.ledger
-            .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>),
+        ledger.clone(),
         audit.clone(),
         approvals,
         metrics.clone(),
@@ -221,6 +231,24 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let health_addr = health_listener.local_addr().map_err(Error::Serve)?;
     info!(%addr, %health_addr, upstream = %settings.upstream, "policybind enforcement point listening");
+
+    // Started once the ports are bound, so a failed start leaves no task behind.
+    let reporter = match (&settings.usage_report, &deps.kube) {
+        (Some(report), Some(client)) => {
+            let reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone());
+            let stop = CancellationToken::new();
+            let handle = tokio::spawn(reporter.run(report.interval, stop.clone()));
+            Some((stop, handle))
+        }
+        (Some(report), None) => {
+            tracing::warn!(
+                configmap = %report.name,
+                "no Kubernetes client: usage is not reported to the operator"
+            );
+            None
+        }
+        (None, _) => None,
+    };
 
     let stop_main = stop.clone();
     tasks.spawn(async move {
@@ -244,6 +272,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         metrics,
         stop,
         tasks,
+        reporter,
     })
 }
 
@@ -278,13 +307,19 @@ async fn metrics_handler(State((_, metrics, audit)): State<HealthState>) -> impl
 /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
 pub async fn run(settings: Settings, deps: Dependencies) -> Result<(), Error> {
     let mut running = start(settings, deps).await?;
-    let stop = running.stop_token();
-    tokio::select! {
-        result = running.wait() => return result,
-        _ = shutdown_signal() => info!("shutting down"),
+    let failed = tokio::select! {
+        result = running.wait() => Some(result),
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            None
+        }
+    };
+    // Also after a failure: the usage settled so far is still reported.
+    let shutdown = running.shutdown().await;
+    match failed {
+        Some(Err(e)) => Err(e),
+        _ => shutdown,
     }
-    stop.cancel();
-    running.shutdown().await
 }
 
 async fn shutdown_signal() {

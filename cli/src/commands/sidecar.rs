@@ -13,6 +13,7 @@ use anyhow::Context;
 use policybind_sidecar::Dependencies;
 use policybind_sidecar::audit::config_map_writer;
 use policybind_sidecar::config::{ApprovalSettings, Settings, SourceSettings};
+use policybind_sidecar::usage::{UsageReportSettings, report_name};
 
 use super::serve::ProxyArgs;
 
@@ -69,6 +70,17 @@ pub struct SidecarArgs {
     /// How often a mounted bundle directory is checked for changes, in milliseconds.
     #[arg(long, env = "POLICYBIND_RELOAD_INTERVAL_MS", default_value_t = 1000)]
     pub reload_interval_ms: u64,
+    /// How often the settled usage of each token is written to this pod's usage
+    /// report (ConfigMap `policybind-usage-<pod>`), in seconds; also written once
+    /// at shutdown, and only when it changed. The operator sums the reports into
+    /// `AccessToken.status.usage` and enforces budgets across pods with them.
+    #[arg(
+        long,
+        env = "POLICYBIND_USAGE_REPORT_INTERVAL_SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub usage_report_interval_secs: u64,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -116,6 +128,17 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         requester: format!("policybind:{writer_id}"),
     };
+    if args.pod_name == "unknown-pod" {
+        // Every pod without a name would overwrite the same report.
+        tracing::warn!(
+            "POLICYBIND_POD_NAME is not set: pods sharing the default name share one usage report"
+        );
+    }
+    settings.usage_report = Some(UsageReportSettings {
+        namespace: args.namespace.clone(),
+        name: report_name(&args.pod_name),
+        interval: Duration::from_secs(args.usage_report_interval_secs),
+    });
     args.proxy.apply(&mut settings);
 
     let result = policybind_sidecar::run(

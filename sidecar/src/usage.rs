@@ -1,0 +1,427 @@
+//! Usage reports: how this sidecar tells the operator what each token spent
+//! (operator side: `policybind_operator::usage`, docs/operator.md).
+//!
+//! In cluster mode every pod keeps one ConfigMap, `policybind-usage-<pod>`,
+//! labelled [`USAGE_LABEL`]`=true`, whose [`USAGE_DATA_KEY`] holds the ledger's
+//! settled usage as JSON: token id to a list of `PeriodUsage` (the entry type of
+//! `AccessToken.status.usage`). The operator sums every pod's report into the
+//! token's status and marks the token exhausted in the bundles, which is how a
+//! budget holds across pods and replicas.
+//!
+//! The report is written by server-side apply every interval and once at
+//! shutdown, only when its content changed. It has no owner reference to the
+//! pod on purpose: a pod's report must outlive the pod, or a token's budget
+//! would reset each time a pod goes away. Failures are logged and retried at the
+//! next tick; the request path never waits for a report.
+//!
+//! A restarted container keeps its pod name and therefore its report: before the
+//! first write the reporter reads the report back into the ledger
+//! ([`UsageLedger::restore`]), so a restart does not wipe what was spent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use policybind_crds::access_token::PeriodUsage;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::accounting::{Amount, SettledUsage, UsageLedger};
+
+/// Label that marks a ConfigMap as a usage report (same as the operator's).
+pub const USAGE_LABEL: &str = "policybind.io/usage";
+/// Data key of the report JSON (same as the operator's).
+pub const USAGE_DATA_KEY: &str = "usage.json";
+/// Field manager of the sidecar's server-side applies.
+pub const FIELD_MANAGER: &str = "policybind-sidecar";
+/// Longest a single report call may take, so shutdown is never held up long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Object names are DNS subdomains of at most 253 characters.
+const MAX_NAME_LEN: usize = 253;
+
+/// Where and how often the report is written.
+#[derive(Debug, Clone)]
+pub struct UsageReportSettings {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the report ConfigMap; see [`report_name`].
+    pub name: String,
+    /// Time between two snapshots.
+    pub interval: Duration,
+}
+
+/// Name of a pod's report: `policybind-usage-<pod>`. Pod names are at most 253
+/// characters, so a name that would be too long keeps a prefix of the pod name
+/// and ends with a hash of the whole, which keeps names of distinct pods
+/// distinct.
+pub fn report_name(pod: &str) -> String {
+    let name = format!("policybind-usage-{pod}");
+    if name.len() <= MAX_NAME_LEN {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(pod.as_bytes())[..8]);
+    let mut keep = MAX_NAME_LEN - hash.len() - 1;
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let prefix = name[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}")
+}
+
+/// The report as the operator reads it: token id to usage per period, periods
+/// in `Day`, `Week`, `Month` order. Deterministic for equal snapshots (tokens
+/// sorted), so an unchanged ledger gives byte-identical JSON and no write.
+pub fn report(snapshot: &[SettledUsage]) -> BTreeMap<String, Vec<PeriodUsage>> {
+    let mut report: BTreeMap<String, Vec<PeriodUsage>> = BTreeMap::new();
+    for entry in snapshot {
+        report
+            .entry(entry.token.clone())
+            .or_default()
+            .push(PeriodUsage {
+                period: entry.period,
+                period_start: entry.period_start,
+                cost_usd: entry.settled.cost_usd,
+                tokens: entry.settled.tokens,
+                requests: entry.requests,
+            });
+    }
+    for entries in report.values_mut() {
+        entries.sort_by_key(|e| (e.period, e.period_start));
+    }
+    report
+}
+
+/// The ledger entries of a report read back (the inverse of [`report`]).
+pub fn snapshot(report: BTreeMap<String, Vec<PeriodUsage>>) -> Vec<SettledUsage> {
+    report
+        .into_iter()
+        .flat_map(|(token, entries)| {
+            entries.into_iter().map(move |e| SettledUsage {
+                token: token.clone(),
+                period: e.period,
+                period_start: e.period_start,
+                settled: Amount {
+                    cost_usd: e.cost_usd,
+                    tokens: e.tokens,
+                },
+                requests: e.requests,
+            })
+        })
+        .collect()
+}
+
+/// The ConfigMap to apply for a report's JSON.
+pub fn report_config_map(namespace: &str, name: &str, json: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(USAGE_LABEL.into(), "true".into())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(USAGE_DATA_KEY.into(), json)])),
+        ..Default::default()
+    }
+}
+
+/// What one [`UsageReporter::report_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// The report was applied.
+    Written,
+    /// The snapshot equals what was last written; no call was made.
+    Unchanged,
+}
+
+/// Why a report was not written. Logged, retried at the next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("reading the previous report: {0}")]
+    Restore(#[source] kube::Error),
+    #[error("applying the report: {0}")]
+    Apply(#[source] kube::Error),
+    #[error("the API server did not answer within {CALL_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Writes one pod's usage report from a ledger.
+pub struct UsageReporter {
+    api: Api<ConfigMap>,
+    namespace: String,
+    name: String,
+    ledger: Arc<dyn UsageLedger>,
+    /// Whether the previous report has been read back into the ledger; nothing
+    /// is written before, or a restart would overwrite it.
+    restored: bool,
+    /// JSON of the last report applied.
+    last_written: Option<String>,
+}
+
+impl UsageReporter {
+    pub fn new(
+        client: kube::Client,
+        settings: &UsageReportSettings,
+        ledger: Arc<dyn UsageLedger>,
+    ) -> Self {
+        UsageReporter {
+            api: Api::namespaced(client, &settings.namespace),
+            namespace: settings.namespace.clone(),
+            name: settings.name.clone(),
+            ledger,
+            restored: false,
+            last_written: None,
+        }
+    }
+
+    /// Restores the previous report once, then applies the ledger's snapshot if
+    /// it differs from the last one applied.
+    pub async fn report_once(&mut self) -> Result<Reported, ReportError> {
+        if !self.restored {
+            self.restore().await?;
+        }
+        let json = serde_json::to_string(&report(&self.ledger.settled_usage()))
+            .expect("a usage report always serializes");
+        if self.last_written.as_deref() == Some(json.as_str()) {
+            return Ok(Reported::Unchanged);
+        }
+        let config_map = report_config_map(&self.namespace, &self.name, json.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.api
+                .patch(&self.name, &params, &Patch::Apply(&config_map)),
+        )
+        .await
+        .map_err(|_| ReportError::Timeout)?
+        .map_err(ReportError::Apply)?;
+        self.last_written = Some(json);
+        Ok(Reported::Written)
+    }
+
+    async fn restore(&mut self) -> Result<(), ReportError> {
+        let previous = tokio::time::timeout(CALL_TIMEOUT, self.api.get_opt(&self.name))
+            .await
+            .map_err(|_| ReportError::Timeout)?
+            .map_err(ReportError::Restore)?;
+        let json = previous
+            .as_ref()
+            .and_then(|cm| cm.data.as_ref())
+            .and_then(|data| data.get(USAGE_DATA_KEY));
+        if let Some(json) = json {
+            match serde_json::from_str::<BTreeMap<String, Vec<PeriodUsage>>>(json) {
+                Ok(previous) => {
+                    // What is in the cluster now, in our own serialization: a
+                    // restart with nothing new to report writes nothing.
+                    let entries = snapshot(previous);
+                    self.last_written = serde_json::to_string(&report(&entries)).ok();
+                    self.ledger.restore(&entries);
+                }
+                Err(error) => warn!(
+                    configmap = %self.name,
+                    %error,
+                    "previous usage report is malformed; it will be overwritten"
+                ),
+            }
+        }
+        self.restored = true;
+        Ok(())
+    }
+
+    /// Reports every `interval` until `stop` is cancelled, then once more.
+    /// Cancel `stop` after the servers have drained, so the final report holds
+    /// the requests that finished during shutdown.
+    pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            let result = self.report_once().await;
+            self.log(result);
+        }
+        let result = self.report_once().await;
+        self.log(result);
+    }
+
+    fn log(&self, result: Result<Reported, ReportError>) {
+        match result {
+            Ok(Reported::Written) => debug!(configmap = %self.name, "usage report written"),
+            Ok(Reported::Unchanged) => {}
+            Err(error) => warn!(
+                configmap = %self.name,
+                namespace = %self.namespace,
+                %error,
+                "usage report not written; retrying at the next tick"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+    use policybind_crds::BudgetPeriod;
+    use policybind_engine::compile::CompiledBudget;
+
+    use super::*;
+    use crate::accounting::{InProcessLedger, TokenLimits};
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap()
+    }
+
+    fn settled(token: &str, period: BudgetPeriod, start: DateTime<Utc>, cost: f64) -> SettledUsage {
+        SettledUsage {
+            token: token.into(),
+            period,
+            period_start: start,
+            settled: Amount {
+                cost_usd: cost,
+                tokens: 100,
+            },
+            requests: 2,
+        }
+    }
+
+    #[test]
+    fn snapshot_becomes_the_documented_report_json_sorted_by_token_and_period() {
+        let snapshot = [
+            settled("team-b/bot", BudgetPeriod::Day, day(22), 0.5),
+            settled("team-a/bot", BudgetPeriod::Month, day(1), 3.0),
+            settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25),
+        ];
+        let json = serde_json::to_string(&report(&snapshot)).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"team-a/bot":["#,
+                r#"{"period":"Day","periodStart":"2026-11-22T00:00:00Z","costUsd":1.25,"tokens":100,"requests":2},"#,
+                r#"{"period":"Month","periodStart":"2026-11-01T00:00:00Z","costUsd":3.0,"tokens":100,"requests":2}],"#,
+                r#""team-b/bot":[{"period":"Day","periodStart":"2026-11-22T00:00:00Z","costUsd":0.5,"tokens":100,"requests":2}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn report_read_back_gives_the_same_snapshot() {
+        let snapshot = vec![
+            settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25),
+            settled("team-a/bot", BudgetPeriod::Week, day(16), 2.5),
+        ];
+        assert_eq!(super::snapshot(report(&snapshot)), snapshot);
+    }
+
+    #[test]
+    fn ledger_snapshot_reports_settled_usage_and_requests_not_reservations() {
+        let ledger = InProcessLedger::new();
+        let budgets = [CompiledBudget {
+            period: BudgetPeriod::Day,
+            max_cost_usd: Some(10.0),
+            max_tokens: None,
+            tz: chrono_tz::UTC,
+        }];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap();
+        let amount = |cost_usd, tokens| Amount { cost_usd, tokens };
+        let done = ledger
+            .reserve("team-a/bot", limits, amount(1.0, 500), now)
+            .unwrap();
+        ledger.settle(done, amount(0.25, 40), now);
+        let failed = ledger
+            .reserve("team-a/bot", limits, amount(1.0, 500), now)
+            .unwrap();
+        ledger.release(failed, now);
+        let _in_flight = ledger
+            .reserve("team-a/bot", limits, amount(1.0, 500), now)
+            .unwrap();
+        // Asked about but never charged: nothing to report.
+        ledger.usage("team-a/idle", &budgets, now);
+
+        let report = report(&ledger.settled_usage());
+        assert_eq!(
+            report,
+            BTreeMap::from([(
+                "team-a/bot".to_string(),
+                vec![PeriodUsage {
+                    period: BudgetPeriod::Day,
+                    period_start: day(22),
+                    cost_usd: 0.25,
+                    tokens: 40,
+                    requests: 1,
+                }]
+            )])
+        );
+    }
+
+    #[test]
+    fn restored_usage_adds_to_what_this_run_settled_in_the_same_period() {
+        let ledger = InProcessLedger::new();
+        let budgets = [CompiledBudget {
+            period: BudgetPeriod::Day,
+            max_cost_usd: Some(1.0),
+            max_tokens: None,
+            tz: chrono_tz::UTC,
+        }];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap();
+        let amount = |cost_usd, tokens| Amount { cost_usd, tokens };
+        let id = ledger
+            .reserve("team-a/bot", limits, amount(0.1, 10), now)
+            .unwrap();
+        ledger.settle(id, amount(0.1, 10), now);
+        ledger.restore(&[
+            settled("team-a/bot", BudgetPeriod::Day, day(22), 0.8),
+            // Of yesterday: this run already counts today.
+            settled("team-a/bot", BudgetPeriod::Day, day(21), 50.0),
+        ]);
+        let usage = ledger.settled_usage();
+        assert_eq!(usage.len(), 1);
+        assert!((usage[0].settled.cost_usd - 0.9).abs() < 1e-12);
+        assert_eq!(usage[0].requests, 3);
+        // The restored spend counts against the budget.
+        assert!(
+            ledger
+                .reserve("team-a/bot", limits, amount(0.2, 1), now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn report_names_stay_valid_object_names_for_long_pod_names() {
+        assert_eq!(report_name("bot-7d9f-x2"), "policybind-usage-bot-7d9f-x2");
+        let long_a = format!("{}a", "p".repeat(252));
+        let long_b = format!("{}b", "p".repeat(252));
+        let (a, b) = (report_name(&long_a), report_name(&long_b));
+        assert!(a.len() <= MAX_NAME_LEN && b.len() <= MAX_NAME_LEN);
+        assert!(a.starts_with("policybind-usage-ppp"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn report_is_what_the_operator_reads() {
+        let snapshot = [settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25)];
+        let json = serde_json::to_string(&report(&snapshot)).unwrap();
+        let config_map = report_config_map("team-a", "policybind-usage-pod-1", json);
+        assert_eq!(USAGE_LABEL, policybind_operator::usage::USAGE_LABEL);
+        assert_eq!(USAGE_DATA_KEY, policybind_operator::usage::USAGE_DATA_KEY);
+        assert_eq!(
+            config_map.metadata.labels.as_ref().unwrap()[USAGE_LABEL],
+            "true"
+        );
+        let parsed = policybind_operator::usage::UsageReport::from_config_map(&config_map)
+            .expect("the operator parses the report");
+        assert_eq!(parsed.0, report(&snapshot));
+    }
+}
