@@ -212,7 +212,16 @@ pub fn sidecar_role(namespace: &str) -> Role {
             PolicyRule {
                 api_groups: Some(vec!["".into()]),
                 resources: Some(vec!["configmaps".into()]),
-                verbs: vec!["create".into(), "get".into(), "update".into()],
+                // Audit segments and usage reports are written by server-side apply
+                // (patch, create on first write); the audit store lists its own
+                // segments (label-filtered, which RBAC cannot narrow) to resume a chain.
+                verbs: vec![
+                    "create".into(),
+                    "get".into(),
+                    "list".into(),
+                    "update".into(),
+                    "patch".into(),
+                ],
                 ..Default::default()
             },
             PolicyRule {
