@@ -7,13 +7,12 @@
 //! Run: `cargo bench -p policybind-engine --bench decide`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use policybind_crds::access_token::{SubjectKind, TokenSubject};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use policybind_crds::ai_policy::{RuleConditions, RuleMatch};
-use policybind_crds::model_deployment::ApprovalState;
 use policybind_crds::*;
-use policybind_engine::bundle::{
-    Bundle, BundleModel, BundlePolicy, BundleToken, PolicyKind, TokenHash,
-};
+use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind, TokenHash};
 use policybind_engine::{PolicySet, Request, hash_token};
 
 const TEAMS: usize = 50;
@@ -104,75 +103,27 @@ fn bundle(rules: usize) -> Bundle {
             record_redacted_prompt: false,
         }],
     });
+    // The same fixture builders as the tests, scaled up.
     let models = (0..MODELS)
-        .map(|m| BundleModel {
-            namespace: "ai".into(),
-            name: format!("model-{m}"),
-            spec: ModelDeploymentSpec {
-                provider: if m % 2 == 0 {
-                    "openai".into()
-                } else {
-                    "self-hosted".into()
-                },
-                model: format!("model-{m}"),
-                aliases: vec![],
-                version: None,
-                endpoint: None,
-                region: None,
-                owner: "o".into(),
-                team: "t".into(),
-                use_cases: vec![],
-                max_data_classification: DataClassification::Restricted,
-                pricing: Some(Pricing {
-                    input_per1k_tokens_usd: 0.001,
-                    output_per1k_tokens_usd: 0.002,
-                }),
-                risk: Default::default(),
-                review_interval_days: 90,
-                last_reviewed_at: None,
-                suspend_when_review_overdue: false,
-                workload_selector: None,
-                suspended: false,
-            },
-            risk_level: RiskLevel::Low,
-            approval: ApprovalState::NotRequired,
-            review_overdue: false,
+        .map(|m| {
+            let provider = if m % 2 == 0 { "openai" } else { "self-hosted" };
+            support::model(&format!("model-{m}"), provider)
         })
         .collect();
     let tokens = (0..TOKENS)
-        .map(|t| BundleToken {
-            namespace: "ns".into(),
-            name: format!("token-{t}"),
-            spec: AccessTokenSpec {
-                subject: TokenSubject {
-                    kind: SubjectKind::User,
-                    name: format!("user-{t}"),
-                },
-                team: format!("team-{}", t % TEAMS),
-                allowed_models: vec!["*".into()],
-                allowed_use_cases: vec![],
-                default_use_case: None,
-                max_data_classification: DataClassification::Restricted,
-                default_data_classification: None,
-                budgets: vec![Budget {
-                    period: BudgetPeriod::Month,
-                    max_cost_usd: Some(100.0),
-                    max_tokens: None,
-                    time_zone: "Europe/Berlin".into(),
-                }],
-                rate_limit: None,
-                schedule: None,
-                not_before: None,
-                expires_at: None,
-                revoked: false,
-                secret_name: None,
-                rotation_grace_seconds: None,
-            },
-            hashes: vec![TokenHash {
+        .map(|t| {
+            let mut token = support::token(&format!("token-{t}"), &format!("team-{}", t % TEAMS));
+            token.spec.budgets = vec![Budget {
+                period: BudgetPeriod::Month,
+                max_cost_usd: Some(100.0),
+                max_tokens: None,
+                time_zone: "Europe/Berlin".into(),
+            }];
+            token.hashes = vec![TokenHash {
                 sha256: hash_token(&format!("secret-{t}")),
                 valid_until: None,
-            }],
-            exhausted: false,
+            }];
+            token
         })
         .collect();
     Bundle {
