@@ -276,7 +276,22 @@ impl PolicySet {
                 }
             }
         }
-        let detectors = Detectors::compile(&custom).unwrap_or_else(|_| Detectors::builtin());
+        // Each custom pattern was checked alone above, so that its error names its
+        // policy; the combined automaton can still fail (e.g. its total size). Then the
+        // set must not compile: falling back to the built-ins would silently switch
+        // off every rule that relies on a custom detector.
+        let detectors = match Detectors::compile(&custom) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(
+                    "custom detectors",
+                    None,
+                    "spec.customDetectors".into(),
+                    format!("the policies' detectors do not compile together: {e}"),
+                );
+                Detectors::builtin()
+            }
+        };
         let known_entities: HashSet<&str> = BUILTIN_ENTITIES
             .iter()
             .copied()

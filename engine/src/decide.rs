@@ -482,7 +482,7 @@ impl PolicySet {
                     .join(", ")
             ));
         }
-        if let Some(min) = rule.min_data_classification()
+        if let Some(min) = rule.min_classification
             && classification < min
         {
             return Check::Miss(format!(
@@ -655,12 +655,6 @@ impl PolicySet {
             facts,
             fingerprint: self.fingerprint.clone(),
         }
-    }
-}
-
-impl CompiledRule {
-    fn min_data_classification(&self) -> Option<DataClassification> {
-        self.min_classification
     }
 }
 

@@ -104,7 +104,7 @@ impl WhenExpr {
             source: source.to_string(),
         };
         let sample = sample_request();
-        match expr.evaluate_value(env, &sample) {
+        match expr.evaluate(env, &sample) {
             Ok(_) => Ok(expr),
             // A missing label key on the empty sample is fine; it is a run-time matter.
             Err(e) if e.starts_with("no such key") => Ok(expr),
@@ -114,10 +114,6 @@ impl WhenExpr {
 
     /// Evaluates against a request value; the result must be a bool.
     pub fn evaluate(&self, env: &Arc<Env>, request: &Value) -> Result<bool, String> {
-        self.evaluate_value(env, request)
-    }
-
-    fn evaluate_value(&self, env: &Arc<Env>, request: &Value) -> Result<bool, String> {
         let mut context = Context::with_env(Arc::clone(env));
         context.add_variable_from_value("request", request.clone());
         match self.program.execute(&context) {
@@ -248,6 +244,27 @@ mod tests {
     fn non_boolean_result_is_reported() {
         let err = WhenExpr::compile(&env(), "request.estimatedTokens + 1").unwrap_err();
         assert!(err.contains("not a bool"), "{err}");
+    }
+
+    /// The README recommends this idiom for optional labels; it must hold both ways.
+    #[test]
+    fn readme_idiom_for_optional_labels_works_with_and_without_the_label() {
+        let env = env();
+        let e = WhenExpr::compile(
+            &env,
+            "'tier' in request.labels && request.labels.tier == 'gold'",
+        )
+        .unwrap();
+        assert!(!e.evaluate(&env, &sample_request()).unwrap());
+        let facts = ResolvedFacts {
+            model: "m".into(),
+            ..Default::default()
+        };
+        let labels = [("tier".to_string(), "gold".to_string())]
+            .into_iter()
+            .collect();
+        let with_label = request_value(&facts, 0, "Mon", &[], &labels);
+        assert!(e.evaluate(&env, &with_label).unwrap());
     }
 
     #[test]
