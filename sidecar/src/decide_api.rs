@@ -25,7 +25,6 @@ use axum::extract::State;
 use chrono::Utc;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use policybind_crds::Effect;
-use policybind_engine::audit::AuditEvent;
 use policybind_engine::codes;
 use policybind_engine::request::{Decision, Request as Facts, ResolvedFacts, Stage};
 use serde_json::json;
@@ -147,28 +146,13 @@ async fn decide_inner(
         .decide_seconds
         .observe(started.elapsed().as_secs_f64());
 
-    let mut event = AuditEvent::decision(decision.effect)
-        .time(now)
-        .request_id(facts.request_id.clone().unwrap_or_default())
-        .model(decision.facts.model.clone())
-        .namespace(decision.facts.namespace.clone().unwrap_or_default())
-        .fingerprint(decision.fingerprint.clone())
-        .detail("endpoint", "decide");
-    if let Some(t) = &decision.facts.token {
-        event = event.token_id(t.clone());
-    }
-    if let Some(s) = &decision.facts.subject {
-        event = event.subject(s.clone());
-    }
-    if let (Some(p), Some(r)) = (&decision.policy, &decision.rule) {
-        event = event.policy_rule(p.clone(), r.clone());
-    }
-    for code in &decision.codes {
-        event = event.code(code.clone());
-    }
-    if let Some(prompt) = facts.prompt.as_deref().filter(|p| !p.is_empty()) {
-        event = event.prompt(prompt);
-    }
+    let event = crate::proxy::decision_event(
+        &decision,
+        facts.request_id.as_deref().unwrap_or_default(),
+        facts.prompt.as_deref().unwrap_or_default(),
+        now,
+        "decide",
+    );
     if let Err(e) = state.audit.append(event) {
         warn!("decision not recorded: {e}");
         decision.effect = Effect::Deny;

@@ -742,25 +742,24 @@ fn override_deny(decision: &mut Decision, code: &str, message: String) {
     decision.rule = None;
 }
 
-fn record_decision(
-    state: &AppState,
+/// The audit event of a decision, as both the proxy and `POST /v1/decide` record it:
+/// who, what, which policy and rule, codes, fingerprint, the prompt's hash (and the
+/// redacted prompt when a rule asks), degrade obligations and the audit-mode result.
+pub(crate) fn decision_event(
     decision: &Decision,
     request_id: &str,
     prompt: &str,
-    estimated: Option<Usage>,
-    endpoint: Endpoint,
-    approval: Option<&str>,
-) -> Result<(), crate::audit::AuditUnavailable> {
-    tracing::Span::current().record("effect", decision.effect.as_str());
-    tracing::Span::current().record("code", decision.code());
+    now: DateTime<Utc>,
+    endpoint: &str,
+) -> AuditEvent {
     let facts = &decision.facts;
     let mut event = AuditEvent::decision(decision.effect)
-        .time(Utc::now())
+        .time(now)
         .request_id(request_id)
         .model(facts.model.clone())
         .namespace(facts.namespace.clone().unwrap_or_default())
         .fingerprint(decision.fingerprint.clone())
-        .detail("endpoint", endpoint.as_str())
+        .detail("endpoint", endpoint)
         .detail("stage", format!("{:?}", decision.stage).to_lowercase());
     if let Some(s) = &facts.subject {
         event = event.subject(s.clone());
@@ -801,6 +800,21 @@ fn record_decision(
                 format!("{}/{}", would.policy, would.rule),
             );
     }
+    event
+}
+
+fn record_decision(
+    state: &AppState,
+    decision: &Decision,
+    request_id: &str,
+    prompt: &str,
+    estimated: Option<Usage>,
+    endpoint: Endpoint,
+    approval: Option<&str>,
+) -> Result<(), crate::audit::AuditUnavailable> {
+    tracing::Span::current().record("effect", decision.effect.as_str());
+    tracing::Span::current().record("code", decision.code());
+    let mut event = decision_event(decision, request_id, prompt, Utc::now(), endpoint.as_str());
     if let Some(r) = approval {
         event = event.detail("approval", r);
     }
