@@ -2,14 +2,15 @@
 //!
 //! Each ConfigMap is named after the writer and first sequence (see
 //! [`naming`](crate::naming)), labelled `policybind.io/audit-segment=<writer key>`,
-//! and holds the segment JSON under the data key [`DATA_KEY`]. Writes are one
+//! and holds the segment JSON under the data key [`keys::SEGMENT`]. Writes are one
 //! server-side apply PATCH each (create or replace in a single request, field
-//! manager [`FIELD_MANAGER`]); a sealed segment is applied with `immutable: true`,
+//! manager [`field_managers::AUDIT`]); a sealed segment is applied with `immutable: true`,
 //! so the API server itself refuses later edits (deletion stays possible, which is
 //! what retention and the verifier are for).
 //!
 //! The writer bounds how often `put` is called (about once per second per writer)
 //! and retries with backoff; this type only maps segments to requests.
+use policybind_crds::wire::{field_managers, keys, labels};
 use std::collections::BTreeMap;
 
 use futures::FutureExt;
@@ -17,17 +18,12 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
-use policybind_crds::AUDIT_SEGMENT_LABEL;
 use policybind_engine::audit::Segment;
 
 use crate::Error;
 use crate::naming::{segment_name, writer_key};
 use crate::store::{SegmentStore, StoredSegment, encode_segment};
 
-/// Data key holding the segment JSON.
-pub const DATA_KEY: &str = "segment.json";
-/// Field manager of every write.
-pub const FIELD_MANAGER: &str = "policybind-audit";
 /// Page size when listing: segments can be several hundred KiB each, so pages stay
 /// small enough for the API server and for memory.
 pub const LIST_PAGE_SIZE: u32 = 20;
@@ -57,12 +53,12 @@ impl ConfigMapStore {
             metadata: ObjectMeta {
                 name: Some(segment_name(writer, segment.header.first_seq)),
                 labels: Some(BTreeMap::from([(
-                    AUDIT_SEGMENT_LABEL.to_string(),
+                    labels::AUDIT_SEGMENT.to_string(),
                     writer_key(writer),
                 )])),
                 ..ObjectMeta::default()
             },
-            data: Some(BTreeMap::from([(DATA_KEY.to_string(), json)])),
+            data: Some(BTreeMap::from([(keys::SEGMENT.to_string(), json)])),
             immutable: segment.is_sealed().then_some(true),
             ..ConfigMap::default()
         }
@@ -78,7 +74,7 @@ impl ConfigMapStore {
                 let json = config_map
                     .data
                     .as_ref()
-                    .and_then(|d| d.get(DATA_KEY))
+                    .and_then(|d| d.get(keys::SEGMENT))
                     .map(String::as_str)
                     .unwrap_or("");
                 out.push(StoredSegment::parse(name, json.as_bytes()));
@@ -98,7 +94,7 @@ impl SegmentStore for ConfigMapStore {
         async move {
             let config_map = Self::config_map_for(segment);
             let name = config_map.metadata.name.clone().unwrap_or_default();
-            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let params = PatchParams::apply(field_managers::AUDIT).force();
             self.api
                 .patch(&name, &params, &Patch::Apply(&config_map))
                 .await?;
@@ -108,12 +104,16 @@ impl SegmentStore for ConfigMapStore {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>> {
-        async move { self.list_selected(AUDIT_SEGMENT_LABEL).await }.boxed()
+        async move { self.list_selected(labels::AUDIT_SEGMENT).await }.boxed()
     }
 
     fn latest<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>> {
         async move {
-            let selector = format!("{AUDIT_SEGMENT_LABEL}={}", writer_key(writer));
+            let selector = format!(
+                "{labels_audit_segment}={}",
+                writer_key(writer),
+                labels_audit_segment = labels::AUDIT_SEGMENT
+            );
             let segments = self.list_selected(&selector).await?;
             match segments.into_iter().next_back() {
                 None => Ok(None),

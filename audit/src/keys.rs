@@ -3,8 +3,9 @@
 //! The material is the same wherever it comes from: either exactly 32 raw bytes
 //! (the Ed25519 seed) or a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`,
 //! e.g. from `openssl genpkey -algorithm ed25519` or `policybind audit keygen`).
-//! In a Secret it sits under the data key [`SECRET_KEY`]. The public half is what
+//! In a Secret it sits under the data key [`keys::SIGNING_KEY`]. The public half is what
 //! auditors get (`policybind audit keygen` writes it next to the private key).
+use policybind_crds::wire::keys;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -12,9 +13,6 @@ use kube::{Api, Client};
 use policybind_engine::audit::AuditSigningKey;
 
 use crate::Error;
-
-/// Data key of the signing key in its Secret.
-pub const SECRET_KEY: &str = "signing-key";
 
 /// Read the signing key from a file.
 pub fn signing_key_from_file(path: &Path) -> Result<AuditSigningKey, Error> {
@@ -29,7 +27,7 @@ pub fn signing_key_from_file(path: &Path) -> Result<AuditSigningKey, Error> {
     })
 }
 
-/// Read the signing key from the Secret `namespace/name`, data key [`SECRET_KEY`].
+/// Read the signing key from the Secret `namespace/name`, data key [`keys::SIGNING_KEY`].
 pub async fn signing_key_from_secret(
     client: Client,
     namespace: &str,
@@ -41,12 +39,12 @@ pub async fn signing_key_from_secret(
     let missing = || Error::SecretKeyMissing {
         namespace: namespace.to_string(),
         name: name.to_string(),
-        key: SECRET_KEY.to_string(),
+        key: keys::SIGNING_KEY.to_string(),
     };
     let bytes = secret
         .data
         .as_ref()
-        .and_then(|data| data.get(SECRET_KEY))
+        .and_then(|data| data.get(keys::SIGNING_KEY))
         .ok_or_else(missing)?;
     AuditSigningKey::from_key_material(&bytes.0).map_err(|source| Error::Key {
         origin: format!("Secret {namespace}/{name}"),

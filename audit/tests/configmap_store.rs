@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
-use policybind_audit::configmap::{DATA_KEY, FIELD_MANAGER};
 use policybind_audit::naming::{segment_name, writer_key};
 use policybind_audit::{AuditConfig, AuditWriter, ConfigMapStore, SegmentStore};
 use policybind_crds::Effect;
+use policybind_crds::wire::{field_managers::AUDIT as FIELD_MANAGER, keys::SEGMENT as DATA_KEY};
 use policybind_engine::audit::{
     AuditEvent, AuditSigningKey, Chain, Hash256, NamedSegment, RecordTime, Segment, VerifyOptions,
     verify_segments,

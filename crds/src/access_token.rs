@@ -98,12 +98,6 @@ impl AccessTokenSpec {
     }
 }
 
-/// Annotation that asks the operator to rotate the token's secret; its value is any
-/// new string (e.g. a timestamp) each time.
-pub const ROTATE_ANNOTATION: &str = "policybind.io/rotate";
-/// Key of the token value in the token's Secret.
-pub const SECRET_KEY: &str = "token";
-
 /// The subject a token acts for.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

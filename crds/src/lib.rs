@@ -14,6 +14,7 @@ pub mod common;
 pub mod conditions;
 pub mod incident;
 pub mod model_deployment;
+pub mod wire;
 
 pub use access_token::{AccessToken, AccessTokenSpec, AccessTokenStatus, TokenPhase};
 pub use ai_policy::{AIPolicy, AIPolicySpec, ClusterAIPolicy, ClusterAIPolicySpec, PolicyRule};
@@ -31,13 +32,6 @@ pub const GROUP: &str = "policybind.io";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` value of every PolicyBind kind.
 pub const API_VERSION: &str = "policybind.io/v1alpha1";
-
-/// Label on ConfigMaps that hold audit segments.
-pub const AUDIT_SEGMENT_LABEL: &str = "policybind.io/audit-segment";
-/// Label on ConfigMaps that hold a namespace's policy bundle.
-pub const BUNDLE_LABEL: &str = "policybind.io/bundle";
-/// Pod annotation or label naming the ModelDeployment a workload serves.
-pub const MODEL_ANNOTATION: &str = "policybind.io/model";
 
 /// Every CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -1,5 +1,6 @@
 //! Steps several scenarios share: a usable model, an issued token, a sidecar
 //! that serves, and timing a change until the sidecar enforces it.
+use policybind_crds::wire::keys;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -59,7 +60,7 @@ pub async fn wait_token_value(s: &Scenario, name: &str) -> Result<String> {
     let value = secret
         .data
         .as_ref()
-        .and_then(|data| data.get(policybind_crds::access_token::SECRET_KEY))
+        .and_then(|data| data.get(keys::TOKEN))
         .with_context(|| format!("Secret {secret_name} has no data key `token`"))?;
     let owner = secret
         .metadata

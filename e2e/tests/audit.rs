@@ -1,5 +1,6 @@
 //! Audit: decisions land as audit segment ConfigMaps; `policybind audit
 //! verify` passes on them and fails once one of them is edited.
+use policybind_crds::wire::labels;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,7 +11,7 @@ use policybind_e2e::flows::serving;
 use policybind_e2e::scenario;
 use serde_json::Value;
 
-const SEGMENT_LABEL: &str = policybind_crds::AUDIT_SEGMENT_LABEL;
+const SEGMENT_LABEL: &str = labels::AUDIT_SEGMENT;
 
 /// Change one decision in a segment document: the first `effect` field found.
 fn tamper(segment: &mut Value) -> bool {

@@ -5,6 +5,7 @@
 //! (binary from POLICYBIND_E2E_HELM, default `helm`); out-of-cluster it does
 //! what uninstalling means there: stop the processes, remove the webhook
 //! registrations.
+use policybind_crds::wire::labels;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -168,9 +169,7 @@ fn uninstall_leaves_only_what_the_docs_say() {
         let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &system_ns);
         for config_map in config_maps.list(&ListParams::default()).await?.items {
             let name = config_map.name_any();
-            let audit = config_map
-                .labels()
-                .contains_key(policybind_crds::AUDIT_SEGMENT_LABEL);
+            let audit = config_map.labels().contains_key(labels::AUDIT_SEGMENT);
             if name != "kube-root-ca.crt" && !audit {
                 unexpected.push(format!("ConfigMap {name}"));
             }

@@ -15,14 +15,6 @@ use crate::bundle::Bundle;
 
 /// Name of the first (often only) bundle ConfigMap in a namespace.
 pub const BUNDLE_CONFIGMAP: &str = "policybind-bundle";
-/// Data key of a plain JSON bundle.
-pub const BUNDLE_DATA_KEY: &str = "bundle.json";
-/// binaryData key of a gzip bundle (or gzip part).
-pub const BUNDLE_GZ_KEY: &str = "bundle.json.gz";
-/// Annotation with the bundle fingerprint, on every part.
-pub const FINGERPRINT_ANNOTATION: &str = "policybind.io/fingerprint";
-/// Annotation with `index/count` of a part, e.g. `0/3`.
-pub const PART_ANNOTATION: &str = "policybind.io/bundle-part";
 /// Default size of one part: well under the 1 MiB object limit, leaving room for
 /// metadata and base64 growth of binaryData (4/3) in the stored object.
 pub const DEFAULT_MAX_PART_BYTES: usize = 700 * 1024;

@@ -7,10 +7,10 @@
 //! Deployments, ...) are skipped; Secrets are read only as token values for
 //! standalone mode and are hashed at once.
 
+use policybind_crds::wire::keys;
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Secret;
-use policybind_crds::access_token::SECRET_KEY;
 use policybind_crds::approval_request::{ApprovalPhase, ApprovalTargetKind, DecisionState};
 use policybind_crds::{
     AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
@@ -305,11 +305,11 @@ impl Manifests {
                     let value = s
                         .string_data
                         .as_ref()
-                        .and_then(|d| d.get(SECRET_KEY).cloned())
+                        .and_then(|d| d.get(keys::TOKEN).cloned())
                         .or_else(|| {
                             s.data
                                 .as_ref()
-                                .and_then(|d| d.get(SECRET_KEY))
+                                .and_then(|d| d.get(keys::TOKEN))
                                 .and_then(|b| String::from_utf8(b.0.clone()).ok())
                         });
                     if let Some(v) = value {

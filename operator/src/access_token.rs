@@ -18,6 +18,7 @@
 //! Expiry, the end of a rotation grace period and budget period boundaries are
 //! acted on by requeueing at exactly that moment, not by polling.
 
+use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -30,26 +31,18 @@ use kube::api::{Api, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use policybind_crds::access_token::{PeriodUsage, ROTATE_ANNOTATION, SECRET_KEY};
+use policybind_crds::access_token::PeriodUsage;
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{API_VERSION, AccessToken, AccessTokenStatus, TokenPhase};
 use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::{BundleToken, TokenHash};
 use serde_json::json;
 
-use crate::context::{Context, MANAGED_BY, MANAGED_BY_LABEL, key_of, reasons, requeue_at, to_jiff};
+use crate::context::{Context, key_of, reasons, requeue_at, to_jiff};
 use crate::error::{Error, Result};
 use crate::usage::{UsageReport, current_period_end, current_usage, exhausted_period};
 
 const CONTROLLER: &str = "access_token";
-/// Label on token Secrets, naming the token; the operator caches only these Secrets.
-pub const TOKEN_LABEL: &str = "policybind.io/token";
-/// Secret annotation: when the current value was issued (RFC 3339).
-pub const ISSUED_AT_ANNOTATION: &str = "policybind.io/issued-at";
-/// Secret annotation: the value of `policybind.io/rotate` this value answers.
-pub const ROTATION_ANNOTATION: &str = "policybind.io/rotation";
-/// Secret annotation: until when the previous value is accepted (RFC 3339).
-pub const PREVIOUS_VALID_UNTIL_ANNOTATION: &str = "policybind.io/previous-valid-until";
 /// Secret key holding the hex SHA-256 of the previous value during a grace period.
 pub const PREVIOUS_HASH_KEY: &str = "previous-sha256";
 /// Prefix of every token value.
@@ -85,7 +78,7 @@ pub fn generate_value() -> Result<String> {
 /// Reads a token Secret; `None` when it holds no value.
 pub fn read_secret(secret: &Secret) -> Option<SecretState> {
     let data = secret.data.as_ref()?;
-    let value = std::str::from_utf8(&data.get(SECRET_KEY)?.0).ok()?;
+    let value = std::str::from_utf8(&data.get(keys::TOKEN)?.0).ok()?;
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     let time = |key: &str| {
         annotations
@@ -98,19 +91,19 @@ pub fn read_secret(secret: &Secret) -> Option<SecretState> {
         .and_then(|h| String::from_utf8(h.0.clone()).ok())
         .map(|sha256| TokenHash {
             sha256,
-            valid_until: time(PREVIOUS_VALID_UNTIL_ANNOTATION),
+            valid_until: time(annotations::PREVIOUS_VALID_UNTIL),
         });
     Some(SecretState {
         current_hash: policybind_engine::hash_token(value),
         previous,
-        issued_at: time(ISSUED_AT_ANNOTATION),
-        rotation: annotations.get(ROTATION_ANNOTATION).cloned(),
+        issued_at: time(annotations::ISSUED_AT),
+        rotation: annotations.get(annotations::ROTATION).cloned(),
     })
 }
 
 /// Whether a Secret was made by the operator for this token.
 pub fn is_ours(secret: &Secret, token: &AccessToken) -> bool {
-    let labelled = secret.labels().get(TOKEN_LABEL) == Some(&token.name_any());
+    let labelled = secret.labels().get(labels::TOKEN) == Some(&token.name_any());
     let owned = secret
         .owner_references()
         .iter()
@@ -131,7 +124,7 @@ pub enum SecretPlan {
 
 /// Decides whether a value must be issued or rotated.
 pub fn plan(token: &AccessToken, existing: Option<&SecretState>) -> SecretPlan {
-    let requested = token.annotations().get(ROTATE_ANNOTATION);
+    let requested = token.annotations().get(annotations::ROTATE);
     match existing {
         None => SecretPlan::Issue,
         Some(state) if requested.is_some() && requested != state.rotation.as_ref() => {
@@ -150,13 +143,13 @@ pub fn build_secret(
     previous: Option<&TokenHash>,
 ) -> Secret {
     let mut data = BTreeMap::from([(
-        SECRET_KEY.to_string(),
+        keys::TOKEN.to_string(),
         ByteString(value.as_bytes().to_vec()),
     )]);
     let mut annotations =
-        BTreeMap::from([(ISSUED_AT_ANNOTATION.to_string(), issued_at.to_rfc3339())]);
-    if let Some(rotation) = token.annotations().get(ROTATE_ANNOTATION) {
-        annotations.insert(ROTATION_ANNOTATION.to_string(), rotation.clone());
+        BTreeMap::from([(annotations::ISSUED_AT.to_string(), issued_at.to_rfc3339())]);
+    if let Some(rotation) = token.annotations().get(annotations::ROTATE) {
+        annotations.insert(annotations::ROTATION.to_string(), rotation.clone());
     }
     if let Some(previous) = previous {
         data.insert(
@@ -165,7 +158,7 @@ pub fn build_secret(
         );
         if let Some(until) = previous.valid_until {
             annotations.insert(
-                PREVIOUS_VALID_UNTIL_ANNOTATION.to_string(),
+                annotations::PREVIOUS_VALID_UNTIL.to_string(),
                 until.to_rfc3339(),
             );
         }
@@ -178,8 +171,11 @@ pub fn build_secret(
     secret.metadata.name = Some(secret_name(token));
     secret.metadata.namespace = token.namespace();
     secret.metadata.labels = Some(BTreeMap::from([
-        (TOKEN_LABEL.to_string(), token.name_any()),
-        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (labels::TOKEN.to_string(), token.name_any()),
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
     ]));
     secret.metadata.annotations = Some(annotations);
     secret.metadata.owner_references = token.controller_owner_ref(&()).map(|o| vec![o]);

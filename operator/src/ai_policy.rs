@@ -12,6 +12,7 @@
 //! No finalizer: bundles are recomputed from the policies that exist, so a
 //! deleted policy leaves every bundle at the next build.
 
+use policybind_crds::wire::keys;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -296,17 +297,9 @@ pub fn recover_from_bundles<'a>(
         } else {
             continue;
         };
-        let part = if let Some(json) = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(bundle_codec::BUNDLE_DATA_KEY))
-        {
+        let part = if let Some(json) = cm.data.as_ref().and_then(|d| d.get(keys::BUNDLE_JSON)) {
             BundlePart::Plain(json.clone())
-        } else if let Some(gz) = cm
-            .binary_data
-            .as_ref()
-            .and_then(|d| d.get(bundle_codec::BUNDLE_GZ_KEY))
-        {
+        } else if let Some(gz) = cm.binary_data.as_ref().and_then(|d| d.get(keys::BUNDLE_GZ)) {
             BundlePart::Gzip(gz.0.clone())
         } else {
             continue;

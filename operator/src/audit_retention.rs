@@ -13,6 +13,7 @@
 //! others still run, and the next tick tries again. Nothing here stops the
 //! operator.
 
+use policybind_crds::wire::labels;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -25,7 +26,6 @@ use kube::{Api, Client, ResourceExt};
 use policybind_audit::{
     AuditSink, ConfigMapStore, DirectorySink, RetentionPolicy, StdoutJsonLinesSink,
 };
-use policybind_crds::AUDIT_SEGMENT_LABEL;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -108,7 +108,7 @@ pub fn namespaces_with_segments(items: &[PartialObjectMeta<ConfigMap>]) -> BTree
 async fn list_namespaces(client: &Client) -> Result<BTreeSet<String>> {
     let api: Api<ConfigMap> = Api::all(client.clone());
     let mut params = ListParams::default()
-        .labels(AUDIT_SEGMENT_LABEL)
+        .labels(labels::AUDIT_SEGMENT)
         .limit(LIST_PAGE_SIZE);
     let mut namespaces = BTreeSet::new();
     loop {

@@ -19,6 +19,7 @@
 //!
 //! Nothing here talks to the API server; [`crate::namespace`] writes the result.
 
+use policybind_crds::wire::labels;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,6 @@ use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
 use crate::access_token::{self, SecretState};
 use crate::ai_policy::{PolicyMemory, versions_in_force};
-use crate::context::ENFORCE_LABEL;
 use crate::model_deployment;
 use crate::usage::{UsageReport, current_usage};
 
@@ -69,7 +69,7 @@ pub fn is_enforced<'a>(
     pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
 ) -> bool {
     let opted = |map: Option<&BTreeMap<String, String>>| {
-        map.and_then(|m| m.get(ENFORCE_LABEL))
+        map.and_then(|m| m.get(labels::ENFORCE))
             .is_some_and(|v| v == "true")
     };
     if namespace.metadata.deletion_timestamp.is_some() {
@@ -465,7 +465,7 @@ mod tests {
         assert!(is_enforced(&namespace("team-a", true), []));
         let mut pod: PartialObjectMeta<Pod> = PartialObjectMeta::default();
         pod.metadata.namespace = Some("team-c".into());
-        pod.metadata.annotations = Some([(ENFORCE_LABEL.to_string(), "true".to_string())].into());
+        pod.metadata.annotations = Some([(labels::ENFORCE.to_string(), "true".to_string())].into());
         assert!(is_enforced(&plain, [&pod]));
     }
 

@@ -6,6 +6,7 @@
 //! Reconcilers read only from the caches, never from the API server, so a second
 //! reconcile of an unchanged object makes no call at all.
 
+use policybind_crds::wire::field_managers;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,17 +32,6 @@ use crate::audit_retention::AuditRetentionSettings;
 use crate::error::Error;
 use crate::incident::IncidentSettings;
 use crate::metrics::Metrics;
-
-/// The one field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "policybind-operator";
-/// Label on every object the operator creates that has no owner reference to
-/// hold it (bundle ConfigMaps, the sidecar Role and RoleBinding).
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY: &str = "policybind";
-/// Namespace label that turns enforcement on (shared with the webhook, which
-/// injects sidecars into the same namespaces).
-pub const ENFORCE_LABEL: &str = "policybind.io/enforce";
 
 /// Condition reasons the crds crate does not define yet (candidates to move there).
 pub mod reasons {
@@ -127,9 +117,9 @@ pub struct Stores {
     pub approvals: Store<ApprovalRequest>,
     pub incidents: Store<Incident>,
     pub namespaces: Store<Namespace>,
-    /// Secrets labelled [`crate::access_token::TOKEN_LABEL`] (only ours are cached).
+    /// Secrets labelled [`labels::TOKEN`] (only ours are cached).
     pub token_secrets: Store<Secret>,
-    /// ConfigMaps labelled [`crate::usage::USAGE_LABEL`].
+    /// ConfigMaps labelled [`labels::USAGE`].
     pub usage_reports: Store<ConfigMap>,
     /// ConfigMaps labelled `policybind.io/bundle`.
     pub bundles: Store<ConfigMap>,
@@ -202,7 +192,7 @@ impl Context {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
-                controller: FIELD_MANAGER.into(),
+                controller: field_managers::OPERATOR.into(),
                 instance: Some(settings.identity.clone()),
             },
         );
@@ -272,7 +262,7 @@ impl Context {
     /// Server-side apply with the operator's field manager. `force` takes over
     /// fields another manager set, which is right for fields only we own.
     pub fn apply_params() -> PatchParams {
-        PatchParams::apply(FIELD_MANAGER).force()
+        PatchParams::apply(field_managers::OPERATOR).force()
     }
 
     /// Publishes an event about `object`. A failed event never fails a reconcile.

@@ -18,6 +18,7 @@
 //! incident, not a storm. After an incident is Resolved, only records newer than
 //! its last occurrence can raise a new one.
 
+use policybind_crds::wire::labels;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +35,9 @@ use policybind_engine::audit::{AuditEvent, AuditRecord, RecordKind, Segment};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::context::{Context, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::context::Context;
 use crate::error::Result;
 
-/// Label naming the pattern of an incident.
-pub const PATTERN_LABEL: &str = "policybind.io/pattern";
-/// Label with a short hash of the subject (subjects may not be valid label values).
-pub const SUBJECT_HASH_LABEL: &str = "policybind.io/subject-hash";
 /// Data key of a segment in an audit ConfigMap.
 pub const SEGMENT_DATA_KEY: &str = "segment.json";
 
@@ -296,9 +293,15 @@ pub fn plan_incident<'a>(
     );
     incident.metadata.namespace = Some(finding.namespace.clone());
     incident.metadata.labels = Some(BTreeMap::from([
-        (PATTERN_LABEL.to_string(), finding.pattern.to_string()),
-        (SUBJECT_HASH_LABEL.to_string(), hash),
-        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (
+            labels::INCIDENT_PATTERN.to_string(),
+            finding.pattern.to_string(),
+        ),
+        (labels::INCIDENT_SUBJECT_HASH.to_string(), hash),
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
     ]));
     IncidentAction::Create(Box::new(incident))
 }

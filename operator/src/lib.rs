@@ -40,6 +40,7 @@ pub mod usage;
 #[cfg(test)]
 mod mock_tests;
 
+use policybind_crds::wire::labels;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -58,8 +59,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use policybind_crds::{
-    AIPolicy, AUDIT_SEGMENT_LABEL, AccessToken, ApprovalRequest, BUNDLE_LABEL, ClusterAIPolicy,
-    Incident, ModelDeployment,
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
 };
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,6 @@ pub use context::{Context, Settings, Stores};
 pub use error::{Error, Result};
 pub use usage::UsageReport;
 
-use crate::context::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
 
 /// Builds a client: the given kubeconfig (and context), else in-cluster
@@ -412,18 +411,14 @@ pub async fn run_with(
         let ctx = ctx.clone();
         let token_tx = token_tx.clone();
         side.push(Box::pin(drive(watch(
-            watcher::watcher(
-                Api::<Secret>::all(client.clone()),
-                labelled(access_token::TOKEN_LABEL),
-            ),
+            watcher::watcher(Api::<Secret>::all(client.clone()), labelled(labels::TOKEN)),
             token_secrets_w,
             move |event: &Event<Secret>| {
                 ctx.bundles_changed();
                 for secret in touched(event) {
-                    if let (Some(ns), Some(token)) = (
-                        secret.namespace(),
-                        secret.labels().get(access_token::TOKEN_LABEL),
-                    ) {
+                    if let (Some(ns), Some(token)) =
+                        (secret.namespace(), secret.labels().get(labels::TOKEN))
+                    {
                         let _ = token_tx.unbounded_send(ObjectRef::new(token).within(&ns));
                     }
                 }
@@ -436,7 +431,7 @@ pub async fn run_with(
         side.push(Box::pin(drive(watch(
             watcher::watcher(
                 Api::<ConfigMap>::all(client.clone()),
-                labelled(&format!("{}=true", usage::USAGE_LABEL)),
+                labelled(&format!("{}=true", labels::USAGE)),
             ),
             usage_reports_w,
             move |event: &Event<ConfigMap>| {
@@ -471,7 +466,10 @@ pub async fn run_with(
         side.push(Box::pin(drive(watch(
             watcher::watcher(
                 Api::<ConfigMap>::all(client.clone()),
-                labelled(&format!("{BUNDLE_LABEL}=true")),
+                labelled(&format!(
+                    "{labels_bundle}=true",
+                    labels_bundle = labels::BUNDLE
+                )),
             ),
             bundles_w,
             move |event: &Event<ConfigMap>| {
@@ -481,7 +479,7 @@ pub async fn run_with(
             },
         ))));
     }
-    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     {
         let trigger = child_trigger(&namespace_tx);
         side.push(Box::pin(drive(watch(
@@ -540,7 +538,7 @@ pub async fn run_with(
         side.push(Box::pin(drive(watch(
             watcher::watcher(
                 Api::<ConfigMap>::all(client.clone()),
-                labelled(AUDIT_SEGMENT_LABEL),
+                labelled(labels::AUDIT_SEGMENT),
             )
             .modify(move |cm| trim_segment(cm, window)),
             audit_segments_w,

@@ -15,6 +15,7 @@
 //! suspension or approval reaches every namespace in the next bundle build, not
 //! after a status round trip.
 
+use policybind_crds::wire::{annotations, labels};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +28,8 @@ use policybind_crds::approval_request::{ApprovalPhase, ApprovalTarget, ApprovalT
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::model_deployment::ApprovalState;
 use policybind_crds::{
-    API_VERSION, ApprovalRequest, ApprovalRequestSpec, MODEL_ANNOTATION, ModelDeployment,
-    ModelDeploymentStatus, RiskLevel,
+    API_VERSION, ApprovalRequest, ApprovalRequestSpec, ModelDeployment, ModelDeploymentStatus,
+    RiskLevel,
 };
 use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::BundleModel;
@@ -39,8 +40,6 @@ use crate::context::{Context, from_jiff, key_of, reasons, requeue_at, to_jiff};
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "model_deployment";
-/// Label on the ApprovalRequests raised for a deployment, naming it.
-pub const MODEL_LABEL: &str = "policybind.io/model-deployment";
 
 /// Everything the operator concludes about a deployment at one instant.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,8 +153,8 @@ pub fn matched_workloads<'a>(
                 Some(selector) => policybind_engine::selector::matches(selector, labels),
                 None => {
                     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-                    labels.get(MODEL_ANNOTATION) == Some(&name)
-                        || annotations.get(MODEL_ANNOTATION) == Some(&name)
+                    labels.get(annotations::MODEL) == Some(&name)
+                        || annotations.get(annotations::MODEL) == Some(&name)
                 }
             }
         })
@@ -311,10 +310,10 @@ pub fn desired_approval_request(
     request.metadata.namespace = model.namespace();
     request.metadata.labels = Some(
         [
-            (MODEL_LABEL.to_string(), model.name_any()),
+            (labels::MODEL_DEPLOYMENT.to_string(), model.name_any()),
             (
-                crate::context::MANAGED_BY_LABEL.to_string(),
-                crate::context::MANAGED_BY.to_string(),
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
             ),
         ]
         .into(),
@@ -583,9 +582,9 @@ mod tests {
             p
         };
         let pods = [
-            pod("team-a", &[(MODEL_ANNOTATION, "gpt")]),
+            pod("team-a", &[(annotations::MODEL, "gpt")]),
             pod("team-a", &[("app", "vllm")]),
-            pod("team-b", &[(MODEL_ANNOTATION, "gpt")]),
+            pod("team-b", &[(annotations::MODEL, "gpt")]),
         ];
         assert_eq!(matched_workloads(&m, &pods), 1);
         m.spec.workload_selector = Some(

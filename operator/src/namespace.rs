@@ -16,6 +16,7 @@
 //! each namespace's encoded bundle are cached per epoch, so N namespaces build
 //! the view once.
 
+use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -26,14 +27,11 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use kube::api::{Api, DeleteParams, Patch};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use policybind_crds::BUNDLE_LABEL;
-use policybind_engine::bundle_codec::{
-    self, BundlePart, EncodedBundle, FINGERPRINT_ANNOTATION, PART_ANNOTATION,
-};
+use policybind_engine::bundle_codec::{self, BundlePart, EncodedBundle};
 
 use crate::access_token::{SecretState, read_secret};
 use crate::bundle::{ClusterView, ViewInputs, cluster_view, desired_bundle, is_enforced};
-use crate::context::{Context, MANAGED_BY, MANAGED_BY_LABEL, requeue_at};
+use crate::context::{Context, requeue_at};
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "bundle";
@@ -151,7 +149,10 @@ fn encoded_bundle(ctx: &Context, namespace: &str) -> (Arc<EncodedBundle>, Option
 }
 
 fn managed_labels(extra: Option<(&str, &str)>) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]);
+    let mut labels = BTreeMap::from([(
+        labels::MANAGED_BY.to_string(),
+        labels::MANAGED_BY_VALUE.to_string(),
+    )]);
     if let Some((k, v)) = extra {
         labels.insert(k.to_string(), v.to_string());
     }
@@ -169,24 +170,27 @@ pub fn bundle_config_maps(namespace: &str, encoded: &EncodedBundle) -> Vec<Confi
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(bundle_codec::part_name(index));
             cm.metadata.namespace = Some(namespace.to_string());
-            cm.metadata.labels = Some(managed_labels(Some((BUNDLE_LABEL, "true"))));
+            cm.metadata.labels = Some(managed_labels(Some((labels::BUNDLE, "true"))));
             cm.metadata.annotations = Some(BTreeMap::from([
                 (
-                    FINGERPRINT_ANNOTATION.to_string(),
+                    annotations::FINGERPRINT.to_string(),
                     encoded.fingerprint.clone(),
                 ),
-                (PART_ANNOTATION.to_string(), format!("{index}/{count}")),
+                (
+                    annotations::BUNDLE_PART.to_string(),
+                    format!("{index}/{count}"),
+                ),
             ]));
             match part {
                 BundlePart::Plain(json) => {
                     cm.data = Some(BTreeMap::from([(
-                        bundle_codec::BUNDLE_DATA_KEY.to_string(),
+                        keys::BUNDLE_JSON.to_string(),
                         json.clone(),
                     )]));
                 }
                 BundlePart::Gzip(bytes) => {
                     cm.binary_data = Some(BTreeMap::from([(
-                        bundle_codec::BUNDLE_GZ_KEY.to_string(),
+                        keys::BUNDLE_GZ.to_string(),
                         ByteString(bytes.clone()),
                     )]));
                 }
@@ -266,8 +270,8 @@ fn is_managed<K: Resource>(object: &K) -> bool {
         .meta()
         .labels
         .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY)
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .is_some_and(|v| v == labels::MANAGED_BY_VALUE)
 }
 
 /// Whether the ConfigMap in the cluster already holds exactly `desired`.
@@ -279,8 +283,9 @@ fn same_config_map(existing: &ConfigMap, desired: &ConfigMap) -> bool {
             .and_then(|a| a.get(key))
             .cloned()
     };
-    annotation(existing, FINGERPRINT_ANNOTATION) == annotation(desired, FINGERPRINT_ANNOTATION)
-        && annotation(existing, PART_ANNOTATION) == annotation(desired, PART_ANNOTATION)
+    annotation(existing, annotations::FINGERPRINT) == annotation(desired, annotations::FINGERPRINT)
+        && annotation(existing, annotations::BUNDLE_PART)
+            == annotation(desired, annotations::BUNDLE_PART)
         && existing.data == desired.data
         && existing.binary_data == desired.binary_data
         && is_managed(existing)
@@ -469,15 +474,17 @@ mod tests {
         let cm = &cms[0];
         assert_eq!(cm.metadata.name.as_deref(), Some("policybind-bundle"));
         assert_eq!(
-            cm.labels().get(BUNDLE_LABEL).map(String::as_str),
+            cm.labels().get(labels::BUNDLE).map(String::as_str),
             Some("true")
         );
         assert_eq!(
-            cm.annotations().get(FINGERPRINT_ANNOTATION),
+            cm.annotations().get(annotations::FINGERPRINT),
             Some(&encoded.fingerprint)
         );
         assert_eq!(
-            cm.annotations().get(PART_ANNOTATION).map(String::as_str),
+            cm.annotations()
+                .get(annotations::BUNDLE_PART)
+                .map(String::as_str),
             Some("0/1")
         );
         assert!(cm.data.as_ref().unwrap().contains_key("bundle.json"));
@@ -506,7 +513,7 @@ mod tests {
         assert_eq!(
             cms[2]
                 .annotations()
-                .get(PART_ANNOTATION)
+                .get(annotations::BUNDLE_PART)
                 .map(String::as_str),
             Some("2/3")
         );

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use policybind_crds::access_token::{SubjectKind, TokenSubject};
 use policybind_crds::model_deployment::RiskFactors;
+use policybind_crds::wire::{annotations, labels};
 use policybind_crds::{
     AIPolicy, AccessToken, AccessTokenSpec, Budget, ClusterAIPolicy, DataClassification,
     ModelDeployment, ModelDeploymentSpec, PolicyRule, RiskLevel,
@@ -79,10 +80,7 @@ impl TokenBuilder {
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
-            .insert(
-                policybind_crds::access_token::ROTATE_ANNOTATION.into(),
-                value.into(),
-            );
+            .insert(annotations::ROTATE.into(), value.into());
         self
     }
     pub fn spec(self) -> AccessTokenSpec {
@@ -169,13 +167,7 @@ pub fn cluster_policy(name: &str, namespaces: &[&str], rules: Vec<PolicyRule>) -
 pub fn namespace(name: &str, enforced: bool) -> Namespace {
     let mut metadata = meta(None, name);
     if enforced {
-        metadata.labels = Some(
-            [(
-                crate::context::ENFORCE_LABEL.to_string(),
-                "true".to_string(),
-            )]
-            .into(),
-        );
+        metadata.labels = Some([(labels::ENFORCE.to_string(), "true".to_string())].into());
     }
     Namespace {
         metadata,

@@ -1,7 +1,7 @@
 //! Usage reports: how sidecars tell the operator what each token spent.
 //!
-//! Every sidecar pod writes one ConfigMap labelled [`USAGE_LABEL`]`=true` in its
-//! namespace, with data key [`USAGE_DATA_KEY`] holding a [`UsageReport`] as JSON:
+//! Every sidecar pod writes one ConfigMap labelled [`labels::USAGE`]`=true` in its
+//! namespace, with data key [`keys::USAGE`] holding a [`UsageReport`] as JSON:
 //!
 //! ```json
 //! { "team-a/chat-bot": [ { "period": "Day", "periodStart": "2026-11-22T00:00:00Z",
@@ -15,6 +15,7 @@
 //! current-period budget is used up. Entries of past periods are ignored, so a
 //! sidecar need not clear them at a period boundary.
 
+use policybind_crds::wire::keys;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -22,11 +23,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use policybind_crds::access_token::PeriodUsage;
 use policybind_crds::{AccessTokenSpec, BudgetPeriod};
 use serde::{Deserialize, Serialize};
-
-/// Label that marks a ConfigMap as a usage report.
-pub const USAGE_LABEL: &str = "policybind.io/usage";
-/// Data key of the report JSON.
-pub const USAGE_DATA_KEY: &str = "usage.json";
 
 /// One sidecar's report: token id (`namespace/name`) to usage per period.
 /// The entry type is the same as `AccessToken.status.usage`.
@@ -39,7 +35,7 @@ impl UsageReport {
     /// (logged) rather than failing every token: one broken sidecar must not
     /// stall the accounting of all others.
     pub fn from_config_map(config_map: &ConfigMap) -> Option<UsageReport> {
-        let json = config_map.data.as_ref()?.get(USAGE_DATA_KEY)?;
+        let json = config_map.data.as_ref()?.get(keys::USAGE)?;
         match serde_json::from_str(json) {
             Ok(report) => Some(report),
             Err(error) => {

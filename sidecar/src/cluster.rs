@@ -8,6 +8,7 @@
 //! away the watch retries with backoff and the last good set stays in force;
 //! until a first bundle arrives every request is denied.
 
+use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,10 +18,7 @@ use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use policybind_engine::PolicySet;
-use policybind_engine::bundle_codec::{
-    BUNDLE_CONFIGMAP, BUNDLE_DATA_KEY, BUNDLE_GZ_KEY, BundlePart, FINGERPRINT_ANNOTATION,
-    PART_ANNOTATION, decode, part_name,
-};
+use policybind_engine::bundle_codec::{BUNDLE_CONFIGMAP, BundlePart, decode, part_name};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -42,8 +40,8 @@ pub fn assemble(
             .and_then(|a| a.get(key))
             .cloned()
     };
-    let fingerprint = annotation(first, FINGERPRINT_ANNOTATION).unwrap_or_default();
-    let count = annotation(first, PART_ANNOTATION)
+    let fingerprint = annotation(first, annotations::FINGERPRINT).unwrap_or_default();
+    let count = annotation(first, annotations::BUNDLE_PART)
         .and_then(|p| p.split_once('/').and_then(|(_, n)| n.parse::<usize>().ok()))
         .unwrap_or(1)
         .max(1);
@@ -52,17 +50,19 @@ pub fn assemble(
         let Some(cm) = config_maps.get(&part_name(index)) else {
             return Ok(None);
         };
-        if annotation(cm, FINGERPRINT_ANNOTATION).unwrap_or_default() != fingerprint {
+        if annotation(cm, annotations::FINGERPRINT).unwrap_or_default() != fingerprint {
             return Ok(None);
         }
-        if let Some(json) = cm.data.as_ref().and_then(|d| d.get(BUNDLE_DATA_KEY)) {
+        if let Some(json) = cm.data.as_ref().and_then(|d| d.get(keys::BUNDLE_JSON)) {
             parts.push(BundlePart::Plain(json.clone()));
-        } else if let Some(gz) = cm.binary_data.as_ref().and_then(|d| d.get(BUNDLE_GZ_KEY)) {
+        } else if let Some(gz) = cm.binary_data.as_ref().and_then(|d| d.get(keys::BUNDLE_GZ)) {
             parts.push(BundlePart::Gzip(gz.0.clone()));
         } else {
             return Err(SourceError::Bundle(format!(
-                "ConfigMap {} has neither {BUNDLE_DATA_KEY} nor {BUNDLE_GZ_KEY}",
-                part_name(index)
+                "ConfigMap {} has neither {keys_bundle_json} nor {keys_bundle_gz}",
+                part_name(index),
+                keys_bundle_json = keys::BUNDLE_JSON,
+                keys_bundle_gz = keys::BUNDLE_GZ
             )));
         }
     }
@@ -83,7 +83,7 @@ pub async fn watch_bundle(
     stop: CancellationToken,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().labels(policybind_crds::BUNDLE_LABEL);
+    let config = watcher::Config::default().labels(labels::BUNDLE);
     let origin = format!("ConfigMap {namespace}/{BUNDLE_CONFIGMAP}");
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut seen: BTreeMap<String, ConfigMap> = BTreeMap::new();
@@ -148,8 +148,11 @@ mod tests {
                 name: Some(name.into()),
                 annotations: Some(
                     [
-                        (FINGERPRINT_ANNOTATION.to_string(), fingerprint.to_string()),
-                        (PART_ANNOTATION.to_string(), part.to_string()),
+                        (
+                            annotations::FINGERPRINT.to_string(),
+                            fingerprint.to_string(),
+                        ),
+                        (annotations::BUNDLE_PART.to_string(), part.to_string()),
                     ]
                     .into(),
                 ),
@@ -159,12 +162,12 @@ mod tests {
         };
         match part_data {
             BundlePart::Plain(json) => {
-                cm.data = Some([(BUNDLE_DATA_KEY.to_string(), json.clone())].into())
+                cm.data = Some([(keys::BUNDLE_JSON.to_string(), json.clone())].into())
             }
             BundlePart::Gzip(gz) => {
                 cm.binary_data = Some(
                     [(
-                        BUNDLE_GZ_KEY.to_string(),
+                        keys::BUNDLE_GZ.to_string(),
                         k8s_openapi::ByteString(gz.clone()),
                     )]
                     .into(),

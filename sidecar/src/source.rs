@@ -13,12 +13,13 @@
 //! are unreliable. In a cluster, the operator's bundle ConfigMap is the source
 //! (DESIGN.md section 4, see [`crate::cluster`]).
 
+use policybind_crds::wire::keys;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use policybind_engine::bundle_codec::{BUNDLE_DATA_KEY, BUNDLE_GZ_KEY, BundlePart, decode};
+use policybind_engine::bundle_codec::{BundlePart, decode};
 use policybind_engine::manifest::{Manifests, parse_documents};
 use policybind_engine::{Bundle, PolicySet};
 use sha2::{Digest, Sha256};
@@ -149,8 +150,8 @@ pub struct DirectorySnapshot {
 /// Reads a mounted bundle ConfigMap. Returns the bytes of the file present and a
 /// digest of them.
 fn read_bundle_directory(dir: &Path) -> Result<(Vec<BundlePart>, [u8; 32]), SourceError> {
-    let plain = dir.join(BUNDLE_DATA_KEY);
-    let gz = dir.join(BUNDLE_GZ_KEY);
+    let plain = dir.join(keys::BUNDLE_JSON);
+    let gz = dir.join(keys::BUNDLE_GZ);
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| SourceError::Io {
             path: path.display().to_string(),
@@ -401,7 +402,7 @@ mod tests {
         let BundlePart::Plain(json) = &encoded.parts[0] else {
             panic!("a small bundle is plain JSON");
         };
-        std::fs::write(dir.path().join(BUNDLE_DATA_KEY), json).unwrap();
+        std::fs::write(dir.path().join(keys::BUNDLE_JSON), json).unwrap();
         let holder = PolicyHolder::new();
         let metrics = Metrics::new();
         let mut watcher =
@@ -412,7 +413,7 @@ mod tests {
             encoded.fingerprint
         );
 
-        std::fs::write(dir.path().join(BUNDLE_DATA_KEY), "{not json").unwrap();
+        std::fs::write(dir.path().join(keys::BUNDLE_JSON), "{not json").unwrap();
         watcher.poll(&holder, &metrics);
         watcher.poll(&holder, &metrics);
         assert_eq!(

@@ -2,7 +2,7 @@
 //! (operator side: `policybind_operator::usage`, docs/operator.md).
 //!
 //! In cluster mode every pod keeps one ConfigMap, `policybind-usage-<pod>`,
-//! labelled [`USAGE_LABEL`]`=true`, whose [`USAGE_DATA_KEY`] holds the ledger's
+//! labelled [`labels::USAGE`]`=true`, whose [`keys::USAGE`] holds the ledger's
 //! settled usage as JSON: token id to a list of `PeriodUsage` (the entry type of
 //! `AccessToken.status.usage`). The operator sums every pod's report into the
 //! token's status and marks the token exhausted in the bundles, which is how a
@@ -18,6 +18,7 @@
 //! first write the reporter reads the report back into the ledger
 //! ([`UsageLedger::restore`]), so a restart does not wipe what was spent.
 
+use policybind_crds::wire::{field_managers, keys, labels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +33,6 @@ use tracing::{debug, warn};
 
 use crate::accounting::{Amount, SettledUsage, UsageLedger};
 
-/// Label that marks a ConfigMap as a usage report (same as the operator's).
-pub const USAGE_LABEL: &str = "policybind.io/usage";
-/// Data key of the report JSON (same as the operator's).
-pub const USAGE_DATA_KEY: &str = "usage.json";
-/// Field manager of the sidecar's server-side applies.
-pub const FIELD_MANAGER: &str = "policybind-sidecar";
 /// Longest a single report call may take, so shutdown is never held up long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Object names are DNS subdomains of at most 253 characters.
@@ -120,10 +115,10 @@ pub fn report_config_map(namespace: &str, name: &str, json: String) -> ConfigMap
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([(USAGE_LABEL.into(), "true".into())])),
+            labels: Some(BTreeMap::from([(labels::USAGE.into(), "true".into())])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(USAGE_DATA_KEY.into(), json)])),
+        data: Some(BTreeMap::from([(keys::USAGE.into(), json)])),
         ..Default::default()
     }
 }
@@ -189,7 +184,7 @@ impl UsageReporter {
             return Ok(Reported::Unchanged);
         }
         let config_map = report_config_map(&self.namespace, &self.name, json.clone());
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(field_managers::SIDECAR).force();
         tokio::time::timeout(
             CALL_TIMEOUT,
             self.api
@@ -210,7 +205,7 @@ impl UsageReporter {
         let json = previous
             .as_ref()
             .and_then(|cm| cm.data.as_ref())
-            .and_then(|data| data.get(USAGE_DATA_KEY));
+            .and_then(|data| data.get(keys::USAGE));
         if let Some(json) = json {
             match serde_json::from_str::<BTreeMap<String, Vec<PeriodUsage>>>(json) {
                 Ok(previous) => {
@@ -414,10 +409,10 @@ mod tests {
         let snapshot = [settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25)];
         let json = serde_json::to_string(&report(&snapshot)).unwrap();
         let config_map = report_config_map("team-a", "policybind-usage-pod-1", json);
-        assert_eq!(USAGE_LABEL, policybind_operator::usage::USAGE_LABEL);
-        assert_eq!(USAGE_DATA_KEY, policybind_operator::usage::USAGE_DATA_KEY);
+        assert_eq!(labels::USAGE, labels::USAGE);
+        assert_eq!(keys::USAGE, keys::USAGE);
         assert_eq!(
-            config_map.metadata.labels.as_ref().unwrap()[USAGE_LABEL],
+            config_map.metadata.labels.as_ref().unwrap()[labels::USAGE],
             "true"
         );
         let parsed = policybind_operator::usage::UsageReport::from_config_map(&config_map)

@@ -9,28 +9,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Namespace label that opts a namespace into enforcement and sidecar injection.
-pub const ENFORCE_LABEL: &str = "policybind.io/enforce";
-/// Pod label that opts a single pod into injection.
-pub const INJECT_LABEL: &str = "policybind.io/inject";
-/// Pod annotation that opts a pod out of injection when set to `"false"`.
-pub const INJECT_ANNOTATION: &str = "policybind.io/inject";
-/// Annotation the webhook puts on a pod it injected.
-pub const INJECTED_ANNOTATION: &str = "policybind.io/injected";
-/// Annotation recording the port move, `<original>:<model>`, for people and tools.
-pub const PORTS_ANNOTATION: &str = "policybind.io/ports";
-/// Pod annotation naming the container that serves the model, when the port name
-/// alone is ambiguous.
-pub const MODEL_CONTAINER_ANNOTATION: &str = "policybind.io/model-container";
-/// Pod annotation declaring the highest data classification the workload handles.
-pub const DATA_CLASSIFICATION_ANNOTATION: &str = "policybind.io/data-classification";
-/// Namespace label: the highest data classification allowed in the namespace.
-pub const NAMESPACE_CLASSIFICATION_LABEL: &str = "policybind.io/max-data-classification";
-/// Name of the injected container.
-pub const SIDECAR_NAME: &str = "policybind-sidecar";
-/// Name given to the model container's moved port (port names are at most 15 characters).
-pub const MODEL_PORT_NAME: &str = "pb-model";
-
 /// Namespaces the webhook never injects into nor gates, whatever their labels say.
 pub const ALWAYS_EXCLUDED: [&str; 2] = ["kube-system", "kube-public"];
 

@@ -9,6 +9,7 @@
 //! resources are validated with `Fail` by default: an unchecked approval would
 //! skip the self-approval and right checks.
 
+use policybind_crds::wire::labels;
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
@@ -20,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 
-use crate::config::{ALWAYS_EXCLUDED, ENFORCE_LABEL, INJECT_LABEL};
+use crate::config::ALWAYS_EXCLUDED;
 
 /// Default name of both configurations.
 pub const DEFAULT_NAME: &str = "policybind-webhook";
@@ -150,7 +151,7 @@ impl Registration {
             match_labels: None,
             match_expressions: Some(vec![
                 LabelSelectorRequirement {
-                    key: ENFORCE_LABEL.into(),
+                    key: labels::ENFORCE.into(),
                     operator: if enforced { "In" } else { "NotIn" }.into(),
                     values: Some(vec!["true".into()]),
                 },
@@ -260,7 +261,7 @@ impl Registration {
                 None
             } else {
                 Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(INJECT_LABEL.into(), "true".into())])),
+                    match_labels: Some(BTreeMap::from([(labels::INJECT.into(), "true".into())])),
                     match_expressions: None,
                 })
             },

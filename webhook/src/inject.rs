@@ -15,6 +15,7 @@
 //! JSON diff between the typed pod before and after, so fields unknown to our
 //! Kubernetes types are never touched.
 
+use policybind_crds::wire::{annotations, labels, names};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -24,13 +25,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use policybind_crds::MODEL_ANNOTATION;
 
-use crate::config::{
-    AdmissionConfig, BundleWiring, ENFORCE_LABEL, INJECT_ANNOTATION, INJECT_LABEL,
-    INJECTED_ANNOTATION, MODEL_CONTAINER_ANNOTATION, MODEL_PORT_NAME, PORTS_ANNOTATION,
-    SIDECAR_NAME,
-};
+use crate::config::{AdmissionConfig, BundleWiring};
 
 /// Why a pod was not injected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,13 +84,13 @@ pub fn is_injected(pod: &Pod) -> bool {
         .metadata
         .annotations
         .as_ref()
-        .is_some_and(|a| is_true(a.get(INJECTED_ANNOTATION)));
+        .is_some_and(|a| is_true(a.get(annotations::INJECTED)));
     let spec = pod.spec.as_ref();
     let has_container = spec.is_some_and(|s| {
         s.containers
             .iter()
             .chain(s.init_containers.iter().flatten())
-            .any(|c| c.name == SIDECAR_NAME)
+            .any(|c| c.name == names::SIDECAR_CONTAINER)
     });
     annotated || has_container
 }
@@ -112,13 +108,13 @@ pub fn inject(
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     if annotations
-        .get(INJECT_ANNOTATION)
+        .get(annotations::INJECT)
         .is_some_and(|v| v.eq_ignore_ascii_case("false"))
     {
         return Ok(Outcome::Skipped(Skip::OptedOut));
     }
-    let namespace_opted_in = namespace_labels.is_some_and(|l| is_true(l.get(ENFORCE_LABEL)));
-    if !namespace_opted_in && !is_true(labels.get(INJECT_LABEL)) {
+    let namespace_opted_in = namespace_labels.is_some_and(|l| is_true(l.get(labels::ENFORCE)));
+    if !namespace_opted_in && !is_true(labels.get(labels::INJECT)) {
         return Ok(Outcome::Skipped(Skip::NotOptedIn));
     }
     if is_injected(pod) {
@@ -132,7 +128,7 @@ pub fn inject(
     let sidecar_config = &config.sidecar;
 
     // The model container: named by annotation, else the first with the named port.
-    let wanted = annotations.get(MODEL_CONTAINER_ANNOTATION);
+    let wanted = annotations.get(annotations::MODEL_CONTAINER);
     let found = spec.containers.iter().enumerate().find_map(|(ci, c)| {
         if wanted.is_some_and(|w| w != &c.name) {
             return None;
@@ -150,8 +146,11 @@ pub fn inject(
             .unwrap_or_else(|| "no container".into());
         return Ok(Outcome::Skipped(Skip::NoModelPort(format!(
             "{which} has a port named {:?} for the PolicyBind sidecar to take over; name the model server's port {:?} \
-             (or set {MODEL_CONTAINER_ANNOTATION}), or opt out with {INJECT_ANNOTATION}: \"false\"",
-            sidecar_config.port_name, sidecar_config.port_name
+             (or set {annotations_model_container}), or opt out with {annotations_inject}: \"false\"",
+            sidecar_config.port_name,
+            sidecar_config.port_name,
+            annotations_model_container = annotations::MODEL_CONTAINER,
+            annotations_inject = annotations::INJECT
         ))));
     };
     let original = spec.containers[container_index]
@@ -198,8 +197,8 @@ pub fn inject(
         &original,
         model_port,
         annotations
-            .get(MODEL_ANNOTATION)
-            .or(labels.get(MODEL_ANNOTATION)),
+            .get(annotations::MODEL)
+            .or(labels.get(annotations::MODEL)),
     );
     if let BundleWiring::Volume { config_map, .. } = &sidecar_config.bundle {
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {
@@ -229,8 +228,8 @@ pub fn inject(
         .metadata
         .annotations
         .get_or_insert_with(BTreeMap::new);
-    meta_annotations.insert(INJECTED_ANNOTATION.into(), "true".into());
-    meta_annotations.insert(PORTS_ANNOTATION.into(), format!("{port}:{model_port}"));
+    meta_annotations.insert(annotations::INJECTED.into(), "true".into());
+    meta_annotations.insert(annotations::PORTS.into(), format!("{port}:{model_port}"));
     meta_annotations
         .entry("kubectl.kubernetes.io/default-container".into())
         .or_insert(model_container_name);
@@ -256,7 +255,7 @@ fn move_model_port(
 ) {
     let ports = model.ports.as_mut().expect("model container has ports");
     ports[port_index].container_port = model_port;
-    ports[port_index].name = Some(MODEL_PORT_NAME.into());
+    ports[port_index].name = Some(names::MODEL_PORT.into());
     // A hostPort stays with the port number callers use, which is now the sidecar's.
     ports[port_index].host_port = None;
 
@@ -425,7 +424,7 @@ fn sidecar_container(
     }
 
     Container {
-        name: SIDECAR_NAME.into(),
+        name: names::SIDECAR_CONTAINER.into(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
         command: Some(vec!["policybind".into(), "sidecar".into()]),

@@ -11,19 +11,17 @@
 //! structs: the same code then serves every workload kind, and fields newer than
 //! our Kubernetes types are never lost or rejected.
 
+use policybind_crds::wire::{annotations, labels};
 use std::collections::BTreeMap;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use policybind_crds::model_deployment::ApprovalState;
-use policybind_crds::{DataClassification, MODEL_ANNOTATION, ModelDeployment};
+use policybind_crds::{DataClassification, ModelDeployment};
 use policybind_engine::bundle::BundleModel;
 use policybind_engine::codes;
 use serde_json::Value;
 
-use crate::config::{
-    AdmissionConfig, DATA_CLASSIFICATION_ANNOTATION, ENFORCE_LABEL, INJECT_LABEL,
-    NAMESPACE_CLASSIFICATION_LABEL, UndeclaredMode,
-};
+use crate::config::{AdmissionConfig, UndeclaredMode};
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
 
@@ -119,8 +117,8 @@ impl PodTemplate<'_> {
     /// The declared model reference: the annotation, else the label.
     pub fn model_reference(&self) -> Option<&str> {
         self.annotations
-            .get(MODEL_ANNOTATION)
-            .or_else(|| self.labels.get(MODEL_ANNOTATION))
+            .get(annotations::MODEL)
+            .or_else(|| self.labels.get(annotations::MODEL))
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
     }
@@ -222,11 +220,11 @@ pub fn namespace_classification(
     labels: Option<&BTreeMap<String, String>>,
     default: DataClassification,
 ) -> Result<DataClassification, String> {
-    match labels.and_then(|l| l.get(NAMESPACE_CLASSIFICATION_LABEL)) {
+    match labels.and_then(|l| l.get(labels::NAMESPACE_CLASSIFICATION)) {
         None => Ok(default),
         Some(value) => DataClassification::parse(value).ok_or_else(|| {
             format!(
-                "namespace label {NAMESPACE_CLASSIFICATION_LABEL}={value:?} is not one of Public, Internal, Confidential, Restricted"
+                "namespace label {labels_namespace_classification}={value:?} is not one of Public, Internal, Confidential, Restricted", labels_namespace_classification = labels::NAMESPACE_CLASSIFICATION
             )
         }),
     }
@@ -247,14 +245,17 @@ pub fn check(
         return check_undeclared(config, heuristics, template);
     };
     let (model_namespace, model_name) = parse_reference(reference, namespace);
-    let field = template.field(&format!("metadata.annotations[{MODEL_ANNOTATION}]"));
+    let field = template.field(&format!(
+        "metadata.annotations[{annotations_model}]",
+        annotations_model = annotations::MODEL
+    ));
     let Some(model) = view.model(model_namespace, model_name) else {
         return Verdict::deny(
             codes::MODEL_NOT_REGISTERED,
             format!(
                 "{field}: ModelDeployment {model_namespace}/{model_name} is not registered; \
                  register the model first (kubectl apply a ModelDeployment named {model_name} in namespace {model_namespace}) \
-                 or fix the {MODEL_ANNOTATION} annotation"
+                 or fix the {annotations_model} annotation", annotations_model = annotations::MODEL
             ),
         )
         .with_model(format!("{model_namespace}/{model_name}"));
@@ -314,7 +315,7 @@ fn check_model(
     }
 
     let model_max = state.spec.max_data_classification;
-    let declared = match template.annotations.get(DATA_CLASSIFICATION_ANNOTATION) {
+    let declared = match template.annotations.get(annotations::DATA_CLASSIFICATION) {
         Some(value) => match DataClassification::parse(value) {
             Some(level) => level,
             None => {
@@ -323,7 +324,8 @@ fn check_model(
                     format!(
                         "{}: {value:?} is not one of Public, Internal, Confidential, Restricted",
                         template.field(&format!(
-                            "metadata.annotations[{DATA_CLASSIFICATION_ANNOTATION}]"
+                            "metadata.annotations[{annotations_data_classification}]",
+                            annotations_data_classification = annotations::DATA_CLASSIFICATION
                         ))
                     ),
                 );
@@ -336,10 +338,11 @@ fn check_model(
         return Verdict::deny(
             codes::MODEL_DATA_CLASSIFICATION_EXCEEDED,
             format!(
-                "the workload declares {DATA_CLASSIFICATION_ANNOTATION}={} but ModelDeployment {id} may only see {} data; \
+                "the workload declares {annotations_data_classification}={} but ModelDeployment {id} may only see {} data; \
                  lower the annotation or raise the model's spec.maxDataClassification (which may need a new review)",
                 declared.as_str(),
-                model_max.as_str()
+                model_max.as_str(),
+                annotations_data_classification = annotations::DATA_CLASSIFICATION
             ),
         );
     }
@@ -353,21 +356,23 @@ fn check_model(
         return Verdict::deny(
             codes::DATA_CLASSIFICATION_EXCEEDED,
             format!(
-                "namespace {namespace} allows data up to {} ({NAMESPACE_CLASSIFICATION_LABEL}) but this workload handles {} data \
-                 (from {}); declare {DATA_CLASSIFICATION_ANNOTATION}: {} on the pod template if it only handles that, \
-                 or ask a cluster admin to label the namespace {NAMESPACE_CLASSIFICATION_LABEL}={}",
+                "namespace {namespace} allows data up to {} ({labels_namespace_classification}) but this workload handles {} data \
+                 (from {}); declare {annotations_data_classification}: {} on the pod template if it only handles that, \
+                 or ask a cluster admin to label the namespace {labels_namespace_classification}={}",
                 namespace_max.as_str(),
                 declared.as_str(),
                 if template
                     .annotations
-                    .contains_key(DATA_CLASSIFICATION_ANNOTATION)
+                    .contains_key(annotations::DATA_CLASSIFICATION)
                 {
                     "its annotation"
                 } else {
                     "the model's maxDataClassification"
                 },
                 namespace_max.as_str(),
-                declared.as_str()
+                declared.as_str(),
+                labels_namespace_classification = labels::NAMESPACE_CLASSIFICATION,
+                annotations_data_classification = annotations::DATA_CLASSIFICATION
             ),
         );
     }
@@ -390,8 +395,9 @@ fn check_undeclared(
     };
     let advice = format!(
         "this looks like a model server ({evidence}) but declares no model; \
-         add the annotation {MODEL_ANNOTATION}: <ModelDeployment name> to {} and register the model",
-        template.field("metadata.annotations")
+         add the annotation {annotations_model}: <ModelDeployment name> to {} and register the model",
+        template.field("metadata.annotations"),
+        annotations_model = annotations::MODEL
     );
     match config.undeclared {
         UndeclaredMode::Ignore => {
@@ -423,9 +429,9 @@ pub fn is_enforced(
 ) -> bool {
     let truthy = |v: Option<&String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let object_labels = string_map(object.pointer("/metadata/labels"));
-    truthy(namespace_labels.and_then(|l| l.get(ENFORCE_LABEL)))
-        || truthy(object_labels.get(INJECT_LABEL))
-        || truthy(template.labels.get(INJECT_LABEL))
+    truthy(namespace_labels.and_then(|l| l.get(labels::ENFORCE)))
+        || truthy(object_labels.get(labels::INJECT))
+        || truthy(template.labels.get(labels::INJECT))
 }
 
 /// Whether an update changed anything the checks look at.
@@ -435,8 +441,8 @@ pub fn template_changed(new: &PodTemplate<'_>, old: Option<&PodTemplate<'_>>) ->
         Some(old) => {
             old.spec != new.spec
                 || old.model_reference() != new.model_reference()
-                || old.annotations.get(DATA_CLASSIFICATION_ANNOTATION)
-                    != new.annotations.get(DATA_CLASSIFICATION_ANNOTATION)
+                || old.annotations.get(annotations::DATA_CLASSIFICATION)
+                    != new.annotations.get(annotations::DATA_CLASSIFICATION)
         }
     }
 }
