@@ -21,7 +21,9 @@ pub use ai_policy::{AIPolicy, AIPolicySpec, ClusterAIPolicy, ClusterAIPolicySpec
 pub use approval_request::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus};
 pub use common::*;
 pub use incident::{Incident, IncidentSpec, IncidentStatus};
-pub use model_deployment::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
+pub use model_deployment::{
+    ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ProviderCredentials, SecretKeyRef,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

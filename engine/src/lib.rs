@@ -15,6 +15,7 @@
 //!   risk scoring, label selectors and globs.
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
+//! - [`route`]: where an enforcement point sends a model's requests.
 //! - [`codes`]: the table of rationale codes.
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod expr;
 pub mod manifest;
 pub mod request;
 pub mod risk;
+pub mod route;
 pub mod schedule;
 pub mod selector;
 
