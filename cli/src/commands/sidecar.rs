@@ -1,8 +1,11 @@
 //! `policybind sidecar`: the enforcement point injected next to a model server
-//! (DESIGN.md sections 3-5). Configured from the environment the admission
-//! webhook sets on the injected container: namespace and pod from the downward
-//! API, upstream `http://127.0.0.1:<model port>`, the bundle ConfigMap (watched)
-//! or its mounted directory, and audit segments as ConfigMaps in the namespace.
+//! (DESIGN.md sections 3-5), or with `--gateway` the central gateway the chart
+//! runs for teams calling external providers. Configured from the environment
+//! the admission webhook (or the chart) sets: namespace and pod from the
+//! downward API, upstream `http://127.0.0.1:<model port>` (none for the
+//! gateway), the bundle ConfigMap (watched) or its mounted directory, provider
+//! key Secrets mounted under `--credentials-dir`, and audit segments as
+//! ConfigMaps in the namespace.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use policybind_crds::wire;
 use policybind_sidecar::Dependencies;
 use policybind_sidecar::audit::config_map_writer;
 use policybind_sidecar::config::{ApprovalSettings, Settings, SourceSettings};
@@ -27,13 +31,16 @@ pub struct SidecarArgs {
     /// Name of the pod (downward API `metadata.name`), for the audit writer identity.
     #[arg(long, env = "POLICYBIND_POD_NAME", default_value = "unknown-pod")]
     pub pod_name: String,
-    /// Base URL of the model server in the same pod.
-    #[arg(
-        long,
-        env = "POLICYBIND_UPSTREAM",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub upstream: String,
+    /// Base URL of the model server in the same pod (default
+    /// `http://127.0.0.1:8000`; none with `--gateway`): where the pod's own model
+    /// and models without an endpoint go.
+    #[arg(long, env = "POLICYBIND_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Run as the central gateway: no model container next to it, every model is
+    /// routed by its ModelDeployment's provider and endpoint, with the provider key
+    /// from `--credentials-dir`.
+    #[arg(long, env = wire::env::GATEWAY)]
+    pub gateway: bool,
     /// Address callers reach (the port taken over from the model server).
     #[arg(long, env = "POLICYBIND_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -54,7 +61,8 @@ pub struct SidecarArgs {
         conflicts_with = "bundle_config_map"
     )]
     pub bundle_dir: Option<PathBuf>,
-    /// ModelDeployment this pod serves (informational, logged).
+    /// ModelDeployment this pod serves (`namespace/name`): its requests always go to
+    /// `--upstream`, whatever its endpoint says.
     #[arg(long, env = "POLICYBIND_MODEL_DEPLOYMENT")]
     pub model_deployment: Option<String>,
     /// Audit signing key file (PEM or 32 raw bytes).
@@ -101,15 +109,23 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
             "the audit trail needs a signing key: set POLICYBIND_AUDIT_KEY (file) or POLICYBIND_AUDIT_KEY_SECRET (namespace/name)"
         ),
     };
-    let writer_id = format!("sidecar/{}/{}", args.namespace, args.pod_name);
+    let role = if args.gateway { "gateway" } else { "sidecar" };
+    let writer_id = format!("{role}/{}/{}", args.namespace, args.pod_name);
     let writer = config_map_writer(client.clone(), &args.namespace, key, &writer_id).await?;
     tracing::info!(
         namespace = %args.namespace,
         model_deployment = args.model_deployment.as_deref().unwrap_or("-"),
-        "starting the enforcement sidecar"
+        role,
+        "starting the enforcement point"
     );
 
-    let mut settings = Settings::standalone(PathBuf::new(), args.upstream.clone());
+    let upstream = match (&args.upstream, args.gateway) {
+        (Some(upstream), _) => upstream.clone(),
+        (None, true) => String::new(),
+        (None, false) => "http://127.0.0.1:8000".to_string(),
+    };
+    let mut settings = Settings::standalone(PathBuf::new(), upstream);
+    settings.own_model_deployment = args.model_deployment.clone().filter(|_| !args.gateway);
     settings.listen = args.listen;
     settings.health_listen = args.health_listen;
     settings.namespace = args.namespace.clone();
@@ -139,7 +155,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         name: report_name(&args.pod_name),
         interval: Duration::from_secs(args.usage_report_interval_secs),
     });
-    args.proxy.apply(&mut settings);
+    args.proxy.apply(&mut settings, None);
 
     let result = policybind_sidecar::run(
         settings,
