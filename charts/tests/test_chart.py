@@ -60,6 +60,15 @@ EVERYTHING_ON = {
     },
     "rbac": {"aggregateToDefaultRoles": True},
     "audit": {"signingKey": {"existingSecret": "corp-audit-key"}},
+    "gateway": {
+        "enabled": True,
+        "replicas": 3,
+        "providerSecrets": ["openai-credentials", "anthropic-credentials"],
+        "upstreamCA": {"configMap": "corp-ca"},
+        "decisionApi": {"enabled": True},
+        "upstream": "http://vllm.models.svc:8000",
+        "extraArgs": ["--max-concurrency=4096"],
+    },
 }
 MINIMAL = {
     "operator": {"leaderElection": False},
@@ -334,8 +343,8 @@ def test_selectors_match_their_pods(render, values):
         assert target_ports <= named
     for pdb in rendered.kinds("PodDisruptionBudget"):
         selector = pdb["spec"]["selector"]["matchLabels"]
-        assert selector.items() <= pods[WEBHOOK].items()
-        assert not selector.items() <= pods[OPERATOR].items()
+        matched = [n for n, labels in pods.items() if selector.items() <= labels.items()]
+        assert matched == [pdb["metadata"]["name"]], f"PDB {pdb['metadata']['name']} selects {matched}"
 
 
 def test_webhook_services_route_https_to_the_webhook_port(render):
@@ -841,7 +850,8 @@ def test_service_monitor_only_when_asked_and_it_scrapes_both_roles(render):
     selector = monitor["spec"]["selector"]["matchLabels"]
     scraped = [s["metadata"]["name"] for s in rendered.kinds("Service")
                if selector.items() <= s["metadata"]["labels"].items()]
-    assert sorted(scraped) == sorted([f"{OPERATOR}-metrics", f"{WEBHOOK}-metrics"])
+    assert sorted(scraped) == sorted([f"{OPERATOR}-metrics", f"{WEBHOOK}-metrics",
+                                      f"{FULL}-gateway-metrics"])
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
