@@ -27,9 +27,11 @@ use tracing::warn;
 use crate::compress::{Decoder, strip_encoding_headers};
 use crate::handler::{Head, Ready, add_upstream_wait};
 use crate::metrics::OutputLabels;
-use crate::output::{Guarded, Judge, OutputPolicy, OutputSummary, StreamGuard, judge_response};
+use crate::output::{
+    Action, Guarded, Judge, OutputPolicy, OutputSummary, StreamGuard, judge_response,
+};
 use crate::pipeline::Reservation;
-use crate::providers::response::usage_from_value;
+use crate::providers::response::{ChoicesAnswer, usage_from_value};
 use crate::providers::{Api, Usage, UsageTracker, response_usage};
 use crate::refusal::{Refusal, Stage, decision_headers};
 use crate::source::Loaded;
@@ -50,26 +52,33 @@ pub struct Forward<'a> {
 }
 
 /// Sends the request and returns the answer, judged and settled.
-pub async fn forward(state: &Arc<AppState>, mut f: Forward<'_>) -> Response<Body> {
-    let (api, request_id) = (f.api, f.request_id);
-    // Dropped (released) on every way out before the answer is read.
-    let reservation = f.reservation.take();
-    let decided = (f.decision.effect, f.decision.codes.clone());
-    let headers = f
-        .ready
+pub async fn forward(state: &Arc<AppState>, f: Forward<'_>) -> Response<Body> {
+    let Forward {
+        api,
+        head,
+        request_id,
+        loaded,
+        decision,
+        facts,
+        ready,
+        // Dropped (released) on every way out before the answer is read.
+        reservation,
+    } = f;
+    let decided = (decision.effect, decision.codes.clone());
+    let headers = ready
         .route
-        .headers(api, &f.head.headers, request_id, f.ready.body.len());
+        .headers(api, &head.headers, request_id, ready.body.len());
     let failed =
         |failure, started| upstream_failure(state, failure, api, started, &decided, request_id);
     let started = Instant::now();
-    let uri = match f.ready.route.uri(&f.head.path_and_query) {
+    let uri = match ready.route.uri(&head.path_and_query) {
         Ok(uri) => uri,
         Err(e) => return failed(UpstreamFailure::Unavailable(e), started),
     };
     let timeout = state.settings.limits.upstream_timeout;
     let upstream = match state
         .upstream
-        .send(Method::POST, uri, headers, f.ready.body.clone(), timeout)
+        .send(Method::POST, uri, headers, ready.body.clone(), timeout)
         .await
     {
         Ok(r) => r,
@@ -101,13 +110,20 @@ pub async fn forward(state: &Arc<AppState>, mut f: Forward<'_>) -> Response<Body
         Err(e) => return failed(UpstreamFailure::Unavailable(e.to_string()), started),
     };
     strip_encoding_headers(response.headers_mut());
-    let answer = Answer::new(state, &f, decoder, reservation);
+    let record = OutputRecord {
+        state: state.clone(),
+        request_id: request_id.to_string(),
+        decision,
+        model: ready.model.clone(),
+        api,
+    };
+    let answer = Answer::new(state, record, loaded, facts, decoder, reservation);
     let is_event_stream = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if f.ready.stream || is_event_stream {
+    if ready.stream || is_event_stream {
         *response.body_mut() = answer.stream(incoming, state.settings.limits.stream_idle_timeout);
         return response;
     }
@@ -127,27 +143,22 @@ struct Answer {
 impl Answer {
     fn new(
         state: &Arc<AppState>,
-        f: &Forward<'_>,
+        record: OutputRecord,
+        loaded: Arc<Loaded>,
+        facts: Facts,
         decoder: Option<Decoder>,
         reservation: Option<Reservation>,
     ) -> Answer {
-        let scans = state.settings.output.scan && !matches!(f.api, Api::Embeddings | Api::Models);
-        let judge = scans.then(|| {
-            Box::new(OutputPolicy::new(f.loaded.clone(), f.facts.clone())) as Box<dyn Judge>
-        });
+        let api = record.api;
+        let scans = state.settings.output.scan && !matches!(api, Api::Embeddings | Api::Models);
+        let judge = scans.then(|| Box::new(OutputPolicy::new(loaded, facts)) as Box<dyn Judge>);
         Answer {
-            api: f.api,
-            request_id: f.request_id.to_string(),
+            api,
+            request_id: record.request_id.clone(),
             decoder,
             judge,
             reservation,
-            record: OutputRecord {
-                state: state.clone(),
-                request_id: f.request_id.to_string(),
-                decision: f.decision.clone(),
-                model: f.ready.model.clone(),
-                api: f.api,
-            },
+            record,
         }
     }
 
@@ -216,6 +227,16 @@ impl Answer {
         let Some(judge) = &self.judge else {
             return (response_usage(bytes), Judged::Unchanged);
         };
+        // The common case: a chat or completion answer nothing is to change in,
+        // read without building a JSON tree.
+        if matches!(self.api, Api::ChatCompletions | Api::Completions)
+            && let Some(answer) = ChoicesAnswer::read(bytes)
+            && answer
+                .texts()
+                .all(|text| judge.judge(text).action == Action::Pass)
+        {
+            return (answer.usage(), Judged::Unchanged);
+        }
         let Ok(mut json) = serde_json::from_slice::<Value>(bytes) else {
             return (None, Judged::Unchanged);
         };

@@ -67,19 +67,7 @@ pub fn list(
         );
         return refusal.into_response(api, request_id);
     }
-    let models: Vec<(&str, &str)> = set
-        .model_names()
-        .into_iter()
-        .filter(|name| {
-            let d = probe(name);
-            !(d.effect == Effect::Deny
-                && matches!(d.stage, EngineStage::Token | EngineStage::Registry))
-        })
-        .map(|name| {
-            let provider = set.model_route(name).map_or("", |r| r.provider);
-            (name, provider)
-        })
-        .collect();
+    let models = callable_models(set, &probe);
     let event = AuditEvent::decision(Effect::Allow)
         .time(now)
         .request_id(request_id)
@@ -111,6 +99,23 @@ pub fn list(
     let mut response = json_response(StatusCode::OK, &body);
     decision_headers(response.headers_mut(), Effect::Allow, &[], request_id);
     response
+}
+
+/// Registered names the token is not refused at the token or registry stage,
+/// with their providers.
+fn callable_models<'a>(
+    set: &'a policybind_engine::PolicySet,
+    probe: &dyn Fn(&str) -> policybind_engine::Decision,
+) -> Vec<(&'a str, &'a str)> {
+    set.model_names()
+        .into_iter()
+        .filter(|name| {
+            let d = probe(name);
+            !(d.effect == Effect::Deny
+                && matches!(d.stage, EngineStage::Token | EngineStage::Registry))
+        })
+        .map(|name| (name, set.model_route(name).map_or("", |r| r.provider)))
+        .collect()
 }
 
 fn openai_list(models: &[(&str, &str)]) -> Value {

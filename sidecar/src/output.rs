@@ -88,6 +88,7 @@ impl Judge for OutputPolicy {
         }
         let mut facts = self.facts.clone();
         facts.prompt = Some(text.to_string());
+        facts.labels.insert(DIRECTION_LABEL.into(), "output".into());
         let decision = set.decide(&facts);
         let action = match (decision.effect, decision.stage) {
             (Effect::Deny, Stage::Policy) => Action::Block {

@@ -106,11 +106,11 @@ pub struct Verdict<T> {
 
 impl AppState {
     /// Runs a call through every step.
-    pub async fn run<P: Plan>(self: &Arc<Self>, call: Call<'_>, plan: P) -> Verdict<P::Ready> {
+    pub async fn run<P: Plan>(self: &Arc<Self>, mut call: Call<'_>, plan: P) -> Verdict<P::Ready> {
         let started = Instant::now();
         let now = Utc::now();
         let approval_ref = call.asked.approval_ref.clone();
-        let mut facts = self.facts(&call, now).await;
+        let mut facts = self.facts(&mut call, now).await;
         let decision = call.loaded.set.decide(&facts);
         let prompt = facts.prompt.take().unwrap_or_default();
 
@@ -146,7 +146,7 @@ impl AppState {
     }
 
     /// Step 1: the facts, with everything only PolicyBind may say.
-    async fn facts(&self, call: &Call<'_>, now: DateTime<Utc>) -> Facts {
+    async fn facts(&self, call: &mut Call<'_>, now: DateTime<Utc>) -> Facts {
         let asked = &call.asked;
         let approved = match &asked.approval_ref {
             Some(reference) => matches!(
@@ -168,10 +168,10 @@ impl AppState {
             time: now,
             estimated_input_tokens: asked.estimated_input_tokens,
             estimated_output_tokens: asked.estimated_output_tokens,
-            prompt: Some(asked.prompt.clone()),
             usage: self.ledger.usage(call.token, budgets, now),
             approved,
-            labels: asked.labels.clone(),
+            prompt: Some(std::mem::take(&mut call.asked.prompt)),
+            labels: std::mem::take(&mut call.asked.labels),
             ..Default::default()
         }
     }

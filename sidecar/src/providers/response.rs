@@ -63,6 +63,73 @@ pub fn response_usage(body: &[u8]) -> Option<Usage> {
         .map(|u| u.usage())
 }
 
+/// A chat or completion answer read without building a JSON tree: its texts
+/// (borrowed unless they hold escapes) and usage. The common answer has
+/// nothing for the output policy to change, and this is all it needs.
+#[derive(Debug, Deserialize)]
+pub struct ChoicesAnswer<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<AnswerChoice<'a>>,
+    #[serde(default)]
+    usage: Option<AnyUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerChoice<'a> {
+    #[serde(default, borrow)]
+    message: Option<AnswerMessage<'a>>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerMessage<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Vec<AnswerToolCall<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerToolCall<'a> {
+    #[serde(default, borrow)]
+    function: Option<AnswerFunction<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerFunction<'a> {
+    #[serde(default, borrow)]
+    arguments: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> ChoicesAnswer<'a> {
+    /// Reads a chat or completion answer; `None` when it has another shape
+    /// (the caller then reads it as a JSON tree).
+    pub fn read(body: &'a [u8]) -> Option<ChoicesAnswer<'a>> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// Every text [`StreamText::visit_response`] visits in this answer.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.choices.iter().flat_map(|choice| {
+            let message = choice.message.as_ref();
+            let content = message.and_then(|m| m.content.as_deref());
+            let calls = message
+                .into_iter()
+                .flat_map(|m| m.tool_calls.iter())
+                .filter_map(|c| c.function.as_ref()?.arguments.as_deref());
+            content
+                .into_iter()
+                .chain(choice.text.as_deref())
+                .chain(calls)
+        })
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.as_ref().map(AnyUsage::usage)
+    }
+}
+
 /// The usage of a complete JSON response already parsed.
 pub fn usage_from_value(json: &Value) -> Option<Usage> {
     AnyUsage::deserialize(json.get("usage")?)
