@@ -139,6 +139,7 @@ mod tests {
                     revoked: false,
                     secret_name: None,
                     rotation_grace_seconds: None,
+                    additional_namespaces: vec![],
                 },
                 hashes: vec![TokenHash {
                     sha256: crate::hash_token(&format!("secret-{i}")),

@@ -113,18 +113,45 @@ impl PolicySet {
             .is_some_and(|&i| self.tokens[i].allowed_models.is_match(model))
     }
 
-    /// Names of every registered model and alias, sorted.
-    pub fn model_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.model_by_name.keys().map(String::as_str).collect();
+    /// Names of every model and alias a request in `namespace` can call, sorted.
+    pub fn model_names(&self, namespace: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .model_by_name
+            .iter()
+            .filter(|(_, slots)| slots.resolve(namespace).is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
         names.sort_unstable();
         names
     }
 
-    /// Pricing of a model, if registered with one.
-    pub fn pricing(&self, model: &str) -> Option<&policybind_crds::Pricing> {
+    /// Pricing of a model as a request in `namespace` resolves it, if registered with one.
+    pub fn pricing(&self, model: &str, namespace: &str) -> Option<&policybind_crds::Pricing> {
+        self.resolve_model(model, namespace)
+            .and_then(|m| m.pricing.as_ref())
+    }
+
+    /// The namespace a request is decided in: its own, else the set's (an
+    /// enforcement point's), else its token's (offline tools), else `default`.
+    pub fn request_namespace<'a>(&'a self, request: &'a Request) -> &'a str {
+        request
+            .namespace
+            .as_deref()
+            .or(self.namespace.as_deref())
+            .or_else(|| {
+                let token = request.token.as_ref()?;
+                let &i = self.token_by_id.get(token)?;
+                self.tokens[i].namespaces.first().map(String::as_str)
+            })
+            .unwrap_or("default")
+    }
+
+    /// The registration a model name resolves to in `namespace` (own first, then shared).
+    pub(crate) fn resolve_model(&self, name: &str, namespace: &str) -> Option<&CompiledModel> {
         self.model_by_name
-            .get(model)
-            .and_then(|&i| self.models[i].pricing.as_ref())
+            .get(name)
+            .and_then(|slots| slots.resolve(namespace))
+            .map(|i| &self.models[i])
     }
 
     /// Decides a request.
@@ -157,10 +184,7 @@ impl PolicySet {
             },
             None => None,
         };
-        let model = self
-            .model_by_name
-            .get(&request.model)
-            .map(|&i| &self.models[i]);
+        let model = self.resolve_model(&request.model, self.request_namespace(request));
         let facts = self.resolve(request, token, model);
         let findings = match &request.prompt {
             Some(text) if !text.is_empty() => self.detectors.scan(text),
@@ -348,11 +372,7 @@ impl PolicySet {
                 .region
                 .clone()
                 .or_else(|| model.and_then(|m| m.region.clone())),
-            namespace: request
-                .namespace
-                .clone()
-                .or_else(|| self.namespace.clone())
-                .or_else(|| Some("default".to_string())),
+            namespace: Some(self.request_namespace(request).to_string()),
             risk_level: model.map(|m| m.risk_level),
             estimated_tokens,
             estimated_cost_usd,
@@ -702,6 +722,18 @@ fn check_token(
         return Some((
             codes::TOKEN_EXPIRED,
             format!("token {} expired at {expires}", token.id),
+        ));
+    }
+    if let Some(namespace) = facts.namespace.as_deref()
+        && !token.namespaces.iter().any(|n| n == namespace)
+    {
+        return Some((
+            codes::TOKEN_NAMESPACE_NOT_ALLOWED,
+            format!(
+                "token {} is not valid in namespace {namespace} (valid in: {})",
+                token.id,
+                token.namespaces.join(", ")
+            ),
         ));
     }
     if token.exhausted {

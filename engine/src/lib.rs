@@ -13,6 +13,7 @@
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
+//! - [`scope`]: what applies in one namespace (tokens, models, policies).
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`codes`]: the table of rationale codes.
@@ -30,6 +31,7 @@ pub mod manifest;
 pub mod request;
 pub mod risk;
 pub mod schedule;
+pub mod scope;
 pub mod selector;
 
 pub use bundle::{Bundle, hash_token};

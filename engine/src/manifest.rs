@@ -289,6 +289,10 @@ impl Manifests {
     /// as the token's `secretName` (default `<name>-token`, key `token`) in the same
     /// namespace and are hashed here; model approval comes from the ModelDeployment's
     /// status if present, otherwise from an ApprovalRequest targeting it.
+    ///
+    /// With a namespace, the bundle is what an enforcement point of that namespace
+    /// gets ([`crate::scope`]); without one it holds every namespace, and each
+    /// request is decided in its own (or its token's) namespace.
     pub fn bundle(&self, namespace: Option<&str>) -> Bundle {
         let mut secrets: HashMap<(String, String), String> = HashMap::new();
         let mut approvals: HashMap<(String, String), bool> = HashMap::new();
@@ -400,7 +404,102 @@ impl Manifests {
         }
         namespace_labels.retain(|_, v| !v.is_empty());
         bundle.namespace_labels = namespace_labels;
-        bundle.normalize();
-        bundle
+        match namespace {
+            // What an enforcement point of that namespace gets (crate::scope).
+            Some(namespace) => bundle.scoped_to(namespace),
+            None => {
+                bundle.normalize();
+                bundle
+            }
+        }
+    }
+}
+
+/// Files that mark a directory as a set of its own (as kustomize does): it is
+/// skipped when a parent directory is read, and read when named directly.
+pub const SEPARATE_SET_MARKERS: &[&str] =
+    &["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The manifest files a path stands for, as every PolicyBind tool reads it
+/// (`policybind test`, `eval`, `serve`), so they all see the same set.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ManifestFiles {
+    /// `.yaml`, `.yml` and `.json` files, sorted.
+    pub files: Vec<std::path::PathBuf>,
+    /// Subdirectories skipped because they hold a set of their own.
+    pub separate_sets: Vec<std::path::PathBuf>,
+}
+
+/// Lists the manifest files under `path` (a file is taken as it is): recursively,
+/// sorted, skipping hidden entries (ConfigMap volume internals such as `..data`),
+/// `exclude`, and subdirectories with a [`SEPARATE_SET_MARKERS`] file: those are
+/// separate sets (the quick start, GitOps repositories) whose objects would
+/// otherwise be mixed into this one; name them directly to read them.
+pub fn manifest_files(
+    path: &std::path::Path,
+    exclude: Option<&std::path::Path>,
+) -> std::io::Result<ManifestFiles> {
+    let mut out = ManifestFiles::default();
+    if path.is_file() {
+        out.files.push(path.to_path_buf());
+        return Ok(out);
+    }
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let entry_path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.')
+                || Some(entry_path.as_path()) == exclude
+            {
+                continue;
+            }
+            if entry_path.is_dir() {
+                if SEPARATE_SET_MARKERS
+                    .iter()
+                    .any(|m| entry_path.join(m).is_file())
+                {
+                    out.separate_sets.push(entry_path);
+                } else {
+                    stack.push(entry_path);
+                }
+            } else if matches!(
+                entry_path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.files.push(entry_path);
+            }
+        }
+    }
+    out.files.sort();
+    out.separate_sets.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn a_subdirectory_with_its_own_kustomization_is_a_separate_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("models.yaml"), "").unwrap();
+        let quickstart = dir.path().join("quickstart");
+        std::fs::create_dir(&quickstart).unwrap();
+        std::fs::write(quickstart.join("kustomization.yaml"), "").unwrap();
+        std::fs::write(quickstart.join("models.yaml"), "").unwrap();
+        let nested = dir.path().join("policies");
+        std::fs::create_dir(&nested).unwrap();
+        std::fs::write(nested.join("p.yml"), "").unwrap();
+        std::fs::write(nested.join(".hidden.yaml"), "").unwrap();
+
+        let parent = manifest_files(dir.path(), None).unwrap();
+        assert_eq!(
+            parent.files,
+            vec![dir.path().join("models.yaml"), nested.join("p.yml")]
+        );
+        assert_eq!(parent.separate_sets, vec![quickstart.clone()]);
+        let named = manifest_files(&quickstart, None).unwrap();
+        assert_eq!(named.files.len(), 2, "named directly, the set is read");
     }
 }

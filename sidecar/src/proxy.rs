@@ -579,7 +579,7 @@ async fn decide_and_forward(
             body.request_stream_usage();
         }
         let estimate_cost = set
-            .pricing(&body.model)
+            .pricing(&body.model, &state.settings.namespace)
             .map(|p| p.cost(body.estimated_input_tokens, body.estimated_output_tokens))
             .unwrap_or(decision.facts.estimated_cost_usd);
         let estimate = Amount {
@@ -853,7 +853,7 @@ impl Reservation {
         let cost = self
             .loaded
             .set
-            .pricing(&self.model)
+            .pricing(&self.model, &self.state.settings.namespace)
             .map(|p| p.cost(input_tokens, output_tokens))
             .unwrap_or(0.0);
         let now = Utc::now();

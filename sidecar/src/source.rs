@@ -97,38 +97,16 @@ impl SourceError {
     }
 }
 
-/// The manifest files of a directory, recursively, sorted, skipping hidden
-/// entries (ConfigMap volume internals such as `..data`) and `exclude`.
+/// The manifest files of a directory, as `policybind test` reads it
+/// ([`policybind_engine::manifest::manifest_files`]): a subdirectory with its own
+/// `kustomization.yaml` is a separate set and is not read.
 fn manifest_files(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, SourceError> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|source| SourceError::Io {
-            path: current.display().to_string(),
+    policybind_engine::manifest::manifest_files(dir, exclude)
+        .map(|listed| listed.files)
+        .map_err(|source| SourceError::Io {
+            path: dir.display().to_string(),
             source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| SourceError::Io {
-                path: current.display().to_string(),
-                source,
-            })?;
-            let path = entry.path();
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') || Some(path.as_path()) == exclude {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+        })
 }
 
 /// What a watched directory holds.

@@ -169,32 +169,45 @@ async fn cluster_policy_with_invalid_namespace_glob_is_denied() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_model_name_is_denied() {
-    let harness = start(default_view(), AdmissionConfig::default()).await;
-    let duplicate = model("team-b", "chat-copy", json!({"model": "chat"}), json!({}));
-    let review = json!({
+fn model_review(namespace: &str, name: &str, object: impl serde::Serialize) -> Value {
+    json!({
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",
         "request": {
             "uid": "11111111-2222-4333-8444-555555555555",
             "kind": {"group": "policybind.io", "version": "v1alpha1", "kind": "ModelDeployment"},
             "resource": {"group": "policybind.io", "version": "v1alpha1", "resource": "modeldeployments"},
-            "name": "chat-copy", "namespace": "team-b", "operation": "CREATE",
+            "name": name, "namespace": namespace, "operation": "CREATE",
             "userInfo": {"username": "dave@example.com"},
-            "object": duplicate,
+            "object": object,
             "dryRun": false
         }
-    });
-    let reply = harness.validate(&review).await;
+    })
+}
+
+#[tokio::test]
+async fn duplicate_model_name_in_the_same_namespace_is_denied() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let duplicate = model("team-a", "chat-copy", json!({"model": "chat"}), json!({}));
+    let reply = harness
+        .validate(&model_review("team-a", "chat-copy", duplicate))
+        .await;
     assert!(!reply.allowed());
     assert!(
-        reply
-            .message()
-            .contains("model name \"chat\" is already registered by team-a/chat"),
+        reply.message().contains(
+            "model name \"chat\" is already registered in namespace team-a by team-a/chat"
+        ),
         "{}",
         reply.message()
     );
+}
+
+#[tokio::test]
+async fn the_same_model_name_in_another_namespace_is_admitted() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let own = model("team-b", "chat", json!({"model": "chat"}), json!({}));
+    let reply = harness.validate(&model_review("team-b", "chat", own)).await;
+    assert!(reply.allowed(), "{}", reply.message());
 }
 
 fn token_with(edit: impl FnOnce(&mut Value)) -> Value {

@@ -110,7 +110,9 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8081"
     )]
     pub health_listen: SocketAddr,
-    /// Namespace requests are decided in (AIPolicies of other namespaces do not apply).
+    /// Namespace this proxy serves, as a sidecar there would: only tokens valid in it,
+    /// models it can resolve (its own, then shared ones) and policies that apply in it
+    /// are in force. The directory is read as `policybind test` reads it.
     #[arg(long, env = "POLICYBIND_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Where requests needing approval are held as ApprovalRequest manifests.
