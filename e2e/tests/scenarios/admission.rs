@@ -86,8 +86,13 @@ fn pod_with_unapproved_model_is_denied() {
             bail!("denial lacks the MODEL_NOT_APPROVED code: {message}");
         }
         // A suspended model is refused as well.
-        s.apply(&ModelDeployment::new("paused").suspended().build())
-            .await?;
+        s.apply(
+            &ModelDeployment::new("paused")
+                .serving("e2e-paused-model")
+                .suspended()
+                .build(),
+        )
+        .await?;
         s.wait_for(
             "the suspended model to be refused",
             std::time::Duration::from_secs(30),
