@@ -40,7 +40,10 @@ use serde_json::json;
 
 use crate::context::{Context, key_of, reasons, requeue_at, to_jiff};
 use crate::error::{Error, Result};
-use crate::usage::{UsageReport, current_period_end, current_usage, exhausted_period};
+use crate::usage::{
+    CountedReport, UsageReport, current_period_end, current_usage, exhausted_period,
+    named_after_its_pod,
+};
 
 const CONTROLLER: &str = "access_token";
 /// Secret key holding the hex SHA-256 of the previous value during a grace period.
@@ -359,15 +362,28 @@ pub fn next_change(
         .min()
 }
 
-/// Usage reports of every sidecar, from the cache. Parsed reports are kept per
-/// ConfigMap version: every token reconcile reads all reports, and parsing them
-/// each time would cost O(tokens x reports) at start.
-pub fn usage_reports(ctx: &Context) -> Vec<Arc<UsageReport>> {
+/// The usage reports the operator counts, from the cache: those named after
+/// their pod, in enforced namespaces (see [`crate::usage`]). Parsed reports are
+/// kept per ConfigMap version: every token reconcile reads all reports, and
+/// parsing them each time would cost O(tokens x reports) at start.
+pub fn usage_reports(ctx: &Context) -> Vec<Arc<CountedReport>> {
     let config_maps = ctx.stores.usage_reports.state();
+    let mut enforced = crate::bundle::EnforcedNamespaces::new(
+        &ctx.stores.namespaces,
+        &ctx.stores.pods,
+        &ctx.settings.namespace,
+    );
     let mut cache = ctx.usage_cache.lock().expect("usage cache lock poisoned");
     let mut live = std::collections::HashSet::new();
     let reports = config_maps
         .iter()
+        .filter(|cm| named_after_its_pod(cm))
+        .filter(|cm| {
+            cm.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| enforced.contains(ns))
+        })
         .filter_map(|cm| {
             let uid = cm
                 .metadata
@@ -381,7 +397,10 @@ pub fn usage_reports(ctx: &Context) -> Vec<Arc<UsageReport>> {
             {
                 return Some(report.clone());
             }
-            let report = Arc::new(UsageReport::from_config_map(cm)?);
+            let report = Arc::new(CountedReport {
+                namespace: cm.metadata.namespace.clone()?,
+                report: UsageReport::from_config_map(cm)?,
+            });
             cache.insert(uid, (version, report.clone()));
             Some(report)
         })
@@ -479,7 +498,8 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
 
     let reports = usage_reports(&ctx);
     let usage = current_usage(
-        &key_of(token.as_ref()),
+        &namespace,
+        &token.name_any(),
         &token.spec,
         reports.iter().map(|r| r.as_ref()),
         now,

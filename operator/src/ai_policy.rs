@@ -12,7 +12,7 @@
 //! No finalizer: bundles are recomputed from the policies that exist, so a
 //! deleted policy leaves every bundle at the next build.
 
-use policybind_crds::wire::keys;
+use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,7 @@ use policybind_crds::{AIPolicy, API_VERSION, ClusterAIPolicy};
 use policybind_engine::PolicySet;
 use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind};
-use policybind_engine::bundle_codec::{self, BundlePart};
+use policybind_engine::bundle_codec::{self, BundlePart, DecodeLimits};
 use serde_json::json;
 
 use crate::context::{Context, key_of, to_jiff};
@@ -270,31 +270,41 @@ pub fn versions_in_force(
 }
 
 /// Finds the version of a policy in the bundles already written, to restore
-/// the last good version after a restart.
+/// the last good version after a restart. Only bundles in the operator's own
+/// namespace (`home`) count: a ConfigMap labelled as a bundle anywhere a workload
+/// can write must never put a policy version in force.
 pub fn recover_from_bundles<'a>(
     policy: &BundlePolicy,
+    home: &str,
     bundles: impl IntoIterator<Item = &'a ConfigMap>,
 ) -> Option<BundlePolicy> {
     let mut by_namespace: HashMap<String, Vec<(usize, BundlePart)>> = HashMap::new();
     for cm in bundles {
-        let Some(ns) = cm.metadata.namespace.clone() else {
+        if cm.metadata.namespace.as_deref() != Some(home) {
+            continue;
+        }
+        let Some(ns) = cm
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::BUNDLE_NAMESPACE))
+            .cloned()
+        else {
             continue;
         };
-        if let AIPolicyScope::Namespace(wanted) = scope_of(policy)
-            && wanted != ns
+        if let Some(wanted) = &policy.namespace
+            && *wanted != ns
         {
             continue;
         }
-        let name = cm.metadata.name.as_deref().unwrap_or("");
-        let index = if name == bundle_codec::BUNDLE_CONFIGMAP {
-            0
-        } else if let Some(n) = name
-            .strip_prefix(bundle_codec::BUNDLE_CONFIGMAP)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|n| n.parse().ok())
-        {
-            n
-        } else {
+        let Some(index) = cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::BUNDLE_PART))
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(index, _)| index.parse::<usize>().ok())
+        else {
             continue;
         };
         let part = if let Some(json) = cm.data.as_ref().and_then(|d| d.get(keys::BUNDLE_JSON)) {
@@ -310,21 +320,9 @@ pub fn recover_from_bundles<'a>(
     by_namespace.into_values().find_map(|mut parts| {
         parts.sort_by_key(|(i, _)| *i);
         let parts: Vec<BundlePart> = parts.into_iter().map(|(_, p)| p).collect();
-        let bundle = bundle_codec::decode(&parts).ok()?;
+        let bundle = bundle_codec::decode(&parts, &DecodeLimits::default()).ok()?;
         bundle.policies.into_iter().find(|p| resource_id(p) == id)
     })
-}
-
-enum AIPolicyScope {
-    Namespace(String),
-    Cluster,
-}
-
-fn scope_of(policy: &BundlePolicy) -> AIPolicyScope {
-    match &policy.namespace {
-        Some(ns) => AIPolicyScope::Namespace(ns.clone()),
-        None => AIPolicyScope::Cluster,
-    }
 }
 
 /// The status a policy should have after a compile.
@@ -402,6 +400,7 @@ where
     let recovered = match &result {
         Err(_) if ctx.policies.in_force(&policy).is_none() => recover_from_bundles(
             &policy,
+            &ctx.settings.namespace,
             ctx.stores.bundles.state().iter().map(|c| c.as_ref()),
         ),
         _ => None,
@@ -689,13 +688,27 @@ mod tests {
             ..Default::default()
         };
         let encoded = bundle_codec::encode(&bundle, bundle_codec::DEFAULT_MAX_PART_BYTES);
-        let cms = crate::namespace::bundle_config_maps("team-a", &encoded);
+        let cms =
+            crate::namespace::bundle_config_maps("policybind-system", "team-a", None, &encoded);
         assert_eq!(
-            recover_from_bundles(&bad_when("team-a", "chat"), &cms),
-            Some(good)
+            recover_from_bundles(&bad_when("team-a", "chat"), "policybind-system", &cms),
+            Some(good.clone())
         );
         assert_eq!(
-            recover_from_bundles(&bad_when("team-b", "chat"), &cms),
+            recover_from_bundles(&bad_when("team-b", "chat"), "policybind-system", &cms),
+            None
+        );
+        // The same bundle planted where a workload can write is never read.
+        let planted: Vec<ConfigMap> = cms
+            .iter()
+            .cloned()
+            .map(|mut cm| {
+                cm.metadata.namespace = Some("team-a".into());
+                cm
+            })
+            .collect();
+        assert_eq!(
+            recover_from_bundles(&bad_when("team-a", "chat"), "policybind-system", &planted),
             None
         );
     }

@@ -32,7 +32,7 @@ use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 use crate::access_token::{self, SecretState};
 use crate::ai_policy::{PolicyMemory, versions_in_force};
 use crate::model_deployment;
-use crate::usage::{UsageReport, current_usage};
+use crate::usage::{CountedReport, current_usage};
 
 /// Everything bundles are made of, at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,7 +55,8 @@ pub struct ViewInputs<'a> {
     pub tokens: &'a [Arc<AccessToken>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
-    pub usage: &'a [Arc<UsageReport>],
+    /// Usage reports the operator counts ([`crate::access_token::usage_reports`]).
+    pub usage: &'a [Arc<CountedReport>],
     pub namespaces: &'a [Arc<Namespace>],
     pub approval_ttl: Duration,
 }
@@ -66,10 +67,6 @@ pub fn is_enforced<'a>(
     namespace: &Namespace,
     pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
 ) -> bool {
-    let opted = |map: Option<&BTreeMap<String, String>>| {
-        map.and_then(|m| m.get(labels::ENFORCE))
-            .is_some_and(|v| v == "true")
-    };
     if namespace.metadata.deletion_timestamp.is_some() {
         return false;
     }
@@ -81,6 +78,66 @@ pub fn is_enforced<'a>(
         pod.metadata.namespace.as_deref() == Some(name.as_str())
             && (opted(pod.metadata.labels.as_ref()) || opted(pod.metadata.annotations.as_ref()))
     })
+}
+
+/// Which namespaces are enforced, asked one at a time: a label lookup each, and
+/// one scan of the pods (for workload opt-ins) only when a namespace without the
+/// label is asked about. PolicyBind's own namespace (`home`) is never enforced.
+pub struct EnforcedNamespaces<'a> {
+    namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+    pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+    home: &'a str,
+    opted_in: Option<std::collections::HashSet<String>>,
+}
+
+impl<'a> EnforcedNamespaces<'a> {
+    pub fn new(
+        namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+        pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+        home: &'a str,
+    ) -> Self {
+        EnforcedNamespaces {
+            namespaces,
+            pods,
+            home,
+            opted_in: None,
+        }
+    }
+
+    pub fn contains(&mut self, name: &str) -> bool {
+        if name == self.home {
+            return false;
+        }
+        let Some(namespace) = self
+            .namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+        else {
+            return false;
+        };
+        if namespace.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        if opted(namespace.metadata.labels.as_ref()) {
+            return true;
+        }
+        let pods = self.pods;
+        self.opted_in
+            .get_or_insert_with(|| {
+                pods.state()
+                    .iter()
+                    .filter(|p| {
+                        opted(p.metadata.labels.as_ref()) || opted(p.metadata.annotations.as_ref())
+                    })
+                    .filter_map(|p| p.metadata.namespace.clone())
+                    .collect()
+            })
+            .contains(name)
+    }
+}
+
+fn opted(map: Option<&BTreeMap<String, String>>) -> bool {
+    map.and_then(|m| m.get(labels::ENFORCE))
+        .is_some_and(|v| v == "true")
 }
 
 /// Builds the view. Policies resolve through `memory` (last good version).
@@ -139,7 +196,8 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
             let secret_key = format!("{ns}/{}", access_token::secret_name(t));
             let secret = inputs.secrets.get(&secret_key);
             let usage = current_usage(
-                &format!("{ns}/{}", t.name_any()),
+                ns,
+                &t.name_any(),
                 &t.spec,
                 inputs.usage.iter().map(|r| r.as_ref()),
                 now,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, PatchParams};
@@ -57,8 +58,10 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     /// Take a Lease before acting, so that several replicas are safe.
     pub leader_election: bool,
-    /// Namespace of the Lease (the operator's own namespace).
-    pub lease_namespace: String,
+    /// The operator's own namespace (the chart's release namespace): the Lease,
+    /// the lifecycle audit trail, and every enforced namespace's bundle and
+    /// bundle reader Role live here, where workloads cannot write.
+    pub namespace: String,
     /// Name of the Lease.
     pub lease_name: String,
     /// This replica's identity (pod name) in the Lease and in events.
@@ -73,9 +76,9 @@ pub struct Settings {
     pub incidents: IncidentSettings,
     /// How long to wait for the watch caches to fill at start.
     pub cache_timeout: Duration,
-    /// Secret (`name` in `lease_namespace`, or `namespace/name`) holding the audit
+    /// Secret (`name` in `namespace`, or `namespace/name`) holding the audit
     /// signing key. Set, lifecycle records go to the audit trail in
-    /// `lease_namespace`; unset, there are only events and logs.
+    /// `namespace`; unset, there are only events and logs.
     pub audit_key_secret: Option<String>,
     /// File holding the audit signing key (a mounted Secret); wins over
     /// `audit_key_secret`.
@@ -83,6 +86,16 @@ pub struct Settings {
     /// Keeps each namespace's audit segment ConfigMaps within a budget (see
     /// [`crate::audit_retention`]); `None` turns retention off.
     pub audit_retention: Option<AuditRetentionSettings>,
+    /// The ClusterRole (rendered by the chart, `<fullname>-sidecar`) that the
+    /// `policybind-sidecar` RoleBinding of every enforced namespace binds. The
+    /// operator holds `bind` on it rather than every right it grants.
+    pub sidecar_cluster_role: String,
+    /// Name of the port the sidecar takes over from the model container: the
+    /// NetworkPolicy of every enforced namespace admits ingress to it and to
+    /// `pb-health` only.
+    pub sidecar_port_name: String,
+    /// What sidecars accept; a bundle beyond it is not written.
+    pub bundle_limits: policybind_engine::bundle_codec::DecodeLimits,
 }
 
 impl Default for Settings {
@@ -92,7 +105,7 @@ impl Default for Settings {
             kube_context: None,
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             leader_election: false,
-            lease_namespace: "policybind-system".into(),
+            namespace: "policybind-system".into(),
             lease_name: "policybind-operator".into(),
             identity: "policybind-operator".into(),
             bundle_debounce: Duration::from_millis(250),
@@ -103,6 +116,9 @@ impl Default for Settings {
             audit_key_secret: None,
             audit_key_file: None,
             audit_retention: Some(AuditRetentionSettings::default()),
+            sidecar_cluster_role: "policybind-sidecar".into(),
+            sidecar_port_name: "http".into(),
+            bundle_limits: Default::default(),
         }
     }
 }
@@ -121,13 +137,19 @@ pub struct Stores {
     pub token_secrets: Store<Secret>,
     /// ConfigMaps labelled [`labels::USAGE`].
     pub usage_reports: Store<ConfigMap>,
-    /// ConfigMaps labelled `policybind.io/bundle`.
+    /// ConfigMaps labelled `policybind.io/bundle`: the bundles in the operator's
+    /// namespace, and those of the layout before in workload namespaces (to delete).
     pub bundles: Store<ConfigMap>,
     /// ConfigMaps labelled `policybind.io/audit-segment`.
     pub audit_segments: Store<ConfigMap>,
     /// Roles and RoleBindings labelled managed-by policybind.
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
+    /// NetworkPolicies labelled managed-by policybind.
+    pub network_policies: Store<NetworkPolicy>,
+    /// Secrets named `policybind-audit-key` in any namespace (ours, or brought
+    /// by an administrator: either way never overwritten).
+    pub audit_keys: Store<Secret>,
     /// Pod metadata only: enough to count matched workloads without caching pod specs.
     pub pods: Store<PartialObjectMeta<Pod>>,
 }
@@ -150,6 +172,8 @@ impl Stores {
                 && self.audit_segments.wait_until_ready().await.is_ok()
                 && self.roles.wait_until_ready().await.is_ok()
                 && self.role_bindings.wait_until_ready().await.is_ok()
+                && self.network_policies.wait_until_ready().await.is_ok()
+                && self.audit_keys.wait_until_ready().await.is_ok()
                 && self.pods.wait_until_ready().await.is_ok()
         };
         all.await
@@ -177,7 +201,7 @@ pub struct Context {
     /// Writer of lifecycle records, when an audit key is configured.
     audit: Option<policybind_audit::AuditWriter>,
     /// Parsed usage reports by ConfigMap uid, with the version they were parsed at.
-    pub usage_cache: Mutex<HashMap<String, (String, Arc<crate::usage::UsageReport>)>>,
+    pub usage_cache: Mutex<HashMap<String, (String, Arc<crate::usage::CountedReport>)>>,
 }
 
 impl Context {

@@ -40,7 +40,7 @@ pub mod usage;
 #[cfg(test)]
 mod mock_tests;
 
-use policybind_crds::wire::labels;
+use policybind_crds::wire::{labels, names};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +51,7 @@ use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, ObjectMeta, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
@@ -193,6 +194,17 @@ fn labelled(label: &str) -> watcher::Config {
     watcher::Config::default().labels(label)
 }
 
+/// Any object, asked which namespace it belongs to for the operator.
+trait ServedBy {
+    fn served(&self, home: &str) -> Option<String>;
+}
+
+impl<K: Resource> ServedBy for K {
+    fn served(&self, home: &str) -> Option<String> {
+        namespace::served_namespace(self, home)
+    }
+}
+
 fn touched<K: Clone>(event: &Event<K>) -> Vec<K> {
     match event {
         Event::Apply(obj) | Event::Delete(obj) => vec![obj.clone()],
@@ -266,6 +278,8 @@ pub async fn run_with(
     let (audit_segments, audit_segments_w) = reflector::store::<ConfigMap>();
     let (roles, roles_w) = reflector::store::<Role>();
     let (role_bindings, role_bindings_w) = reflector::store::<RoleBinding>();
+    let (network_policies, network_policies_w) = reflector::store::<NetworkPolicy>();
+    let (audit_keys, audit_keys_w) = reflector::store::<Secret>();
     let (pods, pods_w) = reflector::store::<PartialObjectMeta<Pod>>();
     let stores = Stores {
         policies,
@@ -281,6 +295,8 @@ pub async fn run_with(
         audit_segments,
         roles,
         role_bindings,
+        network_policies,
+        audit_keys,
         pods,
     };
 
@@ -296,9 +312,9 @@ pub async fn run_with(
     let mut lease_task = None;
     let lease_release = CancellationToken::new();
     if settings.leader_election {
-        let api: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
+        let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
         let lease = leader::LeaseSettings::new(
-            &settings.lease_namespace,
+            &settings.namespace,
             &settings.lease_name,
             &settings.identity,
         );
@@ -453,43 +469,35 @@ pub async fn run_with(
             },
         ))));
     }
+    // Objects the operator keeps for a namespace trigger that namespace's
+    // reconcile when someone changes or deletes them.
     let child_trigger = |namespace_tx: &mpsc::UnboundedSender<ObjectRef<Namespace>>| {
         let namespace_tx = namespace_tx.clone();
-        move |namespace: Option<String>| {
-            if let Some(ns) = namespace {
+        let home = settings.namespace.clone();
+        move |object: &dyn ServedBy| {
+            if let Some(ns) = object.served(&home) {
                 let _ = namespace_tx.unbounded_send(ObjectRef::new(&ns));
             }
         }
     };
+    let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     {
         let trigger = child_trigger(&namespace_tx);
         side.push(Box::pin(drive(watch(
             watcher::watcher(
                 Api::<ConfigMap>::all(client.clone()),
-                labelled(&format!(
-                    "{labels_bundle}=true",
-                    labels_bundle = labels::BUNDLE
-                )),
+                labelled(&format!("{}=true", labels::BUNDLE)),
             ),
             bundles_w,
-            move |event: &Event<ConfigMap>| {
-                touched(event)
-                    .into_iter()
-                    .for_each(|c| trigger(c.namespace()))
-            },
+            move |event: &Event<ConfigMap>| touched(event).iter().for_each(|o| trigger(o)),
         ))));
     }
-    let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     {
         let trigger = child_trigger(&namespace_tx);
         side.push(Box::pin(drive(watch(
             watcher::watcher(Api::<Role>::all(client.clone()), labelled(&managed)),
             roles_w,
-            move |event: &Event<Role>| {
-                touched(event)
-                    .into_iter()
-                    .for_each(|r| trigger(r.namespace()))
-            },
+            move |event: &Event<Role>| touched(event).iter().for_each(|o| trigger(o)),
         ))));
     }
     {
@@ -497,11 +505,30 @@ pub async fn run_with(
         side.push(Box::pin(drive(watch(
             watcher::watcher(Api::<RoleBinding>::all(client.clone()), labelled(&managed)),
             role_bindings_w,
-            move |event: &Event<RoleBinding>| {
-                touched(event)
-                    .into_iter()
-                    .for_each(|r| trigger(r.namespace()))
-            },
+            move |event: &Event<RoleBinding>| touched(event).iter().for_each(|o| trigger(o)),
+        ))));
+    }
+    {
+        let trigger = child_trigger(&namespace_tx);
+        side.push(Box::pin(drive(watch(
+            watcher::watcher(
+                Api::<NetworkPolicy>::all(client.clone()),
+                labelled(&managed),
+            ),
+            network_policies_w,
+            move |event: &Event<NetworkPolicy>| touched(event).iter().for_each(|o| trigger(o)),
+        ))));
+    }
+    {
+        let trigger = child_trigger(&namespace_tx);
+        side.push(Box::pin(drive(watch(
+            watcher::watcher(
+                Api::<Secret>::all(client.clone()),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", names::AUDIT_KEY_SECRET)),
+            ),
+            audit_keys_w,
+            move |event: &Event<Secret>| touched(event).iter().for_each(|o| trigger(o)),
         ))));
     }
     {
@@ -523,7 +550,7 @@ pub async fn run_with(
                         }
                     }
                     // A pod may opt its namespace into enforcement.
-                    trigger(ns);
+                    trigger(&pod);
                 }
             },
         ))));
@@ -693,7 +720,7 @@ async fn start_audit(
         (None, Some(secret)) => {
             let (namespace, name) = secret
                 .split_once('/')
-                .unwrap_or((settings.lease_namespace.as_str(), secret.as_str()));
+                .unwrap_or((settings.namespace.as_str(), secret.as_str()));
             policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
                 .await
                 .map_err(Error::Audit)?
@@ -703,12 +730,12 @@ async fn start_audit(
     let config = policybind_audit::AuditConfig::new(format!("operator/{}", settings.identity), key);
     let store = Arc::new(policybind_audit::ConfigMapStore::new(
         client.clone(),
-        settings.lease_namespace.clone(),
+        settings.namespace.clone(),
     ));
     let writer = policybind_audit::AuditWriter::start(config, store)
         .await
         .map_err(Error::Audit)?;
-    tracing::info!(writer = %writer.writer(), namespace = %settings.lease_namespace, "lifecycle records go to the audit trail");
+    tracing::info!(writer = %writer.writer(), namespace = %settings.namespace, "lifecycle records go to the audit trail");
     Ok(Some(writer))
 }
 

@@ -1,14 +1,26 @@
-//! The bundle writer: one reconcile per Namespace.
+//! The bundle writer: one reconcile per Namespace (DESIGN.md sections 4 and 11).
 //!
-//! For an enforced namespace (see [`crate::bundle::is_enforced`]) it writes the
-//! namespace's bundle ConfigMap(s) (`policybind-bundle`, plus
-//! `policybind-bundle-<n>` parts when large; format in
-//! [`policybind_engine::bundle_codec`]) and the `policybind-sidecar` Role and
-//! RoleBinding that let the namespace's pods read it. It writes only when the
-//! content differs from what is in the cluster, so a rebuild that changes
+//! For an enforced namespace `<ns>` (see [`crate::bundle::is_enforced`]) it keeps:
+//!
+//! - in the operator's own namespace, where workloads cannot write: the bundle
+//!   ConfigMaps `policybind-bundle.<ns>` (plus `policybind-bundle.<ns>.<n>` parts
+//!   when large; format in [`policybind_engine::bundle_codec`]), and the Role and
+//!   RoleBinding `policybind-bundle-reader.<ns>` that let `<ns>`'s service
+//!   accounts get, list and watch exactly those names. All three carry an owner
+//!   reference to the Namespace, so the garbage collector removes them with it;
+//! - in `<ns>`: the RoleBinding `policybind-sidecar` of the chart's sidecar
+//!   ClusterRole (usage reports, audit segments, held requests; the operator
+//!   holds `bind` on that ClusterRole, not its rights), the NetworkPolicy
+//!   `policybind-model-ports` that admits ingress to injected pods only on the
+//!   sidecar's ports, and the Secret `policybind-audit-key` with the namespace's
+//!   own audit signing key (created once, never regenerated while it exists).
+//!
+//! It writes only what differs from the cluster, so a rebuild that changes
 //! nothing costs no API call. When a namespace stops being enforced, the
-//! operator's objects there are deleted (there is no cluster-scoped owner that
-//! could garbage-collect them).
+//! operator's objects for it are deleted, except the audit key: segments signed
+//! with it must stay verifiable, and a namespace enforced again keeps its key.
+//! Objects of the layout before bundles moved (`policybind-bundle` ConfigMaps and
+//! the `policybind-sidecar` Role in workload namespaces) are deleted on sight.
 //!
 //! Every change of an input (policy, model, token, token Secret, usage report,
 //! approval, namespace labels) bumps the context's epoch and triggers all
@@ -16,17 +28,23 @@
 //! each namespace's encoded bundle are cached per epoch, so N namespaces build
 //! the view once.
 
-use policybind_crds::wire::{annotations, keys, labels};
+use policybind_crds::wire::{self, annotations, keys, labels, names};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::api::{Api, DeleteParams, Patch};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use policybind_engine::audit::{AuditEvent, AuditSigningKey};
 use policybind_engine::bundle_codec::{self, BundlePart, EncodedBundle};
 
 use crate::access_token::{SecretState, read_secret};
@@ -35,11 +53,7 @@ use crate::context::{Context, requeue_at};
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "bundle";
-/// Name of the Role and RoleBinding for sidecars in each enforced namespace.
-pub const SIDECAR_RBAC_NAME: &str = "policybind-sidecar";
-/// Bundle parts the sidecar Role names (`policybind-bundle` and `-1` .. `-15`):
-/// 16 parts of 700 KiB of gzip are far beyond any realistic bundle.
-pub const MAX_BUNDLE_PARTS: usize = 16;
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Caches of the bundle writer: the view of the current input epoch, and each
 /// namespace's encoded bundle tagged with the view build it came from.
@@ -148,29 +162,74 @@ fn encoded_bundle(ctx: &Context, namespace: &str) -> (Arc<EncodedBundle>, Option
     (encoded, view.next_change)
 }
 
-fn managed_labels(extra: Option<(&str, &str)>) -> BTreeMap<String, String> {
+fn managed_labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([(
         labels::MANAGED_BY.to_string(),
         labels::MANAGED_BY_VALUE.to_string(),
     )]);
-    if let Some((k, v)) = extra {
+    for (k, v) in extra {
         labels.insert(k.to_string(), v.to_string());
     }
     labels
 }
 
-/// The ConfigMaps that hold an encoded bundle in `namespace`, part 0 first.
-pub fn bundle_config_maps(namespace: &str, encoded: &EncodedBundle) -> Vec<ConfigMap> {
+/// An owner reference to `namespace`: objects the operator keeps in its own
+/// namespace for `namespace` go with it when it is deleted (a namespaced object
+/// may have a cluster-scoped owner).
+pub fn namespace_owner(namespace: &Namespace) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: namespace.name_any(),
+        uid: namespace.metadata.uid.clone()?,
+        ..Default::default()
+    })
+}
+
+/// Metadata of an object the operator keeps in its own namespace (`home`) for
+/// `namespace`.
+fn home_meta(
+    home: &str,
+    name: String,
+    namespace: &str,
+    owner: Option<&OwnerReference>,
+    extra_labels: &[(&str, &str)],
+) -> kube::api::ObjectMeta {
+    let mut labels = vec![(labels::BUNDLE_NAMESPACE, namespace)];
+    labels.extend_from_slice(extra_labels);
+    kube::api::ObjectMeta {
+        name: Some(name),
+        namespace: Some(home.to_string()),
+        labels: Some(managed_labels(&labels)),
+        owner_references: owner.map(|o| vec![o.clone()]),
+        ..Default::default()
+    }
+}
+
+/// The ConfigMaps (in `home`, the operator's namespace) that hold `namespace`'s
+/// encoded bundle, part 0 first.
+pub fn bundle_config_maps(
+    home: &str,
+    namespace: &str,
+    owner: Option<&OwnerReference>,
+    encoded: &EncodedBundle,
+) -> Vec<ConfigMap> {
     let count = encoded.parts.len();
     encoded
         .parts
         .iter()
         .enumerate()
         .map(|(index, part)| {
-            let mut cm = ConfigMap::default();
-            cm.metadata.name = Some(bundle_codec::part_name(index));
-            cm.metadata.namespace = Some(namespace.to_string());
-            cm.metadata.labels = Some(managed_labels(Some((labels::BUNDLE, "true"))));
+            let mut cm = ConfigMap {
+                metadata: home_meta(
+                    home,
+                    wire::bundle_part(namespace, index),
+                    namespace,
+                    owner,
+                    &[(labels::BUNDLE, "true")],
+                ),
+                ..Default::default()
+            };
             cm.metadata.annotations = Some(BTreeMap::from([
                 (
                     annotations::FINGERPRINT.to_string(),
@@ -200,69 +259,133 @@ pub fn bundle_config_maps(namespace: &str, encoded: &EncodedBundle) -> Vec<Confi
         .collect()
 }
 
-/// Role for the pods of an enforced namespace: read the bundle, write usage
-/// reports and audit segments, raise and read ApprovalRequests.
-pub fn sidecar_role(namespace: &str) -> Role {
-    let bundle_names = (0..MAX_BUNDLE_PARTS).map(bundle_codec::part_name).collect();
-    let mut role = Role {
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec!["".into()]),
-                resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(bundle_names),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec!["".into()]),
-                resources: Some(vec!["configmaps".into()]),
-                // Audit segments and usage reports are written by server-side apply
-                // (patch, create on first write); the audit store lists its own
-                // segments (label-filtered, which RBAC cannot narrow) to resume a chain.
-                verbs: vec![
-                    "create".into(),
-                    "get".into(),
-                    "list".into(),
-                    "update".into(),
-                    "patch".into(),
-                ],
-                ..Default::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec![policybind_crds::GROUP.into()]),
-                resources: Some(vec!["approvalrequests".into()]),
-                verbs: vec!["create".into(), "get".into()],
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
-    role.metadata.name = Some(SIDECAR_RBAC_NAME.into());
-    role.metadata.namespace = Some(namespace.into());
-    role.metadata.labels = Some(managed_labels(None));
-    role
+/// Role (in `home`) that lets a reader get, list and watch exactly the bundle
+/// names of `namespace`: a list or watch with a `metadata.name` field selector
+/// is authorized against resourceNames, which is how the sidecar watches.
+pub fn bundle_reader_role(home: &str, namespace: &str, owner: Option<&OwnerReference>) -> Role {
+    Role {
+        metadata: home_meta(home, wire::bundle_reader(namespace), namespace, owner, &[]),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(wire::bundle_parts(namespace)),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    }
 }
 
-/// Binds [`sidecar_role`] to every service account of the namespace.
-pub fn sidecar_role_binding(namespace: &str) -> RoleBinding {
-    let mut binding = RoleBinding {
+fn service_accounts_of(namespace: &str) -> Vec<Subject> {
+    vec![Subject {
+        api_group: Some(RBAC_GROUP.into()),
+        kind: "Group".into(),
+        name: format!("system:serviceaccounts:{namespace}"),
+        namespace: None,
+    }]
+}
+
+/// Binds [`bundle_reader_role`] to every service account of `namespace`.
+pub fn bundle_reader_binding(
+    home: &str,
+    namespace: &str,
+    owner: Option<&OwnerReference>,
+) -> RoleBinding {
+    RoleBinding {
+        metadata: home_meta(home, wire::bundle_reader(namespace), namespace, owner, &[]),
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
+            api_group: RBAC_GROUP.into(),
             kind: "Role".into(),
-            name: SIDECAR_RBAC_NAME.into(),
+            name: wire::bundle_reader(namespace),
         },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Group".into(),
-            name: format!("system:serviceaccounts:{namespace}"),
-            namespace: None,
-        }]),
-        ..Default::default()
+        subjects: Some(service_accounts_of(namespace)),
+    }
+}
+
+/// Binds the chart's sidecar ClusterRole to every service account of
+/// `namespace`, in `namespace` only.
+pub fn sidecar_role_binding(namespace: &str, cluster_role: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(names::SIDECAR_BINDING.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(managed_labels(&[])),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: RBAC_GROUP.into(),
+            kind: "ClusterRole".into(),
+            name: cluster_role.into(),
+        },
+        subjects: Some(service_accounts_of(namespace)),
+    }
+}
+
+/// Admits ingress to injected pods of `namespace` on the sidecar's port and its
+/// health port only: the model's moved port (`pb-model`) stays reachable from
+/// inside the pod alone. NetworkPolicies add up, so another policy that admits
+/// more opens more; and only a CNI that enforces them makes this hold.
+pub fn model_network_policy(namespace: &str, sidecar_port: &str) -> NetworkPolicy {
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        end_port: None,
     };
-    binding.metadata.name = Some(SIDECAR_RBAC_NAME.into());
-    binding.metadata.namespace = Some(namespace.into());
-    binding.metadata.labels = Some(managed_labels(None));
-    binding
+    NetworkPolicy {
+        metadata: kube::api::ObjectMeta {
+            name: Some(names::MODEL_NETWORK_POLICY.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(managed_labels(&[])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    labels::INJECTED.to_string(),
+                    "true".to_string(),
+                )])),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(vec![port(sidecar_port), port(names::HEALTH_PORT)]),
+            }]),
+            egress: None,
+        }),
+    }
+}
+
+/// The Secret holding `namespace`'s audit signing key (PKCS#8 PEM), with the key
+/// id in an annotation so the public half can be published without reading it.
+pub fn audit_key_secret(namespace: &str, key: &AuditSigningKey) -> Result<Secret> {
+    let pem = key
+        .to_pkcs8_pem()
+        .map_err(|e| Error::Random(e.to_string()))?;
+    Ok(Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(names::AUDIT_KEY_SECRET.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(managed_labels(&[(labels::AUDIT_KEY, "true")])),
+            annotations: Some(BTreeMap::from([(
+                annotations::AUDIT_KEY_ID.to_string(),
+                key.key_id().to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            keys::SIGNING_KEY.to_string(),
+            ByteString(pem.into_bytes()),
+        )])),
+        ..Default::default()
+    })
+}
+
+/// A fresh Ed25519 key from the operating system's random source.
+fn generate_audit_key() -> Result<AuditSigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(AuditSigningKey::from_seed(&seed))
 }
 
 fn is_managed<K: Resource>(object: &K) -> bool {
@@ -274,78 +397,79 @@ fn is_managed<K: Resource>(object: &K) -> bool {
         .is_some_and(|v| v == labels::MANAGED_BY_VALUE)
 }
 
-/// Whether the ConfigMap in the cluster already holds exactly `desired`.
-fn same_config_map(existing: &ConfigMap, desired: &ConfigMap) -> bool {
-    let annotation = |cm: &ConfigMap, key: &str| {
-        cm.metadata
-            .annotations
+/// The namespace an object of the operator is for: the bundle-namespace label
+/// on objects in the operator's own namespace, the object's namespace otherwise.
+pub fn served_namespace<K: Resource>(object: &K, home: &str) -> Option<String> {
+    let meta = object.meta();
+    match meta.namespace.as_deref() {
+        Some(ns) if ns == home => meta
+            .labels
             .as_ref()
-            .and_then(|a| a.get(key))
-            .cloned()
-    };
-    annotation(existing, annotations::FINGERPRINT) == annotation(desired, annotations::FINGERPRINT)
-        && annotation(existing, annotations::BUNDLE_PART)
-            == annotation(desired, annotations::BUNDLE_PART)
+            .and_then(|l| l.get(labels::BUNDLE_NAMESPACE))
+            .cloned(),
+        other => other.map(str::to_string),
+    }
+}
+
+/// Whether a ConfigMap in a workload namespace is a bundle of the layout before
+/// bundles moved (`policybind-bundle`, `policybind-bundle-<n>`).
+fn is_legacy_bundle(cm: &ConfigMap) -> bool {
+    let name = cm.metadata.name.as_deref().unwrap_or("");
+    is_managed(cm)
+        && (name == names::BUNDLE_PREFIX
+            || name
+                .strip_prefix(names::BUNDLE_PREFIX)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// Whether the object in the cluster already carries what we would write.
+fn same_meta<K: Resource>(existing: &K, desired: &K) -> bool {
+    let (e, d) = (existing.meta(), desired.meta());
+    is_managed(existing)
+        && e.owner_references.clone().unwrap_or_default()
+            == d.owner_references.clone().unwrap_or_default()
+        && d.labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| e.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+        && d.annotations
+            .iter()
+            .flatten()
+            .all(|(k, v)| e.annotations.as_ref().and_then(|a| a.get(k)) == Some(v))
+}
+
+fn same_config_map(existing: &ConfigMap, desired: &ConfigMap) -> bool {
+    same_meta(existing, desired)
         && existing.data == desired.data
         && existing.binary_data == desired.binary_data
-        && is_managed(existing)
 }
 
-async fn cleanup(namespace: &str, ctx: &Context) -> Result<()> {
-    let stores = &ctx.stores;
-    let in_ns = |ns: Option<&str>| ns == Some(namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    for cm in stores.bundles.state() {
-        if in_ns(cm.metadata.namespace.as_deref()) && is_managed(cm.as_ref()) {
-            config_maps
-                .delete(&cm.name_any(), &DeleteParams::default())
-                .await?;
-            tracing::info!(namespace, configmap = %cm.name_any(), "namespace no longer enforced; bundle removed");
-        }
-    }
-    if stores.role_bindings.state().iter().any(|rb| {
-        in_ns(rb.metadata.namespace.as_deref())
-            && rb.name_any() == SIDECAR_RBAC_NAME
-            && is_managed(rb.as_ref())
-    }) {
-        let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
-        api.delete(SIDECAR_RBAC_NAME, &DeleteParams::default())
-            .await?;
-    }
-    if stores.roles.state().iter().any(|r| {
-        in_ns(r.metadata.namespace.as_deref())
-            && r.name_any() == SIDECAR_RBAC_NAME
-            && is_managed(r.as_ref())
-    }) {
-        let api: Api<Role> = Api::namespaced(ctx.client.clone(), namespace);
-        api.delete(SIDECAR_RBAC_NAME, &DeleteParams::default())
-            .await?;
-    }
-    Ok(())
+fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
+    object.meta().namespace.as_deref() == Some(namespace)
 }
 
-/// Reconciles the bundle and sidecar RBAC of one namespace.
-pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
-    // Never publish from half-filled caches: a bundle without tokens would lock
-    // every caller out.
-    let timeout = ctx.settings.cache_timeout;
-    if tokio::time::timeout(timeout, ctx.stores.wait_until_ready())
-        .await
-        .ok()
-        != Some(true)
-    {
-        return Err(Error::CachesNotReady(timeout));
+async fn delete_if_found<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        // Gone already (the garbage collector, or a second replica): done.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
     }
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
+}
+
+/// Writes `namespace`'s bundle into the operator's namespace (extra parts first,
+/// part 0 last) and removes parts no longer needed. Returns when the view
+/// changes by itself.
+async fn publish_bundle(
+    ctx: &Arc<Context>,
+    namespace: &Namespace,
+) -> Result<Option<DateTime<Utc>>> {
     let name = namespace.name_any();
-    let pods = ctx.stores.pods.state();
-    if !is_enforced(&namespace, pods.iter().map(|p| p.as_ref())) {
-        if namespace.metadata.deletion_timestamp.is_none() {
-            cleanup(&name, &ctx).await?;
-        }
-        ctx.succeeded(&name);
-        return Ok(Action::await_change());
-    }
+    let home = ctx.settings.namespace.as_str();
     // Building the view and encoding take tens of milliseconds at scale: keep
     // them off the async worker threads.
     let (encoded, next_change) = {
@@ -355,16 +479,25 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
             .await
             .expect("bundle encoding does not panic")
     };
-    let desired = bundle_config_maps(&name, &encoded);
+    if let Err(refused) = encoded.fits(&ctx.settings.bundle_limits) {
+        // Every sidecar would refuse it: keep the bundle in place instead.
+        return Err(Error::BundleRefused {
+            namespace: name,
+            reason: refused.to_string(),
+        });
+    }
+    let owner = namespace_owner(namespace);
+    let desired = bundle_config_maps(home, &name, owner.as_ref(), &encoded);
     let existing: HashMap<String, Arc<ConfigMap>> = ctx
         .stores
         .bundles
         .state()
         .into_iter()
-        .filter(|cm| cm.metadata.namespace.as_deref() == Some(name.as_str()))
+        .filter(|cm| in_namespace(cm.as_ref(), home))
+        .filter(|cm| served_namespace(cm.as_ref(), home).as_deref() == Some(name.as_str()))
         .map(|cm| (cm.name_any(), cm))
         .collect();
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), home);
     let mut wrote = false;
     // Extra parts first and part 0 last: a reader that sees the new fingerprint
     // on part 0 finds every other part already in place.
@@ -387,157 +520,253 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
                 .iter()
                 .any(|d| d.metadata.name.as_ref() == Some(cm_name))
         {
-            config_maps
-                .delete(cm_name, &DeleteParams::default())
-                .await?;
+            delete_if_found(&config_maps, cm_name).await?;
         }
     }
+    let labels = crate::metrics::NamespaceLabels {
+        namespace: name.clone(),
+    };
     if wrote {
         tracing::info!(namespace = %name, fingerprint = %encoded.fingerprint, parts = desired.len(), "bundle written");
-        ctx.metrics
-            .bundle_writes
-            .get_or_create(&crate::metrics::NamespaceLabels {
-                namespace: name.clone(),
-            })
-            .inc();
+        ctx.metrics.bundle_writes.get_or_create(&labels).inc();
     }
-    let size: usize = encoded
-        .parts
-        .iter()
-        .map(|p| match p {
-            BundlePart::Plain(s) => s.len(),
-            BundlePart::Gzip(b) => b.len(),
-        })
-        .sum();
+    let size: usize = encoded.parts.iter().map(BundlePart::len).sum();
     ctx.metrics
         .bundle_bytes
-        .get_or_create(&crate::metrics::NamespaceLabels {
-            namespace: name.clone(),
-        })
+        .get_or_create(&labels)
         .set(size as i64);
+    Ok(next_change)
+}
 
-    let role = sidecar_role(&name);
-    let role_current = ctx.stores.roles.state().into_iter().any(|r| {
-        r.metadata.namespace.as_deref() == Some(name.as_str())
-            && r.name_any() == SIDECAR_RBAC_NAME
+/// Keeps the Role and RoleBinding that let `namespace` read its bundle.
+async fn keep_bundle_reader(ctx: &Context, namespace: &Namespace) -> Result<()> {
+    let name = namespace.name_any();
+    let home = ctx.settings.namespace.as_str();
+    let owner = namespace_owner(namespace);
+    let reader = wire::bundle_reader(&name);
+    let role = bundle_reader_role(home, &name, owner.as_ref());
+    let role_current = ctx.stores.roles.state().iter().any(|r| {
+        in_namespace(r.as_ref(), home)
+            && r.name_any() == reader
+            && same_meta(r.as_ref(), &role)
             && r.rules == role.rules
-            && is_managed(r.as_ref())
     });
     if !role_current {
-        let api: Api<Role> = Api::namespaced(ctx.client.clone(), &name);
-        api.patch(
-            SIDECAR_RBAC_NAME,
-            &Context::apply_params(),
-            &Patch::Apply(&role),
-        )
-        .await?;
+        let api: Api<Role> = Api::namespaced(ctx.client.clone(), home);
+        api.patch(&reader, &Context::apply_params(), &Patch::Apply(&role))
+            .await?;
     }
-    let binding = sidecar_role_binding(&name);
-    let binding_current = ctx.stores.role_bindings.state().into_iter().any(|b| {
-        b.metadata.namespace.as_deref() == Some(name.as_str())
-            && b.name_any() == SIDECAR_RBAC_NAME
+    let binding = bundle_reader_binding(home, &name, owner.as_ref());
+    let binding_current = ctx.stores.role_bindings.state().iter().any(|b| {
+        in_namespace(b.as_ref(), home)
+            && b.name_any() == reader
+            && same_meta(b.as_ref(), &binding)
             && b.subjects == binding.subjects
             && b.role_ref == binding.role_ref
-            && is_managed(b.as_ref())
     });
     if !binding_current {
-        let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &name);
+        let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), home);
+        api.patch(&reader, &Context::apply_params(), &Patch::Apply(&binding))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Keeps the RoleBinding of the sidecar ClusterRole in `namespace`. A binding of
+/// another role (the Role of the layout before, or another ClusterRole) is
+/// deleted first: a RoleBinding's roleRef cannot change.
+async fn keep_sidecar_binding(ctx: &Context, namespace: &str) -> Result<()> {
+    let desired = sidecar_role_binding(namespace, &ctx.settings.sidecar_cluster_role);
+    let existing =
+        ctx.stores.role_bindings.state().into_iter().find(|b| {
+            in_namespace(b.as_ref(), namespace) && b.name_any() == names::SIDECAR_BINDING
+        });
+    let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    if let Some(existing) = &existing {
+        if same_meta(existing.as_ref(), &desired)
+            && existing.subjects == desired.subjects
+            && existing.role_ref == desired.role_ref
+        {
+            return Ok(());
+        }
+        if existing.role_ref != desired.role_ref {
+            delete_if_found(&api, names::SIDECAR_BINDING).await?;
+        }
+    }
+    api.patch(
+        names::SIDECAR_BINDING,
+        &Context::apply_params(),
+        &Patch::Apply(&desired),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn keep_network_policy(ctx: &Context, namespace: &str) -> Result<()> {
+    let desired = model_network_policy(namespace, &ctx.settings.sidecar_port_name);
+    let current = ctx.stores.network_policies.state().iter().any(|p| {
+        in_namespace(p.as_ref(), namespace)
+            && p.name_any() == names::MODEL_NETWORK_POLICY
+            && same_meta(p.as_ref(), &desired)
+            && p.spec == desired.spec
+    });
+    if !current {
+        let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch(
-            SIDECAR_RBAC_NAME,
+            names::MODEL_NETWORK_POLICY,
             &Context::apply_params(),
-            &Patch::Apply(&binding),
+            &Patch::Apply(&desired),
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Creates `namespace`'s audit signing key unless a Secret of that name exists
+/// (ours, or one an administrator brought): a key is never regenerated, or the
+/// segments signed with it could no longer be told apart from forgeries.
+async fn keep_audit_key(ctx: &Context, namespace: &str) -> Result<()> {
+    let exists =
+        ctx.stores.audit_keys.state().iter().any(|s| {
+            in_namespace(s.as_ref(), namespace) && s.name_any() == names::AUDIT_KEY_SECRET
+        });
+    if exists {
+        return Ok(());
+    }
+    let key = generate_audit_key()?;
+    let secret = audit_key_secret(namespace, &key)?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(
+                namespace,
+                key_id = key.key_id(),
+                "audit signing key created"
+            );
+            ctx.record(
+                AuditEvent::lifecycle("audit-key-created")
+                    .namespace(namespace.to_string())
+                    .detail("keyId", key.key_id().to_string()),
+            );
+            Ok(())
+        }
+        // Created meanwhile (the cache lags): keep that one.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Deletes what the layout before bundles moved left in `namespace`: bundle
+/// ConfigMaps a workload there could write, and the sidecar Role.
+async fn remove_legacy(ctx: &Context, namespace: &str) -> Result<()> {
+    if namespace == ctx.settings.namespace {
+        return Ok(());
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    for cm in ctx.stores.bundles.state() {
+        if in_namespace(cm.as_ref(), namespace) && is_legacy_bundle(&cm) {
+            delete_if_found(&config_maps, &cm.name_any()).await?;
+            tracing::info!(namespace, configmap = %cm.name_any(), "bundle of the old layout removed");
+        }
+    }
+    if holds(&ctx.stores.roles.state(), namespace, names::SIDECAR_BINDING) {
+        let api: Api<Role> = Api::namespaced(ctx.client.clone(), namespace);
+        delete_if_found(&api, names::SIDECAR_BINDING).await?;
+    }
+    Ok(())
+}
+
+/// Whether `objects` hold an object of ours named `name` in `namespace`.
+fn holds<K: Resource>(objects: &[Arc<K>], namespace: &str, name: &str) -> bool {
+    objects.iter().any(|o| {
+        in_namespace(o.as_ref(), namespace)
+            && o.meta().name.as_deref() == Some(name)
+            && is_managed(o.as_ref())
+    })
+}
+
+/// Removes what the operator keeps for a namespace that is no longer enforced,
+/// except its audit key.
+async fn cleanup(namespace: &str, ctx: &Context) -> Result<()> {
+    let home = ctx.settings.namespace.as_str();
+    let stores = &ctx.stores;
+    let client = &ctx.client;
+    let home_config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), home);
+    for cm in stores.bundles.state() {
+        if in_namespace(cm.as_ref(), home)
+            && is_managed(cm.as_ref())
+            && served_namespace(cm.as_ref(), home).as_deref() == Some(namespace)
+        {
+            delete_if_found(&home_config_maps, &cm.name_any()).await?;
+            tracing::info!(namespace, configmap = %cm.name_any(), "namespace no longer enforced; bundle removed");
+        }
+    }
+    let reader = wire::bundle_reader(namespace);
+    if holds(&stores.role_bindings.state(), home, &reader) {
+        let api: Api<RoleBinding> = Api::namespaced(client.clone(), home);
+        delete_if_found(&api, &reader).await?;
+    }
+    if holds(&stores.roles.state(), home, &reader) {
+        let api: Api<Role> = Api::namespaced(client.clone(), home);
+        delete_if_found(&api, &reader).await?;
+    }
+    if namespace == home {
+        return Ok(());
+    }
+    if holds(
+        &stores.role_bindings.state(),
+        namespace,
+        names::SIDECAR_BINDING,
+    ) {
+        let api: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+        delete_if_found(&api, names::SIDECAR_BINDING).await?;
+    }
+    if holds(
+        &stores.network_policies.state(),
+        namespace,
+        names::MODEL_NETWORK_POLICY,
+    ) {
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+        delete_if_found(&api, names::MODEL_NETWORK_POLICY).await?;
+    }
+    remove_legacy(ctx, namespace).await
+}
+
+/// Reconciles everything the operator keeps for one namespace.
+pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
+    // Never publish from half-filled caches: a bundle without tokens would lock
+    // every caller out.
+    let timeout = ctx.settings.cache_timeout;
+    if tokio::time::timeout(timeout, ctx.stores.wait_until_ready())
+        .await
+        .ok()
+        != Some(true)
+    {
+        return Err(Error::CachesNotReady(timeout));
+    }
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let name = namespace.name_any();
+    let pods = ctx.stores.pods.state();
+    // PolicyBind's own namespace is never enforced: nothing is injected there.
+    let enforced =
+        name != ctx.settings.namespace && is_enforced(&namespace, pods.iter().map(|p| p.as_ref()));
+    if !enforced {
+        if namespace.metadata.deletion_timestamp.is_none() {
+            cleanup(&name, &ctx).await?;
+        }
+        ctx.succeeded(&name);
+        return Ok(Action::await_change());
+    }
+    let next_change = publish_bundle(&ctx, &namespace).await?;
+    keep_bundle_reader(&ctx, &namespace).await?;
+    keep_sidecar_binding(&ctx, &name).await?;
+    keep_network_policy(&ctx, &name).await?;
+    keep_audit_key(&ctx, &name).await?;
+    remove_legacy(&ctx, &name).await?;
     ctx.succeeded(&name);
     Ok(requeue_at(ctx.now(), next_change))
 }
 
 pub fn error_policy(namespace: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(CONTROLLER, &namespace.name_any(), error)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use policybind_engine::bundle::Bundle;
-
-    #[test]
-    fn small_bundle_is_one_plain_config_map_with_fingerprint_and_part() {
-        let bundle = Bundle {
-            namespace: Some("team-a".into()),
-            ..Default::default()
-        };
-        let encoded = bundle_codec::encode(&bundle, bundle_codec::DEFAULT_MAX_PART_BYTES);
-        let cms = bundle_config_maps("team-a", &encoded);
-        assert_eq!(cms.len(), 1);
-        let cm = &cms[0];
-        assert_eq!(cm.metadata.name.as_deref(), Some("policybind-bundle"));
-        assert_eq!(
-            cm.labels().get(labels::BUNDLE).map(String::as_str),
-            Some("true")
-        );
-        assert_eq!(
-            cm.annotations().get(annotations::FINGERPRINT),
-            Some(&encoded.fingerprint)
-        );
-        assert_eq!(
-            cm.annotations()
-                .get(annotations::BUNDLE_PART)
-                .map(String::as_str),
-            Some("0/1")
-        );
-        assert!(cm.data.as_ref().unwrap().contains_key("bundle.json"));
-    }
-
-    #[test]
-    fn large_bundle_is_split_into_numbered_gzip_parts() {
-        let encoded = EncodedBundle {
-            fingerprint: "sha256:x".into(),
-            parts: vec![
-                BundlePart::Gzip(vec![1]),
-                BundlePart::Gzip(vec![2]),
-                BundlePart::Gzip(vec![3]),
-            ],
-        };
-        let cms = bundle_config_maps("team-a", &encoded);
-        let names: Vec<String> = cms.iter().map(|c| c.name_any()).collect();
-        assert_eq!(
-            names,
-            vec![
-                "policybind-bundle",
-                "policybind-bundle-1",
-                "policybind-bundle-2"
-            ]
-        );
-        assert_eq!(
-            cms[2]
-                .annotations()
-                .get(annotations::BUNDLE_PART)
-                .map(String::as_str),
-            Some("2/3")
-        );
-        assert!(
-            cms[1]
-                .binary_data
-                .as_ref()
-                .unwrap()
-                .contains_key("bundle.json.gz")
-        );
-    }
-
-    #[test]
-    fn sidecar_rbac_lets_the_namespaces_service_accounts_read_the_bundle_only_by_name() {
-        let role = sidecar_role("team-a");
-        let rules = role.rules.unwrap();
-        assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
-        let names = rules[0].resource_names.as_ref().unwrap();
-        assert_eq!(names[0], "policybind-bundle");
-        assert_eq!(names.len(), MAX_BUNDLE_PARTS);
-        let binding = sidecar_role_binding("team-a");
-        assert_eq!(
-            binding.subjects.unwrap()[0].name,
-            "system:serviceaccounts:team-a"
-        );
-    }
 }
