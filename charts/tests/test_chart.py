@@ -758,7 +758,7 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
     assert verbs_on(rules, "rbac.authorization.k8s.io", "roles") == {"list", "watch", "delete"}
     assert verbs_on(rules, "rbac.authorization.k8s.io", "clusterroles") == {"bind"}
     assert verbs_on(rules, "networking.k8s.io", "networkpolicies") == \
-        {"list", "watch", "create", "patch", "delete"}
+        {"list", "watch", "create", "patch", "update", "delete"}
     assert verbs_on(rules, "events.k8s.io", "events") == {"create", "patch"}
     own = rules_of(render(), "Role", OPERATOR)
     assert verbs_on(own, "coordination.k8s.io", "leases") == {"create", "get", "update"}
@@ -767,7 +767,7 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
     assert all(set(r["verbs"]) == {"create"} for r in own if "resourceNames" not in r
                and "coordination.k8s.io" in r["apiGroups"])
     # Bundles and the reader Roles are written in the release namespace only.
-    assert verbs_on(own, "", "configmaps") == {"get", "create", "patch"}
+    assert verbs_on(own, "", "configmaps") == {"get", "create", "patch", "update"}
     assert verbs_on(own, "rbac.authorization.k8s.io", "roles") == {"create", "patch"}
     # The reader Roles the operator creates grant get/list/watch on ConfigMaps
     # in its namespace: it must hold them there (RBAC refuses to grant more).

@@ -10,8 +10,10 @@
 //! fingerprints mean "wait for the next event"; the last good set stays).
 //!
 //! [`decode`] never trusts what it reads: the part count and the decompressed
-//! size are capped ([`DecodeLimits`]), so a gzip bomb or an oversized part is
-//! refused after reading at most the limit, never allocated whole.
+//! size are capped ([`DecodeLimits`]). Gzip parts are parsed as they are
+//! decompressed, so a gzip bomb is refused after decompressing at most the limit
+//! and without ever holding it in memory; an oversized plain part is refused by
+//! its length.
 
 use std::io::{Read, Write};
 
@@ -212,20 +214,39 @@ pub fn decode(parts: &[BundlePart], limits: &DecodeLimits) -> Result<Bundle, Dec
                 parts: slices.iter(),
                 current: &[],
             };
-            // One byte past the limit tells "exactly at the limit" from "more".
-            let cap = limits.max_json_bytes.saturating_add(1) as u64;
-            let mut json = Vec::new();
-            flate2::read::GzDecoder::new(stream)
-                .take(cap)
-                .read_to_end(&mut json)
-                .map_err(DecodeError::Gzip)?;
-            if json.len() > limits.max_json_bytes {
+            // Parsed as it is decompressed, so no copy of the JSON is ever held;
+            // one byte past the limit tells "exactly at the limit" from "more".
+            let mut counted = Counted {
+                inner: flate2::read::GzDecoder::new(stream)
+                    .take(limits.max_json_bytes.saturating_add(1) as u64),
+                read: 0,
+            };
+            let parsed =
+                serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, &mut counted));
+            if counted.read > limits.max_json_bytes {
                 return Err(DecodeError::TooLarge {
                     max: limits.max_json_bytes,
                 });
             }
-            serde_json::from_slice(&json).map_err(DecodeError::Json)
+            parsed.map_err(|error| match error.io_error_kind() {
+                Some(kind) => DecodeError::Gzip(std::io::Error::new(kind, error)),
+                None => DecodeError::Json(error),
+            })
         }
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    read: usize,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n;
+        Ok(n)
     }
 }
 
@@ -356,6 +377,15 @@ mod tests {
                 .reason(),
             "too_large"
         );
+    }
+
+    #[test]
+    fn corrupt_gzip_and_invalid_json_are_told_apart() {
+        let limits = DecodeLimits::default();
+        let not_gzip = decode(&[BundlePart::Gzip(vec![1, 2, 3])], &limits).unwrap_err();
+        assert_eq!(not_gzip.reason(), "gzip");
+        let not_json = decode(&[BundlePart::Gzip(gzip(b"{not json"))], &limits).unwrap_err();
+        assert_eq!(not_json.reason(), "json");
     }
 
     #[test]

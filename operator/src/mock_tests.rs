@@ -844,6 +844,65 @@ async fn the_layout_before_is_removed_and_a_binding_of_the_old_role_is_replaced(
 }
 
 #[tokio::test]
+async fn an_edited_bundle_or_network_policy_is_replaced_whole_not_merged() {
+    let mut env = env();
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+    written.feed(&mut env.w);
+    // Someone adds a forged plain part beside the operator's, and narrows the
+    // NetworkPolicy with an extra label: apply would keep both.
+    let mut bundle: ConfigMap = serde_json::from_value(written.bundle.clone()).unwrap();
+    bundle.metadata.resource_version = Some("41".into());
+    bundle.binary_data = Some(
+        [(
+            "bundle.json.gz".to_string(),
+            k8s_openapi::ByteString(vec![0x1f, 0x8b]),
+        )]
+        .into(),
+    );
+    env.w.bundles.apply_watcher_event(&Event::Apply(bundle));
+    let mut policy: NetworkPolicy = serde_json::from_value(written.network_policy.clone()).unwrap();
+    policy.metadata.resource_version = Some("42".into());
+    let spec = policy.spec.as_mut().unwrap();
+    spec.pod_selector
+        .as_mut()
+        .unwrap()
+        .match_labels
+        .as_mut()
+        .unwrap()
+        .insert("nobody".into(), "matches".into());
+    env.w
+        .network_policies
+        .apply_watcher_event(&Event::Apply(policy));
+
+    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns), env.ctx.clone()));
+    let (replaced, send) = expect(
+        &mut env.api,
+        "PUT",
+        &format!("/api/v1/namespaces/{HOME}/configmaps/policybind-bundle.team-a"),
+    )
+    .await;
+    assert_eq!(replaced["metadata"]["resourceVersion"], "41");
+    assert!(replaced.get("binaryData").is_none(), "{replaced}");
+    assert_eq!(replaced["data"], written.bundle["data"]);
+    reply(send, 200, &replaced);
+    let (replaced, send) = expect(
+        &mut env.api,
+        "PUT",
+        "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/policybind-model-ports",
+    )
+    .await;
+    assert_eq!(replaced["metadata"]["resourceVersion"], "42");
+    assert_eq!(replaced["spec"], written.network_policy["spec"]);
+    reply(send, 200, &replaced);
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn namespace_that_stops_being_enforced_loses_all_but_its_audit_key() {
     let mut env = env();
     let ns = enforced_team_a(&mut env);

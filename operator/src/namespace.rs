@@ -28,7 +28,7 @@
 //! each namespace's encoded bundle are cached per epoch, so N namespaces build
 //! the view once.
 
-use policybind_crds::wire::{self, annotations, keys, labels, names};
+use policybind_crds::wire::{self, annotations, field_managers, keys, labels, names};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -449,6 +449,35 @@ fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
     object.meta().namespace.as_deref() == Some(namespace)
 }
 
+/// Writes `desired` whole. A new object is created by server-side apply; an
+/// existing one (which differs, or we would not write) is replaced at its
+/// resourceVersion, so nothing someone else added survives: server-side apply
+/// never removes a map key another manager set, such as a forged `data` key
+/// beside a gzip bundle or an extra `matchLabels` entry that narrows the
+/// NetworkPolicy.
+async fn write_whole<K>(api: &Api<K>, existing: Option<&K>, desired: &K) -> Result<()>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    match existing.and_then(|e| e.meta().resource_version.clone()) {
+        Some(version) => {
+            let mut replacement = desired.clone();
+            replacement.meta_mut().resource_version = Some(version);
+            let params = PostParams {
+                field_manager: Some(field_managers::OPERATOR.into()),
+                ..Default::default()
+            };
+            api.replace(&name, &params, &replacement).await?;
+        }
+        None => {
+            api.patch(&name, &Context::apply_params(), &Patch::Apply(desired))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 async fn delete_if_found<K>(api: &Api<K>, name: &str) -> Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -502,16 +531,11 @@ async fn publish_bundle(
     // Extra parts first and part 0 last: a reader that sees the new fingerprint
     // on part 0 finds every other part already in place.
     for cm in desired.iter().rev() {
-        let cm_name = cm.name_any();
-        if existing
-            .get(&cm_name)
-            .is_some_and(|e| same_config_map(e, cm))
-        {
+        let current = existing.get(&cm.name_any());
+        if current.is_some_and(|e| same_config_map(e, cm)) {
             continue;
         }
-        config_maps
-            .patch(&cm_name, &Context::apply_params(), &Patch::Apply(cm))
-            .await?;
+        write_whole(&config_maps, current.map(|c| c.as_ref()), cm).await?;
         wrote = true;
     }
     for (cm_name, cm) in &existing {
@@ -602,24 +626,21 @@ async fn keep_sidecar_binding(ctx: &Context, namespace: &str) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the NetworkPolicy exactly as desired: whoever may edit
+/// NetworkPolicies in the namespace could otherwise narrow what it selects.
 async fn keep_network_policy(ctx: &Context, namespace: &str) -> Result<()> {
     let desired = model_network_policy(namespace, &ctx.settings.sidecar_port_name);
-    let current = ctx.stores.network_policies.state().iter().any(|p| {
-        in_namespace(p.as_ref(), namespace)
-            && p.name_any() == names::MODEL_NETWORK_POLICY
-            && same_meta(p.as_ref(), &desired)
-            && p.spec == desired.spec
+    let existing = ctx.stores.network_policies.state().into_iter().find(|p| {
+        in_namespace(p.as_ref(), namespace) && p.name_any() == names::MODEL_NETWORK_POLICY
     });
-    if !current {
-        let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
-        api.patch(
-            names::MODEL_NETWORK_POLICY,
-            &Context::apply_params(),
-            &Patch::Apply(&desired),
-        )
-        .await?;
+    if existing
+        .as_ref()
+        .is_some_and(|p| same_meta(p.as_ref(), &desired) && p.spec == desired.spec)
+    {
+        return Ok(());
     }
-    Ok(())
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    write_whole(&api, existing.as_deref(), &desired).await
 }
 
 /// Creates `namespace`'s audit signing key unless a Secret of that name exists
