@@ -15,7 +15,7 @@
 //!   those whose `spec.additionalNamespaces` name it;
 //! - the namespace's labels, for ClusterAIPolicy selectors evaluated by the engine.
 //!
-//! Nothing here talks to the API server; [`crate::namespace`] writes the result.
+//! Nothing here talks to the API server; [`crate::controllers::namespace`] writes the result.
 
 use policybind_crds::wire::labels;
 use std::collections::{BTreeMap, HashMap};
@@ -29,9 +29,10 @@ use kube::api::PartialObjectMeta;
 use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
-use crate::access_token::{self, SecretState};
-use crate::ai_policy::{PolicyMemory, versions_in_force};
-use crate::model_deployment;
+use crate::controllers::access_token::{self, SecretState};
+use crate::controllers::ai_policy::versions_in_force;
+use crate::controllers::model_deployment;
+use crate::state::PolicyMemory;
 use crate::usage::{CountedReport, current_usage};
 
 /// Everything bundles are made of, at one instant.
@@ -55,7 +56,7 @@ pub struct ViewInputs<'a> {
     pub tokens: &'a [Arc<AccessToken>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
-    /// Usage reports the operator counts ([`crate::access_token::usage_reports`]).
+    /// Usage reports the operator counts ([`crate::controllers::access_token::usage_reports`]).
     pub usage: &'a [Arc<CountedReport>],
     pub namespaces: &'a [Arc<Namespace>],
     pub approval_ttl: Duration,
@@ -485,6 +486,35 @@ mod tests {
             desired_bundle(&fixture.view(), "team-a").fingerprint(),
             desired_bundle(&reversed.view(), "team-a").fingerprint()
         );
+    }
+
+    #[test]
+    fn enforced_namespaces_are_labelled_or_opted_in_by_a_pod_and_never_the_operators_own() {
+        use kube::runtime::reflector::{self, store::Writer};
+        use kube::runtime::watcher::Event;
+        let (namespaces, mut ns_writer): (_, Writer<Namespace>) = reflector::store();
+        let (pods, mut pod_writer): (_, Writer<PartialObjectMeta<Pod>>) = reflector::store();
+        for (name, labelled) in [
+            ("team-a", true),
+            ("team-b", false),
+            ("team-c", false),
+            ("home", true),
+        ] {
+            ns_writer.apply_watcher_event(&Event::Apply(namespace(name, labelled)));
+        }
+        let pod: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "team-b",
+                         "annotations": {"policybind.io/enforce": "true"}}
+        }))
+        .unwrap();
+        pod_writer.apply_watcher_event(&Event::Apply(pod));
+        let mut enforced = EnforcedNamespaces::new(&namespaces, &pods, "home");
+        assert!(enforced.contains("team-a"));
+        assert!(enforced.contains("team-b"));
+        assert!(!enforced.contains("team-c"));
+        assert!(!enforced.contains("home"));
+        assert!(!enforced.contains("no-such-namespace"));
     }
 
     #[test]

@@ -16,23 +16,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedSender;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, PatchParams};
+use kube::api::PatchParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
-};
 
 use crate::audit_retention::AuditRetentionSettings;
+use crate::controllers::incident::IncidentSettings;
 use crate::error::Error;
-use crate::incident::IncidentSettings;
 use crate::metrics::Metrics;
+pub use crate::stores::Stores;
 
 /// Condition reasons the crds crate does not define yet (candidates to move there).
 pub mod reasons {
@@ -123,63 +118,6 @@ impl Default for Settings {
     }
 }
 
-/// Read-only views of the watch caches.
-#[derive(Clone)]
-pub struct Stores {
-    pub policies: Store<AIPolicy>,
-    pub cluster_policies: Store<ClusterAIPolicy>,
-    pub models: Store<ModelDeployment>,
-    pub tokens: Store<AccessToken>,
-    pub approvals: Store<ApprovalRequest>,
-    pub incidents: Store<Incident>,
-    pub namespaces: Store<Namespace>,
-    /// Secrets labelled [`labels::TOKEN`] (only ours are cached).
-    pub token_secrets: Store<Secret>,
-    /// ConfigMaps labelled [`labels::USAGE`].
-    pub usage_reports: Store<ConfigMap>,
-    /// ConfigMaps labelled `policybind.io/bundle`: the bundles in the operator's
-    /// namespace, and those of the layout before in workload namespaces (to delete).
-    pub bundles: Store<ConfigMap>,
-    /// ConfigMaps labelled `policybind.io/audit-segment`.
-    pub audit_segments: Store<ConfigMap>,
-    /// Roles and RoleBindings labelled managed-by policybind.
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    /// NetworkPolicies labelled managed-by policybind.
-    pub network_policies: Store<NetworkPolicy>,
-    /// Secrets named `policybind-audit-key` in any namespace (ours, or brought
-    /// by an administrator: either way never overwritten).
-    pub audit_keys: Store<Secret>,
-    /// Pod metadata only: enough to count matched workloads without caching pod specs.
-    pub pods: Store<PartialObjectMeta<Pod>>,
-}
-
-impl Stores {
-    /// Waits until every cache has been filled once. The bundle builder must not
-    /// run before: an empty token cache would publish bundles without tokens.
-    pub async fn wait_until_ready(&self) -> bool {
-        let all = async {
-            self.policies.wait_until_ready().await.is_ok()
-                && self.cluster_policies.wait_until_ready().await.is_ok()
-                && self.models.wait_until_ready().await.is_ok()
-                && self.tokens.wait_until_ready().await.is_ok()
-                && self.approvals.wait_until_ready().await.is_ok()
-                && self.incidents.wait_until_ready().await.is_ok()
-                && self.namespaces.wait_until_ready().await.is_ok()
-                && self.token_secrets.wait_until_ready().await.is_ok()
-                && self.usage_reports.wait_until_ready().await.is_ok()
-                && self.bundles.wait_until_ready().await.is_ok()
-                && self.audit_segments.wait_until_ready().await.is_ok()
-                && self.roles.wait_until_ready().await.is_ok()
-                && self.role_bindings.wait_until_ready().await.is_ok()
-                && self.network_policies.wait_until_ready().await.is_ok()
-                && self.audit_keys.wait_until_ready().await.is_ok()
-                && self.pods.wait_until_ready().await.is_ok()
-        };
-        all.await
-    }
-}
-
 /// Shared state of every reconciler.
 pub struct Context {
     pub client: Client,
@@ -188,10 +126,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub clock: Clock,
-    /// Per-policy compile results and last good versions (see [`crate::ai_policy`]).
-    pub policies: crate::ai_policy::PolicyMemory,
-    /// Cached cluster view and encoded bundles (see [`crate::namespace`]).
-    pub bundles: crate::namespace::BundleCache,
+    /// What the controllers remember between reconciles (see [`crate::state`]).
+    pub state: crate::state::State,
     /// Bumped whenever an input of the bundles changes.
     epoch: AtomicU64,
     /// Tells the bundle controller that bundles may need rebuilding.
@@ -200,8 +136,6 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Writer of lifecycle records, when an audit key is configured.
     audit: Option<policybind_audit::AuditWriter>,
-    /// Parsed usage reports by ConfigMap uid, with the version they were parsed at.
-    pub usage_cache: Mutex<HashMap<String, (String, Arc<crate::usage::CountedReport>)>>,
 }
 
 impl Context {
@@ -227,13 +161,11 @@ impl Context {
             metrics,
             recorder,
             clock,
-            policies: Default::default(),
-            bundles: Default::default(),
+            state: Default::default(),
             epoch: AtomicU64::new(0),
             bundle_trigger,
             failures: Mutex::new(HashMap::new()),
             audit: None,
-            usage_cache: Mutex::new(HashMap::new()),
         }
     }
 

@@ -245,7 +245,7 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
         .build();
     let ctx = env.ctx.clone();
     let object = Arc::new(t.clone());
-    let reconcile = tokio::spawn(crate::access_token::reconcile(object, ctx));
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(object, ctx));
 
     // Not in the cache: ask once whether someone else owns the name.
     let (_, send) = expect(
@@ -318,7 +318,7 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::access_token::reconcile(Arc::new(again), ctx),
+        crate::controllers::access_token::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -327,12 +327,16 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
 async fn rotation_writes_a_new_value_and_keeps_the_old_hash_for_the_grace_period() {
     let mut env = env();
     let t = token("team-a", "bot").build();
-    let old =
-        crate::access_token::build_secret(&t, "pb_old", now() - chrono::Duration::days(1), None);
+    let old = crate::controllers::access_token::build_secret(
+        &t,
+        "pb_old",
+        now() - chrono::Duration::days(1),
+        None,
+    );
     env.w.token_secrets.apply_watcher_event(&Event::Apply(old));
     let rotating = token("team-a", "bot").rotate("2026-11-22").build();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::access_token::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
         Arc::new(rotating.clone()),
         ctx,
     ));
@@ -388,7 +392,10 @@ async fn secret_of_the_same_name_owned_by_someone_else_is_left_alone() {
     let mut env = env();
     let t = token("team-a", "bot").build();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::access_token::reconcile(Arc::new(t), ctx));
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
+        Arc::new(t),
+        ctx,
+    ));
     let (_, send) = expect(
         &mut env.api,
         "GET",
@@ -419,9 +426,12 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
             ..Default::default()
         })
         .build();
-    let name = crate::model_deployment::approval_request_name(&m);
+    let name = crate::controllers::model_deployment::approval_request_name(&m);
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::model_deployment::reconcile(Arc::new(m.clone()), ctx));
+    let reconcile = tokio::spawn(crate::controllers::model_deployment::reconcile(
+        Arc::new(m.clone()),
+        ctx,
+    ));
     let (request, send) = expect(
         &mut env.api,
         "PATCH",
@@ -468,7 +478,7 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::model_deployment::reconcile(Arc::new(again), ctx),
+        crate::controllers::model_deployment::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -480,7 +490,10 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
     r.when = Some("request.model ==".into());
     let p = policy("team-a", "chat", vec![r]);
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::ai_policy::reconcile(Arc::new(p.clone()), ctx));
+    let reconcile = tokio::spawn(crate::controllers::ai_policy::reconcile(
+        Arc::new(p.clone()),
+        ctx,
+    ));
     let (status, send) = expect(
         &mut env.api,
         "PATCH",
@@ -510,7 +523,7 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::ai_policy::reconcile(Arc::new(again), ctx),
+        crate::controllers::ai_policy::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -565,7 +578,10 @@ impl Written {
 /// every call, and returns what was written.
 async fn first_reconcile(env: &mut Env, ns: &Namespace) -> Written {
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns.clone()), ctx));
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns.clone()),
+        ctx,
+    ));
     let api = &mut env.api;
     let bundle = echo(
         api,
@@ -615,7 +631,7 @@ async fn first_reconcile(env: &mut Env, ns: &Namespace) -> Written {
 
 fn enforced_team_a(env: &mut Env) -> Namespace {
     let t = token("team-a", "bot").build();
-    let secret = crate::access_token::build_secret(&t, "pb_value", now(), None);
+    let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
     env.w.tokens.apply_watcher_event(&Event::Apply(t));
     env.w
         .token_secrets
@@ -725,12 +741,16 @@ async fn enforced_namespace_gets_bundle_reader_rbac_network_policy_and_key_then_
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::namespace::reconcile(Arc::new(ns.clone()), ctx.clone()),
+        crate::controllers::namespace::reconcile(Arc::new(ns.clone()), ctx.clone()),
     )
     .await;
     // A new input epoch with the same content still writes nothing.
     env.ctx.bundles_changed();
-    expect_no_call(&mut env.api, crate::namespace::reconcile(Arc::new(ns), ctx)).await;
+    expect_no_call(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(ns), ctx),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -747,7 +767,7 @@ async fn an_audit_key_is_never_regenerated_even_one_the_operator_did_not_make() 
     env.w.audit_keys.apply_watcher_event(&Event::Apply(brought));
     expect_no_call(
         &mut env.api,
-        crate::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
+        crate::controllers::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
     )
     .await;
 }
@@ -794,7 +814,10 @@ async fn the_layout_before_is_removed_and_a_binding_of_the_old_role_is_replaced(
         .role_bindings
         .apply_watcher_event(&Event::Apply(old_binding));
 
-    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns), env.ctx.clone()));
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns),
+        env.ctx.clone(),
+    ));
     let api = &mut env.api;
     // A RoleBinding's roleRef cannot change: delete, then apply.
     let (_, send) = expect(
@@ -875,7 +898,10 @@ async fn an_edited_bundle_or_network_policy_is_replaced_whole_not_merged() {
         .network_policies
         .apply_watcher_event(&Event::Apply(policy));
 
-    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns), env.ctx.clone()));
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns),
+        env.ctx.clone(),
+    ));
     let (replaced, send) = expect(
         &mut env.api,
         "PUT",
@@ -912,7 +938,7 @@ async fn namespace_that_stops_being_enforced_loses_all_but_its_audit_key() {
     env.w
         .namespaces
         .apply_watcher_event(&Event::Apply(not_enforced.clone()));
-    let reconcile = tokio::spawn(crate::namespace::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
         Arc::new(not_enforced),
         env.ctx.clone(),
     ));
@@ -947,7 +973,7 @@ async fn a_bundle_sidecars_would_refuse_is_not_written() {
     let ns = enforced_team_a(&mut env);
     let error = expect_no_call_err(
         &mut env.api,
-        crate::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
+        crate::controllers::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
     )
     .await;
     assert_eq!(error.metric_label(), "bundle_refused");
@@ -962,7 +988,7 @@ async fn the_operators_own_namespace_is_never_enforced() {
         .apply_watcher_event(&Event::Apply(home.clone()));
     let action = expect_no_call(
         &mut env.api,
-        crate::namespace::reconcile(Arc::new(home), env.ctx.clone()),
+        crate::controllers::namespace::reconcile(Arc::new(home), env.ctx.clone()),
     )
     .await;
     assert_eq!(action, Action::await_change());
@@ -993,7 +1019,7 @@ async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_
         .build();
     // Valid in team-c (enforced by a pod's opt-in) and team-e (not enforced).
     t.spec.additional_namespaces = vec!["team-c".into(), "team-e".into()];
-    let secret = crate::access_token::build_secret(&t, "pb_value", now(), None);
+    let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
     env.w
         .token_secrets
         .apply_watcher_event(&Event::Apply(secret));
@@ -1043,7 +1069,7 @@ async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_
             .usage_reports
             .apply_watcher_event(&Event::Apply(report));
     }
-    let reconcile = tokio::spawn(crate::access_token::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
         Arc::new(t.clone()),
         env.ctx.clone(),
     ));
@@ -1071,9 +1097,15 @@ async fn approval_decision_is_recorded_once() {
     let m = model("team-a", "support-bot")
         .level(policybind_crds::RiskLevel::High)
         .build();
-    let state = crate::model_deployment::evaluate(&m, [], now(), Duration::from_secs(7 * 86400));
+    let state = crate::controllers::model_deployment::evaluate(
+        &m,
+        [],
+        now(),
+        Duration::from_secs(7 * 86400),
+    );
     let mut request =
-        crate::model_deployment::desired_approval_request(&m, &state, "operator").unwrap();
+        crate::controllers::model_deployment::desired_approval_request(&m, &state, "operator")
+            .unwrap();
     request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
     request.metadata.generation = Some(2);
     request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
@@ -1083,7 +1115,7 @@ async fn approval_decision_is_recorded_once() {
     });
     let name = request.name_any();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::approval_request::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::approval_request::reconcile(
         Arc::new(request.clone()),
         ctx,
     ));
@@ -1108,7 +1140,7 @@ async fn approval_decision_is_recorded_once() {
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::approval_request::reconcile(Arc::new(again), ctx),
+        crate::controllers::approval_request::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -1167,12 +1199,12 @@ async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
     env.w.audit_segments.apply_watcher_event(&Event::Apply(cm));
     let name = format!(
         "repeated-denials-{}-{}",
-        &crate::incident::subject_hash("mallory")[..8],
+        &crate::controllers::incident::subject_hash("mallory")[..8],
         first.timestamp()
     );
 
     let ctx = env.ctx.clone();
-    let scan = tokio::spawn(async move { crate::incident::scan(&ctx).await });
+    let scan = tokio::spawn(async move { crate::controllers::incident::scan(&ctx).await });
     let path = format!("/apis/policybind.io/v1alpha1/namespaces/team-a/incidents/{name}");
     let (incident, send) = expect(&mut env.api, "PATCH", &path).await;
     assert_eq!(incident["spec"]["pattern"], "RepeatedDenials");
@@ -1206,7 +1238,7 @@ async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
         .apply_watcher_event(&Event::Apply(serde_json::from_value(written).unwrap()));
     let ctx = env.ctx.clone();
     tokio::select! {
-        result = crate::incident::scan(&ctx) => result.expect("scan succeeds"),
+        result = crate::controllers::incident::scan(&ctx) => result.expect("scan succeeds"),
         request = env.api.next_request() => {
             let (request, _) = request.expect("client dropped");
             panic!("unexpected call on an unchanged trail: {} {}", request.method(), request.uri());
@@ -1221,16 +1253,17 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
         .level(policybind_crds::RiskLevel::Critical)
         .build();
     let ttl = Duration::from_secs(7 * 86400);
-    let pending = crate::model_deployment::evaluate(&m, [], now(), ttl);
+    let pending = crate::controllers::model_deployment::evaluate(&m, [], now(), ttl);
     let mut before = m.clone();
-    before.status = Some(crate::model_deployment::desired_status(
+    before.status = Some(crate::controllers::model_deployment::desired_status(
         &m,
         &pending,
         0,
         now(),
     ));
     let mut request =
-        crate::model_deployment::desired_approval_request(&m, &pending, "operator").unwrap();
+        crate::controllers::model_deployment::desired_approval_request(&m, &pending, "operator")
+            .unwrap();
     request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
     request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
         state: policybind_crds::approval_request::DecisionState::Approved,
@@ -1239,7 +1272,7 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
     });
     env.w.approvals.apply_watcher_event(&Event::Apply(request));
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::model_deployment::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::model_deployment::reconcile(
         Arc::new(before.clone()),
         ctx,
     ));

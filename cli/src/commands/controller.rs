@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use policybind_operator::audit_retention::{self, AuditRetentionSettings, AuditSinkSetting};
-use policybind_operator::incident::IncidentSettings;
+use policybind_operator::controllers::incident::IncidentSettings;
 use policybind_operator::{Error, Settings};
 
 /// Run the PolicyBind controllers: compile policies, assess and approve models,

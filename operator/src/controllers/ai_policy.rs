@@ -14,7 +14,7 @@
 
 use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -26,24 +26,22 @@ use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{AIPolicy, API_VERSION, ClusterAIPolicy};
 use policybind_engine::PolicySet;
 use policybind_engine::audit::AuditEvent;
-use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind};
+use policybind_engine::bundle::{Bundle, BundlePolicy};
 use policybind_engine::bundle_codec::{self, BundlePart, DecodeLimits};
 use serde_json::json;
 
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+
 use crate::context::{Context, key_of, to_jiff};
+use crate::controllers::{Tasks, Wiring, drain};
 use crate::error::{Error, Result};
+use crate::state::{PolicyMemory, resource_id};
+use crate::stores::{bump, watch};
 
 const CONTROLLER: &str = "ai_policy";
 const CLUSTER_CONTROLLER: &str = "cluster_ai_policy";
-
-/// `AIPolicy ns/name` or `ClusterAIPolicy name`, as the engine names resources
-/// in compile errors.
-pub fn resource_id(policy: &BundlePolicy) -> String {
-    match policy.kind {
-        PolicyKind::AIPolicy => format!("AIPolicy {}", policy.id()),
-        PolicyKind::ClusterAIPolicy => format!("ClusterAIPolicy {}", policy.id()),
-    }
-}
 
 /// Fingerprint of one policy: the SHA-256 of a bundle holding only it.
 pub fn fingerprint(policy: &BundlePolicy) -> String {
@@ -111,96 +109,6 @@ pub fn check(policy: &BundlePolicy, peers: Vec<BundlePolicy>) -> Result<usize, S
             } else {
                 Err(mine.join("\n"))
             }
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Remembered {
-    uid: String,
-    generation: Option<i64>,
-    error: Option<String>,
-    current: BundlePolicy,
-    last_good: Option<BundlePolicy>,
-}
-
-/// What the operator remembers of each policy between reconciles: the result
-/// of the last compile and the last version that compiled.
-#[derive(Default)]
-pub struct PolicyMemory {
-    entries: Mutex<HashMap<String, Remembered>>,
-}
-
-impl PolicyMemory {
-    /// Records a compile result; returns whether the version in force changed.
-    pub fn record(
-        &self,
-        uid: &str,
-        generation: Option<i64>,
-        policy: BundlePolicy,
-        result: &Result<usize, String>,
-        recovered: Option<BundlePolicy>,
-    ) -> bool {
-        let id = resource_id(&policy);
-        let mut entries = self.entries.lock().expect("policy memory lock poisoned");
-        let before = entries.get(&id).and_then(|e| e.in_force().cloned());
-        let last_good = match result {
-            Ok(_) => Some(policy.clone()),
-            Err(_) => entries
-                .get(&id)
-                .filter(|e| e.uid == uid)
-                .and_then(|e| e.last_good.clone())
-                .or(recovered),
-        };
-        let entry = Remembered {
-            uid: uid.to_string(),
-            generation,
-            error: result.as_ref().err().cloned(),
-            current: policy,
-            last_good,
-        };
-        let after = entry.in_force().cloned();
-        entries.insert(id, entry);
-        before != after
-    }
-
-    /// Whether a result for exactly this version is remembered.
-    pub fn knows(&self, policy: &BundlePolicy, uid: &str, generation: Option<i64>) -> bool {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .get(&resource_id(policy))
-            .is_some_and(|e| e.uid == uid && e.generation == generation && e.current == *policy)
-    }
-
-    /// The version to put in bundles, if any.
-    pub fn in_force(&self, policy: &BundlePolicy) -> Option<BundlePolicy> {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .get(&resource_id(policy))
-            .and_then(|e| e.in_force().cloned())
-    }
-
-    /// Every version in force, except `but` (for peer checks).
-    pub fn all_in_force(&self) -> Vec<BundlePolicy> {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .values()
-            .filter_map(|e| e.in_force().cloned())
-            .collect()
-    }
-
-    /// Forgets policies that no longer exist.
-    pub fn retain(&self, existing: &std::collections::HashSet<String>) {
-        let mut entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries.retain(|id, _| existing.contains(id));
-    }
-}
-
-impl Remembered {
-    fn in_force(&self) -> Option<&BundlePolicy> {
-        match self.error {
-            None => Some(&self.current),
-            Some(_) => self.last_good.as_ref(),
         }
     }
 }
@@ -395,10 +303,10 @@ where
         .clone()
         .ok_or(Error::MissingField("metadata.uid"))?;
     let generation = object.meta().generation;
-    let accepted = ctx.policies.all_in_force();
+    let accepted = ctx.state.policies.all_in_force();
     let result = check(&policy, peers(&policy, &accepted));
     let recovered = match &result {
-        Err(_) if ctx.policies.in_force(&policy).is_none() => recover_from_bundles(
+        Err(_) if ctx.state.policies.in_force(&policy).is_none() => recover_from_bundles(
             &policy,
             &ctx.settings.namespace,
             ctx.stores.bundles.state().iter().map(|c| c.as_ref()),
@@ -406,12 +314,13 @@ where
         _ => None,
     };
     if ctx
+        .state
         .policies
         .record(&uid, generation, policy.clone(), &result, recovered)
     {
         ctx.bundles_changed();
     }
-    let kept_previous = ctx.policies.in_force(&policy).is_some();
+    let kept_previous = ctx.state.policies.in_force(&policy).is_some();
     let status = desired_status(old_status, generation, &policy, &result, kept_previous, now);
     if old_status != Some(&status) {
         let patch = json!({
@@ -510,6 +419,44 @@ pub fn error_policy_cluster(
     ctx: Arc<Context>,
 ) -> Action {
     ctx.backoff(CLUSTER_CONTROLLER, &key_of(policy.as_ref()), error)
+}
+
+/// Watches AIPolicies and ClusterAIPolicies in every namespace. A spec change
+/// also bumps the bundle epoch: every bundle the policy applies to is rebuilt.
+pub fn run(
+    w: &Wiring,
+    policies: Writer<AIPolicy>,
+    cluster_policies: Writer<ClusterAIPolicy>,
+) -> Tasks {
+    let ctx = &w.ctx;
+    let policy_stream = watch(
+        watcher::watcher(Api::<AIPolicy>::all(w.client.clone()), Default::default()),
+        policies,
+        bump(ctx),
+    )
+    .applied_objects();
+    let cluster_stream = watch(
+        watcher::watcher(
+            Api::<ClusterAIPolicy>::all(w.client.clone()),
+            Default::default(),
+        ),
+        cluster_policies,
+        bump(ctx),
+    )
+    .applied_objects();
+    let policies = Controller::for_stream(policy_stream, ctx.stores.policies.clone())
+        .with_config(w.config(None))
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, ctx.clone());
+    let cluster_policies =
+        Controller::for_stream(cluster_stream, ctx.stores.cluster_policies.clone())
+            .with_config(w.config(None))
+            .graceful_shutdown_on(w.graceful())
+            .run(reconcile_cluster, error_policy_cluster, ctx.clone());
+    Tasks {
+        main: vec![drain(policies), drain(cluster_policies)],
+        side: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -688,8 +635,12 @@ mod tests {
             ..Default::default()
         };
         let encoded = bundle_codec::encode(&bundle, bundle_codec::DEFAULT_MAX_PART_BYTES);
-        let cms =
-            crate::namespace::bundle_config_maps("policybind-system", "team-a", None, &encoded);
+        let cms = crate::controllers::namespace::bundle_config_maps(
+            "policybind-system",
+            "team-a",
+            None,
+            &encoded,
+        );
         assert_eq!(
             recover_from_bundles(&bad_when("team-a", "chat"), "policybind-system", &cms),
             Some(good.clone())

@@ -30,7 +30,7 @@
 
 use policybind_crds::wire::{self, annotations, field_managers, keys, labels, names};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::ByteString;
@@ -47,23 +47,22 @@ use kube::{Resource, ResourceExt};
 use policybind_engine::audit::{AuditEvent, AuditSigningKey};
 use policybind_engine::bundle_codec::{self, BundlePart, EncodedBundle};
 
-use crate::access_token::{SecretState, read_secret};
+use futures::channel::mpsc::UnboundedReceiver;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+
 use crate::bundle::{ClusterView, ViewInputs, cluster_view, desired_bundle, is_enforced};
 use crate::context::{Context, requeue_at};
+use crate::controllers::access_token::{SecretState, read_secret};
+use crate::controllers::{Run, Tasks, Wiring, drain};
 use crate::error::{Error, Result};
+use crate::stores::{bump, drive, labelled, touched, watch};
 
 const CONTROLLER: &str = "bundle";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
-
-/// Caches of the bundle writer: the view of the current input epoch, and each
-/// namespace's encoded bundle tagged with the view build it came from.
-#[derive(Default)]
-pub struct BundleCache {
-    /// (input epoch, build number, view).
-    view: Mutex<Option<(u64, u64, Arc<ClusterView>)>>,
-    encoded: Mutex<HashMap<String, (u64, Arc<EncodedBundle>)>>,
-    builds: std::sync::atomic::AtomicU64,
-}
 
 /// The cluster view for the current input epoch, built from the caches if needed
 /// (one build at a time; concurrent callers wait and share it), with its build
@@ -72,7 +71,12 @@ pub struct BundleCache {
 pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
     let epoch = ctx.epoch();
     let now = ctx.now();
-    let mut cached = ctx.bundles.view.lock().expect("view cache lock poisoned");
+    let mut cached = ctx
+        .state
+        .bundles
+        .view
+        .lock()
+        .expect("view cache lock poisoned");
     if let Some((at_epoch, build, view)) = cached.as_ref()
         && *at_epoch == epoch
         && view.next_change.is_none_or(|t| now < t)
@@ -93,7 +97,7 @@ pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
             read_secret(s).map(|state| (key, state))
         })
         .collect();
-    let usage = crate::access_token::usage_reports(ctx);
+    let usage = crate::controllers::access_token::usage_reports(ctx);
     let policies = stores.policies.state();
     let cluster_policies = stores.cluster_policies.state();
     let models = stores.models.state();
@@ -111,22 +115,21 @@ pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
         namespaces: &namespaces,
         approval_ttl: ctx.settings.approval_ttl,
     };
-    let view = Arc::new(cluster_view(&inputs, &ctx.policies, now));
+    let view = Arc::new(cluster_view(&inputs, &ctx.state.policies, now));
     let existing: std::collections::HashSet<String> = policies
         .iter()
         .map(|p| {
-            crate::ai_policy::resource_id(&policybind_engine::bundle::BundlePolicy::from_ai_policy(
-                p,
-            ))
+            crate::state::resource_id(&policybind_engine::bundle::BundlePolicy::from_ai_policy(p))
         })
         .chain(cluster_policies.iter().map(|p| {
-            crate::ai_policy::resource_id(
+            crate::state::resource_id(
                 &policybind_engine::bundle::BundlePolicy::from_cluster_policy(p),
             )
         }))
         .collect();
-    ctx.policies.retain(&existing);
+    ctx.state.policies.retain(&existing);
     let build = ctx
+        .state
         .bundles
         .builds
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -138,6 +141,7 @@ pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
 fn encoded_bundle(ctx: &Context, namespace: &str) -> (Arc<EncodedBundle>, Option<DateTime<Utc>>) {
     let (build, view) = current_view(ctx);
     let hit = ctx
+        .state
         .bundles
         .encoded
         .lock()
@@ -154,7 +158,8 @@ fn encoded_bundle(ctx: &Context, namespace: &str) -> (Arc<EncodedBundle>, Option
         &bundle,
         bundle_codec::DEFAULT_MAX_PART_BYTES,
     ));
-    ctx.bundles
+    ctx.state
+        .bundles
         .encoded
         .lock()
         .expect("encoded cache lock poisoned")
@@ -790,4 +795,265 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
 
 pub fn error_policy(namespace: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(CONTROLLER, &namespace.name_any(), error)
+}
+
+/// The objects the operator keeps for a namespace, whose caches this controller
+/// fills: any change to one of them wakes the namespace it is for.
+pub struct Children {
+    /// Bundle ConfigMaps (label `policybind.io/bundle`), in the operator's
+    /// namespace and, of the layout before, in workload namespaces.
+    pub bundles: Writer<ConfigMap>,
+    /// Reader Roles, and the old layout's sidecar Roles (label managed-by).
+    pub roles: Writer<Role>,
+    /// Reader RoleBindings and sidecar RoleBindings (label managed-by).
+    pub role_bindings: Writer<RoleBinding>,
+    /// The NetworkPolicies (label managed-by).
+    pub network_policies: Writer<NetworkPolicy>,
+    /// Secrets named `policybind-audit-key`, whoever made them.
+    pub audit_keys: Writer<Secret>,
+}
+
+/// Watches Namespaces and the objects the operator keeps for them. Every input
+/// of the bundles (see [`Context::bundles_changed`]) reconciles all namespaces,
+/// debounced (`--bundle-debounce-ms`); a change to one of a namespace's objects
+/// reconciles that namespace.
+pub fn run(
+    w: &Wiring,
+    namespaces: Writer<Namespace>,
+    children: Children,
+    wake: UnboundedReceiver<ObjectRef<Namespace>>,
+    all: UnboundedReceiver<()>,
+) -> Tasks {
+    let ctx = &w.ctx;
+    let stream = watch(
+        watcher::watcher(Api::<Namespace>::all(w.client.clone()), Default::default()),
+        namespaces,
+        bump(ctx),
+    )
+    .applied_objects();
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get().min(8) as u16)
+        .unwrap_or(2);
+    let controller = Controller::for_stream(stream, ctx.stores.namespaces.clone())
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(parallel)
+                .debounce(ctx.settings.bundle_debounce),
+        )
+        .reconcile_all_on(all)
+        .reconcile_on(wake)
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, ctx.clone());
+    let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+    let by_name =
+        watcher::Config::default().fields(&format!("metadata.name={}", names::AUDIT_KEY_SECRET));
+    let client = &w.client;
+    let bundles = format!("{}=true", labels::BUNDLE);
+    Tasks {
+        main: vec![drain(controller)],
+        side: vec![
+            wake_owner(
+                w,
+                Api::<ConfigMap>::all(client.clone()),
+                labelled(&bundles),
+                children.bundles,
+            ),
+            wake_owner(
+                w,
+                Api::<Role>::all(client.clone()),
+                labelled(&managed),
+                children.roles,
+            ),
+            wake_owner(
+                w,
+                Api::<RoleBinding>::all(client.clone()),
+                labelled(&managed),
+                children.role_bindings,
+            ),
+            wake_owner(
+                w,
+                Api::<NetworkPolicy>::all(client.clone()),
+                labelled(&managed),
+                children.network_policies,
+            ),
+            wake_owner(
+                w,
+                Api::<Secret>::all(client.clone()),
+                by_name,
+                children.audit_keys,
+            ),
+        ],
+    }
+}
+
+/// A side watch that fills `writer` and reconciles the namespace each changed
+/// object is for ([`served_namespace`]).
+fn wake_owner<K>(w: &Wiring, api: Api<K>, config: watcher::Config, writer: Writer<K>) -> Run
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let wake = w.triggers.namespaces.clone();
+    let home = w.ctx.settings.namespace.clone();
+    Box::pin(drive(watch(
+        watcher::watcher(api, config),
+        writer,
+        move |event: &Event<K>| {
+            for object in touched(event) {
+                if let Some(ns) = served_namespace(&object, &home) {
+                    let _ = wake.unbounded_send(ObjectRef::new(&ns));
+                }
+            }
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policybind_engine::bundle::Bundle;
+
+    fn config_map(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.namespace = Some(namespace.into());
+        cm.metadata.name = Some(name.into());
+        cm.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        cm
+    }
+
+    #[test]
+    fn large_bundles_are_split_into_numbered_parts_in_the_operators_namespace() {
+        let encoded = EncodedBundle {
+            fingerprint: "sha256:x".into(),
+            parts: vec![
+                BundlePart::Gzip(vec![1]),
+                BundlePart::Gzip(vec![2]),
+                BundlePart::Gzip(vec![3]),
+            ],
+            json_bytes: 10,
+        };
+        let cms = bundle_config_maps("policybind-system", "team-a", None, &encoded);
+        let names: Vec<String> = cms.iter().map(|c| c.name_any()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "policybind-bundle.team-a",
+                "policybind-bundle.team-a.1",
+                "policybind-bundle.team-a.2"
+            ]
+        );
+        assert!(
+            cms.iter()
+                .all(|c| c.namespace().as_deref() == Some("policybind-system"))
+        );
+        assert_eq!(
+            cms[2]
+                .annotations()
+                .get(annotations::BUNDLE_PART)
+                .map(String::as_str),
+            Some("2/3")
+        );
+        let small = bundle_codec::encode(&Bundle::default(), bundle_codec::DEFAULT_MAX_PART_BYTES);
+        let cms = bundle_config_maps("policybind-system", "team-a", None, &small);
+        assert!(
+            cms[0]
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(keys::BUNDLE_JSON)
+        );
+    }
+
+    #[test]
+    fn objects_are_attributed_to_the_namespace_they_serve() {
+        let home = "policybind-system";
+        let bundle = config_map(
+            home,
+            "policybind-bundle.team-a",
+            &[(labels::BUNDLE_NAMESPACE, "team-a")],
+        );
+        assert_eq!(served_namespace(&bundle, home).as_deref(), Some("team-a"));
+        let unlabelled = config_map(home, "something", &[]);
+        assert_eq!(served_namespace(&unlabelled, home), None);
+        // In a workload namespace the label means nothing: it could be forged.
+        let planted = config_map("team-b", "x", &[(labels::BUNDLE_NAMESPACE, "team-a")]);
+        assert_eq!(served_namespace(&planted, home).as_deref(), Some("team-b"));
+    }
+
+    #[test]
+    fn only_our_bundles_of_the_old_layout_are_removed() {
+        let managed = [
+            (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            (labels::BUNDLE, "true"),
+        ];
+        assert!(is_legacy_bundle(&config_map(
+            "team-a",
+            "policybind-bundle",
+            &managed
+        )));
+        assert!(is_legacy_bundle(&config_map(
+            "team-a",
+            "policybind-bundle-12",
+            &managed
+        )));
+        assert!(!is_legacy_bundle(&config_map(
+            "team-a",
+            "policybind-bundle-x",
+            &managed
+        )));
+        assert!(!is_legacy_bundle(&config_map(
+            "team-a",
+            "policybind-bundle-",
+            &managed
+        )));
+        assert!(!is_legacy_bundle(&config_map(
+            "team-a",
+            "app-config",
+            &managed
+        )));
+        assert!(!is_legacy_bundle(&config_map(
+            "team-a",
+            "policybind-bundle",
+            &[(labels::BUNDLE, "true")]
+        )));
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_sidecar_ports_of_injected_pods_only() {
+        let policy = model_network_policy("team-a", "api");
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap(),
+            BTreeMap::from([(labels::INJECTED.to_string(), "true".to_string())])
+        );
+        let rule = &spec.ingress.unwrap()[0];
+        assert!(
+            rule.from.is_none(),
+            "from anywhere, but only to these ports"
+        );
+        let ports: Vec<_> = rule
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone().unwrap())
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                IntOrString::String("api".into()),
+                IntOrString::String(names::HEALTH_PORT.into())
+            ]
+        );
+    }
 }
