@@ -44,7 +44,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use policybind_engine::audit::{AuditEvent, AuditSigningKey};
+use policybind_engine::audit::{AuditEvent, AuditSigningKey, AuditVerifyingKey};
 use policybind_engine::bundle_codec::{self, BundlePart, EncodedBundle};
 
 use futures::channel::mpsc::UnboundedReceiver;
@@ -384,6 +384,29 @@ pub fn audit_key_secret(namespace: &str, key: &AuditSigningKey) -> Result<Secret
         )])),
         ..Default::default()
     })
+}
+
+/// The public half of every namespace's sidecar audit key, by namespace, read
+/// from the cached `policybind-audit-key` Secrets (the operator's own, and any an
+/// administrator brought). The hook for publishing a verification keyring: a
+/// Secret whose key does not parse is left out (and logged).
+pub fn audit_public_keys(stores: &crate::stores::Stores) -> BTreeMap<String, AuditVerifyingKey> {
+    stores
+        .audit_keys
+        .state()
+        .iter()
+        .filter_map(|secret| {
+            let namespace = secret.metadata.namespace.clone()?;
+            let pem = secret.data.as_ref()?.get(keys::SIGNING_KEY)?;
+            match AuditSigningKey::from_key_material(&pem.0) {
+                Ok(key) => Some((namespace, key.verifying_key())),
+                Err(error) => {
+                    tracing::warn!(namespace, %error, "unreadable audit key Secret");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// A fresh Ed25519 key from the operating system's random source.
@@ -972,6 +995,31 @@ mod tests {
                 .unwrap()
                 .contains_key(keys::BUNDLE_JSON)
         );
+    }
+
+    #[test]
+    fn the_public_half_of_every_namespaces_key_is_at_hand_for_publication() {
+        use kube::runtime::reflector::{self, store::Writer};
+        use kube::runtime::watcher::Event;
+        let (stores, _) = crate::stores::Stores::new();
+        let (audit_keys, mut writer): (_, Writer<Secret>) = reflector::store();
+        let stores = crate::stores::Stores {
+            audit_keys,
+            ..stores
+        };
+        let key = generate_audit_key().unwrap();
+        let secret = audit_key_secret("team-a", &key).unwrap();
+        writer.apply_watcher_event(&Event::Apply(secret));
+        let mut broken = audit_key_secret("team-b", &key).unwrap();
+        broken.data = Some(BTreeMap::from([(
+            keys::SIGNING_KEY.to_string(),
+            ByteString(b"not a key".to_vec()),
+        )]));
+        writer.apply_watcher_event(&Event::Apply(broken));
+        let public = audit_public_keys(&stores);
+        assert_eq!(public.len(), 1);
+        assert_eq!(public["team-a"], key.verifying_key());
+        assert_eq!(public["team-a"].key_id(), key.key_id());
     }
 
     #[test]
