@@ -17,18 +17,21 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use policybind_crds::AccessTokenSpec;
 use policybind_crds::model_deployment::ModelScope;
 
 use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
 /// Whether a token is accepted by enforcement points of `namespace`.
 pub fn token_valid_in(token: &BundleToken, namespace: &str) -> bool {
-    token.namespace == namespace
-        || token
-            .spec
-            .additional_namespaces
-            .iter()
-            .any(|n| n == namespace)
+    spec_valid_in(&token.namespace, &token.spec, namespace)
+}
+
+/// The rule of [`token_valid_in`] for a token of `token_namespace` with `spec`,
+/// for callers that hold the AccessToken rather than its bundle entry (the
+/// operator counting usage reports).
+pub fn spec_valid_in(token_namespace: &str, spec: &AccessTokenSpec, namespace: &str) -> bool {
+    token_namespace == namespace || spec.additional_namespaces.iter().any(|n| n == namespace)
 }
 
 /// Whether `model` can be resolved from `namespace` at all (it may still be
@@ -147,8 +150,8 @@ impl Bundle {
 mod tests {
     use super::*;
     use crate::bundle::{BundleModel, BundleToken};
+    use policybind_crds::RiskLevel;
     use policybind_crds::model_deployment::{ApprovalState, ModelDeploymentSpec};
-    use policybind_crds::{AccessTokenSpec, RiskLevel};
 
     fn model(namespace: &str, name: &str, model: &str, scope: ModelScope) -> BundleModel {
         let spec: ModelDeploymentSpec = serde_json::from_value(serde_json::json!({

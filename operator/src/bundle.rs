@@ -15,7 +15,7 @@
 //!   those whose `spec.additionalNamespaces` name it;
 //! - the namespace's labels, for ClusterAIPolicy selectors evaluated by the engine.
 //!
-//! Nothing here talks to the API server; [`crate::namespace`] writes the result.
+//! Nothing here talks to the API server; [`crate::controllers::namespace`] writes the result.
 
 use policybind_crds::wire::labels;
 use std::collections::{BTreeMap, HashMap};
@@ -29,10 +29,11 @@ use kube::api::PartialObjectMeta;
 use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
-use crate::access_token::{self, SecretState};
-use crate::ai_policy::{PolicyMemory, versions_in_force};
-use crate::model_deployment;
-use crate::usage::{UsageReport, current_usage};
+use crate::controllers::access_token::{self, SecretState};
+use crate::controllers::ai_policy::versions_in_force;
+use crate::controllers::model_deployment;
+use crate::state::PolicyMemory;
+use crate::usage::{CountedReport, current_usage};
 
 /// Everything bundles are made of, at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,7 +56,8 @@ pub struct ViewInputs<'a> {
     pub tokens: &'a [Arc<AccessToken>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
-    pub usage: &'a [Arc<UsageReport>],
+    /// Usage reports the operator counts ([`crate::controllers::access_token::usage_reports`]).
+    pub usage: &'a [Arc<CountedReport>],
     pub namespaces: &'a [Arc<Namespace>],
     pub approval_ttl: Duration,
 }
@@ -66,10 +68,6 @@ pub fn is_enforced<'a>(
     namespace: &Namespace,
     pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
 ) -> bool {
-    let opted = |map: Option<&BTreeMap<String, String>>| {
-        map.and_then(|m| m.get(labels::ENFORCE))
-            .is_some_and(|v| v == "true")
-    };
     if namespace.metadata.deletion_timestamp.is_some() {
         return false;
     }
@@ -81,6 +79,66 @@ pub fn is_enforced<'a>(
         pod.metadata.namespace.as_deref() == Some(name.as_str())
             && (opted(pod.metadata.labels.as_ref()) || opted(pod.metadata.annotations.as_ref()))
     })
+}
+
+/// Which namespaces are enforced, asked one at a time: a label lookup each, and
+/// one scan of the pods (for workload opt-ins) only when a namespace without the
+/// label is asked about. PolicyBind's own namespace (`home`) is never enforced.
+pub struct EnforcedNamespaces<'a> {
+    namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+    pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+    home: &'a str,
+    opted_in: Option<std::collections::HashSet<String>>,
+}
+
+impl<'a> EnforcedNamespaces<'a> {
+    pub fn new(
+        namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+        pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+        home: &'a str,
+    ) -> Self {
+        EnforcedNamespaces {
+            namespaces,
+            pods,
+            home,
+            opted_in: None,
+        }
+    }
+
+    pub fn contains(&mut self, name: &str) -> bool {
+        if name == self.home {
+            return false;
+        }
+        let Some(namespace) = self
+            .namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+        else {
+            return false;
+        };
+        if namespace.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        if opted(namespace.metadata.labels.as_ref()) {
+            return true;
+        }
+        let pods = self.pods;
+        self.opted_in
+            .get_or_insert_with(|| {
+                pods.state()
+                    .iter()
+                    .filter(|p| {
+                        opted(p.metadata.labels.as_ref()) || opted(p.metadata.annotations.as_ref())
+                    })
+                    .filter_map(|p| p.metadata.namespace.clone())
+                    .collect()
+            })
+            .contains(name)
+    }
+}
+
+fn opted(map: Option<&BTreeMap<String, String>>) -> bool {
+    map.and_then(|m| m.get(labels::ENFORCE))
+        .is_some_and(|v| v == "true")
 }
 
 /// Builds the view. Policies resolve through `memory` (last good version).
@@ -139,7 +197,8 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
             let secret_key = format!("{ns}/{}", access_token::secret_name(t));
             let secret = inputs.secrets.get(&secret_key);
             let usage = current_usage(
-                &format!("{ns}/{}", t.name_any()),
+                ns,
+                &t.name_any(),
                 &t.spec,
                 inputs.usage.iter().map(|r| r.as_ref()),
                 now,
@@ -427,6 +486,35 @@ mod tests {
             desired_bundle(&fixture.view(), "team-a").fingerprint(),
             desired_bundle(&reversed.view(), "team-a").fingerprint()
         );
+    }
+
+    #[test]
+    fn enforced_namespaces_are_labelled_or_opted_in_by_a_pod_and_never_the_operators_own() {
+        use kube::runtime::reflector::{self, store::Writer};
+        use kube::runtime::watcher::Event;
+        let (namespaces, mut ns_writer): (_, Writer<Namespace>) = reflector::store();
+        let (pods, mut pod_writer): (_, Writer<PartialObjectMeta<Pod>>) = reflector::store();
+        for (name, labelled) in [
+            ("team-a", true),
+            ("team-b", false),
+            ("team-c", false),
+            ("home", true),
+        ] {
+            ns_writer.apply_watcher_event(&Event::Apply(namespace(name, labelled)));
+        }
+        let pod: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "team-b",
+                         "annotations": {"policybind.io/enforce": "true"}}
+        }))
+        .unwrap();
+        pod_writer.apply_watcher_event(&Event::Apply(pod));
+        let mut enforced = EnforcedNamespaces::new(&namespaces, &pods, "home");
+        assert!(enforced.contains("team-a"));
+        assert!(enforced.contains("team-b"));
+        assert!(!enforced.contains("team-c"));
+        assert!(!enforced.contains("home"));
+        assert!(!enforced.contains("no-such-namespace"));
     }
 
     #[test]

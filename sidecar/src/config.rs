@@ -13,13 +13,9 @@ pub enum SourceSettings {
         path: PathBuf,
         poll_interval: Duration,
     },
-    /// A mounted bundle ConfigMap (`bundle.json` or `bundle.json.gz`), re-read when it changes.
-    BundleDirectory {
-        path: PathBuf,
-        poll_interval: Duration,
-    },
-    /// The namespace's bundle ConfigMap, watched through the API server.
-    ConfigMap { namespace: String, name: String },
+    /// The namespace's bundle, watched through the API server in PolicyBind's
+    /// own namespace (see [`crate::cluster`]).
+    ConfigMap(crate::cluster::BundleSource),
 }
 
 /// Where RequireApproval decisions are held for a human.

@@ -10,7 +10,8 @@
 //!
 //! - [`config`] holds the settings.
 //! - [`source`] holds the policy set in force and swaps it atomically; it also
-//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap.
+//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap
+//!   in PolicyBind's own namespace.
 //! - [`proxy`] is the request path; [`facts`] reads and rewrites bodies.
 //! - [`accounting`] keeps rate limits and budgets behind the [`accounting::UsageLedger`] trait.
 //! - [`usage`] reports the ledger's settled usage to the operator (cluster mode).
@@ -56,7 +57,7 @@ pub use source::PolicyHolder;
 use crate::approvals::Approvals;
 use crate::metrics::Metrics;
 use crate::proxy::AppState;
-use crate::source::{DirectoryKind, DirectoryWatcher};
+use crate::source::DirectoryWatcher;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -166,20 +167,13 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         SourceSettings::Directory {
             path,
             poll_interval,
-        }
-        | SourceSettings::BundleDirectory {
-            path,
-            poll_interval,
         } => {
-            let (kind, exclude) = match (&settings.source, &settings.approvals) {
-                (SourceSettings::BundleDirectory { .. }, _) => (DirectoryKind::Bundle, None),
-                (_, ApprovalSettings::Directory(dir)) => {
-                    (DirectoryKind::Manifests, Some(dir.clone()))
-                }
-                _ => (DirectoryKind::Manifests, None),
+            let exclude = match &settings.approvals {
+                ApprovalSettings::Directory(dir) => Some(dir.clone()),
+                _ => None,
             };
             let mut watcher =
-                DirectoryWatcher::new(kind, path.clone(), exclude, settings.namespace.clone());
+                DirectoryWatcher::new(path.clone(), exclude, settings.namespace.clone());
             watcher.poll(&holder, &metrics);
             let interval = *poll_interval;
             let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
@@ -188,15 +182,15 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
                 Ok(())
             });
         }
-        SourceSettings::ConfigMap { namespace, .. } => {
+        SourceSettings::ConfigMap(source) => {
             let client = match &deps.kube {
                 Some(c) => c.clone(),
                 None => kube::Client::try_default().await?,
             };
-            let namespace = namespace.clone();
+            let source = source.clone();
             let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
             tasks.spawn(async move {
-                cluster::watch_bundle(client, namespace, holder, metrics, stop).await;
+                cluster::watch_bundle(client, source, holder, metrics, stop).await;
                 Ok(())
             });
         }
@@ -242,7 +236,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         }
         (Some(report), None) => {
             tracing::warn!(
-                configmap = %report.name,
+                pod = %report.pod,
                 "no Kubernetes client: usage is not reported to the operator"
             );
             None
