@@ -48,7 +48,6 @@ EVERYTHING_ON = {
         "image": "registry.example/policybind:debug",
         "style": "regular",
         "modelPort": 18000,
-        "bundleMount": "/var/run/policybind/bundle",
         "resources": {"requests": {"cpu": "20m", "memory": "16Mi"},
                       "limits": {"cpu": "1", "memory": "64Mi"}},
         "extraEnv": {"POLICYBIND_AUDIT_FLUSH_MS": "500"},
@@ -229,6 +228,7 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{OPERATOR}", f"ClusterRoleBinding/{OPERATOR}",
         f"Role/{OPERATOR}", f"RoleBinding/{OPERATOR}",
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
+        f"Role/{WEBHOOK}-audit", f"RoleBinding/{WEBHOOK}-audit",
         f"Role/{FULL}-sidecar-audit-key", f"RoleBinding/{FULL}-sidecar-audit-key",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
@@ -405,12 +405,23 @@ def test_enforced_and_other_webhooks_select_disjoint_namespaces(render):
         assert expressions(other, "policybind.io/enforce") == [
             {"key": "policybind.io/enforce", "operator": "NotIn", "values": ["true"]}]
         assert "objectSelector" not in enforced
+        assert "objectSelector" not in other
     # Validation sees every workload (audit-only outside enforced namespaces);
-    # injection outside them only pods that ask for it.
-    assert "objectSelector" not in webhooks(rendered, "ValidatingWebhookConfiguration")[
-        "workloads.policybind.io"]
-    assert webhooks(rendered, "MutatingWebhookConfiguration")["inject.policybind.io"][
-        "objectSelector"] == {"matchLabels": {"policybind.io/inject": "true"}}
+    # injection only pods that declare a model, and outside enforced namespaces
+    # only those that opt in, by label or annotation (matchConditions: CEL).
+    validating = webhooks(rendered, "ValidatingWebhookConfiguration")
+    assert all("matchConditions" not in hook for hook in validating.values())
+    mutating = webhooks(rendered, "MutatingWebhookConfiguration")
+    conditions = lambda hook: {c["name"]: c["expression"] for c in hook["matchConditions"]}
+    enforced = conditions(mutating["inject-enforced.policybind.io"])
+    other = conditions(mutating["inject.policybind.io"])
+    assert set(enforced) == {"declares-model"}
+    assert set(other) == {"declares-model", "opted-in"}
+    assert "'policybind.io/model' in object.metadata.annotations" in other["declares-model"]
+    assert "'policybind.io/model' in object.metadata.labels" in other["declares-model"]
+    for place in ["labels", "annotations"]:
+        assert (f"object.metadata.{place}['policybind.io/inject'].trim().lowerAscii() in "
+                "['true', 'enabled']") in other["opted-in"]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -440,8 +451,9 @@ def test_workload_webhooks_cover_pods_and_pod_templates(render):
         if name == "resources.policybind.io":
             continue
         resources = {r for rule in hook["rules"] for r in rule["resources"]}
-        assert resources == {"pods", "deployments", "statefulsets", "daemonsets",
-                             "replicasets", "jobs", "cronjobs"}
+        # pods/ephemeralcontainers: `kubectl debug` may not mount the audit key.
+        assert resources == {"pods", "pods/ephemeralcontainers", "deployments", "statefulsets",
+                             "daemonsets", "replicasets", "jobs", "cronjobs"}
         assert hook["clientConfig"]["service"]["path"] == "/validate"
 
 
@@ -450,7 +462,8 @@ def test_webhooks_declare_side_effects_and_speak_v1(render, values):
     rendered = render(values)
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
         for hook in webhooks(rendered, kind).values():
-            assert hook["sideEffects"] == "None"
+            # Every review is an audit record, dry runs excepted.
+            assert hook["sideEffects"] == "NoneOnDryRun"
             assert hook["matchPolicy"] == "Equivalent"
             assert hook["admissionReviewVersions"] == ["v1"]
             assert hook["clientConfig"]["service"]["name"] == WEBHOOK
@@ -649,6 +662,11 @@ def test_each_container_runs_its_role_of_the_one_binary(render):
     assert env["POLICYBIND_LOG_FORMAT"]["value"] == "json"
     assert webhook["args"][:3] == ["webhook", "--listen=0.0.0.0:8443",
                                    "--health-listen=0.0.0.0:8080"]
+    # The webhook's writer identity in the audit trail is its pod (one chain per
+    # replica), read from the variable `policybind webhook --pod-name` reads.
+    webhook_env = {e["name"]: e for e in webhook["env"]}
+    assert webhook_env["POLICYBIND_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.name"
     assert "--leader-election" not in args_of(render(MINIMAL), OPERATOR)
 
 
@@ -665,13 +683,15 @@ def test_sidecar_and_admission_settings_reach_the_webhook(render):
     assert "--sidecar-style=auto" in default
     assert "--sidecar-memory-limit=128Mi" in default
     assert "--undeclared-model-servers=warn" in default
+    assert "--require-audit-record=true" in default
     assert not any(a.startswith(("--sidecar-cpu-limit", "--sidecar-model-port",
-                                 "--bundle-mount", "--exclude-namespace")) for a in default)
+                                 "--exclude-namespace")) for a in default)
+    # The bundle and the audit key are wired by the webhook, never by flags.
+    assert not any("bundle" in a or "AUDIT_KEY" in a for a in default)
     custom = args_of(render(EVERYTHING_ON), WEBHOOK)
     for flag in ["--sidecar-image=registry.example/policybind:debug", "--sidecar-style=regular",
                  "--sidecar-model-port=18000", "--sidecar-cpu-request=20m",
                  "--sidecar-cpu-limit=1", "--sidecar-memory-limit=64Mi",
-                 "--bundle-mount=/var/run/policybind/bundle",
                  "--sidecar-env=POLICYBIND_AUDIT_FLUSH_MS=500",
                  "--exclude-namespace=monitoring", "--exclude-namespace=istio-system",
                  "--undeclared-model-servers=deny",
@@ -749,7 +769,18 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
     assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
-        {OPERATOR, f"{FULL}-sidecar-audit-key"}
+        {OPERATOR, f"{WEBHOOK}-audit", f"{FULL}-sidecar-audit-key"}
+    # Its audit segments, in the release namespace only: list to resume its chain,
+    # server-side apply to write. No delete, no watch, no Secrets.
+    audit = render().get("Role", f"{WEBHOOK}-audit")
+    assert audit["metadata"]["namespace"] == NAMESPACE
+    assert audit["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                               "verbs": ["get", "list", "create", "patch"]}]
+    binding = render().get("RoleBinding", f"{WEBHOOK}-audit")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WEBHOOK,
+                                    "namespace": NAMESPACE}]
+    # Without a signing key the webhook only logs its records: no Role.
+    assert f"Role/{WEBHOOK}-audit" not in render(MINIMAL).names()
 
 
 def test_webhook_rbac_in_cert_manager_mode_cannot_touch_configurations(render):
@@ -765,7 +796,8 @@ def test_bindings_point_at_the_right_service_accounts(render):
             assert binding["roleRef"]["name"] == name
             if name == f"{FULL}-sidecar-audit-key":
                 continue
-            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+            account = WEBHOOK if name == f"{WEBHOOK}-audit" else name
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                             "namespace": NAMESPACE}]
 
 
@@ -777,13 +809,15 @@ def test_sidecars_may_read_the_signing_key_and_nothing_else(render):
     binding = rendered.get("RoleBinding", f"{FULL}-sidecar-audit-key")
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                                     "name": "system:serviceaccounts"}]
-    assert (f"--sidecar-env=POLICYBIND_AUDIT_KEY_SECRET={NAMESPACE}/{FULL}-audit-signing-key"
-            in args_of(rendered, WEBHOOK))
+    # Injected sidecars no longer get the release key: they mount their own
+    # namespace's Secret policybind-audit-key (the webhook wires it).
+    assert not any("POLICYBIND_AUDIT_KEY_SECRET" in a for a in args_of(rendered, WEBHOOK))
     brought = render(EVERYTHING_ON)
     assert brought.get("Role", f"{FULL}-sidecar-audit-key")["rules"][0]["resourceNames"] == \
         ["corp-audit-key"]
     opted_out = render({"sidecar": {"shareAuditKey": False}})
-    assert {r["metadata"]["name"] for r in opted_out.kinds("Role")} == {OPERATOR}
+    assert {r["metadata"]["name"] for r in opted_out.kinds("Role")} == \
+        {OPERATOR, f"{WEBHOOK}-audit"}
     assert not any("POLICYBIND_AUDIT_KEY_SECRET" in a for a in args_of(opted_out, WEBHOOK))
     assert render(MINIMAL).kinds("RoleBinding") == [render(MINIMAL).get("RoleBinding", OPERATOR)]
 
@@ -799,6 +833,10 @@ def test_user_roles(render):
         assert verbs_on(auditor, "policybind.io", kind) == READ_VERBS
         assert verbs_on(auditor, "policybind.io", f"{kind}/status") == READ_VERBS
     assert "approve" in verbs_on(admin, "policybind.io", "approvalrequests")
+    # The rights the webhook checks: exempt a model pod from the sidecar, share a model.
+    assert {"exempt", "share"} <= verbs_on(admin, "policybind.io", "modeldeployments")
+    for role in [approver, auditor, developer]:
+        assert not {"exempt", "share"} & verbs_on(role, "policybind.io", "modeldeployments")
     assert verbs_on(approver, "policybind.io", "approvalrequests") == \
         READ_VERBS | {"update", "patch", "approve"}
     assert verbs_on(approver, "policybind.io", "modeldeployments") == READ_VERBS
