@@ -14,7 +14,23 @@ use policybind_webhook::configs::{Endpoint, FailurePolicy, Registration};
 use policybind_webhook::{AuditSettings, Settings, TlsSource};
 
 #[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_long_help = "Enforcement: in namespaces labelled policybind.io/enforce=true, a pod that declares a model \
+(policybind.io/model) runs behind the injected sidecar. Without it the pod is denied, unless it opts out \
+(policybind.io/inject: \"false\") and its creator holds verb \"exempt\" on modeldeployments.policybind.io named \
+after the model (pods of Kubernetes' own controllers inherit the check their template passed). A \
+policybind-sidecar container that differs from the injected one is denied, and in every namespace no other \
+container may read Secret policybind-audit-key.\n\n\
+Injection: only pods that declare a model; policybind.io/inject works as a label and as an annotation, \
+true/enabled opt in, false/disabled opt out (any case). Injected pods carry the label \
+policybind.io/injected=true. The sidecar reads ConfigMap policybind-bundle.<namespace> in --namespace and \
+signs with its namespace's Secret policybind-audit-key, mounted into the sidecar only.\n\n\
+Rights checked with SubjectAccessReviews for the requesting user: approve (approvalrequests), exempt and \
+share (modeldeployments), create (accesstokens, in each namespace of spec.additionalNamespaces).\n\n\
+Every identifier of a review is capped in length and may hold no control characters (REQUEST_INVALID). \
+Dry runs are not recorded. See docs/webhook.md."
+)]
 pub struct WebhookArgs {
     #[command(subcommand)]
     command: Option<WebhookCommand>,
