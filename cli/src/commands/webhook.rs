@@ -171,7 +171,9 @@ struct ServeArgs {
     /// Extra IP addresses for the generated certificate.
     #[arg(long, value_name = "IP")]
     self_signed_ip: Vec<IpAddr>,
-    /// Create or update both webhook configurations at start-up (server-side apply).
+    /// Write both webhook configurations at start-up, pointing at --webhook-url or the Service:
+    /// each is replaced when it exists (needs get and update on it, which the chart grants in
+    /// self-signed mode) or created when it does not (needs create).
     #[arg(long)]
     register: bool,
     #[command(flatten)]
