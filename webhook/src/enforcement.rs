@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::UserInfo;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use policybind_crds::wire::{annotations, names, paths, verbs};
 
@@ -115,7 +115,7 @@ fn env_problem(
     }
     let actual = sidecar.env.as_deref().unwrap_or_default();
     for want in expected {
-        if !actual.iter().any(|have| have == want) {
+        if !actual.iter().any(|have| same_env(have, want)) {
             return Some(format!(
                 "its environment variable {} differs from what injection sets",
                 want.name
@@ -129,6 +129,19 @@ fn env_problem(
                 && !expected.iter().any(|want| want.name == have.name)
         })
         .map(|extra| format!("it sets {}, which injection does not", extra.name))
+}
+
+/// Equal as the API server stores them: a `fieldRef` without `apiVersion` is
+/// defaulted to `v1`.
+fn same_env(a: &EnvVar, b: &EnvVar) -> bool {
+    let normalized = |e: &EnvVar| {
+        let mut e = e.clone();
+        if let Some(field) = e.value_from.as_mut().and_then(|v| v.field_ref.as_mut()) {
+            field.api_version.get_or_insert_with(|| "v1".into());
+        }
+        e
+    };
+    normalized(a) == normalized(b)
 }
 
 /// The sidecar mounts its audit key and token from the volumes injection added,
@@ -343,7 +356,7 @@ pub async fn exemption(
         Ok(false) => Verdict::deny(
             codes::EXEMPTION_NOT_PERMITTED,
             format!(
-                "{what} opts out of the PolicyBind sidecar ({}: \"false\") in enforced namespace {namespace}, \
+                "{what} opts out of the PolicyBind sidecar ({}) in enforced namespace {namespace}, \
                  but {username} may not exempt model {model_name:?}: remove the opt-out so the sidecar is injected, \
                  or ask an administrator to grant {} (the ClusterRole policybind-admin has it; controllers that \
                  create opted-out pods, such as KServe, need it too)",
@@ -364,16 +377,21 @@ pub async fn exemption(
     }
 }
 
-/// The denial for a model pod in an enforced namespace that carries no sidecar.
+/// The denial for a model pod in an enforced namespace that carries no sidecar:
+/// why injection did not happen when known, else what to do.
 pub fn missing_sidecar(namespace: &str, model: &str, why: Option<&str>) -> Verdict {
-    let reason = why.map(|w| format!(" ({w})")).unwrap_or_default();
+    let advice = match why {
+        Some(why) => format!(": {why}"),
+        None => format!(
+            "; let the webhook inject it (is the mutating webhook registered?), or opt out with {}: \"false\" \
+             if you hold the right to exempt the model",
+            annotations::INJECT
+        ),
+    };
     Verdict::deny(
         codes::SIDECAR_MISSING,
         format!(
-            "the pod declares model {model:?} in enforced namespace {namespace} but carries no PolicyBind sidecar{reason}; \
-             give the model container a port named as the sidecar expects so it can be injected, or opt out with \
-             {}: \"false\" if you hold the right to exempt the model",
-            annotations::INJECT
+            "the pod declares model {model:?} in enforced namespace {namespace} but carries no PolicyBind sidecar{advice}"
         ),
     )
 }

@@ -714,8 +714,10 @@ fn field_env(name: &str, path: &str) -> EnvVar {
         name: name.into(),
         value: None,
         value_from: Some(EnvVarSource {
+            // Written as the API server defaults it, so the stored pod equals what
+            // validation expects.
             field_ref: Some(ObjectFieldSelector {
-                api_version: None,
+                api_version: Some("v1".into()),
                 field_path: path.into(),
             }),
             ..Default::default()

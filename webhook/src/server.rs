@@ -317,19 +317,26 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
 
+    let version = client.apiserver_version().await;
+    let server_version = match &version {
+        Ok(info) => info.git_version.clone(),
+        Err(error) => format!("unknown ({error})"),
+    };
     settings.admission.native_sidecars = match settings.admission.sidecar.style {
         SidecarStyle::Native => true,
         SidecarStyle::Regular => false,
-        SidecarStyle::Auto => match client.apiserver_version().await {
+        SidecarStyle::Auto => match &version {
             Ok(info) => supports_native_sidecars(&info.major, &info.minor),
-            Err(error) => {
-                tracing::warn!(%error, "API server version unknown; injecting regular sidecars");
+            Err(_) => {
+                tracing::warn!("API server version unknown; injecting regular sidecars");
                 false
             }
         },
     };
     tracing::info!(
         native = settings.admission.native_sidecars,
+        style = ?settings.admission.sidecar.style,
+        server_version,
         "sidecar style decided"
     );
 

@@ -215,6 +215,28 @@ async fn an_opted_out_workload_template_needs_the_right_of_the_person_writing_it
 }
 
 #[tokio::test]
+async fn the_injected_sidecar_is_genuine_as_the_api_server_stores_it() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let mut stored = injected(&harness).await;
+    // What the API server's defaulting adds to (or older webhooks left out of) the
+    // sidecar: it must not make our own sidecar look forged.
+    let sidecar = sidecar(&mut stored);
+    sidecar["terminationMessagePath"] = json!("/dev/termination-log");
+    sidecar["imagePullPolicy"] = json!("IfNotPresent");
+    for var in sidecar["env"].as_array_mut().unwrap() {
+        if let Some(field) = var.pointer_mut("/valueFrom/fieldRef") {
+            assert_eq!(
+                field["apiVersion"], "v1",
+                "injected as the API server defaults it"
+            );
+            field.as_object_mut().unwrap().remove("apiVersion");
+        }
+    }
+    let reply = harness.validate(&stored).await;
+    assert!(reply.allowed(), "{}", reply.message());
+}
+
+#[tokio::test]
 async fn a_forged_sidecar_is_denied_whatever_it_changes() {
     let harness = start(default_view(), AdmissionConfig::default()).await;
     let genuine = injected(&harness).await;
