@@ -534,11 +534,12 @@ async fn validate_workload(
     let config = &app.config;
     let labels = app.view.namespace_labels(namespace);
     let enforced = workloads::is_enforced(labels.as_ref(), object, template);
+    let sidecar_problem = enforcement::sidecar_problem(&pod, namespace, config);
     // A forged sidecar first: it usually mounts the key too, and this says why.
-    if enforced && let Some(problem) = enforcement::sidecar_problem(&pod, namespace, config) {
-        return enforcement::forged_sidecar(&problem);
+    if enforced && let Some(problem) = &sidecar_problem {
+        return enforcement::forged_sidecar(problem);
     }
-    if let Some(message) = enforcement::audit_key_exposure(&pod, namespace, config) {
+    if let Some(message) = enforcement::audit_key_exposure(&pod, sidecar_problem.is_none()) {
         return Verdict::deny(codes::AUDIT_KEY_EXPOSED, message);
     }
     let mut verdict = workloads::check(

@@ -249,7 +249,9 @@ fn reads_audit_key(container: &Container, key_volumes: &[&str]) -> Option<String
 
 /// Containers other than the genuine sidecar that read Secret
 /// `policybind-audit-key`: the denial message, if any. Applies in every namespace.
-pub fn audit_key_exposure(pod: &Pod, namespace: &str, config: &AdmissionConfig) -> Option<String> {
+/// `sidecar_genuine` is whether [`sidecar_problem`] found nothing (computed once
+/// by the caller).
+pub fn audit_key_exposure(pod: &Pod, sidecar_genuine: bool) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     let key_volumes: Vec<&str> = spec
         .volumes
@@ -258,7 +260,6 @@ pub fn audit_key_exposure(pod: &Pod, namespace: &str, config: &AdmissionConfig) 
         .filter(|v| is_audit_key_volume(v))
         .map(|v| v.name.as_str())
         .collect();
-    let genuine_sidecar = || sidecar_problem(pod, namespace, config).is_none();
     let containers = spec
         .init_containers
         .iter()
@@ -268,7 +269,7 @@ pub fn audit_key_exposure(pod: &Pod, namespace: &str, config: &AdmissionConfig) 
         let Some(how) = reads_audit_key(container, &key_volumes) else {
             continue;
         };
-        if container.name == names::SIDECAR_CONTAINER && genuine_sidecar() {
+        if container.name == names::SIDECAR_CONTAINER && sidecar_genuine {
             continue;
         }
         return Some(key_exposure_message(&container.name, &how));

@@ -148,7 +148,9 @@ impl PodTemplate<'_> {
     /// The template as a typed Pod (metadata and spec), for the checks that
     /// compare containers and volumes.
     pub fn to_pod(&self) -> Result<Pod, String> {
-        let spec = serde_json::from_value(self.spec.clone())
+        use serde::Deserialize;
+        // By reference: no copy of the JSON tree.
+        let spec = k8s_openapi::api::core::v1::PodSpec::deserialize(self.spec)
             .map_err(|e| format!("{} is not a valid pod spec: {e}", self.field("spec")))?;
         Ok(Pod {
             metadata: ObjectMeta {
