@@ -240,6 +240,7 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
         f"ClusterRole/{SIDECAR}",
         f"ValidatingAdmissionPolicy/{WORKLOADS}", f"ValidatingAdmissionPolicyBinding/{WORKLOADS}",
+        f"Role/{WEBHOOK}-audit", f"RoleBinding/{WEBHOOK}-audit",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
         f"Secret/{OPERATOR_KEY}", f"Secret/{WEBHOOK_KEY}", f"Secret/{FULL}-webhook-tls",
@@ -425,12 +426,23 @@ def test_enforced_and_other_webhooks_select_disjoint_namespaces(render):
         assert expressions(other, "policybind.io/enforce") == [
             {"key": "policybind.io/enforce", "operator": "NotIn", "values": ["true"]}]
         assert "objectSelector" not in enforced
+        assert "objectSelector" not in other
     # Validation sees every workload (audit-only outside enforced namespaces);
-    # injection outside them only pods that ask for it.
-    assert "objectSelector" not in webhooks(rendered, "ValidatingWebhookConfiguration")[
-        "workloads.policybind.io"]
-    assert webhooks(rendered, "MutatingWebhookConfiguration")["inject.policybind.io"][
-        "objectSelector"] == {"matchLabels": {"policybind.io/inject": "true"}}
+    # injection only pods that declare a model, and outside enforced namespaces
+    # only those that opt in, by label or annotation (matchConditions: CEL).
+    validating = webhooks(rendered, "ValidatingWebhookConfiguration")
+    assert all("matchConditions" not in hook for hook in validating.values())
+    mutating = webhooks(rendered, "MutatingWebhookConfiguration")
+    conditions = lambda hook: {c["name"]: c["expression"] for c in hook["matchConditions"]}
+    enforced = conditions(mutating["inject-enforced.policybind.io"])
+    other = conditions(mutating["inject.policybind.io"])
+    assert set(enforced) == {"declares-model"}
+    assert set(other) == {"declares-model", "opted-in"}
+    assert "'policybind.io/model' in object.metadata.annotations" in other["declares-model"]
+    assert "'policybind.io/model' in object.metadata.labels" in other["declares-model"]
+    for place in ["labels", "annotations"]:
+        assert (f"object.metadata.{place}['policybind.io/inject'].trim().lowerAscii() in "
+                "['true', 'enabled']") in other["opted-in"]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -460,8 +472,9 @@ def test_workload_webhooks_cover_pods_and_pod_templates(render):
         if name == "resources.policybind.io":
             continue
         resources = {r for rule in hook["rules"] for r in rule["resources"]}
-        assert resources == {"pods", "deployments", "statefulsets", "daemonsets",
-                             "replicasets", "jobs", "cronjobs"}
+        # pods/ephemeralcontainers: `kubectl debug` may not mount the audit key.
+        assert resources == {"pods", "pods/ephemeralcontainers", "deployments", "statefulsets",
+                             "daemonsets", "replicasets", "jobs", "cronjobs"}
         assert hook["clientConfig"]["service"]["path"] == "/validate"
 
 
@@ -470,7 +483,8 @@ def test_webhooks_declare_side_effects_and_speak_v1(render, values):
     rendered = render(values)
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
         for hook in webhooks(rendered, kind).values():
-            assert hook["sideEffects"] == "None"
+            # Every review is an audit record, dry runs excepted.
+            assert hook["sideEffects"] == "NoneOnDryRun"
             assert hook["matchPolicy"] == "Equivalent"
             assert hook["admissionReviewVersions"] == ["v1"]
             assert hook["clientConfig"]["service"]["name"] == WEBHOOK
@@ -669,6 +683,11 @@ def test_each_container_runs_its_role_of_the_one_binary(render):
     assert env["POLICYBIND_LOG_FORMAT"]["value"] == "json"
     assert webhook["args"][:3] == ["webhook", "--listen=0.0.0.0:8443",
                                    "--health-listen=0.0.0.0:8080"]
+    # The webhook's writer identity in the audit trail is its pod (one chain per
+    # replica), read from the variable `policybind webhook --pod-name` reads.
+    webhook_env = {e["name"]: e for e in webhook["env"]}
+    assert webhook_env["POLICYBIND_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.name"
     assert "--leader-election" not in args_of(render(MINIMAL), OPERATOR)
 
 
@@ -685,6 +704,7 @@ def test_sidecar_and_admission_settings_reach_the_webhook(render):
     assert "--sidecar-style=auto" in default
     assert "--sidecar-memory-limit=128Mi" in default
     assert "--undeclared-model-servers=warn" in default
+    assert "--require-audit-record=true" in default
     assert not any(a.startswith(("--sidecar-cpu-limit", "--sidecar-model-port",
                                  "--exclude-namespace")) for a in default)
     # No mounted bundle and no shared key: a mounted ConfigMap would sit where
@@ -812,7 +832,19 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "authorization.k8s.io", "subjectaccessreviews") == {"create"}
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
-    assert {r["metadata"]["name"] for r in render().kinds("Role")} == {OPERATOR}
+    assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
+        {OPERATOR, f"{WEBHOOK}-audit"}
+    # Its audit segments, in the release namespace only: list to resume its chain,
+    # server-side apply to write. No delete, no watch, no Secrets.
+    audit = render().get("Role", f"{WEBHOOK}-audit")
+    assert audit["metadata"]["namespace"] == NAMESPACE
+    assert audit["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                               "verbs": ["get", "list", "create", "patch"]}]
+    binding = render().get("RoleBinding", f"{WEBHOOK}-audit")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WEBHOOK,
+                                    "namespace": NAMESPACE}]
+    # Without a signing key the webhook only logs its records: no Role.
+    assert f"Role/{WEBHOOK}-audit" not in render(MINIMAL).names()
 
 
 def test_webhook_rbac_in_cert_manager_mode_cannot_touch_configurations(render):
@@ -826,7 +858,8 @@ def test_bindings_point_at_the_right_service_accounts(render):
         for binding in rendered.kinds(kind):
             name = binding["metadata"]["name"]
             assert binding["roleRef"]["name"] == name
-            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+            account = WEBHOOK if name == f"{WEBHOOK}-audit" else name
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                             "namespace": NAMESPACE}]
 
 
@@ -882,6 +915,10 @@ def test_user_roles(render):
         assert verbs_on(auditor, "policybind.io", kind) == READ_VERBS
         assert verbs_on(auditor, "policybind.io", f"{kind}/status") == READ_VERBS
     assert "approve" in verbs_on(admin, "policybind.io", "approvalrequests")
+    # The rights the webhook checks: exempt a model pod from the sidecar, share a model.
+    assert {"exempt", "share"} <= verbs_on(admin, "policybind.io", "modeldeployments")
+    for role in [approver, auditor, developer]:
+        assert not {"exempt", "share"} & verbs_on(role, "policybind.io", "modeldeployments")
     assert verbs_on(approver, "policybind.io", "approvalrequests") == \
         READ_VERBS | {"update", "patch", "approve"}
     assert verbs_on(approver, "policybind.io", "modeldeployments") == READ_VERBS

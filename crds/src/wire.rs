@@ -108,6 +108,42 @@ pub mod names {
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
     pub const MODEL_NETWORK_POLICY: &str = "policybind-model-ports";
+    /// Pod volume (added by injection) holding the namespace's audit signing key;
+    /// mounted into the sidecar container only.
+    pub const AUDIT_KEY_VOLUME: &str = "policybind-audit-key";
+    /// Pod volume (added by injection) with a projected ServiceAccount token for the
+    /// sidecar: containers added by a webhook get no token mount from the API server.
+    pub const API_ACCESS_VOLUME: &str = "policybind-api-access";
+
+    /// ConfigMap holding the policy bundle of `namespace`'s enforcement points. It
+    /// lives in PolicyBind's own namespace, where workloads cannot write.
+    pub fn bundle_config_map(namespace: &str) -> String {
+        format!("policybind-bundle.{namespace}")
+    }
+}
+
+/// Paths inside the injected sidecar container.
+pub mod paths {
+    /// Directory the audit key Secret is mounted at (read-only).
+    pub const AUDIT_KEY_DIR: &str = "/var/run/secrets/policybind/audit";
+    /// The PEM signing key file, [`super::env::AUDIT_KEY`]'s value.
+    pub const AUDIT_KEY_FILE: &str = "/var/run/secrets/policybind/audit/signing-key";
+    /// Where Kubernetes clients look for the ServiceAccount token, CA and namespace.
+    pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+}
+
+/// RBAC verbs PolicyBind checks with SubjectAccessReviews. Kubernetes does not use
+/// them itself; RBAC accepts any verb, so each is granted explicitly (the chart's
+/// `policybind-admin` and `policybind-approver` ClusterRoles) and editing rights
+/// alone do not confer it.
+pub mod verbs {
+    /// On `approvalrequests`: decide an ApprovalRequest.
+    pub const APPROVE: &str = "approve";
+    /// On `modeldeployments` (name = the model, in the pod's namespace): run a pod
+    /// that declares the model without the sidecar in an enforced namespace.
+    pub const EXEMPT: &str = "exempt";
+    /// On `modeldeployments`, cluster-wide: register a model with `scope: Cluster`.
+    pub const SHARE: &str = "share";
 }
 
 /// Most parts one bundle may have. The reader Role names exactly this many
@@ -217,7 +253,8 @@ pub mod env {
     pub const BUNDLE_MAX_BYTES: &str = "POLICYBIND_BUNDLE_MAX_BYTES";
     /// Path of the PEM audit signing key.
     pub const AUDIT_KEY: &str = "POLICYBIND_AUDIT_KEY";
-    /// `namespace/name` of a Secret holding the audit signing key.
+    /// `namespace/name` of a Secret holding the audit signing key (read through the
+    /// API). Injected sidecars no longer get it: their key is a mounted file.
     pub const AUDIT_KEY_SECRET: &str = "POLICYBIND_AUDIT_KEY_SECRET";
     /// Log format: `json` or `text`.
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
