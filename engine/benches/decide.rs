@@ -50,6 +50,7 @@ fn bundle(rules: usize) -> Bundle {
                         .then_some(DataClassification::Confidential),
                     ..Default::default()
                 },
+                exclude: None,
                 when: None,
                 conditions: RuleConditions {
                     // Distinct thresholds keep rules from being identical (which compile rejects
@@ -93,6 +94,7 @@ fn bundle(rules: usize) -> Bundle {
         rules: vec![PolicyRule {
             name: "allow".into(),
             match_: Default::default(),
+            exclude: None,
             when: None,
             conditions: Default::default(),
             action: Effect::Allow,
