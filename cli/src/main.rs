@@ -52,6 +52,9 @@ enum Command {
     Sidecar(commands::sidecar::SidecarArgs),
     /// Measure the latency the enforcement point adds, at fixed request rates.
     Bench(commands::bench::BenchArgs),
+    /// List the Prometheus metrics every role exports (for dashboard and alert checks).
+    #[command(hide = true)]
+    Metrics(commands::metrics::MetricsArgs),
 }
 
 fn init_logging(format: &str) {
@@ -81,6 +84,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args).await,
         Command::Sidecar(args) => commands::sidecar::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Metrics(args) => commands::metrics::run(args),
     };
     match result {
         Ok(code) => code,
