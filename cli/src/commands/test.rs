@@ -208,7 +208,7 @@ fn run_case(
 fn print_table(report: &Report, verbose: bool) {
     if let Some(set) = &report.policy_set {
         println!(
-            "policy set {}: {} policies, {} rules, {} models, {} tokens\n",
+            "policy set {}: {} policies, {} rules, {} models, {} tokens",
             set.fingerprint, set.policies, set.rules, set.models, set.tokens
         );
     }
@@ -217,7 +217,7 @@ fn print_table(report: &Report, verbose: bool) {
     }
     if report.cases.len() < report.available {
         println!(
-            "{} of {} cases selected\n",
+            "\n{} of {} cases selected",
             report.cases.len(),
             report.available
         );
@@ -230,7 +230,7 @@ fn print_table(report: &Report, verbose: bool) {
         .unwrap_or(10)
         .min(90);
     if verbose || report.summary.passed < report.cases.len() {
-        println!("{:<4} {:<width$} RESULT", "#", "TEST / CASE");
+        println!("\n{:<4} {:<width$} RESULT", "#", "TEST / CASE");
     }
     for (i, c) in report.cases.iter().enumerate() {
         let name = format!("{} / {}", c.test, c.case);
