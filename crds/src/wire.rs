@@ -41,6 +41,12 @@ pub mod labels {
     pub const WRITER_POD: &str = "policybind.io/pod";
     /// Secrets holding an AccessToken's value; the value is the token's name.
     pub const TOKEN: &str = "policybind.io/token";
+    /// Secrets holding a token value for the offline tools only (`policybind serve`,
+    /// `test`, `eval`); the value is the AccessToken's name. The operator neither
+    /// reads nor owns such Secrets: a demo value published in a README is never
+    /// valid in a cluster, and such a Secret never collides with the one the
+    /// operator issues (`<token>-token`).
+    pub const STANDALONE_TOKEN: &str = "policybind.io/standalone-token";
     /// Secrets holding a namespace's audit signing key (value `"true"`).
     pub const AUDIT_KEY: &str = "policybind.io/audit-key";
     /// ApprovalRequests opened for a ModelDeployment; the value is its name.

@@ -25,6 +25,7 @@ use policybind_crds::{
 use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken, PolicyKind};
 use crate::codes;
 use crate::detect::{BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors};
+use crate::exclude::CompiledExclude;
 use crate::expr::{self, WhenExpr};
 use crate::request::{Obligations, RedactObligation};
 use crate::schedule::{CompiledSchedule, parse_time_zone};
@@ -102,6 +103,7 @@ pub(crate) struct CompiledRule {
     pub regions: Vec<String>,
     pub namespaces: Option<GlobSet>,
     pub namespace_patterns: Vec<String>,
+    pub exclude: Option<CompiledExclude>,
     pub when: Option<WhenExpr>,
     pub schedule: Option<CompiledSchedule>,
     pub outside_schedule: Option<CompiledSchedule>,
@@ -543,6 +545,15 @@ fn compile_policy(
                 }
             }
         };
+        let exclude = rule.exclude.as_ref().and_then(|spec| {
+            CompiledExclude::compile(spec)
+                .map_err(|list| {
+                    for (field, reason) in list {
+                        errors.push(&resource, rname, at(&format!(".exclude{field}")), reason);
+                    }
+                })
+                .ok()
+        });
         let when = rule
             .when
             .as_deref()
@@ -620,6 +631,7 @@ fn compile_policy(
             regions: m.regions.clone(),
             namespaces,
             namespace_patterns: m.namespaces.clone(),
+            exclude,
             when,
             schedule,
             outside_schedule,
@@ -718,9 +730,14 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
         ))
         .unwrap_or_default();
         for rule in &policy.rules {
-            let key_body =
-                serde_json::to_string(&(&rule.match_, &rule.when, &rule.conditions, &scope))
-                    .unwrap_or_default();
+            let key_body = serde_json::to_string(&(
+                &rule.match_,
+                &rule.exclude,
+                &rule.when,
+                &rule.conditions,
+                &scope,
+            ))
+            .unwrap_or_default();
             let entry = seen.entry((policy.priority, key_body)).or_default();
             for (other_policy, other_rule, other_enforcement) in entry.iter() {
                 let different = other_rule.action != rule.action

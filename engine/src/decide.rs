@@ -7,7 +7,8 @@
 //! 2. registry: unregistered (when required), suspended, not approved,
 //!    classification above the model's maximum, use case not approved;
 //! 3. policies: the first matching rule in precedence order decides (priority,
-//!    then most restrictive effect, then policy id, then rule position). Rules of
+//!    then most restrictive effect, then policy id, then rule position). A rule
+//!    whose `exclude` holds is skipped and the next one considered. Rules of
 //!    Audit-mode policies never decide; the first of them that would have decided
 //!    differently is reported as `wouldHave`;
 //! 4. no match: the bundle's default effect (Deny) with NO_MATCHING_POLICY.
@@ -21,6 +22,7 @@ use policybind_crds::{DataClassification, Effect, Enforcement};
 use crate::codes;
 use crate::compile::{BitSet, CompiledModel, CompiledRule, CompiledToken, PolicySet};
 use crate::detect::Finding;
+use crate::exclude::ExcludeFacts;
 use crate::request::{Decision, Obligations, Request, ResolvedFacts, RuleTrace, Stage, WouldHave};
 use crate::schedule::period_start;
 use crate::{expr, selector};
@@ -49,6 +51,8 @@ impl AuthError {
 enum Check {
     Match,
     Miss(String),
+    /// Selected, but the rule's `exclude` skips the request.
+    Excluded(String),
     Error(String),
 }
 
@@ -222,9 +226,10 @@ impl PolicySet {
             } else {
                 self.check_rule(rule, &ctx)
             };
+            let excluded = matches!(check, Check::Excluded(_));
             let (matched, reason, error) = match check {
                 Check::Match => (true, "matched".to_string(), None),
-                Check::Miss(r) => (false, r, None),
+                Check::Miss(r) | Check::Excluded(r) => (false, r, None),
                 Check::Error(e) => (true, format!("CEL error: {e}"), Some(e)),
             };
             let decides = matched && decided.is_none() && rule.enforcement == Enforcement::Enforce;
@@ -238,6 +243,7 @@ impl PolicySet {
                     matched,
                     reason,
                     decided: decides,
+                    excluded,
                 });
             }
             if matched && decided.is_none() {
@@ -573,6 +579,18 @@ impl PolicySet {
             if approved != want {
                 return Check::Miss(format!("model approved is {approved}, rule wants {want}"));
             }
+        }
+        // Exceptions before `when`: an excluded request never meets a rule's CEL
+        // (nor a run-time error of it).
+        if let Some(exclude) = &rule.exclude
+            && let Some(why) = exclude.excludes(&ExcludeFacts {
+                team: f.team.as_deref(),
+                subject: f.subject.as_deref(),
+                namespace,
+                labels: &ctx.request.labels,
+            })
+        {
+            return Check::Excluded(why);
         }
         if let Some(when) = &rule.when {
             let value = ctx.cel_request.get_or_init(|| {

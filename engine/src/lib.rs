@@ -8,7 +8,8 @@
 //!
 //! - [`bundle`]: the serializable input (policies, models, token hashes).
 //! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
-//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
+//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order;
+//!   `exclude` (a rule's exceptions) is checked in `exclude`.
 //! - [`detect`]: content detectors compiled into one automaton; redaction.
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
@@ -26,6 +27,7 @@ pub mod codes;
 pub mod compile;
 pub mod decide;
 pub mod detect;
+mod exclude;
 pub mod expr;
 pub mod manifest;
 pub mod request;

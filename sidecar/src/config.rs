@@ -93,6 +93,9 @@ pub struct Settings {
     /// Where settled usage is reported for the operator (cluster mode only;
     /// needs a Kubernetes client). `None`: no report.
     pub usage_report: Option<crate::usage::UsageReportSettings>,
+    /// Sent with every response of the main port as `x-policybind-upstream`, so
+    /// that no caller mistakes the built-in demo upstream (`demo`) for a model.
+    pub upstream_label: Option<String>,
 }
 
 impl Settings {
@@ -116,6 +119,7 @@ impl Settings {
             decide_api: true,
             limits: Limits::default(),
             usage_report: None,
+            upstream_label: None,
         }
     }
 }

@@ -18,6 +18,8 @@
 //! - [`approvals`] holds requests for a human decision.
 //! - [`decide_api`] is the decision API; [`audit`] is the audit trail as the request
 //!   path sees it; [`metrics`] has the Prometheus metrics.
+//! - [`fake_upstream`] is a small OpenAI-compatible server: the tests' upstream
+//!   and the demo upstream `policybind serve` starts when given none.
 //!
 //! [`start`] binds both ports and returns at once (tests use it on ephemeral
 //! ports); [`run`] also waits for Ctrl-C or SIGTERM and shuts down gracefully.
@@ -30,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod decide_api;
 pub mod facts;
+pub mod fake_upstream;
 pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
@@ -212,7 +215,10 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     if settings.decide_api {
         app = app.route("/v1/decide", post(decide_api::decide));
     }
-    let app = app.fallback(proxy::handle).with_state(state);
+    let app = label_responses(
+        app.fallback(proxy::handle).with_state(state),
+        settings.upstream_label.as_deref(),
+    );
 
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -268,6 +274,22 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         tasks,
         reporter,
     })
+}
+
+/// Adds `x-policybind-upstream: <label>` to every response, when a label is set.
+fn label_responses(app: Router, label: Option<&str>) -> Router {
+    let Some(value) = label.and_then(|l| http::HeaderValue::from_str(l).ok()) else {
+        return app;
+    };
+    app.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let value = value.clone();
+            async move {
+                response.headers_mut().insert(proxy::UPSTREAM_HEADER, value);
+                response
+            }
+        },
+    ))
 }
 
 type HealthState = (Arc<PolicyHolder>, Arc<Metrics>, Arc<dyn AuditSink>);

@@ -17,6 +17,7 @@ pub fn rule(name: &str, action: Effect) -> PolicyRule {
     PolicyRule {
         name: name.into(),
         match_: RuleMatch::default(),
+        exclude: None,
         when: None,
         conditions: RuleConditions::default(),
         action,
