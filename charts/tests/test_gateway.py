@@ -1,7 +1,9 @@
 """The central gateway (`gateway.*` values): off by default; when on, a
-Deployment running `policybind sidecar --gateway` with probes, a disruption
-budget, its own ServiceAccount, a Service SDKs point at, provider key Secrets
-mounted whole (so rotation needs no restart), and the audit signing key."""
+Deployment running `policybind sidecar --gateway` in its own enforced namespace
+with probes, a disruption budget, its own ServiceAccount, a Service SDKs point
+at, provider key Secrets mounted whole (so rotation needs no restart), the
+bundle read from PolicyBind's namespace and the namespace's audit key the
+operator keeps, as an injected sidecar has them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from conftest import NAMESPACE, RELEASE
 
 FULL = f"{RELEASE}-policybind"
 GATEWAY = f"{FULL}-gateway"
+GATEWAY_NS = "ai-gateway"
 ON = {"gateway": {"enabled": True}}
 
 
@@ -34,9 +37,12 @@ def test_the_gateway_is_off_by_default(render):
 def test_the_gateway_renders_a_deployment_service_budget_and_account(render):
     rendered = render(ON)
     assert {n for n in rendered.names() if "gateway" in n} == {
+        f"Namespace/{GATEWAY_NS}",
         f"Deployment/{GATEWAY}", f"Service/{GATEWAY}", f"Service/{GATEWAY}-metrics",
         f"ServiceAccount/{GATEWAY}", f"PodDisruptionBudget/{GATEWAY}",
     }
+    for kind in ["Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"]:
+        assert rendered.get(kind, GATEWAY)["metadata"]["namespace"] == GATEWAY_NS
     deploy = rendered.typed_get("Deployment", GATEWAY)
     assert deploy.spec.replicas == 2
     assert deploy.spec.strategy.rolling_update.max_unavailable == 0
@@ -45,7 +51,17 @@ def test_the_gateway_renders_a_deployment_service_budget_and_account(render):
     assert pdb.spec.selector.match_labels.items() <= deploy.spec.template.metadata.labels.items()
 
 
-def test_the_gateway_runs_the_sidecar_in_gateway_mode_and_asks_for_its_namespaces_bundle(render):
+def test_the_gateways_namespace_is_enforced_and_outlives_the_release(render):
+    namespace = render(ON).get("Namespace", GATEWAY_NS)
+    assert namespace["metadata"]["labels"]["policybind.io/enforce"] == "true"
+    assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    existing = render({"gateway": {"enabled": True, "namespace": "team-gw",
+                                   "createNamespace": False}})
+    assert "Namespace/team-gw" not in existing.names()
+    assert existing.get("Deployment", GATEWAY)["metadata"]["namespace"] == "team-gw"
+
+
+def test_the_gateway_runs_the_sidecar_in_gateway_mode_as_an_injected_sidecar_is_wired(render):
     rendered = render(ON)
     pod = pod_of(rendered)
     container = container_of(rendered)
@@ -53,16 +69,23 @@ def test_the_gateway_runs_the_sidecar_in_gateway_mode_and_asks_for_its_namespace
         "sidecar", "--gateway", "--listen=0.0.0.0:8080", "--health-listen=0.0.0.0:9090",
         "--credentials-dir=/var/run/policybind/credentials",
     ]
-    # The operator publishes a bundle (and the sidecar Role) where a pod asks for it.
+    # The pod's own label enforces a namespace the chart did not create, too.
     assert pod["metadata"]["labels"]["policybind.io/enforce"] == "true"
-    assert pod["metadata"]["annotations"]["policybind.io/inject"] == "false"
+    # It declares no model, so the webhook injects nothing and asks no exempt right.
+    assert "policybind.io/model" not in pod["metadata"].get("annotations", {})
+    assert "policybind.io/inject" not in pod["metadata"].get("annotations", {})
     env = env_of(container)
     assert env["POLICYBIND_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POLICYBIND_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    # Same namespace as the release: the signing key is mounted.
-    assert env["POLICYBIND_AUDIT_KEY"]["value"] == "/etc/policybind/audit/signing-key"
+    # The bundle is read where the operator writes it and workloads cannot.
+    assert env["POLICYBIND_BUNDLE_NAMESPACE"]["value"] == NAMESPACE
+    # The namespace's own audit key, kept by the operator, as the webhook mounts it.
+    assert env["POLICYBIND_AUDIT_KEY"]["value"] == "/var/run/secrets/policybind/audit/signing-key"
+    assert "POLICYBIND_AUDIT_KEY_SECRET" not in env
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["audit-signing-key"]["mountPath"] == "/etc/policybind/audit"
+    assert mounts["policybind-audit-key"]["mountPath"] == "/var/run/secrets/policybind/audit"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["policybind-audit-key"]["secret"]["secretName"] == "policybind-audit-key"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["spec"]["serviceAccountName"] == GATEWAY
@@ -106,24 +129,19 @@ def test_a_single_replica_gets_no_disruption_budget_that_would_block_drains(rend
                                                      if d["metadata"]["name"] != GATEWAY]
 
 
-def test_a_gateway_in_its_own_namespace_reads_the_signing_key_through_the_api(render):
-    rendered = render({"gateway": {"enabled": True, "namespace": "ai-gateway"}})
-    for kind, name in [("Deployment", GATEWAY), ("Service", GATEWAY),
-                       ("ServiceAccount", GATEWAY), ("PodDisruptionBudget", GATEWAY)]:
-        assert rendered.get(kind, name)["metadata"]["namespace"] == "ai-gateway"
+def test_a_gateway_given_its_own_key_mounts_none(render):
+    rendered = render({"gateway": {"enabled": True, "extraEnv": [
+        {"name": "POLICYBIND_AUDIT_KEY", "value": "/keys/gateway.pem"}]}})
     env = env_of(container_of(rendered))
-    assert env["POLICYBIND_AUDIT_KEY_SECRET"]["value"] == f"{NAMESPACE}/{FULL}-audit-signing-key"
-    assert "POLICYBIND_AUDIT_KEY" not in env
+    assert env["POLICYBIND_AUDIT_KEY"]["value"] == "/keys/gateway.pem"
     assert "volumes" not in pod_of(rendered)["spec"]
 
 
-def test_a_gateway_without_any_signing_key_fails_to_render(chart):
-    for values in [
-        {"gateway": {"enabled": True}, "audit": {"signingKey": {"create": False}}},
-        {"gateway": {"enabled": True, "namespace": "ai-gateway"}, "sidecar": {"shareAuditKey": False}},
-    ]:
-        with pytest.raises(helm.HelmError, match="signing key"):
-            chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+def test_a_gateway_in_policybinds_own_namespace_fails_to_render(chart):
+    for gateway in [{"enabled": True, "namespace": NAMESPACE}]:
+        with pytest.raises(helm.HelmError, match="namespace of its own"):
+            chart.render(values={"gateway": gateway}, name=RELEASE, namespace=NAMESPACE,
+                         is_install=True)
 
 
 @pytest.mark.parametrize(
@@ -133,10 +151,11 @@ def test_a_gateway_without_any_signing_key_fails_to_render(chart):
         {"gateway": {"enabled": True, "providerSecrets": ["Not_A_Name"]}},
         {"gateway": {"enabled": True, "upstream": "vllm:8000"}},
         {"gateway": {"enabled": True, "namespace": "Bad_NS"}},
+        {"gateway": {"enabled": True, "namespace": ""}},
         {"gateway": {"enabled": True, "service": {"type": "ExternalName"}}},
         {"gateway": {"enabled": True, "credentials": "x"}},
     ],
-    ids=["no-replicas", "bad-secret-name", "upstream-not-a-url", "bad-namespace",
+    ids=["no-replicas", "bad-secret-name", "upstream-not-a-url", "bad-namespace", "no-namespace",
          "bad-service-type", "unknown-key"],
 )
 def test_schema_refuses_bad_gateway_values(chart, values):

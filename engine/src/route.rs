@@ -22,10 +22,10 @@ pub struct ModelRoute<'a> {
 }
 
 impl PolicySet {
-    /// The route of a model name or alias, as the registry resolves it
-    /// (the namespace's own registration first).
-    pub fn model_route(&self, model: &str) -> Option<ModelRoute<'_>> {
-        let model = &self.models[*self.model_by_name.get(model)?];
+    /// The route of a model name or alias as a request in `namespace` resolves
+    /// it (the namespace's own registration first, then a shared one).
+    pub fn model_route(&self, model: &str, namespace: &str) -> Option<ModelRoute<'_>> {
+        let model = self.resolve_model(model, namespace)?;
         Some(ModelRoute {
             deployment: &model.id,
             provider: &model.provider,

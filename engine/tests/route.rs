@@ -21,14 +21,14 @@ fn a_model_route_gives_provider_endpoint_and_secret_reference_by_name_and_alias(
     });
     let set = PolicySet::compile(&bundle).unwrap();
     for name in ["gpt-4o", "gpt-4o-2024-08-06"] {
-        let route = set.model_route(name).unwrap();
+        let route = set.model_route(name, "ns").unwrap();
         assert_eq!(route.deployment, "ai/gpt-4o");
         assert_eq!(route.provider, "openai");
         assert_eq!(route.endpoint, Some("https://api.openai.com/v1"));
         assert_eq!(route.credentials.unwrap().name, "openai");
     }
-    let llama = set.model_route("llama").unwrap();
+    let llama = set.model_route("llama", "ns").unwrap();
     assert_eq!((llama.provider, llama.endpoint), ("self-hosted", None));
     assert!(llama.credentials.is_none());
-    assert!(set.model_route("unregistered").is_none());
+    assert!(set.model_route("unregistered", "ns").is_none());
 }

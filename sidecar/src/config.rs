@@ -15,13 +15,9 @@ pub enum SourceSettings {
         path: PathBuf,
         poll_interval: Duration,
     },
-    /// A mounted bundle ConfigMap (`bundle.json` or `bundle.json.gz`), re-read when it changes.
-    BundleDirectory {
-        path: PathBuf,
-        poll_interval: Duration,
-    },
-    /// The namespace's bundle ConfigMap, watched through the API server.
-    ConfigMap { namespace: String, name: String },
+    /// The namespace's bundle, watched through the API server in PolicyBind's
+    /// own namespace (see [`crate::cluster`]).
+    ConfigMap(crate::cluster::BundleSource),
 }
 
 /// Where RequireApproval decisions are held for a human.
@@ -133,6 +129,9 @@ pub struct Settings {
     pub usage_report: Option<crate::usage::UsageReportSettings>,
     /// How often refused unauthenticated requests are summarised in one audit record.
     pub rejection_summary_interval: Duration,
+    /// Sent with every response of the main port as `x-policybind-upstream`, so
+    /// that no caller mistakes the built-in demo upstream (`demo`) for a model.
+    pub upstream_label: Option<String>,
 }
 
 /// A setting that cannot work, found at start-up.
@@ -195,6 +194,7 @@ impl Settings {
             limits: Limits::default(),
             usage_report: None,
             rejection_summary_interval: Duration::from_secs(60),
+            upstream_label: None,
         }
     }
 

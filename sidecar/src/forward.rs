@@ -15,7 +15,7 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::header::{self, HeaderMap};
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use policybind_crds::Effect;
 use policybind_engine::audit::AuditEvent;
@@ -49,6 +49,22 @@ pub struct Forward<'a> {
     pub facts: Facts,
     pub ready: Ready,
     pub reservation: Option<Reservation>,
+}
+
+/// When responses are labelled (`policybind serve` with its demo upstream), an
+/// answer from a ModelDeployment's endpoint says which provider gave it, so
+/// that the demo label is never put on a real model's answer.
+fn label_upstream(state: &AppState, route: &crate::upstream::Route, headers: &mut HeaderMap) {
+    if state.settings.upstream_label.is_none() {
+        return;
+    }
+    if let Some(value) = route
+        .endpoint_provider
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        headers.insert(crate::refusal::UPSTREAM_HEADER, value);
+    }
 }
 
 /// Sends the request and returns the answer, judged and settled.
@@ -99,6 +115,7 @@ pub async fn forward(state: &Arc<AppState>, f: Forward<'_>) -> Response<Body> {
     *response.status_mut() = parts.status;
     copy_response_headers(&parts.headers, response.headers_mut());
     decision_headers(response.headers_mut(), decided.0, &decided.1, request_id);
+    label_upstream(state, &ready.route, response.headers_mut());
     if !parts.status.is_success() {
         // The model refused or failed: nothing was consumed; release and pass
         // the upstream's own error through.

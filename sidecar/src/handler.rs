@@ -403,7 +403,7 @@ impl Plan for ProxyPlan {
         };
         let route = context.resolve(&request.model, request.api)?;
         // Priced once by the engine; again only when degrade changed the call.
-        let cost_usd = match (repriced, set.pricing(&request.model)) {
+        let cost_usd = match (repriced, set.pricing(&request.model, &settings.namespace)) {
             (true, Some(p)) => p.cost(
                 request.estimated_input_tokens,
                 request.estimated_output_tokens,

@@ -12,7 +12,8 @@
 //!
 //! - [`config`] holds the settings.
 //! - [`source`] holds the policy set in force and swaps it atomically; it also
-//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap.
+//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap
+//!   in PolicyBind's own namespace.
 //! - [`handler`] is the HTTP handling of the main port; [`pipeline`] the
 //!   decision pipeline (decide, reserve, hold, audit) the handler and the
 //!   [`decide_api`] share; [`forward`] sends admitted requests through the
@@ -27,6 +28,8 @@
 //! - [`audit`] is the audit trail as the request path sees it; [`rejections`]
 //!   summarises unauthenticated refusals; [`ingress`] checks identifiers;
 //!   [`metrics`] has the Prometheus metrics.
+//! - [`fake_upstream`] is a small model server: the tests' upstream and the
+//!   demo upstream `policybind serve` starts when given none.
 //!
 //! [`start`] binds every port and returns at once (tests use it on ephemeral
 //! ports); [`run`] also waits for Ctrl-C or SIGTERM and shuts down gracefully.
@@ -40,6 +43,7 @@ pub mod compress;
 pub mod config;
 pub mod credentials;
 pub mod decide_api;
+pub mod fake_upstream;
 pub mod forward;
 pub mod handler;
 pub mod ingress;
@@ -79,7 +83,7 @@ use crate::approvals::Approvals;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::rejections::Rejections;
-use crate::source::{DirectoryKind, DirectoryWatcher};
+use crate::source::DirectoryWatcher;
 use crate::state::{AppState, Parts};
 use crate::upstream::Upstream;
 
@@ -200,20 +204,13 @@ async fn start_source(
         SourceSettings::Directory {
             path,
             poll_interval,
-        }
-        | SourceSettings::BundleDirectory {
-            path,
-            poll_interval,
         } => {
-            let (kind, exclude) = match (&settings.source, &settings.approvals) {
-                (SourceSettings::BundleDirectory { .. }, _) => (DirectoryKind::Bundle, None),
-                (_, ApprovalSettings::Directory(dir)) => {
-                    (DirectoryKind::Manifests, Some(dir.clone()))
-                }
-                _ => (DirectoryKind::Manifests, None),
+            let exclude = match &settings.approvals {
+                ApprovalSettings::Directory(dir) => Some(dir.clone()),
+                _ => None,
             };
             let mut watcher =
-                DirectoryWatcher::new(kind, path.clone(), exclude, settings.namespace.clone());
+                DirectoryWatcher::new(path.clone(), exclude, settings.namespace.clone());
             watcher.poll(&holder, &metrics);
             let interval = *poll_interval;
             tasks.spawn(async move {
@@ -221,14 +218,14 @@ async fn start_source(
                 Ok(())
             });
         }
-        SourceSettings::ConfigMap { namespace, .. } => {
+        SourceSettings::ConfigMap(source) => {
             let client = match kube {
                 Some(c) => c.clone(),
                 None => kube::Client::try_default().await?,
             };
-            let namespace = namespace.clone();
+            let source = source.clone();
             tasks.spawn(async move {
-                cluster::watch_bundle(client, namespace, holder, metrics, stop).await;
+                cluster::watch_bundle(client, source, holder, metrics, stop).await;
                 Ok(())
             });
         }
@@ -252,7 +249,7 @@ fn start_reporter(
         }
         (Some(report), None) => {
             tracing::warn!(
-                configmap = %report.name,
+                pod = %report.pod,
                 "no Kubernetes client: usage is not reported to the operator"
             );
             None
@@ -304,9 +301,12 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         upstream,
         rejections: rejections.clone(),
     });
-    let app = Router::new()
-        .fallback(handler::handle)
-        .with_state(state.clone());
+    let app = label_responses(
+        Router::new()
+            .fallback(handler::handle)
+            .with_state(state.clone()),
+        settings.upstream_label.as_deref(),
+    );
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -352,6 +352,26 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         tasks,
         reporter,
     })
+}
+
+/// Adds `x-policybind-upstream: <label>` to every response, when a label is set.
+fn label_responses(app: Router, label: Option<&str>) -> Router {
+    let Some(value) = label.and_then(|l| http::HeaderValue::from_str(l).ok()) else {
+        return app;
+    };
+    app.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let value = value.clone();
+            async move {
+                // An answer from a provider's endpoint already names it (see `forward`).
+                let headers = response.headers_mut();
+                if !headers.contains_key(refusal::UPSTREAM_HEADER) {
+                    headers.insert(refusal::UPSTREAM_HEADER, value);
+                }
+                response
+            }
+        },
+    ))
 }
 
 type HealthState = (Arc<PolicyHolder>, Arc<Metrics>, Arc<dyn AuditSink>);

@@ -67,7 +67,7 @@ pub fn list(
         );
         return refusal.into_response(api, request_id);
     }
-    let models = callable_models(set, &probe);
+    let models = callable_models(set, &state.settings.namespace, &probe);
     let event = AuditEvent::decision(Effect::Allow)
         .time(now)
         .request_id(request_id)
@@ -105,16 +105,22 @@ pub fn list(
 /// with their providers.
 fn callable_models<'a>(
     set: &'a policybind_engine::PolicySet,
+    namespace: &str,
     probe: &dyn Fn(&str) -> policybind_engine::Decision,
 ) -> Vec<(&'a str, &'a str)> {
-    set.model_names()
+    set.model_names(namespace)
         .into_iter()
         .filter(|name| {
             let d = probe(name);
             !(d.effect == Effect::Deny
                 && matches!(d.stage, EngineStage::Token | EngineStage::Registry))
         })
-        .map(|name| (name, set.model_route(name).map_or("", |r| r.provider)))
+        .map(|name| {
+            (
+                name,
+                set.model_route(name, namespace).map_or("", |r| r.provider),
+            )
+        })
         .collect()
 }
 

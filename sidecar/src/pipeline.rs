@@ -458,7 +458,7 @@ impl Reservation {
         let cost = self
             .loaded
             .set
-            .pricing(&self.estimate.model)
+            .pricing(&self.estimate.model, &self.state.settings.namespace)
             .map(|p| p.cost(input_tokens, output_tokens))
             .unwrap_or(0.0);
         let now = Utc::now();

@@ -31,6 +31,9 @@ pub const DECISION_HEADER: &str = "x-policybind-decision";
 pub const CODES_HEADER: &str = "x-policybind-codes";
 /// Response: the request id (also in logs and the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-policybind-request-id";
+/// Response: which upstream answers (`demo` for the built-in demo upstream of
+/// `policybind serve`); set only when [`crate::Settings::upstream_label`] is.
+pub const UPSTREAM_HEADER: &str = "x-policybind-upstream";
 
 /// Which step of the request path refused a request. Each is its own outcome:
 /// a budget refusal is not the engine's decision rewritten, it is a refusal

@@ -160,6 +160,9 @@ pub struct Route {
     pub key: Option<ProviderKey>,
     /// `namespace/name` of the ModelDeployment, when registered.
     pub deployment: Option<String>,
+    /// The registered provider name when the request goes to the
+    /// ModelDeployment's endpoint rather than the default upstream.
+    pub endpoint_provider: Option<String>,
 }
 
 impl Route {
@@ -233,7 +236,7 @@ impl RouteContext<'_> {
     /// The route of `model` for a request of `api`.
     pub fn resolve(&self, model: &str, api: Api) -> Result<Route, Refusal> {
         let settings = self.settings;
-        let registered = self.set.model_route(model);
+        let registered = self.set.model_route(model, &settings.namespace);
         let own = registered
             .is_some_and(|r| settings.own_model_deployment.as_deref() == Some(r.deployment));
         let provider = registered.map_or(Provider::SelfHosted, |r| Provider::parse(r.provider));
@@ -279,6 +282,7 @@ impl RouteContext<'_> {
             base,
             key,
             deployment: registered.map(|r| r.deployment.to_string()),
+            endpoint_provider: endpoint.and(registered).map(|r| r.provider.to_string()),
         })
     }
 }
@@ -293,6 +297,7 @@ mod tests {
             base: base.into(),
             key: Some(ProviderKey::new("sk-test")),
             deployment: None,
+            endpoint_provider: None,
         }
     }
 

@@ -253,6 +253,47 @@ async fn each_model_goes_to_its_provider_over_https_with_the_key_in_the_provider
     g.stop().await;
 }
 
+/// `policybind serve` labels its demo upstream's answers; an answer from a
+/// provider's endpoint must never carry the demo label.
+#[tokio::test]
+async fn a_labelled_default_upstream_never_labels_a_providers_answer() {
+    let tls = Upstream::start_tls().await;
+    let plain = Upstream::start().await;
+    let credentials = tempfile::tempdir().unwrap();
+    write_key(credentials.path(), "openai-key", "api-key", OPENAI_KEY);
+    let (ca, dir) = (tls.ca_file(), credentials.path().to_path_buf());
+    let text = manifests(&tls.url);
+    let sidecar = Harness::start_with(&plain.url, &[("all.yaml", &text)], move |s| {
+        s.upstream_ca_file = Some(ca);
+        s.credentials.dir = Some(dir);
+        s.upstream_label = Some("demo".into());
+    })
+    .await;
+    let url = format!("{}/v1/chat/completions", sidecar.base);
+    let call = |model: &str| {
+        send(
+            Method::POST,
+            &url,
+            Some(ALICE),
+            &[],
+            Some(chat(model, "hi")),
+        )
+    };
+    let (status, headers, _) = call("gpt-4o").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "x-policybind-upstream"), "openai");
+    let (status, headers, _) = call("llama").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "x-policybind-upstream"), "demo");
+    // A refusal reaches no upstream and still says which one is behind.
+    let (status, headers, _) = call("titan").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&headers, "x-policybind-upstream"), "demo");
+    sidecar.stop().await;
+    tls.stop().await;
+    plain.stop().await;
+}
+
 #[tokio::test]
 async fn a_rotated_key_file_is_used_without_a_restart() {
     let g = gateway().await;
