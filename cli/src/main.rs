@@ -52,6 +52,11 @@ enum Command {
     Sidecar(commands::sidecar::SidecarArgs),
     /// Measure the latency the enforcement point adds, at fixed request rates.
     Bench(commands::bench::BenchArgs),
+    /// Signed compliance reports (EU AI Act, NIST AI RMF, ISO/IEC 42001, SOC 2) and
+    /// serious-incident reports; `report verify` checks them.
+    Report(Box<commands::report::ReportArgs>),
+    /// Access tokens: `token create --from-text "<sentence>"` writes a manifest from plain words.
+    Token(commands::token::TokenArgs),
 }
 
 fn init_logging(format: &str) {
@@ -81,6 +86,8 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args).await,
         Command::Sidecar(args) => commands::sidecar::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Report(args) => commands::report::run(*args).await,
+        Command::Token(args) => commands::token::run(args).await,
     };
     match result {
         Ok(code) => code,

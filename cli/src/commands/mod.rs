@@ -1,10 +1,13 @@
 //! One module per subcommand.
 pub mod audit;
 pub mod bench;
+pub mod compliance_sources;
 pub mod controller;
 pub mod crds;
 pub mod eval;
+pub mod report;
 pub mod serve;
 pub mod sidecar;
 pub mod test;
+pub mod token;
 pub mod webhook;
