@@ -172,7 +172,12 @@ fn a_gate_applies_only_to_the_models_it_selects() {
         .namespaces(&["team-*"])
         .min("accuracy", "accuracy", 0.8);
     assert_eq!(
-        gates::evaluate(&model("team-a", "m"), std::slice::from_ref(&by_namespace), now()).len(),
+        gates::evaluate(
+            &model("team-a", "m"),
+            std::slice::from_ref(&by_namespace),
+            now()
+        )
+        .len(),
         1
     );
     assert!(gates::evaluate(&model("finance", "m"), &[by_namespace], now()).is_empty());

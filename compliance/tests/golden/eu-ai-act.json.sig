@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "fe90ee4da260a10ae09be89e7d9a2c9169ec1270be2b88d88a08c3ba7b42bd9d",
-  "signature": "aC1I+2dXIXDtoNObr50x9cG2r92SmOTfp/PNmLKllwBBt9Jp03GgyvDBnYli2YNKe7B0kPxcSOX20cnSIj6UCQ=="
+  "sha256": "949b77f1bac55de153b8ddd8a93824dca9aea9e1876eb025b0b51ae6005fd68e",
+  "signature": "qftOuXh4qR02xMsTV8s6M3Jtxd8qlSrBQcbyh7wLZ0T/DzEEVlbKlFoTR4HB8mp1MWNfjG0EmKBIMBdrkCr3BQ=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "nist-ai-rmf.json",
-  "sha256": "a7bc66c228d661a5e58cd6101b787eff6f75e53d94b3b8f716609756e4b15acc",
-  "signature": "iCxm826CWI9cjNZedQaWn/ydrYNqMUDXljjI4LDmwOAMWp//bBf5DGccXNkrUIQ8hKkJTh1YV6uBKdrC5TB+CA=="
+  "sha256": "0e753617d420513ffdcc7e3a4169c930804dbf06c4ad061f46b984d782bee52e",
+  "signature": "aDSAzPQ/aWTjuAquKdGgLsYifMJi4KkJwSL2ti0/WI0hELy1jQChiYpiidh3YviPqNUWsYNwHaT72Dbi/0RJDw=="
 }

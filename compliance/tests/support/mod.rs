@@ -212,3 +212,63 @@ pub fn approval(
     a.metadata.namespace = Some(namespace.into());
     a
 }
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every object of the example organisation (examples/), parsed as the tools parse it.
+pub fn example_objects() -> Vec<policybind_engine::manifest::Object> {
+    let mut out = Vec::new();
+    for file in policybind_engine::manifest::manifest_files(&repo().join("examples"), None)
+        .unwrap()
+        .files
+    {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let parsed =
+            policybind_engine::manifest::parse_documents(&file.display().to_string(), &text)
+                .unwrap();
+        out.extend(parsed.into_iter().map(|(_, o)| o));
+    }
+    out
+}
+
+/// The example audit trail's segments (examples/compliance/audit/).
+pub fn example_segments() -> Vec<policybind_engine::audit::NamedSegment> {
+    let mut paths: Vec<_> = std::fs::read_dir(repo().join("examples/compliance/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| policybind_engine::audit::NamedSegment {
+            name: p.display().to_string(),
+            segment: serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap(),
+        })
+        .collect()
+}
+
+pub fn example_audit_key() -> policybind_engine::audit::AuditVerifyingKey {
+    let pem = std::fs::read(repo().join("examples/compliance/audit-verify-key.pem")).unwrap();
+    policybind_engine::audit::AuditVerifyingKey::from_key_material(&pem).unwrap()
+}
+
+/// The example organisation with its verified trail, as of 2026-12-01.
+pub fn example_snapshot(
+    scope: policybind_compliance::evidence::Scope,
+) -> policybind_compliance::evidence::Snapshot {
+    use policybind_compliance::evidence::{Snapshot, Trail};
+    let mut snapshot = Snapshot::from_objects(example_objects(), scope, at("2026-12-01T00:00:00Z"));
+    let options = policybind_engine::audit::VerifyOptions {
+        trusted_keys: vec![example_audit_key()],
+        ..Default::default()
+    };
+    snapshot.trail = Some(Trail::from_segments(
+        "examples/compliance/audit".into(),
+        &example_segments(),
+        &options,
+    ));
+    snapshot
+}
