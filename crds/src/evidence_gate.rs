@@ -90,10 +90,16 @@ impl GateSelector {
 ]))]
 pub struct GateThreshold {
     /// Name, unique within the gate; denial messages say `<gate>/<name>`.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// Metric as evaluation results name it (`spec.evaluations[].metric`).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$")
+    )]
     pub metric: String,
     /// Lowest passing value (inclusive), for metrics where higher is better (accuracy).
     #[serde(default, skip_serializing_if = "Option::is_none")]

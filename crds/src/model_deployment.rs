@@ -253,7 +253,10 @@ impl DataPurpose {
 pub struct EvaluationResult {
     /// Metric, lower-case, e.g. `accuracy`, `subgroup-fairness-delta`, `harmful-output-rate`,
     /// `psi` (population stability index, for drift). Evidence gates name metrics this way.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$")
+    )]
     pub metric: String,
     /// The measured value.
     pub value: f64,
