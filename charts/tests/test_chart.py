@@ -808,6 +808,7 @@ def test_user_roles(render):
     for rule in auditor:
         assert set(rule["verbs"]) <= READ_VERBS
     assert verbs_on(auditor, "", "configmaps") == READ_VERBS  # audit segments
+    assert verbs_on(auditor, "", "namespaces") == READ_VERBS  # ClusterAIPolicy selectors
     assert verbs_on(auditor, "", "secrets") == set()
     assert "create" in verbs_on(developer, "policybind.io", "accesstokens")
     assert verbs_on(developer, "policybind.io", "aipolicies") == READ_VERBS

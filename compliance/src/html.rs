@@ -24,8 +24,8 @@ h3 { font-size: 16px; margin: 22px 0 6px; } code, .mono { font-family: ui-monosp
 table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; } th, td { border: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0; } dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; white-space: nowrap; }
-.Satisfied, .Passed, .Notified { background: var(--ok); } .PartiallyEvidenced, .Gap, .Due { background: var(--partial); }
-.NotSatisfied, .Failed, .Overdue, .NotifiedLate { background: var(--bad); } .NotEvidenced, .NotApplicable, .NotRequired { background: var(--none); }
+.Satisfied, .Passed, .Notified, .Approved { background: var(--ok); } .PartiallyEvidenced, .Gap, .Due, .Pending { background: var(--partial); }
+.NotSatisfied, .Failed, .Overdue, .NotifiedLate, .Rejected { background: var(--bad); } .NotEvidenced, .NotApplicable, .NotRequired { background: var(--none); }
 article { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; margin: 12px 0; page-break-inside: avoid; }
 .issues li { color: var(--bad); } .outside { background: #f6f8fa; border-left: 4px solid var(--none); padding: 6px 10px; }
 footer { margin-top: 40px; border-top: 2px solid var(--line); padding-top: 8px; font-size: 13px; color: #57606a; }

@@ -432,3 +432,29 @@ fn a_missed_deadline_is_overdue_and_fails_the_reporting_evidence() {
         finding.issues
     );
 }
+
+#[test]
+fn every_badge_on_a_page_has_a_colour() {
+    // A badge without a style rule is white text on white: invisible on screen.
+    let snapshot = example_snapshot(Scope::default());
+    let mut pages = vec![html::render_incident(
+        &incident_report::build(&example_incident(&snapshot), &snapshot, "t"),
+        "d",
+    )];
+    for framework in catalog::built_in_frameworks() {
+        pages.push(html::render_report(
+            &build(&catalog::built_in(framework).unwrap(), &snapshot),
+            "d",
+        ));
+    }
+    for page in pages {
+        let style = &page[page.find("<style>").unwrap()..page.find("</style>").unwrap()];
+        for badge in page.split("class=\"badge ").skip(1) {
+            let class = &badge[..badge.find('"').unwrap()];
+            assert!(
+                style.contains(&format!(".{class} ")) || style.contains(&format!(".{class},")),
+                "badge class {class} has no style"
+            );
+        }
+    }
+}

@@ -351,6 +351,9 @@ fn trusted_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<AuditVerifyingKey>> {
 fn report_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
         if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
