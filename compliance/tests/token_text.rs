@@ -6,7 +6,14 @@ use policybind_crds::access_token::SubjectKind;
 use policybind_crds::{BudgetPeriod, DataClassification, ModelDeployment};
 use policybind_engine::manifest::{Object, parse_documents};
 
+/// Read once: the proptests below call this hundreds of times.
+static CONTEXT: std::sync::LazyLock<Context> = std::sync::LazyLock::new(read_context);
+
 fn context() -> Context {
+    CONTEXT.clone()
+}
+
+fn read_context() -> Context {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     let models: Vec<ModelDeployment> = parse_documents(path, &text)
@@ -541,4 +548,35 @@ fn the_manifest_passes_the_crd_validation_rules() {
     let mut object = serde_json::to_value(&got.token).unwrap();
     object.as_object_mut().unwrap().remove("status");
     assert!(kube_cel::validate(&schema, &object, None).is_ok());
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Whatever is typed, the parser answers with a token or a question; it never
+        /// panics (byte offsets into lower-cased, multi-byte text are the risk).
+        #[test]
+        fn any_text_gives_a_token_or_a_question(text in "\\PC{0,120}") {
+            let _ = token_text::parse(&text, &context());
+        }
+
+        /// Sentences assembled from the phrases it knows, in any order, with noise.
+        #[test]
+        fn known_phrases_in_any_order_never_panic(parts in proptest::collection::vec(prop_oneof![
+            Just("the marketing team"), Just("user ÄLICE@example.com"), Just("may use"), Just("gpt-4o-mini"),
+            Just("for content generation"), Just("$100 a month"), Just("until March 31"), Just("for 30 days"),
+            Just("60 requests per minute"), Just("confidential data"), Just("and"), Just(","), Just("ß"),
+            Just("until"), Just("for"), Just("$"), Just("team"), Just("service account a/b"), Just("2M tokens a day"),
+        ], 0..12)) {
+            let sentence = parts.join(" ");
+            match token_text::parse(&sentence, &context()) {
+                Ok(understood) => prop_assert!(!understood.token.spec.allowed_models.is_empty()),
+                Err(question) => prop_assert!(!question.question.is_empty()),
+            }
+        }
+    }
 }
