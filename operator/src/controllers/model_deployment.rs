@@ -281,6 +281,7 @@ pub fn desired_status(
         approved_by: state.approved_by.clone(),
         next_review_at: Some(state.next_review_at),
         matched_workloads: Some(matched),
+        compliance: Vec::new(),
     }
 }
 
