@@ -174,7 +174,8 @@ def stack(tmp_path_factory):
     audit = root / "audit"
     serve = subprocess.Popen([
         POLICYBIND, "serve", "--config", str(config), "--upstream", f"http://{plain_addr}",
-        "--audit-dir", str(audit), "--listen", f"127.0.0.1:{listen}",
+        "--state-dir", str(root / "state"), "--audit-dir", str(audit),
+        "--listen", f"127.0.0.1:{listen}",
         "--health-listen", f"127.0.0.1:{health}", "--decide-listen", f"127.0.0.1:{decide}",
         "--upstream-ca-file", str(tls_dir / "ca.pem"), "--credentials-dir", str(credentials),
     ], env={**os.environ, "RUST_LOG": "warn"})
