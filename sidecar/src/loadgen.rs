@@ -103,12 +103,7 @@ pub async fn run_interleaved(targets: &[LoadOptions]) -> Result<Vec<LoadReport>,
         uris.push(uri);
         bodies.push(Bytes::from(t.body.clone()));
     }
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
-        .build(connector);
-    let client = Arc::new(client);
+    let client = Arc::new(plain_client());
     let period = Duration::from_secs_f64(1.0 / (f64::from(first.rate) * n as f64));
     let total = first.warmup + first.duration;
     let begin = Instant::now();
@@ -166,21 +161,33 @@ pub async fn run_interleaved(targets: &[LoadOptions]) -> Result<Vec<LoadReport>,
     Ok(latencies
         .into_iter()
         .enumerate()
-        .map(|(i, mut l)| {
-            l.sort_unstable();
-            LoadReport {
-                sent: sent[i],
-                ok: l.len() as u64,
-                failed: failed[i],
-                achieved_rate: sent[i] as f64 / first.duration.as_secs_f64(),
-                p50_us: percentile(&l, 0.50),
-                p90_us: percentile(&l, 0.90),
-                p99_us: percentile(&l, 0.99),
-                p999_us: percentile(&l, 0.999),
-                max_us: l.last().copied().unwrap_or(0),
-            }
-        })
+        .map(|(i, l)| report(sent[i], failed[i], l, first.duration))
         .collect())
+}
+
+/// A pooled HTTP/1.1 client with `TCP_NODELAY`, as load generators use.
+fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// The report of one target from its latencies (microseconds) over `duration`.
+fn report(sent: u64, failed: u64, mut latencies: Vec<u64>, duration: Duration) -> LoadReport {
+    latencies.sort_unstable();
+    LoadReport {
+        sent,
+        ok: latencies.len() as u64,
+        failed,
+        achieved_rate: sent as f64 / duration.as_secs_f64(),
+        p50_us: percentile(&latencies, 0.50),
+        p90_us: percentile(&latencies, 0.90),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        max_us: latencies.last().copied().unwrap_or(0),
+    }
 }
 
 /// One target of a closed-loop run: where, what, and the processes whose CPU

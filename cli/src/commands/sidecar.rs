@@ -97,6 +97,62 @@ pub struct SidecarArgs {
     pub proxy: ProxyArgs,
 }
 
+/// The audit signing key: a mounted file, else a Secret read through the API.
+async fn signing_key(
+    args: &SidecarArgs,
+    client: &kube::Client,
+) -> anyhow::Result<policybind_engine::audit::AuditSigningKey> {
+    Ok(match (&args.audit_key, &args.audit_key_secret) {
+        (Some(path), _) => policybind_audit::keys::signing_key_from_file(path)?,
+        (None, Some(secret)) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .context("--audit-key-secret takes namespace/name")?;
+            policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name).await?
+        }
+        (None, None) => anyhow::bail!(
+            "the audit trail needs a signing key: set POLICYBIND_AUDIT_KEY (file) or POLICYBIND_AUDIT_KEY_SECRET (namespace/name)"
+        ),
+    })
+}
+
+/// The settings of the enforcement point, `writer_id` being its audit identity.
+fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Settings {
+    let upstream = match (&args.upstream, args.gateway) {
+        (Some(upstream), _) => upstream.clone(),
+        (None, true) => String::new(),
+        (None, false) => "http://127.0.0.1:8000".to_string(),
+    };
+    let mut settings = Settings::standalone(PathBuf::new(), upstream);
+    settings.own_model_deployment = args.model_deployment.clone().filter(|_| !args.gateway);
+    settings.listen = args.listen;
+    settings.health_listen = args.health_listen;
+    settings.namespace = args.namespace.clone();
+    settings.writer = writer_id.to_string();
+    settings.source = SourceSettings::ConfigMap(BundleSource {
+        namespace: bundle_namespace,
+        name: args
+            .bundle_config_map
+            .clone()
+            .unwrap_or_else(|| wire::bundle_config_map(&args.namespace)),
+        limits: DecodeLimits {
+            max_json_bytes: args.bundle_max_bytes,
+            ..DecodeLimits::default()
+        },
+    });
+    settings.approvals = ApprovalSettings::Cluster {
+        namespace: args.namespace.clone(),
+        requester: format!("policybind:{writer_id}"),
+    };
+    settings.usage_report = Some(UsageReportSettings {
+        namespace: args.namespace.clone(),
+        pod: args.pod_name.clone(),
+        interval: Duration::from_secs(args.usage_report_interval_secs),
+    });
+    args.proxy.apply(&mut settings, None);
+    settings
+}
+
 pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
     let bundle_namespace = args.bundle_namespace.clone().with_context(|| {
         format!(
@@ -109,18 +165,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
-    let key = match (&args.audit_key, &args.audit_key_secret) {
-        (Some(path), _) => policybind_audit::keys::signing_key_from_file(path)?,
-        (None, Some(secret)) => {
-            let (namespace, name) = secret
-                .split_once('/')
-                .context("--audit-key-secret takes namespace/name")?;
-            policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name).await?
-        }
-        (None, None) => anyhow::bail!(
-            "the audit trail needs a signing key: set POLICYBIND_AUDIT_KEY (file) or POLICYBIND_AUDIT_KEY_SECRET (namespace/name)"
-        ),
-    };
+    let key = signing_key(&args, &client).await?;
     let role = if args.gateway { "gateway" } else { "sidecar" };
     let writer_id = format!("{role}/{}/{}", args.namespace, args.pod_name);
     let writer = config_map_writer(
@@ -137,46 +182,13 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         role,
         "starting the enforcement point"
     );
-
-    let upstream = match (&args.upstream, args.gateway) {
-        (Some(upstream), _) => upstream.clone(),
-        (None, true) => String::new(),
-        (None, false) => "http://127.0.0.1:8000".to_string(),
-    };
-    let mut settings = Settings::standalone(PathBuf::new(), upstream);
-    settings.own_model_deployment = args.model_deployment.clone().filter(|_| !args.gateway);
-    settings.listen = args.listen;
-    settings.health_listen = args.health_listen;
-    settings.namespace = args.namespace.clone();
-    settings.writer = writer_id.clone();
-    settings.source = SourceSettings::ConfigMap(BundleSource {
-        namespace: bundle_namespace,
-        name: args
-            .bundle_config_map
-            .clone()
-            .unwrap_or_else(|| wire::bundle_config_map(&args.namespace)),
-        limits: DecodeLimits {
-            max_json_bytes: args.bundle_max_bytes,
-            ..DecodeLimits::default()
-        },
-    });
-    settings.approvals = ApprovalSettings::Cluster {
-        namespace: args.namespace.clone(),
-        requester: format!("policybind:{writer_id}"),
-    };
     if args.pod_name == "unknown-pod" {
         // Every pod without a name would overwrite the same report.
         tracing::warn!(
             "POLICYBIND_POD_NAME is not set: pods sharing the default name share one usage report"
         );
     }
-    settings.usage_report = Some(UsageReportSettings {
-        namespace: args.namespace.clone(),
-        pod: args.pod_name.clone(),
-        interval: Duration::from_secs(args.usage_report_interval_secs),
-    });
-    args.proxy.apply(&mut settings, None);
-
+    let settings = settings(&args, bundle_namespace, &writer_id);
     let result = policybind_sidecar::run(
         settings,
         Dependencies {
