@@ -8,15 +8,23 @@ use std::time::Duration;
 use policybind_audit::{AuditConfig, AuditWriter, DirectoryStore, SegmentStore, verify_stored};
 use policybind_crds::Effect;
 use policybind_engine::audit::{
-    Anchor, AuditEvent, AuditSigningKey, Chain, CostUsd, ProblemKind, Segment, Usage,
+    Anchor, AuditEvent, AuditSigningKey, Chain, CostUsd, Keyring, ProblemKind, Segment, Usage,
     VerifyOptions, VerifyReport,
 };
 use serde_json::Value;
 
 const WRITER: &str = "sidecar/team-a/pod-1";
 
+/// Segments of a few records each, so a short trail has several.
+const SMALL_SEGMENT_BYTES: usize = 12 * 1024;
+
 fn key() -> AuditSigningKey {
     AuditSigningKey::from_seed(&[3; 32])
+}
+
+/// The writer's key, bound to the writers of its namespace only.
+fn keyring() -> Keyring {
+    Keyring::single(key().verifying_key(), vec!["sidecar/team-a/*".into()]).unwrap()
 }
 
 fn event(i: u64) -> AuditEvent {
@@ -51,7 +59,7 @@ async fn written_trail(records: u64) -> (tempfile::TempDir, Anchor) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
     let mut config = AuditConfig::new(WRITER, key());
-    config.max_segment_bytes = 4 * 1024;
+    config.max_segment_bytes = SMALL_SEGMENT_BYTES;
     config.flush_interval = Duration::from_millis(10);
     let writer = AuditWriter::start(config, store).await.unwrap();
     for i in 1..=records {
@@ -91,9 +99,10 @@ fn first_seq(path: &Path) -> u64 {
 async fn verify(dir: &Path, anchor: &Anchor) -> VerifyReport {
     let store = DirectoryStore::open(dir).unwrap();
     let options = VerifyOptions {
-        trusted_keys: vec![key().verifying_key()],
+        keyring: Some(keyring()),
         require_genesis: true,
         anchors: vec![anchor.clone()],
+        ..VerifyOptions::default()
     };
     verify_stored(store.list().await.unwrap(), &options)
 }

@@ -88,6 +88,10 @@ pub mod names {
     pub const SIDECAR_BINDING: &str = "policybind-sidecar";
     /// Secret (in each enforced namespace) with that namespace's audit signing key.
     pub const AUDIT_KEY_SECRET: &str = "policybind-audit-key";
+    /// ConfigMap (in PolicyBind's namespace) publishing the audit keyring: every
+    /// verification key and the writers it may sign for (data key
+    /// [`super::keys::AUDIT_KEYRING`]).
+    pub const AUDIT_KEYRING: &str = "policybind-audit-keys";
     /// Prefix of a pod's usage report ConfigMap (`policybind-usage-<pod>`).
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
@@ -102,8 +106,13 @@ pub mod keys {
     pub const SIGNING_KEY: &str = "signing-key";
     /// A usage report's JSON.
     pub const USAGE: &str = "usage.json";
-    /// An audit segment's JSON.
+    /// An audit segment's JSON (plain, as versions before gzip segments wrote it;
+    /// still read).
     pub const SEGMENT: &str = "segment.json";
+    /// An audit segment's JSON, gzip (binary data key of segment ConfigMaps).
+    pub const SEGMENT_GZ: &str = "segment.json.gz";
+    /// The audit keyring's JSON (ConfigMap [`super::names::AUDIT_KEYRING`]).
+    pub const AUDIT_KEYRING: &str = "keys.json";
     /// A plain bundle part.
     pub const BUNDLE_JSON: &str = "bundle.json";
     /// A gzip bundle part.

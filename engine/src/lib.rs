@@ -16,6 +16,7 @@
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`codes`]: the table of rationale codes.
+//! - [`ident`]: the identifier check every ingress shares (length cap, no control characters).
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod compile;
 pub mod decide;
 pub mod detect;
 pub mod expr;
+pub mod ident;
 pub mod manifest;
 pub mod request;
 pub mod risk;

@@ -306,13 +306,14 @@ pub fn plan_incident<'a>(
     IncidentAction::Create(Box::new(incident))
 }
 
-/// Reads the records of audit segment ConfigMaps. Unreadable segments are
-/// skipped: verification is `policybind audit verify`'s job, not this scan's.
+/// Reads the records of audit segment ConfigMaps (gzip or, as earlier versions
+/// wrote them, plain JSON). Unreadable segments are skipped: verification is
+/// `policybind audit verify`'s job, not this scan's.
 pub fn records_of(config_maps: &[Arc<ConfigMap>]) -> Vec<AuditRecord> {
     config_maps
         .iter()
-        .filter_map(|cm| cm.data.as_ref()?.get(SEGMENT_DATA_KEY))
-        .filter_map(|json| serde_json::from_str::<Segment>(json).ok())
+        .filter_map(|cm| policybind_audit::ConfigMapStore::document_of(cm).1.ok())
+        .filter_map(|json| serde_json::from_slice::<Segment>(&json).ok())
         .flat_map(|segment| segment.records)
         .collect()
 }

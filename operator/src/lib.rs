@@ -731,14 +731,12 @@ async fn finish(
 /// cached copy of an audit segment: the scan needs no more, and segments are
 /// large.
 fn trim_segment(cm: &mut ConfigMap, window: Duration) {
-    let Some(json) = cm
-        .data
-        .as_mut()
-        .and_then(|d| d.get_mut(incident::SEGMENT_DATA_KEY))
-    else {
+    // Segments are gzip (or plain JSON from earlier versions); the trimmed copy
+    // is kept as plain JSON, which `incident::records_of` reads too.
+    let Ok(json) = policybind_audit::ConfigMapStore::document_of(cm).1 else {
         return;
     };
-    let Ok(mut segment) = serde_json::from_str::<policybind_engine::audit::Segment>(json) else {
+    let Ok(mut segment) = serde_json::from_slice::<policybind_engine::audit::Segment>(&json) else {
         return;
     };
     let horizon = chrono::Utc::now()
@@ -747,7 +745,8 @@ fn trim_segment(cm: &mut ConfigMap, window: Duration) {
         r.kind == policybind_engine::audit::RecordKind::Decision && r.time.get() > horizon
     });
     if let Ok(trimmed) = serde_json::to_string(&segment) {
-        *json = trimmed;
+        cm.binary_data = None;
+        cm.data = Some([(incident::SEGMENT_DATA_KEY.to_string(), trimmed)].into());
     }
 }
 

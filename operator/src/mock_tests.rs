@@ -899,7 +899,7 @@ async fn retention_lists_segment_namespaces_once_then_exports_before_deleting_in
         let metrics = metrics.clone();
         tokio::spawn(async move {
             // A budget of one byte: all but each writer's newest sealed segment go.
-            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let policy = policybind_audit::RetentionPolicy::new(1);
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
                 .await
@@ -986,7 +986,7 @@ async fn retention_failure_in_one_namespace_is_counted_and_the_next_namespace_st
     let pass = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let policy = policybind_audit::RetentionPolicy::new(1);
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
                 .await

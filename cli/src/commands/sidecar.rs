@@ -102,7 +102,14 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let writer_id = format!("sidecar/{}/{}", args.namespace, args.pod_name);
-    let writer = config_map_writer(client.clone(), &args.namespace, key, &writer_id).await?;
+    let writer = config_map_writer(
+        client.clone(),
+        &args.namespace,
+        &args.pod_name,
+        key,
+        &writer_id,
+    )
+    .await?;
     tracing::info!(
         namespace = %args.namespace,
         model_deployment = args.model_deployment.as_deref().unwrap_or("-"),
