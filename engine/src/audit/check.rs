@@ -8,13 +8,12 @@
 //! record hashes and the tree frontiers), so verifying a million records never
 //! holds a million parsed records.
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use super::checkpoint::{SignedNote, origin_of};
 use super::hash::Hash256;
 use super::keyring::Keyring;
-use super::merkle::{TreeFrontier, merkle_root};
-use super::record::{AuditRecord, RecordRef};
+use super::merkle::{TreeFrontier, leaf_hash, root_of_leaves};
+use super::record::{AuditRecord, RecordRef, Str};
 use super::segment::{LEGACY_SEGMENT_FORMAT, SEGMENT_FORMAT, SegmentHeader, decode_signature};
 use super::verify::ProblemKind;
 
@@ -127,64 +126,335 @@ pub(crate) struct Checked {
     pub checkpoint: Option<String>,
 }
 
-/// A segment document, parsed without copying its strings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SegmentRef<'a> {
-    header: SegmentHeader,
-    #[serde(default)]
-    signature: Option<String>,
-    #[serde(default)]
-    frontier: Option<Vec<Hash256>>,
-    #[serde(default)]
-    checkpoint: Option<String>,
-    #[serde(borrow)]
-    records: Vec<RecordRef<'a>>,
-}
-
 /// Parse and check one stored document; `Err` holds why it cannot be parsed.
+///
+/// Records are checked as they are parsed (when the header comes first, as
+/// every writer writes it) and never held, so a segment costs one pass over
+/// its bytes and no per-record allocation beyond what escapes need.
 pub(crate) fn check_document(
     name: &str,
     bytes: &[u8],
     keyring: Option<&Keyring>,
 ) -> Result<Checked, String> {
-    let segment: SegmentRef<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(check(
-        &SegmentView {
-            name,
-            header: &segment.header,
-            signature: segment.signature.as_deref(),
-            frontier: segment.frontier.as_deref(),
-            checkpoint: segment.checkpoint.as_deref(),
-            records: &segment.records,
-        },
-        keyring,
-    ))
+    // One UTF-8 check of the whole document is cheaper than one per string.
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parsed = serde::Deserializer::deserialize_map(&mut deserializer, DocumentVisitor)
+        .and_then(|parsed| deserializer.end().map(|()| parsed))
+        .map_err(|e| e.to_string())?;
+    let parts = SegmentParts {
+        name,
+        header: &parsed.header,
+        signature: parsed.signature.as_deref(),
+        frontier: parsed.frontier.as_deref(),
+        checkpoint: parsed.checkpoint.as_deref(),
+    };
+    Ok(check_parts(&parts, parsed.records, keyring))
 }
 
-/// All checks of one segment.
+/// A segment document read by [`DocumentVisitor`].
+struct ParsedDocument {
+    header: SegmentHeader,
+    signature: Option<String>,
+    frontier: Option<Vec<Hash256>>,
+    checkpoint: Option<String>,
+    records: RecordOutcome,
+}
+
+/// Reads a segment document field by field, as strictly as `Segment` does
+/// (no unknown or repeated field), checking records while it reads them.
+struct DocumentVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DocumentVisitor {
+    type Value = ParsedDocument;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a segment document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<ParsedDocument, A::Error> {
+        use serde::de::Error;
+        const FIELDS: &[&str] = &["header", "signature", "frontier", "checkpoint", "records"];
+        let mut header: Option<SegmentHeader> = None;
+        let (mut signature, mut frontier, mut checkpoint) = (None, None, None);
+        let mut records: Option<RecordOutcome> = None;
+        let mut buffered: Option<Vec<RecordRef<'de>>> = None;
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let duplicate = || {
+                A::Error::duplicate_field(
+                    FIELDS[FIELDS.iter().position(|f| **f == *key).unwrap_or(0)],
+                )
+            };
+            match &*key {
+                "header" if header.is_none() => header = Some(map.next_value()?),
+                "signature" if signature.is_none() => {
+                    signature = Some(map.next_value::<Option<String>>()?)
+                }
+                "frontier" if frontier.is_none() => {
+                    frontier = Some(map.next_value::<Option<Vec<Hash256>>>()?)
+                }
+                "checkpoint" if checkpoint.is_none() => {
+                    checkpoint = Some(map.next_value::<Option<String>>()?)
+                }
+                "records" if records.is_none() && buffered.is_none() => match &header {
+                    Some(header) => records = Some(map.next_value_seed(RecordsSeed { header })?),
+                    None => buffered = Some(map.next_value()?),
+                },
+                "header" | "signature" | "frontier" | "checkpoint" | "records" => {
+                    return Err(duplicate());
+                }
+                other => return Err(A::Error::unknown_field(other, FIELDS)),
+            }
+        }
+        let header = header.ok_or_else(|| A::Error::missing_field("header"))?;
+        let records = match (records, buffered) {
+            (Some(outcome), _) => outcome,
+            (None, Some(buffered)) => {
+                let mut checker = RecordChecker::new(&header);
+                buffered.iter().for_each(|record| checker.push(record));
+                checker.finish()
+            }
+            (None, None) => return Err(A::Error::missing_field("records")),
+        };
+        Ok(ParsedDocument {
+            header,
+            signature: signature.flatten(),
+            frontier: frontier.flatten(),
+            checkpoint: checkpoint.flatten(),
+            records,
+        })
+    }
+}
+
+/// The `records` array, checked element by element against the header.
+struct RecordsSeed<'h> {
+    header: &'h SegmentHeader,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = RecordOutcome;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<RecordOutcome, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordsSeed<'_> {
+    type Value = RecordOutcome;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<RecordOutcome, A::Error> {
+        let mut checker = RecordChecker::new(self.header);
+        while let Some(record) = seq.next_element::<RecordRef<'de>>()? {
+            checker.push(&record);
+        }
+        Ok(checker.finish())
+    }
+}
+
+/// What the records of one segment showed.
+pub(crate) struct RecordOutcome {
+    /// Stored hashes, verified up to the problem if there is one.
+    hashes: Vec<Hash256>,
+    problem: Option<LocalProblem>,
+    /// Time of the last record (an open segment's signing time).
+    last_time: Option<DateTime<Utc>>,
+}
+
+/// Checks records one at a time, in stored order: sequence, writer, hash and
+/// link. After the first problem it only watches sequence numbers, to tell a
+/// reordering from a gap.
+struct RecordChecker<'h> {
+    header: &'h SegmentHeader,
+    position: usize,
+    head: Hash256,
+    hashes: Vec<Hash256>,
+    problem: Option<LocalProblem>,
+    /// The first sequence mismatch: position and the seq found there.
+    mismatch: Option<(usize, u64)>,
+    expected_later: bool,
+    last_time: Option<DateTime<Utc>>,
+}
+
+impl<'h> RecordChecker<'h> {
+    fn new(header: &'h SegmentHeader) -> Self {
+        let problem = (header.first_seq == 0).then(|| {
+            local(
+                ProblemKind::Modified,
+                None,
+                "header claims first_seq 0; sequences start at 1",
+            )
+        });
+        RecordChecker {
+            header,
+            position: 0,
+            head: header.prev_segment_hash,
+            hashes: Vec::with_capacity(header.record_count.min(1 << 16) as usize),
+            problem,
+            mismatch: None,
+            expected_later: false,
+            last_time: None,
+        }
+    }
+
+    fn expected(&self) -> u64 {
+        self.header.first_seq + self.hashes.len() as u64
+    }
+
+    fn push<R: StoredRecord>(&mut self, record: &R) {
+        self.last_time = Some(record.time());
+        let position = self.position;
+        self.position += 1;
+        if self.mismatch.is_some() {
+            self.expected_later |= record.seq() == self.expected();
+            return;
+        }
+        if self.problem.is_some() {
+            return;
+        }
+        let expected = self.expected();
+        if record.seq() != expected {
+            self.mismatch = Some((position, record.seq()));
+            return;
+        }
+        if let Err(problem) = self.check_record(record, expected) {
+            self.problem = Some(problem);
+            return;
+        }
+        self.head = record.stored_hash();
+        self.hashes.push(self.head);
+    }
+
+    fn check_record<R: StoredRecord>(&self, record: &R, expected: u64) -> Result<(), LocalProblem> {
+        if record.writer() != self.header.writer {
+            return Err(local(
+                ProblemKind::Modified,
+                Some(expected),
+                format!("record names writer {:?}", record.writer()),
+            ));
+        }
+        let stored = record.stored_hash();
+        let computed = record.recompute();
+        if computed != stored {
+            return Err(local(
+                ProblemKind::Modified,
+                Some(expected),
+                format!(
+                    "record content does not match its hash (stored {}, computed {})",
+                    stored.short(),
+                    computed.short()
+                ),
+            ));
+        }
+        if record.prev_hash() != self.head {
+            return Err(local(
+                ProblemKind::Modified,
+                Some(expected),
+                format!(
+                    "record does not link to its predecessor: prev_hash {} but the previous record's hash is {}",
+                    record.prev_hash().short(),
+                    self.head.short()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> RecordOutcome {
+        if let Some((position, found)) = self.mismatch {
+            let expected = self.expected();
+            self.problem = Some(if self.expected_later || found < expected {
+                local(
+                    ProblemKind::Reordered,
+                    Some(expected),
+                    format!(
+                        "record at position {position} has seq {found} where seq {expected} belongs"
+                    ),
+                )
+            } else {
+                local(
+                    ProblemKind::Missing,
+                    Some(expected),
+                    format!(
+                        "records {expected}..={} are missing (next present record is seq {found})",
+                        found - 1
+                    ),
+                )
+            });
+        }
+        if self.position == 0 && self.problem.is_none() {
+            self.problem = Some(local(
+                ProblemKind::Truncated,
+                Some(self.header.first_seq),
+                "segment holds no records",
+            ));
+        }
+        RecordOutcome {
+            hashes: self.hashes,
+            problem: self.problem,
+            last_time: self.last_time,
+        }
+    }
+}
+
+/// One segment's parts besides its records.
+pub(crate) struct SegmentParts<'s> {
+    pub name: &'s str,
+    pub header: &'s SegmentHeader,
+    pub signature: Option<&'s str>,
+    pub frontier: Option<&'s [Hash256]>,
+    pub checkpoint: Option<&'s str>,
+}
+
+/// All checks of one parsed segment.
 pub(crate) fn check<R: StoredRecord>(
     view: &SegmentView<'_, R>,
     keyring: Option<&Keyring>,
 ) -> Checked {
-    let header = view.header;
-    let signed_at = header
-        .sealed_at
-        .map(|t| t.get())
-        .or_else(|| view.records.last().map(StoredRecord::time));
-    let (trust, key) = trust(header, view.signature, signed_at, keyring);
+    let mut checker = RecordChecker::new(view.header);
+    view.records.iter().for_each(|record| checker.push(record));
+    let parts = SegmentParts {
+        name: view.name,
+        header: view.header,
+        signature: view.signature,
+        frontier: view.frontier,
+        checkpoint: view.checkpoint,
+    };
+    check_parts(&parts, checker.finish(), keyring)
+}
+
+fn check_parts(
+    parts: &SegmentParts<'_>,
+    records: RecordOutcome,
+    keyring: Option<&Keyring>,
+) -> Checked {
+    let header = parts.header;
+    let signed_at = header.sealed_at.map(|t| t.get()).or(records.last_time);
+    let (trust, key) = trust(header, parts.signature, signed_at, keyring);
     let mut checked = Checked {
-        name: view.name.to_string(),
+        name: parts.name.to_string(),
         header: header.clone(),
-        sealed: header.sealed_at.is_some() && view.signature.is_some(),
+        sealed: header.sealed_at.is_some() && parts.signature.is_some(),
         trust,
         problem: None,
-        hashes: Vec::with_capacity(view.records.len()),
+        hashes: Vec::new(),
         frontier_before: None,
         frontier_after: None,
         checkpoint: None,
     };
-    checked.problem = check_contents(view, key, &mut checked).err();
+    checked.problem = check_contents(parts, records, key, &mut checked).err();
     checked
 }
 
@@ -209,18 +479,24 @@ pub(crate) fn signature_problem(
 }
 
 /// Format, records, header, tree and checkpoint, stopping at the first problem.
-fn check_contents<R: StoredRecord>(
-    view: &SegmentView<'_, R>,
+fn check_contents(
+    parts: &SegmentParts<'_>,
+    records: RecordOutcome,
     key: Option<&super::keys::AuditVerifyingKey>,
     checked: &mut Checked,
 ) -> Result<(), LocalProblem> {
-    let header = view.header;
-    checked.frontier_before = check_format(header, view.frontier)?;
-    check_records(view, &mut checked.hashes)?;
-    check_header(header, &checked.hashes)?;
-    checked.frontier_after = tree_after(header, &checked.frontier_before, &checked.hashes)?;
+    let header = parts.header;
+    checked.frontier_before = check_format(header, parts.frontier)?;
+    checked.hashes = records.hashes;
+    if let Some(problem) = records.problem {
+        return Err(problem);
+    }
+    // Leaf hashes serve both the segment's tree and the writer's.
+    let leaves: Vec<Hash256> = checked.hashes.iter().map(leaf_hash).collect();
+    check_header(header, &checked.hashes, &leaves)?;
+    checked.frontier_after = tree_after(header, &checked.frontier_before, &leaves)?;
     if checked.sealed && header.format >= SEGMENT_FORMAT {
-        checked.checkpoint = Some(check_checkpoint(header, view.checkpoint, key)?);
+        checked.checkpoint = Some(check_checkpoint(header, parts.checkpoint, key)?);
     }
     Ok(())
 }
@@ -322,97 +598,12 @@ fn check_format(
     }
 }
 
-/// Sequence, writer, hash and link of every record, in order.
-fn check_records<R: StoredRecord>(
-    view: &SegmentView<'_, R>,
-    hashes: &mut Vec<Hash256>,
-) -> Result<(), LocalProblem> {
-    let header = view.header;
-    if header.first_seq == 0 {
-        return Err(local(
-            ProblemKind::Modified,
-            None,
-            "header claims first_seq 0; sequences start at 1",
-        ));
-    }
-    if view.records.is_empty() {
-        return Err(local(
-            ProblemKind::Truncated,
-            Some(header.first_seq),
-            "segment holds no records",
-        ));
-    }
-    let mut head = header.prev_segment_hash;
-    for (expected, (position, record)) in (header.first_seq..).zip(view.records.iter().enumerate())
-    {
-        if record.seq() != expected {
-            return Err(sequence_problem(view.records, position, expected));
-        }
-        if record.writer() != header.writer {
-            return Err(local(
-                ProblemKind::Modified,
-                Some(expected),
-                format!("record names writer {:?}", record.writer()),
-            ));
-        }
-        let stored = record.stored_hash();
-        let computed = record.recompute();
-        if computed != stored {
-            return Err(local(
-                ProblemKind::Modified,
-                Some(expected),
-                format!(
-                    "record content does not match its hash (stored {}, computed {})",
-                    stored.short(),
-                    computed.short()
-                ),
-            ));
-        }
-        if record.prev_hash() != head {
-            return Err(local(
-                ProblemKind::Modified,
-                Some(expected),
-                format!(
-                    "record does not link to its predecessor: prev_hash {} but the previous record's hash is {}",
-                    record.prev_hash().short(),
-                    head.short()
-                ),
-            ));
-        }
-        hashes.push(stored);
-        head = stored;
-    }
-    Ok(())
-}
-
-/// Why the record at `position` does not carry `expected`.
-fn sequence_problem<R: StoredRecord>(
-    records: &[R],
-    position: usize,
-    expected: u64,
-) -> LocalProblem {
-    let found = records[position].seq();
-    let later = records[position + 1..].iter().any(|r| r.seq() == expected);
-    if later || found < expected {
-        local(
-            ProblemKind::Reordered,
-            Some(expected),
-            format!("record at position {position} has seq {found} where seq {expected} belongs"),
-        )
-    } else {
-        local(
-            ProblemKind::Missing,
-            Some(expected),
-            format!(
-                "records {expected}..={} are missing (next present record is seq {found})",
-                found - 1
-            ),
-        )
-    }
-}
-
 /// That the header describes the records: count, last sequence, last hash, root.
-fn check_header(header: &SegmentHeader, hashes: &[Hash256]) -> Result<(), LocalProblem> {
+fn check_header(
+    header: &SegmentHeader,
+    hashes: &[Hash256],
+    leaves: &[Hash256],
+) -> Result<(), LocalProblem> {
     let count = hashes.len() as u64;
     let actual_last = header.first_seq + count - 1;
     if actual_last < header.last_seq {
@@ -442,7 +633,7 @@ fn check_header(header: &SegmentHeader, hashes: &[Hash256]) -> Result<(), LocalP
             "header last_hash does not match the last record",
         ));
     }
-    if merkle_root(hashes) != header.merkle_root {
+    if root_of_leaves(leaves) != header.merkle_root {
         return Err(local(
             ProblemKind::Modified,
             None,
@@ -456,14 +647,14 @@ fn check_header(header: &SegmentHeader, hashes: &[Hash256]) -> Result<(), LocalP
 fn tree_after(
     header: &SegmentHeader,
     before: &Option<TreeFrontier>,
-    hashes: &[Hash256],
+    leaves: &[Hash256],
 ) -> Result<Option<TreeFrontier>, LocalProblem> {
     let (Some(before), Some(root)) = (before, header.tree_root) else {
         return Ok(None);
     };
     let mut after = before.clone();
-    for hash in hashes {
-        after.push_record(hash);
+    for leaf in leaves {
+        after.push_leaf(*leaf);
     }
     if after.root() != root {
         return Err(local(
