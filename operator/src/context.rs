@@ -102,7 +102,8 @@ impl Default for Settings {
             cache_timeout: Duration::from_secs(120),
             audit_key_secret: None,
             audit_key_file: None,
-            audit_retention: Some(AuditRetentionSettings::default()),
+            // Retention deletes only once a durable sink was chosen explicitly.
+            audit_retention: None,
         }
     }
 }

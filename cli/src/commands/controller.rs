@@ -108,16 +108,13 @@ pub struct ControllerArgs {
         env = "POLICYBIND_AUDIT_RETENTION_INTERVAL"
     )]
     audit_retention_interval: u64,
-    /// Where audit retention sends segments before deleting them: `stdout` (one
-    /// JSON line per segment, for a log pipeline; logs go to stderr) or
-    /// `dir:<path>` (segment files, verifiable with `policybind audit verify --dir`).
-    #[arg(
-        long,
-        value_name = "SINK",
-        default_value = "stdout",
-        env = "POLICYBIND_AUDIT_SINK"
-    )]
-    audit_sink: AuditSinkSetting,
+    /// Where audit retention sends segments before deleting them: `dir:<path>`
+    /// (segment files, fsynced; verifiable with `policybind audit verify --dir`)
+    /// or `stdout` (one JSON line per segment, only for a log pipeline that keeps
+    /// stdout durably; logs go to stderr). No default: without a sink nothing is
+    /// ever deleted and retention does not run.
+    #[arg(long, value_name = "SINK", env = "POLICYBIND_AUDIT_SINK")]
+    audit_sink: Option<AuditSinkSetting>,
     /// Seconds to wait for the watch caches to fill at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     cache_timeout_secs: u64,
@@ -155,16 +152,26 @@ impl ControllerArgs {
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
             audit_key_secret: self.audit_key_secret,
             audit_key_file: self.audit_key,
-            audit_retention: (self.audit_retention_bytes > 0).then(|| AuditRetentionSettings {
-                max_bytes: self.audit_retention_bytes,
-                interval: Duration::from_secs(self.audit_retention_interval),
-                sink: self.audit_sink,
-            }),
+            // Nothing is deleted before a durable sink has it: no sink chosen, no
+            // retention.
+            audit_retention: self
+                .audit_sink
+                .filter(|_| self.audit_retention_bytes > 0)
+                .map(|sink| AuditRetentionSettings {
+                    max_bytes: self.audit_retention_bytes,
+                    interval: Duration::from_secs(self.audit_retention_interval),
+                    sink,
+                }),
         }
     }
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    if args.audit_sink.is_none() && args.audit_retention_bytes > 0 {
+        tracing::warn!(
+            "audit retention is off: no --audit-sink chosen, so no segment is ever deleted (choose dir:<path> on a volume, or stdout for a durable log pipeline)"
+        );
+    }
     match policybind_operator::run(args.settings()).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // Not installed is a setup problem, not a crash: say so and exit 2.
