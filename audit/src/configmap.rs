@@ -44,7 +44,10 @@ pub const MAX_OBJECT_BYTES: usize = 1_000_000;
 pub struct ConfigMapStore {
     api: Api<ConfigMap>,
     namespace: String,
-    pod: Option<String>,
+    /// Labels the caller wants on every segment besides the segment label, e.g.
+    /// the writer's pod ([`labels::WRITER_POD`]), which the chart's admission
+    /// policy requires on a sidecar's segments.
+    extra_labels: BTreeMap<String, String>,
 }
 
 impl ConfigMapStore {
@@ -54,8 +57,16 @@ impl ConfigMapStore {
         ConfigMapStore {
             api: Api::namespaced(client, &namespace),
             namespace,
-            pod: None,
+            extra_labels: BTreeMap::new(),
         }
+    }
+
+    /// Puts `labels` on every segment written, besides the segment label (which
+    /// they cannot replace). A [`labels::WRITER_POD`] among them also narrows
+    /// what a resuming writer looks at, as [`with_pod`](Self::with_pod) does.
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.extra_labels.extend(labels);
+        self
     }
 
     /// Label what this store writes with the writing pod's name
@@ -63,19 +74,25 @@ impl ConfigMapStore {
     /// writer resumes: segments other pods planted under this writer's name are
     /// not even considered.
     pub fn with_pod(mut self, pod: impl Into<String>) -> Self {
-        self.pod = Some(pod.into());
+        self.extra_labels
+            .insert(labels::WRITER_POD.to_string(), pod.into());
         self
     }
 
-    /// The ConfigMap an object is stored as.
-    pub fn config_map_of(object: &SegmentObject, pod: Option<&str>) -> ConfigMap {
-        let mut labels = BTreeMap::from([(
+    fn pod(&self) -> Option<&str> {
+        self.extra_labels
+            .get(labels::WRITER_POD)
+            .map(String::as_str)
+    }
+
+    /// The ConfigMap an object is stored as, with `extra` labels besides the
+    /// segment label (which they cannot replace).
+    pub fn config_map_of(object: &SegmentObject, extra: &BTreeMap<String, String>) -> ConfigMap {
+        let mut labels = extra.clone();
+        labels.insert(
             labels::AUDIT_SEGMENT.to_string(),
             writer_key(&object.writer),
-        )]);
-        if let Some(pod) = pod {
-            labels.insert(labels::WRITER_POD.to_string(), pod.to_string());
-        }
+        );
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(object.name.clone()),
@@ -100,7 +117,7 @@ impl ConfigMapStore {
             sealed: segment.is_sealed(),
             body: gzip_member(&encode_segment(segment)),
         };
-        Self::config_map_of(&object, None)
+        Self::config_map_of(&object, &BTreeMap::new())
     }
 
     /// The segment document a ConfigMap holds, and its stored size: gzip under
@@ -138,7 +155,7 @@ impl ConfigMapStore {
 
     fn selector(&self, writer: &str) -> String {
         let mut selector = format!("{}={}", labels::AUDIT_SEGMENT, writer_key(writer));
-        if let Some(pod) = &self.pod {
+        if let Some(pod) = self.pod() {
             selector.push_str(&format!(",{}={pod}", labels::WRITER_POD));
         }
         selector
@@ -148,7 +165,7 @@ impl ConfigMapStore {
 impl SegmentStore for ConfigMapStore {
     fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
         async move {
-            let config_map = Self::config_map_of(object, self.pod.as_deref());
+            let config_map = Self::config_map_of(object, &self.extra_labels);
             let params = PatchParams::apply(field_managers::AUDIT).force();
             self.api
                 .patch(&object.name, &params, &Patch::Apply(&config_map))

@@ -8,11 +8,13 @@
 //!
 //! - [`bundle`]: the serializable input (policies, models, token hashes).
 //! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
-//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
+//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order;
+//!   `exclude` (a rule's exceptions) is checked in `exclude`.
 //! - [`detect`]: content detectors compiled into one automaton; redaction.
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
+//! - [`scope`]: what applies in one namespace (tokens, models, policies).
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`codes`]: the table of rationale codes.
@@ -26,12 +28,14 @@ pub mod codes;
 pub mod compile;
 pub mod decide;
 pub mod detect;
+mod exclude;
 pub mod expr;
 pub mod ident;
 pub mod manifest;
 pub mod request;
 pub mod risk;
 pub mod schedule;
+pub mod scope;
 pub mod selector;
 
 pub use bundle::{Bundle, hash_token};

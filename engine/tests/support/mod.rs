@@ -17,6 +17,7 @@ pub fn rule(name: &str, action: Effect) -> PolicyRule {
     PolicyRule {
         name: name.into(),
         match_: RuleMatch::default(),
+        exclude: None,
         when: None,
         conditions: RuleConditions::default(),
         action,
@@ -67,6 +68,7 @@ pub fn model(name: &str, provider: &str) -> BundleModel {
             suspend_when_review_overdue: false,
             workload_selector: None,
             suspended: false,
+            scope: policybind_crds::model_deployment::ModelScope::Cluster,
         },
         risk_level: RiskLevel::Low,
         approval: ApprovalState::NotRequired,
@@ -97,6 +99,7 @@ pub fn token(name: &str, team: &str) -> BundleToken {
             revoked: false,
             secret_name: None,
             rotation_grace_seconds: None,
+            additional_namespaces: vec![],
         },
         hashes: vec![],
         exhausted: false,
