@@ -514,7 +514,8 @@ fn replacement(value: &str) -> String {
 
 impl AuditEvent {
     /// The last line of defence of the audit trail against hostile input: check
-    /// every identifier field with [`crate::ident::check`] and every detail value
+    /// every identifier field with [`crate::ident::check_max`] (cap
+    /// [`ident::MAX_RECORDED_IDENTIFIER_BYTES`]) and every detail value
     /// against [`MAX_DETAIL_VALUE_BYTES`], and replace what fails by
     /// `invalid:<hash>` (listing the fields under the detail
     /// [`INVALID_FIELDS_DETAIL`]). Ingress points refuse such values with a 400
@@ -525,7 +526,8 @@ impl AuditEvent {
         let mut errors = Vec::new();
         let mut fix = |field: &'static str, value: &mut Option<String>| {
             if let Some(text) = value
-                && let Err(error) = ident::check(field, text)
+                && let Err(error) =
+                    ident::check_max(field, text, ident::MAX_RECORDED_IDENTIFIER_BYTES)
             {
                 *text = replacement(text);
                 errors.push(error);
@@ -541,7 +543,9 @@ impl AuditEvent {
         fix("fingerprint", &mut self.fingerprint);
         fix("prompt_hash", &mut self.prompt_hash);
         for code in &mut self.codes {
-            if let Err(error) = ident::check("codes", code) {
+            if let Err(error) =
+                ident::check_max("codes", code, ident::MAX_RECORDED_IDENTIFIER_BYTES)
+            {
                 *code = replacement(code);
                 errors.push(error);
             }
@@ -571,7 +575,7 @@ impl AuditEvent {
             }
             if value.len() > MAX_DETAIL_VALUE_BYTES {
                 errors.push(IdentError::TooLong {
-                    field: "detail value",
+                    field: "detail value".into(),
                     len: value.len(),
                     max: MAX_DETAIL_VALUE_BYTES,
                 });
