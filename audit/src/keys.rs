@@ -44,24 +44,52 @@ pub async fn signing_key_from_secret(
     namespace: &str,
     name: &str,
 ) -> Result<AuditSigningKey, Error> {
+    Ok(signing_key_secret(client, namespace, name).await?.0)
+}
+
+/// The signing key in the Secret `namespace/name`, and when that Secret was
+/// created: the start of the key's validity in a keyring.
+pub async fn signing_key_secret(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(AuditSigningKey, Option<DateTime<Utc>>), Error> {
     let secret = Api::<Secret>::namespaced(client, namespace)
         .get(name)
         .await?;
-    let missing = || Error::DataKeyMissing {
-        kind: "Secret",
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        key: keys::SIGNING_KEY.to_string(),
-    };
+    let key = signing_key_of(&secret)?;
+    Ok((key, secret_created(&secret)))
+}
+
+/// The signing key a Secret holds under [`keys::SIGNING_KEY`].
+pub fn signing_key_of(secret: &Secret) -> Result<AuditSigningKey, Error> {
+    let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+    let name = secret.metadata.name.clone().unwrap_or_default();
     let bytes = secret
         .data
         .as_ref()
-        .and_then(|data| data.get(keys::SIGNING_KEY))
-        .ok_or_else(missing)?;
+        .and_then(|data| data.get(keys::SIGNING_KEY));
+    let Some(bytes) = bytes else {
+        return Err(Error::DataKeyMissing {
+            kind: "Secret",
+            namespace,
+            name,
+            key: keys::SIGNING_KEY.to_string(),
+        });
+    };
     AuditSigningKey::from_key_material(&bytes.0).map_err(|source| Error::Key {
         origin: format!("Secret {namespace}/{name}"),
         source,
     })
+}
+
+/// When a Secret was created (its `metadata.creationTimestamp`).
+pub fn secret_created(secret: &Secret) -> Option<DateTime<Utc>> {
+    let created = secret.metadata.creation_timestamp.as_ref()?.0;
+    DateTime::from_timestamp(
+        created.as_second(),
+        created.subsec_nanosecond().max(0) as u32,
+    )
 }
 
 /// The keyring entry of a writer's signing key: its public half bound to
@@ -120,11 +148,12 @@ pub async fn keyring_from_config_map(
     Ok(keyring_from_bytes(json.as_bytes(), &origin)?.0)
 }
 
-/// The ConfigMap that publishes `document` (to apply in PolicyBind's namespace).
-pub fn keyring_config_map(document: &KeyringDocument) -> ConfigMap {
+/// The ConfigMap that publishes `document` in `namespace` (PolicyBind's).
+pub fn keyring_config_map(namespace: &str, document: &KeyringDocument) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(names::AUDIT_KEYRING.to_string()),
+            namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([(
                 labels::MANAGED_BY.to_string(),
                 labels::MANAGED_BY_VALUE.to_string(),
@@ -155,7 +184,7 @@ mod tests {
         assert_eq!(entry.key_id, key.key_id());
         let mut document = KeyringDocument::default();
         document.upsert(entry);
-        let config_map = keyring_config_map(&document);
+        let config_map = keyring_config_map("policybind-system", &document);
         assert_eq!(
             config_map.metadata.name.as_deref(),
             Some("policybind-audit-keys")

@@ -243,6 +243,36 @@ pub mod field_managers {
     pub const AUDIT: &str = "policybind-audit";
 }
 
+/// Audit writer identities (every record and segment names its writer) and the
+/// keyring patterns that bind a signing key to them. `*` in a pattern stays
+/// within one `/`-separated part.
+pub mod writers {
+    /// A sidecar: `sidecar/<namespace>/<pod>`.
+    pub fn sidecar(namespace: &str, pod: &str) -> String {
+        format!("sidecar/{namespace}/{pod}")
+    }
+    /// Every sidecar of a namespace: what that namespace's key may sign for.
+    pub fn sidecars_of(namespace: &str) -> String {
+        format!("sidecar/{namespace}/*")
+    }
+    /// A webhook replica: `webhook/<pod>`.
+    pub fn webhook(pod: &str) -> String {
+        format!("webhook/{pod}")
+    }
+    /// Every webhook replica: what the webhook's key may sign for.
+    pub const WEBHOOKS: &str = "webhook/*";
+    /// An operator replica: `operator/<identity>`.
+    pub fn operator(identity: &str) -> String {
+        format!("operator/{identity}")
+    }
+    /// Every operator replica: what the operator's key may sign for.
+    pub const OPERATORS: &str = "operator/*";
+    /// The standalone server: `standalone/<host>`.
+    pub fn standalone(host: &str) -> String {
+        format!("standalone/{host}")
+    }
+}
+
 /// Environment variables: what the webhook gives an injected sidecar, and the
 /// settings every `policybind` role reads.
 pub mod env {
@@ -271,6 +301,9 @@ pub mod env {
     /// `namespace/name` of a Secret holding the audit signing key (read through the
     /// API). Injected sidecars no longer get it: their key is a mounted file.
     pub const AUDIT_KEY_SECRET: &str = "POLICYBIND_AUDIT_KEY_SECRET";
+    /// Name of the Secret (in the operator's namespace) with the webhook's audit
+    /// signing key: the operator publishes its public half in the keyring.
+    pub const WEBHOOK_AUDIT_KEY_SECRET: &str = "POLICYBIND_WEBHOOK_AUDIT_KEY_SECRET";
     /// Log format: `json` or `text`.
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
     /// Poll interval of directory sources, milliseconds.

@@ -94,6 +94,18 @@ pub struct ControllerArgs {
     /// incident raised) is appended to the audit trail in --namespace.
     #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
     audit_key_secret: Option<String>,
+    /// Secret in --namespace holding the webhook's audit signing key (data key
+    /// `signing-key`; the chart's `<fullname>-webhook-key`). Its public half is
+    /// published in the keyring ConfigMap policybind-audit-keys, bound to
+    /// `webhook/*`, beside the operator's key (`operator/*`) and every enforced
+    /// namespace's key (`sidecar/<namespace>/*`). Unset, the webhook's segments
+    /// do not verify with the published keyring.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = policybind_crds::wire::env::WEBHOOK_AUDIT_KEY_SECRET
+    )]
+    webhook_audit_key_secret: Option<String>,
     /// Bytes of audit segment ConfigMaps (label policybind.io/audit-segment) each
     /// namespace may keep; beyond it the oldest sealed segments go to --audit-sink
     /// and are then deleted. Default 52428800 (50 MiB); 0 turns retention off.
@@ -173,6 +185,7 @@ impl ControllerArgs {
             },
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
             audit_key_secret: self.audit_key_secret,
+            webhook_audit_key_secret: self.webhook_audit_key_secret,
             audit_key_file: self.audit_key,
             // Nothing is deleted before a durable sink has it: no sink chosen, no
             // retention.
