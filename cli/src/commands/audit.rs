@@ -89,7 +89,8 @@ Diagnoses: modified, missing, reordered, truncated, bad-signature, untrusted-key
 unproven, malformed.\n\n\
 Exit codes: 0 OK, 1 broken, 2 could not run.\n\n\
 Examples:\n  policybind audit verify --dir /var/lib/policybind/audit --keyring keys.json\n  \
-kubectl get configmap -n policybind-system policybind-audit-keys -o jsonpath='{.data.keys\\.json}' > keys.json\n  \
+policybind audit verify --namespace team-a --cluster-keyring --allow-open-tail\n  \
+policybind audit keyring fetch --out keys.json   # pin the published keyring\n  \
 policybind audit verify --namespace team-a --keyring keys.json --allow-open-tail --format json\n  \
 policybind audit verify --dir ./audit --keyring keys.json --checkpoint last-review.checkpoint\n  \
 policybind audit verify --dir ./audit --key audit-verify-key.pem --key-writers 'standalone/*'\n  \
@@ -136,11 +137,30 @@ struct KeyArgs {
     /// (`*` stays within one `/` part; `**` matches every writer). Repeatable.
     #[arg(long = "key-writers", value_name = "PATTERN", requires = "keys")]
     key_writers: Vec<String>,
+    /// Trust the keyring the operator publishes in the cluster: ConfigMap
+    /// policybind-audit-keys (data key keys.json) in NAMESPACE, PolicyBind's
+    /// namespace (default policybind-system). This trusts whoever can write
+    /// ConfigMaps there; for a review independent of the cluster, pin a copy
+    /// (`policybind audit keyring fetch --out keys.json`, compared with the
+    /// last reviewed one) and pass it with --keyring. Uses --kubeconfig and
+    /// --context.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_POLICYBIND_NAMESPACE,
+        require_equals = true
+    )]
+    cluster_keyring: Option<String>,
     /// Do not check signatures (only hashes and chains). Without trusted keys
     /// nothing proves who wrote the trail; use only for diagnosis.
-    #[arg(long, conflicts_with_all = ["keys", "keyrings"])]
+    #[arg(long, conflicts_with_all = ["keys", "keyrings", "cluster_keyring"])]
     no_signatures: bool,
 }
+
+/// PolicyBind's namespace when none is given (the chart's usual release
+/// namespace).
+const DEFAULT_POLICYBIND_NAMESPACE: &str = "policybind-system";
 
 #[derive(clap::Args, Debug)]
 struct VerifyArgs {
@@ -189,7 +209,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         AuditCommand::Prove(args) => proofs::prove(args).await,
         AuditCommand::Checkpoint(args) => proofs::checkpoint(args).await,
         AuditCommand::Tail(args) => export::tail(args).await,
-        AuditCommand::Keyring(command) => keyring::run(command),
+        AuditCommand::Keyring(command) => keyring::run(command).await,
         AuditCommand::Keygen(args) => keyring::keygen(args),
         AuditCommand::PublicKey(args) => keyring::public_key(args),
     };
@@ -220,7 +240,7 @@ fn merge(into: &mut VerifyReport, other: VerifyReport) {
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let options = VerifyOptions {
-        keyring: sources::keyring(&args.keys)?,
+        keyring: sources::keyring(&args.keys, &args.sources).await?,
         require_genesis: args.require_genesis,
         anchors: args.anchors,
         allow_open_tail: args.allow_open_tail,

@@ -111,7 +111,7 @@ pub(super) async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         bail!("--evidence goes with --format csv; the JSON export carries its evidence");
     }
     let options = VerifyOptions {
-        keyring: sources::keyring(&args.keys)?,
+        keyring: sources::keyring(&args.keys, &args.sources).await?,
         allow_open_tail: args.allow_open_tail,
         ..VerifyOptions::default()
     };

@@ -25,6 +25,26 @@ pub(super) enum KeyringCommand {
     Retire(KeyringRetireArgs),
     /// List the keys of a keyring and the writers each may sign for.
     Show(KeyringShowArgs),
+    /// Read the keyring the operator publishes (ConfigMap policybind-audit-keys)
+    /// from the cluster, check it, and print or save it: a pinned copy to verify
+    /// with later (--keyring) and to compare with the last reviewed one.
+    Fetch(KeyringFetchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct KeyringFetchArgs {
+    /// PolicyBind's namespace, where the operator publishes the keyring.
+    #[arg(long, short = 'n', value_name = "NAMESPACE", default_value = super::DEFAULT_POLICYBIND_NAMESPACE)]
+    namespace: String,
+    /// Write the keyring to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,8 +105,9 @@ pub(super) struct PublicKeyArgs {
     verifier_key_for: Option<String>,
 }
 
-pub(super) fn run(command: KeyringCommand) -> anyhow::Result<u8> {
+pub(super) async fn run(command: KeyringCommand) -> anyhow::Result<u8> {
     match command {
+        KeyringCommand::Fetch(args) => fetch(args).await,
         KeyringCommand::Add(args) => {
             let mut document = read_or_new(&args.keyring)?;
             let entry = KeyringEntry::new(
@@ -112,22 +133,49 @@ pub(super) fn run(command: KeyringCommand) -> anyhow::Result<u8> {
         KeyringCommand::Show(args) => {
             let document = read_or_new(&args.keyring)?;
             document.compile()?;
-            let mut out = std::io::stdout().lock();
-            for entry in &document.keys {
-                writeln!(
-                    out,
-                    "{}  writers: {}  valid from {}{}",
-                    entry.key_id,
-                    entry.writers.join(", "),
-                    entry.not_before.to_rfc3339(),
-                    entry
-                        .retired_at
-                        .map_or(String::new(), |r| format!(", retired {}", r.to_rfc3339()))
-                )?;
-            }
+            list(&mut std::io::stdout().lock(), &document)?;
             Ok(EXIT_OK)
         }
     }
+}
+
+/// One line per key: id, writers, validity.
+fn list(out: &mut impl Write, document: &KeyringDocument) -> std::io::Result<()> {
+    for entry in &document.keys {
+        writeln!(
+            out,
+            "{}  writers: {}  valid from {}{}",
+            entry.key_id,
+            entry.writers.join(", "),
+            entry.not_before.to_rfc3339(),
+            entry
+                .retired_at
+                .map_or(String::new(), |r| format!(", retired {}", r.to_rfc3339()))
+        )?;
+    }
+    Ok(())
+}
+
+async fn fetch(args: KeyringFetchArgs) -> anyhow::Result<u8> {
+    let client =
+        super::sources::kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let document = policybind_audit::keys::keyring_from_config_map(client, &args.namespace)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the published audit keyring in namespace {}",
+                args.namespace
+            )
+        })?;
+    match &args.out {
+        Some(path) => {
+            write_document(path, &document)?;
+            // The summary goes to stderr, so stdout stays clean for pipes.
+            list(&mut std::io::stderr().lock(), &document)?;
+        }
+        None => println!("{}", document.to_json()),
+    }
+    Ok(EXIT_OK)
 }
 
 fn read_or_new(path: &Path) -> anyhow::Result<KeyringDocument> {

@@ -107,7 +107,7 @@ async fn verified(
     allow_open_tail: bool,
 ) -> anyhow::Result<Result<Verified, Problem>> {
     let options = VerifyOptions {
-        keyring: sources::keyring(keys)?,
+        keyring: sources::keyring(keys, sources).await?,
         allow_open_tail,
         ..VerifyOptions::default()
     };

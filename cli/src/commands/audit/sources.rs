@@ -89,7 +89,7 @@ pub(super) async fn load(sources: &SourceArgs) -> anyhow::Result<Loaded> {
         load_file(file, &mut loaded)?;
     }
     if !sources.namespaces.is_empty() {
-        let client = kube_client(sources).await?;
+        let client = kube_client(sources.kubeconfig.as_deref(), sources.context.as_deref()).await?;
         for namespace in &sources.namespaces {
             let store = ConfigMapStore::new(client.clone(), namespace);
             let segments = store
@@ -163,12 +163,15 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn kube_client(sources: &SourceArgs) -> anyhow::Result<kube::Client> {
+pub(super) async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Client> {
     let options = kube::config::KubeConfigOptions {
-        context: sources.context.clone(),
+        context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match &sources.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -196,13 +199,26 @@ pub(super) fn verifying_key(path: &Path) -> anyhow::Result<AuditVerifyingKey> {
 }
 
 /// The keyring the options ask for; `None` with `--no-signatures`.
-pub(super) fn keyring(keys: &KeyArgs) -> anyhow::Result<Option<Keyring>> {
+pub(super) async fn keyring(
+    keys: &KeyArgs,
+    sources: &SourceArgs,
+) -> anyhow::Result<Option<Keyring>> {
     if keys.no_signatures {
         return Ok(None);
     }
     let mut keyring = Keyring::default();
     for path in &keys.keyrings {
         keyring = keyring.merge(policybind_audit::keys::keyring_from_file(path)?);
+    }
+    if let Some(namespace) = &keys.cluster_keyring {
+        let client = kube_client(sources.kubeconfig.as_deref(), sources.context.as_deref()).await?;
+        let document = policybind_audit::keys::keyring_from_config_map(client, namespace)
+            .await
+            .with_context(|| {
+                format!("reading the published audit keyring in namespace {namespace}")
+            })?;
+        // Parsed and checked above; compiling again cannot fail.
+        keyring = keyring.merge(document.compile()?);
     }
     if !keys.keys.is_empty() && keys.key_writers.is_empty() {
         bail!(
@@ -217,7 +233,7 @@ pub(super) fn keyring(keys: &KeyArgs) -> anyhow::Result<Option<Keyring>> {
     }
     if keyring.is_empty() {
         bail!(
-            "no trusted key: pass --keyring FILE (the keyring the operator publishes in ConfigMap policybind-audit-keys), or --key FILE --key-writers PATTERN, or --no-signatures to check hashes and chains only"
+            "no trusted key: pass --cluster-keyring (the keyring the operator publishes in ConfigMap policybind-audit-keys), --keyring FILE (a pinned copy), or --key FILE --key-writers PATTERN, or --no-signatures to check hashes and chains only"
         );
     }
     Ok(Some(keyring))
