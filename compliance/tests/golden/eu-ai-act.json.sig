@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "949b77f1bac55de153b8ddd8a93824dca9aea9e1876eb025b0b51ae6005fd68e",
-  "signature": "qftOuXh4qR02xMsTV8s6M3Jtxd8qlSrBQcbyh7wLZ0T/DzEEVlbKlFoTR4HB8mp1MWNfjG0EmKBIMBdrkCr3BQ=="
+  "sha256": "587e79a4d3ff5f893259cff525fab3e23cd8b62169e2f86a05ff3f06a3d00524",
+  "signature": "w+B5tLxKQLCuIhS9XDpmX23Rt807YN+SIOmKqWhqDC0wnW6UWqaCcJVSFANZv7YsMPjicAEd70O/eB00J4ubCw=="
 }

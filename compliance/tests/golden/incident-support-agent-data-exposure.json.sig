@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "incident-support-agent-data-exposure.json",
-  "sha256": "36fbfedaf3c9da06615dca4531b9cdbdfe34a2b45ff7590fdbe214b966b75b63",
-  "signature": "PjJdvJDI1PZpQkV+qeQdOuYAL1djCibBQxanUjRhHyBvEWGVD8iLy+WxTWmNDdf8iE+Pf1RgcuKmI5j03sguBw=="
+  "sha256": "eff702e151dc0c6e0ddc3fc607e5d4800da3e3b1b47739e3713be9359c50baba",
+  "signature": "d972L7lv0Cgdv7fHx5BG9RcLt+zBNYDasR8hDaGQcBFLjb5kmGEfW4uaxSCtdGBs4MzA4fUw5VMvp/aD/jzHCQ=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "iso-42001.json",
-  "sha256": "15ef50f04db8eaffff1ed4910a37eaefafbebee40e27f3c80da8efc8a5472dff",
-  "signature": "BxeKw30MsLCFXBRWXK0EyQd/8vDk8U87mGL5bd4eunRTejn+X6Q/Uuo8uhhU4sF52pQhKfy34tH7uNTJ9a/YAw=="
+  "sha256": "cc9554aceb4f20461f0e1d75b5711ce811fbd7ff419bdab3241e11c688b0bef0",
+  "signature": "YyYVwuacxFOPhSYDid8FbRQSHAlPdCFrNMOVa7CVKY3pGGH2GgKkXRgUK1jFds/n8ts48WkiumrET9WjI6DdAQ=="
 }
