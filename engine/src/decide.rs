@@ -20,7 +20,7 @@ use policybind_crds::{DataClassification, Effect, Enforcement};
 
 use crate::codes;
 use crate::compile::{BitSet, CompiledModel, CompiledRule, CompiledToken, PolicySet};
-use crate::detect::Finding;
+use crate::detect::Findings;
 use crate::request::{Decision, Obligations, Request, ResolvedFacts, RuleTrace, Stage, WouldHave};
 use crate::schedule::period_start;
 use crate::{expr, selector};
@@ -57,7 +57,7 @@ struct Ctx<'a> {
     request: &'a Request,
     facts: ResolvedFacts,
     model: Option<&'a CompiledModel>,
-    findings: Vec<Finding>,
+    findings: &'a Findings,
     entities: Vec<String>,
     cel_request: std::cell::OnceCell<cel::Value>,
 }
@@ -127,20 +127,61 @@ impl PolicySet {
             .and_then(|&i| self.models[i].pricing.as_ref())
     }
 
-    /// Decides a request.
+    /// What this set's detectors find in one text: personal data, secrets and
+    /// custom entities (see [`crate::detect`]). Scan each text once and pass
+    /// the findings to [`PolicySet::decide_scanned`] and to redaction.
+    pub fn scan(&self, text: &str) -> Findings {
+        if text.is_empty() {
+            return Findings::none();
+        }
+        Findings::new(self.detectors.scan(text), text.len())
+    }
+
+    /// Decides a request, scanning `request.prompt` first.
     pub fn decide(&self, request: &Request) -> Decision {
-        self.decide_inner(request, None)
+        let findings = self.scan(request.prompt.as_deref().unwrap_or_default());
+        self.decide_inner(request, &findings, None)
+    }
+
+    /// Decides a request whose text the caller has already scanned with
+    /// [`PolicySet::scan`]; `request.prompt` is not scanned again. Decides
+    /// exactly as [`PolicySet::decide`] does for the same findings.
+    pub fn decide_scanned(&self, request: &Request, findings: &Findings) -> Decision {
+        self.decide_inner(request, findings, None)
     }
 
     /// Decides a request and explains every rule: whether it matched and why not.
     /// Uses no index, so it also cross-checks the indexed path (see the tests).
     pub fn decide_explained(&self, request: &Request) -> (Decision, Vec<RuleTrace>) {
+        let findings = self.scan(request.prompt.as_deref().unwrap_or_default());
         let mut trace = vec![];
-        let decision = self.decide_inner(request, Some(&mut trace));
+        let decision = self.decide_inner(request, &findings, Some(&mut trace));
         (decision, trace)
     }
 
-    fn decide_inner(&self, request: &Request, mut trace: Option<&mut Vec<RuleTrace>>) -> Decision {
+    /// Decides, then adds the detector codes: what the prompt holds is
+    /// reported on every decision, whatever decided it.
+    fn decide_inner(
+        &self,
+        request: &Request,
+        findings: &Findings,
+        trace: Option<&mut Vec<RuleTrace>>,
+    ) -> Decision {
+        let mut decision = self.decide_stages(request, findings, trace);
+        for code in codes::prompt_detector_codes(&findings.entities()) {
+            if !decision.codes.iter().any(|c| c == code) {
+                decision.codes.push(code.to_string());
+            }
+        }
+        decision
+    }
+
+    fn decide_stages(
+        &self,
+        request: &Request,
+        findings: &Findings,
+        mut trace: Option<&mut Vec<RuleTrace>>,
+    ) -> Decision {
         let token = match &request.token {
             Some(id) => match self.token_by_id.get(id) {
                 Some(&i) => Some(&self.tokens[i]),
@@ -151,7 +192,7 @@ impl PolicySet {
                         Stage::Token,
                         codes::TOKEN_UNKNOWN,
                         format!("token {id} is not known to this policy set"),
-                        vec![],
+                        findings,
                     );
                 }
             },
@@ -162,10 +203,6 @@ impl PolicySet {
             .get(&request.model)
             .map(|&i| &self.models[i]);
         let facts = self.resolve(request, token, model);
-        let findings = match &request.prompt {
-            Some(text) if !text.is_empty() => self.detectors.scan(text),
-            _ => vec![],
-        };
 
         if let Some(token) = token
             && let Some((code, message)) = check_token(token, request, &facts)
@@ -176,9 +213,7 @@ impl PolicySet {
             return self.early(facts, Stage::Registry, code, message, findings);
         }
 
-        let mut entities: Vec<String> = findings.iter().map(|f| f.entity.clone()).collect();
-        entities.sort_unstable();
-        entities.dedup();
+        let entities: Vec<String> = findings.entities().into_iter().map(str::to_owned).collect();
         let ctx = Ctx {
             request,
             facts,
@@ -583,9 +618,6 @@ impl PolicySet {
             codes.insert(0, codes::APPROVAL_GRANTED.to_string());
             message = format!("approved request let through ({message})");
         }
-        if !ctx.findings.is_empty() && !codes.iter().any(|c| c == codes::PII_DETECTED) {
-            codes.push(codes::PII_DETECTED.to_string());
-        }
         self.decision(
             effect,
             codes,
@@ -623,7 +655,7 @@ impl PolicySet {
             rule: rule.map(|r| r.name.clone()),
             stage,
             obligations,
-            findings: ctx.findings.clone(),
+            findings: ctx.findings.as_slice().to_vec(),
             would_have: None,
             facts: ctx.facts.clone(),
             fingerprint: self.fingerprint.clone(),
@@ -636,21 +668,17 @@ impl PolicySet {
         stage: Stage,
         code: &str,
         message: String,
-        findings: Vec<Finding>,
+        findings: &Findings,
     ) -> Decision {
-        let mut codes = vec![code.to_string()];
-        if !findings.is_empty() {
-            codes.push(codes::PII_DETECTED.to_string());
-        }
         Decision {
             effect: Effect::Deny,
-            codes,
+            codes: vec![code.to_string()],
             message,
             policy: None,
             rule: None,
             stage,
             obligations: Obligations::default(),
-            findings,
+            findings: findings.as_slice().to_vec(),
             would_have: None,
             facts,
             fingerprint: self.fingerprint.clone(),

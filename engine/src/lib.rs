@@ -35,4 +35,5 @@ pub mod selector;
 pub use bundle::{Bundle, hash_token};
 pub use compile::{CompileError, CompileErrors, PolicySet};
 pub use decide::AuthError;
+pub use detect::Findings;
 pub use request::{Decision, Obligations, Request, RuleTrace, Stage};
