@@ -46,20 +46,20 @@ impl AuthError {
 }
 
 /// Outcome of matching one rule.
-enum Check {
+pub(crate) enum Check {
     Match,
     Miss(String),
     Error(String),
 }
 
 /// What is computed once per request and shared by every rule check.
-struct Ctx<'a> {
-    request: &'a Request,
-    facts: ResolvedFacts,
-    model: Option<&'a CompiledModel>,
-    findings: &'a Findings,
-    entities: Vec<String>,
-    cel_request: std::cell::OnceCell<cel::Value>,
+pub(crate) struct Ctx<'a> {
+    pub request: &'a Request,
+    pub facts: ResolvedFacts,
+    pub model: Option<&'a CompiledModel>,
+    pub findings: &'a Findings,
+    pub entities: Vec<String>,
+    pub cel_request: std::cell::OnceCell<cel::Value>,
 }
 
 impl PolicySet {
@@ -333,7 +333,7 @@ impl PolicySet {
         })
     }
 
-    fn resolve(
+    pub(crate) fn resolve(
         &self,
         request: &Request,
         token: Option<&CompiledToken>,
@@ -460,7 +460,7 @@ impl PolicySet {
         None
     }
 
-    fn check_rule(&self, rule: &CompiledRule, ctx: &Ctx) -> Check {
+    pub(crate) fn check_rule(&self, rule: &CompiledRule, ctx: &Ctx) -> Check {
         let f = &ctx.facts;
         let namespace = f.namespace.as_deref().unwrap_or("default");
         // Where the policy applies.

@@ -587,20 +587,36 @@ enum Retry {
 /// touches), so redacting several entities can leave a text in which a
 /// rescan finds a new, previously glued, entity.
 pub fn redact(text: &str, findings: &[Finding], entities: &[String], replacement: &str) -> String {
+    redact_with(text, findings, |entity| {
+        (entities.is_empty() || entities.iter().any(|e| e == entity)).then_some(replacement)
+    })
+}
+
+/// Rewrites each finding of a [`redactable`] entity for which `replacement`
+/// gives a replacement (`{entity}` in it is replaced by the entity name).
+/// Malformed findings are skipped as in [`redact`].
+pub fn redact_with<'r>(
+    text: &str,
+    findings: &[Finding],
+    replacement: impl Fn(&str) -> Option<&'r str>,
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied_up_to = 0;
     for finding in findings {
-        let selected = redactable(&finding.entity)
-            && (entities.is_empty() || entities.contains(&finding.entity));
+        let chosen = if redactable(&finding.entity) {
+            replacement(&finding.entity)
+        } else {
+            None
+        };
         let well_formed = finding.start >= copied_up_to
             && finding.start <= finding.end
             && text.is_char_boundary(finding.start)
             && text.is_char_boundary(finding.end);
-        if !selected || !well_formed {
+        let (Some(chosen), true) = (chosen, well_formed) else {
             continue;
-        }
+        };
         out.push_str(&text[copied_up_to..finding.start]);
-        push_replacement(&mut out, replacement, &finding.entity);
+        push_replacement(&mut out, chosen, &finding.entity);
         copied_up_to = finding.end;
     }
     out.push_str(&text[copied_up_to..]);

@@ -9,7 +9,9 @@
 //! - [`bundle`]: the serializable input (policies, models, token hashes).
 //! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
 //! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
-//! - [`detect`]: content detectors compiled into one automaton; redaction.
+//! - [`detect`]: content detectors compiled into one automaton; redaction;
+//!   scanning streams.
+//! - [`output`]: rules on responses: redact or block, whole or streamed.
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
@@ -27,6 +29,7 @@ pub mod decide;
 pub mod detect;
 pub mod expr;
 pub mod manifest;
+pub mod output;
 pub mod request;
 pub mod risk;
 pub mod schedule;
@@ -36,4 +39,5 @@ pub use bundle::{Bundle, hash_token};
 pub use compile::{CompileError, CompileErrors, PolicySet};
 pub use decide::AuthError;
 pub use detect::Findings;
+pub use output::{OutputAction, OutputDecision, OutputPlan, StreamOutput, StreamScanner};
 pub use request::{Decision, Obligations, Request, RuleTrace, Stage};
