@@ -24,7 +24,9 @@ use policybind_crds::{
 
 use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken, PolicyKind};
 use crate::codes;
-use crate::detect::{BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors, redactable};
+use crate::detect::{
+    BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors, PROMPT_INJECTION, redactable,
+};
 use crate::expr::{self, WhenExpr};
 use crate::request::{Obligations, RedactObligation};
 use crate::schedule::{CompiledSchedule, parse_time_zone};
@@ -65,6 +67,10 @@ pub struct PolicySet {
     pub(crate) token_by_id: HashMap<String, usize>,
     pub(crate) token_by_hash: HashMap<[u8; 32], (usize, Option<DateTime<Utc>>)>,
     pub(crate) detectors: Detectors,
+    /// Whether some rule names PROMPT_INJECTION: only then does a scan run
+    /// the classifier (see [`crate::injection`]), which costs far more than
+    /// the pattern detectors.
+    pub(crate) classify_injection: bool,
     pub(crate) cel: Arc<cel::Env>,
     pub(crate) namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) policy_count: usize,
@@ -389,6 +395,12 @@ impl PolicySet {
         }
 
         let index = build_index(&rules, &model_by_name);
+        let classify_injection = rules.iter().chain(&output_rules).any(|r| {
+            r.detected.iter().any(|e| e == PROMPT_INJECTION)
+                || r.when
+                    .as_ref()
+                    .is_some_and(|w| w.source.contains(PROMPT_INJECTION))
+        });
         Ok(PolicySet {
             fingerprint: bundle.fingerprint(),
             namespace: bundle.namespace.clone(),
@@ -404,6 +416,7 @@ impl PolicySet {
             token_by_id,
             token_by_hash,
             detectors,
+            classify_injection,
             cel,
             namespace_labels: bundle.namespace_labels.clone(),
         })

@@ -128,13 +128,27 @@ impl PolicySet {
     }
 
     /// What this set's detectors find in one text: personal data, secrets and
-    /// custom entities (see [`crate::detect`]). Scan each text once and pass
-    /// the findings to [`PolicySet::decide_scanned`] and to redaction.
+    /// custom entities (see [`crate::detect`]), and PROMPT_INJECTION when some
+    /// rule of the set names it (see [`crate::injection`]; the classifier
+    /// costs about a hundred times the pattern detectors, so sets that do not
+    /// use it do not pay for it). Scan each text once and pass the findings to
+    /// [`PolicySet::decide_scanned`] and to redaction.
     pub fn scan(&self, text: &str) -> Findings {
         if text.is_empty() {
             return Findings::none();
         }
-        Findings::new(self.detectors.scan(text), text.len())
+        let mut findings = self.detectors.scan(text);
+        if self.classify_injection
+            && let Some(injection) = crate::injection::builtin().detect(text)
+        {
+            findings.push(injection);
+        }
+        Findings::new(findings, text.len())
+    }
+
+    /// Whether [`PolicySet::scan`] runs the PROMPT_INJECTION classifier.
+    pub fn classifies_injection(&self) -> bool {
+        self.classify_injection
     }
 
     /// Decides a request, scanning `request.prompt` first.

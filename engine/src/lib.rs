@@ -11,12 +11,14 @@
 //! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
 //! - [`detect`]: content detectors compiled into one automaton; redaction;
 //!   scanning streams.
+//! - [`injection`]: the PROMPT_INJECTION classifier (weights compiled in).
 //! - [`output`]: rules on responses: redact or block, whole or streamed.
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
+//! - [`tokens`]: token estimates (tiktoken encodings where public, a heuristic otherwise).
 //! - [`codes`]: the table of rationale codes.
 #![forbid(unsafe_code)]
 
@@ -28,12 +30,14 @@ pub mod compile;
 pub mod decide;
 pub mod detect;
 pub mod expr;
+pub mod injection;
 pub mod manifest;
 pub mod output;
 pub mod request;
 pub mod risk;
 pub mod schedule;
 pub mod selector;
+pub mod tokens;
 
 pub use bundle::{Bundle, hash_token};
 pub use compile::{CompileError, CompileErrors, PolicySet};

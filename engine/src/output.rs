@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::codes;
 use crate::compile::{CompiledRule, PolicySet};
 use crate::decide::{Check, Ctx};
-use crate::detect::{DEFAULT_REDACTION, Finding, Findings, StreamScan, redact_with, redactable};
+use crate::detect::{
+    DEFAULT_REDACTION, Finding, Findings, StreamPiece, StreamScan, redact_with, redactable,
+};
+use crate::injection::StreamClassifier;
 use crate::request::{Request, WouldHave};
 use policybind_crds::{Effect, Enforcement};
 
@@ -236,8 +239,14 @@ impl PolicySet {
         StreamScanner {
             plan: self.output_plan(request),
             scan: self.detectors.stream(),
+            classifier: self
+                .classify_injection
+                .then(|| StreamClassifier::new(crate::injection::builtin())),
             findings: vec![],
             received: 0,
+            pending: String::new(),
+            pending_offset: 0,
+            pending_findings: vec![],
             blocked: None,
         }
     }
@@ -386,13 +395,23 @@ pub enum StreamOutput {
 /// before any of that entity's bytes are released. The text released, joined,
 /// is what [`OutputDecision::apply`] gives for the whole response, up to
 /// where a block cuts it.
+///
+/// When the policy set uses PROMPT_INJECTION, the response is also
+/// classified passage by passage ([`crate::injection::StreamClassifier`]),
+/// and the last passage not yet judged (up to 47 tokens) is held back too,
+/// so that a passage a Deny rule blocks is never released.
 #[derive(Debug)]
 pub struct StreamScanner {
     plan: OutputPlan,
     scan: StreamScan,
+    classifier: Option<StreamClassifier>,
     /// Findings so far, spans counted from the start of the response.
     findings: Vec<Finding>,
     received: usize,
+    /// Text the detectors settled but the classifier still holds back.
+    pending: String,
+    pending_offset: usize,
+    pending_findings: Vec<Finding>,
     blocked: Option<Box<OutputDecision>>,
 }
 
@@ -404,7 +423,11 @@ impl StreamScanner {
         }
         self.received += piece.len();
         let settled = self.scan.push(piece);
-        self.release(settled)
+        let injection = self
+            .classifier
+            .as_mut()
+            .and_then(|c| c.push(piece).cloned());
+        self.advance(settled, injection)
     }
 
     /// Ends the response: releases what was held and returns the decision
@@ -414,7 +437,9 @@ impl StreamScanner {
             return (StreamOutput::Block(blocked.clone()), *blocked);
         }
         let settled = self.scan.finish();
-        let output = self.release(settled);
+        let injection = self.classifier.as_mut().and_then(|c| c.finish().cloned());
+        self.classifier = None;
+        let output = self.advance(settled, injection);
         let findings = Findings::new(std::mem::take(&mut self.findings), self.received);
         let decision = match &output {
             StreamOutput::Block(blocked) => (**blocked).clone(),
@@ -425,36 +450,75 @@ impl StreamScanner {
 
     /// Bytes received but not yet released.
     pub fn held(&self) -> usize {
-        self.scan.held()
+        self.scan.held() + self.pending.len()
     }
 
-    fn release(&mut self, settled: crate::detect::StreamPiece) -> StreamOutput {
-        let new_entities: Vec<&str> = settled.findings.iter().map(|f| f.entity.as_str()).collect();
+    fn advance(&mut self, settled: StreamPiece, injection: Option<Finding>) -> StreamOutput {
+        let mut new_entities: Vec<&str> =
+            settled.findings.iter().map(|f| f.entity.as_str()).collect();
+        if injection.is_some() {
+            new_entities.push(crate::detect::PROMPT_INJECTION);
+            // Judged once; from here only the detectors hold text back.
+            self.classifier = None;
+        }
         let blocks = self
             .plan
             .enforced
             .iter()
             .any(|p| p.action == OutputAction::Block && p.acts_on(&new_entities));
-        self.findings.extend(settled.findings.iter().cloned());
+        self.findings
+            .extend(settled.findings.iter().cloned().chain(injection));
         if blocks || self.plan.failed.is_some() {
             let findings = Findings::new(self.findings.clone(), self.received);
             let decision = Box::new(self.plan.decide(&findings));
             self.blocked = Some(decision.clone());
             return StreamOutput::Block(decision);
         }
-        let local: Vec<Finding> = settled
-            .findings
-            .into_iter()
+        if self.pending.is_empty() {
+            self.pending_offset = settled.offset;
+        }
+        self.pending.push_str(&settled.text);
+        self.pending_findings.extend(settled.findings);
+        let limit = self
+            .classifier
+            .as_ref()
+            .map_or(usize::MAX, StreamClassifier::undecided_from);
+        StreamOutput::Release(self.release(limit))
+    }
+
+    /// Releases pending text before `limit` (an offset in the response),
+    /// redacted, never splitting a finding.
+    fn release(&mut self, limit: usize) -> String {
+        let mut until = limit
+            .saturating_sub(self.pending_offset)
+            .min(self.pending.len());
+        while !self.pending.is_char_boundary(until) {
+            until -= 1;
+        }
+        let offset = self.pending_offset;
+        if let Some(f) = self
+            .pending_findings
+            .iter()
+            .find(|f| f.start - offset < until && f.end - offset > until)
+        {
+            until = f.start - offset;
+        }
+        let released = self
+            .pending_findings
+            .partition_point(|f| f.end - offset <= until);
+        let local: Vec<Finding> = self
+            .pending_findings
+            .drain(..released)
             .map(|f| Finding {
-                start: f.start - settled.offset,
-                end: f.end - settled.offset,
+                start: f.start - offset,
+                end: f.end - offset,
                 ..f
             })
             .collect();
+        let text: String = self.pending.drain(..until).collect();
+        self.pending_offset += until;
         let entities: Vec<&str> = local.iter().map(|f| f.entity.as_str()).collect();
         let redactions = redactions(&self.plan.enforced, &entities);
-        StreamOutput::Release(redact_with(&settled.text, &local, |entity| {
-            replacement_for(&redactions, entity)
-        }))
+        redact_with(&text, &local, |entity| replacement_for(&redactions, entity))
     }
 }
