@@ -28,7 +28,10 @@ import random
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
+
+import yaml
 
 # name, version, licence (checked in each wheel's metadata).
 PACKAGES = [
@@ -40,30 +43,56 @@ PACKAGES = [
     ("promptinject", "0.1.1.1", "MIT"),
     ("agent-injection-bench", "0.1.0", "MIT"),
     ("chatterbot-corpus", "1.3.3", "BSD-3-Clause"),
+    # Only published as a source archive, for Python < 3.10: downloaded, not built.
+    ("promptsource", "0.2.3", "Apache-2.0"),
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def fetch(cache):
-    """Downloads each pinned wheel once; returns {name: ZipFile}."""
+    """Downloads each pinned archive once; returns {name: Archive}."""
     os.makedirs(cache, exist_ok=True)
-    wheels = {}
+    archives = {}
     for name, version, _ in PACKAGES:
         stem = name.replace("-", "_")
-        found = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}-")]
-        if not found:
+        prefixes = (f"{stem}-{version}-", f"{stem}-{version}.tar.gz", f"{name}-{version}.tar.gz")
+
+        def present():
+            return [f for f in os.listdir(cache) if f.lower().startswith(prefixes)]
+
+        if not present():
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                 "-d", cache, f"{name}=={version}"],
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
+                 "--no-build-isolation", "-d", cache, f"{name}=={version}"],
                 check=True, stdout=subprocess.DEVNULL)
-            found = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}-")]
-        wheels[name] = zipfile.ZipFile(os.path.join(cache, found[0]))
-    return wheels
+        archives[name] = Archive(os.path.join(cache, present()[0]))
+    return archives
 
 
-def read(wheel, path):
-    return wheel.read(path).decode("utf-8")
+class Archive:
+    """A wheel (zip) or a source archive (tar.gz), read in place."""
+
+    def __init__(self, path):
+        if path.endswith(".tar.gz"):
+            with tarfile.open(path) as tar:
+                self.members = {
+                    m.name.split("/", 1)[1]: tar.extractfile(m).read()
+                    for m in tar.getmembers() if m.isfile() and "/" in m.name
+                }
+        else:
+            with zipfile.ZipFile(path) as z:
+                self.members = {n: z.read(n) for n in z.namelist()}
+
+    def read(self, path):
+        return self.members[path]
+
+    def namelist(self):
+        return list(self.members)
+
+
+def read(archive, path):
+    return archive.read(path).decode("utf-8")
 
 
 def files(wheel, prefix, suffix):
@@ -239,6 +268,25 @@ def chatterbot(c, w):
                 c.add(first[0].strip("'\""), 0, "chatterbot-corpus:answers", group)
 
 
+def promptsource(c, w):
+    """Benign task instructions: the prompt templates of promptsource (P3),
+    the part before `|||`, with their Jinja fields left out."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_mapping(node))
+    for path in files(w, "promptsource/templates/", "templates.yaml"):
+        dataset = path.split("/")[2]
+        doc = yaml.load(read(w, path), Loader=Loader) or {}
+        for tid, template in sorted((doc.get("templates") or {}).items()):
+            prompt = str(template.get("jinja", "")).split("|||")[0]
+            prompt = re.sub(r"\{%.*?%\}", " ", prompt, flags=re.S)
+            prompt = re.sub(r"\{\{.*?\}\}", " ", prompt, flags=re.S)
+            prompt = re.sub(r"[ \t]+", " ", prompt).strip()
+            if len(prompt) >= 20:
+                c.add(prompt, 0, "promptsource:instructions", f"promptsource:{dataset}")
+
+
 def lookalikes(c):
     with open(os.path.join(HERE, "lookalikes.txt"), encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -308,6 +356,7 @@ def main():
     promptinject(c, wheels["promptinject"])
     agent_bench(c, wheels["agent-injection-bench"])
     chatterbot(c, wheels["chatterbot-corpus"])
+    promptsource(c, wheels["promptsource"])
     lookalikes(c)
     for i, p in enumerate(pick(passages, "passages", 400)):
         c.add("Summarize this text:\n\n" + p if i % 2 else p, 0, "garak:book-passages", f"passage:{i}")

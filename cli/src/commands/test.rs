@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use policybind_engine::PolicySet;
-use policybind_engine::manifest::{Expectation, PolicyTest};
+use policybind_engine::manifest::{Expectation, PolicyTest, TestCase};
 use policybind_engine::request::Decision;
+use policybind_engine::{OutputAction, PolicySet};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -73,7 +73,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 },
                 Ok(request) => {
                     let decision = set.decide(&request);
-                    let mismatches = compare(&case.expect, &decision);
+                    let mut mismatches = compare(&case.expect, &decision);
+                    mismatches.extend(compare_response(&set, case, &request));
                     Outcome {
                         test: test.metadata.name.clone(),
                         case: case.name.clone(),
@@ -117,6 +118,65 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Judges the case's response, if it has one, and compares what the case
+/// states of it.
+fn compare_response(
+    set: &PolicySet,
+    case: &TestCase,
+    request: &policybind_engine::Request,
+) -> Vec<String> {
+    let (Some(response), Some(expect)) = (&case.response, &case.expect.response) else {
+        return match (&case.response, &case.expect.response) {
+            (None, Some(_)) => vec!["expect.response given but the case has no response".into()],
+            _ => vec![],
+        };
+    };
+    let d = set.decide_output(request, &set.scan(response));
+    let mut out = vec![];
+    if d.action != expect.action {
+        out.push(format!(
+            "response: expected {:?}, got {:?} ({})",
+            expect.action, d.action, d.message
+        ));
+    }
+    // A passed response has no deciding code: its codes are only detector codes.
+    if let Some(first) = expect.codes.first()
+        && expect.action != OutputAction::Pass
+        && d.code() != first
+    {
+        out.push(format!(
+            "response deciding code: expected {first}, got {}",
+            d.code()
+        ));
+    }
+    for code in &expect.codes {
+        if !d.codes.contains(code) {
+            out.push(format!(
+                "response codes: expected {code} among [{}]",
+                d.codes.join(", ")
+            ));
+        }
+    }
+    if let Some(r) = &expect.rule
+        && d.rule.as_ref() != Some(r)
+    {
+        out.push(format!(
+            "response rule: expected {r}, got {}",
+            d.rule.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if let Some(text) = &expect.text {
+        let delivered = d.apply(response);
+        if delivered.as_ref() != Some(text) {
+            out.push(format!(
+                "response text: expected {text:?}, got {}",
+                delivered.map_or_else(|| "(blocked)".to_owned(), |t| format!("{t:?}"))
+            ));
+        }
+    }
+    out
 }
 
 /// Compares only what the case states; returns one line per difference.
