@@ -5,7 +5,8 @@
 #                              reachable and `kind` exists, creates a kind cluster
 #   e2e/run.sh --bare          out-of-cluster, against a bare control plane this script
 #                              starts (etcd + kube-apiserver + kube-controller-manager,
-#                              no nodes) from $POLICYBIND_E2E_BIN_DIR or PATH
+#                              no nodes) from $POLICYBIND_E2E_BIN_DIR (default
+#                              ~/.cache/policybind/e2e-bin) or PATH
 #   e2e/run.sh --in-cluster    build the image, load it into kind, `helm install` the
 #                              chart, run the suite in-cluster mode
 #
@@ -42,8 +43,14 @@ cleanup() {
     kubectl delete validatingwebhookconfiguration,mutatingwebhookconfiguration \
       policybind-e2e-webhook --ignore-not-found >/dev/null 2>&1 || true
   fi
-  for pid in "${PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  # Reverse start order (controller manager, API server, etcd); a process that
+  # does not stop within 10 s is killed.
+  for ((i=${#PIDS[@]}-1; i>=0; i--)); do
+    pid=${PIDS[$i]}
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
   done
   if [ "$CREATED_KIND" = 1 ] && [ "${POLICYBIND_E2E_KEEP:-}" != 1 ]; then
     kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
@@ -54,19 +61,25 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "e2e: $1 is required for this mode" >&2; exit 2; }; }
-bin() { # a control-plane binary from $POLICYBIND_E2E_BIN_DIR, else PATH
-  if [ -n "${POLICYBIND_E2E_BIN_DIR:-}" ] && [ -x "$POLICYBIND_E2E_BIN_DIR/$1" ]; then
-    echo "$POLICYBIND_E2E_BIN_DIR/$1"
+BIN_DIR=${POLICYBIND_E2E_BIN_DIR:-$HOME/.cache/policybind/e2e-bin}
+bin() { # a control-plane binary from $BIN_DIR, else PATH
+  if [ -x "$BIN_DIR/$1" ]; then
+    echo "$BIN_DIR/$1"
   elif command -v "$1" >/dev/null 2>&1; then
     command -v "$1"
   else
-    echo "e2e: $1 not found: put it in \$POLICYBIND_E2E_BIN_DIR or PATH (see e2e/README.md)" >&2
+    echo "e2e: $1 not found in $BIN_DIR nor PATH (see e2e/README.md)" >&2
     exit 2
   fi
 }
 
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 start_bare_control_plane() {
-  local etcd apiserver kcm
+  local etcd apiserver kcm etcd_port peer_port api_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
   etcd=$(bin etcd); apiserver=$(bin kube-apiserver)
   kcm=$(bin kube-controller-manager 2>/dev/null || true)
   need openssl
@@ -76,11 +89,11 @@ start_bare_control_plane() {
   local token; token=$(openssl rand -hex 16)
   echo "$token,e2e-admin,e2e-admin,system:masters" > "$WORK/tokens.csv"
 
-  "$etcd" --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:12379 \
-    --advertise-client-urls http://127.0.0.1:12379 --listen-peer-urls http://127.0.0.1:12380 \
+  "$etcd" --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:$etcd_port \
+    --advertise-client-urls http://127.0.0.1:$etcd_port --listen-peer-urls http://127.0.0.1:$peer_port \
     > "$WORK/etcd.log" 2>&1 &
   PIDS+=($!)
-  "$apiserver" --etcd-servers=http://127.0.0.1:12379 --bind-address=127.0.0.1 --secure-port=16443 \
+  "$apiserver" --etcd-servers=http://127.0.0.1:$etcd_port --bind-address=127.0.0.1 --secure-port=$api_port \
     --cert-dir="$WORK/pki" --token-auth-file="$WORK/tokens.csv" --authorization-mode=RBAC \
     --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$WORK/sa.pub" --service-account-signing-key-file="$WORK/sa.key" \
@@ -93,7 +106,7 @@ kind: Config
 clusters:
   - name: bare
     cluster:
-      server: https://127.0.0.1:16443
+      server: https://127.0.0.1:$api_port
       insecure-skip-tls-verify: true
 users:
   - name: e2e-admin
@@ -114,6 +127,7 @@ EOF
     # Namespace deletion and owner-reference garbage collection need it.
     "$kcm" --kubeconfig="$WORK/kubeconfig" --leader-elect=false \
       --service-account-private-key-file="$WORK/sa.key" --use-service-account-credentials=false \
+      --root-ca-file="$WORK/pki/apiserver.crt" \
       --controllers='*,-nodeipam,-nodelifecycle' > "$WORK/kube-controller-manager.log" 2>&1 &
     PIDS+=($!)
   else
@@ -141,8 +155,20 @@ ensure_cluster() {
   kind get kubeconfig --name "$KIND_CLUSTER" > "$KUBECONFIG"
 }
 
+# kubectl from the binaries directory when PATH has none.
+if ! command -v kubectl >/dev/null 2>&1 && [ -x "$BIN_DIR/kubectl" ]; then
+  export PATH="$BIN_DIR:$PATH"
+fi
 need cargo
 need kubectl
+# The harness renders the chart with real Helm (helm-python-sdk) to take every
+# identity and argument from it.
+PYTHON=${POLICYBIND_E2E_PYTHON:-python3}
+if ! "$PYTHON" -c 'import helm_python, yaml' >/dev/null 2>&1; then
+  echo "e2e: installing helm-python-sdk and PyYAML for chart rendering"
+  "$PYTHON" -m pip install -q --disable-pip-version-check helm-python-sdk==0.2.2 PyYAML==6.0.3
+fi
+export POLICYBIND_E2E_PYTHON=$PYTHON
 echo "e2e: building policybind and the suite"
 cargo build -p policybind
 cargo build -p policybind-e2e --tests
@@ -177,9 +203,10 @@ export POLICYBIND_E2E_MODE=$MODE
 mkdir -p target/e2e-logs
 rm -f target/e2e-logs/propagation.txt
 status=0
-# Every scenario but uninstall; test binaries run one after the other, the
-# scenarios inside one binary in parallel (each in its own namespace).
-cargo test -p policybind-e2e --tests -- --ignored --skip uninstall "${TEST_ARGS[@]}" || status=$?
+# Every scenario but uninstall, in parallel, each in its own namespace, against
+# one PolicyBind control plane (one test binary).
+THREADS=${POLICYBIND_E2E_THREADS:-6}
+cargo test -p policybind-e2e --test scenarios -- --ignored --test-threads "$THREADS" "${TEST_ARGS[@]}" || status=$?
 if [ "$status" = 0 ] && [ "${POLICYBIND_E2E_SKIP_UNINSTALL:-}" != 1 ]; then
   POLICYBIND_E2E_UNINSTALL=1 cargo test -p policybind-e2e --test uninstall -- --ignored || status=$?
 fi

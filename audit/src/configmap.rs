@@ -33,6 +33,10 @@ pub const LIST_PAGE_SIZE: u32 = 20;
 pub struct ConfigMapStore {
     api: Api<ConfigMap>,
     namespace: String,
+    /// Labels the caller wants on every segment besides the segment label, e.g.
+    /// the writer's pod ([`labels::WRITER_POD`]), which the chart's admission
+    /// policy requires on a sidecar's segments.
+    extra_labels: BTreeMap<String, String>,
 }
 
 impl ConfigMapStore {
@@ -42,7 +46,15 @@ impl ConfigMapStore {
         ConfigMapStore {
             api: Api::namespaced(client, &namespace),
             namespace,
+            extra_labels: BTreeMap::new(),
         }
+    }
+
+    /// Puts `labels` on every segment written, besides the segment label (which
+    /// they cannot replace).
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.extra_labels = labels;
+        self
     }
 
     /// The ConfigMap a segment is stored as.
@@ -92,7 +104,12 @@ impl ConfigMapStore {
 impl SegmentStore for ConfigMapStore {
     fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
         async move {
-            let config_map = Self::config_map_for(segment);
+            let mut config_map = Self::config_map_for(segment);
+            if let Some(labels) = config_map.metadata.labels.as_mut() {
+                for (key, value) in &self.extra_labels {
+                    labels.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
             let name = config_map.metadata.name.clone().unwrap_or_default();
             let params = PatchParams::apply(field_managers::AUDIT).force();
             self.api

@@ -126,6 +126,33 @@ async fn sealed_segment_is_one_server_side_apply_of_an_immutable_labelled_config
 }
 
 #[tokio::test]
+async fn extra_labels_of_the_caller_go_on_every_segment_but_never_replace_the_segment_label() {
+    let (client, mut handle) = mocked();
+    let store = ConfigMapStore::new(client, NAMESPACE).with_labels(
+        [
+            ("policybind.io/pod".to_string(), "bot-1".to_string()),
+            (
+                "policybind.io/audit-segment".to_string(),
+                "forged".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    let segment = sealed_segment(1, 3);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, respond) = next_request(&mut handle).await;
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["metadata"]["labels"],
+            json!({ "policybind.io/audit-segment": writer_key(WRITER), "policybind.io/pod": "bot-1" })
+        );
+        respond_json(respond, StatusCode::OK, &body);
+    });
+    store.put(&segment).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn open_segment_is_applied_without_immutable() {
     let (client, mut handle) = mocked();
     let store = ConfigMapStore::new(client, NAMESPACE);

@@ -19,6 +19,12 @@ from conftest import CHART, NAMESPACE, RELEASE
 FULL = f"{RELEASE}-policybind"
 OPERATOR = f"{FULL}-operator"
 WEBHOOK = f"{FULL}-webhook"
+SIDECAR = f"{FULL}-sidecar"
+WORKLOADS = f"{FULL}-workloads"
+OPERATOR_KEY = f"{FULL}-operator-key"
+WEBHOOK_KEY = f"{FULL}-webhook-key"
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+WEBHOOK_USER = f"system:serviceaccount:{NAMESPACE}:{WEBHOOK}"
 
 CERT_MANAGER = {"webhook": {"certificate": {"mode": "cert-manager"}}}
 SECRET_MODE = {
@@ -48,7 +54,6 @@ EVERYTHING_ON = {
         "image": "registry.example/policybind:debug",
         "style": "regular",
         "modelPort": 18000,
-        "bundleMount": "/var/run/policybind/bundle",
         "resources": {"requests": {"cpu": "20m", "memory": "16Mi"},
                       "limits": {"cpu": "1", "memory": "64Mi"}},
         "extraEnv": {"POLICYBIND_AUDIT_FLUSH_MS": "500"},
@@ -59,7 +64,8 @@ EVERYTHING_ON = {
         "dashboard": {"namespace": "monitoring"},
     },
     "rbac": {"aggregateToDefaultRoles": True},
-    "audit": {"signingKey": {"existingSecret": "corp-audit-key"}},
+    "audit": {"signingKey": {"existingSecrets": {"operator": "corp-operator-key",
+                                                 "webhook": "corp-webhook-key"}}},
 }
 MINIMAL = {
     "operator": {"leaderElection": False},
@@ -67,6 +73,7 @@ MINIMAL = {
     "rbac": {"createUserRoles": False},
     "metrics": {"dashboard": {"enabled": False}},
     "audit": {"signingKey": {"create": False}},
+    "admissionPolicy": {"enabled": False},
 }
 SELF_SIGNED = {
     "webhook": {"replicas": 1, "certificate": {"mode": "self-signed"},
@@ -212,7 +219,9 @@ def test_every_document_parses_into_its_kubernetes_type(render, values):
         assert meta["labels"]["app.kubernetes.io/part-of"] == "policybind"
         if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding",
                                "ValidatingWebhookConfiguration",
-                               "MutatingWebhookConfiguration"}:
+                               "MutatingWebhookConfiguration",
+                               "ValidatingAdmissionPolicy",
+                               "ValidatingAdmissionPolicyBinding"}:
             assert meta["namespace"] == (
                 "monitoring"
                 if doc["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard")
@@ -229,10 +238,12 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{OPERATOR}", f"ClusterRoleBinding/{OPERATOR}",
         f"Role/{OPERATOR}", f"RoleBinding/{OPERATOR}",
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
-        f"Role/{FULL}-sidecar-audit-key", f"RoleBinding/{FULL}-sidecar-audit-key",
+        f"ClusterRole/{SIDECAR}",
+        f"ValidatingAdmissionPolicy/{WORKLOADS}", f"ValidatingAdmissionPolicyBinding/{WORKLOADS}",
+        f"Role/{WEBHOOK}-audit", f"RoleBinding/{WEBHOOK}-audit",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
-        f"Secret/{FULL}-audit-signing-key", f"Secret/{FULL}-webhook-tls",
+        f"Secret/{OPERATOR_KEY}", f"Secret/{WEBHOOK_KEY}", f"Secret/{FULL}-webhook-tls",
         f"ConfigMap/{FULL}-dashboard",
         *(f"ClusterRole/{r}" for r in USER_ROLES),
     }
@@ -250,7 +261,7 @@ def test_only_the_signing_key_and_the_helm_mode_certificate_are_rendered(render,
             assert secret["type"] == "kubernetes.io/tls"
             assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
         else:
-            assert secret["metadata"]["name"] == f"{FULL}-audit-signing-key"
+            assert secret["metadata"]["name"] in {OPERATOR_KEY, WEBHOOK_KEY}
             assert set(secret["data"]) == {"signing-key"}
             assert secret["type"] == "Opaque"
 
@@ -281,33 +292,43 @@ def test_helm_mode_certificate_matches_ca_bundle_and_service(render):
     assert not [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
 
 
-def test_audit_signing_key_is_generated_once_and_kept(render):
-    secret = render().get("Secret", f"{FULL}-audit-signing-key")
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    pem = base64.b64decode(secret["data"]["signing-key"]).decode()
-    assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")
-    der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
-    # PKCS#8 Ed25519: 48 bytes, algorithm OID 1.3.101.112 (06 03 2b 65 70).
-    assert len(der) == 48 and bytes.fromhex("06032b6570") in der
-    for name in [OPERATOR, WEBHOOK]:
-        pod = render().get("Deployment", name)["spec"]["template"]["spec"]
+def test_audit_signing_keys_are_one_per_writer_generated_once_and_kept(render):
+    rendered = render()
+    keys = {}
+    for name, writer in [(OPERATOR_KEY, OPERATOR), (WEBHOOK_KEY, WEBHOOK)]:
+        secret = rendered.get("Secret", name)
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        pem = base64.b64decode(secret["data"]["signing-key"]).decode()
+        assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")
+        der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+        # PKCS#8 Ed25519: 48 bytes, algorithm OID 1.3.101.112 (06 03 2b 65 70).
+        assert len(der) == 48 and bytes.fromhex("06032b6570") in der
+        keys[name] = der
+        # Mounted into its own writer's pod, and no other.
+        pod = rendered.get("Deployment", writer)["spec"]["template"]["spec"]
         [volume] = [v for v in pod["volumes"] if v["name"] == "audit-signing-key"]
-        assert volume["secret"]["secretName"] == f"{FULL}-audit-signing-key"
+        assert volume["secret"]["secretName"] == name
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["POLICYBIND_AUDIT_KEY"] == "/etc/policybind/audit/signing-key"
+    assert keys[OPERATOR_KEY] != keys[WEBHOOK_KEY], "two writers, two keys"
 
 
-def test_audit_signing_key_can_be_brought_or_left_out(render):
+def test_audit_signing_keys_can_be_brought_or_left_out(render):
     rendered = render(EVERYTHING_ON)
     assert rendered.kinds("Secret") == []
-    pod = rendered.get("Deployment", OPERATOR)["spec"]["template"]["spec"]
-    [volume] = pod["volumes"]
-    assert volume["secret"]["secretName"] == "corp-audit-key"
+    for writer, name in [(OPERATOR, "corp-operator-key"), (WEBHOOK, "corp-webhook-key")]:
+        pod = rendered.get("Deployment", writer)["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "audit-signing-key"]
+        assert volume["secret"]["secretName"] == name
+    # One brought, the other generated.
+    half = render({"audit": {"signingKey": {"existingSecrets": {"webhook": "corp-webhook-key"}}}})
+    assert [s["metadata"]["name"] for s in half.kinds("Secret")
+            if s["metadata"]["name"] != f"{FULL}-webhook-tls"] == [OPERATOR_KEY]
     minimal = render(MINIMAL)
     assert [s["metadata"]["name"] for s in minimal.kinds("Secret")] == [f"{FULL}-webhook-tls"]
     pod = minimal.get("Deployment", OPERATOR)["spec"]["template"]["spec"]
     assert "volumes" not in pod
-    assert "No audit signing key" in minimal.notes
+    assert "No operator audit key" in minimal.notes
 
 
 # --- selectors ----------------------------------------------------------------------
@@ -405,12 +426,23 @@ def test_enforced_and_other_webhooks_select_disjoint_namespaces(render):
         assert expressions(other, "policybind.io/enforce") == [
             {"key": "policybind.io/enforce", "operator": "NotIn", "values": ["true"]}]
         assert "objectSelector" not in enforced
+        assert "objectSelector" not in other
     # Validation sees every workload (audit-only outside enforced namespaces);
-    # injection outside them only pods that ask for it.
-    assert "objectSelector" not in webhooks(rendered, "ValidatingWebhookConfiguration")[
-        "workloads.policybind.io"]
-    assert webhooks(rendered, "MutatingWebhookConfiguration")["inject.policybind.io"][
-        "objectSelector"] == {"matchLabels": {"policybind.io/inject": "true"}}
+    # injection only pods that declare a model, and outside enforced namespaces
+    # only those that opt in, by label or annotation (matchConditions: CEL).
+    validating = webhooks(rendered, "ValidatingWebhookConfiguration")
+    assert all("matchConditions" not in hook for hook in validating.values())
+    mutating = webhooks(rendered, "MutatingWebhookConfiguration")
+    conditions = lambda hook: {c["name"]: c["expression"] for c in hook["matchConditions"]}
+    enforced = conditions(mutating["inject-enforced.policybind.io"])
+    other = conditions(mutating["inject.policybind.io"])
+    assert set(enforced) == {"declares-model"}
+    assert set(other) == {"declares-model", "opted-in"}
+    assert "'policybind.io/model' in object.metadata.annotations" in other["declares-model"]
+    assert "'policybind.io/model' in object.metadata.labels" in other["declares-model"]
+    for place in ["labels", "annotations"]:
+        assert (f"object.metadata.{place}['policybind.io/inject'].trim().lowerAscii() in "
+                "['true', 'enabled']") in other["opted-in"]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -440,8 +472,9 @@ def test_workload_webhooks_cover_pods_and_pod_templates(render):
         if name == "resources.policybind.io":
             continue
         resources = {r for rule in hook["rules"] for r in rule["resources"]}
-        assert resources == {"pods", "deployments", "statefulsets", "daemonsets",
-                             "replicasets", "jobs", "cronjobs"}
+        # pods/ephemeralcontainers: `kubectl debug` may not mount the audit key.
+        assert resources == {"pods", "pods/ephemeralcontainers", "deployments", "statefulsets",
+                             "daemonsets", "replicasets", "jobs", "cronjobs"}
         assert hook["clientConfig"]["service"]["path"] == "/validate"
 
 
@@ -450,7 +483,8 @@ def test_webhooks_declare_side_effects_and_speak_v1(render, values):
     rendered = render(values)
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]:
         for hook in webhooks(rendered, kind).values():
-            assert hook["sideEffects"] == "None"
+            # Every review is an audit record, dry runs excepted.
+            assert hook["sideEffects"] == "NoneOnDryRun"
             assert hook["matchPolicy"] == "Equivalent"
             assert hook["admissionReviewVersions"] == ["v1"]
             assert hook["clientConfig"]["service"]["name"] == WEBHOOK
@@ -520,7 +554,7 @@ def test_self_signed_mode_leaves_ca_bundle_to_the_webhook(render):
     assert f"--configuration-name={WEBHOOK}" in args
     assert not any(a.startswith("--tls-") for a in args)
     assert rendered.kinds("Certificate") == []
-    assert rendered.kinds("Secret") == [rendered.get("Secret", f"{FULL}-audit-signing-key")]
+    assert {s["metadata"]["name"] for s in rendered.kinds("Secret")} == {OPERATOR_KEY, WEBHOOK_KEY}
     rules = rules_of(rendered, "ClusterRole", WEBHOOK)
     configs = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
     assert [(r["verbs"], r["resourceNames"]) for r in configs] == [(["get", "update"], [WEBHOOK])]
@@ -649,6 +683,11 @@ def test_each_container_runs_its_role_of_the_one_binary(render):
     assert env["POLICYBIND_LOG_FORMAT"]["value"] == "json"
     assert webhook["args"][:3] == ["webhook", "--listen=0.0.0.0:8443",
                                    "--health-listen=0.0.0.0:8080"]
+    # The webhook's writer identity in the audit trail is its pod (one chain per
+    # replica), read from the variable `policybind webhook --pod-name` reads.
+    webhook_env = {e["name"]: e for e in webhook["env"]}
+    assert webhook_env["POLICYBIND_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.name"
     assert "--leader-election" not in args_of(render(MINIMAL), OPERATOR)
 
 
@@ -665,13 +704,17 @@ def test_sidecar_and_admission_settings_reach_the_webhook(render):
     assert "--sidecar-style=auto" in default
     assert "--sidecar-memory-limit=128Mi" in default
     assert "--undeclared-model-servers=warn" in default
+    assert "--require-audit-record=true" in default
     assert not any(a.startswith(("--sidecar-cpu-limit", "--sidecar-model-port",
-                                 "--bundle-mount", "--exclude-namespace")) for a in default)
+                                 "--exclude-namespace")) for a in default)
+    # No mounted bundle and no shared key: a mounted ConfigMap would sit where
+    # the workload can write, and a shared key could be read by any workload.
+    assert not any(a.startswith("--bundle-mount") or "AUDIT_KEY_SECRET" in a
+                   for a in default + args_of(render(EVERYTHING_ON), WEBHOOK))
     custom = args_of(render(EVERYTHING_ON), WEBHOOK)
     for flag in ["--sidecar-image=registry.example/policybind:debug", "--sidecar-style=regular",
                  "--sidecar-model-port=18000", "--sidecar-cpu-request=20m",
                  "--sidecar-cpu-limit=1", "--sidecar-memory-limit=64Mi",
-                 "--bundle-mount=/var/run/policybind/bundle",
                  "--sidecar-env=POLICYBIND_AUDIT_FLUSH_MS=500",
                  "--exclude-namespace=monitoring", "--exclude-namespace=istio-system",
                  "--undeclared-model-servers=deny",
@@ -689,13 +732,20 @@ def test_no_wildcards_or_escalation_verbs(render, values):
         for rule in doc.get("rules", []):
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(key, []), (doc["metadata"]["name"], rule)
-            assert not {"escalate", "impersonate", "bind"} & set(rule["verbs"])
+            assert not {"escalate", "impersonate"} & set(rule["verbs"])
+            if "bind" in rule["verbs"]:
+                # The one exception: the operator binds the sidecar ClusterRole,
+                # by name, instead of holding every right it grants.
+                assert doc["metadata"]["name"] == OPERATOR and doc["kind"] == "ClusterRole"
+                assert rule == {"apiGroups": ["rbac.authorization.k8s.io"],
+                                "resources": ["clusterroles"], "verbs": ["bind"],
+                                "resourceNames": [SIDECAR]}
 
 
 def test_every_rbac_rule_in_the_templates_is_justified():
     """Each rule of our own roles has a comment right above it saying why."""
     for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "user-roles.yaml",
-                 "sidecar-audit-key-rbac.yaml"]:
+                 "sidecar-rbac.yaml"]:
         lines = (CHART / "templates" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -706,13 +756,7 @@ def test_every_rbac_rule_in_the_templates_is_justified():
                     f"{name}:{i + 1} has no justification comment"
 
 
-# What the operator creates in every enforced namespace for its sidecars
-# (operator/src/namespace.rs): the operator must hold all of it itself.
-SIDECAR_ROLE = [("", "configmaps", {"get", "list", "watch", "create", "update"}),
-                ("policybind.io", "approvalrequests", {"create", "get"})]
-
-
-def test_operator_rbac_is_what_it_needs(render):
+def test_operator_rbac_is_exactly_what_it_calls(render):
     rules = rules_of(render(), "ClusterRole", OPERATOR)
     for kind in OUR_KINDS:
         assert verbs_on(rules, "policybind.io", kind) >= READ_VERBS
@@ -725,18 +769,58 @@ def test_operator_rbac_is_what_it_needs(render):
     assert verbs_on(rules, "", "secrets") == READ_VERBS | {"create", "patch"}
     for owner in ["accesstokens", "modeldeployments"]:
         assert verbs_on(rules, "policybind.io", f"{owner}/finalizers") == {"update"}
+    # ConfigMaps everywhere: caches and deletion only; writes in its namespace.
+    assert verbs_on(rules, "", "configmaps") == {"list", "watch", "delete"}
     assert verbs_on(rules, "", "namespaces") == READ_VERBS
     assert verbs_on(rules, "", "pods") == {"list", "watch"}
-    for kind in ["roles", "rolebindings"]:
-        assert verbs_on(rules, "rbac.authorization.k8s.io", kind) == \
-            READ_VERBS | {"create", "patch", "delete"}
-    for group, resource, verbs in SIDECAR_ROLE:
-        assert verbs <= verbs_on(rules, group, resource), (resource, "escalation check")
-    lease = rules_of(render(), "Role", OPERATOR)
-    assert verbs_on(lease, "coordination.k8s.io", "leases") == {"create", "get", "update"}
-    named = [r for r in lease if "resourceNames" in r]
+    assert verbs_on(rules, "rbac.authorization.k8s.io", "rolebindings") == \
+        {"list", "watch", "create", "patch", "delete"}
+    assert verbs_on(rules, "rbac.authorization.k8s.io", "roles") == {"list", "watch", "delete"}
+    assert verbs_on(rules, "rbac.authorization.k8s.io", "clusterroles") == {"bind"}
+    assert verbs_on(rules, "networking.k8s.io", "networkpolicies") == \
+        {"list", "watch", "create", "patch", "update", "delete"}
+    assert verbs_on(rules, "events.k8s.io", "events") == {"create", "patch"}
+    own = rules_of(render(), "Role", OPERATOR)
+    assert verbs_on(own, "coordination.k8s.io", "leases") == {"create", "get", "update"}
+    named = [r for r in own if "resourceNames" in r]
     assert named and all(r["resourceNames"] == [OPERATOR] for r in named)
-    assert all(set(r["verbs"]) == {"create"} for r in lease if "resourceNames" not in r)
+    assert all(set(r["verbs"]) == {"create"} for r in own if "resourceNames" not in r
+               and "coordination.k8s.io" in r["apiGroups"])
+    # Bundles and the reader Roles are written in the release namespace only.
+    assert verbs_on(own, "", "configmaps") == {"get", "create", "patch", "update"}
+    assert verbs_on(own, "rbac.authorization.k8s.io", "roles") == {"create", "patch"}
+    # The reader Roles the operator creates grant get/list/watch on ConfigMaps
+    # in its namespace: it must hold them there (RBAC refuses to grant more).
+    assert READ_VERBS <= verbs_on(rules + own, "", "configmaps")
+    # The Deployment names the ClusterRole the operator may bind.
+    args = args_of(render(), OPERATOR)
+    assert f"--sidecar-cluster-role={SIDECAR}" in args
+    assert "--sidecar-port-name=http" in args
+    assert "--sidecar-port-name=http" in args_of(render(), OPERATOR)
+
+
+def test_sidecars_write_their_reports_segments_and_held_requests_and_nothing_else(render):
+    rules = rules_of(render(), "ClusterRole", SIDECAR)
+    assert rules == [
+        {"apiGroups": [""], "resources": ["configmaps"],
+         "verbs": ["create", "get", "list", "patch"]},
+        {"apiGroups": ["policybind.io"], "resources": ["approvalrequests"],
+         "verbs": ["create", "get"]},
+    ]
+    # The chart binds it nowhere: the operator binds it in enforced namespaces.
+    for kind in ["ClusterRoleBinding", "RoleBinding"]:
+        assert not [b for b in render().kinds(kind) if b["roleRef"]["name"] == SIDECAR]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_no_rule_lets_a_workload_read_a_key_or_write_where_bundles_live(render, values):
+    rendered = render(values)
+    for binding in rendered.kinds("ClusterRoleBinding") + rendered.kinds("RoleBinding"):
+        for subject in binding["subjects"]:
+            # Only PolicyBind's own service accounts are bound by the chart.
+            assert subject["kind"] == "ServiceAccount", binding
+            assert subject["name"] in {OPERATOR, WEBHOOK}
+    assert verbs_on(rules_of(rendered, "ClusterRole", SIDECAR), "", "secrets") == set()
 
 
 def test_webhook_rbac_is_read_mostly(render):
@@ -749,7 +833,18 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
     assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
-        {OPERATOR, f"{FULL}-sidecar-audit-key"}
+        {OPERATOR, f"{WEBHOOK}-audit"}
+    # Its audit segments, in the release namespace only: list to resume its chain,
+    # server-side apply to write. No delete, no watch, no Secrets.
+    audit = render().get("Role", f"{WEBHOOK}-audit")
+    assert audit["metadata"]["namespace"] == NAMESPACE
+    assert audit["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                               "verbs": ["get", "list", "create", "patch"]}]
+    binding = render().get("RoleBinding", f"{WEBHOOK}-audit")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WEBHOOK,
+                                    "namespace": NAMESPACE}]
+    # Without a signing key the webhook only logs its records: no Role.
+    assert f"Role/{WEBHOOK}-audit" not in render(MINIMAL).names()
 
 
 def test_webhook_rbac_in_cert_manager_mode_cannot_touch_configurations(render):
@@ -763,29 +858,50 @@ def test_bindings_point_at_the_right_service_accounts(render):
         for binding in rendered.kinds(kind):
             name = binding["metadata"]["name"]
             assert binding["roleRef"]["name"] == name
-            if name == f"{FULL}-sidecar-audit-key":
-                continue
-            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+            account = WEBHOOK if name == f"{WEBHOOK}-audit" else name
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                             "namespace": NAMESPACE}]
 
 
-def test_sidecars_may_read_the_signing_key_and_nothing_else(render):
+# --- the admission policy for workloads ----------------------------------------------
+
+
+def test_workload_admission_policy_guards_the_configmaps_policybind_trusts(render):
     rendered = render()
-    role = rendered.get("Role", f"{FULL}-sidecar-audit-key")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
-                              "resourceNames": [f"{FULL}-audit-signing-key"]}]
-    binding = rendered.get("RoleBinding", f"{FULL}-sidecar-audit-key")
-    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                                    "name": "system:serviceaccounts"}]
-    assert (f"--sidecar-env=POLICYBIND_AUDIT_KEY_SECRET={NAMESPACE}/{FULL}-audit-signing-key"
-            in args_of(rendered, WEBHOOK))
-    brought = render(EVERYTHING_ON)
-    assert brought.get("Role", f"{FULL}-sidecar-audit-key")["rules"][0]["resourceNames"] == \
-        ["corp-audit-key"]
-    opted_out = render({"sidecar": {"shareAuditKey": False}})
-    assert {r["metadata"]["name"] for r in opted_out.kinds("Role")} == {OPERATOR}
-    assert not any("POLICYBIND_AUDIT_KEY_SECRET" in a for a in args_of(opted_out, WEBHOOK))
-    assert render(MINIMAL).kinds("RoleBinding") == [render(MINIMAL).get("RoleBinding", OPERATOR)]
+    policy = rendered.get("ValidatingAdmissionPolicy", WORKLOADS)
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [{
+        "apiGroups": [""], "apiVersions": ["v1"],
+        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["configmaps"]}]
+    conditions = " && ".join(c["expression"] for c in spec["matchConditions"])
+    # Service accounts other than the operator's and the control plane's.
+    assert "startsWith('system:serviceaccount:')" in conditions
+    assert f"!= \"{OPERATOR_USER}\"" in conditions
+    assert "!request.userInfo.username.startsWith('system:serviceaccount:kube-system:')" \
+        in conditions
+    text = json.dumps(spec)
+    for label in ["policybind.io/bundle", "policybind.io/usage", "policybind.io/audit-segment",
+                  "policybind.io/pod"]:
+        assert label in text, label
+    assert "authentication.kubernetes.io/pod-name" in text
+    assert WEBHOOK_USER in text  # the webhook writes its own audit segments
+    assert len(spec["validations"]) == 4
+    assert all(v["reason"] == "Forbidden" for v in spec["validations"])
+    binding = rendered.get("ValidatingAdmissionPolicyBinding", WORKLOADS)
+    assert binding["spec"] == {"policyName": WORKLOADS, "validationActions": ["Deny"]}
+
+
+def test_workload_admission_policy_follows_the_release_and_can_be_left_out(render):
+    other = render(namespace="platform", release="gov")
+    text = json.dumps(other.get("ValidatingAdmissionPolicy", "gov-policybind-workloads"))
+    assert "system:serviceaccount:platform:gov-policybind-operator" in text
+    assert "system:serviceaccount:platform:gov-policybind-webhook" in text
+    minimal = render(MINIMAL)
+    assert minimal.kinds("ValidatingAdmissionPolicy") == []
+    assert minimal.kinds("ValidatingAdmissionPolicyBinding") == []
+    assert "admissionPolicy.enabled is false" in minimal.notes
 
 
 def test_user_roles(render):
@@ -799,6 +915,10 @@ def test_user_roles(render):
         assert verbs_on(auditor, "policybind.io", kind) == READ_VERBS
         assert verbs_on(auditor, "policybind.io", f"{kind}/status") == READ_VERBS
     assert "approve" in verbs_on(admin, "policybind.io", "approvalrequests")
+    # The rights the webhook checks: exempt a model pod from the sidecar, share a model.
+    assert {"exempt", "share"} <= verbs_on(admin, "policybind.io", "modeldeployments")
+    for role in [approver, auditor, developer]:
+        assert not {"exempt", "share"} & verbs_on(role, "policybind.io", "modeldeployments")
     assert verbs_on(approver, "policybind.io", "approvalrequests") == \
         READ_VERBS | {"update", "patch", "approve"}
     assert verbs_on(approver, "policybind.io", "modeldeployments") == READ_VERBS
@@ -861,17 +981,19 @@ def test_dashboard_shows_what_operators_watch(render):
     dashboard = json.loads(config["data"]["policybind.json"])
     assert dashboard == json.loads((CHART / "dashboards" / "policybind.json").read_text())
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ["decisions", "denials by code", "latency", "budget", "audit lag"]:
+    for topic in ["decisions", "denials by code", "latency", "budget", "audit backlog"]:
         assert topic in titles, topic
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     assert "sum by (code)" in exprs
     assert "histogram_quantile(0.99" in exprs
-    # Metric names the components register (prometheus-client adds _total to
-    # counters): sidecar/src/metrics.rs, webhook/src/metrics.rs, operator/src/metrics.rs.
+    # That every metric a panel queries is exported is checked against the
+    # binaries' own registries by `cargo test -p policybind metrics`
+    # (cli/src/commands/metrics.rs); here, that the main topics are there.
     for metric in ["policybind_sidecar_decisions_total", "policybind_sidecar_decide_duration_seconds",
                    "policybind_sidecar_budget_spent_usd", "policybind_webhook_admission_reviews_total",
                    "policybind_webhook_admission_duration_seconds",
-                   "policybind_operator_bundle_writes_total"]:
+                   "policybind_operator_bundle_writes_total",
+                   "policybind_sidecar_audit_backlog_records"]:
         assert metric in exprs, metric
     assert render(MINIMAL).kinds("ConfigMap") == []
 

@@ -155,8 +155,10 @@ def test_argocd_syncs_the_chart_before_the_policies(chart, render):
     chart.validate_schema(values)
     # `helm template` cannot look anything up: Argo CD must not let the chart
     # generate the signing key or the webhook certificate.
-    assert values["audit"]["signingKey"] == {"create": False,
-                                             "existingSecret": "policybind-audit-signing-key"}
+    assert values["audit"]["signingKey"] == {
+        "create": False,
+        "existingSecrets": {"operator": "policybind-operator-audit-key",
+                            "webhook": "policybind-webhook-audit-key"}}
     assert values["webhook"]["certificate"]["mode"] == "cert-manager"
     rendered = render(values)
     assert rendered.kinds("Secret") == []

@@ -34,8 +34,18 @@ enum Command {
     /// Print every CustomResourceDefinition as YAML, or write them to a directory.
     Crds(commands::crds::CrdsArgs),
     /// Run policy tests (kind PolicyTest) found in files and directories.
+    #[command(
+        after_help = "Exit status: 0 every selected case passed; 1 a case failed; 2 the run could not \
+                      be made (inputs unreadable, policies not compiling, no PolicyTest, no case \
+                      selected, a case whose request is invalid, a report that cannot be written)."
+    )]
     Test(commands::test::TestArgs),
     /// Decide one request against the manifests given and explain the decision.
+    #[command(
+        after_help = "Exit status: 0 decided (whatever the effect); 1 the effect is one that \
+                      --fail-on (or --fail-on-deny) names; 2 the inputs could not be read or the \
+                      policies do not compile."
+    )]
     Eval(commands::eval::EvalArgs),
     /// Check, export and follow the audit trail.
     Audit(commands::audit::AuditArgs),
@@ -52,6 +62,9 @@ enum Command {
     Sidecar(commands::sidecar::SidecarArgs),
     /// Measure the latency the enforcement point adds, at fixed request rates.
     Bench(commands::bench::BenchArgs),
+    /// List the Prometheus metrics every role exports (for dashboard and alert checks).
+    #[command(hide = true)]
+    Metrics(commands::metrics::MetricsArgs),
 }
 
 fn init_logging(format: &str) {
@@ -81,6 +94,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args).await,
         Command::Sidecar(args) => commands::sidecar::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Metrics(args) => commands::metrics::run(args),
     };
     match result {
         Ok(code) => code,

@@ -35,6 +35,7 @@ use crate::common::{Budget, BudgetPeriod, DataClassification, RateLimit, Schedul
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.expiresAt) || !has(self.notBefore) || self.expiresAt > self.notBefore", "message": "expiresAt must be after notBefore"},
     {"rule": "!has(self.budgets) || self.budgets.all(b, self.budgets.exists_one(c, c.period == b.period))", "message": "at most one budget per period"},
+    {"rule": "!has(self.additionalNamespaces) || self.additionalNamespaces.all(n, self.additionalNamespaces.exists_one(m, m == n))", "message": "additionalNamespaces must not repeat a namespace"},
 ]))]
 pub struct AccessTokenSpec {
     /// Who uses the token.
@@ -85,6 +86,18 @@ pub struct AccessTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2592000))]
     pub rotation_grace_seconds: Option<u32>,
+    /// Namespaces besides the token's own whose sidecars and gateways accept it. A token is
+    /// valid in its own namespace and in these only; naming a namespace here needs the right
+    /// to create AccessTokens there (checked at admission with a SubjectAccessReview).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub additional_namespaces: Vec<String>,
 }
 
 fn default_max_classification() -> DataClassification {

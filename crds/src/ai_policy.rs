@@ -146,6 +146,12 @@ pub struct PolicyRule {
     /// An empty match matches every request.
     #[serde(default, rename = "match", skip_serializing_if = "RuleMatch::is_empty")]
     pub match_: RuleMatch,
+    /// Requests this rule skips although `match` selects them, as Kyverno's
+    /// match/exclude: an exception for one rule. Evaluation goes on with the rules
+    /// below it (a lower Redact rule still redacts), unlike a higher-priority Allow,
+    /// which would decide and skip every lower rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<RuleExclude>,
     /// Optional CEL expression over `request` (see the request fields in the README) that must
     /// be true for the rule to match, for what typed selectors cannot say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +251,35 @@ impl RuleMatch {
     pub fn is_empty(&self) -> bool {
         self == &RuleMatch::default()
     }
+}
+
+/// Requests a rule skips. The shape of `match`: all given fields must hold (AND),
+/// a list holds when any entry does (OR); at least one field must be given.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.teams) && size(self.teams) > 0) || (has(self.subjects) && size(self.subjects) > 0) || (has(self.namespaces) && size(self.namespaces) > 0) || (has(self.labels) && ((has(self.labels.matchLabels) && size(self.labels.matchLabels) > 0) || (has(self.labels.matchExpressions) && size(self.labels.matchExpressions) > 0)))",
+     "message": "exclude needs at least one team, subject, namespace or label requirement (an empty exclude would skip the rule for every request)"},
+]))]
+pub struct RuleExclude {
+    /// Teams (from the caller's AccessToken) whose requests the rule skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub teams: Vec<String>,
+    /// Subjects (user, team or service account names from AccessTokens) whose requests
+    /// the rule skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub subjects: Vec<String>,
+    /// Namespaces (names or globs such as `ci-*`) whose requests the rule skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub namespaces: Vec<String>,
+    /// Label selector over the request's labels (`request.labels`: `endpoint` and
+    /// `stream` from the sidecar, any from `POST /v1/decide` callers): requests it
+    /// selects are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelSelector>,
 }
 
 /// Conditions beyond the request's identity. All that are set must hold.

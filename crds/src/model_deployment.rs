@@ -29,6 +29,7 @@ use crate::common::{DataClassification, Pricing, RiskLevel};
     printcolumn = r#"{"name":"Risk","type":"string","jsonPath":".status.riskLevel"}"#,
     printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".status.approval"}"#,
     printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".spec.scope","priority":1}"#,
     printcolumn = r#"{"name":"Next-Review","type":"date","jsonPath":".status.nextReviewAt","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -90,6 +91,29 @@ pub struct ModelDeploymentSpec {
     /// Stop all use at once: every bundle denies requests to this model with MODEL_SUSPENDED.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// Who may resolve this registration by its model name. `Namespace` (default): only
+    /// requests and workloads in this namespace. `Cluster`: every namespace that has no
+    /// registration of the same name of its own. Setting `Cluster` needs the `share` verb on
+    /// `modeldeployments.policybind.io` (checked at admission), because a shared name decides
+    /// where other teams' requests go.
+    #[serde(default, skip_serializing_if = "ModelScope::is_namespace")]
+    pub scope: ModelScope,
+}
+
+/// Visibility of a ModelDeployment's model name.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ModelScope {
+    /// Only the deployment's own namespace resolves the name to it.
+    #[default]
+    Namespace,
+    /// Shared: every namespace without its own registration of the name resolves to it.
+    Cluster,
+}
+
+impl ModelScope {
+    pub fn is_namespace(&self) -> bool {
+        *self == ModelScope::Namespace
+    }
 }
 
 fn default_classification() -> DataClassification {

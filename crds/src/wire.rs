@@ -28,6 +28,9 @@ pub mod labels {
     pub const MANAGED_BY_VALUE: &str = "policybind";
     /// ConfigMaps holding a namespace's policy bundle (value `"true"`).
     pub const BUNDLE: &str = "policybind.io/bundle";
+    /// Bundle ConfigMaps and the reader Role and RoleBinding of a bundle, all in
+    /// PolicyBind's own namespace: the namespace the bundle is for.
+    pub const BUNDLE_NAMESPACE: &str = "policybind.io/bundle-namespace";
     /// ConfigMaps holding audit segments; the value is the writer key.
     pub const AUDIT_SEGMENT: &str = "policybind.io/audit-segment";
     /// ConfigMaps holding a sidecar's usage report (value `"true"`).
@@ -38,6 +41,12 @@ pub mod labels {
     pub const WRITER_POD: &str = "policybind.io/pod";
     /// Secrets holding an AccessToken's value; the value is the token's name.
     pub const TOKEN: &str = "policybind.io/token";
+    /// Secrets holding a token value for the offline tools only (`policybind serve`,
+    /// `test`, `eval`); the value is the AccessToken's name. The operator neither
+    /// reads nor owns such Secrets: a demo value published in a README is never
+    /// valid in a cluster, and such a Secret never collides with the one the
+    /// operator issues (`<token>-token`).
+    pub const STANDALONE_TOKEN: &str = "policybind.io/standalone-token";
     /// Secrets holding a namespace's audit signing key (value `"true"`).
     pub const AUDIT_KEY: &str = "policybind.io/audit-key";
     /// ApprovalRequests opened for a ModelDeployment; the value is its name.
@@ -66,6 +75,9 @@ pub mod annotations {
     pub const FINGERPRINT: &str = "policybind.io/fingerprint";
     /// Bundle ConfigMaps: `index/count` of a part, e.g. `0/3`.
     pub const BUNDLE_PART: &str = "policybind.io/bundle-part";
+    /// Audit key Secrets the operator generates: the key id (first 16 hex of the
+    /// SHA-256 of the public key), so the key can be named without reading it.
+    pub const AUDIT_KEY_ID: &str = "policybind.io/audit-key-id";
     /// AccessToken: any new value asks the operator to rotate the secret.
     pub const ROTATE: &str = "policybind.io/rotate";
     /// Token Secrets: when the current value was issued.
@@ -84,14 +96,118 @@ pub mod names {
     pub const MODEL_PORT: &str = "pb-model";
     /// The sidecar's health and metrics port.
     pub const HEALTH_PORT: &str = "pb-health";
-    /// RoleBinding (in each enforced namespace) of the sidecars' writes.
+    /// RoleBinding (in each enforced namespace) of the sidecars' writes: it binds
+    /// the chart's `<fullname>-sidecar` ClusterRole to the namespace's service
+    /// accounts. Before bundles moved to PolicyBind's namespace it bound a Role
+    /// of the same name, which the operator removes.
     pub const SIDECAR_BINDING: &str = "policybind-sidecar";
+    /// Before bundles moved to PolicyBind's namespace: the bundle ConfigMap in
+    /// each enforced namespace (`policybind-bundle`, parts `policybind-bundle-<n>`),
+    /// and the prefix of every bundle name since.
+    pub const BUNDLE_PREFIX: &str = "policybind-bundle";
+    /// Prefix of the Role and RoleBinding (in PolicyBind's namespace) that let
+    /// one enforced namespace's service accounts read that namespace's bundle.
+    pub const BUNDLE_READER_PREFIX: &str = "policybind-bundle-reader.";
     /// Secret (in each enforced namespace) with that namespace's audit signing key.
     pub const AUDIT_KEY_SECRET: &str = "policybind-audit-key";
     /// Prefix of a pod's usage report ConfigMap (`policybind-usage-<pod>`).
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
     pub const MODEL_NETWORK_POLICY: &str = "policybind-model-ports";
+    /// Pod volume (added by injection) holding the namespace's audit signing key;
+    /// mounted into the sidecar container only.
+    pub const AUDIT_KEY_VOLUME: &str = "policybind-audit-key";
+    /// Pod volume (added by injection) with a projected ServiceAccount token for the
+    /// sidecar: containers added by a webhook get no token mount from the API server.
+    pub const API_ACCESS_VOLUME: &str = "policybind-api-access";
+
+    /// ConfigMap holding the policy bundle of `namespace`'s enforcement points. It
+    /// lives in PolicyBind's own namespace, where workloads cannot write.
+    pub fn bundle_config_map(namespace: &str) -> String {
+        format!("policybind-bundle.{namespace}")
+    }
+}
+
+/// Paths inside the injected sidecar container.
+pub mod paths {
+    /// Directory the audit key Secret is mounted at (read-only).
+    pub const AUDIT_KEY_DIR: &str = "/var/run/secrets/policybind/audit";
+    /// The PEM signing key file, [`super::env::AUDIT_KEY`]'s value.
+    pub const AUDIT_KEY_FILE: &str = "/var/run/secrets/policybind/audit/signing-key";
+    /// Where Kubernetes clients look for the ServiceAccount token, CA and namespace.
+    pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+}
+
+/// RBAC verbs PolicyBind checks with SubjectAccessReviews. Kubernetes does not use
+/// them itself; RBAC accepts any verb, so each is granted explicitly (the chart's
+/// `policybind-admin` and `policybind-approver` ClusterRoles) and editing rights
+/// alone do not confer it.
+pub mod verbs {
+    /// On `approvalrequests`: decide an ApprovalRequest.
+    pub const APPROVE: &str = "approve";
+    /// On `modeldeployments` (name = the model, in the pod's namespace): run a pod
+    /// that declares the model without the sidecar in an enforced namespace.
+    pub const EXEMPT: &str = "exempt";
+    /// On `modeldeployments`, cluster-wide: register a model with `scope: Cluster`.
+    pub const SHARE: &str = "share";
+}
+
+/// Most parts one bundle may have. The reader Role names exactly this many
+/// ConfigMaps, and the sidecar refuses a bundle announcing more: 16 parts of
+/// 700 KiB of gzip are far beyond any realistic bundle.
+pub const MAX_BUNDLE_PARTS: usize = 16;
+
+/// Name of the bundle ConfigMap of `namespace`, in PolicyBind's own namespace:
+/// `policybind-bundle.<namespace>`. A namespace name has no dots, so the names of
+/// two namespaces' bundles (and their parts) never collide.
+pub fn bundle_config_map(namespace: &str) -> String {
+    format!("{}.{namespace}", names::BUNDLE_PREFIX)
+}
+
+/// Name of part `index` of `namespace`'s bundle: part 0 is
+/// [`bundle_config_map`], part `n` is `policybind-bundle.<namespace>.<n>`.
+pub fn bundle_part(namespace: &str, index: usize) -> String {
+    if index == 0 {
+        bundle_config_map(namespace)
+    } else {
+        format!("{}.{index}", bundle_config_map(namespace))
+    }
+}
+
+/// Every name a bundle of `namespace` may use, part 0 first
+/// ([`MAX_BUNDLE_PARTS`] of them): what its reader Role names.
+pub fn bundle_parts(namespace: &str) -> Vec<String> {
+    (0..MAX_BUNDLE_PARTS)
+        .map(|index| bundle_part(namespace, index))
+        .collect()
+}
+
+/// Name of the Role and RoleBinding that let `namespace` read its bundle.
+pub fn bundle_reader(namespace: &str) -> String {
+    format!("{}{namespace}", names::BUNDLE_READER_PREFIX)
+}
+
+/// Object names are DNS subdomains of at most 253 characters.
+const MAX_OBJECT_NAME: usize = 253;
+
+/// Name of a pod's usage report: `policybind-usage-<pod>`. Pod names may be 253
+/// characters, so a name that would be too long keeps a prefix of the pod name
+/// and ends with a hash of the whole, which keeps names of distinct pods
+/// distinct. The operator counts a report only under the name its
+/// [`labels::WRITER_POD`] label gives here.
+pub fn usage_report_name(pod: &str) -> String {
+    use sha2::Digest;
+    let name = format!("{}{pod}", names::USAGE_REPORT_PREFIX);
+    if name.len() <= MAX_OBJECT_NAME {
+        return name;
+    }
+    let hash = hex::encode(&sha2::Sha256::digest(pod.as_bytes())[..8]);
+    let mut keep = MAX_OBJECT_NAME - hash.len() - 1;
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let prefix = name[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}")
 }
 
 /// Data keys of ConfigMaps and Secrets.
@@ -133,18 +249,53 @@ pub mod env {
     pub const HEALTH_LISTEN: &str = "POLICYBIND_HEALTH_LISTEN";
     /// The ModelDeployment the pod serves (`namespace/name`).
     pub const MODEL_DEPLOYMENT: &str = "POLICYBIND_MODEL_DEPLOYMENT";
-    /// Name of the first bundle ConfigMap the sidecar reads.
+    /// Name of the sidecar's bundle ConfigMap (part 0):
+    /// [`super::bundle_config_map`] of the pod's namespace.
     pub const BUNDLE_CONFIGMAP: &str = "POLICYBIND_BUNDLE_CONFIGMAP";
-    /// Namespace holding the sidecar's bundle (PolicyBind's own).
+    /// Namespace holding the sidecar's bundle: PolicyBind's own (the chart's
+    /// release namespace), where workloads cannot write.
     pub const BUNDLE_NAMESPACE: &str = "POLICYBIND_BUNDLE_NAMESPACE";
-    /// A directory with a bundle (tests, standalone tools).
-    pub const BUNDLE_DIR: &str = "POLICYBIND_BUNDLE_DIR";
+    /// Largest bundle JSON a sidecar accepts once decompressed, in bytes.
+    pub const BUNDLE_MAX_BYTES: &str = "POLICYBIND_BUNDLE_MAX_BYTES";
     /// Path of the PEM audit signing key.
     pub const AUDIT_KEY: &str = "POLICYBIND_AUDIT_KEY";
-    /// `namespace/name` of a Secret holding the audit signing key.
+    /// `namespace/name` of a Secret holding the audit signing key (read through the
+    /// API). Injected sidecars no longer get it: their key is a mounted file.
     pub const AUDIT_KEY_SECRET: &str = "POLICYBIND_AUDIT_KEY_SECRET";
     /// Log format: `json` or `text`.
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
     /// Poll interval of directory sources, milliseconds.
     pub const RELOAD_INTERVAL_MS: &str = "POLICYBIND_RELOAD_INTERVAL_MS";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_names_of_two_namespaces_never_collide() {
+        assert_eq!(bundle_config_map("team-a"), "policybind-bundle.team-a");
+        assert_eq!(bundle_part("team-a", 0), "policybind-bundle.team-a");
+        assert_eq!(bundle_part("team-a", 3), "policybind-bundle.team-a.3");
+        // "team-a" part 1 and a namespace called "team-a.1" cannot both exist:
+        // namespace names are DNS labels, without dots.
+        let parts = bundle_parts("team-a");
+        assert_eq!(parts.len(), MAX_BUNDLE_PARTS);
+        assert!(!parts.iter().any(|p| bundle_parts("team-a-1").contains(p)));
+        assert_eq!(bundle_reader("team-a"), "policybind-bundle-reader.team-a");
+    }
+
+    #[test]
+    fn usage_report_names_stay_valid_object_names_for_long_pod_names() {
+        assert_eq!(
+            usage_report_name("bot-7d9f-x2"),
+            "policybind-usage-bot-7d9f-x2"
+        );
+        let long_a = format!("{}a", "p".repeat(252));
+        let long_b = format!("{}b", "p".repeat(252));
+        let (a, b) = (usage_report_name(&long_a), usage_report_name(&long_b));
+        assert!(a.len() <= MAX_OBJECT_NAME && b.len() <= MAX_OBJECT_NAME);
+        assert!(a.starts_with("policybind-usage-ppp"));
+        assert_ne!(a, b);
+    }
 }

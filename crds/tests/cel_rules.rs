@@ -177,6 +177,34 @@ fn rules_on_responses_may_only_redact_or_deny_on_listed_entities() {
 }
 
 #[test]
+fn a_rule_exclude_must_name_something() {
+    let s = schema::<AIPolicy>();
+    let policy = |exclude: Value| json!({"apiVersion": API_VERSION, "kind": "AIPolicy", "metadata": {"name": "p", "namespace": "n"}, "spec": {"rules": [{"name": "r", "action": "Deny", "exclude": exclude}]}});
+    for good in [
+        json!({"subjects": ["ci-bot"]}),
+        json!({"namespaces": ["ci-*"], "teams": ["sre"]}),
+        json!({"labels": {"matchLabels": {"endpoint": "embeddings"}}}),
+        json!({"labels": {"matchExpressions": [{"key": "stream", "operator": "Exists"}]}}),
+    ] {
+        let e = errors(&s, policy(good.clone()), None);
+        assert!(e.is_empty(), "{good}: {e:?}");
+    }
+    for empty in [
+        json!({}),
+        json!({"teams": []}),
+        json!({"labels": {}}),
+        json!({"labels": {"matchLabels": {}}}),
+    ] {
+        let e = errors(&s, policy(empty.clone()), None);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("exclude needs at least one team, subject, namespace or label")),
+            "{empty}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn approval_cannot_be_self_approved_or_changed_once_decided() {
     let s = schema::<ApprovalRequest>();
     let approval = |decision: Option<Value>| {

@@ -101,9 +101,10 @@ pub async fn serving(s: &Scenario) -> Result<Serving> {
     wait_model_approval(s, &model_deployment, &["NotRequired", "Approved"]).await?;
     let token = wait_token_value(s, "e2e-token").await?;
     let upstream = Upstream::start().await?;
-    let sidecar = s
-        .start_sidecar(&upstream, "e2e-pod", &model_deployment)
-        .await?;
+    s.create_pod(&fixtures::model_pod("e2e-pod", &model_deployment))
+        .await
+        .context("create the model pod")?;
+    let sidecar = s.start_sidecar(&upstream, "e2e-pod").await?;
     let first = s
         .wait_for(
             "the sidecar to let a request through",

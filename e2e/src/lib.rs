@@ -25,6 +25,8 @@
 pub mod fixtures;
 pub mod flows;
 pub mod http;
+pub mod identity;
+pub mod kubelet;
 pub mod process;
 pub mod scenario;
 pub mod settings;

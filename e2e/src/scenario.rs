@@ -4,15 +4,17 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
 use kube::{Api, Client};
+use policybind_crds::wire::{env, names};
 use serde_json::{Value, json};
 
 use crate::http::{self, Response};
-use crate::process::{Process, free_port};
+use crate::kubelet::{self, PodRef};
+use crate::process::Process;
 use crate::settings::Settings;
 use crate::system::{E2E_LABEL, FIELD_MANAGER, System};
 use crate::upstream::Upstream;
@@ -137,6 +139,31 @@ impl Scenario {
         )
         .await?;
         Ok(())
+    }
+
+    /// Bind `cluster_role` to the user `user` in the scenario namespace.
+    pub async fn grant(&self, user: &str, cluster_role: &str) -> Result<()> {
+        let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{user}-{cluster_role}").replace(['@', '.'], "-")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }))?;
+        let api: Api<k8s_openapi::api::rbac::v1::RoleBinding> = self.api();
+        match api.create(&PostParams::default(), &binding).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("bind {cluster_role} to {user}")),
+        }
+    }
+
+    /// This scenario as seen by the user `user` (impersonated, in the group
+    /// `system:authenticated`): what they apply is admitted or refused on
+    /// their rights.
+    pub async fn as_user(&self, user: &str) -> Result<Scenario> {
+        Ok(Scenario {
+            client: crate::identity::client_as_user(user, &["system:authenticated"]).await?,
+            ..self.clone()
+        })
     }
 
     /// Opt the namespace into enforcement and injection.
@@ -265,45 +292,62 @@ impl Scenario {
         }
     }
 
-    /// Start `policybind sidecar` for this namespace in front of `upstream`, with
-    /// the environment the webhook gives an injected sidecar
-    /// (webhook/src/inject.rs).
-    pub async fn start_sidecar(
-        &self,
-        upstream: &Upstream,
-        pod_name: &str,
-        model_deployment: &str,
-    ) -> Result<Sidecar> {
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let health = format!("127.0.0.1:{}", free_port()?);
+    /// Run the sidecar the webhook injected into the stored pod `pod_name`, as
+    /// the kubelet would: the injected container's arguments, environment and
+    /// mounts, under a token of the pod's ServiceAccount bound to the pod. Only
+    /// its upstream (the model container, which does not run here) is replaced
+    /// by `upstream`.
+    pub async fn start_sidecar(&self, upstream: &Upstream, pod_name: &str) -> Result<Sidecar> {
+        let pod: Pod = self
+            .api::<Pod>()
+            .get(pod_name)
+            .await
+            .with_context(|| format!("read pod {pod_name}"))?;
+        let uid = pod.metadata.uid.clone().context("stored pod without uid")?;
+        let pod_json = serde_json::to_value(&pod)?;
+        let dir = self
+            .system
+            .work_dir
+            .join("pods")
+            .join(&self.namespace)
+            .join(pod_name);
+        let pod_ref = PodRef {
+            namespace: &self.namespace,
+            name: pod_name,
+            uid: Some(&uid),
+            spec: &pod_json["spec"],
+        };
+        // Like a kubelet, wait for what the pod mounts (the namespace's audit key
+        // Secret appears once the operator has seen the namespace enforced).
+        let mut launch = self
+            .wait_for(
+                &format!("the volumes of pod {pod_name}'s sidecar"),
+                Duration::from_secs(30),
+                || async {
+                    Ok(Some(
+                        kubelet::prepare(&self.client, &pod_ref, names::SIDECAR_CONTAINER, &dir)
+                            .await?,
+                    ))
+                },
+            )
+            .await?;
+        launch.set_env(env::UPSTREAM, upstream.url());
+        launch.set_env(env::LOG_FORMAT, "text");
+        launch.set_env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let listen = launch
+            .env
+            .iter()
+            .find(|(k, _)| k == env::LISTEN)
+            .map(|(_, v)| v.clone())
+            .context("the injected sidecar has no POLICYBIND_LISTEN")?;
         let process = Process::start(
             "policybind sidecar",
             &self.settings.binary,
-            &["sidecar".into()],
-            &[
-                ("POLICYBIND_NAMESPACE".into(), self.namespace.clone()),
-                ("POLICYBIND_POD_NAME".into(), pod_name.into()),
-                ("POLICYBIND_UPSTREAM".into(), upstream.url()),
-                ("POLICYBIND_LISTEN".into(), listen.clone()),
-                ("POLICYBIND_HEALTH_LISTEN".into(), health.clone()),
-                (
-                    "POLICYBIND_MODEL_DEPLOYMENT".into(),
-                    model_deployment.into(),
-                ),
-                (
-                    "POLICYBIND_BUNDLE_CONFIGMAP".into(),
-                    "policybind-bundle".into(),
-                ),
-                ("POLICYBIND_LOG_FORMAT".into(), "text".into()),
-                (
-                    "POLICYBIND_AUDIT_KEY".into(),
-                    self.system.audit_key.display().to_string(),
-                ),
-                (
-                    "RUST_LOG".into(),
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                ),
-            ],
+            &launch.args,
+            &launch.env,
             self.settings
                 .log_dir
                 .join(format!("{}-{pod_name}-sidecar.log", self.namespace)),
@@ -324,6 +368,15 @@ impl Scenario {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Create a pod (admitted, and injected, by the webhook) and return it as stored.
+    pub async fn create_pod(&self, manifest: &Value) -> Result<Pod> {
+        let pod: Pod = serde_json::from_value(manifest.clone())?;
+        Ok(self
+            .api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await?)
     }
 
     /// Run the `policybind` CLI (inherits KUBECONFIG).

@@ -24,7 +24,7 @@ pub struct Settings {
     /// `POLICYBIND_E2E_RELEASE`: Helm release name (in-cluster), for object names.
     pub release: String,
     /// `POLICYBIND_E2E_PROPAGATION_LIMIT_MS`: how long a policy or token change
-    /// may take to reach a sidecar (default 5000; the design target is 2000).
+    /// may take to reach a sidecar (default 2000, the design target).
     pub propagation_limit: Duration,
     /// `POLICYBIND_E2E_WEBHOOK_HOST`: address the API server uses to reach the
     /// out-of-cluster webhook (default 127.0.0.1: a local control plane).
@@ -35,6 +35,9 @@ pub struct Settings {
     pub repo_root: PathBuf,
     /// Where process logs go: `target/e2e-logs/`.
     pub log_dir: PathBuf,
+    /// `POLICYBIND_E2E_PYTHON`: the Python with helm-python-sdk that renders the
+    /// chart (`e2e/render-chart.py`); default `python3`.
+    pub python: String,
 }
 
 impl Settings {
@@ -68,17 +71,21 @@ impl Settings {
                     v.parse()
                         .expect("POLICYBIND_E2E_PROPAGATION_LIMIT_MS is milliseconds")
                 })
-                .unwrap_or(5000),
+                .unwrap_or(2000),
         );
         Settings {
             mode,
             binary,
             system_namespace,
-            release: var("POLICYBIND_E2E_RELEASE").unwrap_or_else(|| "policybind".into()),
+            release: var("POLICYBIND_E2E_RELEASE").unwrap_or_else(|| match mode {
+                Mode::InCluster => "policybind".into(),
+                Mode::OutOfCluster => "policybind-e2e".into(),
+            }),
             propagation_limit,
             webhook_host: var("POLICYBIND_E2E_WEBHOOK_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             keep_namespaces: var("POLICYBIND_E2E_KEEP").is_some_and(|v| v == "1"),
             log_dir: repo_root.join("target/e2e-logs"),
+            python: var("POLICYBIND_E2E_PYTHON").unwrap_or_else(|| "python3".into()),
             repo_root,
         }
     }
@@ -95,9 +102,6 @@ impl Settings {
 
     /// Name of the webhook configurations (both kinds) PolicyBind registers.
     pub fn webhook_configuration_name(&self) -> String {
-        match self.mode {
-            Mode::InCluster => format!("{}-webhook", self.fullname()),
-            Mode::OutOfCluster => "policybind-e2e-webhook".into(),
-        }
+        format!("{}-webhook", self.fullname())
     }
 }

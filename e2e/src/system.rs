@@ -16,7 +16,9 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::process::{Process, free_port};
+use crate::identity::{IDENTITY_KINDS, Rendered, apply_documents};
+use crate::kubelet::{self, Launch, PodRef};
+use crate::process::Process;
 use crate::settings::{Mode, Settings};
 
 /// Field manager of everything the harness applies.
@@ -34,8 +36,12 @@ pub struct System {
     /// Name prefix of the control plane's objects (`<fullname>` of the chart).
     pub fullname: String,
     /// The audit signing key (PEM file) sidecars seal with and `audit verify`
-    /// trusts: generated (out-of-cluster) or read from the chart's Secret.
+    /// trusts: read from the chart's Secret.
     pub audit_key: PathBuf,
+    /// What the chart renders (out-of-cluster; empty in-cluster).
+    pub rendered: Rendered,
+    /// Files of this test process (keys, kubeconfigs, mounted volumes).
+    pub work_dir: PathBuf,
     processes: Mutex<Vec<Process>>,
 }
 
@@ -114,6 +120,8 @@ impl System {
             controller_health: None,
             fullname,
             audit_key,
+            rendered: Rendered { documents: vec![] },
+            work_dir: work_dir()?,
             processes: Mutex::new(Vec::new()),
         })
     }
@@ -128,77 +136,96 @@ impl System {
         install_crds(client, settings).await?;
         ensure_namespace(client, &settings.system_namespace).await?;
 
-        let fullname = "policybind-e2e".to_string();
-        let audit_key = generate_audit_key(&settings.binary, &work_dir()?)?;
-        let listen_host = if settings.webhook_host == "127.0.0.1" {
-            "127.0.0.1"
-        } else {
-            "0.0.0.0"
-        };
-        let webhook_port = free_port()?;
-        let webhook_url = format!("https://{}:{webhook_port}", settings.webhook_host);
-        let webhook_health = format!("127.0.0.1:{}", free_port()?);
-        let controller_health = format!("127.0.0.1:{}", free_port()?);
-        let common_env = vec![
-            ("POLICYBIND_LOG_FORMAT".to_string(), "text".to_string()),
-            (
-                "POLICYBIND_AUDIT_KEY".to_string(),
-                audit_key.display().to_string(),
-            ),
-            (
-                "RUST_LOG".to_string(),
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            ),
-        ];
+        // What `helm install` would create, rendered by real Helm. The webhook
+        // generates its own CA (self-signed mode, as with one replica in-cluster).
+        let fullname = settings.fullname();
+        let namespace = settings.system_namespace.as_str();
+        let rendered = Rendered::render(
+            settings,
+            &settings.release,
+            namespace,
+            &json!({"webhook": {"replicas": 1, "certificate": {"mode": "self-signed"}}}),
+        )?;
+        // Identities (ServiceAccounts, RBAC, admission policies) and the key
+        // Secrets the chart generates, exactly as rendered.
+        apply_documents(client, rendered.of_kinds(IDENTITY_KINDS)).await?;
+        apply_documents(client, rendered.of_kinds(&["Secret"])).await?;
 
-        // What the chart passes (charts/policybind/templates), with local
-        // addresses; the webhook registers itself by URL with a certificate it
-        // generates for that address (`--self-signed --register`).
-        let controller = Process::start(
+        let work = work_dir()?;
+        let controller_launch = local_launch(
+            client,
+            &rendered,
+            &format!("{fullname}-operator"),
+            "controller",
+            namespace,
+            &work.join("operator"),
+        )
+        .await?;
+        let mut webhook_launch = local_launch(
+            client,
+            &rendered,
+            &format!("{fullname}-webhook"),
+            "webhook",
+            namespace,
+            &work.join("webhook"),
+        )
+        .await?;
+        // The API server must reach the webhook: on loopback for a local control
+        // plane, on the docker network's gateway for kind (POLICYBIND_E2E_WEBHOOK_HOST).
+        let webhook_listen = webhook_launch
+            .listen(&format!("0.0.0.0:{}", webhook_port(&rendered, &fullname)?))?
+            .to_string();
+        let port = webhook_listen
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        if settings.webhook_host != "127.0.0.1" {
+            let wide = format!("0.0.0.0:{port}");
+            for arg in &mut webhook_launch.args {
+                if arg.starts_with("--listen=") {
+                    *arg = format!("--listen={wide}");
+                }
+            }
+        }
+        let webhook_url = format!("https://{}:{port}", settings.webhook_host);
+        webhook_launch
+            .args
+            .push(format!("--webhook-url={webhook_url}"));
+        // The chart's webhook configurations, pointed at the local webhook by URL
+        // (in a cluster they name the Service); everything else as rendered.
+        let configurations: Vec<Value> = rendered
+            .of_kinds(&[
+                "ValidatingWebhookConfiguration",
+                "MutatingWebhookConfiguration",
+            ])
+            .map(|c| by_url(c, &webhook_url))
+            .collect();
+        apply_documents(client, &configurations).await?;
+
+        let logs = &settings.log_dir;
+        let binary_name = test_binary_name();
+        let controller = start_launch(
             "policybind controller",
             &settings.binary,
-            &[
-                "controller".into(),
-                format!("--metrics-listen={controller_health}"),
-                "--leader-election".into(),
-                format!("--lease-namespace={}", settings.system_namespace),
-                format!("--lease-name={fullname}-operator"),
-                "--identity=e2e-controller".into(),
-            ],
-            &common_env,
-            settings
-                .log_dir
-                .join(format!("{}-controller.log", test_binary_name())),
+            controller_launch.clone(),
+            logs.join(format!("{binary_name}-controller.log")),
         )?;
-        let sidecar_image = std::env::var("POLICYBIND_E2E_SIDECAR_IMAGE")
-            .unwrap_or_else(|_| "ghcr.io/policybind/policybind:0.1.0".into());
-        let webhook = Process::start(
+        let webhook = start_launch(
             "policybind webhook",
             &settings.binary,
-            &[
-                "webhook".into(),
-                format!("--listen={listen_host}:{webhook_port}"),
-                format!("--health-listen={webhook_health}"),
-                format!("--namespace={}", settings.system_namespace),
-                "--self-signed".into(),
-                "--register".into(),
-                format!("--webhook-url={webhook_url}"),
-                format!(
-                    "--configuration-name={}",
-                    settings.webhook_configuration_name()
-                ),
-                format!("--sidecar-image={sidecar_image}"),
-            ],
-            &common_env,
-            settings
-                .log_dir
-                .join(format!("{}-webhook.log", test_binary_name())),
+            webhook_launch.clone(),
+            logs.join(format!("{binary_name}-webhook.log")),
         )?;
+        let controller_health = controller_launch.listen("0.0.0.0:8080")?.to_string();
+        let webhook_health = webhook_launch.listen("0.0.0.0:8080")?.to_string();
+        let audit_key = chart_audit_key(&rendered, &fullname, &work)?;
         let system = System {
-            webhook_addr: Some(format!("{}:{webhook_port}", settings.webhook_host)),
+            webhook_addr: Some(format!("{}:{port}", settings.webhook_host)),
             controller_health: Some(controller_health.clone()),
             fullname,
             audit_key,
+            rendered,
+            work_dir: work,
             processes: Mutex::new(vec![controller, webhook]),
         };
         for addr in [&controller_health, &webhook_health] {
@@ -240,27 +267,85 @@ impl System {
     }
 }
 
+/// The container `container` of the chart's Deployment `deployment`, prepared
+/// to run locally under the Deployment's ServiceAccount.
+async fn local_launch(
+    client: &Client,
+    rendered: &Rendered,
+    deployment: &str,
+    container: &str,
+    namespace: &str,
+    dir: &Path,
+) -> Result<Launch> {
+    let document = rendered.find("Deployment", deployment)?;
+    let spec = &document["spec"]["template"]["spec"];
+    let pod = PodRef {
+        namespace,
+        name: deployment,
+        uid: None,
+        spec,
+    };
+    let mut launch = kubelet::prepare(client, &pod, container, dir).await?;
+    launch.set_env("POLICYBIND_LOG_FORMAT", "text");
+    launch.set_env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    Ok(launch)
+}
+
+fn start_launch(name: &str, binary: &Path, launch: Launch, log: PathBuf) -> Result<Process> {
+    Process::start(name, binary, &launch.args, &launch.env, log)
+}
+
+/// The webhook's HTTPS container port in the chart.
+fn webhook_port(rendered: &Rendered, fullname: &str) -> Result<u16> {
+    let deployment = rendered.find("Deployment", &format!("{fullname}-webhook"))?;
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "https")
+        .and_then(|p| p["containerPort"].as_u64())
+        .map(|p| p as u16)
+        .context("the webhook Deployment has no port named https")
+}
+
+/// A webhook configuration with every webhook's Service reference replaced by
+/// `url` plus the Service's path.
+fn by_url(configuration: &Value, url: &str) -> Value {
+    let mut configuration = configuration.clone();
+    if let Some(webhooks) = configuration["webhooks"].as_array_mut() {
+        for webhook in webhooks {
+            let path = webhook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap_or("/")
+                .to_string();
+            webhook["clientConfig"] = json!({"url": format!("{url}{path}")});
+        }
+    }
+    configuration
+}
+
+/// The audit signing key the chart generated (PEM), written to a file for
+/// `policybind audit verify`.
+fn chart_audit_key(rendered: &Rendered, fullname: &str, work: &Path) -> Result<PathBuf> {
+    let secret = rendered.find("Secret", &format!("{fullname}-audit-signing-key"))?;
+    let encoded = secret["data"]["signing-key"]
+        .as_str()
+        .context("the audit key Secret has no data key signing-key")?;
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+    let path = work.join("audit-signing-key.pem");
+    std::fs::write(&path, pem)?;
+    Ok(path)
+}
+
 /// A directory for this test process's files (keys), under the system temp dir.
 fn work_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("policybind-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
-}
-
-/// `policybind audit keygen` into `dir`; returns the signing key file.
-fn generate_audit_key(binary: &Path, dir: &Path) -> Result<PathBuf> {
-    let output = std::process::Command::new(binary)
-        .args(["audit", "keygen", "--force", "--out"])
-        .arg(dir)
-        .output()
-        .context("run policybind audit keygen")?;
-    if !output.status.success() {
-        bail!(
-            "policybind audit keygen failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(dir.join("audit-signing-key.pem"))
 }
 
 /// Name of the running test binary (`admission-0123abcd` -> `admission`).

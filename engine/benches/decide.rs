@@ -4,13 +4,14 @@
 //! Rules are spread over 50 teams and many model globs, the way a large
 //! organisation's policies are, with a baseline of team-independent rules; the
 //! requests rotate over tokens and models so caches do not flatter the numbers.
-//! Run: `cargo bench -p policybind-engine --bench decide`.
+//! `decide/rules-with-exclude/1000` is the 1,000-rule set with an `exclude` on
+//! every fourth rule. Run: `cargo bench -p policybind-engine --bench decide`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use policybind_crds::ai_policy::{RuleConditions, RuleMatch};
+use policybind_crds::ai_policy::{RuleConditions, RuleExclude, RuleMatch};
 use policybind_crds::*;
 use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind, TokenHash};
 use policybind_engine::{PolicySet, Request, hash_token};
@@ -51,6 +52,7 @@ fn bundle(rules: usize) -> Bundle {
                         .then_some(DataClassification::Confidential),
                     ..Default::default()
                 },
+                exclude: None,
                 when: None,
                 conditions: RuleConditions {
                     // Distinct thresholds keep rules from being identical (which compile rejects
@@ -95,6 +97,7 @@ fn bundle(rules: usize) -> Bundle {
             name: "allow".into(),
             on: Default::default(),
             match_: Default::default(),
+            exclude: None,
             when: None,
             conditions: Default::default(),
             action: Effect::Allow,
@@ -167,6 +170,32 @@ fn decide(c: &mut Criterion) {
             })
         });
     }
+    // The same 1,000 rules where every fourth one carries an exception (two teams
+    // excluded): what `exclude` costs when rules use it.
+    let mut with_exclude = bundle(1_000);
+    for (i, rule) in with_exclude
+        .policies
+        .iter_mut()
+        .flat_map(|p| p.rules.iter_mut())
+        .enumerate()
+        .filter(|(i, _)| i % 4 == 0)
+    {
+        rule.exclude = Some(RuleExclude {
+            teams: vec![
+                format!("team-{}", i % TEAMS),
+                format!("team-{}", (i + 7) % TEAMS),
+            ],
+            ..Default::default()
+        });
+    }
+    let set = PolicySet::compile(&with_exclude).expect("bench bundle compiles");
+    let mut i = 0;
+    group.bench_function("rules-with-exclude/1000", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            std::hint::black_box(set.decide(&requests[i]))
+        })
+    });
     group.finish();
 
     // Compiling a full bundle is what an enforcement point does on every change.

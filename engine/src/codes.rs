@@ -28,6 +28,7 @@ codes! {
     TOKEN_NOT_YET_VALID = "token", "The token's `notBefore` is in the future.";
     TOKEN_EXPIRED = "token", "The token's `expiresAt` has passed.";
     TOKEN_REVOKED = "token", "The token was revoked.";
+    TOKEN_NAMESPACE_NOT_ALLOWED = "token", "The token is not valid in the request's namespace: it is valid in its own namespace and in its `additionalNamespaces` only.";
     TOKEN_MODEL_NOT_ALLOWED = "token", "The model is not in the token's `allowedModels`.";
     USE_CASE_NOT_ALLOWED = "token", "The declared use case is not in the token's `allowedUseCases`.";
     DATA_CLASSIFICATION_EXCEEDED = "token", "The request's data classification is above the token's `maxDataClassification`.";

@@ -27,6 +27,7 @@ use crate::codes;
 use crate::detect::{
     BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors, PROMPT_INJECTION, redactable,
 };
+use crate::exclude::CompiledExclude;
 use crate::expr::{self, WhenExpr};
 use crate::request::{Obligations, RedactObligation};
 use crate::schedule::{CompiledSchedule, parse_time_zone};
@@ -62,7 +63,7 @@ pub struct PolicySet {
     pub(crate) output_rules: Vec<CompiledRule>,
     pub(crate) index: RuleIndex,
     pub(crate) models: Vec<CompiledModel>,
-    pub(crate) model_by_name: HashMap<String, usize>,
+    pub(crate) model_by_name: HashMap<String, ModelSlots>,
     pub(crate) tokens: Vec<CompiledToken>,
     pub(crate) token_by_id: HashMap<String, usize>,
     pub(crate) token_by_hash: HashMap<[u8; 32], (usize, Option<DateTime<Utc>>)>,
@@ -111,6 +112,7 @@ pub(crate) struct CompiledRule {
     pub regions: Vec<String>,
     pub namespaces: Option<GlobSet>,
     pub namespace_patterns: Vec<String>,
+    pub exclude: Option<CompiledExclude>,
     pub when: Option<WhenExpr>,
     pub schedule: Option<CompiledSchedule>,
     pub outside_schedule: Option<CompiledSchedule>,
@@ -121,8 +123,29 @@ pub(crate) struct CompiledRule {
     pub obligations: Obligations,
 }
 
+/// The registrations one model name resolves to: at most one per namespace, and
+/// at most one shared cluster-wide (see [`crate::scope`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ModelSlots {
+    pub shared: Option<usize>,
+    pub by_namespace: Vec<(String, usize)>,
+}
+
+impl ModelSlots {
+    /// The registration a request in `namespace` gets: its own, else the shared one.
+    pub fn resolve(&self, namespace: &str) -> Option<usize> {
+        self.by_namespace
+            .iter()
+            .find(|(ns, _)| ns == namespace)
+            .map(|(_, i)| *i)
+            .or(self.shared)
+    }
+}
+
 pub(crate) struct CompiledModel {
     pub id: String,
+    /// Namespace of the ModelDeployment.
+    pub namespace: String,
     pub provider: String,
     pub region: Option<String>,
     pub risk_level: RiskLevel,
@@ -135,6 +158,8 @@ pub(crate) struct CompiledModel {
 
 pub(crate) struct CompiledToken {
     pub id: String,
+    /// Namespaces whose enforcement points accept the token (its own first).
+    pub namespaces: Vec<String>,
     pub subject: String,
     pub team: String,
     pub allowed_models: GlobSet,
@@ -342,24 +367,43 @@ impl PolicySet {
         sort_by_precedence(&mut output_rules);
         find_conflicts(bundle, &mut errors);
 
-        // Models.
+        // Models: a name is unique within a namespace, and among shared registrations.
         let mut models = vec![];
-        let mut model_by_name = HashMap::new();
+        let mut model_by_name: HashMap<String, ModelSlots> = HashMap::new();
         for model in &bundle.models {
             let id = model.id();
             let resource = format!("ModelDeployment {id}");
-            let names = std::iter::once(&model.spec.model).chain(&model.spec.aliases);
-            for name in names {
-                if let Some(&other) = model_by_name.get(name) {
+            let index = models.len();
+            let shared = model.spec.scope == policybind_crds::model_deployment::ModelScope::Cluster;
+            for name in crate::scope::model_names(model) {
+                let slots = model_by_name.entry(name.to_string()).or_default();
+                let clash = slots
+                    .by_namespace
+                    .iter()
+                    .find(|(ns, _)| *ns == model.namespace)
+                    .map(|(_, i)| *i)
+                    .or(if shared { slots.shared } else { None });
+                if let Some(other) = clash {
                     let other: &CompiledModel = &models[other];
+                    let place = if other.namespace == model.namespace {
+                        format!("in namespace {}", model.namespace)
+                    } else {
+                        "cluster-wide (scope Cluster)".to_string()
+                    };
                     errors.push(
                         &resource,
                         None,
                         "spec.model".into(),
-                        format!("model name {name:?} is already registered by {}", other.id),
+                        format!(
+                            "model name {name:?} is already registered {place} by {}",
+                            other.id
+                        ),
                     );
-                } else {
-                    model_by_name.insert(name.clone(), models.len());
+                    continue;
+                }
+                slots.by_namespace.push((model.namespace.clone(), index));
+                if shared {
+                    slots.shared = Some(index);
                 }
             }
             models.push(compile_model(model));
@@ -539,6 +583,15 @@ fn compile_policy(
                 }
             }
         };
+        let exclude = rule.exclude.as_ref().and_then(|spec| {
+            CompiledExclude::compile(spec)
+                .map_err(|list| {
+                    for (field, reason) in list {
+                        errors.push(&resource, rname, at(&format!(".exclude{field}")), reason);
+                    }
+                })
+                .ok()
+        });
         let when = rule
             .when
             .as_deref()
@@ -619,6 +672,7 @@ fn compile_policy(
             regions: m.regions.clone(),
             namespaces,
             namespace_patterns: m.namespaces.clone(),
+            exclude,
             when,
             schedule,
             outside_schedule,
@@ -792,6 +846,7 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
             let key_body = serde_json::to_string(&(
                 &rule.on,
                 &rule.match_,
+                &rule.exclude,
                 &rule.when,
                 &rule.conditions,
                 &scope,
@@ -822,6 +877,7 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
 fn compile_model(model: &BundleModel) -> CompiledModel {
     CompiledModel {
         id: model.id(),
+        namespace: model.namespace.clone(),
         provider: model.spec.provider.clone(),
         region: model.spec.region.clone(),
         risk_level: model.risk_level,
@@ -904,6 +960,9 @@ fn compile_token(
     }
     Some(CompiledToken {
         id: token.id(),
+        namespaces: std::iter::once(token.namespace.clone())
+            .chain(spec.additional_namespaces.iter().cloned())
+            .collect(),
         subject: spec.subject.name.clone(),
         team: spec.team.clone(),
         allowed_models: allowed_models?,
@@ -921,7 +980,7 @@ fn compile_token(
     })
 }
 
-fn build_index(rules: &[CompiledRule], model_by_name: &HashMap<String, usize>) -> RuleIndex {
+fn build_index(rules: &[CompiledRule], model_by_name: &HashMap<String, ModelSlots>) -> RuleIndex {
     let words = rules.len().div_ceil(64).max(1);
     let mut index = RuleIndex {
         all: BitSet::new(words),

@@ -7,7 +7,8 @@
 //! 2. registry: unregistered (when required), suspended, not approved,
 //!    classification above the model's maximum, use case not approved;
 //! 3. policies: the first matching rule in precedence order decides (priority,
-//!    then most restrictive effect, then policy id, then rule position). Rules of
+//!    then most restrictive effect, then policy id, then rule position). A rule
+//!    whose `exclude` holds is skipped and the next one considered. Rules of
 //!    Audit-mode policies never decide; the first of them that would have decided
 //!    differently is reported as `wouldHave`;
 //! 4. no match: the bundle's default effect (Deny) with NO_MATCHING_POLICY.
@@ -21,6 +22,7 @@ use policybind_crds::{DataClassification, Effect, Enforcement};
 use crate::codes;
 use crate::compile::{BitSet, CompiledModel, CompiledRule, CompiledToken, PolicySet};
 use crate::detect::Findings;
+use crate::exclude::ExcludeFacts;
 use crate::request::{Decision, Obligations, Request, ResolvedFacts, RuleTrace, Stage, WouldHave};
 use crate::schedule::period_start;
 use crate::{expr, selector};
@@ -49,6 +51,8 @@ impl AuthError {
 pub(crate) enum Check {
     Match,
     Miss(String),
+    /// Selected, but the rule's `exclude` skips the request.
+    Excluded(String),
     Error(String),
 }
 
@@ -113,18 +117,45 @@ impl PolicySet {
             .is_some_and(|&i| self.tokens[i].allowed_models.is_match(model))
     }
 
-    /// Names of every registered model and alias, sorted.
-    pub fn model_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.model_by_name.keys().map(String::as_str).collect();
+    /// Names of every model and alias a request in `namespace` can call, sorted.
+    pub fn model_names(&self, namespace: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .model_by_name
+            .iter()
+            .filter(|(_, slots)| slots.resolve(namespace).is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
         names.sort_unstable();
         names
     }
 
-    /// Pricing of a model, if registered with one.
-    pub fn pricing(&self, model: &str) -> Option<&policybind_crds::Pricing> {
+    /// Pricing of a model as a request in `namespace` resolves it, if registered with one.
+    pub fn pricing(&self, model: &str, namespace: &str) -> Option<&policybind_crds::Pricing> {
+        self.resolve_model(model, namespace)
+            .and_then(|m| m.pricing.as_ref())
+    }
+
+    /// The namespace a request is decided in: its own, else the set's (an
+    /// enforcement point's), else its token's (offline tools), else `default`.
+    pub fn request_namespace<'a>(&'a self, request: &'a Request) -> &'a str {
+        request
+            .namespace
+            .as_deref()
+            .or(self.namespace.as_deref())
+            .or_else(|| {
+                let token = request.token.as_ref()?;
+                let &i = self.token_by_id.get(token)?;
+                self.tokens[i].namespaces.first().map(String::as_str)
+            })
+            .unwrap_or("default")
+    }
+
+    /// The registration a model name resolves to in `namespace` (own first, then shared).
+    pub(crate) fn resolve_model(&self, name: &str, namespace: &str) -> Option<&CompiledModel> {
         self.model_by_name
-            .get(model)
-            .and_then(|&i| self.models[i].pricing.as_ref())
+            .get(name)
+            .and_then(|slots| slots.resolve(namespace))
+            .map(|i| &self.models[i])
     }
 
     /// What this set's detectors find in one text: personal data, secrets and
@@ -212,10 +243,7 @@ impl PolicySet {
             },
             None => None,
         };
-        let model = self
-            .model_by_name
-            .get(&request.model)
-            .map(|&i| &self.models[i]);
+        let model = self.resolve_model(&request.model, self.request_namespace(request));
         let facts = self.resolve(request, token, model);
 
         if let Some(token) = token
@@ -247,9 +275,10 @@ impl PolicySet {
             } else {
                 self.check_rule(rule, &ctx)
             };
+            let excluded = matches!(check, Check::Excluded(_));
             let (matched, reason, error) = match check {
                 Check::Match => (true, "matched".to_string(), None),
-                Check::Miss(r) => (false, r, None),
+                Check::Miss(r) | Check::Excluded(r) => (false, r, None),
                 Check::Error(e) => (true, format!("CEL error: {e}"), Some(e)),
             };
             let decides = matched && decided.is_none() && rule.enforcement == Enforcement::Enforce;
@@ -263,6 +292,7 @@ impl PolicySet {
                     matched,
                     reason,
                     decided: decides,
+                    excluded,
                 });
             }
             if matched && decided.is_none() {
@@ -397,11 +427,7 @@ impl PolicySet {
                 .region
                 .clone()
                 .or_else(|| model.and_then(|m| m.region.clone())),
-            namespace: request
-                .namespace
-                .clone()
-                .or_else(|| self.namespace.clone())
-                .or_else(|| Some("default".to_string())),
+            namespace: Some(self.request_namespace(request).to_string()),
             risk_level: model.map(|m| m.risk_level),
             estimated_tokens,
             estimated_cost_usd,
@@ -603,6 +629,18 @@ impl PolicySet {
                 return Check::Miss(format!("model approved is {approved}, rule wants {want}"));
             }
         }
+        // Exceptions before `when`: an excluded request never meets a rule's CEL
+        // (nor a run-time error of it).
+        if let Some(exclude) = &rule.exclude
+            && let Some(why) = exclude.excludes(&ExcludeFacts {
+                team: f.team.as_deref(),
+                subject: f.subject.as_deref(),
+                namespace,
+                labels: &ctx.request.labels,
+            })
+        {
+            return Check::Excluded(why);
+        }
         if let Some(when) = &rule.when {
             let value = ctx.cel_request.get_or_init(|| {
                 let local = ctx.request.time;
@@ -744,6 +782,18 @@ fn check_token(
         return Some((
             codes::TOKEN_EXPIRED,
             format!("token {} expired at {expires}", token.id),
+        ));
+    }
+    if let Some(namespace) = facts.namespace.as_deref()
+        && !token.namespaces.iter().any(|n| n == namespace)
+    {
+        return Some((
+            codes::TOKEN_NAMESPACE_NOT_ALLOWED,
+            format!(
+                "token {} is not valid in namespace {namespace} (valid in: {})",
+                token.id,
+                token.namespaces.join(", ")
+            ),
         ));
     }
     if token.exhausted {

@@ -8,7 +8,8 @@
 //!
 //! - [`bundle`]: the serializable input (policies, models, token hashes).
 //! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
-//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order.
+//! - [`decide`]: request facts -> [`Decision`], in a fixed documented order;
+//!   `exclude` (a rule's exceptions) is checked in `exclude`.
 //! - [`detect`]: content detectors compiled into one automaton; redaction;
 //!   scanning streams.
 //! - [`injection`]: the PROMPT_INJECTION classifier (weights compiled in).
@@ -16,6 +17,7 @@
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
+//! - [`scope`]: what applies in one namespace (tokens, models, policies).
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`tokens`]: token estimates (tiktoken encodings where public, a heuristic otherwise).
@@ -29,6 +31,7 @@ pub mod codes;
 pub mod compile;
 pub mod decide;
 pub mod detect;
+mod exclude;
 pub mod expr;
 pub mod injection;
 pub mod manifest;
@@ -36,6 +39,7 @@ pub mod output;
 pub mod request;
 pub mod risk;
 pub mod schedule;
+pub mod scope;
 pub mod selector;
 pub mod tokens;
 

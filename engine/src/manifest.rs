@@ -7,7 +7,7 @@
 //! Deployments, ...) are skipped; Secrets are read only as token values for
 //! standalone mode and are hashed at once.
 
-use policybind_crds::wire::keys;
+use policybind_crds::wire::{keys, labels};
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -79,6 +79,17 @@ pub enum Object {
     Namespace(String, BTreeMap<String, String>),
     PolicyTest(PolicyTest),
 }
+
+/// apiVersion of [`PolicyTest`] documents. The group is one no API server serves
+/// (as Kyverno's `cli.kyverno.io`): a test is an input of `policybind test`, not a
+/// cluster object, and `kubectl apply -f` over a directory holding tests must not
+/// pretend otherwise.
+pub const POLICY_TEST_API_VERSION: &str = "cli.policybind.io/v1alpha1";
+
+/// The apiVersion PolicyTest documents had before [`POLICY_TEST_API_VERSION`]:
+/// still read, with a deprecation note ([`PolicyTest::deprecation`]), because
+/// existing CI pipelines hold such files.
+pub const DEPRECATED_POLICY_TEST_API_VERSION: &str = policybind_crds::API_VERSION;
 
 /// A policy test file (not a cluster resource): requests and what must be decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +164,19 @@ pub struct ResponseExpectation {
     /// The response as delivered, after redaction.
     #[serde(default)]
     pub text: Option<String>,
+}
+
+impl PolicyTest {
+    /// A note for the user when this test is written in a deprecated form.
+    pub fn deprecation(&self) -> Option<String> {
+        (self.api_version == DEPRECATED_POLICY_TEST_API_VERSION).then(|| {
+            format!(
+                "PolicyTest {}: apiVersion {DEPRECATED_POLICY_TEST_API_VERSION} is deprecated for tests \
+                 (no API server serves PolicyTest there); write apiVersion: {POLICY_TEST_API_VERSION}",
+                self.metadata.name
+            )
+        })
+    }
 }
 
 impl TestCase {
@@ -263,6 +287,7 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
                 "AccessToken" => Object::AccessToken(typed(value, &source, kind, &name)?),
                 "ApprovalRequest" => Object::ApprovalRequest(typed(value, &source, kind, &name)?),
                 "Incident" => Object::Incident(typed(value, &source, kind, &name)?),
+                // Deprecated: see DEPRECATED_POLICY_TEST_API_VERSION.
                 "PolicyTest" => Object::PolicyTest(typed(value, &source, kind, &name)?),
                 _ => {
                     return Err(ManifestError::UnknownKind {
@@ -272,6 +297,15 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
                     });
                 }
             }
+        } else if meta.api_version == POLICY_TEST_API_VERSION {
+            if kind != "PolicyTest" {
+                return Err(ManifestError::UnknownKind {
+                    source_: source,
+                    api_version: meta.api_version,
+                    kind: meta.kind,
+                });
+            }
+            Object::PolicyTest(typed(value, &source, kind, &name)?)
         } else if meta.api_version == "v1" && kind == "Secret" {
             Object::Secret(typed(value, &source, kind, &name)?)
         } else if meta.api_version == "v1" && kind == "Namespace" {
@@ -308,37 +342,19 @@ impl Manifests {
         })
     }
 
-    /// Builds the bundle these objects describe. Token values come from Secrets named
-    /// as the token's `secretName` (default `<name>-token`, key `token`) in the same
-    /// namespace and are hashed here; model approval comes from the ModelDeployment's
-    /// status if present, otherwise from an ApprovalRequest targeting it.
+    /// Builds the bundle these objects describe. Token values come from Secrets in
+    /// the token's namespace (`TokenValues`) and are hashed here; model approval
+    /// comes from the ModelDeployment's status if present, otherwise from an
+    /// ApprovalRequest targeting it.
+    ///
+    /// With a namespace, the bundle is what an enforcement point of that namespace
+    /// gets ([`crate::scope`]); without one it holds every namespace, and each
+    /// request is decided in its own (or its token's) namespace.
     pub fn bundle(&self, namespace: Option<&str>) -> Bundle {
-        let mut secrets: HashMap<(String, String), String> = HashMap::new();
+        let token_values = TokenValues::collect(&self.objects);
         let mut approvals: HashMap<(String, String), bool> = HashMap::new();
         for (_, object) in &self.objects {
             match object {
-                Object::Secret(s) => {
-                    let key = (
-                        s.metadata
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| "default".into()),
-                        s.metadata.name.clone().unwrap_or_default(),
-                    );
-                    let value = s
-                        .string_data
-                        .as_ref()
-                        .and_then(|d| d.get(keys::TOKEN).cloned())
-                        .or_else(|| {
-                            s.data
-                                .as_ref()
-                                .and_then(|d| d.get(keys::TOKEN))
-                                .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                        });
-                    if let Some(v) = value {
-                        secrets.insert(key, v);
-                    }
-                }
                 Object::ApprovalRequest(a)
                     if a.spec.target.kind == ApprovalTargetKind::ModelDeployment =>
                 {
@@ -404,15 +420,7 @@ impl Manifests {
                         .secret_name
                         .clone()
                         .unwrap_or_else(|| format!("{name}-token"));
-                    let hashes = secrets
-                        .get(&(ns, secret_name))
-                        .map(|v| {
-                            vec![TokenHash {
-                                sha256: hash_token(v),
-                                valid_until: None,
-                            }]
-                        })
-                        .unwrap_or_default();
+                    let hashes = token_values.hashes(&ns, &name, &secret_name);
                     bundle.tokens.push(BundleToken::from_token(&t, hashes));
                 }
                 Object::Namespace(name, labels) => {
@@ -423,7 +431,177 @@ impl Manifests {
         }
         namespace_labels.retain(|_, v| !v.is_empty());
         bundle.namespace_labels = namespace_labels;
-        bundle.normalize();
-        bundle
+        match namespace {
+            // What an enforcement point of that namespace gets (crate::scope).
+            Some(namespace) => bundle.scoped_to(namespace),
+            None => {
+                bundle.normalize();
+                bundle
+            }
+        }
+    }
+}
+
+/// Token values found in Secrets, by namespace: those named as a token's
+/// `secretName` (default `<name>-token`, as the operator issues them, for
+/// manifests exported from a cluster) and those labelled
+/// [`labels::STANDALONE_TOKEN`] with the token's name (demo values the operator
+/// never owns). A token accepts every value found for it.
+#[derive(Default)]
+struct TokenValues {
+    by_secret_name: HashMap<(String, String), String>,
+    by_token_label: HashMap<(String, String), Vec<String>>,
+}
+
+impl TokenValues {
+    fn collect(objects: &[(Source, Object)]) -> TokenValues {
+        let mut values = TokenValues::default();
+        for (_, object) in objects {
+            let Object::Secret(secret) = object else {
+                continue;
+            };
+            let Some(value) = token_value(secret) else {
+                continue;
+            };
+            let namespace = secret
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let label = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::STANDALONE_TOKEN));
+            match label {
+                Some(token) => values
+                    .by_token_label
+                    .entry((namespace, token.clone()))
+                    .or_default()
+                    .push(value),
+                None => {
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    values.by_secret_name.insert((namespace, name), value);
+                }
+            }
+        }
+        values
+    }
+
+    fn hashes(&self, namespace: &str, token: &str, secret_name: &str) -> Vec<TokenHash> {
+        let key = |name: &str| (namespace.to_string(), name.to_string());
+        self.by_secret_name
+            .get(&key(secret_name))
+            .into_iter()
+            .chain(self.by_token_label.get(&key(token)).into_iter().flatten())
+            .map(|value| TokenHash {
+                sha256: hash_token(value),
+                valid_until: None,
+            })
+            .collect()
+    }
+}
+
+/// The `token` value of a Secret, from `stringData` or `data`.
+fn token_value(secret: &Secret) -> Option<String> {
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(keys::TOKEN).cloned())
+        .or_else(|| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(keys::TOKEN))
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        })
+}
+
+/// Files that mark a directory as a set of its own (as kustomize does): it is
+/// skipped when a parent directory is read, and read when named directly.
+pub const SEPARATE_SET_MARKERS: &[&str] =
+    &["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The manifest files a path stands for, as every PolicyBind tool reads it
+/// (`policybind test`, `eval`, `serve`), so they all see the same set.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ManifestFiles {
+    /// `.yaml`, `.yml` and `.json` files, sorted.
+    pub files: Vec<std::path::PathBuf>,
+    /// Subdirectories skipped because they hold a set of their own.
+    pub separate_sets: Vec<std::path::PathBuf>,
+}
+
+/// Lists the manifest files under `path` (a file is taken as it is): recursively,
+/// sorted, skipping hidden entries (ConfigMap volume internals such as `..data`),
+/// `exclude`, and subdirectories with a [`SEPARATE_SET_MARKERS`] file: those are
+/// separate sets (the quick start, GitOps repositories) whose objects would
+/// otherwise be mixed into this one; name them directly to read them.
+pub fn manifest_files(
+    path: &std::path::Path,
+    exclude: Option<&std::path::Path>,
+) -> std::io::Result<ManifestFiles> {
+    let mut out = ManifestFiles::default();
+    if path.is_file() {
+        out.files.push(path.to_path_buf());
+        return Ok(out);
+    }
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let entry_path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.')
+                || Some(entry_path.as_path()) == exclude
+            {
+                continue;
+            }
+            if entry_path.is_dir() {
+                if SEPARATE_SET_MARKERS
+                    .iter()
+                    .any(|m| entry_path.join(m).is_file())
+                {
+                    out.separate_sets.push(entry_path);
+                } else {
+                    stack.push(entry_path);
+                }
+            } else if matches!(
+                entry_path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.files.push(entry_path);
+            }
+        }
+    }
+    out.files.sort();
+    out.separate_sets.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn a_subdirectory_with_its_own_kustomization_is_a_separate_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("models.yaml"), "").unwrap();
+        let quickstart = dir.path().join("quickstart");
+        std::fs::create_dir(&quickstart).unwrap();
+        std::fs::write(quickstart.join("kustomization.yaml"), "").unwrap();
+        std::fs::write(quickstart.join("models.yaml"), "").unwrap();
+        let nested = dir.path().join("policies");
+        std::fs::create_dir(&nested).unwrap();
+        std::fs::write(nested.join("p.yml"), "").unwrap();
+        std::fs::write(nested.join(".hidden.yaml"), "").unwrap();
+
+        let parent = manifest_files(dir.path(), None).unwrap();
+        assert_eq!(
+            parent.files,
+            vec![dir.path().join("models.yaml"), nested.join("p.yml")]
+        );
+        assert_eq!(parent.separate_sets, vec![quickstart.clone()]);
+        let named = manifest_files(&quickstart, None).unwrap();
+        assert_eq!(named.files.len(), 2, "named directly, the set is read");
     }
 }

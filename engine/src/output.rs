@@ -187,10 +187,7 @@ impl PolicySet {
             .as_ref()
             .and_then(|id| self.token_by_id.get(id))
             .map(|&i| &self.tokens[i]);
-        let model = self
-            .model_by_name
-            .get(&request.model)
-            .map(|&i| &self.models[i]);
+        let model = self.resolve_model(&request.model, self.request_namespace(request));
         let none = Findings::none();
         // Every entity counts as present, so that `conditions.detected` does
         // not decide here: it is judged against the response later.
@@ -210,7 +207,7 @@ impl PolicySet {
         };
         for rule in &self.output_rules {
             match self.check_rule(rule, &ctx) {
-                Check::Miss(_) => continue,
+                Check::Miss(_) | Check::Excluded(_) => continue,
                 Check::Error(error) => {
                     if rule.enforcement == Enforcement::Enforce && plan.failed.is_none() {
                         plan.failed = Some((RuleRef::of(rule), error));

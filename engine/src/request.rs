@@ -224,4 +224,8 @@ pub struct RuleTrace {
     pub reason: String,
     /// Whether this rule made the decision.
     pub decided: bool,
+    /// The rule's `match` selected the request but its `exclude` skipped it
+    /// (`reason` says what excluded it); evaluation went on with lower rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excluded: bool,
 }

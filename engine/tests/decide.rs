@@ -3,7 +3,7 @@
 
 mod support;
 
-use policybind_crds::ai_policy::{CustomDetectorSpec, DegradeAction};
+use policybind_crds::ai_policy::{CustomDetectorSpec, DegradeAction, RuleExclude};
 use policybind_crds::{DataClassification, Effect, Enforcement};
 use policybind_engine::bundle::TokenHash;
 use policybind_engine::{PolicySet, codes, hash_token};
@@ -232,6 +232,104 @@ fn cel_runtime_error_fails_closed() {
     assert_eq!(s.decide(&r).policy.as_deref(), Some("cel"));
 }
 
+fn exclude(teams: &[&str], subjects: &[&str]) -> Option<RuleExclude> {
+    Some(RuleExclude {
+        teams: teams.iter().map(|t| t.to_string()).collect(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn an_excluded_subject_skips_one_rule_and_lower_rules_still_apply() {
+    // Deny gpt-4o to everyone but alice's subject; redact e-mail below it; allow last.
+    let mut deny = rule("no-gpt-4o", Effect::Deny);
+    deny.match_.models = vec!["gpt-4o".into()];
+    deny.exclude = exclude(&[], &["alice-user"]);
+    let mut redact = rule("pii", Effect::Redact);
+    redact.conditions.detected = vec!["EMAIL".into()];
+    let s = set(vec![
+        cluster_policy("deny", 500, vec![deny]),
+        cluster_policy("redact", 300, vec![redact]),
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    let mut r = request("alice", "gpt-4o");
+    r.prompt = Some("mail jane@example.com".into());
+    let d = s.decide(&r);
+    assert_eq!(
+        d.effect,
+        Effect::Redact,
+        "the exception skips only the deny"
+    );
+    assert_eq!(d.policy.as_deref(), Some("redact"));
+    r.prompt = Some("hello".into());
+    assert_eq!(s.decide(&r).policy.as_deref(), Some("allow"));
+    // Not excluded: bob is denied.
+    assert_eq!(s.decide(&request("bob", "gpt-4o")).effect, Effect::Deny);
+
+    let (_, trace) = s.decide_explained(&request("alice", "gpt-4o"));
+    let skipped = trace.iter().find(|t| t.rule == "no-gpt-4o").unwrap();
+    assert!(skipped.excluded && !skipped.matched && !skipped.decided);
+    assert_eq!(skipped.reason, "excluded: subject alice-user");
+}
+
+#[test]
+fn exclude_needs_every_given_field_and_is_checked_before_cel() {
+    let mut deny = rule("deny-marketing-outside-ns", Effect::Deny);
+    // A CEL error would deny; an excluded request never evaluates it.
+    deny.when = Some("request.labels['tier'] == 'x'".into());
+    deny.exclude = Some(RuleExclude {
+        teams: vec!["marketing".into()],
+        namespaces: vec!["n*".into()],
+        ..Default::default()
+    });
+    let mut b = bundle(vec![
+        cluster_policy("deny", 500, vec![deny]),
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    b.tokens[0].spec.additional_namespaces = vec!["other".into()];
+    let s = PolicySet::compile(&b).unwrap();
+    let mut alice = request("alice", "gpt-4o");
+    assert_eq!(
+        s.decide(&alice).effect,
+        Effect::Allow,
+        "team and namespace hold"
+    );
+    // Same team, namespace not excluded: the rule applies.
+    alice.namespace = Some("other".into());
+    assert_eq!(s.decide(&alice).code(), codes::POLICY_EVALUATION_ERROR);
+    // bob (team research) is not excluded: the rule applies and its CEL fails closed.
+    assert_eq!(
+        s.decide(&request("bob", "gpt-4o")).code(),
+        codes::POLICY_EVALUATION_ERROR
+    );
+}
+
+#[test]
+fn an_empty_or_broken_exclude_does_not_compile() {
+    let mut empty = rule("r", Effect::Deny);
+    empty.exclude = Some(RuleExclude::default());
+    let mut glob = rule("g", Effect::Deny);
+    glob.exclude = Some(RuleExclude {
+        namespaces: vec!["[".into()],
+        ..Default::default()
+    });
+    let errors = PolicySet::compile(&bundle(vec![cluster_policy("p", 1, vec![empty, glob])]))
+        .expect_err("must not compile")
+        .0;
+    assert_eq!(errors[0].field, "spec.rules[0].exclude");
+    assert!(errors[0].reason.contains("at least one"), "{errors:?}");
+    assert_eq!(errors[1].field, "spec.rules[1].exclude.namespaces");
+}
+
+#[test]
+fn rules_differing_only_in_exclude_are_not_contradictory() {
+    let mut a = rule("a", Effect::Deny);
+    a.exclude = exclude(&["marketing"], &[]);
+    let b = rule("b", Effect::Allow);
+    assert!(PolicySet::compile(&bundle(vec![cluster_policy("p", 1, vec![a, b])])).is_ok());
+}
+
 #[test]
 fn bearer_values_authenticate_by_hash_and_rotated_values_expire() {
     let mut b = bundle(vec![]);
@@ -358,8 +456,10 @@ prop_compose! {
     fn arb_rule(i: usize)(effect in arb_effect(), team in prop::option::of(prop_oneof![Just("marketing"), Just("research"), Just("ops")]),
                           model in prop::option::of(prop_oneof![Just("gpt-*"), Just("llama"), Just("*o")]),
                           min_class in prop::option::of(prop_oneof![Just(DataClassification::Internal), Just(DataClassification::Confidential)]),
-                          tokens_above in prop::option::of(0u64..400)) -> policybind_crds::PolicyRule {
+                          tokens_above in prop::option::of(0u64..400),
+                          excluded_team in prop::option::of(prop_oneof![Just("marketing"), Just("research")])) -> policybind_crds::PolicyRule {
         let mut r = rule(&format!("r{i}"), effect);
+        r.exclude = excluded_team.map(|t| RuleExclude { teams: vec![t.to_string()], ..Default::default() });
         if let Some(t) = team { r.match_.teams = vec![t.to_string()]; }
         if let Some(m) = model { r.match_.models = vec![m.to_string()]; }
         r.match_.min_data_classification = min_class;

@@ -52,3 +52,57 @@ fn token_secret_is_hashed_into_the_bundle_and_never_kept() {
     let json = serde_json::to_string(&bundle).unwrap();
     assert!(!json.contains("pb_demo_value"));
 }
+
+#[test]
+fn a_labelled_standalone_secret_gives_its_token_a_value_and_does_not_need_the_operator_name() {
+    // The operator's name (`t-token`) and a demo value under another name, labelled
+    // with the token's name: the token accepts both. A label naming another token,
+    // or a Secret in another namespace, gives nothing.
+    let text = "apiVersion: policybind.io/v1alpha1\nkind: AccessToken\nmetadata: {name: t}\nspec:\n  subject: {kind: User, name: u}\n  team: x\n  allowedModels: ['*']\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: demo-token-t, labels: {policybind.io/standalone-token: t}}\nstringData: {token: demo-value}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: demo-token-other, labels: {policybind.io/standalone-token: other}}\nstringData: {token: other-value}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: elsewhere, namespace: b, labels: {policybind.io/standalone-token: t}}\nstringData: {token: elsewhere-value}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: t-token}\nstringData: {token: issued-value}\n";
+    let mut m = policybind_engine::manifest::Manifests::default();
+    m.extend(parse_documents("t.yaml", text).unwrap());
+    let bundle = m.bundle(None);
+    let mut hashes: Vec<&str> = bundle.tokens[0]
+        .hashes
+        .iter()
+        .map(|h| h.sha256.as_str())
+        .collect();
+    hashes.sort_unstable();
+    let mut want = vec![
+        policybind_engine::hash_token("demo-value"),
+        policybind_engine::hash_token("issued-value"),
+    ];
+    want.sort_unstable();
+    assert_eq!(hashes, want);
+}
+
+#[test]
+fn policy_tests_are_read_from_the_cli_group_and_the_old_group_with_a_deprecation_note() {
+    use policybind_engine::manifest::{
+        DEPRECATED_POLICY_TEST_API_VERSION, POLICY_TEST_API_VERSION,
+    };
+    let test = |api_version: &str| {
+        let text = format!(
+            "apiVersion: {api_version}\nkind: PolicyTest\nmetadata: {{name: t}}\ncases: []\n"
+        );
+        match parse_documents("t.yaml", &text).unwrap().remove(0).1 {
+            Object::PolicyTest(t) => t,
+            other => panic!("not a test: {other:?}"),
+        }
+    };
+    assert_eq!(POLICY_TEST_API_VERSION, "cli.policybind.io/v1alpha1");
+    assert_eq!(test(POLICY_TEST_API_VERSION).deprecation(), None);
+    let note = test(DEPRECATED_POLICY_TEST_API_VERSION)
+        .deprecation()
+        .expect("a note");
+    assert!(
+        note.contains("deprecated") && note.contains("cli.policybind.io/v1alpha1"),
+        "{note}"
+    );
+    // The CLI group holds tests only.
+    let text = "apiVersion: cli.policybind.io/v1alpha1\nkind: AIPolicy\nmetadata: {name: p}\n";
+    assert!(matches!(
+        parse_documents("x.yaml", text),
+        Err(ManifestError::UnknownKind { .. })
+    ));
+}

@@ -20,9 +20,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Namespace;
 use policybind_crds::{AIPolicy, AccessToken, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle_codec;
-use policybind_operator::access_token::SecretState;
-use policybind_operator::ai_policy::PolicyMemory;
 use policybind_operator::bundle::{ViewInputs, cluster_view, desired_bundle, encode_bundles};
+use policybind_operator::controllers::access_token::SecretState;
+use policybind_operator::state::PolicyMemory;
 use policybind_operator::testing::{cluster_policy, model, namespace, policy, rule, token};
 
 const TOKENS: usize = 10_000;

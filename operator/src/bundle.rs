@@ -9,18 +9,16 @@
 //!
 //! - policies: the namespace's AIPolicies, and the ClusterAIPolicies whose
 //!   `namespaces` globs and `namespaceSelector` select it;
-//! - models: every ModelDeployment in the cluster, because a workload may call a
-//!   model registered elsewhere and a suspension must reach every caller. When two
-//!   deployments claim the same model name (or alias), the one in the bundle's own
-//!   namespace wins, then the first by `namespace/name`; the other is left out;
-//! - tokens: every AccessToken (hashes only), because callers in any namespace
-//!   may present a token to this namespace's sidecars;
+//! - models: the namespace's own ModelDeployments, then those shared cluster-wide
+//!   (`spec.scope: Cluster`) whose names the namespace does not register itself;
+//! - tokens: the AccessTokens valid in the namespace (hashes only): its own, and
+//!   those whose `spec.additionalNamespaces` name it;
 //! - the namespace's labels, for ClusterAIPolicy selectors evaluated by the engine.
 //!
-//! Nothing here talks to the API server; [`crate::namespace`] writes the result.
+//! Nothing here talks to the API server; [`crate::controllers::namespace`] writes the result.
 
 use policybind_crds::wire::labels;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +29,11 @@ use kube::api::PartialObjectMeta;
 use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 
-use crate::access_token::{self, SecretState};
-use crate::ai_policy::{PolicyMemory, versions_in_force};
-use crate::model_deployment;
-use crate::usage::{UsageReport, current_usage};
+use crate::controllers::access_token::{self, SecretState};
+use crate::controllers::ai_policy::versions_in_force;
+use crate::controllers::model_deployment;
+use crate::state::PolicyMemory;
+use crate::usage::{CountedReport, current_usage};
 
 /// Everything bundles are made of, at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,7 +56,8 @@ pub struct ViewInputs<'a> {
     pub tokens: &'a [Arc<AccessToken>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
-    pub usage: &'a [Arc<UsageReport>],
+    /// Usage reports the operator counts ([`crate::controllers::access_token::usage_reports`]).
+    pub usage: &'a [Arc<CountedReport>],
     pub namespaces: &'a [Arc<Namespace>],
     pub approval_ttl: Duration,
 }
@@ -68,10 +68,6 @@ pub fn is_enforced<'a>(
     namespace: &Namespace,
     pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
 ) -> bool {
-    let opted = |map: Option<&BTreeMap<String, String>>| {
-        map.and_then(|m| m.get(labels::ENFORCE))
-            .is_some_and(|v| v == "true")
-    };
     if namespace.metadata.deletion_timestamp.is_some() {
         return false;
     }
@@ -83,6 +79,66 @@ pub fn is_enforced<'a>(
         pod.metadata.namespace.as_deref() == Some(name.as_str())
             && (opted(pod.metadata.labels.as_ref()) || opted(pod.metadata.annotations.as_ref()))
     })
+}
+
+/// Which namespaces are enforced, asked one at a time: a label lookup each, and
+/// one scan of the pods (for workload opt-ins) only when a namespace without the
+/// label is asked about. PolicyBind's own namespace (`home`) is never enforced.
+pub struct EnforcedNamespaces<'a> {
+    namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+    pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+    home: &'a str,
+    opted_in: Option<std::collections::HashSet<String>>,
+}
+
+impl<'a> EnforcedNamespaces<'a> {
+    pub fn new(
+        namespaces: &'a kube::runtime::reflector::Store<Namespace>,
+        pods: &'a kube::runtime::reflector::Store<PartialObjectMeta<Pod>>,
+        home: &'a str,
+    ) -> Self {
+        EnforcedNamespaces {
+            namespaces,
+            pods,
+            home,
+            opted_in: None,
+        }
+    }
+
+    pub fn contains(&mut self, name: &str) -> bool {
+        if name == self.home {
+            return false;
+        }
+        let Some(namespace) = self
+            .namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+        else {
+            return false;
+        };
+        if namespace.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        if opted(namespace.metadata.labels.as_ref()) {
+            return true;
+        }
+        let pods = self.pods;
+        self.opted_in
+            .get_or_insert_with(|| {
+                pods.state()
+                    .iter()
+                    .filter(|p| {
+                        opted(p.metadata.labels.as_ref()) || opted(p.metadata.annotations.as_ref())
+                    })
+                    .filter_map(|p| p.metadata.namespace.clone())
+                    .collect()
+            })
+            .contains(name)
+    }
+}
+
+fn opted(map: Option<&BTreeMap<String, String>>) -> bool {
+    map.and_then(|m| m.get(labels::ENFORCE))
+        .is_some_and(|v| v == "true")
 }
 
 /// Builds the view. Policies resolve through `memory` (last good version).
@@ -141,7 +197,8 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
             let secret_key = format!("{ns}/{}", access_token::secret_name(t));
             let secret = inputs.secrets.get(&secret_key);
             let usage = current_usage(
-                &format!("{ns}/{}", t.name_any()),
+                ns,
+                &t.name_any(),
                 &t.spec,
                 inputs.usage.iter().map(|r| r.as_ref()),
                 now,
@@ -171,75 +228,17 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
     }
 }
 
-/// Whether a policy applies in `namespace` (whose labels are `labels`).
-pub fn policy_applies(
-    policy: &BundlePolicy,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    if let Some(own) = &policy.namespace {
-        return own == namespace;
-    }
-    let by_name = policy.namespaces.is_empty()
-        || policybind_engine::selector::glob_set(&policy.namespaces)
-            .map(|globs| globs.is_match(namespace))
-            // A ClusterAIPolicy with a bad glob never compiles, so it is never in
-            // force; staying out is the safe reading.
-            .unwrap_or(false);
-    let by_selector = policy
-        .namespace_selector
-        .as_ref()
-        .is_none_or(|s| policybind_engine::selector::matches(s, labels));
-    by_name && by_selector
-}
-
-/// The bundle for one namespace.
+/// The bundle for one namespace: the cluster view cut by the engine's scope
+/// rules ([`policybind_engine::scope`]), the same rules `policybind serve` and
+/// `policybind test` apply to a directory of manifests.
 pub fn desired_bundle(view: &ClusterView, namespace: &str) -> Bundle {
-    let empty = BTreeMap::new();
-    let labels = view.namespace_labels.get(namespace).unwrap_or(&empty);
-    let policies = view
-        .policies
-        .iter()
-        .filter(|p| policy_applies(p, namespace, labels))
-        .cloned()
-        .collect();
-
-    // Own namespace first, then by namespace/name: the first claim of a name wins.
-    let mut order: Vec<&BundleModel> = view.models.iter().collect();
-    order.sort_by(|a, b| {
-        (a.namespace != namespace, &a.namespace, &a.name).cmp(&(
-            b.namespace != namespace,
-            &b.namespace,
-            &b.name,
-        ))
-    });
-    let mut claimed: HashSet<&str> = HashSet::new();
-    let mut models = Vec::with_capacity(order.len());
-    for model in order {
-        let names: Vec<&str> = std::iter::once(model.spec.model.as_str())
-            .chain(model.spec.aliases.iter().map(String::as_str))
-            .collect();
-        if names.iter().any(|n| claimed.contains(n)) {
-            continue;
-        }
-        claimed.extend(names);
-        models.push(model.clone());
-    }
-
-    let mut namespace_labels = BTreeMap::new();
-    if !labels.is_empty() {
-        namespace_labels.insert(namespace.to_string(), labels.clone());
-    }
-    let mut bundle = Bundle {
-        namespace: Some(namespace.to_string()),
-        policies,
-        models,
-        tokens: view.tokens.clone(),
-        namespace_labels,
-        ..Default::default()
-    };
-    bundle.normalize();
-    bundle
+    policybind_engine::scope::bundle_for(
+        namespace,
+        &view.policies,
+        &view.models,
+        &view.tokens,
+        &view.namespace_labels,
+    )
 }
 
 /// Builds and encodes the bundles of several namespaces, spread over `threads`
@@ -320,9 +319,10 @@ mod tests {
                     )),
                 ],
                 models: vec![
-                    Arc::new(model("platform", "gpt-4o").build()),
+                    Arc::new(model("platform", "gpt-4o").shared().build()),
                     Arc::new(model("team-a", "gpt-4o").build()),
-                    Arc::new(model("platform", "llama").suspended().build()),
+                    Arc::new(model("platform", "llama").suspended().shared().build()),
+                    Arc::new(model("team-b", "private").build()),
                 ],
                 tokens: vec![Arc::new(token("team-a", "bot").build())],
                 namespaces: vec![
@@ -409,7 +409,10 @@ mod tests {
     fn overdue_review_with_auto_suspend_suspends_in_bundles() {
         let mut fixture = Fixture::new();
         fixture.models = vec![Arc::new(
-            model("platform", "old").review_every(10, true).build(),
+            model("platform", "old")
+                .review_every(10, true)
+                .shared()
+                .build(),
         )];
         let view = fixture.view();
         let bundle = desired_bundle(&view, "team-a");
@@ -422,6 +425,7 @@ mod tests {
         let mut fixture = Fixture::new();
         fixture.models = vec![Arc::new(
             model("platform", "risky")
+                .shared()
                 .factors(RiskFactors {
                     customer_facing: true,
                     automated_decisions: true,
@@ -440,9 +444,35 @@ mod tests {
     #[test]
     fn bundles_hold_token_hashes_and_never_values() {
         let view = Fixture::new().view();
-        let bundle = desired_bundle(&view, "team-b");
+        let bundle = desired_bundle(&view, "team-a");
         assert_eq!(bundle.tokens.len(), 1);
         assert_eq!(bundle.tokens[0].hashes[0].sha256, "ab".repeat(32));
+    }
+
+    #[test]
+    fn a_token_reaches_other_namespaces_only_where_its_spec_names_them() {
+        let mut fixture = Fixture::new();
+        assert!(desired_bundle(&fixture.view(), "team-b").tokens.is_empty());
+        let mut shared = token("team-a", "bot").build();
+        shared.spec.additional_namespaces = vec!["team-b".into()];
+        fixture.tokens = vec![Arc::new(shared)];
+        let view = fixture.view();
+        assert_eq!(desired_bundle(&view, "team-b").tokens.len(), 1);
+        assert!(desired_bundle(&view, "team-c").tokens.is_empty());
+    }
+
+    #[test]
+    fn namespace_scoped_models_of_other_namespaces_stay_out() {
+        let view = Fixture::new().view();
+        let names = |ns: &str| -> Vec<String> {
+            desired_bundle(&view, ns)
+                .models
+                .iter()
+                .map(|m| m.id())
+                .collect()
+        };
+        assert!(names("team-b").contains(&"team-b/private".to_string()));
+        assert!(!names("team-a").contains(&"team-b/private".to_string()));
     }
 
     #[test]
@@ -456,6 +486,35 @@ mod tests {
             desired_bundle(&fixture.view(), "team-a").fingerprint(),
             desired_bundle(&reversed.view(), "team-a").fingerprint()
         );
+    }
+
+    #[test]
+    fn enforced_namespaces_are_labelled_or_opted_in_by_a_pod_and_never_the_operators_own() {
+        use kube::runtime::reflector::{self, store::Writer};
+        use kube::runtime::watcher::Event;
+        let (namespaces, mut ns_writer): (_, Writer<Namespace>) = reflector::store();
+        let (pods, mut pod_writer): (_, Writer<PartialObjectMeta<Pod>>) = reflector::store();
+        for (name, labelled) in [
+            ("team-a", true),
+            ("team-b", false),
+            ("team-c", false),
+            ("home", true),
+        ] {
+            ns_writer.apply_watcher_event(&Event::Apply(namespace(name, labelled)));
+        }
+        let pod: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "team-b",
+                         "annotations": {"policybind.io/enforce": "true"}}
+        }))
+        .unwrap();
+        pod_writer.apply_watcher_event(&Event::Apply(pod));
+        let mut enforced = EnforcedNamespaces::new(&namespaces, &pods, "home");
+        assert!(enforced.contains("team-a"));
+        assert!(enforced.contains("team-b"));
+        assert!(!enforced.contains("team-c"));
+        assert!(!enforced.contains("home"));
+        assert!(!enforced.contains("no-such-namespace"));
     }
 
     #[test]

@@ -16,22 +16,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedSender;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, PatchParams};
+use kube::api::PatchParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
-};
 
 use crate::audit_retention::AuditRetentionSettings;
+use crate::controllers::incident::IncidentSettings;
 use crate::error::Error;
-use crate::incident::IncidentSettings;
 use crate::metrics::Metrics;
+pub use crate::stores::Stores;
 
 /// Condition reasons the crds crate does not define yet (candidates to move there).
 pub mod reasons {
@@ -57,8 +53,10 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     /// Take a Lease before acting, so that several replicas are safe.
     pub leader_election: bool,
-    /// Namespace of the Lease (the operator's own namespace).
-    pub lease_namespace: String,
+    /// The operator's own namespace (the chart's release namespace): the Lease,
+    /// the lifecycle audit trail, and every enforced namespace's bundle and
+    /// bundle reader Role live here, where workloads cannot write.
+    pub namespace: String,
     /// Name of the Lease.
     pub lease_name: String,
     /// This replica's identity (pod name) in the Lease and in events.
@@ -73,9 +71,9 @@ pub struct Settings {
     pub incidents: IncidentSettings,
     /// How long to wait for the watch caches to fill at start.
     pub cache_timeout: Duration,
-    /// Secret (`name` in `lease_namespace`, or `namespace/name`) holding the audit
+    /// Secret (`name` in `namespace`, or `namespace/name`) holding the audit
     /// signing key. Set, lifecycle records go to the audit trail in
-    /// `lease_namespace`; unset, there are only events and logs.
+    /// `namespace`; unset, there are only events and logs.
     pub audit_key_secret: Option<String>,
     /// File holding the audit signing key (a mounted Secret); wins over
     /// `audit_key_secret`.
@@ -83,6 +81,16 @@ pub struct Settings {
     /// Keeps each namespace's audit segment ConfigMaps within a budget (see
     /// [`crate::audit_retention`]); `None` turns retention off.
     pub audit_retention: Option<AuditRetentionSettings>,
+    /// The ClusterRole (rendered by the chart, `<fullname>-sidecar`) that the
+    /// `policybind-sidecar` RoleBinding of every enforced namespace binds. The
+    /// operator holds `bind` on it rather than every right it grants.
+    pub sidecar_cluster_role: String,
+    /// Name of the port the sidecar takes over from the model container: the
+    /// NetworkPolicy of every enforced namespace admits ingress to it and to
+    /// `pb-health` only.
+    pub sidecar_port_name: String,
+    /// What sidecars accept; a bundle beyond it is not written.
+    pub bundle_limits: policybind_engine::bundle_codec::DecodeLimits,
 }
 
 impl Default for Settings {
@@ -92,7 +100,7 @@ impl Default for Settings {
             kube_context: None,
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             leader_election: false,
-            lease_namespace: "policybind-system".into(),
+            namespace: "policybind-system".into(),
             lease_name: "policybind-operator".into(),
             identity: "policybind-operator".into(),
             bundle_debounce: Duration::from_millis(250),
@@ -103,56 +111,10 @@ impl Default for Settings {
             audit_key_secret: None,
             audit_key_file: None,
             audit_retention: Some(AuditRetentionSettings::default()),
+            sidecar_cluster_role: "policybind-sidecar".into(),
+            sidecar_port_name: "http".into(),
+            bundle_limits: Default::default(),
         }
-    }
-}
-
-/// Read-only views of the watch caches.
-#[derive(Clone)]
-pub struct Stores {
-    pub policies: Store<AIPolicy>,
-    pub cluster_policies: Store<ClusterAIPolicy>,
-    pub models: Store<ModelDeployment>,
-    pub tokens: Store<AccessToken>,
-    pub approvals: Store<ApprovalRequest>,
-    pub incidents: Store<Incident>,
-    pub namespaces: Store<Namespace>,
-    /// Secrets labelled [`labels::TOKEN`] (only ours are cached).
-    pub token_secrets: Store<Secret>,
-    /// ConfigMaps labelled [`labels::USAGE`].
-    pub usage_reports: Store<ConfigMap>,
-    /// ConfigMaps labelled `policybind.io/bundle`.
-    pub bundles: Store<ConfigMap>,
-    /// ConfigMaps labelled `policybind.io/audit-segment`.
-    pub audit_segments: Store<ConfigMap>,
-    /// Roles and RoleBindings labelled managed-by policybind.
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    /// Pod metadata only: enough to count matched workloads without caching pod specs.
-    pub pods: Store<PartialObjectMeta<Pod>>,
-}
-
-impl Stores {
-    /// Waits until every cache has been filled once. The bundle builder must not
-    /// run before: an empty token cache would publish bundles without tokens.
-    pub async fn wait_until_ready(&self) -> bool {
-        let all = async {
-            self.policies.wait_until_ready().await.is_ok()
-                && self.cluster_policies.wait_until_ready().await.is_ok()
-                && self.models.wait_until_ready().await.is_ok()
-                && self.tokens.wait_until_ready().await.is_ok()
-                && self.approvals.wait_until_ready().await.is_ok()
-                && self.incidents.wait_until_ready().await.is_ok()
-                && self.namespaces.wait_until_ready().await.is_ok()
-                && self.token_secrets.wait_until_ready().await.is_ok()
-                && self.usage_reports.wait_until_ready().await.is_ok()
-                && self.bundles.wait_until_ready().await.is_ok()
-                && self.audit_segments.wait_until_ready().await.is_ok()
-                && self.roles.wait_until_ready().await.is_ok()
-                && self.role_bindings.wait_until_ready().await.is_ok()
-                && self.pods.wait_until_ready().await.is_ok()
-        };
-        all.await
     }
 }
 
@@ -164,10 +126,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub clock: Clock,
-    /// Per-policy compile results and last good versions (see [`crate::ai_policy`]).
-    pub policies: crate::ai_policy::PolicyMemory,
-    /// Cached cluster view and encoded bundles (see [`crate::namespace`]).
-    pub bundles: crate::namespace::BundleCache,
+    /// What the controllers remember between reconciles (see [`crate::state`]).
+    pub state: crate::state::State,
     /// Bumped whenever an input of the bundles changes.
     epoch: AtomicU64,
     /// Tells the bundle controller that bundles may need rebuilding.
@@ -176,8 +136,6 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Writer of lifecycle records, when an audit key is configured.
     audit: Option<policybind_audit::AuditWriter>,
-    /// Parsed usage reports by ConfigMap uid, with the version they were parsed at.
-    pub usage_cache: Mutex<HashMap<String, (String, Arc<crate::usage::UsageReport>)>>,
 }
 
 impl Context {
@@ -203,13 +161,11 @@ impl Context {
             metrics,
             recorder,
             clock,
-            policies: Default::default(),
-            bundles: Default::default(),
+            state: Default::default(),
             epoch: AtomicU64::new(0),
             bundle_trigger,
             failures: Mutex::new(HashMap::new()),
             audit: None,
-            usage_cache: Mutex::new(HashMap::new()),
         }
     }
 

@@ -33,6 +33,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A namespace's bundle exceeds what sidecars accept (part count or size);
+    /// the bundle in place stays.
+    #[error("the bundle of namespace {namespace} is not written: {reason}")]
+    BundleRefused { namespace: String, reason: String },
     /// The caches of watched objects did not fill in time after start.
     #[error("the watch caches did not fill within {0:?}; is the API server reachable?")]
     CachesNotReady(std::time::Duration),
@@ -62,6 +66,7 @@ impl Error {
             Error::SecretConflict(_) => "secret_conflict",
             Error::MissingField(_) => "missing_field",
             Error::Encode { .. } => "encode",
+            Error::BundleRefused { .. } => "bundle_refused",
             Error::CachesNotReady(_) => "caches_not_ready",
             Error::LostLeadership(_) => "lost_leadership",
             Error::Audit(_) => "audit",

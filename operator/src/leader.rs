@@ -209,6 +209,68 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
     }
 }
 
+/// Leadership held by this replica: the task renewing the Lease, and the token
+/// that releases it once the controllers have stopped.
+pub struct Leadership {
+    renewal: Option<tokio::task::JoinHandle<Result<()>>>,
+    release: CancellationToken,
+}
+
+impl Leadership {
+    /// Leadership without a Lease (leader election off: the only replica acts).
+    pub fn alone() -> Self {
+        Leadership {
+            renewal: None,
+            release: CancellationToken::new(),
+        }
+    }
+
+    /// Releases the Lease (after the controllers stopped, so a standby never
+    /// acts while an in-flight reconcile of ours still runs) and reports a lost
+    /// Lease as an error.
+    pub async fn release(self) -> Result<()> {
+        self.release.cancel();
+        match self.renewal {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits for the Lease of `settings` and holds it. `Ok(None)`: shutdown came
+/// first. Losing the Lease later cancels `shutdown`, so the controllers stop.
+pub async fn lead(
+    client: &kube::Client,
+    settings: &crate::context::Settings,
+    shutdown: &CancellationToken,
+) -> Result<Option<Leadership>> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let lease = LeaseSettings::new(
+        &settings.namespace,
+        &settings.lease_name,
+        &settings.identity,
+    );
+    tracing::info!(lease = %settings.lease_name, identity = %settings.identity, "waiting for leadership");
+    if !acquire(&api, &lease, shutdown).await? {
+        return Ok(None);
+    }
+    tracing::info!("leadership acquired");
+    let release = CancellationToken::new();
+    let stop_on_loss = shutdown.clone();
+    let held = release.clone();
+    let renewal = tokio::spawn(async move {
+        let result = hold(api, lease, held).await;
+        if result.is_err() {
+            stop_on_loss.cancel();
+        }
+        result
+    });
+    Ok(Some(Leadership {
+        renewal: Some(renewal),
+        release,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::error::Error;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::stores::Stores;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -170,6 +178,117 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+fn count_phases(metrics: &Metrics, stores: &Stores, approval_ttl: Duration) {
+    let now = chrono::Utc::now();
+    let mut counts: HashMap<(&'static str, String), i64> = HashMap::new();
+    for t in stores.tokens.state() {
+        let phase = t
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or("Unknown", |p| p.as_str());
+        *counts.entry(("AccessToken", phase.into())).or_default() += 1;
+    }
+    for m in stores.models.state() {
+        let approval = m
+            .status
+            .as_ref()
+            .and_then(|s| s.approval)
+            .map_or("Unknown", |a| a.as_str());
+        *counts
+            .entry(("ModelDeployment", approval.into()))
+            .or_default() += 1;
+    }
+    for a in stores.approvals.state() {
+        let phase = crate::controllers::approval_request::phase(&a, now, approval_ttl);
+        *counts
+            .entry(("ApprovalRequest", phase.as_str().into()))
+            .or_default() += 1;
+    }
+    for i in stores.incidents.state() {
+        *counts
+            .entry(("Incident", format!("{:?}", i.spec.state)))
+            .or_default() += 1;
+    }
+    let ready = |c: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>| {
+        if c.is_some_and(|c| policybind_crds::conditions::is_true(c, "Ready")) {
+            "Ready"
+        } else {
+            "NotReady"
+        }
+    };
+    for p in stores.policies.state() {
+        let phase = ready(p.status.as_ref().map(|s| &s.conditions));
+        *counts.entry(("AIPolicy", phase.into())).or_default() += 1;
+    }
+    for p in stores.cluster_policies.state() {
+        let phase = ready(p.status.as_ref().map(|s| &s.conditions));
+        *counts.entry(("ClusterAIPolicy", phase.into())).or_default() += 1;
+    }
+    metrics.objects.clear();
+    for ((kind, phase), n) in counts {
+        metrics
+            .objects
+            .get_or_create(&PhaseLabels { kind, phase })
+            .set(n);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on a plain port.
+pub async fn serve(
+    address: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    stores: Stores,
+    ready: Arc<AtomicBool>,
+    approval_ttl: Duration,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let stores = stores.clone();
+                async move {
+                    count_phases(&metrics, &stores, approval_ttl);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "caches filling",
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::MetricsServer { address, source })?;
+    tracing::info!(%address, "serving metrics and health");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|source| Error::MetricsServer { address, source })
 }
 
 #[cfg(test)]

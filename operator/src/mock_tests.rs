@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::Future;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
@@ -55,6 +56,10 @@ struct Writers {
     bundles: Writer<ConfigMap>,
     roles: Writer<Role>,
     role_bindings: Writer<RoleBinding>,
+    network_policies: Writer<NetworkPolicy>,
+    audit_keys: Writer<Secret>,
+    usage_reports: Writer<ConfigMap>,
+    pods: Writer<PartialObjectMeta<Pod>>,
     incidents: Writer<Incident>,
     audit_segments: Writer<ConfigMap>,
     _rest: Vec<Box<dyn std::any::Any>>,
@@ -67,6 +72,10 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(Settings::default())
+}
+
+fn env_with(settings: Settings) -> Env {
     let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (policies, policies_w) = ready::<AIPolicy>();
@@ -82,6 +91,8 @@ fn env() -> Env {
     let (audit_segments, audit_w) = ready::<ConfigMap>();
     let (roles, roles_w) = ready::<Role>();
     let (role_bindings, role_bindings_w) = ready::<RoleBinding>();
+    let (network_policies, network_policies_w) = ready::<NetworkPolicy>();
+    let (audit_keys, audit_keys_w) = ready::<Secret>();
     let (pods, pods_w) = ready::<PartialObjectMeta<Pod>>();
     let stores = Stores {
         policies,
@@ -97,12 +108,14 @@ fn env() -> Env {
         audit_segments,
         roles,
         role_bindings,
+        network_policies,
+        audit_keys,
         pods,
     };
     let ctx = Arc::new(Context::new(
         client,
         stores,
-        Settings::default(),
+        settings,
         Arc::new(Metrics::default()),
         Arc::new(now),
         None,
@@ -119,14 +132,13 @@ fn env() -> Env {
             bundles: bundles_w,
             roles: roles_w,
             role_bindings: role_bindings_w,
+            network_policies: network_policies_w,
+            audit_keys: audit_keys_w,
+            usage_reports: usage_w,
+            pods: pods_w,
             incidents: incidents_w,
             audit_segments: audit_w,
-            _rest: vec![
-                Box::new(policies_w),
-                Box::new(cluster_policies_w),
-                Box::new(usage_w),
-                Box::new(pods_w),
-            ],
+            _rest: vec![Box::new(policies_w), Box::new(cluster_policies_w)],
         },
     }
 }
@@ -205,6 +217,20 @@ async fn expect_no_call<F: Future<Output = crate::Result<Action>>>(
     }
 }
 
+/// Runs `reconcile`, expects it to fail, and fails on any API call.
+async fn expect_no_call_err<F: Future<Output = crate::Result<Action>>>(
+    api: &mut ApiHandle,
+    reconcile: F,
+) -> crate::Error {
+    tokio::select! {
+        result = reconcile => result.expect_err("reconcile fails"),
+        request = api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call: {} {}", request.method(), request.uri());
+        }
+    }
+}
+
 fn with_status<K: serde::Serialize>(object: &K, body: &Value) -> Value {
     let mut value = serde_json::to_value(object).unwrap();
     value["status"] = body["status"].clone();
@@ -219,7 +245,7 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
         .build();
     let ctx = env.ctx.clone();
     let object = Arc::new(t.clone());
-    let reconcile = tokio::spawn(crate::access_token::reconcile(object, ctx));
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(object, ctx));
 
     // Not in the cache: ask once whether someone else owns the name.
     let (_, send) = expect(
@@ -292,7 +318,7 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::access_token::reconcile(Arc::new(again), ctx),
+        crate::controllers::access_token::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -301,12 +327,16 @@ async fn new_token_gets_a_secret_and_status_then_a_second_reconcile_makes_no_cal
 async fn rotation_writes_a_new_value_and_keeps_the_old_hash_for_the_grace_period() {
     let mut env = env();
     let t = token("team-a", "bot").build();
-    let old =
-        crate::access_token::build_secret(&t, "pb_old", now() - chrono::Duration::days(1), None);
+    let old = crate::controllers::access_token::build_secret(
+        &t,
+        "pb_old",
+        now() - chrono::Duration::days(1),
+        None,
+    );
     env.w.token_secrets.apply_watcher_event(&Event::Apply(old));
     let rotating = token("team-a", "bot").rotate("2026-11-22").build();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::access_token::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
         Arc::new(rotating.clone()),
         ctx,
     ));
@@ -362,7 +392,10 @@ async fn secret_of_the_same_name_owned_by_someone_else_is_left_alone() {
     let mut env = env();
     let t = token("team-a", "bot").build();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::access_token::reconcile(Arc::new(t), ctx));
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
+        Arc::new(t),
+        ctx,
+    ));
     let (_, send) = expect(
         &mut env.api,
         "GET",
@@ -393,9 +426,12 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
             ..Default::default()
         })
         .build();
-    let name = crate::model_deployment::approval_request_name(&m);
+    let name = crate::controllers::model_deployment::approval_request_name(&m);
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::model_deployment::reconcile(Arc::new(m.clone()), ctx));
+    let reconcile = tokio::spawn(crate::controllers::model_deployment::reconcile(
+        Arc::new(m.clone()),
+        ctx,
+    ));
     let (request, send) = expect(
         &mut env.api,
         "PATCH",
@@ -442,7 +478,7 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::model_deployment::reconcile(Arc::new(again), ctx),
+        crate::controllers::model_deployment::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -454,7 +490,10 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
     r.when = Some("request.model ==".into());
     let p = policy("team-a", "chat", vec![r]);
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::ai_policy::reconcile(Arc::new(p.clone()), ctx));
+    let reconcile = tokio::spawn(crate::controllers::ai_policy::reconcile(
+        Arc::new(p.clone()),
+        ctx,
+    ));
     let (status, send) = expect(
         &mut env.api,
         "PATCH",
@@ -484,16 +523,115 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::ai_policy::reconcile(Arc::new(again), ctx),
+        crate::controllers::ai_policy::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
 
-#[tokio::test]
-async fn enforced_namespace_gets_bundle_and_sidecar_rbac_then_a_rebuild_makes_no_call() {
-    let mut env = env();
+const HOME: &str = "policybind-system";
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces";
+
+fn success() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+}
+
+/// Answers one expected request with what it sent (as the API server would).
+async fn echo(api: &mut ApiHandle, method: &str, path: &str) -> Value {
+    let (body, send) = expect(api, method, path).await;
+    reply(send, if method == "POST" { 201 } else { 200 }, &body);
+    body
+}
+
+/// What the first reconcile of an enforced `team-a` writes, answered and fed
+/// back into the caches as the watches would.
+struct Written {
+    bundle: Value,
+    reader_role: Value,
+    reader_binding: Value,
+    sidecar_binding: Value,
+    network_policy: Value,
+    audit_key: Value,
+}
+
+impl Written {
+    fn feed(&self, w: &mut Writers) {
+        fn de<K: serde::de::DeserializeOwned>(v: &Value) -> K {
+            serde_json::from_value(v.clone()).unwrap()
+        }
+        w.bundles
+            .apply_watcher_event(&Event::Apply(de(&self.bundle)));
+        w.roles
+            .apply_watcher_event(&Event::Apply(de(&self.reader_role)));
+        w.role_bindings
+            .apply_watcher_event(&Event::Apply(de(&self.reader_binding)));
+        w.role_bindings
+            .apply_watcher_event(&Event::Apply(de(&self.sidecar_binding)));
+        w.network_policies
+            .apply_watcher_event(&Event::Apply(de(&self.network_policy)));
+        let mut key: Secret = de(&self.audit_key);
+        key.metadata.namespace = Some("team-a".into());
+        w.audit_keys.apply_watcher_event(&Event::Apply(key));
+    }
+}
+
+/// Runs the first reconcile of an enforced `team-a` with one token, checking
+/// every call, and returns what was written.
+async fn first_reconcile(env: &mut Env, ns: &Namespace) -> Written {
+    let ctx = env.ctx.clone();
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns.clone()),
+        ctx,
+    ));
+    let api = &mut env.api;
+    let bundle = echo(
+        api,
+        "PATCH",
+        &format!("/api/v1/namespaces/{HOME}/configmaps/policybind-bundle.team-a"),
+    )
+    .await;
+    let reader_role = echo(
+        api,
+        "PATCH",
+        &format!("{RBAC}/{HOME}/roles/policybind-bundle-reader.team-a"),
+    )
+    .await;
+    let reader_binding = echo(
+        api,
+        "PATCH",
+        &format!("{RBAC}/{HOME}/rolebindings/policybind-bundle-reader.team-a"),
+    )
+    .await;
+    let sidecar_binding = echo(
+        api,
+        "PATCH",
+        &format!("{RBAC}/team-a/rolebindings/policybind-sidecar"),
+    )
+    .await;
+    let network_policy = echo(
+        api,
+        "PATCH",
+        "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/policybind-model-ports",
+    )
+    .await;
+    let audit_key = echo(api, "POST", "/api/v1/namespaces/team-a/secrets").await;
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    Written {
+        bundle,
+        reader_role,
+        reader_binding,
+        sidecar_binding,
+        network_policy,
+        audit_key,
+    }
+}
+
+fn enforced_team_a(env: &mut Env) -> Namespace {
     let t = token("team-a", "bot").build();
-    let secret = crate::access_token::build_secret(&t, "pb_value", now(), None);
+    let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
     env.w.tokens.apply_watcher_event(&Event::Apply(t));
     env.w
         .token_secrets
@@ -503,18 +641,32 @@ async fn enforced_namespace_gets_bundle_and_sidecar_rbac_then_a_rebuild_makes_no
         .namespaces
         .apply_watcher_event(&Event::Apply(ns.clone()));
     env.ctx.bundles_changed();
-    let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns.clone()), ctx));
-    let (cm, send) = expect(
-        &mut env.api,
-        "PATCH",
-        "/api/v1/namespaces/team-a/configmaps/policybind-bundle",
-    )
-    .await;
+    ns
+}
+
+#[tokio::test]
+async fn enforced_namespace_gets_bundle_reader_rbac_network_policy_and_key_then_a_rebuild_makes_no_call()
+ {
+    let mut env = env();
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+
+    // The bundle, in the operator's namespace, owned by the Namespace.
+    let cm = &written.bundle;
+    assert_eq!(cm["metadata"]["namespace"], HOME);
     assert_eq!(cm["metadata"]["labels"]["policybind.io/bundle"], "true");
+    assert_eq!(
+        cm["metadata"]["labels"]["policybind.io/bundle-namespace"],
+        "team-a"
+    );
     assert_eq!(
         cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "policybind"
+    );
+    assert_eq!(
+        cm["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Namespace", "name": "team-a",
+                "uid": ns.metadata.uid.clone().unwrap()}])
     );
     assert_eq!(
         cm["metadata"]["annotations"]["policybind.io/bundle-part"],
@@ -534,103 +686,273 @@ async fn enforced_namespace_gets_bundle_and_sidecar_rbac_then_a_rebuild_makes_no
         !json.contains("pb_value"),
         "bundles hold hashes, never values"
     );
-    reply(send, 200, &cm);
-    let (role, send) = expect(
-        &mut env.api,
-        "PATCH",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/policybind-sidecar",
-    )
-    .await;
-    assert_eq!(role["rules"][0]["resourceNames"][0], "policybind-bundle");
-    reply(send, 200, &role);
-    let (binding, send) = expect(
-        &mut env.api,
-        "PATCH",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings/policybind-sidecar",
-    )
-    .await;
+
+    // Read access to exactly this namespace's bundle names, for its accounts.
+    let rule = &written.reader_role["rules"][0];
+    assert_eq!(rule["verbs"], json!(["get", "list", "watch"]));
+    assert_eq!(rule["resources"], json!(["configmaps"]));
+    let names = rule["resourceNames"].as_array().unwrap();
+    assert_eq!(names.len(), policybind_crds::wire::MAX_BUNDLE_PARTS);
+    assert_eq!(names[0], "policybind-bundle.team-a");
+    assert_eq!(names[1], "policybind-bundle.team-a.1");
+    let group = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                        "name": "system:serviceaccounts:team-a"}]);
+    assert_eq!(written.reader_binding["subjects"], group);
     assert_eq!(
-        binding["subjects"][0]["name"],
-        "system:serviceaccounts:team-a"
+        written.reader_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+               "name": "policybind-bundle-reader.team-a"})
     );
-    reply(send, 200, &binding);
+
+    // The chart's sidecar ClusterRole, bound in team-a only.
+    assert_eq!(written.sidecar_binding["subjects"], group);
+    assert_eq!(
+        written.sidecar_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+               "name": "policybind-sidecar"})
+    );
+
+    // Ingress to injected pods on the sidecar's ports only.
+    assert_eq!(
+        written.network_policy["spec"],
+        json!({
+            "podSelector": {"matchLabels": {"policybind.io/injected": "true"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": "http", "protocol": "TCP"},
+                                   {"port": "pb-health", "protocol": "TCP"}]}]
+        })
+    );
+
+    // A fresh signing key, named by its id.
+    let key = &written.audit_key;
+    assert_eq!(key["metadata"]["name"], "policybind-audit-key");
+    assert_eq!(key["metadata"]["labels"]["policybind.io/audit-key"], "true");
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(key["data"]["signing-key"].as_str().unwrap())
+        .unwrap();
+    let parsed =
+        policybind_engine::audit::AuditSigningKey::from_key_material(&pem).expect("a PKCS#8 key");
+    assert_eq!(
+        key["metadata"]["annotations"]["policybind.io/audit-key-id"],
+        parsed.key_id()
+    );
+
+    written.feed(&mut env.w);
+    let ctx = env.ctx.clone();
+    expect_no_call(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(ns.clone()), ctx.clone()),
+    )
+    .await;
+    // A new input epoch with the same content still writes nothing.
+    env.ctx.bundles_changed();
+    expect_no_call(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(ns), ctx),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_audit_key_is_never_regenerated_even_one_the_operator_did_not_make() {
+    let mut env = env();
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+    written.feed(&mut env.w);
+    // An administrator brought their own key: same name, none of our labels.
+    let mut brought: Secret = serde_json::from_value(written.audit_key.clone()).unwrap();
+    brought.metadata.namespace = Some("team-a".into());
+    brought.metadata.labels = None;
+    brought.metadata.annotations = None;
+    env.w.audit_keys.apply_watcher_event(&Event::Apply(brought));
+    expect_no_call(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_layout_before_is_removed_and_a_binding_of_the_old_role_is_replaced() {
+    let mut env = env();
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+    written.feed(&mut env.w);
+    let managed =
+        json!({"app.kubernetes.io/managed-by": "policybind", "policybind.io/bundle": "true"});
+    let legacy = |name: &str, labels: &Value| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "team-a", "labels": labels},
+            "data": {"bundle.json": "{}"}
+        }))
+        .unwrap()
+    };
+    for cm in [
+        legacy("policybind-bundle", &managed),
+        legacy("policybind-bundle-1", &managed),
+        // Labelled as ours by someone else, under another name: left alone.
+        legacy("my-settings", &managed),
+        // Named like a bundle but without our label: not ours, left alone.
+        legacy(
+            "policybind-bundle-2",
+            &json!({"policybind.io/bundle": "true"}),
+        ),
+    ] {
+        env.w.bundles.apply_watcher_event(&Event::Apply(cm));
+    }
+    let old_role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "policybind-sidecar", "namespace": "team-a",
+                     "labels": {"app.kubernetes.io/managed-by": "policybind"}},
+        "rules": []
+    }))
+    .unwrap();
+    env.w.roles.apply_watcher_event(&Event::Apply(old_role));
+    let mut old_binding: RoleBinding =
+        serde_json::from_value(written.sidecar_binding.clone()).unwrap();
+    old_binding.role_ref.kind = "Role".into();
+    env.w
+        .role_bindings
+        .apply_watcher_event(&Event::Apply(old_binding));
+
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns),
+        env.ctx.clone(),
+    ));
+    let api = &mut env.api;
+    // A RoleBinding's roleRef cannot change: delete, then apply.
+    let (_, send) = expect(
+        api,
+        "DELETE",
+        &format!("{RBAC}/team-a/rolebindings/policybind-sidecar"),
+    )
+    .await;
+    reply(send, 200, &success());
+    let binding = echo(
+        api,
+        "PATCH",
+        &format!("{RBAC}/team-a/rolebindings/policybind-sidecar"),
+    )
+    .await;
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    let mut deleted = vec![];
+    for _ in 0..2 {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.method(), "DELETE");
+        deleted.push(request.uri().path().to_string());
+        reply(send, 200, &success());
+    }
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        vec![
+            "/api/v1/namespaces/team-a/configmaps/policybind-bundle",
+            "/api/v1/namespaces/team-a/configmaps/policybind-bundle-1",
+        ]
+    );
+    let (_, send) = expect(
+        api,
+        "DELETE",
+        &format!("{RBAC}/team-a/roles/policybind-sidecar"),
+    )
+    .await;
+    reply(send, 200, &success());
     tokio::time::timeout(Duration::from_secs(5), reconcile)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-
-    env.w
-        .bundles
-        .apply_watcher_event(&Event::Apply(serde_json::from_value(cm).unwrap()));
-    env.w
-        .roles
-        .apply_watcher_event(&Event::Apply(serde_json::from_value(role).unwrap()));
-    env.w
-        .role_bindings
-        .apply_watcher_event(&Event::Apply(serde_json::from_value(binding).unwrap()));
-    let ctx = env.ctx.clone();
-    expect_no_call(
-        &mut env.api,
-        crate::namespace::reconcile(Arc::new(ns.clone()), ctx.clone()),
-    )
-    .await;
-    // A new input epoch with the same content still writes nothing.
-    env.ctx.bundles_changed();
-    expect_no_call(&mut env.api, crate::namespace::reconcile(Arc::new(ns), ctx)).await;
 }
 
 #[tokio::test]
-async fn namespace_that_stops_being_enforced_loses_its_bundle_and_rbac() {
+async fn an_edited_bundle_or_network_policy_is_replaced_whole_not_merged() {
     let mut env = env();
-    let encoded = policybind_engine::bundle_codec::encode(&Default::default(), 1 << 20);
-    for cm in crate::namespace::bundle_config_maps("team-a", &encoded) {
-        env.w.bundles.apply_watcher_event(&Event::Apply(cm));
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+    written.feed(&mut env.w);
+    // Someone adds a forged plain part beside the operator's, and narrows the
+    // NetworkPolicy with an extra label: apply would keep both.
+    let mut bundle: ConfigMap = serde_json::from_value(written.bundle.clone()).unwrap();
+    bundle.metadata.resource_version = Some("41".into());
+    bundle.binary_data = Some(
+        [(
+            "bundle.json.gz".to_string(),
+            k8s_openapi::ByteString(vec![0x1f, 0x8b]),
+        )]
+        .into(),
+    );
+    env.w.bundles.apply_watcher_event(&Event::Apply(bundle));
+    let mut policy: NetworkPolicy = serde_json::from_value(written.network_policy.clone()).unwrap();
+    policy.metadata.resource_version = Some("42".into());
+    let spec = policy.spec.as_mut().unwrap();
+    spec.pod_selector
+        .as_mut()
+        .unwrap()
+        .match_labels
+        .as_mut()
+        .unwrap()
+        .insert("nobody".into(), "matches".into());
+    env.w
+        .network_policies
+        .apply_watcher_event(&Event::Apply(policy));
+
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(ns),
+        env.ctx.clone(),
+    ));
+    let (replaced, send) = expect(
+        &mut env.api,
+        "PUT",
+        &format!("/api/v1/namespaces/{HOME}/configmaps/policybind-bundle.team-a"),
+    )
+    .await;
+    assert_eq!(replaced["metadata"]["resourceVersion"], "41");
+    assert!(replaced.get("binaryData").is_none(), "{replaced}");
+    assert_eq!(replaced["data"], written.bundle["data"]);
+    reply(send, 200, &replaced);
+    let (replaced, send) = expect(
+        &mut env.api,
+        "PUT",
+        "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/policybind-model-ports",
+    )
+    .await;
+    assert_eq!(replaced["metadata"]["resourceVersion"], "42");
+    assert_eq!(replaced["spec"], written.network_policy["spec"]);
+    reply(send, 200, &replaced);
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn namespace_that_stops_being_enforced_loses_all_but_its_audit_key() {
+    let mut env = env();
+    let ns = enforced_team_a(&mut env);
+    let written = first_reconcile(&mut env, &ns).await;
+    written.feed(&mut env.w);
+    let not_enforced = namespace("team-a", false);
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(not_enforced.clone()));
+    let reconcile = tokio::spawn(crate::controllers::namespace::reconcile(
+        Arc::new(not_enforced),
+        env.ctx.clone(),
+    ));
+    for path in [
+        format!("/api/v1/namespaces/{HOME}/configmaps/policybind-bundle.team-a"),
+        format!("{RBAC}/{HOME}/rolebindings/policybind-bundle-reader.team-a"),
+        format!("{RBAC}/{HOME}/roles/policybind-bundle-reader.team-a"),
+        format!("{RBAC}/team-a/rolebindings/policybind-sidecar"),
+        "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/policybind-model-ports"
+            .to_string(),
+    ] {
+        let (_, send) = expect(&mut env.api, "DELETE", &path).await;
+        reply(send, 200, &success());
     }
-    env.w
-        .roles
-        .apply_watcher_event(&Event::Apply(crate::namespace::sidecar_role("team-a")));
-    env.w
-        .role_bindings
-        .apply_watcher_event(&Event::Apply(crate::namespace::sidecar_role_binding(
-            "team-a",
-        )));
-    let ns = namespace("team-a", false);
-    let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::namespace::reconcile(Arc::new(ns), ctx));
-    let (_, send) = expect(
-        &mut env.api,
-        "DELETE",
-        "/api/v1/namespaces/team-a/configmaps/policybind-bundle",
-    )
-    .await;
-    reply(
-        send,
-        200,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-    );
-    let (_, send) = expect(
-        &mut env.api,
-        "DELETE",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings/policybind-sidecar",
-    )
-    .await;
-    reply(
-        send,
-        200,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-    );
-    let (_, send) = expect(
-        &mut env.api,
-        "DELETE",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/policybind-sidecar",
-    )
-    .await;
-    reply(
-        send,
-        200,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-    );
     let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
         .await
         .unwrap()
@@ -640,14 +962,150 @@ async fn namespace_that_stops_being_enforced_loses_its_bundle_and_rbac() {
 }
 
 #[tokio::test]
+async fn a_bundle_sidecars_would_refuse_is_not_written() {
+    let mut env = env_with(Settings {
+        bundle_limits: policybind_engine::bundle_codec::DecodeLimits {
+            max_json_bytes: 64,
+            ..Default::default()
+        },
+        ..Settings::default()
+    });
+    let ns = enforced_team_a(&mut env);
+    let error = expect_no_call_err(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(ns), env.ctx.clone()),
+    )
+    .await;
+    assert_eq!(error.metric_label(), "bundle_refused");
+}
+
+#[tokio::test]
+async fn the_operators_own_namespace_is_never_enforced() {
+    let mut env = env();
+    let home = namespace(HOME, true);
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(home.clone()));
+    let action = expect_no_call(
+        &mut env.api,
+        crate::controllers::namespace::reconcile(Arc::new(home), env.ctx.clone()),
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+fn usage_report(namespace: &str, name: &str, pod: &str, token: &str, cost: f64) -> ConfigMap {
+    let report = json!({token: [{"period": "Day", "periodStart": "2026-11-22T00:00:00Z",
+                                 "costUsd": cost, "tokens": 10, "requests": 1}]});
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": format!("uid-{namespace}-{name}"), "resourceVersion": "1",
+                     "labels": {"policybind.io/usage": "true", "policybind.io/pod": pod}},
+        "data": {"usage.json": report.to_string()}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_budget() {
+    let mut env = env();
+    let mut t = token("team-a", "bot")
+        .budget(policybind_crds::Budget {
+            period: policybind_crds::BudgetPeriod::Day,
+            max_cost_usd: Some(3.0),
+            max_tokens: None,
+            time_zone: "UTC".into(),
+        })
+        .build();
+    // Valid in team-c (enforced by a pod's opt-in) and team-e (not enforced).
+    t.spec.additional_namespaces = vec!["team-c".into(), "team-e".into()];
+    let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
+    env.w
+        .token_secrets
+        .apply_watcher_event(&Event::Apply(secret));
+    env.w.tokens.apply_watcher_event(&Event::Apply(t.clone()));
+    for (name, enforced) in [
+        ("team-a", true),
+        ("team-b", true),
+        ("team-c", false),
+        ("team-e", false),
+    ] {
+        env.w
+            .namespaces
+            .apply_watcher_event(&Event::Apply(namespace(name, enforced)));
+    }
+    let opted_in: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "opted", "namespace": "team-c",
+                     "labels": {"policybind.io/enforce": "true"}}
+    }))
+    .unwrap();
+    env.w.pods.apply_watcher_event(&Event::Apply(opted_in));
+    for report in [
+        // Counted: the token's own namespace, named after its pod.
+        usage_report(
+            "team-a",
+            "policybind-usage-bot-1",
+            "bot-1",
+            "team-a/bot",
+            1.0,
+        ),
+        // Counted: team-c is enforced and the token is valid there.
+        usage_report("team-c", "policybind-usage-c-1", "c-1", "team-a/bot", 0.5),
+        // Forged in team-b, where the token is not valid: would exhaust it.
+        usage_report("team-b", "policybind-usage-evil", "evil", "team-a/bot", 5.0),
+        // Another pod's report name under this pod's label.
+        usage_report(
+            "team-a",
+            "policybind-usage-victim",
+            "bot-1",
+            "team-a/bot",
+            5.0,
+        ),
+        // team-e names the token but runs no sidecars: not enforced.
+        usage_report("team-e", "policybind-usage-e-1", "e-1", "team-a/bot", 5.0),
+    ] {
+        env.w
+            .usage_reports
+            .apply_watcher_event(&Event::Apply(report));
+    }
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
+        Arc::new(t.clone()),
+        env.ctx.clone(),
+    ));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
+    )
+    .await;
+    reply(send, 200, &with_status(&t, &status));
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status["status"]["phase"], "Active", "{status}");
+    let usage = &status["status"]["usage"][0];
+    assert_eq!(usage["costUsd"], 1.5, "{status}");
+    assert_eq!(usage["requests"], 2, "{status}");
+}
+
+#[tokio::test]
 async fn approval_decision_is_recorded_once() {
     let mut env = env();
     let m = model("team-a", "support-bot")
         .level(policybind_crds::RiskLevel::High)
         .build();
-    let state = crate::model_deployment::evaluate(&m, [], now(), Duration::from_secs(7 * 86400));
+    let state = crate::controllers::model_deployment::evaluate(
+        &m,
+        [],
+        now(),
+        Duration::from_secs(7 * 86400),
+    );
     let mut request =
-        crate::model_deployment::desired_approval_request(&m, &state, "operator").unwrap();
+        crate::controllers::model_deployment::desired_approval_request(&m, &state, "operator")
+            .unwrap();
     request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
     request.metadata.generation = Some(2);
     request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
@@ -657,7 +1115,7 @@ async fn approval_decision_is_recorded_once() {
     });
     let name = request.name_any();
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::approval_request::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::approval_request::reconcile(
         Arc::new(request.clone()),
         ctx,
     ));
@@ -682,7 +1140,7 @@ async fn approval_decision_is_recorded_once() {
     let ctx = env.ctx.clone();
     expect_no_call(
         &mut env.api,
-        crate::approval_request::reconcile(Arc::new(again), ctx),
+        crate::controllers::approval_request::reconcile(Arc::new(again), ctx),
     )
     .await;
 }
@@ -741,12 +1199,12 @@ async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
     env.w.audit_segments.apply_watcher_event(&Event::Apply(cm));
     let name = format!(
         "repeated-denials-{}-{}",
-        &crate::incident::subject_hash("mallory")[..8],
+        &crate::controllers::incident::subject_hash("mallory")[..8],
         first.timestamp()
     );
 
     let ctx = env.ctx.clone();
-    let scan = tokio::spawn(async move { crate::incident::scan(&ctx).await });
+    let scan = tokio::spawn(async move { crate::controllers::incident::scan(&ctx).await });
     let path = format!("/apis/policybind.io/v1alpha1/namespaces/team-a/incidents/{name}");
     let (incident, send) = expect(&mut env.api, "PATCH", &path).await;
     assert_eq!(incident["spec"]["pattern"], "RepeatedDenials");
@@ -780,7 +1238,7 @@ async fn repeated_denials_raise_one_incident_and_a_second_scan_makes_no_call() {
         .apply_watcher_event(&Event::Apply(serde_json::from_value(written).unwrap()));
     let ctx = env.ctx.clone();
     tokio::select! {
-        result = crate::incident::scan(&ctx) => result.expect("scan succeeds"),
+        result = crate::controllers::incident::scan(&ctx) => result.expect("scan succeeds"),
         request = env.api.next_request() => {
             let (request, _) = request.expect("client dropped");
             panic!("unexpected call on an unchanged trail: {} {}", request.method(), request.uri());
@@ -795,16 +1253,17 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
         .level(policybind_crds::RiskLevel::Critical)
         .build();
     let ttl = Duration::from_secs(7 * 86400);
-    let pending = crate::model_deployment::evaluate(&m, [], now(), ttl);
+    let pending = crate::controllers::model_deployment::evaluate(&m, [], now(), ttl);
     let mut before = m.clone();
-    before.status = Some(crate::model_deployment::desired_status(
+    before.status = Some(crate::controllers::model_deployment::desired_status(
         &m,
         &pending,
         0,
         now(),
     ));
     let mut request =
-        crate::model_deployment::desired_approval_request(&m, &pending, "operator").unwrap();
+        crate::controllers::model_deployment::desired_approval_request(&m, &pending, "operator")
+            .unwrap();
     request.metadata.creation_timestamp = m.metadata.creation_timestamp.clone();
     request.spec.decision = Some(policybind_crds::approval_request::ApprovalDecision {
         state: policybind_crds::approval_request::DecisionState::Approved,
@@ -813,7 +1272,7 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
     });
     env.w.approvals.apply_watcher_event(&Event::Apply(request));
     let ctx = env.ctx.clone();
-    let reconcile = tokio::spawn(crate::model_deployment::reconcile(
+    let reconcile = tokio::spawn(crate::controllers::model_deployment::reconcile(
         Arc::new(before.clone()),
         ctx,
     ));

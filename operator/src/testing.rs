@@ -52,6 +52,7 @@ pub fn token(namespace: &str, name: &str) -> TokenBuilder {
         revoked: false,
         secret_name: None,
         rotation_grace_seconds: None,
+        additional_namespaces: vec![],
     };
     let mut token = AccessToken::new(name, spec);
     token.metadata = meta(Some(namespace), name);
@@ -119,6 +120,11 @@ impl ModelBuilder {
     }
     pub fn suspended(mut self) -> Self {
         self.0.spec.suspended = true;
+        self
+    }
+    /// `scope: Cluster`: every namespace without its own registration resolves to it.
+    pub fn shared(mut self) -> Self {
+        self.0.spec.scope = policybind_crds::model_deployment::ModelScope::Cluster;
         self
     }
     pub fn review_every(mut self, days: u32, suspend_when_overdue: bool) -> Self {

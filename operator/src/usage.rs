@@ -10,12 +10,25 @@
 //!
 //! Keys are token ids (`namespace/name`); values are that pod's settled usage per
 //! budget period, each with the start of the period it counts. The operator sums
-//! every report's entries for a token's *current* periods into
+//! every counted report's entries for a token's *current* periods into
 //! `AccessToken.status.usage` and marks the token exhausted in every bundle when a
 //! current-period budget is used up. Entries of past periods are ignored, so a
 //! sidecar need not clear them at a period boundary.
+//!
+//! Any pod with a service account may try to write such a ConfigMap, so a report
+//! counts only when it could have come from a sidecar that serves the token:
+//!
+//! - it sits in an enforced namespace (where sidecars run),
+//! - it carries [`labels::WRITER_POD`] and is named after that pod
+//!   ([`wire::usage_report_name`]); the chart's admission policy lets a service
+//!   account write only the report of the pod its token is bound to,
+//! - and its entries count only for tokens valid in its namespace
+//!   ([`policybind_engine::scope::spec_valid_in`]).
+//!
+//! So a workload can inflate the usage of the tokens its own namespace's
+//! sidecars serve (which its own sidecar could do anyway), never another team's.
 
-use policybind_crds::wire::keys;
+use policybind_crds::wire::{self, keys, labels};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -76,17 +89,21 @@ pub fn current_period_end(
     policybind_engine::schedule::period_end(period, budget_time_zone(spec, period), now)
 }
 
-/// Sums every report's entries for `token_id` that belong to the token's current
-/// periods. Periods with a budget are always listed (zero when nothing was
-/// reported), so `status.usage` shows every budget. Costs are summed in
-/// nano-dollars: the order of reports (cache order) must not change the result,
-/// or an unchanged cluster would produce a different status and a needless write.
+/// Sums the entries for the token `token_namespace/token_name` that belong to the
+/// token's current periods, from the reports of namespaces where the token is
+/// valid (a report from anywhere else counts for nothing). Periods with a budget
+/// are always listed (zero when nothing was reported), so `status.usage` shows
+/// every budget. Costs are summed in nano-dollars: the order of reports (cache
+/// order) must not change the result, or an unchanged cluster would produce a
+/// different status and a needless write.
 pub fn current_usage<'a>(
-    token_id: &str,
+    token_namespace: &str,
+    token_name: &str,
     spec: &AccessTokenSpec,
-    reports: impl IntoIterator<Item = &'a UsageReport>,
+    reports: impl IntoIterator<Item = &'a CountedReport>,
     now: DateTime<Utc>,
 ) -> Vec<PeriodUsage> {
+    let token_id = format!("{token_namespace}/{token_name}");
     let periods = [BudgetPeriod::Day, BudgetPeriod::Week, BudgetPeriod::Month];
     let starts: Vec<DateTime<Utc>> = periods
         .iter()
@@ -94,8 +111,11 @@ pub fn current_usage<'a>(
         .collect();
     // (nano-dollars, tokens, requests, seen)
     let mut sums = [(0u128, 0u64, 0u64, false); 3];
-    for report in reports {
-        let Some(entries) = report.0.get(token_id) else {
+    let counted = reports
+        .into_iter()
+        .filter(|r| policybind_engine::scope::spec_valid_in(token_namespace, spec, &r.namespace));
+    for counted in counted {
+        let Some(entries) = counted.report.0.get(&token_id) else {
             continue;
         };
         for entry in entries {
@@ -122,6 +142,27 @@ pub fn current_usage<'a>(
             requests: sums[i].2,
         })
         .collect()
+}
+
+/// A report the operator counts, with the namespace it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountedReport {
+    pub namespace: String,
+    pub report: UsageReport,
+}
+
+/// Whether a usage ConfigMap is named after the pod its label names: the only
+/// name under which the admission policy lets that pod's sidecar write it.
+pub fn named_after_its_pod(config_map: &ConfigMap) -> bool {
+    let pod = config_map
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::WRITER_POD));
+    match (pod, config_map.metadata.name.as_deref()) {
+        (Some(pod), Some(name)) => !pod.is_empty() && wire::usage_report_name(pod) == name,
+        _ => false,
+    }
 }
 
 /// The first period whose budget is used up, if any.
@@ -154,8 +195,16 @@ mod tests {
         }
     }
 
-    fn report(id: &str, entries: Vec<PeriodUsage>) -> UsageReport {
-        UsageReport(BTreeMap::from([(id.to_string(), entries)]))
+    /// A report written in the token's own namespace, `team-a`.
+    fn report(id: &str, entries: Vec<PeriodUsage>) -> CountedReport {
+        report_from("team-a", id, entries)
+    }
+
+    fn report_from(namespace: &str, id: &str, entries: Vec<PeriodUsage>) -> CountedReport {
+        CountedReport {
+            namespace: namespace.into(),
+            report: UsageReport(BTreeMap::from([(id.to_string(), entries)])),
+        }
     }
 
     fn day_budget(max_cost: f64) -> Budget {
@@ -196,7 +245,7 @@ mod tests {
                 vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 7.0, 7)],
             ),
         ];
-        let usage = current_usage("team-a/bot", &spec, &reports, now);
+        let usage = current_usage("team-a", "bot", &spec, &reports, now);
         assert_eq!(usage.len(), 1);
         assert!((usage[0].cost_usd - 3.3).abs() < 1e-9);
         assert_eq!(usage[0].tokens, 300);
@@ -209,7 +258,7 @@ mod tests {
         let spec = token("team-a", "bot").budget(day_budget(10.0)).spec();
         let now = at("2026-11-22T15:00:00Z");
         let costs = [0.1, 0.2, 0.3, 0.7, 1e-7, 3.3333];
-        let reports: Vec<UsageReport> = costs
+        let reports: Vec<CountedReport> = costs
             .iter()
             .map(|&c| {
                 report(
@@ -218,8 +267,8 @@ mod tests {
                 )
             })
             .collect();
-        let forward = current_usage("team-a/bot", &spec, reports.iter(), now);
-        let backward = current_usage("team-a/bot", &spec, reports.iter().rev(), now);
+        let forward = current_usage("team-a", "bot", &spec, reports.iter(), now);
+        let backward = current_usage("team-a", "bot", &spec, reports.iter().rev(), now);
         assert_eq!(forward, backward);
     }
 
@@ -231,14 +280,14 @@ mod tests {
             "team-a/bot",
             vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 3.0, 1)],
         )];
-        let usage = current_usage("team-a/bot", &spec, &reports, now);
+        let usage = current_usage("team-a", "bot", &spec, &reports, now);
         assert_eq!(exhausted_period(&spec, &usage), Some(BudgetPeriod::Day));
     }
 
     #[test]
     fn budget_period_without_reports_shows_zero_usage() {
         let spec = token("team-a", "bot").budget(day_budget(3.0)).spec();
-        let usage = current_usage("team-a/bot", &spec, &[], at("2026-11-22T15:00:00Z"));
+        let usage = current_usage("team-a", "bot", &spec, &[], at("2026-11-22T15:00:00Z"));
         assert_eq!(
             usage,
             vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", 0.0, 0)]
@@ -249,5 +298,53 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_report_from_a_namespace_where_the_token_is_not_valid_counts_for_nothing() {
+        let spec = token("team-a", "bot").budget(day_budget(3.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let day = |cost| vec![entry(BudgetPeriod::Day, "2026-11-22T00:00:00Z", cost, 1)];
+        // A workload of team-b forges a report that spends team-a's budget.
+        let forged = report_from("team-b", "team-a/bot", day(3.0));
+        let usage = current_usage("team-a", "bot", &spec, [&forged], now);
+        assert_eq!(usage[0].cost_usd, 0.0);
+        assert_eq!(exhausted_period(&spec, &usage), None);
+        // Where the token's spec names team-b, team-b's sidecars serve it: counted.
+        let mut shared = token("team-a", "bot").budget(day_budget(3.0)).spec();
+        shared.additional_namespaces = vec!["team-b".into()];
+        let usage = current_usage("team-a", "bot", &shared, [&forged], now);
+        assert_eq!(exhausted_period(&shared, &usage), Some(BudgetPeriod::Day));
+    }
+
+    #[test]
+    fn a_report_counts_only_under_the_name_its_pod_label_gives() {
+        let config_map = |name: &str, pod: Option<&str>| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(name.into());
+            let mut l = BTreeMap::from([(labels::USAGE.to_string(), "true".to_string())]);
+            if let Some(pod) = pod {
+                l.insert(labels::WRITER_POD.into(), pod.into());
+            }
+            cm.metadata.labels = Some(l);
+            cm
+        };
+        assert!(named_after_its_pod(&config_map(
+            "policybind-usage-bot-1",
+            Some("bot-1")
+        )));
+        // Another pod's name under this pod's label, or no label at all.
+        assert!(!named_after_its_pod(&config_map(
+            "policybind-usage-victim",
+            Some("bot-1")
+        )));
+        assert!(!named_after_its_pod(&config_map(
+            "policybind-usage-bot-1",
+            None
+        )));
+        assert!(!named_after_its_pod(&config_map(
+            "policybind-usage-",
+            Some("")
+        )));
     }
 }

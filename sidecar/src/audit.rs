@@ -149,14 +149,21 @@ pub async fn directory_writer(
     Ok(AuditWriter::start(config, std::sync::Arc::new(store)).await?)
 }
 
-/// An audit writer over ConfigMaps in a namespace (in-cluster).
+/// An audit writer over ConfigMaps in a namespace (in-cluster). Segments carry
+/// `policybind.io/pod=<pod>`: the chart's admission policy lets a workload's
+/// service account write only segments labelled with its own pod.
 pub async fn config_map_writer(
     client: kube::Client,
     namespace: &str,
+    pod: &str,
     key: policybind_engine::audit::AuditSigningKey,
     writer: &str,
 ) -> Result<AuditWriter, AuditSetupError> {
-    let store = policybind_audit::ConfigMapStore::new(client, namespace);
+    let labels = std::collections::BTreeMap::from([(
+        policybind_crds::wire::labels::WRITER_POD.to_string(),
+        pod.to_string(),
+    )]);
+    let store = policybind_audit::ConfigMapStore::new(client, namespace).with_labels(labels);
     let config = policybind_audit::AuditConfig::new(writer, key);
     Ok(AuditWriter::start(config, std::sync::Arc::new(store)).await?)
 }

@@ -13,13 +13,9 @@ pub enum SourceSettings {
         path: PathBuf,
         poll_interval: Duration,
     },
-    /// A mounted bundle ConfigMap (`bundle.json` or `bundle.json.gz`), re-read when it changes.
-    BundleDirectory {
-        path: PathBuf,
-        poll_interval: Duration,
-    },
-    /// The namespace's bundle ConfigMap, watched through the API server.
-    ConfigMap { namespace: String, name: String },
+    /// The namespace's bundle, watched through the API server in PolicyBind's
+    /// own namespace (see [`crate::cluster`]).
+    ConfigMap(crate::cluster::BundleSource),
 }
 
 /// Where RequireApproval decisions are held for a human.
@@ -97,6 +93,9 @@ pub struct Settings {
     /// Where settled usage is reported for the operator (cluster mode only;
     /// needs a Kubernetes client). `None`: no report.
     pub usage_report: Option<crate::usage::UsageReportSettings>,
+    /// Sent with every response of the main port as `x-policybind-upstream`, so
+    /// that no caller mistakes the built-in demo upstream (`demo`) for a model.
+    pub upstream_label: Option<String>,
 }
 
 impl Settings {
@@ -120,6 +119,7 @@ impl Settings {
             decide_api: true,
             limits: Limits::default(),
             usage_report: None,
+            upstream_label: None,
         }
     }
 }

@@ -10,13 +10,16 @@
 //!
 //! - [`config`] holds the settings.
 //! - [`source`] holds the policy set in force and swaps it atomically; it also
-//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap.
+//!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap
+//!   in PolicyBind's own namespace.
 //! - [`proxy`] is the request path; [`facts`] reads and rewrites bodies.
 //! - [`accounting`] keeps rate limits and budgets behind the [`accounting::UsageLedger`] trait.
 //! - [`usage`] reports the ledger's settled usage to the operator (cluster mode).
 //! - [`approvals`] holds requests for a human decision.
 //! - [`decide_api`] is the decision API; [`audit`] is the audit trail as the request
 //!   path sees it; [`metrics`] has the Prometheus metrics.
+//! - [`fake_upstream`] is a small OpenAI-compatible server: the tests' upstream
+//!   and the demo upstream `policybind serve` starts when given none.
 //!
 //! [`start`] binds both ports and returns at once (tests use it on ephemeral
 //! ports); [`run`] also waits for Ctrl-C or SIGTERM and shuts down gracefully.
@@ -29,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod decide_api;
 pub mod facts;
+pub mod fake_upstream;
 pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
@@ -56,7 +60,7 @@ pub use source::PolicyHolder;
 use crate::approvals::Approvals;
 use crate::metrics::Metrics;
 use crate::proxy::AppState;
-use crate::source::{DirectoryKind, DirectoryWatcher};
+use crate::source::DirectoryWatcher;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -166,20 +170,13 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         SourceSettings::Directory {
             path,
             poll_interval,
-        }
-        | SourceSettings::BundleDirectory {
-            path,
-            poll_interval,
         } => {
-            let (kind, exclude) = match (&settings.source, &settings.approvals) {
-                (SourceSettings::BundleDirectory { .. }, _) => (DirectoryKind::Bundle, None),
-                (_, ApprovalSettings::Directory(dir)) => {
-                    (DirectoryKind::Manifests, Some(dir.clone()))
-                }
-                _ => (DirectoryKind::Manifests, None),
+            let exclude = match &settings.approvals {
+                ApprovalSettings::Directory(dir) => Some(dir.clone()),
+                _ => None,
             };
             let mut watcher =
-                DirectoryWatcher::new(kind, path.clone(), exclude, settings.namespace.clone());
+                DirectoryWatcher::new(path.clone(), exclude, settings.namespace.clone());
             watcher.poll(&holder, &metrics);
             let interval = *poll_interval;
             let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
@@ -188,15 +185,15 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
                 Ok(())
             });
         }
-        SourceSettings::ConfigMap { namespace, .. } => {
+        SourceSettings::ConfigMap(source) => {
             let client = match &deps.kube {
                 Some(c) => c.clone(),
                 None => kube::Client::try_default().await?,
             };
-            let namespace = namespace.clone();
+            let source = source.clone();
             let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
             tasks.spawn(async move {
-                cluster::watch_bundle(client, namespace, holder, metrics, stop).await;
+                cluster::watch_bundle(client, source, holder, metrics, stop).await;
                 Ok(())
             });
         }
@@ -218,7 +215,10 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     if settings.decide_api {
         app = app.route("/v1/decide", post(decide_api::decide));
     }
-    let app = app.fallback(proxy::handle).with_state(state);
+    let app = label_responses(
+        app.fallback(proxy::handle).with_state(state),
+        settings.upstream_label.as_deref(),
+    );
 
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -242,7 +242,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         }
         (Some(report), None) => {
             tracing::warn!(
-                configmap = %report.name,
+                pod = %report.pod,
                 "no Kubernetes client: usage is not reported to the operator"
             );
             None
@@ -274,6 +274,22 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         tasks,
         reporter,
     })
+}
+
+/// Adds `x-policybind-upstream: <label>` to every response, when a label is set.
+fn label_responses(app: Router, label: Option<&str>) -> Router {
+    let Some(value) = label.and_then(|l| http::HeaderValue::from_str(l).ok()) else {
+        return app;
+    };
+    app.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let value = value.clone();
+            async move {
+                response.headers_mut().insert(proxy::UPSTREAM_HEADER, value);
+                response
+            }
+        },
+    ))
 }
 
 type HealthState = (Arc<PolicyHolder>, Arc<Metrics>, Arc<dyn AuditSink>);

@@ -51,6 +51,13 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// Why a bundle was refused: `too_many_parts`, `too_large`, `gzip`, `json`,
+    /// `compile`, `fingerprint_mismatch`, ... (see `policybind_sidecar::cluster`).
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +79,7 @@ pub struct Metrics {
     pub bundle_loaded_timestamp: Gauge<f64, AtomicU64>,
     pub bundle_age_seconds: Gauge<f64, AtomicU64>,
     pub reloads: Family<ReloadLabels, Counter>,
+    pub bundle_rejected: Family<RejectedLabels, Counter>,
     pub in_flight: Gauge,
     pub audit_backlog: Gauge,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
@@ -92,6 +100,7 @@ impl Metrics {
         let bundle_loaded_timestamp = Gauge::<f64, AtomicU64>::default();
         let bundle_age_seconds = Gauge::<f64, AtomicU64>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let bundle_rejected = Family::<RejectedLabels, Counter>::default();
         let in_flight = Gauge::default();
         let audit_backlog = Gauge::default();
         {
@@ -152,6 +161,11 @@ impl Metrics {
                 reloads.clone(),
             );
             r.register(
+                "bundle_rejected",
+                "Bundles refused (counted once per bad fingerprint), by reason; the last good set stays in force",
+                bundle_rejected.clone(),
+            );
+            r.register(
                 "audit_backlog_records",
                 "Decisions appended to the audit trail but not yet in its store",
                 audit_backlog.clone(),
@@ -175,6 +189,7 @@ impl Metrics {
             bundle_loaded_timestamp,
             bundle_age_seconds,
             reloads,
+            bundle_rejected,
             in_flight,
             audit_backlog,
             loaded_at: Mutex::new(None),

@@ -65,6 +65,9 @@ pub const DECISION_HEADER: &str = "x-policybind-decision";
 pub const CODES_HEADER: &str = "x-policybind-codes";
 /// Response: the request id (also in logs and the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-policybind-request-id";
+/// Response: which upstream answers (`demo` for the built-in demo upstream of
+/// `policybind serve`); set only when [`crate::Settings::upstream_label`] is.
+pub const UPSTREAM_HEADER: &str = "x-policybind-upstream";
 
 type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -579,7 +582,7 @@ async fn decide_and_forward(
             body.request_stream_usage();
         }
         let estimate_cost = set
-            .pricing(&body.model)
+            .pricing(&body.model, &state.settings.namespace)
             .map(|p| p.cost(body.estimated_input_tokens, body.estimated_output_tokens))
             .unwrap_or(decision.facts.estimated_cost_usd);
         let estimate = Amount {
@@ -853,7 +856,7 @@ impl Reservation {
         let cost = self
             .loaded
             .set
-            .pricing(&self.model)
+            .pricing(&self.model, &self.state.settings.namespace)
             .map(|p| p.cost(input_tokens, output_tokens))
             .unwrap_or(0.0);
         let now = Utc::now();

@@ -9,17 +9,17 @@
 //!
 //! Standalone mode reads a directory of the same YAML manifests users apply
 //! (DESIGN.md section 8) and polls it for changes: polling by content hash also
-//! works on ConfigMap volume mounts and network file systems, where file events
-//! are unreliable. In a cluster, the operator's bundle ConfigMap is the source
-//! (DESIGN.md section 4, see [`crate::cluster`]).
+//! works on volume mounts and network file systems, where file events are
+//! unreliable. In a cluster, the operator's bundle is the source (DESIGN.md
+//! section 4, see [`crate::cluster`]); it is never mounted, because a mounted
+//! ConfigMap must sit in the workload's own namespace, where the workload could
+//! write it.
 
-use policybind_crds::wire::keys;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use policybind_engine::bundle_codec::{BundlePart, decode};
 use policybind_engine::manifest::{Manifests, parse_documents};
 use policybind_engine::{Bundle, PolicySet};
 use sha2::{Digest, Sha256};
@@ -97,94 +97,22 @@ impl SourceError {
     }
 }
 
-/// The manifest files of a directory, recursively, sorted, skipping hidden
-/// entries (ConfigMap volume internals such as `..data`) and `exclude`.
+/// The manifest files of a directory, as `policybind test` reads it
+/// ([`policybind_engine::manifest::manifest_files`]): a subdirectory with its own
+/// `kustomization.yaml` is a separate set and is not read.
 fn manifest_files(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, SourceError> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|source| SourceError::Io {
-            path: current.display().to_string(),
+    policybind_engine::manifest::manifest_files(dir, exclude)
+        .map(|listed| listed.files)
+        .map_err(|source| SourceError::Io {
+            path: dir.display().to_string(),
             source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| SourceError::Io {
-                path: current.display().to_string(),
-                source,
-            })?;
-            let path = entry.path();
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') || Some(path.as_path()) == exclude {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// What a watched directory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectoryKind {
-    /// YAML manifests as users apply them (standalone mode).
-    Manifests,
-    /// A mounted bundle ConfigMap: `bundle.json` or `bundle.json.gz` (in-cluster,
-    /// volume wiring).
-    Bundle,
+        })
 }
 
 /// The contents of a directory's manifests and a hash over them.
 pub struct DirectorySnapshot {
     pub digest: [u8; 32],
     files: Vec<(PathBuf, String)>,
-}
-
-/// Reads a mounted bundle ConfigMap. Returns the bytes of the file present and a
-/// digest of them.
-fn read_bundle_directory(dir: &Path) -> Result<(Vec<BundlePart>, [u8; 32]), SourceError> {
-    let plain = dir.join(keys::BUNDLE_JSON);
-    let gz = dir.join(keys::BUNDLE_GZ);
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| SourceError::Io {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let (part, bytes) = if plain.exists() {
-        let bytes = read(&plain)?;
-        let text = String::from_utf8(bytes.clone())
-            .map_err(|e| SourceError::Bundle(format!("{}: {e}", plain.display())))?;
-        (BundlePart::Plain(text), bytes)
-    } else {
-        let bytes = read(&gz)?;
-        (BundlePart::Gzip(bytes.clone()), bytes)
-    };
-    Ok((vec![part], Sha256::digest(&bytes).into()))
-}
-
-/// Compiles what a directory holds, with a digest of its contents.
-pub fn load(
-    kind: DirectoryKind,
-    dir: &Path,
-    exclude: Option<&Path>,
-    namespace: &str,
-) -> Result<(PolicySet, [u8; 32]), SourceError> {
-    match kind {
-        DirectoryKind::Manifests => load_directory(dir, exclude, namespace),
-        DirectoryKind::Bundle => {
-            let (parts, digest) = read_bundle_directory(dir)?;
-            let bundle = decode(&parts).map_err(|e| SourceError::Bundle(e.to_string()))?;
-            Ok((PolicySet::compile(&bundle)?, digest))
-        }
-    }
 }
 
 /// Reads every manifest file of a directory.
@@ -283,7 +211,6 @@ pub fn reject(holder: &PolicyHolder, metrics: &Metrics, error: &SourceError, ori
 /// A directory source: remembers what it last read so an unchanged directory
 /// costs one read per interval and a bad change is reported once.
 pub struct DirectoryWatcher {
-    pub kind: DirectoryKind,
     pub dir: PathBuf,
     /// A subdirectory that is not policy (the approvals directory).
     pub exclude: Option<PathBuf>,
@@ -293,14 +220,8 @@ pub struct DirectoryWatcher {
 }
 
 impl DirectoryWatcher {
-    pub fn new(
-        kind: DirectoryKind,
-        dir: PathBuf,
-        exclude: Option<PathBuf>,
-        namespace: String,
-    ) -> Self {
+    pub fn new(dir: PathBuf, exclude: Option<PathBuf>, namespace: String) -> Self {
         DirectoryWatcher {
-            kind,
             dir,
             exclude,
             namespace,
@@ -310,12 +231,7 @@ impl DirectoryWatcher {
     }
 
     fn digest(&self) -> Result<[u8; 32], SourceError> {
-        match self.kind {
-            DirectoryKind::Manifests => {
-                Ok(read_directory(&self.dir, self.exclude.as_deref())?.digest)
-            }
-            DirectoryKind::Bundle => Ok(read_bundle_directory(&self.dir)?.1),
-        }
+        Ok(read_directory(&self.dir, self.exclude.as_deref())?.digest)
     }
 
     /// Reads the directory once and swaps in its set if it changed and compiles.
@@ -333,12 +249,7 @@ impl DirectoryWatcher {
         if Some(digest) == self.last_digest {
             return;
         }
-        match load(
-            self.kind,
-            &self.dir,
-            self.exclude.as_deref(),
-            &self.namespace,
-        ) {
+        match load_directory(&self.dir, self.exclude.as_deref(), &self.namespace) {
             Ok((set, digest)) => {
                 self.last_digest = Some(digest);
                 self.last_error = None;
@@ -391,38 +302,7 @@ impl DirectoryWatcher {
 
 #[cfg(test)]
 mod tests {
-    use policybind_engine::bundle_codec::encode;
-
     use super::*;
-
-    #[test]
-    fn a_mounted_bundle_is_loaded_and_a_corrupt_one_keeps_the_last_good_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let encoded = encode(&Bundle::default(), 1 << 20);
-        let BundlePart::Plain(json) = &encoded.parts[0] else {
-            panic!("a small bundle is plain JSON");
-        };
-        std::fs::write(dir.path().join(keys::BUNDLE_JSON), json).unwrap();
-        let holder = PolicyHolder::new();
-        let metrics = Metrics::new();
-        let mut watcher =
-            DirectoryWatcher::new(DirectoryKind::Bundle, dir.path().into(), None, "ns".into());
-        watcher.poll(&holder, &metrics);
-        assert_eq!(
-            holder.current().unwrap().set.fingerprint(),
-            encoded.fingerprint
-        );
-
-        std::fs::write(dir.path().join(keys::BUNDLE_JSON), "{not json").unwrap();
-        watcher.poll(&holder, &metrics);
-        watcher.poll(&holder, &metrics);
-        assert_eq!(
-            holder.current().unwrap().set.fingerprint(),
-            encoded.fingerprint
-        );
-        let text = metrics.encode(Utc::now());
-        assert!(text.contains("policybind_sidecar_reloads_total{result=\"rejected\"} 1"));
-    }
 
     #[test]
     fn manifests_of_the_excluded_approvals_directory_are_not_policy() {
@@ -432,12 +312,8 @@ mod tests {
         std::fs::write(approvals.join("broken.yaml"), "kind: [not valid").unwrap();
         let holder = PolicyHolder::new();
         let metrics = Metrics::new();
-        let mut watcher = DirectoryWatcher::new(
-            DirectoryKind::Manifests,
-            dir.path().into(),
-            Some(approvals),
-            "default".into(),
-        );
+        let mut watcher =
+            DirectoryWatcher::new(dir.path().into(), Some(approvals), "default".into());
         watcher.poll(&holder, &metrics);
         assert!(
             holder.current().is_some(),

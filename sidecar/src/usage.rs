@@ -1,12 +1,19 @@
 //! Usage reports: how this sidecar tells the operator what each token spent
 //! (operator side: `policybind_operator::usage`, docs/operator.md).
 //!
-//! In cluster mode every pod keeps one ConfigMap, `policybind-usage-<pod>`,
-//! labelled [`labels::USAGE`]`=true`, whose [`keys::USAGE`] holds the ledger's
+//! In cluster mode every pod keeps one ConfigMap, `policybind-usage-<pod>`
+//! ([`wire::usage_report_name`]), labelled [`labels::USAGE`]`=true` and
+//! [`labels::WRITER_POD`]`=<pod>`, whose [`keys::USAGE`] holds the ledger's
 //! settled usage as JSON: token id to a list of `PeriodUsage` (the entry type of
 //! `AccessToken.status.usage`). The operator sums every pod's report into the
 //! token's status and marks the token exhausted in the bundles, which is how a
 //! budget holds across pods and replicas.
+//!
+//! The pod label is what the chart's ValidatingAdmissionPolicy checks: a service
+//! account may write a report only with the name of the pod its token is bound
+//! to, so a workload cannot forge or overwrite another pod's report. The
+//! operator, in turn, counts a report only under the name its pod label gives,
+//! from an enforced namespace, and only for tokens valid in that namespace.
 //!
 //! The report is written by server-side apply every interval and once at
 //! shutdown, only when its content changed. It has no owner reference to the
@@ -18,7 +25,7 @@
 //! first write the reporter reads the report back into the ledger
 //! ([`UsageLedger::restore`]), so a restart does not wipe what was spent.
 
-use policybind_crds::wire::{field_managers, keys, labels};
+use policybind_crds::wire::{self, field_managers, keys, labels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +34,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use policybind_crds::access_token::PeriodUsage;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -35,36 +41,17 @@ use crate::accounting::{Amount, SettledUsage, UsageLedger};
 
 /// Longest a single report call may take, so shutdown is never held up long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Object names are DNS subdomains of at most 253 characters.
-const MAX_NAME_LEN: usize = 253;
 
 /// Where and how often the report is written.
 #[derive(Debug, Clone)]
 pub struct UsageReportSettings {
     /// Namespace of the pod.
     pub namespace: String,
-    /// Name of the report ConfigMap; see [`report_name`].
-    pub name: String,
+    /// Name of the pod, written as [`labels::WRITER_POD`]; the report is named
+    /// after it ([`wire::usage_report_name`]).
+    pub pod: String,
     /// Time between two snapshots.
     pub interval: Duration,
-}
-
-/// Name of a pod's report: `policybind-usage-<pod>`. Pod names are at most 253
-/// characters, so a name that would be too long keeps a prefix of the pod name
-/// and ends with a hash of the whole, which keeps names of distinct pods
-/// distinct.
-pub fn report_name(pod: &str) -> String {
-    let name = format!("policybind-usage-{pod}");
-    if name.len() <= MAX_NAME_LEN {
-        return name;
-    }
-    let hash = hex::encode(&Sha256::digest(pod.as_bytes())[..8]);
-    let mut keep = MAX_NAME_LEN - hash.len() - 1;
-    while !name.is_char_boundary(keep) {
-        keep -= 1;
-    }
-    let prefix = name[..keep].trim_end_matches(['-', '.']);
-    format!("{prefix}-{hash}")
 }
 
 /// The report as the operator reads it: token id to usage per period, periods
@@ -109,13 +96,16 @@ pub fn snapshot(report: BTreeMap<String, Vec<PeriodUsage>>) -> Vec<SettledUsage>
         .collect()
 }
 
-/// The ConfigMap to apply for a report's JSON.
-pub fn report_config_map(namespace: &str, name: &str, json: String) -> ConfigMap {
+/// The ConfigMap to apply for the report of `pod`.
+pub fn report_config_map(namespace: &str, pod: &str, json: String) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
-            name: Some(name.into()),
+            name: Some(wire::usage_report_name(pod)),
             namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([(labels::USAGE.into(), "true".into())])),
+            labels: Some(BTreeMap::from([
+                (labels::USAGE.into(), "true".into()),
+                (labels::WRITER_POD.into(), pod.into()),
+            ])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(keys::USAGE.into(), json)])),
@@ -147,6 +137,7 @@ pub enum ReportError {
 pub struct UsageReporter {
     api: Api<ConfigMap>,
     namespace: String,
+    pod: String,
     name: String,
     ledger: Arc<dyn UsageLedger>,
     /// Whether the previous report has been read back into the ledger; nothing
@@ -165,7 +156,8 @@ impl UsageReporter {
         UsageReporter {
             api: Api::namespaced(client, &settings.namespace),
             namespace: settings.namespace.clone(),
-            name: settings.name.clone(),
+            pod: settings.pod.clone(),
+            name: wire::usage_report_name(&settings.pod),
             ledger,
             restored: false,
             last_written: None,
@@ -183,7 +175,7 @@ impl UsageReporter {
         if self.last_written.as_deref() == Some(json.as_str()) {
             return Ok(Reported::Unchanged);
         }
-        let config_map = report_config_map(&self.namespace, &self.name, json.clone());
+        let config_map = report_config_map(&self.namespace, &self.pod, json.clone());
         let params = PatchParams::apply(field_managers::SIDECAR).force();
         tokio::time::timeout(
             CALL_TIMEOUT,
@@ -394,27 +386,18 @@ mod tests {
     }
 
     #[test]
-    fn report_names_stay_valid_object_names_for_long_pod_names() {
-        assert_eq!(report_name("bot-7d9f-x2"), "policybind-usage-bot-7d9f-x2");
-        let long_a = format!("{}a", "p".repeat(252));
-        let long_b = format!("{}b", "p".repeat(252));
-        let (a, b) = (report_name(&long_a), report_name(&long_b));
-        assert!(a.len() <= MAX_NAME_LEN && b.len() <= MAX_NAME_LEN);
-        assert!(a.starts_with("policybind-usage-ppp"));
-        assert_ne!(a, b);
-    }
-
-    #[test]
     fn report_is_what_the_operator_reads() {
         let snapshot = [settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25)];
         let json = serde_json::to_string(&report(&snapshot)).unwrap();
-        let config_map = report_config_map("team-a", "policybind-usage-pod-1", json);
-        assert_eq!(labels::USAGE, labels::USAGE);
-        assert_eq!(keys::USAGE, keys::USAGE);
+        let config_map = report_config_map("team-a", "pod-1", json);
         assert_eq!(
-            config_map.metadata.labels.as_ref().unwrap()[labels::USAGE],
-            "true"
+            config_map.metadata.name.as_deref(),
+            Some("policybind-usage-pod-1")
         );
+        let labels_of = config_map.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels_of[labels::USAGE], "true");
+        // What the admission policy compares with the writer's pod.
+        assert_eq!(labels_of[labels::WRITER_POD], "pod-1");
         let parsed = policybind_operator::usage::UsageReport::from_config_map(&config_map)
             .expect("the operator parses the report");
         assert_eq!(parsed.0, report(&snapshot));

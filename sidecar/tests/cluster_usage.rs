@@ -67,7 +67,7 @@ fn not_found() -> (StatusCode, Value) {
 fn settings() -> UsageReportSettings {
     UsageReportSettings {
         namespace: "team-a".into(),
-        name: "policybind-usage-pod-1".into(),
+        pod: "pod-1".into(),
         interval: Duration::from_secs(5),
     }
 }
@@ -115,7 +115,7 @@ async fn settled_usage_is_applied_once_and_an_unchanged_snapshot_makes_no_call()
                     "metadata": {
                         "name": "policybind-usage-pod-1",
                         "namespace": "team-a",
-                        "labels": {"policybind.io/usage": "true"}
+                        "labels": {"policybind.io/usage": "true", "policybind.io/pod": "pod-1"}
                     },
                     "data": {
                         "usage.json": r#"{"team-a/bot":[{"period":"Day","periodStart":"2026-11-22T00:00:00Z","costUsd":1.25,"tokens":480,"requests":1}]}"#
@@ -156,7 +156,7 @@ async fn a_restarted_container_continues_from_its_previous_report() {
                 json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": "policybind-usage-pod-1", "namespace": "team-a",
-                                 "labels": {"policybind.io/usage": "true"}},
+                                 "labels": {"policybind.io/usage": "true", "policybind.io/pod": "pod-1"}},
                     "data": {"usage.json": previous}
                 }),
             )

@@ -44,9 +44,34 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
 }
 
+/// The review the validating webhook gets after injection: the pod with the
+/// sidecar, which validation compares against what it would inject.
+fn injected(review: &Value) -> Value {
+    let pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(review["request"]["object"].clone()).expect("pod");
+    let labels = std::collections::BTreeMap::from([(
+        "policybind.io/enforce".to_string(),
+        "true".to_string(),
+    )]);
+    let outcome = policybind_webhook::inject::inject(
+        &pod,
+        "team-a",
+        Some(&labels),
+        &AdmissionConfig::default(),
+    )
+    .expect("inject");
+    let policybind_webhook::inject::Outcome::Injected { pod, .. } = outcome else {
+        panic!("the fixture pod is injected");
+    };
+    let mut out = review.clone();
+    out["request"]["object"] = serde_json::to_value(pod).expect("json");
+    out
+}
+
 /// (path, body, label) in the proportions of the mix.
 fn mix() -> Vec<(&'static str, Bytes, &'static str)> {
     let pod = fixture("pod-create.json");
+    let injected_pod = injected(&pod);
     let mut denied = pod.clone();
     denied["request"]["object"]["metadata"]["annotations"]["policybind.io/model"] =
         json!("unregistered");
@@ -55,7 +80,7 @@ fn mix() -> Vec<(&'static str, Bytes, &'static str)> {
     let body = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("json"));
     let mut out = vec![];
     for _ in 0..4 {
-        out.push(("/validate", body(&pod), "validate pod"));
+        out.push(("/validate", body(&injected_pod), "validate injected pod"));
         out.push(("/mutate", body(&pod), "mutate pod (inject)"));
     }
     out.push(("/validate", body(&deployment), "validate deployment"));

@@ -4,7 +4,14 @@
 //! A business decision (deny, warn, patch) is always a `200` with the answer in
 //! the review; a body that is not an AdmissionReview gets a `400` with a JSON
 //! message, an oversized one a `413`. Every review that concerns something
-//! PolicyBind governs produces one audit record.
+//! PolicyBind governs produces one audit record, except dry-run reviews, which
+//! are decided and not recorded (the configurations say `sideEffects:
+//! NoneOnDryRun`). In an enforced namespace an admission whose record cannot be
+//! written is denied (`AUDIT_UNAVAILABLE`, configurable).
+//!
+//! Before anything is decided, every identifier the review carries and the
+//! webhook records is checked ([`crate::ident`]): a forged review with a huge or
+//! control-character identifier is denied and never reaches the trail.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use policybind_crds::Effect;
@@ -25,12 +33,14 @@ use serde_json::Value;
 use crate::audit::AuditSink;
 use crate::authz::Authorizer;
 use crate::config::AdmissionConfig;
-use crate::inject::{self, Outcome, Skip};
-use crate::metrics::{InjectionLabels, Metrics, ReviewLabels, WebhookLabel};
+use crate::ident::{self, IdentError};
+use crate::inject::{self, InjectChoice, Outcome, Skip};
+use crate::metrics::{AuditLabels, InjectionLabels, Metrics, ReviewLabels, WebhookLabel};
 use crate::resources;
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
-use crate::workloads::{self, Heuristics};
+use crate::workloads::{self, Heuristics, PodTemplate};
+use crate::{codes, enforcement};
 
 /// Default cap on an AdmissionReview body. The API server limits objects to
 /// about 1.5 MiB and a review may carry the old object too.
@@ -57,6 +67,7 @@ impl App {
     ) -> Result<Arc<Self>, crate::Error> {
         let heuristics = Heuristics::new(&config.extra_model_server_images)
             .map_err(|e| crate::Error::Config(format!("model server image pattern: {e}")))?;
+        config.sidecar.validate().map_err(crate::Error::Config)?;
         Ok(Arc::new(App {
             config,
             view,
@@ -139,7 +150,129 @@ fn operation_str(operation: &Operation) -> &'static str {
     }
 }
 
-/// Turns a verdict into the response, counts it and records it.
+/// Longest message, warning or detail value put into a record. Identifiers are
+/// refused beforehand; this bounds the text the webhook composes around them
+/// (engine messages may quote a policy).
+const MAX_RECORDED_TEXT: usize = 4096;
+
+/// Every identifier of the review itself that the webhook records or acts on.
+pub fn check_review_identifiers(
+    request: &AdmissionRequest<DynamicObject>,
+) -> Result<(), IdentError> {
+    use ident::{MAX_NAME, MAX_NAMESPACE, MAX_UID, MAX_USER, check, check_opt};
+    check("request.uid", &request.uid, MAX_UID)?;
+    for (field, value) in [
+        ("request.kind.group", &request.kind.group),
+        ("request.kind.version", &request.kind.version),
+        ("request.kind.kind", &request.kind.kind),
+        ("request.resource.group", &request.resource.group),
+        ("request.resource.version", &request.resource.version),
+        ("request.resource.resource", &request.resource.resource),
+    ] {
+        check(field, value, MAX_NAME)?;
+    }
+    check_opt(
+        "request.subResource",
+        request.sub_resource.as_deref(),
+        MAX_NAME,
+    )?;
+    check("request.name", &request.name, MAX_NAME)?;
+    check_opt(
+        "request.namespace",
+        request.namespace.as_deref(),
+        MAX_NAMESPACE,
+    )?;
+    check_opt(
+        "request.userInfo.username",
+        request.user_info.username.as_deref(),
+        MAX_USER,
+    )?;
+    check_opt(
+        "request.userInfo.uid",
+        request.user_info.uid.as_deref(),
+        MAX_USER,
+    )?;
+    for (i, group) in request.user_info.groups.iter().flatten().enumerate() {
+        check(&format!("request.userInfo.groups[{i}]"), group, MAX_USER)?;
+    }
+    if let Some(object) = &request.object {
+        let meta = &object.metadata;
+        check_opt(
+            "request.object.metadata.name",
+            meta.name.as_deref(),
+            MAX_NAME,
+        )?;
+        check_opt(
+            "request.object.metadata.generateName",
+            meta.generate_name.as_deref(),
+            MAX_NAME,
+        )?;
+        check_opt(
+            "request.object.metadata.namespace",
+            meta.namespace.as_deref(),
+            MAX_NAMESPACE,
+        )?;
+    }
+    Ok(())
+}
+
+/// The denial for a refused identifier: names the field, never the value.
+fn invalid_identifier(app: &App, error: &IdentError) -> Verdict {
+    app.metrics.invalid_identifiers.inc();
+    Verdict::deny(policybind_engine::codes::REQUEST_INVALID, error.to_string())
+        .with_detail("invalidField", error.field())
+}
+
+/// Records the verdict (unless dry-run) and counts the outcome. In an enforced
+/// namespace an allowed admission whose record cannot be written turns into a
+/// denial when the configuration requires records.
+fn record_outcome(
+    app: &App,
+    webhook: &'static str,
+    request: &AdmissionRequest<DynamicObject>,
+    verdict: Verdict,
+) -> Verdict {
+    if verdict.code.is_none() {
+        return verdict;
+    }
+    let count = |result: &'static str, reason: &'static str| {
+        app.metrics
+            .audit_records
+            .get_or_create(&AuditLabels { result, reason })
+            .inc();
+    };
+    if request.dry_run {
+        // No side effects on dry runs (sideEffects: NoneOnDryRun): decided, not recorded.
+        count("dry_run", "");
+        return verdict;
+    }
+    let Err(failure) = app.audit.record(event_for(webhook, request, &verdict)) else {
+        count("written", "");
+        return verdict;
+    };
+    count("failed", failure.reason);
+    let namespace = request.namespace.as_deref().unwrap_or("");
+    let enforced = !namespace.is_empty()
+        && inject::namespace_enforced(app.view.namespace_labels(namespace).as_ref());
+    tracing::warn!(
+        error = %failure,
+        namespace,
+        enforced,
+        "admission record not written"
+    );
+    if !(verdict.allowed && enforced && app.config.require_audit_record) {
+        return verdict;
+    }
+    Verdict::deny(
+        policybind_engine::codes::AUDIT_UNAVAILABLE,
+        format!(
+            "the audit trail cannot take the record of this admission right now ({failure}); namespace {namespace} \
+             is enforced, so nothing is admitted unrecorded; try again shortly"
+        ),
+    )
+}
+
+/// Turns a verdict into the response, records and counts it.
 fn finish(
     app: &App,
     webhook: &'static str,
@@ -148,10 +281,12 @@ fn finish(
     mut response: AdmissionResponse,
     started: Instant,
 ) -> Response {
+    let verdict = record_outcome(app, webhook, request, verdict);
     if !verdict.allowed {
         // The code leads the message: it is what `kubectl` shows, and what scripts grep.
         let code = verdict.code.unwrap_or("DENIED");
-        response = response.deny(format!("{code}: {}", verdict.message));
+        // Built afresh: a denial never carries a patch.
+        response = AdmissionResponse::from(request).deny(format!("{code}: {}", verdict.message));
         response.result.code = 403;
         response.result.reason = verdict.code.unwrap_or("Forbidden").to_string();
     }
@@ -162,7 +297,6 @@ fn finish(
         response
             .audit_annotations
             .insert("code".into(), code.to_string());
-        record(app, webhook, request, &verdict);
     }
     app.metrics
         .reviews
@@ -180,55 +314,64 @@ fn finish(
     respond(response)
 }
 
-fn record(
-    app: &App,
+/// The audit record of a verdict. Identifiers come from the review after
+/// [`check_review_identifiers`]; when one failed, none of the review's own
+/// identifiers is recorded (the verdict names the field), so a forged value never
+/// reaches the trail.
+fn event_for(
     webhook: &'static str,
     request: &AdmissionRequest<DynamicObject>,
     verdict: &Verdict,
-) {
+) -> AuditEvent {
+    let invalid = verdict.detail.contains_key("invalidField");
     let mut event = AuditEvent::new(verdict.record_kind)
-        .request_id(request.uid.clone())
         .effect(if verdict.allowed {
             Effect::Allow
         } else {
             Effect::Deny
         })
         .detail("webhook", webhook)
-        .detail("operation", operation_str(&request.operation))
-        .detail(
-            "resource",
-            format!(
-                "{}/{}/{}",
-                request.resource.group, request.resource.version, request.resource.resource
-            ),
-        )
-        .detail("kind", request.kind.kind.clone())
-        .detail("name", request.name.clone());
-    if let Some(user) = &request.user_info.username {
-        event = event.subject(user.clone());
+        .detail("operation", operation_str(&request.operation));
+    if !invalid {
+        // Every identifier passed the checks.
+        event = event
+            .request_id(request.uid.clone())
+            .detail(
+                "resource",
+                format!(
+                    "{}/{}/{}",
+                    request.resource.group, request.resource.version, request.resource.resource
+                ),
+            )
+            .detail("kind", request.kind.kind.clone())
+            .detail("name", request.name.clone());
+        if let Some(user) = &request.user_info.username {
+            event = event.subject(user.clone());
+        }
+        if let Some(namespace) = &request.namespace {
+            event = event.namespace(namespace.clone());
+        }
     }
-    if let Some(namespace) = &request.namespace {
-        event = event.namespace(namespace.clone());
-    }
+
     if let Some(code) = verdict.code {
         event = event.code(code);
     }
     if let Some(model) = &verdict.model {
-        event = event.model(model.clone());
-    }
-    if request.dry_run {
-        event = event.detail("dryRun", "true");
+        event = event.model(ident::bounded(model, ident::MAX_MODEL_REFERENCE));
     }
     if !verdict.allowed {
-        event = event.detail("message", verdict.message.clone());
+        event = event.detail(
+            "message",
+            ident::bounded(&verdict.message, MAX_RECORDED_TEXT),
+        );
     }
     for warning in &verdict.warnings {
-        event = event.detail("warning", warning.clone());
+        event = event.detail("warning", ident::bounded(warning, MAX_RECORDED_TEXT));
     }
     for (key, value) in &verdict.detail {
-        event = event.detail(key.clone(), value.clone());
+        event = event.detail(key.clone(), ident::bounded(value, MAX_RECORDED_TEXT));
     }
-    app.audit.record(event);
+    event
 }
 
 fn object_json(object: Option<&DynamicObject>) -> Option<Value> {
@@ -242,7 +385,10 @@ async fn validate(State(app): State<Arc<App>>, body: Bytes) -> Response {
         Err(message) => return bad_request(&app, message),
     };
     let response = AdmissionResponse::from(&request);
-    let verdict = validate_request(&app, &request).await;
+    let verdict = match check_review_identifiers(&request) {
+        Ok(()) => validate_request(&app, &request).await,
+        Err(error) => invalid_identifier(&app, &error),
+    };
     finish(&app, "validate", &request, verdict, response, started)
 }
 
@@ -257,58 +403,23 @@ pub async fn validate_request(app: &App, request: &AdmissionRequest<DynamicObjec
         return Verdict::allow_quietly();
     };
     if group == policybind_crds::GROUP {
-        return match kind {
-            "AIPolicy" | "ClusterAIPolicy" | "ModelDeployment" | "AccessToken" => {
-                // Compiling is CPU work of milliseconds (more for large policy sets):
-                // off the async workers, so pod reviews never queue behind it.
-                let view = app.view.clone();
-                let cache = app.compile_cache.clone();
-                let kind = kind.to_string();
-                tokio::task::spawn_blocking(move || {
-                    let view = view.as_ref();
-                    match kind.as_str() {
-                        "AIPolicy" => resources::validate_ai_policy(view, &cache, &object),
-                        "ClusterAIPolicy" => {
-                            resources::validate_cluster_policy(view, &cache, &object)
-                        }
-                        "ModelDeployment" => resources::validate_model(view, &cache, &object),
-                        _ => resources::validate_token(view, &object, chrono::Utc::now()),
-                    }
-                })
-                .await
-                .unwrap_or_else(|error| {
-                    tracing::error!(%error, "resource validation task failed");
-                    Verdict::deny(
-                        resources::admission_codes::RESOURCE_INVALID,
-                        "internal error while validating; try again",
-                    )
-                })
-            }
-            "ApprovalRequest" => {
-                let old = object_json(request.old_object.as_ref());
-                resources::validate_approval(
-                    app.authorizer.as_ref(),
-                    &request.user_info,
-                    &object,
-                    old.as_ref(),
-                )
-                .await
-            }
-            _ => Verdict::allow_quietly(),
-        };
+        return validate_resource(app, request, kind, object).await;
     }
     let namespace = request.namespace.as_deref().unwrap_or("");
     if app.config.is_excluded(namespace) {
         return Verdict::allow_quietly();
     }
+    let is_pod = group.is_empty() && kind == "Pod";
+    if is_pod && matches!(request.operation, Operation::Update) {
+        // Pods are judged when created; afterwards only ephemeral containers
+        // (`kubectl debug`) can add what reads the audit key.
+        return validate_ephemeral_containers(request, &object);
+    }
     let Some(template) = workloads::pod_template(group, kind, &object) else {
         return Verdict::allow_quietly();
     };
     if matches!(request.operation, Operation::Update) {
-        // Pods are judged when created; a workload when its template changes.
-        if kind == "Pod" {
-            return Verdict::allow_quietly();
-        }
+        // A workload is judged again when its template changes.
         let old = object_json(request.old_object.as_ref());
         let old_template = old
             .as_ref()
@@ -317,20 +428,150 @@ pub async fn validate_request(app: &App, request: &AdmissionRequest<DynamicObjec
             return Verdict::allow_quietly();
         }
     }
-    let verdict = workloads::check(
-        &app.config,
+    validate_workload(app, request, namespace, &object, &template).await
+}
+
+/// PolicyBind's own kinds: compiled off the async workers, then the rights that
+/// need a SubjectAccessReview.
+async fn validate_resource(
+    app: &App,
+    request: &AdmissionRequest<DynamicObject>,
+    kind: &str,
+    object: Value,
+) -> Verdict {
+    let old = object_json(request.old_object.as_ref());
+    let user = &request.user_info;
+    let authorizer = app.authorizer.as_ref();
+    match kind {
+        "AIPolicy" | "ClusterAIPolicy" | "ModelDeployment" | "AccessToken" => {
+            let compiled = compile_resource(app, kind, object.clone()).await;
+            if !compiled.allowed {
+                return compiled;
+            }
+            let rights = match kind {
+                "ModelDeployment" => {
+                    resources::authorize_model_scope(authorizer, user, &object, old.as_ref()).await
+                }
+                "AccessToken" => {
+                    resources::authorize_token_namespaces(authorizer, user, &object, old.as_ref())
+                        .await
+                }
+                _ => None,
+            };
+            match rights {
+                Some(denied) => denied,
+                None => compiled,
+            }
+        }
+        "ApprovalRequest" => {
+            resources::validate_approval(authorizer, user, &object, old.as_ref()).await
+        }
+        _ => Verdict::allow_quietly(),
+    }
+}
+
+/// Compiling is CPU work of milliseconds (more for large policy sets): off the
+/// async workers, so pod reviews never queue behind it.
+async fn compile_resource(app: &App, kind: &str, object: Value) -> Verdict {
+    let view = app.view.clone();
+    let cache = app.compile_cache.clone();
+    let kind = kind.to_string();
+    tokio::task::spawn_blocking(move || {
+        let view = view.as_ref();
+        match kind.as_str() {
+            "AIPolicy" => resources::validate_ai_policy(view, &cache, &object),
+            "ClusterAIPolicy" => resources::validate_cluster_policy(view, &cache, &object),
+            "ModelDeployment" => resources::validate_model(view, &cache, &object),
+            _ => resources::validate_token(view, &object, chrono::Utc::now()),
+        }
+    })
+    .await
+    .unwrap_or_else(|error| {
+        tracing::error!(%error, "resource validation task failed");
+        Verdict::deny(
+            codes::RESOURCE_INVALID,
+            "internal error while validating; try again",
+        )
+    })
+}
+
+/// `pods/ephemeralcontainers` updates: no ephemeral container may read the key.
+fn validate_ephemeral_containers(
+    request: &AdmissionRequest<DynamicObject>,
+    object: &Value,
+) -> Verdict {
+    if request.sub_resource.as_deref() != Some("ephemeralcontainers") {
+        return Verdict::allow_quietly();
+    }
+    let Ok(pod) = serde_json::from_value::<Pod>(object.clone()) else {
+        return Verdict::deny(
+            policybind_engine::codes::REQUEST_INVALID,
+            "request.object is not a Pod",
+        );
+    };
+    match enforcement::ephemeral_audit_key_exposure(&pod) {
+        Some(message) => Verdict::deny(codes::AUDIT_KEY_EXPOSED, message),
+        None => Verdict::allow_quietly(),
+    }
+}
+
+/// A pod or a workload's pod template: the audit key, the sidecar, the registry,
+/// and in enforced namespaces the sidecar requirement and opt-out rights.
+async fn validate_workload(
+    app: &App,
+    request: &AdmissionRequest<DynamicObject>,
+    namespace: &str,
+    object: &Value,
+    template: &PodTemplate<'_>,
+) -> Verdict {
+    if let Err(error) = template.check_identifiers() {
+        return invalid_identifier(app, &error);
+    }
+    let pod = match template.to_pod() {
+        Ok(pod) => pod,
+        Err(message) => return Verdict::deny(policybind_engine::codes::REQUEST_INVALID, message),
+    };
+    let config = &app.config;
+    let labels = app.view.namespace_labels(namespace);
+    let enforced = workloads::is_enforced(labels.as_ref(), object, template);
+    let sidecar_problem = enforcement::sidecar_problem(&pod, namespace, config);
+    // A forged sidecar first: it usually mounts the key too, and this says why.
+    if enforced && let Some(problem) = &sidecar_problem {
+        return enforcement::forged_sidecar(problem);
+    }
+    if let Some(message) = enforcement::audit_key_exposure(&pod, sidecar_problem.is_none()) {
+        return Verdict::deny(codes::AUDIT_KEY_EXPOSED, message);
+    }
+    let mut verdict = workloads::check(
+        config,
         &app.heuristics,
         app.view.as_ref(),
         namespace,
-        &template,
+        template,
     );
-    let labels = app.view.namespace_labels(namespace);
-    let enforced = workloads::is_enforced(labels.as_ref(), &object, &template);
-    if verdict.allowed || enforced {
+    verdict.warnings.extend(inject::unrecognised_inject_values(
+        &template.labels,
+        &template.annotations,
+    ));
+    if !verdict.allowed && !enforced {
+        return audit_mode(verdict);
+    }
+    if !verdict.allowed || !enforced {
         return verdict;
     }
-    // Audit mode: outside enforced namespaces (and without the pod's own opt-in)
-    // a denial is recorded as what would have happened and shown as a warning.
+    match enforce_sidecar(app, request, namespace, object, template, &pod).await {
+        None => verdict,
+        Some(mut enforcement) => {
+            enforcement.warnings.extend(verdict.warnings);
+            enforcement.model = enforcement.model.or(verdict.model);
+            enforcement
+        }
+    }
+}
+
+/// Outside enforced namespaces (and without the pod's own opt-in) a denial is
+/// recorded as what would have happened and shown as a warning.
+fn audit_mode(verdict: Verdict) -> Verdict {
     let mut audited = Verdict {
         allowed: true,
         ..verdict.clone()
@@ -345,6 +586,59 @@ pub async fn validate_request(app: &App, request: &AdmissionRequest<DynamicObjec
     audited
 }
 
+/// In an enforced scope, a model pod without the sidecar needs an authorized
+/// opt-out; a template that opts out needs the same right from whoever writes it,
+/// and one that does not must be injectable. `None`: nothing to add.
+async fn enforce_sidecar(
+    app: &App,
+    request: &AdmissionRequest<DynamicObject>,
+    namespace: &str,
+    object: &Value,
+    template: &PodTemplate<'_>,
+    pod: &Pod,
+) -> Option<Verdict> {
+    let model = template.model_reference()?;
+    if pod
+        .spec
+        .as_ref()
+        .and_then(enforcement::find_sidecar)
+        .is_some()
+    {
+        return None; // genuine: checked before the registry
+    }
+    let (_, model_name) = workloads::parse_reference(model, namespace);
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    if inject::inject_choice(&template.labels, &template.annotations) == InjectChoice::Out {
+        let owners: Option<Vec<OwnerReference>> = object
+            .pointer("/metadata/ownerReferences")
+            .and_then(|o| serde_json::from_value(o.clone()).ok());
+        let what = if is_pod {
+            "the pod".to_string()
+        } else {
+            format!("the pod template of {}", request.kind.kind)
+        };
+        let verdict = enforcement::exemption(
+            app.authorizer.as_ref(),
+            &request.user_info,
+            owners.as_deref(),
+            namespace,
+            model_name,
+            &what,
+        )
+        .await;
+        return Some(verdict);
+    }
+    let problem = inject::injection_problem(pod, &app.config);
+    if is_pod || problem.is_some() {
+        return Some(enforcement::missing_sidecar(
+            namespace,
+            model,
+            problem.as_deref(),
+        ));
+    }
+    None
+}
+
 async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let started = Instant::now();
     let request = match parse(&body) {
@@ -352,86 +646,113 @@ async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
         Err(message) => return bad_request(&app, message),
     };
     let response = AdmissionResponse::from(&request);
+    let (verdict, response) = mutate_request(&app, &request, response);
+    finish(&app, "mutate", &request, verdict, response, started)
+}
+
+/// The mutating decision: the injection patch, or why there is none.
+fn mutate_request(
+    app: &App,
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+) -> (Verdict, AdmissionResponse) {
+    if let Err(error) = check_review_identifiers(request) {
+        return (invalid_identifier(app, &error), response);
+    }
     // Only pods are mutated; PolicyBind's own resources never are (GitOps drift).
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     if !is_pod || !matches!(request.operation, Operation::Create) {
-        return finish(
-            &app,
-            "mutate",
-            &request,
-            Verdict::allow_quietly(),
-            response,
-            started,
-        );
+        return (Verdict::allow_quietly(), response);
     }
     let namespace = request.namespace.clone().unwrap_or_default();
-    let pod: Option<Pod> = request
-        .object
+    let object = object_json(request.object.as_ref());
+    if let Some(template) = object
         .as_ref()
-        .and_then(|o| serde_json::to_value(o).ok())
-        .and_then(|v| serde_json::from_value(v).ok());
-    let Some(pod) = pod else {
-        return bad_request(&app, "request.object is not a Pod".into());
+        .and_then(|o| workloads::pod_template("", "Pod", o))
+        && let Err(error) = template.check_identifiers()
+    {
+        return (invalid_identifier(app, &error), response);
+    }
+    let Some(pod) = object.and_then(|v| serde_json::from_value::<Pod>(v).ok()) else {
+        return (
+            Verdict::deny(
+                policybind_engine::codes::REQUEST_INVALID,
+                "request.object is not a Pod",
+            ),
+            response,
+        );
     };
     let labels = app.view.namespace_labels(&namespace);
-    let outcome = match inject::inject(&pod, &namespace, labels.as_ref(), &app.config) {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            // Never block a pod on our own bug: admit unchanged, say so in the log.
-            tracing::error!(%error, "injection patch failed");
-            return finish(
-                &app,
-                "mutate",
-                &request,
-                Verdict::allow_quietly(),
-                response,
-                started,
-            );
-        }
-    };
-    let (verdict, response) = match outcome {
-        Outcome::Injected {
+    match inject::inject(&pod, &namespace, labels.as_ref(), &app.config) {
+        Ok(Outcome::Injected {
             patch,
             port,
             model_port,
             ..
-        } => {
-            app.metrics
-                .injections
-                .get_or_create(&InjectionLabels { result: "injected" })
-                .inc();
-            let verdict = Verdict::allow(policybind_engine::codes::POLICY_ALLOW)
-                .with_detail("injected", "true")
-                .with_detail("ports", format!("{port}:{model_port}"));
-            match response.with_patch(patch) {
-                Ok(r) => (verdict, r),
-                Err(error) => {
-                    tracing::error!(%error, "serializing the injection patch");
-                    (Verdict::allow_quietly(), AdmissionResponse::from(&request))
-                }
-            }
+        }) => injected(app, request, response, patch, port, model_port),
+        Ok(Outcome::Skipped(skip)) => (skipped(app, skip), response),
+        Err(error) => {
+            // Never block a pod on our own bug: admit unchanged, say so in the log.
+            // In enforced namespaces validation then denies the uninjected model pod.
+            tracing::error!(%error, "injection patch failed");
+            (Verdict::allow_quietly(), response)
         }
-        Outcome::Skipped(skip) => {
-            app.metrics
-                .injections
-                .get_or_create(&InjectionLabels {
-                    result: skip.as_str(),
-                })
-                .inc();
-            let verdict = match skip {
-                // Opted in but nothing to take over: admit, and tell the user why.
-                Skip::NoModelPort(message) => {
-                    let mut v = Verdict::allow(policybind_engine::codes::POLICY_ALLOW)
-                        .with_detail("injected", "false")
-                        .with_detail("skip", "no-model-port");
-                    v.warnings
-                        .push(format!("PolicyBind sidecar not injected: {message}"));
-                    v
-                }
-                _ => Verdict::allow_quietly(),
-            };
-            (verdict, response)
+    }
+}
+
+fn injected(
+    app: &App,
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    patch: json_patch::Patch,
+    port: i32,
+    model_port: i32,
+) -> (Verdict, AdmissionResponse) {
+    app.metrics
+        .injections
+        .get_or_create(&InjectionLabels { result: "injected" })
+        .inc();
+    let verdict = Verdict::allow(policybind_engine::codes::POLICY_ALLOW)
+        .with_detail("injected", "true")
+        .with_detail("ports", format!("{port}:{model_port}"));
+    match response.with_patch(patch) {
+        Ok(r) => (verdict, r),
+        Err(error) => {
+            tracing::error!(%error, "serializing the injection patch");
+            (Verdict::allow_quietly(), AdmissionResponse::from(request))
         }
+    }
+}
+
+fn skipped(app: &App, skip: Skip) -> Verdict {
+    app.metrics
+        .injections
+        .get_or_create(&InjectionLabels {
+            result: skip.as_str(),
+        })
+        .inc();
+    let allow_with_warning = |skip_label: &str, warning: String| {
+        let mut verdict = Verdict::allow(policybind_engine::codes::POLICY_ALLOW)
+            .with_detail("injected", "false")
+            .with_detail("skip", skip_label);
+        verdict.warnings.push(warning);
+        verdict
     };
-    finish(&app, "mutate", &request, verdict, response, started)
+    match skip {
+        // Opted in but nothing to take over: admit, and tell the user why.
+        Skip::NoModelPort(message) => allow_with_warning(
+            "no-model-port",
+            format!("PolicyBind sidecar not injected: {message}"),
+        ),
+        Skip::NoModel { opted_in: true } => allow_with_warning(
+            "no-model",
+            format!(
+                "PolicyBind sidecar not injected: the pod asks for it ({}) but declares no model; \
+                 add the annotation {}: <ModelDeployment name>",
+                policybind_crds::wire::labels::INJECT,
+                policybind_crds::wire::annotations::MODEL
+            ),
+        ),
+        _ => Verdict::allow_quietly(),
+    }
 }

@@ -6,16 +6,29 @@
 //! `policybind-audit` writer (records chained under the webhook's writer id and
 //! batched into ConfigMap segments); [`LogSink`] writes JSON lines for a log
 //! pipeline when no store is configured; [`MemorySink`] keeps records for tests.
+//!
+//! A sink says when it could not take a record. The caller decides what that
+//! means: in enforced namespaces the admission is denied (`AUDIT_UNAVAILABLE`),
+//! elsewhere it proceeds; either way the failure is counted.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use policybind_engine::audit::AuditEvent;
 
+/// Why a record was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AuditFailure {
+    /// Short metric label: `queue_full`, `closed`, `too_large`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Where admission records go. `record` is called on the request path: it must
-/// only enqueue.
+/// only enqueue, and say when it could not.
 pub trait AuditSink: Send + Sync {
-    fn record(&self, event: AuditEvent);
+    fn record(&self, event: AuditEvent) -> Result<(), AuditFailure>;
 }
 
 /// Writes each record as one structured log line (target `policybind::audit`).
@@ -23,7 +36,7 @@ pub trait AuditSink: Send + Sync {
 pub struct LogSink;
 
 impl AuditSink for LogSink {
-    fn record(&self, event: AuditEvent) {
+    fn record(&self, event: AuditEvent) -> Result<(), AuditFailure> {
         tracing::info!(
             target: "policybind::audit",
             kind = event.kind.as_str(),
@@ -36,18 +49,26 @@ impl AuditSink for LogSink {
             detail = ?event.detail,
             "admission"
         );
+        Ok(())
     }
 }
 
-/// Keeps records in memory (tests, benchmarks).
+/// Keeps records in memory (tests, benchmarks); can be told to refuse, as a full
+/// writer queue would.
 #[derive(Debug, Default)]
 pub struct MemorySink {
     records: Mutex<Vec<AuditEvent>>,
+    refusing: AtomicBool,
 }
 
 impl MemorySink {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, refuse every record (`true`) or take them again (`false`).
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
     }
 
     /// Every record so far.
@@ -57,8 +78,15 @@ impl MemorySink {
 }
 
 impl AuditSink for MemorySink {
-    fn record(&self, event: AuditEvent) {
+    fn record(&self, event: AuditEvent) -> Result<(), AuditFailure> {
+        if self.refusing.load(Ordering::Relaxed) {
+            return Err(AuditFailure {
+                reason: "queue_full",
+                message: "audit queue is full (test)".into(),
+            });
+        }
         self.records.lock().expect("audit lock").push(event);
+        Ok(())
     }
 }
 
@@ -89,14 +117,20 @@ impl WriterSink {
 }
 
 impl AuditSink for WriterSink {
-    fn record(&self, event: AuditEvent) {
-        // Admission keeps answering when the trail is congested: blocking every pod
-        // creation on a slow store would hurt more than a missing admission record.
-        // The refusal is logged and counted; the chain has no hole, the record was
-        // simply never appended.
-        if let Err(error) = self.writer.append(event) {
+    fn record(&self, event: AuditEvent) -> Result<(), AuditFailure> {
+        // The chain has no hole when this fails: the record was never appended.
+        // Whether the admission proceeds is the caller's decision.
+        self.writer.append(event).map(|_| ()).map_err(|error| {
             self.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, code = error.denial_code(), "admission record not written");
-        }
+            let reason = match error {
+                policybind_audit::AppendError::QueueFull { .. } => "queue_full",
+                policybind_audit::AppendError::Closed => "closed",
+                policybind_audit::AppendError::RecordTooLarge { .. } => "too_large",
+            };
+            AuditFailure {
+                reason,
+                message: error.to_string(),
+            }
+        })
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use policybind_crds::wire::{env, names};
 use serde::{Deserialize, Serialize};
 
 /// Namespaces the webhook never injects into nor gates, whatever their labels say.
@@ -46,27 +47,6 @@ pub enum SidecarStyle {
     Regular,
 }
 
-/// How the sidecar gets its policy bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BundleWiring {
-    /// The sidecar watches the ConfigMap itself (updates in about a second).
-    ConfigMap { name: String },
-    /// The ConfigMap is mounted as a volume (no API access needed by the pod; the
-    /// kubelet refreshes it within its sync period, about a minute).
-    Volume {
-        config_map: String,
-        mount_path: String,
-    },
-}
-
-impl Default for BundleWiring {
-    fn default() -> Self {
-        BundleWiring::ConfigMap {
-            name: "policybind-bundle".into(),
-        }
-    }
-}
-
 /// The injected container's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SidecarConfig {
@@ -88,8 +68,8 @@ pub struct SidecarConfig {
     pub memory_limit: String,
     /// User id the sidecar runs as (non-root).
     pub run_as_user: i64,
-    pub bundle: BundleWiring,
-    /// Extra environment for the sidecar (for example the audit store settings).
+    /// Extra environment for the sidecar (log settings, audit batching). May not
+    /// set the wiring the webhook owns (see [`RESERVED_SIDECAR_ENV`]).
     pub extra_env: BTreeMap<String, String>,
 }
 
@@ -108,7 +88,6 @@ impl Default for SidecarConfig {
             cpu_limit: None,
             memory_limit: "128Mi".into(),
             run_as_user: 65532,
-            bundle: BundleWiring::default(),
             extra_env: BTreeMap::new(),
         }
     }
@@ -133,6 +112,10 @@ pub struct AdmissionConfig {
     /// Whether the cluster supports native sidecars (resolved from `sidecar.style`
     /// and the API server version before serving).
     pub native_sidecars: bool,
+    /// In enforced namespaces, deny an admission whose audit record cannot be
+    /// written (the trail's queue is full or closed). Elsewhere the admission
+    /// proceeds and the failure is counted. Default on.
+    pub require_audit_record: bool,
 }
 
 impl Default for AdmissionConfig {
@@ -145,6 +128,57 @@ impl Default for AdmissionConfig {
             default_namespace_classification: policybind_crds::DataClassification::Internal,
             sidecar: SidecarConfig::default(),
             native_sidecars: true,
+            require_audit_record: true,
+        }
+    }
+}
+
+/// Environment variables of the injected sidecar that only the webhook sets: they
+/// say where the policy comes from, which key signs the trail and what is
+/// forwarded where. Extra environment may not override them, and a pod whose
+/// sidecar carries other values is a forged sidecar.
+pub const RESERVED_SIDECAR_ENV: [&str; 10] = [
+    env::NAMESPACE,
+    env::POD_NAME,
+    env::UPSTREAM,
+    env::LISTEN,
+    env::HEALTH_LISTEN,
+    env::MODEL_DEPLOYMENT,
+    env::BUNDLE_CONFIGMAP,
+    env::BUNDLE_NAMESPACE,
+    env::AUDIT_KEY,
+    env::AUDIT_KEY_SECRET,
+];
+
+/// Whether an environment variable name belongs to the wiring the webhook owns:
+/// every `POLICYBIND_BUNDLE_*` and `POLICYBIND_AUDIT_KEY*` variable and the ones in
+/// [`RESERVED_SIDECAR_ENV`].
+pub fn is_reserved_sidecar_env(name: &str) -> bool {
+    RESERVED_SIDECAR_ENV.contains(&name)
+        || name.starts_with("POLICYBIND_BUNDLE_")
+        || name.starts_with(env::AUDIT_KEY)
+}
+
+impl SidecarConfig {
+    /// Refuses a configuration that would let extra environment rewire the sidecar.
+    pub fn validate(&self) -> Result<(), String> {
+        let reserved: Vec<&str> = self
+            .extra_env
+            .keys()
+            .map(String::as_str)
+            .filter(|name| is_reserved_sidecar_env(name))
+            .collect();
+        if reserved.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "sidecar environment {} is set by the webhook itself and cannot be overridden \
+                 (the bundle is always ConfigMap {} in PolicyBind's namespace, the audit key the \
+                 namespace's Secret {})",
+                reserved.join(", "),
+                names::bundle_config_map("<namespace>"),
+                names::AUDIT_KEY_SECRET
+            ))
         }
     }
 }
@@ -182,8 +216,12 @@ pub struct InjectionFile {
     pub health_port: Option<i32>,
     pub run_as_user: Option<i64>,
     pub resources: Option<InjectionResources>,
-    pub bundle_config_map: Option<String>,
-    pub bundle_mount_path: Option<String>,
+    /// No longer supported (an error): the bundle is ConfigMap
+    /// `policybind-bundle.<namespace>` in PolicyBind's own namespace.
+    pub bundle_config_map: Option<serde_json::Value>,
+    /// No longer supported (an error): a ConfigMap a workload can write is not a
+    /// trustworthy policy source, so bundles are never mounted.
+    pub bundle_mount_path: Option<serde_json::Value>,
     /// Sets `POLICYBIND_LOG_FORMAT` in the sidecar.
     pub log_format: Option<String>,
     /// Sets `RUST_LOG` in the sidecar.
@@ -207,8 +245,23 @@ pub struct InjectionResources {
 }
 
 impl InjectionFile {
-    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+    /// Parses the file; keys that used to move the bundle are refused with what
+    /// to do instead.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: InjectionFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        for (key, set) in [
+            ("bundleConfigMap", file.bundle_config_map.is_some()),
+            ("bundleMountPath", file.bundle_mount_path.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "{key} is no longer supported: sidecars read ConfigMap {} in PolicyBind's own \
+                     namespace, where workloads cannot write; remove the key",
+                    names::bundle_config_map("<namespace>")
+                ));
+            }
+        }
+        Ok(file)
     }
 
     /// Overlays the file on `sidecar`.
@@ -255,18 +308,8 @@ impl InjectionFile {
                 sidecar.memory_limit = v.clone();
             }
         }
-        match (self.bundle_config_map, self.bundle_mount_path) {
-            (config_map, Some(mount_path)) => {
-                sidecar.bundle = BundleWiring::Volume {
-                    config_map: config_map.unwrap_or_else(|| "policybind-bundle".into()),
-                    mount_path,
-                }
-            }
-            (Some(name), None) => sidecar.bundle = BundleWiring::ConfigMap { name },
-            (None, None) => {}
-        }
         if let Some(v) = self.log_format {
-            sidecar.extra_env.insert("POLICYBIND_LOG_FORMAT".into(), v);
+            sidecar.extra_env.insert(env::LOG_FORMAT.into(), v);
         }
         if let Some(v) = self.log_level {
             sidecar.extra_env.insert("RUST_LOG".into(), v);
@@ -301,6 +344,35 @@ mod tests {
         assert_eq!(sidecar.cpu_request, "10m");
         assert_eq!(sidecar.memory_limit, "64Mi");
         assert_eq!(sidecar.extra_env["RUST_LOG"], "debug");
+    }
+
+    #[test]
+    fn injection_file_refuses_the_old_bundle_keys_with_what_to_do() {
+        let error = InjectionFile::parse("bundleMountPath: /etc/policybind/bundle\n").unwrap_err();
+        assert!(
+            error.contains("bundleMountPath is no longer supported"),
+            "{error}"
+        );
+        assert!(error.contains("policybind-bundle.<namespace>"), "{error}");
+        assert!(InjectionFile::parse("bundleConfigMap: x\n").is_err());
+    }
+
+    #[test]
+    fn extra_environment_cannot_rewire_the_sidecar() {
+        let mut sidecar = SidecarConfig::default();
+        sidecar.extra_env.insert("RUST_LOG".into(), "debug".into());
+        assert!(sidecar.validate().is_ok());
+        for name in [
+            "POLICYBIND_BUNDLE_NAMESPACE",
+            "POLICYBIND_BUNDLE_DIR",
+            "POLICYBIND_AUDIT_KEY_SECRET",
+            "POLICYBIND_UPSTREAM",
+        ] {
+            let mut sidecar = SidecarConfig::default();
+            sidecar.extra_env.insert(name.into(), "x".into());
+            let error = sidecar.validate().unwrap_err();
+            assert!(error.contains(name), "{error}");
+        }
     }
 
     #[test]

@@ -8,14 +8,21 @@
 //! (`Ignore`: only audit-mode checks and warnings apply there). PolicyBind's own
 //! resources are validated with `Fail` by default: an unchecked approval would
 //! skip the self-approval and right checks.
+//!
+//! Every webhook writes an audit record, except for dry-run requests:
+//! `sideEffects: NoneOnDryRun`. The mutating webhooks carry `matchConditions`
+//! (CEL, Kubernetes 1.30+) so the API server only calls them for pods that
+//! declare a model and, outside enforced namespaces, opt in by label or
+//! annotation; the webhook decides the same way itself, so an API server that
+//! ignores the conditions only sends more reviews.
 
-use policybind_crds::wire::labels;
+use policybind_crds::wire::{annotations, labels};
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -25,6 +32,38 @@ use crate::config::ALWAYS_EXCLUDED;
 
 /// Default name of both configurations.
 pub const DEFAULT_NAME: &str = "policybind-webhook";
+
+/// Reviews are recorded in the audit trail, dry runs are not.
+pub const SIDE_EFFECTS: &str = "NoneOnDryRun";
+
+/// CEL: the pod declares a model (annotation or label `policybind.io/model`).
+pub fn declares_model_expression() -> String {
+    let key = annotations::MODEL;
+    format!(
+        "(has(object.metadata.annotations) && '{key}' in object.metadata.annotations) || \
+         (has(object.metadata.labels) && '{key}' in object.metadata.labels)"
+    )
+}
+
+/// CEL: the pod opts in with `policybind.io/inject` `true` or `enabled` (any case),
+/// as a label or an annotation. Opt-outs are left to the webhook.
+pub fn opted_in_expression() -> String {
+    let key = labels::INJECT;
+    let said = |map: &str| {
+        format!(
+            "(has(object.metadata.{map}) && '{key}' in object.metadata.{map} && \
+             object.metadata.{map}['{key}'].trim().lowerAscii() in ['true', 'enabled'])"
+        )
+    };
+    format!("{} || {}", said("labels"), said("annotations"))
+}
+
+fn condition(name: &str, expression: String) -> MatchCondition {
+    MatchCondition {
+        name: name.into(),
+        expression,
+    }
+}
 
 /// Where the API server reaches the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +225,7 @@ impl Registration {
                 &["CREATE", "UPDATE"],
                 "*",
             )]),
-            side_effects: "None".into(),
+            side_effects: SIDE_EFFECTS.into(),
             timeout_seconds: Some(self.timeout_seconds),
             namespace_selector: None,
             object_selector: None,
@@ -212,7 +251,7 @@ impl Registration {
             ),
             match_policy: Some("Equivalent".into()),
             rules: Some(workload_rules()),
-            side_effects: "None".into(),
+            side_effects: SIDE_EFFECTS.into(),
             timeout_seconds: Some(self.timeout_seconds),
             namespace_selector: Some(self.namespace_selector(enforced)),
             object_selector: None,
@@ -224,8 +263,8 @@ impl Registration {
         }
     }
 
-    /// The mutating configuration: every pod in enforced namespaces, and pods
-    /// labelled `policybind.io/inject=true` elsewhere.
+    /// The mutating configuration: pods that declare a model, in enforced
+    /// namespaces, and elsewhere when they opt in (label or annotation).
     pub fn mutating(&self) -> MutatingWebhookConfiguration {
         let inject = |enforced: bool| MutatingWebhook {
             name: if enforced {
@@ -254,18 +293,18 @@ impl Registration {
                 &["CREATE"],
                 "Namespaced",
             )]),
-            side_effects: "None".into(),
+            side_effects: SIDE_EFFECTS.into(),
             timeout_seconds: Some(self.timeout_seconds),
             namespace_selector: Some(self.namespace_selector(enforced)),
-            object_selector: if enforced {
-                None
+            object_selector: None,
+            match_conditions: Some(if enforced {
+                vec![condition("declares-model", declares_model_expression())]
             } else {
-                Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(labels::INJECT.into(), "true".into())])),
-                    match_expressions: None,
-                })
-            },
-            match_conditions: None,
+                vec![
+                    condition("declares-model", declares_model_expression()),
+                    condition("opted-in", opted_in_expression()),
+                ]
+            }),
         };
         MutatingWebhookConfiguration {
             metadata: self.metadata(),
@@ -308,10 +347,12 @@ fn rule(
 
 fn workload_rules() -> Vec<RuleWithOperations> {
     vec![
+        // Pods are judged on create; an update matters only when it adds ephemeral
+        // containers (`kubectl debug`), which could mount the audit key.
         rule(
             &[""],
             &["v1"],
-            &["pods"],
+            &["pods", "pods/ephemeralcontainers"],
             &["CREATE", "UPDATE"],
             "Namespaced",
         ),
@@ -360,5 +401,38 @@ mod tests {
             .unwrap();
         assert!(names.contains(&"kube-system".to_string()));
         assert!(names.contains(&"policybind-system".to_string()));
+        for hook in validating_hooks(&registration)
+            .iter()
+            .map(|h| h.side_effects.as_str())
+            .chain(mutating.iter().map(|h| h.side_effects.as_str()))
+        {
+            assert_eq!(hook, "NoneOnDryRun");
+        }
+    }
+
+    fn validating_hooks(registration: &Registration) -> Vec<ValidatingWebhook> {
+        registration.validating().webhooks.unwrap()
+    }
+
+    #[test]
+    fn mutating_webhooks_are_called_only_for_model_pods_that_want_the_sidecar() {
+        let registration = Registration::new(
+            Endpoint::Url("https://127.0.0.1:8443".into()),
+            "policybind-system",
+        );
+        let mutating = registration.mutating().webhooks.unwrap();
+        let names = |hook: &MutatingWebhook| -> Vec<String> {
+            hook.match_conditions
+                .iter()
+                .flatten()
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&mutating[0]), ["declares-model"]);
+        assert_eq!(names(&mutating[1]), ["declares-model", "opted-in"]);
+        assert!(mutating.iter().all(|h| h.object_selector.is_none()));
+        let opted_in = opted_in_expression();
+        assert!(opted_in.contains("object.metadata.annotations['policybind.io/inject']"));
+        assert!(opted_in.contains("lowerAscii() in ['true', 'enabled']"));
     }
 }

@@ -8,19 +8,26 @@
 //! - [`inject`]: the pure pod -> injected pod + JSON patch function.
 //! - [`tls`]: serving certificate from files, a Secret or generated; hot reload;
 //!   caBundle patching. [`configs`]: the webhook configurations themselves.
+//! - [`enforcement`]: in enforced namespaces, model pods run behind the genuine
+//!   sidecar or an authorized exemption; nobody but the sidecar reads the audit key.
 //! - [`view`], [`authz`], [`audit`]: what a decision reads (cached cluster state),
 //!   asks (SubjectAccessReview) and writes (one audit record per decision).
+//! - [`ident`]: every identifier taken from a review is capped and free of
+//!   control characters before it is decided on or recorded.
 //!
-//! The decision logic never waits on the API server except for the approval
-//! right check; everything else reads reflector caches, which is what keeps an
+//! The decision logic never waits on the API server except for the rights it
+//! checks (approvals, exemptions, shared models, token namespaces); everything else reads reflector caches, which is what keeps an
 //! answer under a millisecond. `policybind webhook` calls [`run`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod audit;
 pub mod authz;
+pub mod codes;
 pub mod config;
 pub mod configs;
+pub mod enforcement;
+pub mod ident;
 pub mod inject;
 pub mod metrics;
 pub mod resources;

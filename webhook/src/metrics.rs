@@ -33,11 +33,23 @@ pub struct InjectionLabels {
     pub result: &'static str,
 }
 
+/// Labels of an audit record outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    /// `written`, `failed` or `dry_run` (a dry-run review: decided, not recorded).
+    pub result: &'static str,
+    /// Why it failed (`queue_full`, `closed`, `too_large`); empty otherwise.
+    pub reason: &'static str,
+}
+
 /// Every metric the webhook exports.
 pub struct Metrics {
     pub reviews: Family<ReviewLabels, Counter>,
     pub duration: Family<WebhookLabel, Histogram>,
     pub injections: Family<InjectionLabels, Counter>,
+    pub audit_records: Family<AuditLabels, Counter>,
+    /// Reviews refused because an identifier was too long or held control characters.
+    pub invalid_identifiers: Counter,
     pub rejected_bodies: Counter,
     pub certificate_reloads: Counter,
     registry: std::sync::Mutex<Registry>,
@@ -51,6 +63,8 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_025, 2.0, 17))
         });
         let injections = Family::<InjectionLabels, Counter>::default();
+        let audit_records = Family::<AuditLabels, Counter>::default();
+        let invalid_identifiers = Counter::default();
         let rejected_bodies = Counter::default();
         let certificate_reloads = Counter::default();
         let mut registry = Registry::default();
@@ -71,6 +85,16 @@ impl Metrics {
             injections.clone(),
         );
         sub.register(
+            "audit_records",
+            "Admission records handed to the audit trail, by result (written, failed, dry_run) and failure reason",
+            audit_records.clone(),
+        );
+        sub.register(
+            "invalid_identifiers",
+            "Reviews denied because an identifier was too long or contained control characters",
+            invalid_identifiers.clone(),
+        );
+        sub.register(
             "rejected_bodies",
             "Requests refused as malformed or oversized (HTTP 400/413)",
             rejected_bodies.clone(),
@@ -84,6 +108,8 @@ impl Metrics {
             reviews,
             duration,
             injections,
+            audit_records,
+            invalid_identifiers,
             rejected_bodies,
             certificate_reloads,
             registry: std::sync::Mutex::new(registry),

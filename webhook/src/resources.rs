@@ -21,29 +21,15 @@ use policybind_engine::{CompileErrors, PolicySet, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::authz::{APPROVAL_RESOURCE, APPROVE_VERB, Authorizer};
+use crate::authz::{self, Access, Authorizer};
+use crate::ident;
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
+use policybind_crds::model_deployment::ModelScope;
+use policybind_crds::wire::verbs;
 
-/// Rationale codes for resource admission (webhook only; the engine's table
-/// covers request decisions).
-pub mod admission_codes {
-    /// A policy, model or token does not compile.
-    pub const RESOURCE_INVALID: &str = "RESOURCE_INVALID";
-    /// `spec.decision.approver` is not the user writing the decision.
-    pub const APPROVER_MISMATCH: &str = "APPROVER_MISMATCH";
-    /// The requester tried to decide their own request.
-    pub const SELF_APPROVAL: &str = "SELF_APPROVAL";
-    /// The user lacks the `approve` verb on approvalrequests.
-    pub const APPROVAL_NOT_PERMITTED: &str = "APPROVAL_NOT_PERMITTED";
-    /// A decision was changed or withdrawn.
-    pub const DECISION_IMMUTABLE: &str = "DECISION_IMMUTABLE";
-    /// An approver rejected.
-    pub const APPROVAL_REJECTED: &str = "APPROVAL_REJECTED";
-    /// The authorization check could not be made.
-    pub const AUTHORIZATION_UNAVAILABLE: &str = "AUTHORIZATION_UNAVAILABLE";
-}
-use admission_codes::*;
+pub use crate::codes as admission_codes;
+use crate::codes::*;
 
 fn parse<T: DeserializeOwned>(kind: &str, object: &Value) -> Result<T, Verdict> {
     serde_json::from_value(object.clone()).map_err(|e| {
@@ -216,11 +202,165 @@ pub fn validate_model(view: &dyn ClusterView, cache: &CompileCache, object: &Val
             })
             .map(|m| BundleModel::from_model(m, None)),
     );
-    bundle.models.push(BundleModel::from_model(&model, None));
+    let incoming = BundleModel::from_model(&model, None);
+    if let Some(message) = duplicate_registration(&bundle.models, &incoming) {
+        return Verdict::deny(RESOURCE_INVALID, message);
+    }
+    bundle.models.push(incoming);
     compile_verdict(
         cache,
         &bundle,
         &format!("ModelDeployment {namespace}/{name}"),
+    )
+}
+
+/// A model name (or alias) is unique within a namespace and among registrations
+/// shared cluster-wide (engine `scope`): the clash, said so a user knows what to
+/// change. The engine's compile enforces the same rule.
+fn duplicate_registration(existing: &[BundleModel], incoming: &BundleModel) -> Option<String> {
+    let shared = incoming.spec.scope == ModelScope::Cluster;
+    for name in policybind_engine::scope::model_names(incoming) {
+        let clash = existing.iter().find(|other| {
+            policybind_engine::scope::model_names(other).any(|n| n == name)
+                && (other.namespace == incoming.namespace
+                    || (shared && other.spec.scope == ModelScope::Cluster))
+        });
+        let Some(other) = clash else { continue };
+        let place = if other.namespace == incoming.namespace {
+            format!(
+                "in namespace {}: a name is registered once per namespace",
+                other.namespace
+            )
+        } else {
+            "cluster-wide (both have spec.scope: Cluster): a shared name is registered once in the cluster"
+                .to_string()
+        };
+        return Some(format!(
+            "ModelDeployment {}: spec.model: model name {name:?} is already registered by ModelDeployment {} {place}; \
+             choose another model name or alias{}",
+            incoming.id(),
+            other.id(),
+            if shared {
+                ", or register it with spec.scope: Namespace"
+            } else {
+                ""
+            }
+        ));
+    }
+    None
+}
+
+/// `spec.scope: Cluster` decides where other teams' requests for the name go: it
+/// needs verb `share` on modeldeployments cluster-wide, checked when the scope
+/// becomes Cluster (create, or an update from Namespace). `None`: nothing to deny.
+pub async fn authorize_model_scope(
+    authorizer: &dyn Authorizer,
+    user: &UserInfo,
+    object: &Value,
+    old_object: Option<&Value>,
+) -> Option<Verdict> {
+    let is_cluster =
+        |o: &Value| o.pointer("/spec/scope").and_then(Value::as_str) == Some("Cluster");
+    if !is_cluster(object) || old_object.is_some_and(is_cluster) {
+        return None;
+    }
+    let (namespace, name) = name_of(object);
+    let access = Access::new(verbs::SHARE, "modeldeployments").named(&name);
+    let username = user.username.clone().unwrap_or_default();
+    match authz::check(authorizer, user, &access).await {
+        Ok(true) => None,
+        Ok(false) => Some(Verdict::deny(
+            SHARE_NOT_PERMITTED,
+            format!(
+                "ModelDeployment {namespace}/{name}: spec.scope: Cluster shares the model name with every namespace, \
+                 and {username} may not share models; keep spec.scope: Namespace, or ask an administrator to grant \
+                 {} (the ClusterRole policybind-admin has it, bound with a ClusterRoleBinding)",
+                access.describe()
+            ),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "SubjectAccessReview for sharing failed");
+            Some(Verdict::deny(
+                AUTHORIZATION_UNAVAILABLE,
+                format!(
+                    "ModelDeployment {namespace}/{name}: the right to share models could not be checked right now; try again"
+                ),
+            ))
+        }
+    }
+}
+
+/// An AccessToken valid in other namespaces (`spec.additionalNamespaces`): its
+/// author must be allowed to create AccessTokens in each newly named namespace
+/// (all of them on create). One SubjectAccessReview per namespace, in parallel.
+/// `None`: nothing to deny.
+pub async fn authorize_token_namespaces(
+    authorizer: &dyn Authorizer,
+    user: &UserInfo,
+    object: &Value,
+    old_object: Option<&Value>,
+) -> Option<Verdict> {
+    let (own, name) = name_of(object);
+    let listed = |o: &Value| -> Vec<String> {
+        o.pointer("/spec/additionalNamespaces")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let before = old_object.map(listed).unwrap_or_default();
+    let mut added: Vec<String> = listed(object)
+        .into_iter()
+        .filter(|n| *n != own && !before.contains(n))
+        .collect();
+    added.sort();
+    added.dedup();
+    for (i, namespace) in added.iter().enumerate() {
+        let field = format!("spec.additionalNamespaces[{i}]");
+        if let Err(error) = ident::check(&field, namespace, ident::MAX_NAMESPACE) {
+            return Some(
+                Verdict::deny(codes::REQUEST_INVALID, error.to_string())
+                    .with_detail("invalidField", error.field()),
+            );
+        }
+    }
+    let checks = added.iter().map(|namespace| async move {
+        let access = Access::new("create", "accesstokens").in_namespace(namespace);
+        (namespace, authz::check(authorizer, user, &access).await)
+    });
+    let answers = futures::future::join_all(checks).await;
+    let username = user.username.clone().unwrap_or_default();
+    let resource = format!("AccessToken {own}/{name}");
+    if let Some((namespace, _)) = answers.iter().find(|(_, a)| a.is_err()) {
+        tracing::warn!(namespace = %namespace, "SubjectAccessReview for a token namespace failed");
+        return Some(Verdict::deny(
+            AUTHORIZATION_UNAVAILABLE,
+            format!(
+                "{resource}: spec.additionalNamespaces: the right to create AccessTokens in namespace {namespace} \
+                 could not be checked right now; try again"
+            ),
+        ));
+    }
+    let refused: Vec<&str> = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Ok(false)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if refused.is_empty() {
+        return None;
+    }
+    Some(
+        Verdict::deny(
+            NAMESPACE_NOT_PERMITTED,
+            format!(
+                "{resource}: spec.additionalNamespaces names {} where {username} may not create AccessTokens; \
+                 a token is valid in another namespace only if its author could have created it there: remove {}, \
+                 or ask an administrator of {} to grant verb \"create\" on accesstokens.policybind.io (the ClusterRole \
+                 policybind-developer, bound there)",
+                refused.iter().map(|n| format!("namespace {n}")).collect::<Vec<_>>().join(", "),
+                if refused.len() == 1 { "it" } else { "them" },
+                refused.join(", ")
+            ),
+        )
+        .with_detail("refusedNamespaces", refused.join(",")),
     )
 }
 
@@ -304,6 +444,20 @@ pub async fn validate_approval(
         Err(v) => return v,
     };
     let (namespace, name) = name_of(object);
+    let recorded = [
+        Some(("spec.requester", request.spec.requester.as_str())),
+        request
+            .spec
+            .decision
+            .as_ref()
+            .map(|d| ("spec.decision.approver", d.approver.as_str())),
+    ];
+    for (field, value) in recorded.into_iter().flatten() {
+        if let Err(error) = ident::check(field, value, ident::MAX_USER) {
+            return Verdict::deny(codes::REQUEST_INVALID, error.to_string())
+                .with_detail("invalidField", error.field());
+        }
+    }
     let old_decision: Option<ApprovalDecision> = old_object
         .and_then(|o| o.pointer("/spec/decision"))
         .and_then(|d| serde_json::from_value(d.clone()).ok());
@@ -360,14 +514,10 @@ pub async fn validate_approval(
             ),
         ));
     }
-    // Well inside the API server's webhook timeout (3 s), so a slow authorizer
-    // produces our clear message rather than the API server's generic one.
-    let answer = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        authorizer.may_approve(user, &namespace, &name),
-    )
-    .await
-    .unwrap_or_else(|_| Err(crate::Error::Timeout("SubjectAccessReview".into())));
+    let access = Access::new(verbs::APPROVE, "approvalrequests")
+        .in_namespace(&namespace)
+        .named(&name);
+    let answer = authz::check(authorizer, user, &access).await;
     match answer {
         Ok(true) => approval(Verdict::allow(match decision.state {
             DecisionState::Approved => codes::APPROVAL_GRANTED,
@@ -377,7 +527,8 @@ pub async fn validate_approval(
             APPROVAL_NOT_PERMITTED,
             format!(
                 "ApprovalRequest {namespace}/{name}: {username} may not decide approval requests in namespace {namespace}; \
-                 an administrator must grant verb {APPROVE_VERB:?} on {APPROVAL_RESOURCE}.policybind.io"
+                 an administrator must grant {}",
+                access.describe()
             ),
         )),
         Err(error) => {

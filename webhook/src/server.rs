@@ -20,7 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Patch, PatchParams};
+use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource};
 use policybind_crds::{AIPolicy, ClusterAIPolicy, ModelDeployment};
@@ -245,25 +245,70 @@ async fn shutdown_signal() {
     }
 }
 
-/// Applies both webhook configurations (server-side apply, field manager
-/// `policybind-webhook`).
+/// Writes both webhook configurations: each is read, then replaced with ours
+/// (labels and annotations others set, such as Helm's ownership, are kept), or
+/// created when missing. Get and update on the two configurations by name are
+/// what the chart grants the webhook in self-signed mode; `create` (which RBAC
+/// cannot narrow by name) is needed only when they do not exist yet.
 pub async fn register(client: Client, registration: &Registration) -> Result<(), Error> {
-    let params = PatchParams::apply("policybind-webhook").force();
-    let mut validating = serde_json::to_value(registration.validating()).expect("serializable");
-    validating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
-    validating["kind"] = "ValidatingWebhookConfiguration".into();
-    let mut mutating = serde_json::to_value(registration.mutating()).expect("serializable");
-    mutating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
-    mutating["kind"] = "MutatingWebhookConfiguration".into();
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(&registration.name, &params, &Patch::Apply(&validating))
-        .await
-        .map_err(Error::Kube)?;
-    Api::<MutatingWebhookConfiguration>::all(client)
-        .patch(&registration.name, &params, &Patch::Apply(&mutating))
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
+    ensure(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        registration.validating(),
+    )
+    .await?;
+    ensure(
+        Api::<MutatingWebhookConfiguration>::all(client),
+        registration.mutating(),
+    )
+    .await
+}
+
+/// Replace-or-create of one cluster-scoped object, retried on conflicts.
+async fn ensure<K>(api: Api<K>, desired: K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let kind = K::kind(&()).to_string();
+    for _ in 0..5 {
+        let Some(existing) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+            return match api.create(&PostParams::default(), &desired).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => Err(Error::Config(format!(
+                    "{kind} {name} does not exist and this webhook may not create it ({}); create it first \
+                     (helm install, or `policybind webhook configs --url ... | kubectl apply -f -`), \
+                     or grant create on {}",
+                    s.message,
+                    K::plural(&()),
+                ))),
+                Err(e) => Err(Error::Kube(e)),
+            };
+        };
+        let mut object = desired.clone();
+        let meta = object.meta_mut();
+        let mut merged = existing.meta().clone();
+        merged
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(meta.labels.take().unwrap_or_default());
+        merged
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(meta.annotations.take().unwrap_or_default());
+        *meta = merged;
+        match api.replace(&name, &PostParams::default(), &object).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    Err(Error::Config(format!(
+        "{kind} {name}: kept changing while being written; try again"
+    )))
 }
 
 /// Runs the webhook until SIGTERM or Ctrl-C.
@@ -272,19 +317,26 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
 
+    let version = client.apiserver_version().await;
+    let server_version = match &version {
+        Ok(info) => info.git_version.clone(),
+        Err(error) => format!("unknown ({error})"),
+    };
     settings.admission.native_sidecars = match settings.admission.sidecar.style {
         SidecarStyle::Native => true,
         SidecarStyle::Regular => false,
-        SidecarStyle::Auto => match client.apiserver_version().await {
+        SidecarStyle::Auto => match &version {
             Ok(info) => supports_native_sidecars(&info.major, &info.minor),
-            Err(error) => {
-                tracing::warn!(%error, "API server version unknown; injecting regular sidecars");
+            Err(_) => {
+                tracing::warn!("API server version unknown; injecting regular sidecars");
                 false
             }
         },
     };
     tracing::info!(
         native = settings.admission.native_sidecars,
+        style = ?settings.admission.sidecar.style,
+        server_version,
         "sidecar style decided"
     );
 

@@ -15,13 +15,17 @@ use policybind_crds::wire::{annotations, labels};
 use std::collections::BTreeMap;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use policybind_crds::model_deployment::ApprovalState;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use policybind_crds::model_deployment::{ApprovalState, ModelScope};
 use policybind_crds::{DataClassification, ModelDeployment};
 use policybind_engine::bundle::BundleModel;
 use policybind_engine::codes;
 use serde_json::Value;
 
 use crate::config::{AdmissionConfig, UndeclaredMode};
+use crate::ident::{self, IdentError};
+use crate::inject::{self, InjectChoice};
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
 
@@ -116,14 +120,51 @@ pub fn pod_template<'a>(group: &str, kind: &str, object: &'a Value) -> Option<Po
 impl PodTemplate<'_> {
     /// The declared model reference: the annotation, else the label.
     pub fn model_reference(&self) -> Option<&str> {
-        self.annotations
-            .get(annotations::MODEL)
-            .or_else(|| self.labels.get(annotations::MODEL))
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
+        inject::declared_model(&self.labels, &self.annotations)
     }
 
-    fn field(&self, rest: &str) -> String {
+    /// The annotation and label values the webhook reads and records, checked
+    /// like every identifier of a review ([`crate::ident`]).
+    pub fn check_identifiers(&self) -> Result<(), IdentError> {
+        let annotations_path = self.field("metadata.annotations");
+        let labels_path = self.field("metadata.labels");
+        for (key, max) in [
+            (annotations::MODEL, ident::MAX_MODEL_REFERENCE),
+            (annotations::INJECT, ident::MAX_KEYWORD),
+            (annotations::DATA_CLASSIFICATION, ident::MAX_KEYWORD),
+            (annotations::MODEL_CONTAINER, ident::MAX_NAME),
+            (annotations::PORTS, ident::MAX_KEYWORD),
+        ] {
+            if let Some(value) = self.annotations.get(key) {
+                ident::check(&format!("{annotations_path}[{key}]"), value, max)?;
+            }
+            if let Some(value) = self.labels.get(key) {
+                ident::check(&format!("{labels_path}[{key}]"), value, max)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The template as a typed Pod (metadata and spec), for the checks that
+    /// compare containers and volumes.
+    pub fn to_pod(&self) -> Result<Pod, String> {
+        use serde::Deserialize;
+        // By reference: no copy of the JSON tree.
+        let spec = k8s_openapi::api::core::v1::PodSpec::deserialize(self.spec)
+            .map_err(|e| format!("{} is not a valid pod spec: {e}", self.field("spec")))?;
+        Ok(Pod {
+            metadata: ObjectMeta {
+                labels: Some(self.labels.clone()),
+                annotations: Some(self.annotations.clone()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        })
+    }
+
+    /// A field path under the template, for messages (`spec.template.metadata...`).
+    pub fn field(&self, rest: &str) -> String {
         if self.path.is_empty() {
             rest.to_string()
         } else {
@@ -260,6 +301,17 @@ pub fn check(
         )
         .with_model(format!("{model_namespace}/{model_name}"));
     };
+    if model_namespace != namespace && model.spec.scope != ModelScope::Cluster {
+        return Verdict::deny(
+            crate::codes::MODEL_NOT_SHARED,
+            format!(
+                "{field}: ModelDeployment {model_namespace}/{model_name} is registered for namespace {model_namespace} \
+                 only (spec.scope: Namespace), so workloads in {namespace} cannot serve it; register the model in \
+                 {namespace}, or ask its owner to share it with spec.scope: Cluster"
+            ),
+        )
+        .with_model(format!("{model_namespace}/{model_name}"));
+    }
     check_model(config, view, namespace, template, &model, &field)
         .with_model(format!("{model_namespace}/{model_name}"))
 }
@@ -420,18 +472,19 @@ fn check_undeclared(
 }
 
 /// Whether denials are enforced for this workload: its namespace carries
-/// `policybind.io/enforce=true`, or the workload or its pod template carries the
-/// `policybind.io/inject=true` opt-in label. Elsewhere checks run in audit mode.
+/// `policybind.io/enforce=true`, or the workload or its pod template opts in with
+/// `policybind.io/inject` (`true`/`enabled`, label or annotation). Elsewhere
+/// checks run in audit mode.
 pub fn is_enforced(
     namespace_labels: Option<&BTreeMap<String, String>>,
     object: &Value,
     template: &PodTemplate<'_>,
 ) -> bool {
-    let truthy = |v: Option<&String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let object_labels = string_map(object.pointer("/metadata/labels"));
-    truthy(namespace_labels.and_then(|l| l.get(labels::ENFORCE)))
-        || truthy(object_labels.get(labels::INJECT))
-        || truthy(template.labels.get(labels::INJECT))
+    let object_annotations = string_map(object.pointer("/metadata/annotations"));
+    inject::namespace_enforced(namespace_labels)
+        || inject::inject_choice(&object_labels, &object_annotations) == InjectChoice::In
+        || inject::inject_choice(&template.labels, &template.annotations) == InjectChoice::In
 }
 
 /// Whether an update changed anything the checks look at.
@@ -443,6 +496,8 @@ pub fn template_changed(new: &PodTemplate<'_>, old: Option<&PodTemplate<'_>>) ->
                 || old.model_reference() != new.model_reference()
                 || old.annotations.get(annotations::DATA_CLASSIFICATION)
                     != new.annotations.get(annotations::DATA_CLASSIFICATION)
+                || inject::inject_choice(&old.labels, &old.annotations)
+                    != inject::inject_choice(&new.labels, &new.annotations)
         }
     }
 }

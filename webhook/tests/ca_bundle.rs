@@ -110,8 +110,32 @@ async fn self_signed_ca_is_patched_into_every_webhook_of_both_configurations() {
     verifier.await.unwrap();
 }
 
+fn not_found(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "NotFound", "code": 404, "message": "not found"});
+    send.send_response(
+        Response::builder()
+            .status(404)
+            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn check_by_url(object: &serde_json::Value) {
+    for hook in object["webhooks"].as_array().unwrap() {
+        let url = hook["clientConfig"]["url"].as_str().unwrap();
+        assert!(url.starts_with("https://172.18.0.1:8443/"), "{url}");
+        assert_eq!(hook["clientConfig"]["caBundle"], "Q0EgUEVN");
+        assert_eq!(hook["timeoutSeconds"], 3);
+        assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+    }
+}
+
+/// `--register` reads each configuration, then creates the missing one and
+/// replaces the existing one, keeping labels and annotations others set (Helm's
+/// ownership): get and update by name are all the chart grants.
 #[tokio::test]
-async fn register_applies_both_configurations_by_url_with_the_ca() {
+async fn register_creates_a_missing_configuration_and_replaces_an_existing_one() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let mut registration = Registration::new(
@@ -121,29 +145,48 @@ async fn register_applies_both_configurations_by_url_with_the_ca() {
     registration.ca_bundle = Some("CA PEM".into());
     let verifier = tokio::spawn(async move {
         let base = "/apis/admissionregistration.k8s.io/v1";
-        for kind in [
-            "validatingwebhookconfigurations",
-            "mutatingwebhookconfigurations",
-        ] {
-            let (request, send) = handle.next_request().await.expect("request");
-            assert_eq!(request.method(), Method::PATCH);
-            assert_eq!(
-                request.uri().path(),
-                format!("{base}/{kind}/policybind-webhook")
-            );
-            let query = request.uri().query().unwrap_or("");
-            assert!(query.contains("fieldManager=policybind-webhook"), "{query}");
-            assert!(query.contains("force=true"), "{query}");
-            let body = request.into_body().collect_bytes().await.unwrap().to_vec();
-            let object: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            for hook in object["webhooks"].as_array().unwrap() {
-                let url = hook["clientConfig"]["url"].as_str().unwrap();
-                assert!(url.starts_with("https://172.18.0.1:8443/"), "{url}");
-                assert_eq!(hook["clientConfig"]["caBundle"], "Q0EgUEVN");
-                assert_eq!(hook["timeoutSeconds"], 3);
-            }
-            send.send_response(Response::builder().body(Body::from(body)).unwrap());
-        }
+        let validating = format!("{base}/validatingwebhookconfigurations");
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{validating}/policybind-webhook"),
+        )
+        .await;
+        not_found(send);
+        let (body, send) = expect(&mut handle, Method::POST, &validating).await;
+        let object: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(object["metadata"]["name"], "policybind-webhook");
+        check_by_url(&object);
+        reply(send, body);
+
+        let mutating = format!("{base}/mutatingwebhookconfigurations/policybind-webhook");
+        let existing = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "policybind-webhook", "resourceVersion": "42",
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": "policybind"}},
+            "webhooks": []
+        });
+        let (_, send) = expect(&mut handle, Method::GET, &mutating).await;
+        reply(send, serde_json::to_vec(&existing).unwrap());
+        let (body, send) = expect(&mut handle, Method::PUT, &mutating).await;
+        let object: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(object["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/component"],
+            "webhook"
+        );
+        assert_eq!(
+            object["metadata"]["annotations"]["meta.helm.sh/release-name"],
+            "policybind"
+        );
+        assert_eq!(object["webhooks"].as_array().unwrap().len(), 2);
+        check_by_url(&object);
+        reply(send, body);
     });
     policybind_webhook::server::register(client, &registration)
         .await

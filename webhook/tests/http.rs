@@ -4,6 +4,7 @@
 mod common;
 
 use common::{default_view, fixture, start, start_with};
+use policybind_webhook::authz::StaticAuthorizer;
 use policybind_webhook::config::AdmissionConfig;
 use serde_json::json;
 
@@ -49,7 +50,7 @@ async fn oversized_body_is_refused_with_413() {
     let harness = start_with(
         default_view(),
         AdmissionConfig::default(),
-        vec![],
+        StaticAuthorizer::default(),
         64 * 1024,
     )
     .await;

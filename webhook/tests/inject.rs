@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Harness, default_view, fixture, start};
-use policybind_webhook::config::{AdmissionConfig, BundleWiring, SidecarConfig};
+use policybind_webhook::config::{AdmissionConfig, SidecarConfig};
 use serde_json::{Value, json};
 
 /// Sends the review to /mutate and returns the pod with the patch applied (or
@@ -82,10 +82,51 @@ async fn pod_in_enforced_namespace_gets_a_native_sidecar_that_takes_over_the_por
         "metadata.name"
     );
     assert_eq!(env(sidecar, "POLICYBIND_MODEL_DEPLOYMENT")["value"], "chat");
+    // The bundle lives in PolicyBind's namespace, one ConfigMap per namespace.
+    assert_eq!(
+        env(sidecar, "POLICYBIND_BUNDLE_NAMESPACE")["value"],
+        "policybind-system"
+    );
     assert_eq!(
         env(sidecar, "POLICYBIND_BUNDLE_CONFIGMAP")["value"],
-        "policybind-bundle"
+        "policybind-bundle.team-a"
     );
+    // The audit key is a file mounted into the sidecar only; no Secret reference.
+    assert_eq!(
+        env(sidecar, "POLICYBIND_AUDIT_KEY")["value"],
+        "/var/run/secrets/policybind/audit/signing-key"
+    );
+    let names: Vec<&str> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"POLICYBIND_AUDIT_KEY_SECRET"), "{names:?}");
+    assert!(!names.contains(&"POLICYBIND_BUNDLE_DIR"), "{names:?}");
+    assert_eq!(
+        sidecar["volumeMounts"],
+        json!([
+            {"name": "policybind-audit-key", "mountPath": "/var/run/secrets/policybind/audit", "readOnly": true},
+            {"name": "policybind-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}
+        ])
+    );
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let key_volume = volumes
+        .iter()
+        .find(|v| v["name"] == "policybind-audit-key")
+        .expect("audit key volume");
+    assert_eq!(key_volume["secret"]["secretName"], "policybind-audit-key");
+    assert_eq!(key_volume["secret"]["optional"], false);
+    let token_volume = volumes
+        .iter()
+        .find(|v| v["name"] == "policybind-api-access")
+        .expect("token volume");
+    assert_eq!(
+        token_volume["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+    assert_eq!(pod["metadata"]["labels"]["policybind.io/injected"], "true");
     let security = &sidecar["securityContext"];
     assert_eq!(security["runAsNonRoot"], true);
     assert_eq!(security["readOnlyRootFilesystem"], true);
@@ -118,6 +159,16 @@ async fn pod_in_enforced_namespace_gets_a_native_sidecar_that_takes_over_the_por
     assert_eq!(model["readinessProbe"]["httpGet"]["port"], 18000);
     // Fields the webhook does not own survive untouched.
     assert_eq!(model["resources"]["limits"]["nvidia.com/gpu"], "1");
+    // The model container never sees the audit key.
+    assert!(
+        model["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "policybind-audit-key"),
+        "{}",
+        model["volumeMounts"]
+    );
     assert_eq!(pod["spec"]["preemptionPolicy"], "PreemptLowerPriority");
     assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), 1);
 
@@ -163,17 +214,28 @@ async fn regular_sidecar_is_a_container_when_native_sidecars_are_unsupported() {
 }
 
 #[tokio::test]
-async fn opt_out_annotation_wins_over_the_namespace_label() {
+async fn opt_out_as_label_or_annotation_in_any_spelling_wins_over_the_namespace_label() {
     let harness = start(default_view(), AdmissionConfig::default()).await;
+    for place in ["labels", "annotations"] {
+        for value in ["false", "disabled", "False", "DISABLED", " false "] {
+            let mut review = fixture("pod-create.json");
+            review["request"]["object"]["metadata"][place]["policybind.io/inject"] = json!(value);
+            let (pod, patched, _) = mutate_pod(&harness, &review).await;
+            assert!(!patched, "{place} {value:?}");
+            assert_eq!(pod, review["request"]["object"]);
+        }
+    }
+    // An opt-out wins over an opt-in written in the other place.
     let mut review = fixture("pod-create.json");
-    review["request"]["object"]["metadata"]["annotations"]["policybind.io/inject"] = json!("false");
-    let (pod, patched, _) = mutate_pod(&harness, &review).await;
+    review["request"]["object"]["metadata"]["labels"]["policybind.io/inject"] = json!("true");
+    review["request"]["object"]["metadata"]["annotations"]["policybind.io/inject"] =
+        json!("disabled");
+    let (_, patched, _) = mutate_pod(&harness, &review).await;
     assert!(!patched);
-    assert_eq!(pod, review["request"]["object"]);
 }
 
 #[tokio::test]
-async fn pod_label_opts_in_outside_enforced_namespaces() {
+async fn pod_opts_in_outside_enforced_namespaces_as_label_or_annotation_in_any_spelling() {
     let harness = start(default_view(), AdmissionConfig::default()).await;
     let mut review = fixture("pod-create.json");
     review["request"]["namespace"] = json!("team-b");
@@ -183,13 +245,76 @@ async fn pod_label_opts_in_outside_enforced_namespaces() {
         !patched,
         "team-b is not enforced and the pod did not opt in"
     );
-    review["request"]["object"]["metadata"]["labels"]["policybind.io/inject"] = json!("true");
-    let (pod, patched, _) = mutate_pod(&harness, &review).await;
+    for place in ["labels", "annotations"] {
+        for value in ["true", "enabled", "TRUE", "Enabled"] {
+            let mut opted = review.clone();
+            opted["request"]["object"]["metadata"][place]["policybind.io/inject"] = json!(value);
+            let (pod, patched, _) = mutate_pod(&harness, &opted).await;
+            assert!(patched, "{place} {value:?}");
+            assert_eq!(pod["metadata"]["labels"]["policybind.io/injected"], "true");
+            assert_eq!(
+                pod["metadata"]["annotations"]["policybind.io/injected"],
+                "true"
+            );
+            // The bundle is the pod's own namespace's.
+            let sidecar = container(&pod["spec"]["initContainers"], "policybind-sidecar");
+            assert_eq!(
+                env(sidecar, "POLICYBIND_BUNDLE_CONFIGMAP")["value"],
+                "policybind-bundle.team-b"
+            );
+        }
+    }
+    // A value that means neither is not an opt-in.
+    let mut unclear = review.clone();
+    unclear["request"]["object"]["metadata"]["labels"]["policybind.io/inject"] = json!("yes");
+    let (_, patched, _) = mutate_pod(&harness, &unclear).await;
+    assert!(!patched);
+}
+
+#[tokio::test]
+async fn an_ordinary_web_pod_in_an_enforced_namespace_is_untouched_and_unrecorded() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let mut review = fixture("pod-create.json");
+    let object = &mut review["request"]["object"];
+    object["metadata"]["annotations"] = json!({});
+    object["metadata"]["labels"] = json!({"app": "shop"});
+    object["spec"]["containers"][0]["image"] = json!("nginx:1.27");
+    object["spec"]["containers"][0]["args"] = json!([]);
+    // It even has a port named `http`: that alone is no reason to inject.
+    assert_eq!(object["spec"]["containers"][0]["ports"][0]["name"], "http");
+    let (pod, patched, warnings) = mutate_pod(&harness, &review).await;
+    assert!(!patched);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(pod, review["request"]["object"]);
+    let validated = harness.validate(&review).await;
+    assert!(validated.allowed(), "{}", validated.message());
+    assert!(harness.audit.records().is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_asking_for_the_sidecar_without_declaring_a_model_is_told_so() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let mut review = fixture("pod-create.json");
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({"policybind.io/inject": "true"});
+    let (_, patched, warnings) = mutate_pod(&harness, &review).await;
+    assert!(!patched);
+    assert!(warnings[0].contains("declares no model"), "{warnings:?}");
+}
+
+#[tokio::test]
+async fn the_injected_pod_passes_validation_and_so_does_its_re_creation() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let (injected, patched, _) = mutate_pod(&harness, &fixture("pod-create.json")).await;
     assert!(patched);
-    assert_eq!(
-        pod["metadata"]["annotations"]["policybind.io/injected"],
-        "true"
-    );
+    // The API server calls the validating webhooks with the mutated pod.
+    let reply = harness.validate(&review_of(&injected)).await;
+    assert!(reply.allowed(), "{}", reply.message());
+    // Re-created from the exported spec: no second patch, still valid.
+    let (again, patched_again, _) = mutate_pod(&harness, &review_of(&injected)).await;
+    assert!(!patched_again);
+    assert_eq!(again, injected);
+    assert!(harness.validate(&review_of(&again)).await.allowed());
 }
 
 #[tokio::test]
@@ -223,10 +348,7 @@ async fn sidecar_shape_follows_configuration() {
             model_port: Some(9000),
             memory_limit: "256Mi".into(),
             cpu_limit: Some("500m".into()),
-            bundle: BundleWiring::Volume {
-                config_map: "policybind-bundle".into(),
-                mount_path: "/etc/policybind/bundle".into(),
-            },
+            extra_env: [("RUST_LOG".to_string(), "debug".to_string())].into(),
             ..SidecarConfig::default()
         },
         ..AdmissionConfig::default()
@@ -244,17 +366,7 @@ async fn sidecar_shape_follows_configuration() {
         env(sidecar, "POLICYBIND_UPSTREAM")["value"],
         "http://127.0.0.1:9000"
     );
-    assert_eq!(
-        env(sidecar, "POLICYBIND_BUNDLE_DIR")["value"],
-        "/etc/policybind/bundle"
-    );
-    assert_eq!(sidecar["volumeMounts"][0]["readOnly"], true);
-    let volumes = pod["spec"]["volumes"].as_array().unwrap();
-    assert!(
-        volumes
-            .iter()
-            .any(|v| v["configMap"]["name"] == "policybind-bundle")
-    );
+    assert_eq!(env(sidecar, "RUST_LOG")["value"], "debug");
     let model = container(&pod["spec"]["containers"], "vllm");
     assert_eq!(model["ports"][0]["containerPort"], 9000);
 }

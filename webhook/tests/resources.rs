@@ -5,6 +5,7 @@ mod common;
 
 use common::{Reply, default_view, fixture, model, start, start_with};
 use policybind_engine::audit::RecordKind;
+use policybind_webhook::authz::StaticAuthorizer;
 use policybind_webhook::config::AdmissionConfig;
 use serde_json::{Value, json};
 
@@ -169,32 +170,224 @@ async fn cluster_policy_with_invalid_namespace_glob_is_denied() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_model_name_is_denied() {
-    let harness = start(default_view(), AdmissionConfig::default()).await;
-    let duplicate = model("team-b", "chat-copy", json!({"model": "chat"}), json!({}));
-    let review = json!({
+fn model_review(namespace: &str, name: &str, object: impl serde::Serialize) -> Value {
+    json!({
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",
         "request": {
             "uid": "11111111-2222-4333-8444-555555555555",
             "kind": {"group": "policybind.io", "version": "v1alpha1", "kind": "ModelDeployment"},
             "resource": {"group": "policybind.io", "version": "v1alpha1", "resource": "modeldeployments"},
-            "name": "chat-copy", "namespace": "team-b", "operation": "CREATE",
+            "name": name, "namespace": namespace, "operation": "CREATE",
             "userInfo": {"username": "dave@example.com"},
-            "object": duplicate,
+            "object": object,
             "dryRun": false
         }
-    });
-    let reply = harness.validate(&review).await;
+    })
+}
+
+#[tokio::test]
+async fn duplicate_model_name_in_the_same_namespace_is_denied() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let duplicate = model("team-a", "chat-copy", json!({"model": "chat"}), json!({}));
+    let reply = harness
+        .validate(&model_review("team-a", "chat-copy", duplicate))
+        .await;
     assert!(!reply.allowed());
+    assert_eq!(code(&reply), "RESOURCE_INVALID");
     assert!(
-        reply
-            .message()
-            .contains("model name \"chat\" is already registered by team-a/chat"),
+        reply.message().contains(
+            "model name \"chat\" is already registered by ModelDeployment team-a/chat in namespace team-a: \
+             a name is registered once per namespace; choose another model name or alias"
+        ),
         "{}",
         reply.message()
     );
+}
+
+fn shared_model_review(namespace: &str, name: &str, model_name: &str, user: &str) -> Value {
+    let object = model(
+        namespace,
+        name,
+        json!({"model": model_name, "scope": "Cluster"}),
+        json!({}),
+    );
+    let mut review = model_review(namespace, name, object);
+    review["request"]["userInfo"] = json!({"username": user, "groups": ["system:authenticated"]});
+    review
+}
+
+#[tokio::test]
+async fn sharing_a_model_cluster_wide_needs_the_share_verb() {
+    let rights = StaticAuthorizer::default()
+        .grant("pat@example.com", "share", "modeldeployments", None)
+        // A namespaced grant is not enough: sharing concerns every namespace.
+        .grant(
+            "dave@example.com",
+            "share",
+            "modeldeployments",
+            Some("platform"),
+        );
+    let harness = start_with(default_view(), AdmissionConfig::default(), rights, 1 << 20).await;
+    let denied = harness
+        .validate(&shared_model_review(
+            "platform",
+            "gpt",
+            "gpt-4o",
+            "dave@example.com",
+        ))
+        .await;
+    assert!(!denied.allowed());
+    assert_eq!(code(&denied), "SHARE_NOT_PERMITTED");
+    assert!(
+        denied.message().contains(
+            "dave@example.com may not share models; keep spec.scope: Namespace, or ask an administrator to grant \
+             verb \"share\" on modeldeployments.policybind.io \"gpt\" cluster-wide"
+        ),
+        "{}",
+        denied.message()
+    );
+    let allowed = harness
+        .validate(&shared_model_review(
+            "platform",
+            "gpt",
+            "gpt-4o",
+            "pat@example.com",
+        ))
+        .await;
+    assert!(allowed.allowed(), "{}", allowed.message());
+
+    // Updates that keep the scope are not asked again (dave edits pat's shared model).
+    let mut update = shared_model_review("platform", "gpt", "gpt-4o", "dave@example.com");
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = update["request"]["object"].clone();
+    assert!(harness.validate(&update).await.allowed());
+    // Turning a namespace registration into a shared one is.
+    update["request"]["oldObject"]["spec"]["scope"] = json!("Namespace");
+    assert_eq!(
+        code(&harness.validate(&update).await),
+        "SHARE_NOT_PERMITTED"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_name_is_unique_cluster_wide_and_the_message_says_what_to_change() {
+    let view = default_view();
+    view.add_model(model(
+        "platform",
+        "gpt",
+        json!({"model": "gpt-4o", "scope": "Cluster"}),
+        json!({}),
+    ));
+    let rights =
+        StaticAuthorizer::default().grant("pat@example.com", "share", "modeldeployments", None);
+    let harness = start_with(view, AdmissionConfig::default(), rights, 1 << 20).await;
+    let reply = harness
+        .validate(&shared_model_review(
+            "research",
+            "gpt",
+            "gpt-4o",
+            "pat@example.com",
+        ))
+        .await;
+    assert!(!reply.allowed());
+    assert_eq!(code(&reply), "RESOURCE_INVALID");
+    assert!(
+        reply.message().contains(
+            "model name \"gpt-4o\" is already registered by ModelDeployment platform/gpt cluster-wide (both have \
+             spec.scope: Cluster): a shared name is registered once in the cluster; choose another model name or \
+             alias, or register it with spec.scope: Namespace"
+        ),
+        "{}",
+        reply.message()
+    );
+    // The same name, kept to its own namespace, shadows the shared one there: allowed.
+    let own = model("research", "gpt", json!({"model": "gpt-4o"}), json!({}));
+    let reply = harness
+        .validate(&model_review("research", "gpt", own))
+        .await;
+    assert!(reply.allowed(), "{}", reply.message());
+}
+
+fn token_naming(namespaces: &[&str], user: &str) -> Value {
+    let mut review = fixture("accesstoken-create.json");
+    review["request"]["object"]["spec"]["additionalNamespaces"] = json!(namespaces);
+    review["request"]["userInfo"] =
+        json!({"username": user, "uid": "u-7", "groups": ["developers", "system:authenticated"]});
+    review
+}
+
+#[tokio::test]
+async fn a_token_naming_a_namespace_its_author_cannot_create_tokens_in_is_denied_naming_it() {
+    let rights = StaticAuthorizer::default()
+        .grant("group:developers", "create", "accesstokens", Some("team-b"))
+        .grant("erin@example.com", "create", "accesstokens", Some("team-c"));
+    let harness = start_with(default_view(), AdmissionConfig::default(), rights, 1 << 20).await;
+    // Group-based grants count: erin is in `developers`, which may create in team-b.
+    let allowed = harness
+        .validate(&token_naming(&["team-b", "team-c"], "erin@example.com"))
+        .await;
+    assert!(allowed.allowed(), "{}", allowed.message());
+
+    let denied = harness
+        .validate(&token_naming(
+            &["team-b", "team-d", "team-e"],
+            "erin@example.com",
+        ))
+        .await;
+    assert!(!denied.allowed());
+    assert_eq!(code(&denied), "NAMESPACE_NOT_PERMITTED");
+    let message = denied.message();
+    assert!(
+        message.contains(
+            "spec.additionalNamespaces names namespace team-d, namespace team-e where erin@example.com may not \
+             create AccessTokens"
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("team-b where"), "{message}");
+    let records = harness.audit.records();
+    let last = records.last().unwrap();
+    assert_eq!(last.codes, ["NAMESPACE_NOT_PERMITTED"]);
+    assert_eq!(last.detail["refusedNamespaces"], "team-d,team-e");
+}
+
+#[tokio::test]
+async fn a_token_update_is_checked_only_for_newly_named_namespaces() {
+    let rights = StaticAuthorizer::default().grant(
+        "erin@example.com",
+        "create",
+        "accesstokens",
+        Some("team-b"),
+    );
+    let harness = start_with(default_view(), AdmissionConfig::default(), rights, 1 << 20).await;
+    // team-z was named by someone with the right; erin edits the budget.
+    let mut review = token_naming(&["team-z"], "erin@example.com");
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["oldObject"] = review["request"]["object"].clone();
+    assert!(harness.validate(&review).await.allowed());
+    // Adding team-b is fine for erin; adding team-y is not.
+    review["request"]["object"]["spec"]["additionalNamespaces"] = json!(["team-z", "team-b"]);
+    assert!(harness.validate(&review).await.allowed());
+    review["request"]["object"]["spec"]["additionalNamespaces"] = json!(["team-z", "team-y"]);
+    let denied = harness.validate(&review).await;
+    assert_eq!(code(&denied), "NAMESPACE_NOT_PERMITTED");
+    assert!(
+        denied.message().contains("namespace team-y"),
+        "{}",
+        denied.message()
+    );
+    // Its own namespace needs no extra right.
+    let own = token_naming(&["team-a"], "erin@example.com");
+    assert!(harness.validate(&own).await.allowed());
+}
+
+#[tokio::test]
+async fn the_same_model_name_in_another_namespace_is_admitted() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let own = model("team-b", "chat", json!({"model": "chat"}), json!({}));
+    let reply = harness.validate(&model_review("team-b", "chat", own)).await;
+    assert!(reply.allowed(), "{}", reply.message());
 }
 
 fn token_with(edit: impl FnOnce(&mut Value)) -> Value {
@@ -316,7 +509,7 @@ async fn self_approval_is_denied() {
     let harness = start_with(
         default_view(),
         AdmissionConfig::default(),
-        vec!["bob@example.com".into()],
+        StaticAuthorizer::default().grant("bob@example.com", "approve", "approvalrequests", None),
         1 << 20,
     )
     .await;
@@ -332,7 +525,13 @@ async fn self_approval_is_denied() {
 
 #[tokio::test]
 async fn approval_without_the_approve_verb_is_denied_naming_the_rbac_grant() {
-    let harness = start_with(default_view(), AdmissionConfig::default(), vec![], 1 << 20).await;
+    let harness = start_with(
+        default_view(),
+        AdmissionConfig::default(),
+        StaticAuthorizer::default(),
+        1 << 20,
+    )
+    .await;
     let reply = harness
         .validate(&fixture("approvalrequest-decide.json"))
         .await;

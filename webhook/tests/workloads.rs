@@ -24,14 +24,14 @@ fn code(reply: &Reply) -> String {
 #[tokio::test]
 async fn pod_with_registered_usable_model_is_admitted_and_recorded() {
     let harness = start(default_view(), AdmissionConfig::default()).await;
-    let reply = harness.validate(&fixture("pod-create.json")).await;
+    let reply = harness.admit(&fixture("pod-create.json")).await;
     assert_eq!(reply.status, 200);
     assert!(reply.allowed(), "{}", reply.message());
     assert_eq!(
         reply.response()["uid"],
         "7f0b2d4c-3a52-4f0e-9d0e-2b6f6f0c9a11"
     );
-    let records = harness.audit.records();
+    let records = harness.validation_records();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].model.as_deref(), Some("team-a/chat"));
     assert_eq!(records[0].effect, Some(policybind_crds::Effect::Allow));
@@ -118,19 +118,44 @@ async fn pod_naming_a_suspended_model_is_denied() {
 }
 
 #[tokio::test]
-async fn model_in_another_namespace_is_found_by_namespace_slash_name() {
+async fn a_shared_model_of_another_namespace_is_found_by_namespace_slash_name() {
     let view = default_view();
     view.add_model(model(
         "ml-registry",
         "shared",
-        json!({}),
+        json!({"scope": "Cluster"}),
         json!({"approval": "Approved", "riskLevel": "High"}),
     ));
     let harness = start(view, AdmissionConfig::default()).await;
-    let reply = harness
-        .validate(&pod_with_model("ml-registry/shared"))
-        .await;
+    let reply = harness.admit(&pod_with_model("ml-registry/shared")).await;
     assert!(reply.allowed(), "{}", reply.message());
+}
+
+#[tokio::test]
+async fn a_model_registered_for_another_namespace_only_is_denied_saying_how_to_share_it() {
+    let view = default_view();
+    view.add_model(model(
+        "team-b",
+        "private",
+        json!({}),
+        json!({"approval": "NotRequired", "riskLevel": "Low"}),
+    ));
+    let harness = start(view, AdmissionConfig::default()).await;
+    let reply = harness.admit(&pod_with_model("team-b/private")).await;
+    assert!(!reply.allowed());
+    assert_eq!(code(&reply), "MODEL_NOT_SHARED");
+    assert!(
+        reply.message().contains(
+            "ModelDeployment team-b/private is registered for namespace team-b only (spec.scope: Namespace)"
+        ),
+        "{}",
+        reply.message()
+    );
+    assert!(
+        reply.message().contains("spec.scope: Cluster"),
+        "{}",
+        reply.message()
+    );
 }
 
 #[tokio::test]
@@ -143,7 +168,7 @@ async fn confidential_model_in_a_namespace_allowing_internal_is_denied_with_both
         json!({"approval": "NotRequired", "riskLevel": "Medium"}),
     ));
     let harness = start(view, AdmissionConfig::default()).await;
-    let reply = harness.validate(&pod_with_model("contracts")).await;
+    let reply = harness.admit(&pod_with_model("contracts")).await;
     assert!(!reply.allowed());
     assert_eq!(code(&reply), "DATA_CLASSIFICATION_EXCEEDED");
     let message = reply.message();
@@ -160,7 +185,7 @@ async fn confidential_model_in_a_namespace_allowing_internal_is_denied_with_both
     let mut review = pod_with_model("contracts");
     review["request"]["object"]["metadata"]["annotations"]["policybind.io/data-classification"] =
         json!("Internal");
-    assert!(harness.validate(&review).await.allowed());
+    assert!(harness.admit(&review).await.allowed());
 }
 
 #[tokio::test]
@@ -180,12 +205,7 @@ async fn namespace_label_raises_the_allowed_classification() {
         json!({"approval": "NotRequired", "riskLevel": "Medium"}),
     ));
     let harness = start(view, AdmissionConfig::default()).await;
-    assert!(
-        harness
-            .validate(&pod_with_model("contracts"))
-            .await
-            .allowed()
-    );
+    assert!(harness.admit(&pod_with_model("contracts")).await.allowed());
 }
 
 #[tokio::test]
@@ -245,11 +265,17 @@ async fn every_workload_kind_is_judged_by_its_pod_template() {
             .await
             .allowed()
     );
+    // The CronJob's batch pods declare the model but have no port for the sidecar:
+    // in an enforced namespace they could never run behind it, so the workload is
+    // refused when it is written, with what to fix.
+    let cronjob = harness.validate(&fixture("cronjob-create.json")).await;
+    assert_eq!(code(&cronjob), "SIDECAR_MISSING");
     assert!(
-        harness
-            .validate(&fixture("cronjob-create.json"))
-            .await
-            .allowed()
+        cronjob
+            .message()
+            .contains("no container has a port named \"http\""),
+        "{}",
+        cronjob.message()
     );
     for (group, kind, resource) in [
         ("apps", "Deployment", "deployments"),

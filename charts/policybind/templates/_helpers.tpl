@@ -69,13 +69,42 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-webhook-tls" (include "policybind.fullname" .)) .Values.webhook.certificate.secretName }}
 {{- end }}
 
-{{/* The audit signing key Secret: the one given, or the one the chart generates. */}}
-{{- define "policybind.auditKeySecret" -}}
-{{- default (printf "%s-audit-signing-key" (include "policybind.fullname" .)) .Values.audit.signingKey.existingSecret }}
+{{/*
+Audit signing key Secrets, one per writer: the one given in
+audit.signingKey.existingSecrets, or the one the chart generates. Each is
+mounted into its own Deployment only.
+*/}}
+{{- define "policybind.operatorAuditKeySecret" -}}
+{{- default (printf "%s-operator-key" (include "policybind.fullname" .)) .Values.audit.signingKey.existingSecrets.operator }}
 {{- end }}
 
-{{- define "policybind.auditKeyEnabled" -}}
-{{- if or .Values.audit.signingKey.create .Values.audit.signingKey.existingSecret }}true{{ end }}
+{{- define "policybind.webhookAuditKeySecret" -}}
+{{- default (printf "%s-webhook-key" (include "policybind.fullname" .)) .Values.audit.signingKey.existingSecrets.webhook }}
+{{- end }}
+
+{{- define "policybind.operatorAuditKeyEnabled" -}}
+{{- if or .Values.audit.signingKey.create .Values.audit.signingKey.existingSecrets.operator }}true{{ end }}
+{{- end }}
+
+{{- define "policybind.webhookAuditKeyEnabled" -}}
+{{- if or .Values.audit.signingKey.create .Values.audit.signingKey.existingSecrets.webhook }}true{{ end }}
+{{- end }}
+
+{{/*
+The ClusterRole of what sidecars write in an enforced namespace; the operator
+binds it there (RoleBinding policybind-sidecar) and holds `bind` on it.
+*/}}
+{{- define "policybind.sidecarClusterRole" -}}
+{{- printf "%s-sidecar" (include "policybind.fullname" .) }}
+{{- end }}
+
+{{/* The operator's and the webhook's service account user names. */}}
+{{- define "policybind.operatorUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "policybind.operatorName" .) }}
+{{- end }}
+
+{{- define "policybind.webhookUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "policybind.webhookName" .) }}
 {{- end }}
 
 {{/* DNS name of the webhook Service, the name its certificate must carry. */}}

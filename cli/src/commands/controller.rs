@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use policybind_operator::audit_retention::{self, AuditRetentionSettings, AuditSinkSetting};
-use policybind_operator::incident::IncidentSettings;
+use policybind_operator::controllers::incident::IncidentSettings;
 use policybind_operator::{Error, Settings};
 
 /// Run the PolicyBind controllers: compile policies, assess and approve models,
@@ -43,14 +43,19 @@ pub struct ControllerArgs {
     /// (one acts, the others stand by and take over within ~15 s).
     #[arg(long, env = "POLICYBIND_LEADER_ELECTION")]
     leader_election: bool,
-    /// Namespace of the leader Lease (the operator's own namespace).
+    /// The operator's own namespace (the chart's release namespace). The leader
+    /// Lease and the lifecycle audit trail live there, and so does every enforced
+    /// namespace's policy bundle (`policybind-bundle.<namespace>`) with the Role
+    /// that lets that namespace's service accounts read it: workloads cannot
+    /// write here.
     #[arg(
         long,
+        visible_alias = "lease-namespace",
         value_name = "NS",
         default_value = "policybind-system",
         env = "POD_NAMESPACE"
     )]
-    lease_namespace: String,
+    namespace: String,
     /// Name of the leader Lease.
     #[arg(long, value_name = "NAME", default_value = "policybind-operator")]
     lease_name: String,
@@ -61,7 +66,7 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "MS", default_value_t = 250)]
     bundle_debounce_ms: u64,
     /// User name written as requester of the ApprovalRequests the operator raises.
-    /// Default: system:serviceaccount:<lease namespace>:policybind-operator.
+    /// Default: system:serviceaccount:<namespace>:policybind-operator.
     #[arg(long, value_name = "USER")]
     requester: Option<String>,
     /// Hours an ApprovalRequest without `expiresAt` stays open before it expires.
@@ -83,10 +88,10 @@ pub struct ControllerArgs {
     /// lifecycle changes are appended to the audit trail (see --audit-key-secret).
     #[arg(long, value_name = "PATH", env = "POLICYBIND_AUDIT_KEY")]
     audit_key: Option<PathBuf>,
-    /// Secret with the audit signing key (key `signing-key`), as `name` in the lease
+    /// Secret with the audit signing key (key `signing-key`), as `name` in the operator's
     /// namespace or `namespace/name`. Set, every lifecycle change (token issued,
     /// rotated, expired; model approved, suspended; policy failed; approval decided;
-    /// incident raised) is appended to the audit trail in the lease namespace.
+    /// incident raised) is appended to the audit trail in --namespace.
     #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
     audit_key_secret: Option<String>,
     /// Bytes of audit segment ConfigMaps (label policybind.io/audit-segment) each
@@ -118,6 +123,23 @@ pub struct ControllerArgs {
         env = "POLICYBIND_AUDIT_SINK"
     )]
     audit_sink: AuditSinkSetting,
+    /// ClusterRole bound (RoleBinding `policybind-sidecar`) to the service
+    /// accounts of every enforced namespace: what sidecars may write there (usage
+    /// reports, audit segments, held-request ApprovalRequests). The chart renders
+    /// it as `<fullname>-sidecar` and grants the operator `bind` on it.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "policybind-sidecar",
+        env = "POLICYBIND_SIDECAR_CLUSTER_ROLE"
+    )]
+    sidecar_cluster_role: String,
+    /// Name of the model container's port the sidecar takes over (the webhook's
+    /// --sidecar-port-name). The NetworkPolicy `policybind-model-ports` of every
+    /// enforced namespace admits ingress to injected pods on it and on `pb-health`
+    /// only, so the model's moved port is reachable from inside the pod alone.
+    #[arg(long, value_name = "NAME", default_value = "http")]
+    sidecar_port_name: String,
     /// Seconds to wait for the watch caches to fill at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     cache_timeout_secs: u64,
@@ -132,7 +154,7 @@ impl ControllerArgs {
         let requester = self.requester.unwrap_or_else(|| {
             format!(
                 "system:serviceaccount:{}:policybind-operator",
-                self.lease_namespace
+                self.namespace
             )
         });
         Settings {
@@ -140,7 +162,7 @@ impl ControllerArgs {
             kube_context: self.context,
             metrics_listen: self.metrics_listen,
             leader_election: self.leader_election,
-            lease_namespace: self.lease_namespace,
+            namespace: self.namespace,
             lease_name: self.lease_name,
             identity,
             bundle_debounce: Duration::from_millis(self.bundle_debounce_ms),
@@ -160,6 +182,9 @@ impl ControllerArgs {
                 interval: Duration::from_secs(self.audit_retention_interval),
                 sink: self.audit_sink,
             }),
+            sidecar_cluster_role: self.sidecar_cluster_role,
+            sidecar_port_name: self.sidecar_port_name,
+            bundle_limits: Default::default(),
         }
     }
 }

@@ -1,11 +1,17 @@
 //! `policybind eval`: decide one request offline and explain the decision.
+//!
+//! Exit status: 0 decided (whatever the effect, unless `--fail-on` names it);
+//! 1 the effect is one `--fail-on` (or `--fail-on-deny`) names; 2 the inputs
+//! could not be read or the policies do not compile.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use policybind_crds::Effect;
 use policybind_engine::PolicySet;
 use policybind_engine::request::{Decision, Request, RuleTrace};
+use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -19,12 +25,34 @@ pub struct EvalArgs {
     /// Namespace the request is decided in (overrides the request's `namespace`).
     #[arg(long)]
     namespace: Option<String>,
-    /// Explain: the deciding policy and rule, and why each rule did or did not match.
+    /// Explain: the deciding policy and rule, and why each rule did or did not match
+    /// (or was excluded). With `--json`: `{"decision": ..., "trace": [...]}`.
     #[arg(long)]
     explain: bool,
-    /// Print the decision as JSON instead of text.
-    #[arg(long, conflicts_with = "explain")]
+    /// Print JSON instead of text: the decision, or with `--explain` one document
+    /// holding the decision and the trace.
+    #[arg(long)]
     json: bool,
+    /// Exit 1 when the decision's effect is one of these (comma-separated: Allow,
+    /// Deny, Redact, RequireApproval, Degrade), for CI gates. The output is the same.
+    #[arg(long, value_name = "EFFECT", value_delimiter = ',', value_parser = parse_effect)]
+    fail_on: Vec<Effect>,
+    /// Exit 1 when the request is denied: the same as `--fail-on Deny`.
+    #[arg(long)]
+    fail_on_deny: bool,
+}
+
+fn parse_effect(text: &str) -> Result<Effect, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+        format!("unknown effect {text:?} (Allow, Deny, Redact, RequireApproval, Degrade)")
+    })
+}
+
+/// `--json --explain`: one document.
+#[derive(Serialize)]
+struct Explained<'a> {
+    decision: &'a Decision,
+    trace: &'a [RuleTrace],
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -36,19 +64,33 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.request.display()))?;
     let mut request: Request = serde_yaml::from_str(&text)
         .with_context(|| format!("{}: invalid request", args.request.display()))?;
-    if let Some(ns) = args.namespace {
-        request.namespace = Some(ns);
+    if let Some(ns) = &args.namespace {
+        request.namespace = Some(ns.clone());
     }
     let (decision, trace) = set.decide_explained(&request);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&decision)?);
-    } else {
-        print_decision(&decision);
-        if args.explain {
-            print_explain(&decision, &trace);
+    match (args.json, args.explain) {
+        (true, true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&Explained {
+                decision: &decision,
+                trace: &trace,
+            })?
+        ),
+        (true, false) => println!("{}", serde_json::to_string_pretty(&decision)?),
+        (false, explain) => {
+            print_decision(&decision);
+            if explain {
+                print_explain(&decision, &trace);
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let fails = args.fail_on.contains(&decision.effect)
+        || (args.fail_on_deny && decision.effect == Effect::Deny);
+    Ok(if fails {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_decision(d: &Decision) {
@@ -118,6 +160,8 @@ fn print_explain(d: &Decision, trace: &[RuleTrace]) {
     for t in trace {
         let mark = if t.decided {
             "=> DECIDED"
+        } else if t.excluded {
+            "   excluded (rule skipped)"
         } else if t.matched && t.enforcement == policybind_crds::Enforcement::Audit {
             "   matched (audit only)"
         } else if t.matched {

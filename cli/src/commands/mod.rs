@@ -4,6 +4,7 @@ pub mod bench;
 pub mod controller;
 pub mod crds;
 pub mod eval;
+pub mod metrics;
 pub mod serve;
 pub mod sidecar;
 pub mod test;

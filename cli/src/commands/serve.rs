@@ -4,6 +4,11 @@
 //! Secrets) from a directory, re-reads it when it changes, proxies an
 //! OpenAI-compatible server and writes the audit trail to a directory. The
 //! request path is the sidecar's, from `policybind-sidecar`.
+//!
+//! So that the first command a new user runs works on its own, `serve` without
+//! `--upstream` starts a built-in demo upstream on loopback (clearly labelled in
+//! its first log lines and in every response header), and keeps its state (audit
+//! trail, key, approvals) in the XDG state directory, outside any source tree.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,11 +96,20 @@ pub struct ServeArgs {
     #[arg(long, env = "POLICYBIND_CONFIG")]
     pub config: PathBuf,
     /// Base URL of the OpenAI-compatible server, e.g. `http://127.0.0.1:11434` (Ollama).
+    /// Without it, a built-in DEMO upstream starts on loopback that answers
+    /// "You said: <your last message>" and calls no model; every response then
+    /// carries `x-policybind-upstream: demo`.
     #[arg(long, env = "POLICYBIND_UPSTREAM")]
-    pub upstream: String,
+    pub upstream: Option<String>,
+    /// Where standalone state lives: the audit trail (`audit/`), its signing key
+    /// and held approvals (`approvals/`). Default: `$XDG_STATE_HOME/policybind`,
+    /// else `~/.local/state/policybind`: outside any source tree.
+    #[arg(long, env = "POLICYBIND_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Directory the audit trail is written to (one JSON file per segment).
+    /// Default: `<state-dir>/audit`.
     #[arg(long, env = "POLICYBIND_AUDIT_DIR")]
-    pub audit_dir: PathBuf,
+    pub audit_dir: Option<PathBuf>,
     /// Ed25519 signing key for audit segments (PEM or 32 raw bytes). Default:
     /// `<audit-dir>/signing-key.pem`, created if missing.
     #[arg(long, env = "POLICYBIND_AUDIT_KEY")]
@@ -110,11 +124,13 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8081"
     )]
     pub health_listen: SocketAddr,
-    /// Namespace requests are decided in (AIPolicies of other namespaces do not apply).
+    /// Namespace this proxy serves, as a sidecar there would: only tokens valid in it,
+    /// models it can resolve (its own, then shared ones) and policies that apply in it
+    /// are in force. The directory is read as `policybind test` reads it.
     #[arg(long, env = "POLICYBIND_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Where requests needing approval are held as ApprovalRequest manifests.
-    /// Default: `<config>/approvals` (not read as policy).
+    /// Default: `<state-dir>/approvals`.
     #[arg(long, env = "POLICYBIND_APPROVALS_DIR")]
     pub approvals_dir: Option<PathBuf>,
     /// How often the config directory is checked for changes, in milliseconds.
@@ -134,30 +150,107 @@ fn host_name() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
+/// The value of `x-policybind-upstream` while the demo upstream answers.
+const DEMO_UPSTREAM_LABEL: &str = "demo";
+
+/// The default state directory: `$XDG_STATE_HOME/policybind` when that is an
+/// absolute path (the XDG Base Directory rule), else `$HOME/.local/state/policybind`.
+fn default_state_dir(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+    let non_empty = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(xdg) = non_empty("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
+        return Ok(xdg.join("policybind"));
+    }
+    match non_empty("HOME") {
+        Some(home) => Ok(home.join(".local/state/policybind")),
+        None => anyhow::bail!(
+            "no state directory: neither XDG_STATE_HOME nor HOME is set; pass --state-dir"
+        ),
+    }
+}
+
+/// Where this run keeps its state.
+struct StatePaths {
+    audit_dir: PathBuf,
+    audit_key: PathBuf,
+    approvals_dir: PathBuf,
+}
+
+impl StatePaths {
+    fn resolve(args: &ServeArgs) -> anyhow::Result<StatePaths> {
+        let state_dir = || match &args.state_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_state_dir(|name| std::env::var(name).ok()),
+        };
+        let audit_dir = match &args.audit_dir {
+            Some(dir) => dir.clone(),
+            None => state_dir()?.join("audit"),
+        };
+        let approvals_dir = match &args.approvals_dir {
+            Some(dir) => dir.clone(),
+            None => state_dir()?.join("approvals"),
+        };
+        let audit_key = args
+            .audit_key
+            .clone()
+            .unwrap_or_else(|| audit_dir.join("signing-key.pem"));
+        Ok(StatePaths {
+            audit_dir,
+            audit_key,
+            approvals_dir,
+        })
+    }
+}
+
+/// The upstream to forward to, starting the demo upstream when none is given.
+/// Returns the URL and the label responses carry.
+async fn upstream(args: &ServeArgs) -> anyhow::Result<(String, Option<String>)> {
+    if let Some(url) = &args.upstream {
+        return Ok((url.clone(), None));
+    }
+    let addr = policybind_sidecar::fake_upstream::spawn_demo(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("starting the demo upstream")?;
+    tracing::warn!(
+        upstream = %addr,
+        "no --upstream given: using the built-in DEMO upstream, which calls no model and \
+         answers \"You said: <your last message>\"; every response carries \
+         x-policybind-upstream: demo. Pass --upstream URL for a real server"
+    );
+    Ok((
+        format!("http://{addr}"),
+        Some(DEMO_UPSTREAM_LABEL.to_string()),
+    ))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.config.is_dir(),
         "--config {} is not a directory",
         args.config.display()
     );
-    let key_path = args
-        .audit_key
-        .clone()
-        .unwrap_or_else(|| args.audit_dir.join("signing-key.pem"));
-    let (key, created) = load_or_create_signing_key(&key_path)
-        .with_context(|| format!("audit signing key {}", key_path.display()))?;
+    let (upstream_url, upstream_label) = upstream(&args).await?;
+    let state = StatePaths::resolve(&args)?;
+    tracing::info!(
+        audit_dir = %state.audit_dir.display(),
+        audit_key = %state.audit_key.display(),
+        approvals_dir = %state.approvals_dir.display(),
+        "standalone state (--state-dir, --audit-dir, --audit-key, --approvals-dir change it)"
+    );
+    let (key, created) = load_or_create_signing_key(&state.audit_key)
+        .with_context(|| format!("audit signing key {}", state.audit_key.display()))?;
     if created {
         tracing::warn!(
-            path = %key_path.display(),
+            path = %state.audit_key.display(),
             "generated an audit signing key; keep it apart from the trail (--audit-key) if others must trust the trail"
         );
     }
     let writer_id = format!("standalone/{}", host_name());
-    let writer = directory_writer(&args.audit_dir, key, &writer_id)
+    let writer = directory_writer(&state.audit_dir, key, &writer_id)
         .await
-        .with_context(|| format!("audit directory {}", args.audit_dir.display()))?;
+        .with_context(|| format!("audit directory {}", state.audit_dir.display()))?;
 
-    let mut settings = Settings::standalone(args.config.clone(), args.upstream.clone());
+    let mut settings = Settings::standalone(args.config.clone(), upstream_url);
+    settings.upstream_label = upstream_label;
     settings.listen = args.listen;
     settings.health_listen = args.health_listen;
     settings.namespace = args.namespace.clone();
@@ -166,11 +259,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         path: args.config.clone(),
         poll_interval: Duration::from_millis(args.reload_interval_ms.max(50)),
     };
-    settings.approvals = ApprovalSettings::Directory(
-        args.approvals_dir
-            .clone()
-            .unwrap_or_else(|| args.config.join("approvals")),
-    );
+    settings.approvals = ApprovalSettings::Directory(state.approvals_dir);
     args.proxy.apply(&mut settings);
 
     let result = policybind_sidecar::run(
@@ -187,4 +276,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.context("policybind serve")?;
     flushed.context("writing the last audit records")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn state_goes_to_the_xdg_state_home_else_under_home() {
+        assert_eq!(
+            default_state_dir(env(&[("XDG_STATE_HOME", "/x/state"), ("HOME", "/home/u")])).unwrap(),
+            PathBuf::from("/x/state/policybind")
+        );
+        // A relative XDG_STATE_HOME is ignored, as the XDG rules say.
+        assert_eq!(
+            default_state_dir(env(&[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")])).unwrap(),
+            PathBuf::from("/home/u/.local/state/policybind")
+        );
+        assert!(default_state_dir(env(&[])).is_err());
+    }
 }

@@ -1,8 +1,8 @@
 //! `policybind sidecar`: the enforcement point injected next to a model server
 //! (DESIGN.md sections 3-5). Configured from the environment the admission
 //! webhook sets on the injected container: namespace and pod from the downward
-//! API, upstream `http://127.0.0.1:<model port>`, the bundle ConfigMap (watched)
-//! or its mounted directory, and audit segments as ConfigMaps in the namespace.
+//! API, upstream `http://127.0.0.1:<model port>`, where the bundle is (watched in
+//! PolicyBind's own namespace), and audit segments as ConfigMaps in the namespace.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,22 +10,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use policybind_crds::wire;
+use policybind_engine::bundle_codec::{DEFAULT_MAX_JSON_BYTES, DecodeLimits};
 use policybind_sidecar::Dependencies;
 use policybind_sidecar::audit::config_map_writer;
+use policybind_sidecar::cluster::BundleSource;
 use policybind_sidecar::config::{ApprovalSettings, Settings, SourceSettings};
-use policybind_sidecar::usage::{UsageReportSettings, report_name};
+use policybind_sidecar::usage::UsageReportSettings;
 
 use super::serve::ProxyArgs;
 
 /// Arguments of `policybind sidecar`.
 #[derive(clap::Args, Debug)]
 pub struct SidecarArgs {
-    /// Namespace of the pod (downward API `metadata.namespace`): the bundle, approvals
-    /// and audit segments live there.
-    #[arg(long, env = "POLICYBIND_NAMESPACE")]
+    /// Namespace of the pod (downward API `metadata.namespace`): requests are decided
+    /// for it, and its approvals, audit segments and usage report live there.
+    #[arg(long, env = wire::env::NAMESPACE)]
     pub namespace: String,
-    /// Name of the pod (downward API `metadata.name`), for the audit writer identity.
-    #[arg(long, env = "POLICYBIND_POD_NAME", default_value = "unknown-pod")]
+    /// Name of the pod (downward API `metadata.name`): the audit writer identity, and
+    /// the `policybind.io/pod` label of the audit segments and usage report (the
+    /// chart's admission policy requires it to be the pod the token is bound to).
+    #[arg(long, env = wire::env::POD_NAME, default_value = "unknown-pod")]
     pub pod_name: String,
     /// Base URL of the model server in the same pod.
     #[arg(
@@ -40,20 +45,23 @@ pub struct SidecarArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "POLICYBIND_HEALTH_LISTEN", default_value = "0.0.0.0:9090")]
     pub health_listen: SocketAddr,
-    /// Bundle ConfigMap to watch (with its parts `<name>-<n>`).
+    /// PolicyBind's own namespace, where the operator keeps every namespace's bundle
+    /// and workloads cannot write (the chart's release namespace; the webhook sets it).
+    #[arg(long, env = wire::env::BUNDLE_NAMESPACE, value_name = "NS")]
+    pub bundle_namespace: Option<String>,
+    /// The bundle ConfigMap (part 0) to watch there; parts are `<name>.<n>`.
+    /// Default: `policybind-bundle.<namespace>`.
+    #[arg(long, env = wire::env::BUNDLE_CONFIGMAP, value_name = "NAME")]
+    pub bundle_config_map: Option<String>,
+    /// Largest bundle JSON accepted once decompressed, in bytes; a larger one (a
+    /// gzip bomb, say) is refused and the last good set stays in force.
     #[arg(
         long,
-        env = "POLICYBIND_BUNDLE_CONFIGMAP",
-        default_value = "policybind-bundle"
+        env = wire::env::BUNDLE_MAX_BYTES,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_JSON_BYTES
     )]
-    pub bundle_config_map: String,
-    /// Read the bundle from this mounted ConfigMap directory instead of watching the API.
-    #[arg(
-        long,
-        env = "POLICYBIND_BUNDLE_DIR",
-        conflicts_with = "bundle_config_map"
-    )]
-    pub bundle_dir: Option<PathBuf>,
+    pub bundle_max_bytes: usize,
     /// ModelDeployment this pod serves (informational, logged).
     #[arg(long, env = "POLICYBIND_MODEL_DEPLOYMENT")]
     pub model_deployment: Option<String>,
@@ -67,9 +75,6 @@ pub struct SidecarArgs {
     /// Audit signing key Secret as `namespace/name` (data key `signing-key`).
     #[arg(long, env = "POLICYBIND_AUDIT_KEY_SECRET")]
     pub audit_key_secret: Option<String>,
-    /// How often a mounted bundle directory is checked for changes, in milliseconds.
-    #[arg(long, env = "POLICYBIND_RELOAD_INTERVAL_MS", default_value_t = 1000)]
-    pub reload_interval_ms: u64,
     /// How often the settled usage of each token is written to this pod's usage
     /// report (ConfigMap `policybind-usage-<pod>`), in seconds; also written once
     /// at shutdown, and only when it changed. The operator sums the reports into
@@ -86,6 +91,14 @@ pub struct SidecarArgs {
 }
 
 pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
+    let bundle_namespace = args.bundle_namespace.clone().with_context(|| {
+        format!(
+            "{} is not set: the sidecar reads its bundle from PolicyBind's own namespace, \
+             which the webhook names when it injects the sidecar (a pod injected by an \
+             older webhook needs a restart)",
+            wire::env::BUNDLE_NAMESPACE
+        )
+    })?;
     let client = kube::Client::try_default()
         .await
         .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
@@ -102,7 +115,14 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let writer_id = format!("sidecar/{}/{}", args.namespace, args.pod_name);
-    let writer = config_map_writer(client.clone(), &args.namespace, key, &writer_id).await?;
+    let writer = config_map_writer(
+        client.clone(),
+        &args.namespace,
+        &args.pod_name,
+        key,
+        &writer_id,
+    )
+    .await?;
     tracing::info!(
         namespace = %args.namespace,
         model_deployment = args.model_deployment.as_deref().unwrap_or("-"),
@@ -114,16 +134,17 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
     settings.health_listen = args.health_listen;
     settings.namespace = args.namespace.clone();
     settings.writer = writer_id.clone();
-    settings.source = match &args.bundle_dir {
-        Some(dir) => SourceSettings::BundleDirectory {
-            path: dir.clone(),
-            poll_interval: Duration::from_millis(args.reload_interval_ms.max(50)),
+    settings.source = SourceSettings::ConfigMap(BundleSource {
+        namespace: bundle_namespace,
+        name: args
+            .bundle_config_map
+            .clone()
+            .unwrap_or_else(|| wire::bundle_config_map(&args.namespace)),
+        limits: DecodeLimits {
+            max_json_bytes: args.bundle_max_bytes,
+            ..DecodeLimits::default()
         },
-        None => SourceSettings::ConfigMap {
-            namespace: args.namespace.clone(),
-            name: args.bundle_config_map.clone(),
-        },
-    };
+    });
     settings.approvals = ApprovalSettings::Cluster {
         namespace: args.namespace.clone(),
         requester: format!("policybind:{writer_id}"),
@@ -136,7 +157,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
     }
     settings.usage_report = Some(UsageReportSettings {
         namespace: args.namespace.clone(),
-        name: report_name(&args.pod_name),
+        pod: args.pod_name.clone(),
         interval: Duration::from_secs(args.usage_report_interval_secs),
     });
     args.proxy.apply(&mut settings);

@@ -9,14 +9,28 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use policybind_crds::DataClassification;
-use policybind_webhook::config::{
-    AdmissionConfig, BundleWiring, SidecarConfig, SidecarStyle, UndeclaredMode,
-};
+use policybind_webhook::config::{AdmissionConfig, SidecarConfig, SidecarStyle, UndeclaredMode};
 use policybind_webhook::configs::{Endpoint, FailurePolicy, Registration};
 use policybind_webhook::{AuditSettings, Settings, TlsSource};
 
 #[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_long_help = "Enforcement: in namespaces labelled policybind.io/enforce=true, a pod that declares a model \
+(policybind.io/model) runs behind the injected sidecar. Without it the pod is denied, unless it opts out \
+(policybind.io/inject: \"false\") and its creator holds verb \"exempt\" on modeldeployments.policybind.io named \
+after the model (pods of Kubernetes' own controllers inherit the check their template passed). A \
+policybind-sidecar container that differs from the injected one is denied, and in every namespace no other \
+container may read Secret policybind-audit-key.\n\n\
+Injection: only pods that declare a model; policybind.io/inject works as a label and as an annotation, \
+true/enabled opt in, false/disabled opt out (any case). Injected pods carry the label \
+policybind.io/injected=true. The sidecar reads ConfigMap policybind-bundle.<namespace> in --namespace and \
+signs with its namespace's Secret policybind-audit-key, mounted into the sidecar only.\n\n\
+Rights checked with SubjectAccessReviews for the requesting user: approve (approvalrequests), exempt and \
+share (modeldeployments), create (accesstokens, in each namespace of spec.additionalNamespaces).\n\n\
+Every identifier of a review is capped in length and may hold no control characters (REQUEST_INVALID). \
+Dry runs are not recorded. See docs/webhook.md."
+)]
 pub struct WebhookArgs {
     #[command(subcommand)]
     command: Option<WebhookCommand>,
@@ -157,7 +171,9 @@ struct ServeArgs {
     /// Extra IP addresses for the generated certificate.
     #[arg(long, value_name = "IP")]
     self_signed_ip: Vec<IpAddr>,
-    /// Create or update both webhook configurations at start-up (server-side apply).
+    /// Write both webhook configurations at start-up, pointing at --webhook-url or the Service:
+    /// each is replaced when it exists (needs get and update on it, which the chart grants in
+    /// self-signed mode) or created when it does not (needs create).
     #[arg(long)]
     register: bool,
     #[command(flatten)]
@@ -216,13 +232,10 @@ struct ServeArgs {
     /// Non-root user id the sidecar runs as.
     #[arg(long, default_value_t = 65532)]
     sidecar_run_as_user: i64,
-    /// Name of the bundle ConfigMap the sidecar reads.
-    #[arg(long, default_value = "policybind-bundle")]
-    bundle_configmap: String,
-    /// Mount the bundle ConfigMap at this path instead of having the sidecar watch it.
-    #[arg(long, value_name = "PATH")]
-    bundle_mount: Option<String>,
-    /// Extra environment for the sidecar, KEY=VALUE (repeatable).
+    /// Extra environment for the sidecar, KEY=VALUE (repeatable). The wiring the webhook
+    /// owns (POLICYBIND_BUNDLE_*, POLICYBIND_AUDIT_KEY*, the listeners, the upstream) cannot be
+    /// overridden: sidecars always read ConfigMap policybind-bundle.<namespace> in --namespace
+    /// and sign with their namespace's Secret policybind-audit-key, mounted into the sidecar only.
     #[arg(long, value_name = "KEY=VALUE")]
     sidecar_env: Vec<String>,
     /// Largest AdmissionReview body accepted, in bytes; larger gets 413.
@@ -243,8 +256,19 @@ struct ServeArgs {
     #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
     audit_key_secret: Option<String>,
     /// Audit signing key file, instead of a Secret.
-    #[arg(long, value_name = "FILE", conflicts_with = "audit_key_secret")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "POLICYBIND_AUDIT_KEY",
+        conflicts_with = "audit_key_secret"
+    )]
     audit_key_file: Option<PathBuf>,
+    /// In namespaces labelled policybind.io/enforce=true, deny an admission whose audit record
+    /// cannot be written (the trail's queue is full or closed) rather than admit it unrecorded.
+    /// Elsewhere the admission proceeds; every failure counts in
+    /// policybind_webhook_audit_records_total{result="failed"}.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    require_audit_record: bool,
     /// Write audit segments to this directory instead of ConfigMaps in --namespace.
     #[arg(long, value_name = "DIR")]
     audit_dir: Option<PathBuf>,
@@ -360,7 +384,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         sidecar_overlay = Some(
             policybind_webhook::config::InjectionFile::parse(&text)
-                .with_context(|| format!("parsing {}", path.display()))?,
+                .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?,
         );
     }
     let mut admission = AdmissionConfig {
@@ -382,22 +406,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cpu_limit: args.sidecar_cpu_limit,
             memory_limit: args.sidecar_memory_limit,
             run_as_user: args.sidecar_run_as_user,
-            bundle: match args.bundle_mount {
-                Some(mount_path) => BundleWiring::Volume {
-                    config_map: args.bundle_configmap,
-                    mount_path,
-                },
-                None => BundleWiring::ConfigMap {
-                    name: args.bundle_configmap,
-                },
-            },
             extra_env,
         },
         native_sidecars: true,
+        require_audit_record: args.require_audit_record,
     };
     if let Some(overlay) = sidecar_overlay {
         overlay.apply(&mut admission.sidecar);
     }
+    admission
+        .sidecar
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--sidecar-env / --injection-config: {e}"))?;
     let settings = Settings {
         listen: args.listen,
         health_listen: args.health_listen,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use policybind_crds::ModelDeployment;
-use policybind_webhook::audit::MemorySink;
-use policybind_webhook::authz::StaticAuthorizer;
+use policybind_webhook::audit::{AuditSink, MemorySink};
+use policybind_webhook::authz::{Authorizer, StaticAuthorizer};
 use policybind_webhook::config::AdmissionConfig;
 use policybind_webhook::metrics::Metrics;
 use policybind_webhook::tls::{self, CertResolver};
@@ -117,20 +117,57 @@ pub fn default_view() -> StaticView {
     view
 }
 
+/// The rights of the usual cluster: carol may approve everywhere.
+pub fn default_rights() -> StaticAuthorizer {
+    StaticAuthorizer::default().grant("carol@example.com", "approve", "approvalrequests", None)
+}
+
 pub async fn start(view: StaticView, config: AdmissionConfig) -> Harness {
-    start_with(
-        view,
-        config,
-        vec!["carol@example.com".into()],
-        4 * 1024 * 1024,
-    )
-    .await
+    start_with(view, config, default_rights(), 4 * 1024 * 1024).await
 }
 
 pub async fn start_with(
     view: StaticView,
     config: AdmissionConfig,
-    approvers: Vec<String>,
+    rights: StaticAuthorizer,
+    max_body: usize,
+) -> Harness {
+    start_with_authorizer(view, config, Arc::new(rights), max_body).await
+}
+
+pub async fn start_with_authorizer(
+    view: StaticView,
+    config: AdmissionConfig,
+    authorizer: Arc<dyn Authorizer>,
+    max_body: usize,
+) -> Harness {
+    let audit = Arc::new(MemorySink::new());
+    let mut harness = start_full(view, config, authorizer, audit.clone(), max_body).await;
+    harness.audit = audit;
+    harness
+}
+
+/// A harness whose records go to `sink` (`Harness::audit` then stays empty).
+pub async fn start_with_sink(
+    view: StaticView,
+    config: AdmissionConfig,
+    sink: Arc<dyn AuditSink>,
+) -> Harness {
+    start_full(
+        view,
+        config,
+        Arc::new(default_rights()),
+        sink,
+        4 * 1024 * 1024,
+    )
+    .await
+}
+
+async fn start_full(
+    view: StaticView,
+    config: AdmissionConfig,
+    authorizer: Arc<dyn Authorizer>,
+    sink: Arc<dyn AuditSink>,
     max_body: usize,
 ) -> Harness {
     let generated = tls::generate_self_signed(
@@ -143,16 +180,8 @@ pub async fn start_with(
         tls::certified_key(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())
             .expect("key"),
     );
-    let audit = Arc::new(MemorySink::new());
     let metrics = Metrics::new();
-    let app = App::new(
-        config,
-        Arc::new(view),
-        Arc::new(StaticAuthorizer { approvers }),
-        audit.clone(),
-        metrics.clone(),
-    )
-    .expect("app");
+    let app = App::new(config, Arc::new(view), authorizer, sink, metrics.clone()).expect("app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -169,7 +198,7 @@ pub async fn start_with(
     Harness {
         address,
         connector: connector(&generated.ca_pem),
-        audit,
+        audit: Arc::new(MemorySink::new()),
         metrics,
     }
 }
@@ -228,5 +257,28 @@ impl Harness {
     pub async fn mutate(&self, review: &Value) -> Reply {
         self.post_bytes("/mutate", serde_json::to_vec(review).expect("json"))
             .await
+    }
+
+    /// What the API server does with a pod: call the mutating webhook, apply its
+    /// patch, then call the validating webhook with the result.
+    pub async fn admit(&self, review: &Value) -> Reply {
+        let mutated = self.mutate(review).await;
+        if !mutated.allowed() {
+            return mutated;
+        }
+        let mut review = review.clone();
+        if let Some(patch) = mutated.patch() {
+            json_patch::patch(&mut review["request"]["object"], &patch).expect("patch applies");
+        }
+        self.validate(&review).await
+    }
+
+    /// Records written by the validating webhook.
+    pub fn validation_records(&self) -> Vec<policybind_engine::audit::AuditEvent> {
+        self.audit
+            .records()
+            .into_iter()
+            .filter(|r| r.detail.get("webhook").map(String::as_str) == Some("validate"))
+            .collect()
     }
 }

@@ -86,8 +86,13 @@ fn pod_with_unapproved_model_is_denied() {
             bail!("denial lacks the MODEL_NOT_APPROVED code: {message}");
         }
         // A suspended model is refused as well.
-        s.apply(&ModelDeployment::new("paused").suspended().build())
-            .await?;
+        s.apply(
+            &ModelDeployment::new("paused")
+                .serving("e2e-paused-model")
+                .suspended()
+                .build(),
+        )
+        .await?;
         s.wait_for(
             "the suspended model to be refused",
             std::time::Duration::from_secs(30),
@@ -120,6 +125,33 @@ fn approved_model_is_admitted_with_the_sidecar_exactly_once() {
 
         let pod = create_pod(&s, &fixtures::model_pod("server", "approved")).await?;
         assert_eq!(sidecar_count(&pod), 1, "injected pod: {pod:#}");
+        // The server reports its real version, and from 1.29 on the sidecar is a
+        // native one: a restartable init container that starts first, stops last.
+        let version = s.client.apiserver_version().await?;
+        let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+        println!(
+            "API server {} (major {}, minor {minor})",
+            version.git_version, version.major
+        );
+        if version.git_version.starts_with("v0.0.0") {
+            bail!(
+                "the API server reports no real version: {}",
+                version.git_version
+            );
+        }
+        if version.major == "1" && minor >= 29 {
+            let native = pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "policybind-sidecar" && c["restartPolicy"] == "Always");
+            if !native {
+                bail!(
+                    "a {} server should get a native sidecar: {pod:#}",
+                    version.git_version
+                );
+            }
+        }
 
         // Injection is idempotent: a pod that already carries the sidecar
         // (e.g. re-created from an exported spec) still has exactly one.

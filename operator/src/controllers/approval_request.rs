@@ -22,8 +22,16 @@ use policybind_crds::{API_VERSION, ApprovalRequest, ApprovalRequestStatus};
 use policybind_engine::audit::{AuditEvent, RecordKind};
 use serde_json::json;
 
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+
 use crate::context::{Context, from_jiff, key_of, reasons, requeue_at, to_jiff};
+use crate::controllers::{Tasks, Wiring, drain};
 use crate::error::{Error, Result};
+use crate::stores::{touched, watch};
 
 const CONTROLLER: &str = "approval_request";
 
@@ -178,6 +186,40 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
 
 pub fn error_policy(request: Arc<ApprovalRequest>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(CONTROLLER, &key_of(request.as_ref()), error)
+}
+
+/// Watches ApprovalRequests in every namespace. Phase lives in status, so any
+/// new version may change a bundle (a model's approval) and wakes the
+/// ModelDeployment the request is about.
+pub fn run(w: &Wiring, approvals: Writer<ApprovalRequest>) -> Tasks {
+    let ctx = w.ctx.clone();
+    let models = w.triggers.models.clone();
+    let stream = watch(
+        watcher::watcher(
+            Api::<ApprovalRequest>::all(w.client.clone()),
+            Default::default(),
+        ),
+        approvals,
+        move |event: &Event<ApprovalRequest>| {
+            ctx.bundles_changed();
+            for request in touched(event) {
+                if let (Some(ns), Some(target)) =
+                    (request.namespace(), request.spec.target.name.clone())
+                {
+                    let _ = models.unbounded_send(ObjectRef::new(&target).within(&ns));
+                }
+            }
+        },
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(stream, w.ctx.stores.approvals.clone())
+        .with_config(w.config(None))
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, w.ctx.clone());
+    Tasks {
+        main: vec![drain(controller)],
+        side: vec![],
+    }
 }
 
 #[cfg(test)]

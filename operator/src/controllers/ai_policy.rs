@@ -12,9 +12,9 @@
 //! No finalizer: bundles are recomputed from the policies that exist, so a
 //! deleted policy leaves every bundle at the next build.
 
-use policybind_crds::wire::keys;
+use policybind_crds::wire::{annotations, keys, labels};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -26,24 +26,22 @@ use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{AIPolicy, API_VERSION, ClusterAIPolicy};
 use policybind_engine::PolicySet;
 use policybind_engine::audit::AuditEvent;
-use policybind_engine::bundle::{Bundle, BundlePolicy, PolicyKind};
-use policybind_engine::bundle_codec::{self, BundlePart};
+use policybind_engine::bundle::{Bundle, BundlePolicy};
+use policybind_engine::bundle_codec::{self, BundlePart, DecodeLimits};
 use serde_json::json;
 
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+
 use crate::context::{Context, key_of, to_jiff};
+use crate::controllers::{Tasks, Wiring, drain};
 use crate::error::{Error, Result};
+use crate::state::{PolicyMemory, resource_id};
+use crate::stores::{bump, watch};
 
 const CONTROLLER: &str = "ai_policy";
 const CLUSTER_CONTROLLER: &str = "cluster_ai_policy";
-
-/// `AIPolicy ns/name` or `ClusterAIPolicy name`, as the engine names resources
-/// in compile errors.
-pub fn resource_id(policy: &BundlePolicy) -> String {
-    match policy.kind {
-        PolicyKind::AIPolicy => format!("AIPolicy {}", policy.id()),
-        PolicyKind::ClusterAIPolicy => format!("ClusterAIPolicy {}", policy.id()),
-    }
-}
 
 /// Fingerprint of one policy: the SHA-256 of a bundle holding only it.
 pub fn fingerprint(policy: &BundlePolicy) -> String {
@@ -115,96 +113,6 @@ pub fn check(policy: &BundlePolicy, peers: Vec<BundlePolicy>) -> Result<usize, S
     }
 }
 
-#[derive(Debug, Clone)]
-struct Remembered {
-    uid: String,
-    generation: Option<i64>,
-    error: Option<String>,
-    current: BundlePolicy,
-    last_good: Option<BundlePolicy>,
-}
-
-/// What the operator remembers of each policy between reconciles: the result
-/// of the last compile and the last version that compiled.
-#[derive(Default)]
-pub struct PolicyMemory {
-    entries: Mutex<HashMap<String, Remembered>>,
-}
-
-impl PolicyMemory {
-    /// Records a compile result; returns whether the version in force changed.
-    pub fn record(
-        &self,
-        uid: &str,
-        generation: Option<i64>,
-        policy: BundlePolicy,
-        result: &Result<usize, String>,
-        recovered: Option<BundlePolicy>,
-    ) -> bool {
-        let id = resource_id(&policy);
-        let mut entries = self.entries.lock().expect("policy memory lock poisoned");
-        let before = entries.get(&id).and_then(|e| e.in_force().cloned());
-        let last_good = match result {
-            Ok(_) => Some(policy.clone()),
-            Err(_) => entries
-                .get(&id)
-                .filter(|e| e.uid == uid)
-                .and_then(|e| e.last_good.clone())
-                .or(recovered),
-        };
-        let entry = Remembered {
-            uid: uid.to_string(),
-            generation,
-            error: result.as_ref().err().cloned(),
-            current: policy,
-            last_good,
-        };
-        let after = entry.in_force().cloned();
-        entries.insert(id, entry);
-        before != after
-    }
-
-    /// Whether a result for exactly this version is remembered.
-    pub fn knows(&self, policy: &BundlePolicy, uid: &str, generation: Option<i64>) -> bool {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .get(&resource_id(policy))
-            .is_some_and(|e| e.uid == uid && e.generation == generation && e.current == *policy)
-    }
-
-    /// The version to put in bundles, if any.
-    pub fn in_force(&self, policy: &BundlePolicy) -> Option<BundlePolicy> {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .get(&resource_id(policy))
-            .and_then(|e| e.in_force().cloned())
-    }
-
-    /// Every version in force, except `but` (for peer checks).
-    pub fn all_in_force(&self) -> Vec<BundlePolicy> {
-        let entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries
-            .values()
-            .filter_map(|e| e.in_force().cloned())
-            .collect()
-    }
-
-    /// Forgets policies that no longer exist.
-    pub fn retain(&self, existing: &std::collections::HashSet<String>) {
-        let mut entries = self.entries.lock().expect("policy memory lock poisoned");
-        entries.retain(|id, _| existing.contains(id));
-    }
-}
-
-impl Remembered {
-    fn in_force(&self) -> Option<&BundlePolicy> {
-        match self.error {
-            None => Some(&self.current),
-            Some(_) => self.last_good.as_ref(),
-        }
-    }
-}
-
 /// Compiles many policies at once (one engine compile, so detectors and the CEL
 /// environment are built once) and returns each one's result. `accepted` are
 /// versions already in force: they take part, so conflicts with them count, but
@@ -270,31 +178,41 @@ pub fn versions_in_force(
 }
 
 /// Finds the version of a policy in the bundles already written, to restore
-/// the last good version after a restart.
+/// the last good version after a restart. Only bundles in the operator's own
+/// namespace (`home`) count: a ConfigMap labelled as a bundle anywhere a workload
+/// can write must never put a policy version in force.
 pub fn recover_from_bundles<'a>(
     policy: &BundlePolicy,
+    home: &str,
     bundles: impl IntoIterator<Item = &'a ConfigMap>,
 ) -> Option<BundlePolicy> {
     let mut by_namespace: HashMap<String, Vec<(usize, BundlePart)>> = HashMap::new();
     for cm in bundles {
-        let Some(ns) = cm.metadata.namespace.clone() else {
+        if cm.metadata.namespace.as_deref() != Some(home) {
+            continue;
+        }
+        let Some(ns) = cm
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::BUNDLE_NAMESPACE))
+            .cloned()
+        else {
             continue;
         };
-        if let AIPolicyScope::Namespace(wanted) = scope_of(policy)
-            && wanted != ns
+        if let Some(wanted) = &policy.namespace
+            && *wanted != ns
         {
             continue;
         }
-        let name = cm.metadata.name.as_deref().unwrap_or("");
-        let index = if name == bundle_codec::BUNDLE_CONFIGMAP {
-            0
-        } else if let Some(n) = name
-            .strip_prefix(bundle_codec::BUNDLE_CONFIGMAP)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|n| n.parse().ok())
-        {
-            n
-        } else {
+        let Some(index) = cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::BUNDLE_PART))
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(index, _)| index.parse::<usize>().ok())
+        else {
             continue;
         };
         let part = if let Some(json) = cm.data.as_ref().and_then(|d| d.get(keys::BUNDLE_JSON)) {
@@ -310,21 +228,9 @@ pub fn recover_from_bundles<'a>(
     by_namespace.into_values().find_map(|mut parts| {
         parts.sort_by_key(|(i, _)| *i);
         let parts: Vec<BundlePart> = parts.into_iter().map(|(_, p)| p).collect();
-        let bundle = bundle_codec::decode(&parts).ok()?;
+        let bundle = bundle_codec::decode(&parts, &DecodeLimits::default()).ok()?;
         bundle.policies.into_iter().find(|p| resource_id(p) == id)
     })
-}
-
-enum AIPolicyScope {
-    Namespace(String),
-    Cluster,
-}
-
-fn scope_of(policy: &BundlePolicy) -> AIPolicyScope {
-    match &policy.namespace {
-        Some(ns) => AIPolicyScope::Namespace(ns.clone()),
-        None => AIPolicyScope::Cluster,
-    }
 }
 
 /// The status a policy should have after a compile.
@@ -397,22 +303,24 @@ where
         .clone()
         .ok_or(Error::MissingField("metadata.uid"))?;
     let generation = object.meta().generation;
-    let accepted = ctx.policies.all_in_force();
+    let accepted = ctx.state.policies.all_in_force();
     let result = check(&policy, peers(&policy, &accepted));
     let recovered = match &result {
-        Err(_) if ctx.policies.in_force(&policy).is_none() => recover_from_bundles(
+        Err(_) if ctx.state.policies.in_force(&policy).is_none() => recover_from_bundles(
             &policy,
+            &ctx.settings.namespace,
             ctx.stores.bundles.state().iter().map(|c| c.as_ref()),
         ),
         _ => None,
     };
     if ctx
+        .state
         .policies
         .record(&uid, generation, policy.clone(), &result, recovered)
     {
         ctx.bundles_changed();
     }
-    let kept_previous = ctx.policies.in_force(&policy).is_some();
+    let kept_previous = ctx.state.policies.in_force(&policy).is_some();
     let status = desired_status(old_status, generation, &policy, &result, kept_previous, now);
     if old_status != Some(&status) {
         let patch = json!({
@@ -511,6 +419,44 @@ pub fn error_policy_cluster(
     ctx: Arc<Context>,
 ) -> Action {
     ctx.backoff(CLUSTER_CONTROLLER, &key_of(policy.as_ref()), error)
+}
+
+/// Watches AIPolicies and ClusterAIPolicies in every namespace. A spec change
+/// also bumps the bundle epoch: every bundle the policy applies to is rebuilt.
+pub fn run(
+    w: &Wiring,
+    policies: Writer<AIPolicy>,
+    cluster_policies: Writer<ClusterAIPolicy>,
+) -> Tasks {
+    let ctx = &w.ctx;
+    let policy_stream = watch(
+        watcher::watcher(Api::<AIPolicy>::all(w.client.clone()), Default::default()),
+        policies,
+        bump(ctx),
+    )
+    .applied_objects();
+    let cluster_stream = watch(
+        watcher::watcher(
+            Api::<ClusterAIPolicy>::all(w.client.clone()),
+            Default::default(),
+        ),
+        cluster_policies,
+        bump(ctx),
+    )
+    .applied_objects();
+    let policies = Controller::for_stream(policy_stream, ctx.stores.policies.clone())
+        .with_config(w.config(None))
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, ctx.clone());
+    let cluster_policies =
+        Controller::for_stream(cluster_stream, ctx.stores.cluster_policies.clone())
+            .with_config(w.config(None))
+            .graceful_shutdown_on(w.graceful())
+            .run(reconcile_cluster, error_policy_cluster, ctx.clone());
+    Tasks {
+        main: vec![drain(policies), drain(cluster_policies)],
+        side: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -689,13 +635,31 @@ mod tests {
             ..Default::default()
         };
         let encoded = bundle_codec::encode(&bundle, bundle_codec::DEFAULT_MAX_PART_BYTES);
-        let cms = crate::namespace::bundle_config_maps("team-a", &encoded);
-        assert_eq!(
-            recover_from_bundles(&bad_when("team-a", "chat"), &cms),
-            Some(good)
+        let cms = crate::controllers::namespace::bundle_config_maps(
+            "policybind-system",
+            "team-a",
+            None,
+            &encoded,
         );
         assert_eq!(
-            recover_from_bundles(&bad_when("team-b", "chat"), &cms),
+            recover_from_bundles(&bad_when("team-a", "chat"), "policybind-system", &cms),
+            Some(good.clone())
+        );
+        assert_eq!(
+            recover_from_bundles(&bad_when("team-b", "chat"), "policybind-system", &cms),
+            None
+        );
+        // The same bundle planted where a workload can write is never read.
+        let planted: Vec<ConfigMap> = cms
+            .iter()
+            .cloned()
+            .map(|mut cm| {
+                cm.metadata.namespace = Some("team-a".into());
+                cm
+            })
+            .collect();
+        assert_eq!(
+            recover_from_bundles(&bad_when("team-a", "chat"), "policybind-system", &planted),
             None
         );
     }

@@ -35,8 +35,17 @@ use policybind_engine::audit::{AuditEvent, AuditRecord, RecordKind, Segment};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+use tokio_util::sync::CancellationToken;
+
 use crate::context::Context;
+use crate::controllers::{Tasks, Wiring};
 use crate::error::Result;
+use crate::stores::{drive, labelled, touched, watch};
 
 /// Data key of a segment in an audit ConfigMap.
 pub const SEGMENT_DATA_KEY: &str = "segment.json";
@@ -394,6 +403,96 @@ pub async fn scan(ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Watches Incidents (a cache: scans raise and update them) and audit segment
+/// ConfigMaps in every namespace (label `policybind.io/audit-segment`, trimmed in
+/// the cache to the decision records the scan needs), and scans after segments
+/// change and every minute.
+pub fn run(
+    w: &Wiring,
+    incidents: Writer<Incident>,
+    segments: Writer<ConfigMap>,
+    changed: UnboundedReceiver<()>,
+) -> Tasks {
+    let incidents = drive(watch(
+        watcher::watcher(Api::<Incident>::all(w.client.clone()), Default::default()),
+        incidents,
+        |_: &Event<Incident>| {},
+    ));
+    let window = w.ctx.settings.incidents.window;
+    let audit = w.triggers.audit.clone();
+    let segments = drive(watch(
+        watcher::watcher(
+            Api::<ConfigMap>::all(w.client.clone()),
+            labelled(labels::AUDIT_SEGMENT),
+        )
+        .modify(move |cm| trim_segment(cm, window)),
+        segments,
+        move |event: &Event<ConfigMap>| {
+            if !touched(event).is_empty() {
+                let _ = audit.unbounded_send(());
+            }
+        },
+    ));
+    Tasks {
+        main: vec![Box::pin(scan_loop(
+            w.ctx.clone(),
+            changed,
+            w.shutdown.clone(),
+        ))],
+        side: vec![Box::pin(incidents), Box::pin(segments)],
+    }
+}
+
+/// Keeps only the decision records of the last two incident windows in the
+/// cached copy of an audit segment: the scan needs no more, and segments are
+/// large.
+fn trim_segment(cm: &mut ConfigMap, window: Duration) {
+    let Some(json) = cm.data.as_mut().and_then(|d| d.get_mut(SEGMENT_DATA_KEY)) else {
+        return;
+    };
+    let Ok(mut segment) = serde_json::from_str::<policybind_engine::audit::Segment>(json) else {
+        return;
+    };
+    let horizon = chrono::Utc::now()
+        - chrono::Duration::from_std(window * 2).unwrap_or(chrono::Duration::hours(1));
+    segment.records.retain(|r| {
+        r.kind == policybind_engine::audit::RecordKind::Decision && r.time.get() > horizon
+    });
+    if let Ok(trimmed) = serde_json::to_string(&segment) {
+        *json = trimmed;
+    }
+}
+
+/// Scans for incidents after audit segments change (debounced) and every minute.
+async fn scan_loop(
+    ctx: Arc<Context>,
+    mut changes: UnboundedReceiver<()>,
+    shutdown: CancellationToken,
+) {
+    if tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready())
+        .await
+        .ok()
+        != Some(true)
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.next() => {
+                // Segments are flushed about once per second per writer; coalesce.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                while changes.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        if let Err(error) = scan(&ctx).await {
+            ctx.metrics.failed("incident", &error);
+            tracing::warn!(%error, "incident scan failed");
+        }
+    }
 }
 
 #[cfg(test)]

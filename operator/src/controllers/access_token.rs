@@ -38,9 +38,21 @@ use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::{BundleToken, TokenHash};
 use serde_json::json;
 
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+
 use crate::context::{Context, key_of, reasons, requeue_at, to_jiff};
+use crate::controllers::{Tasks, Wiring, drain};
 use crate::error::{Error, Result};
-use crate::usage::{UsageReport, current_period_end, current_usage, exhausted_period};
+use crate::stores::{bump, drive, labelled, touched, watch};
+use crate::usage::{
+    CountedReport, UsageReport, current_period_end, current_usage, exhausted_period,
+    named_after_its_pod,
+};
 
 const CONTROLLER: &str = "access_token";
 /// Secret key holding the hex SHA-256 of the previous value during a grace period.
@@ -359,15 +371,28 @@ pub fn next_change(
         .min()
 }
 
-/// Usage reports of every sidecar, from the cache. Parsed reports are kept per
-/// ConfigMap version: every token reconcile reads all reports, and parsing them
-/// each time would cost O(tokens x reports) at start.
-pub fn usage_reports(ctx: &Context) -> Vec<Arc<UsageReport>> {
+/// The usage reports the operator counts, from the cache: those named after
+/// their pod, in enforced namespaces (see [`crate::usage`]). Parsed reports are
+/// kept per ConfigMap version: every token reconcile reads all reports, and
+/// parsing them each time would cost O(tokens x reports) at start.
+pub fn usage_reports(ctx: &Context) -> Vec<Arc<CountedReport>> {
     let config_maps = ctx.stores.usage_reports.state();
-    let mut cache = ctx.usage_cache.lock().expect("usage cache lock poisoned");
+    let mut enforced = crate::bundle::EnforcedNamespaces::new(
+        &ctx.stores.namespaces,
+        &ctx.stores.pods,
+        &ctx.settings.namespace,
+    );
+    let mut cache = ctx.state.usage.lock().expect("usage cache lock poisoned");
     let mut live = std::collections::HashSet::new();
     let reports = config_maps
         .iter()
+        .filter(|cm| named_after_its_pod(cm))
+        .filter(|cm| {
+            cm.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| enforced.contains(ns))
+        })
         .filter_map(|cm| {
             let uid = cm
                 .metadata
@@ -381,7 +406,10 @@ pub fn usage_reports(ctx: &Context) -> Vec<Arc<UsageReport>> {
             {
                 return Some(report.clone());
             }
-            let report = Arc::new(UsageReport::from_config_map(cm)?);
+            let report = Arc::new(CountedReport {
+                namespace: cm.metadata.namespace.clone()?,
+                report: UsageReport::from_config_map(cm)?,
+            });
             cache.insert(uid, (version, report.clone()));
             Some(report)
         })
@@ -479,7 +507,8 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
 
     let reports = usage_reports(&ctx);
     let usage = current_usage(
-        &key_of(token.as_ref()),
+        &namespace,
+        &token.name_any(),
         &token.spec,
         reports.iter().map(|r| r.as_ref()),
         now,
@@ -516,6 +545,79 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
 
 pub fn error_policy(token: Arc<AccessToken>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(CONTROLLER, &key_of(token.as_ref()), error)
+}
+
+/// Watches AccessTokens, their Secrets (label `policybind.io/token`) and the
+/// sidecars' usage reports (label `policybind.io/usage`): a Secret or report
+/// that changes wakes its token and may change every bundle.
+pub fn run(
+    w: &Wiring,
+    tokens: Writer<AccessToken>,
+    secrets: Writer<Secret>,
+    usage_reports: Writer<ConfigMap>,
+    wake: UnboundedReceiver<ObjectRef<AccessToken>>,
+) -> Tasks {
+    let ctx = &w.ctx;
+    let stream = watch(
+        watcher::watcher(
+            Api::<AccessToken>::all(w.client.clone()),
+            Default::default(),
+        ),
+        tokens,
+        bump(ctx),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(stream, ctx.stores.tokens.clone())
+        .with_config(w.config(Some(std::time::Duration::from_millis(100))))
+        .reconcile_on(wake)
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, ctx.clone());
+    let secrets = {
+        let (ctx, tokens) = (ctx.clone(), w.triggers.tokens.clone());
+        drive(watch(
+            watcher::watcher(
+                Api::<Secret>::all(w.client.clone()),
+                labelled(labels::TOKEN),
+            ),
+            secrets,
+            move |event: &Event<Secret>| {
+                ctx.bundles_changed();
+                for secret in touched(event) {
+                    if let (Some(ns), Some(token)) =
+                        (secret.namespace(), secret.labels().get(labels::TOKEN))
+                    {
+                        let _ = tokens.unbounded_send(ObjectRef::new(token).within(&ns));
+                    }
+                }
+            },
+        ))
+    };
+    let reports = {
+        let (ctx, tokens) = (ctx.clone(), w.triggers.tokens.clone());
+        drive(watch(
+            watcher::watcher(
+                Api::<ConfigMap>::all(w.client.clone()),
+                labelled(&format!("{}=true", labels::USAGE)),
+            ),
+            usage_reports,
+            move |event: &Event<ConfigMap>| {
+                let changed = touched(event);
+                if !changed.is_empty() {
+                    ctx.bundles_changed();
+                }
+                for cm in changed {
+                    let report = UsageReport::from_config_map(&cm).unwrap_or_default();
+                    for (ns, name) in report.0.keys().filter_map(|id| id.split_once('/')) {
+                        let _ = tokens.unbounded_send(ObjectRef::new(name).within(ns));
+                    }
+                }
+            },
+        ))
+    };
+    Tasks {
+        main: vec![drain(controller)],
+        side: vec![Box::pin(secrets), Box::pin(reports)],
+    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,17 @@ use policybind_engine::bundle::BundleModel;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use futures::channel::mpsc::UnboundedReceiver;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+
 use crate::context::{Context, from_jiff, key_of, reasons, requeue_at, to_jiff};
+use crate::controllers::{Tasks, Wiring, drain};
 use crate::error::{Error, Result};
+use crate::stores::{bump, drive, touched, watch};
 
 const CONTROLLER: &str = "model_deployment";
 
@@ -98,7 +107,7 @@ pub fn evaluate<'a>(
         let approver = request
             .and_then(|r| r.spec.decision.as_ref())
             .map(|d| d.approver.clone());
-        match request.map(|r| crate::approval_request::phase(r, now, approval_ttl)) {
+        match request.map(|r| crate::controllers::approval_request::phase(r, now, approval_ttl)) {
             Some(ApprovalPhase::Approved) => (ApprovalState::Approved, Some(name), approver, false),
             Some(ApprovalPhase::Rejected) => (ApprovalState::Rejected, Some(name), approver, false),
             Some(ApprovalPhase::Expired) => (ApprovalState::Rejected, Some(name), None, true),
@@ -429,6 +438,60 @@ pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result
 
 pub fn error_policy(model: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(CONTROLLER, &key_of(model.as_ref()), error)
+}
+
+/// Watches ModelDeployments, and pod metadata in every namespace: a pod that
+/// comes or goes changes the matched workloads of its namespace's models, and
+/// may opt its namespace into enforcement.
+pub fn run(
+    w: &Wiring,
+    models: Writer<ModelDeployment>,
+    pods: Writer<PartialObjectMeta<Pod>>,
+    wake: UnboundedReceiver<ObjectRef<ModelDeployment>>,
+) -> Tasks {
+    let ctx = &w.ctx;
+    let stream = watch(
+        watcher::watcher(
+            Api::<ModelDeployment>::all(w.client.clone()),
+            Default::default(),
+        ),
+        models,
+        bump(ctx),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(stream, ctx.stores.models.clone())
+        .with_config(w.config(Some(Duration::from_millis(100))))
+        .reconcile_on(wake)
+        .graceful_shutdown_on(w.graceful())
+        .run(reconcile, error_policy, ctx.clone());
+    let models_store = ctx.stores.models.clone();
+    let triggers = w.triggers.clone();
+    let pods = drive(watch(
+        watcher::watcher(
+            Api::<PartialObjectMeta<Pod>>::all(w.client.clone()),
+            Default::default(),
+        ),
+        pods,
+        move |event: &Event<PartialObjectMeta<Pod>>| {
+            for pod in touched(event) {
+                let ns = pod.namespace();
+                for model in models_store.state() {
+                    if model.namespace() == ns {
+                        let _ = triggers
+                            .models
+                            .unbounded_send(ObjectRef::from_obj(model.as_ref()));
+                    }
+                }
+                if let Some(ns) = ns {
+                    let _ = triggers.namespaces.unbounded_send(ObjectRef::new(&ns));
+                }
+            }
+        },
+    ));
+    Tasks {
+        main: vec![drain(controller)],
+        side: vec![Box::pin(pods)],
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,31 @@ fn apply_rank(kind: &str) -> u8 {
     }
 }
 
+/// Create `document` without its decision as its `spec.requester` (a
+/// PolicyBind admin of the namespace), then apply it whole as `approver` (a
+/// policybind-approver there).
+async fn apply_as_requester_then_approver(
+    s: &policybind_e2e::Scenario,
+    document: &Value,
+    approver: &str,
+) -> Result<kube::api::DynamicObject, ApplyError> {
+    let requester = document["spec"]["requester"]
+        .as_str()
+        .unwrap_or("requester@example.com");
+    let setup = async {
+        s.grant(requester, "policybind-admin").await?;
+        s.grant(approver, "policybind-approver").await?;
+        anyhow::Ok((s.as_user(requester).await?, s.as_user(approver).await?))
+    };
+    let (as_requester, as_approver) = setup.await.map_err(ApplyError::Other)?;
+    let mut request = document.clone();
+    if let Some(spec) = request["spec"].as_object_mut() {
+        spec.remove("decision");
+    }
+    as_requester.try_apply(&request).await?;
+    as_approver.try_apply(document).await
+}
+
 #[test]
 #[ignore = "e2e: needs a cluster (e2e/run.sh)"]
 fn every_example_applies() {
@@ -107,6 +132,11 @@ fn every_example_applies() {
             // scenario's namespace: admission checks them, nothing is stored.
             let result = if caps.scope == kube::discovery::Scope::Cluster {
                 s.try_apply_dry_run(document).await
+            } else if let Some(approver) = document["spec"]["decision"]["approver"].as_str() {
+                // A decided ApprovalRequest is written by two people, as in
+                // real use: its requester asks, the approver it names decides.
+                // Only that approver may write the decision (the webhook checks).
+                apply_as_requester_then_approver(&s, document, approver).await
             } else {
                 s.try_apply(document).await
             };
