@@ -2,10 +2,12 @@
 //! corpus `engine/injection/build_corpus.py` writes: precision, recall, F1
 //! and balanced accuracy on the held-out test split (and, for reference, the
 //! validation split the threshold was picked on), overall and per source.
-//! Writes `engine/injection/EVALUATION.md`.
+//! With a third argument, also the external set `build_external.py` writes:
+//! packages never trained or tuned on. Writes `engine/injection/EVALUATION.md`.
 //!
 //! cargo run --release -p policybind-engine --example injection_eval -- \
-//!     engine/injection/corpus.jsonl engine/injection/EVALUATION.md
+//!     engine/injection/corpus.jsonl engine/injection/EVALUATION.md \
+//!     engine/injection/external.jsonl
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -75,31 +77,100 @@ fn main() {
     let out = args
         .get(2)
         .map_or("engine/injection/EVALUATION.md", String::as_str);
+    let external = args.get(3);
     let model = injection::builtin();
-    let text = std::fs::read_to_string(corpus).unwrap_or_else(|e| panic!("{corpus}: {e}"));
     let mut overall: BTreeMap<String, Counts> = BTreeMap::new();
     let mut by_source: BTreeMap<(String, String), Counts> = BTreeMap::new();
-    for line in text.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).expect("corpus line");
-        let split = row["split"].as_str().expect("split").to_owned();
-        if split == "train" {
+    for row in rows(corpus) {
+        if row.split == "train" {
             continue;
         }
-        let attack = row["label"].as_i64() == Some(1);
-        let flagged = model.detect(row["text"].as_str().expect("text")).is_some();
+        let flagged = model.detect(&row.text).is_some();
         overall
-            .entry(split.clone())
+            .entry(row.split.clone())
             .or_default()
-            .add(flagged, attack);
+            .add(flagged, row.attack);
         by_source
-            .entry((split, row["source"].as_str().expect("source").to_owned()))
+            .entry((row.split, row.source))
             .or_default()
-            .add(flagged, attack);
+            .add(flagged, row.attack);
     }
     let mut report = String::new();
     render(&mut report, &overall, &by_source, model.threshold);
+    if let Some(external) = external {
+        render_external(&mut report, model, &rows(external));
+    }
     std::fs::write(out, &report).expect("write the report");
     print!("{report}");
+}
+
+/// One labelled text of a corpus file.
+struct Row {
+    text: String,
+    attack: bool,
+    source: String,
+    split: String,
+    /// A near-duplicate of a training text (external set only).
+    near_train: bool,
+}
+
+fn rows(path: &str) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).expect("corpus line");
+            let field = |name: &str| row[name].as_str().expect(name).to_owned();
+            Row {
+                text: field("text"),
+                attack: row["label"].as_i64() == Some(1),
+                source: field("source"),
+                split: field("split"),
+                near_train: row["near_train"].as_bool() == Some(true),
+            }
+        })
+        .collect()
+}
+
+/// The external set (`build_external.py`): sources never trained or tuned on.
+fn render_external(report: &mut String, model: &injection::Model, rows: &[Row]) {
+    let mut all = Counts::default();
+    let mut unseen = Counts::default();
+    let mut by_source: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for row in rows {
+        let flagged = model.detect(&row.text).is_some();
+        all.add(flagged, row.attack);
+        if !row.near_train {
+            unseen.add(flagged, row.attack);
+        }
+        by_source
+            .entry(("external".to_owned(), row.source.clone()))
+            .or_default()
+            .add(flagged, row.attack);
+    }
+    let _ = writeln!(
+        report,
+        "\n## External sources (never trained or tuned on)\n\n\
+         Texts from packages the classifier never saw (`build_external.py`: raginject,\n\
+         hermes-jailbench, dual-llm-bench), scored once with the model and threshold\n\
+         above. \"without near-duplicates\" leaves out texts that nearly duplicate a\n\
+         training text (word 5-gram Jaccard >= 0.4).\n\n\
+         | set | texts | attacks | precision | recall | F1 | balanced accuracy | false positive rate |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for (name, c) in [("all", all), ("without near-duplicates", unseen)] {
+        let _ = writeln!(
+            report,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            c.tp + c.fp + c.fn_ + c.tn,
+            c.tp + c.fn_,
+            pct(c.precision()),
+            pct(c.recall()),
+            pct(c.f1()),
+            pct(c.balanced_accuracy()),
+            pct(c.false_positive_rate()),
+        );
+    }
+    render_sources(report, &by_source, "external");
 }
 
 fn render(

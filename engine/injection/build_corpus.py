@@ -50,11 +50,11 @@ PACKAGES = [
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def fetch(cache):
+def fetch(cache, packages=PACKAGES):
     """Downloads each pinned archive once; returns {name: Archive}."""
     os.makedirs(cache, exist_ok=True)
     archives = {}
-    for name, version, _ in PACKAGES:
+    for name, version, _ in packages:
         stem = name.replace("-", "_")
         prefixes = (f"{stem}-{version}-", f"{stem}-{version}.tar.gz", f"{name}-{version}.tar.gz")
 
