@@ -23,9 +23,10 @@
 //! use SentencePiece or tiktoken-like vocabularies that the heuristic
 //! approximates.
 //!
-//! The encoders are built once per process, on first use (about 0.1-0.3 s
-//! and tens of MiB for `o200k_base`); counting is then a BPE pass over the
-//! text (see `engine/benches/tokens.rs` for its cost).
+//! The encoders are built once per process, on first use or by [`prepare`]
+//! (0.1-0.6 s and tens of MiB for `o200k_base`); counting is then a BPE pass
+//! over the text, tens of microseconds per KiB (see `engine/benches/tokens.rs`),
+//! against a few microseconds for the heuristic.
 
 use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
@@ -95,6 +96,16 @@ pub fn method(model: &str) -> Method {
 /// provider counts user content.
 pub fn estimate(model: &str, text: &str) -> u64 {
     count(method(model), text)
+}
+
+/// Builds the encoder `model` needs now rather than on its first estimate,
+/// so that no request pays for it (0.1-0.6 s for `o200k_base`): an
+/// enforcement point calls it for its models when it starts. Nothing to do
+/// for families estimated by the heuristic.
+pub fn prepare(model: &str) {
+    if let Method::Exact(encoding) = method(model) {
+        encoding.bpe();
+    }
 }
 
 /// Tokens of `text` under `method`.
