@@ -169,7 +169,8 @@ pub struct PolicyRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degrade: Option<DegradeAction>,
     /// Stable rationale code reported with the decision (UPPER_SNAKE_CASE). Defaults to
-    /// POLICY_ALLOW, POLICY_DENY, PII_REDACTED, APPROVAL_REQUIRED or POLICY_DEGRADE.
+    /// POLICY_ALLOW, POLICY_DENY, PII_REDACTED, APPROVAL_REQUIRED or POLICY_DEGRADE; on
+    /// rules on Response, RESPONSE_BLOCKED or RESPONSE_REDACTED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Z][A-Z0-9_]{0,63}$"))]
     pub code: Option<String>,
