@@ -248,3 +248,39 @@ fn resolved_incidents_stay_resolved() {
     let e = errors(&s, incident("Open"), Some(incident("Resolved")));
     assert!(e.iter().any(|m| m.contains("stays resolved")), "{e:?}");
 }
+
+fn gate(thresholds: Value) -> Value {
+    json!({"apiVersion": API_VERSION, "kind": "EvidenceGate", "metadata": {"name": "g"}, "spec": {"thresholds": thresholds}})
+}
+
+#[test]
+fn evidence_gate_thresholds_need_a_bound_a_sane_range_and_unique_names() {
+    let s = schema::<EvidenceGate>();
+    assert!(errors(&s, gate(json!([{"name": "drift", "metric": "psi", "max": 0.2}, {"name": "quality", "metric": "accuracy", "min": 0.9}])), None).is_empty());
+    let e = errors(&s, gate(json!([{"name": "a", "metric": "psi"}])), None);
+    assert!(
+        e.iter().any(|m| m.contains("a threshold needs min or max")),
+        "{e:?}"
+    );
+    let e = errors(
+        &s,
+        gate(json!([{"name": "a", "metric": "psi", "min": 0.9, "max": 0.1}])),
+        None,
+    );
+    assert!(
+        e.iter().any(|m| m.contains("min must not exceed max")),
+        "{e:?}"
+    );
+    let e = errors(
+        &s,
+        gate(
+            json!([{"name": "a", "metric": "psi", "max": 0.2}, {"name": "a", "metric": "accuracy", "min": 0.5}]),
+        ),
+        None,
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("threshold names must be unique")),
+        "{e:?}"
+    );
+}

@@ -389,9 +389,24 @@ impl Scenario {
     }
 
     /// `policybind audit verify` over the audit segment ConfigMaps of this
-    /// namespace, trusting the suite's signing key.
+    /// namespace, trusting the namespace's own sidecar key (read as an auditor
+    /// with Secret access would).
     pub async fn audit_verify(&self) -> Result<std::process::Output> {
-        let key = self.system.audit_key.display().to_string();
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.api();
+        let secret = secrets
+            .get(names::AUDIT_KEY_SECRET)
+            .await
+            .context("the namespace's audit key Secret")?;
+        let pem = secret
+            .data
+            .and_then(|d| d.get(policybind_crds::wire::keys::SIGNING_KEY).cloned())
+            .context("the audit key Secret has no signing-key")?;
+        let key = self
+            .system
+            .work_dir
+            .join(format!("{}-audit-key.pem", self.namespace));
+        std::fs::write(&key, &pem.0)?;
+        let key = key.display().to_string();
         self.policybind(&[
             "audit",
             "verify",

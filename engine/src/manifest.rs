@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use policybind_crds::approval_request::{ApprovalPhase, ApprovalTargetKind, DecisionState};
 use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
+    ModelDeployment,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,8 @@ pub enum Object {
     AccessToken(AccessToken),
     ApprovalRequest(ApprovalRequest),
     Incident(Incident),
+    /// Read by the compliance tools; gates play no part in deciding requests.
+    EvidenceGate(EvidenceGate),
     Secret(Secret),
     /// A Namespace: only its name and labels matter (ClusterAIPolicy selectors).
     Namespace(String, BTreeMap<String, String>),
@@ -288,6 +291,7 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
                 "ApprovalRequest" => Object::ApprovalRequest(typed(value, &source, kind, &name)?),
                 "Incident" => Object::Incident(typed(value, &source, kind, &name)?),
                 // Deprecated: see DEPRECATED_POLICY_TEST_API_VERSION.
+                "EvidenceGate" => Object::EvidenceGate(typed(value, &source, kind, &name)?),
                 "PolicyTest" => Object::PolicyTest(typed(value, &source, kind, &name)?),
                 _ => {
                     return Err(ManifestError::UnknownKind {

@@ -70,6 +70,8 @@ pub fn model(name: &str, provider: &str) -> BundleModel {
             workload_selector: None,
             suspended: false,
             scope: policybind_crds::model_deployment::ModelScope::Cluster,
+            governance: None,
+            evaluations: vec![],
         },
         risk_level: RiskLevel::Low,
         approval: ApprovalState::NotRequired,
