@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "587e79a4d3ff5f893259cff525fab3e23cd8b62169e2f86a05ff3f06a3d00524",
-  "signature": "w+B5tLxKQLCuIhS9XDpmX23Rt807YN+SIOmKqWhqDC0wnW6UWqaCcJVSFANZv7YsMPjicAEd70O/eB00J4ubCw=="
+  "sha256": "4fb099b0c3231954e193298dc0648c470977285c4be0efcb0c51dbf5ab546215",
+  "signature": "N/1GH2V3TXsBMEAbRJskJSn5hfP1ssQD5nRQPiaF/8u2iCKPdZxyww5Mm+pudO/jO4opojKyVoXYXeUeposVBA=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "incident-support-agent-data-exposure.json",
-  "sha256": "eff702e151dc0c6e0ddc3fc607e5d4800da3e3b1b47739e3713be9359c50baba",
-  "signature": "d972L7lv0Cgdv7fHx5BG9RcLt+zBNYDasR8hDaGQcBFLjb5kmGEfW4uaxSCtdGBs4MzA4fUw5VMvp/aD/jzHCQ=="
+  "sha256": "6a74baa9477e25db7a4fc14b52fb4e1a265fed6e8e1ce06c7b7a8906277002dd",
+  "signature": "u0QheKQVBUqkHHSylg9zahS1j5qJW1a3XJX7zwWQ4/r1z5eVq0PSff0IfsVWYfy8MBnB91JGgC4nELBwFSEQCg=="
 }

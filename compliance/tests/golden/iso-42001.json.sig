@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "iso-42001.json",
-  "sha256": "cc9554aceb4f20461f0e1d75b5711ce811fbd7ff419bdab3241e11c688b0bef0",
-  "signature": "YyYVwuacxFOPhSYDid8FbRQSHAlPdCFrNMOVa7CVKY3pGGH2GgKkXRgUK1jFds/n8ts48WkiumrET9WjI6DdAQ=="
+  "sha256": "e84eb9d30197713018295bbb762b1b6006a3c8a20346a1730d67c2044d82ed41",
+  "signature": "lmhtCCCxKG1i6DkLjuQLdIPKY0LmW1N6ZW9c+u8Or3jCLwA279uBerEVnwGBsa9By4Th7SE4mjJcDzXHT0XRCg=="
 }

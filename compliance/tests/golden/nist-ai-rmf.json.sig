@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "nist-ai-rmf.json",
-  "sha256": "2b476cf5c27c4ec72d7101bfd72eeb89cf8fa6b811f9f6d415593b7a959953c7",
-  "signature": "xscBVfTtHOj5lHWL+ZgzYakXM1uv7swHlrASdifVRia8QSbvhouddSpQl6/yvgYPsZfU7f5SigFUJc2BI/HlCQ=="
+  "sha256": "155646b10ef8d7e7e3f789e5e0e6a16526d2ef05f418dad0f6526a8e5b19949d",
+  "signature": "zcbgk+9eWnfj5qXDe6Eq2UninoJb+F86ek7ZJpUcYp2uiilYXw0KHzxwQgSpgszP26uODJBEDNxcSnB3/gqXAA=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "soc2.json",
-  "sha256": "d2bdc65a7619974053dcab6011e70d97b735fe20fdd43a2032125be903b9d79c",
-  "signature": "D5IX3YYGYzlLz5JLkxK1fU2ZOM5ko0bAyE2uFh9SUfAw+se0K2KFGm9tp96Tq4TENzjLF66dHEaNJsqiDUR/BQ=="
+  "sha256": "f651f36a115fb0cbc05b07f2bbef5a433c48d66e616a1726f3449d0c186460a5",
+  "signature": "DU9oHf70RpywGOmaYiIGKlIAHBH9heVcQXk+oAwJDG50FkmukMGxaIsYCcYeXJK+uXbMQgQd4PfYQMGcXpdWCg=="
 }
