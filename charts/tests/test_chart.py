@@ -90,10 +90,11 @@ VALUE_SETS = {
 USER_ROLES = ["policybind-admin", "policybind-approver", "policybind-auditor", "policybind-developer"]
 OUR_KINDS = {
     "aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens",
-    "approvalrequests", "incidents",
+    "approvalrequests", "incidents", "evidencegates",
 }
-# Kinds the webhook validates (Incidents are written by the operator only).
-VALIDATED_KINDS = OUR_KINDS - {"incidents"}
+# Kinds the webhook validates (Incidents are written by the operator only;
+# EvidenceGates have no cross-object rules, their schema holds them).
+VALIDATED_KINDS = OUR_KINDS - {"incidents", "evidencegates"}
 EXCLUDED = {"kube-system", "kube-public", NAMESPACE}
 READ_VERBS = {"get", "list", "watch"}
 
@@ -764,7 +765,8 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
         assert "delete" not in verbs_on(rules, "policybind.io", kind)
     assert verbs_on(rules, "policybind.io", "approvalrequests") == READ_VERBS | {"create", "patch"}
     assert verbs_on(rules, "policybind.io", "incidents") == READ_VERBS | {"create", "patch"}
-    for kind in ["aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens"]:
+    for kind in ["aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens",
+                 "evidencegates"]:
         assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
     assert verbs_on(rules, "", "secrets") == READ_VERBS | {"create", "patch"}
     for owner in ["accesstokens", "modeldeployments"]:
@@ -825,7 +827,7 @@ def test_no_rule_lets_a_workload_read_a_key_or_write_where_bundles_live(render, 
 
 def test_webhook_rbac_is_read_mostly(render):
     rules = rules_of(render(), "ClusterRole", WEBHOOK)
-    for kind in ["modeldeployments", "aipolicies", "clusteraipolicies"]:
+    for kind in ["modeldeployments", "aipolicies", "clusteraipolicies", "evidencegates"]:
         assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
     for kind in ["accesstokens", "approvalrequests", "incidents"]:
         assert verbs_on(rules, "policybind.io", kind) == set()
@@ -926,6 +928,7 @@ def test_user_roles(render):
     for rule in auditor:
         assert set(rule["verbs"]) <= READ_VERBS
     assert verbs_on(auditor, "", "configmaps") == READ_VERBS  # audit segments
+    assert verbs_on(auditor, "", "namespaces") == READ_VERBS  # ClusterAIPolicy selectors
     assert verbs_on(auditor, "", "secrets") == set()
     assert "create" in verbs_on(developer, "policybind.io", "accesstokens")
     assert verbs_on(developer, "policybind.io", "aipolicies") == READ_VERBS

@@ -27,6 +27,7 @@ HEALTH_KEYS = {
     "policybind.io_AccessToken": "accesstoken.lua",
     "policybind.io_ApprovalRequest": "approvalrequest.lua",
     "policybind.io_Incident": "incident.lua",
+    "policybind.io_EvidenceGate": "ready-condition.lua",
     "argoproj.io_Application": "application.lua",
 }
 

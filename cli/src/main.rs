@@ -65,6 +65,11 @@ enum Command {
     /// List the Prometheus metrics every role exports (for dashboard and alert checks).
     #[command(hide = true)]
     Metrics(commands::metrics::MetricsArgs),
+    /// Signed compliance reports (EU AI Act, NIST AI RMF, ISO/IEC 42001, SOC 2) and
+    /// serious-incident reports; `report verify` checks them.
+    Report(Box<commands::report::ReportArgs>),
+    /// Access tokens: `token create --from-text "<sentence>"` writes a manifest from plain words.
+    Token(commands::token::TokenArgs),
 }
 
 fn init_logging(format: &str) {
@@ -95,6 +100,8 @@ async fn main() -> ExitCode {
         Command::Sidecar(args) => commands::sidecar::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
         Command::Metrics(args) => commands::metrics::run(args),
+        Command::Report(args) => commands::report::run(*args).await,
+        Command::Token(args) => commands::token::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,9 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// A ModelDeployment may be used (risk low enough, or an approval granted).
     pub const APPROVED: &str = "Approved";
-    /// A ModelDeployment is within its review schedule.
+    /// A ModelDeployment is within its review schedule and meets what each compliance
+    /// framework asks of its registration (`status.compliance` holds one entry per
+    /// framework; the condition's reason is the first failing one's).
     pub const COMPLIANT: &str = "Compliant";
     /// An AccessToken or ModelDeployment is suspended or revoked.
     pub const SUSPENDED: &str = "Suspended";
@@ -33,6 +35,28 @@ pub mod reasons {
     pub const REVOKED: &str = "Revoked";
     pub const EXHAUSTED: &str = "Exhausted";
     pub const NOT_YET_VALID: &str = "NotYetValid";
+    // Compliance of a ModelDeployment, per framework (`status.compliance[].reason`) and
+    // summed up in the `Compliant` condition.
+    /// Every framework's checks pass.
+    pub const ALL_FRAMEWORKS_COMPLIANT: &str = "AllFrameworksCompliant";
+    /// One framework's checks pass.
+    pub const FRAMEWORK_COMPLIANT: &str = "Compliant";
+    /// EU AI Act category Prohibited: the model may never be used.
+    pub const PROHIBITED_PRACTICE: &str = "ProhibitedPractice";
+    /// `spec.governance.euAiActCategory` is not set.
+    pub const RISK_CATEGORY_MISSING: &str = "RiskCategoryMissing";
+    /// `spec.governance.intendedPurpose` is not set.
+    pub const INTENDED_PURPOSE_MISSING: &str = "IntendedPurposeMissing";
+    /// No Provider or no Deployer in `spec.governance.roles`.
+    pub const ROLES_MISSING: &str = "RolesMissing";
+    /// `spec.governance.dataSources` is empty.
+    pub const DATA_SOURCES_MISSING: &str = "DataSourcesMissing";
+    /// `spec.evaluations` is empty.
+    pub const EVALUATIONS_MISSING: &str = "EvaluationsMissing";
+    /// A threshold of an EvidenceGate that applies to the model fails.
+    pub const EVIDENCE_GATE_FAILED: &str = "EvidenceGateFailed";
+    /// Risk High or Critical and no approval granted.
+    pub const APPROVAL_MISSING: &str = "ApprovalMissing";
 }
 
 /// Builds a condition with the given fields; `lastTransitionTime` is `now`.

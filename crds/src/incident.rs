@@ -54,6 +54,104 @@ pub struct IncidentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub audit_records: Vec<String>,
+    /// The ModelDeployment (in this namespace) the incident concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub model: Option<String>,
+    /// Harm that occurred or may have occurred. Set when the incident is serious in the EU AI
+    /// Act's sense; its category sets the reporting deadline in `policybind report incident`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm: Option<IncidentHarm>,
+    /// Why it happened, once established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub root_cause: Option<String>,
+    /// What was done to contain it and prevent a recurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub remediation: Option<String>,
+    /// What happened when, in order: detection, awareness, containment, notification, fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub timeline: Vec<TimelineEntry>,
+    /// Notification of a market surveillance authority (EU AI Act Art. 73), once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_notification: Option<AuthorityNotification>,
+}
+
+/// Harm caused by an incident.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentHarm {
+    /// Kind of harm, as the EU AI Act's definition of a serious incident (Art. 3(49)) sorts it.
+    pub category: HarmCategory,
+    /// What harm, to whom, how many people or systems.
+    #[schemars(length(min = 1, max = 4096))]
+    pub description: String,
+    /// When the organisation learned of the incident; reporting deadlines run from here.
+    pub aware_at: DateTime<Utc>,
+    /// Whether the harm is widespread (many people or several Member States); shortens the
+    /// reporting deadline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub widespread: bool,
+}
+
+/// Categories of serious harm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum HarmCategory {
+    /// A person died.
+    Death,
+    /// Serious harm to a person's health.
+    SeriousHealthHarm,
+    /// Serious and irreversible disruption of the management or operation of critical
+    /// infrastructure.
+    CriticalInfrastructureDisruption,
+    /// Infringement of obligations under Union law that protect fundamental rights.
+    FundamentalRightsInfringement,
+    /// Serious harm to property or the environment.
+    PropertyOrEnvironmentHarm,
+}
+
+impl HarmCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HarmCategory::Death => "Death",
+            HarmCategory::SeriousHealthHarm => "SeriousHealthHarm",
+            HarmCategory::CriticalInfrastructureDisruption => "CriticalInfrastructureDisruption",
+            HarmCategory::FundamentalRightsInfringement => "FundamentalRightsInfringement",
+            HarmCategory::PropertyOrEnvironmentHarm => "PropertyOrEnvironmentHarm",
+        }
+    }
+}
+
+/// One event of an incident's timeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[schemars(length(min = 1, max = 2048))]
+    pub event: String,
+    /// Who acted or reported, if a person or team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub actor: Option<String>,
+}
+
+/// A notification made to an authority.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorityNotification {
+    /// The authority notified, e.g. the market surveillance authority of a Member State.
+    #[schemars(length(min = 1, max = 253))]
+    pub authority: String,
+    /// When it was notified.
+    pub notified_at: DateTime<Utc>,
+    /// The authority's or our reference for the notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub reference: Option<String>,
 }
 
 /// Incident severity.

@@ -12,6 +12,7 @@ pub mod ai_policy;
 pub mod approval_request;
 pub mod common;
 pub mod conditions;
+pub mod evidence_gate;
 pub mod incident;
 pub mod model_deployment;
 pub mod wire;
@@ -20,6 +21,7 @@ pub use access_token::{AccessToken, AccessTokenSpec, AccessTokenStatus, TokenPha
 pub use ai_policy::{AIPolicy, AIPolicySpec, ClusterAIPolicy, ClusterAIPolicySpec, PolicyRule};
 pub use approval_request::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus};
 pub use common::*;
+pub use evidence_gate::{EvidenceGate, EvidenceGateSpec, EvidenceGateStatus};
 pub use incident::{Incident, IncidentSpec, IncidentStatus};
 pub use model_deployment::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
 
@@ -42,6 +44,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         AccessToken::crd(),
         ApprovalRequest::crd(),
         Incident::crd(),
+        EvidenceGate::crd(),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! ModelDeployment: the registry entry for a model in use.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -98,6 +98,176 @@ pub struct ModelDeploymentSpec {
     /// where other teams' requests go.
     #[serde(default, skip_serializing_if = "ModelScope::is_namespace")]
     pub scope: ModelScope,
+    /// What the model is for and under which rules: intended purpose, EU AI Act risk
+    /// category, the parties that provide and deploy it, and the data it was built with and
+    /// is fed. Compliance reports, model cards and evidence gates read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<Governance>,
+    /// Evaluation results (quality, subgroup fairness delta, harmful-output rate, drift, ...),
+    /// each with metric, value, dataset, date and source. Evidence gates (kind EvidenceGate)
+    /// compare the newest result of each metric with their thresholds before an approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub evaluations: Vec<EvaluationResult>,
+}
+
+impl ModelDeploymentSpec {
+    /// The spec without what only compliance tools read (`governance`, `evaluations`):
+    /// what policy bundles carry, so that recording an evaluation result neither grows
+    /// every sidecar's bundle nor changes its fingerprint.
+    pub fn decision_fields(&self) -> ModelDeploymentSpec {
+        ModelDeploymentSpec {
+            governance: None,
+            evaluations: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// What compliance frameworks ask of a model's registration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Governance {
+    /// What the system is intended to do, for whom and in which setting, in the provider's
+    /// words (EU AI Act Art. 13, NIST AI RMF MAP 1.1, ISO/IEC 42001 A.9.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub intended_purpose: Option<String>,
+    /// EU AI Act risk category: Prohibited (may never be approved), High, Limited
+    /// (transparency duties) or Minimal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eu_ai_act_category: Option<EuAiActCategory>,
+    /// Who provides and who deploys the system (EU AI Act Art. 3 roles), with a contact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub roles: Vec<PartyRole>,
+    /// Data the model was trained, fine-tuned or evaluated on, and the data it is fed at run
+    /// time (retrieval sources, inputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub data_sources: Vec<DataSource>,
+}
+
+/// EU AI Act risk category of an AI system.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum EuAiActCategory {
+    /// A prohibited practice (Art. 5): the model can never be approved.
+    Prohibited,
+    /// High-risk (Art. 6 and Annex III): the high-risk obligations apply.
+    High,
+    /// Limited risk: transparency obligations (Art. 50) apply.
+    Limited,
+    /// Minimal risk: no specific obligations.
+    Minimal,
+}
+
+impl EuAiActCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EuAiActCategory::Prohibited => "Prohibited",
+            EuAiActCategory::High => "High",
+            EuAiActCategory::Limited => "Limited",
+            EuAiActCategory::Minimal => "Minimal",
+        }
+    }
+}
+
+/// One party and the role it holds for the system.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyRole {
+    /// Provider (develops the system or has it developed and puts it into service under its
+    /// own name) or Deployer (uses it under its authority).
+    pub role: OperatorRole,
+    /// The organisation or unit holding the role.
+    #[schemars(length(min = 1, max = 253))]
+    pub party: String,
+    /// How to reach the party about this system (e-mail or team address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub contact: Option<String>,
+}
+
+/// Roles of the EU AI Act's value chain that PolicyBind records.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum OperatorRole {
+    Provider,
+    Deployer,
+}
+
+/// A data source of a model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSource {
+    /// Name of the data set or source, e.g. `loan-applications-2019-2025`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Training, FineTuning, Evaluation, Retrieval or Input.
+    pub purpose: DataPurpose,
+    /// Where it comes from and how it was collected (provenance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub origin: Option<String>,
+    /// Highest classification of the data in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<DataClassification>,
+    /// Whether it holds personal data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub personal_data: bool,
+}
+
+/// What a data source is used for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DataPurpose {
+    /// Training the model.
+    Training,
+    /// Fine-tuning a pre-trained model.
+    FineTuning,
+    /// Testing and evaluation.
+    Evaluation,
+    /// Retrieved into prompts at run time.
+    Retrieval,
+    /// Sent by callers at run time.
+    Input,
+}
+
+impl DataPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPurpose::Training => "Training",
+            DataPurpose::FineTuning => "FineTuning",
+            DataPurpose::Evaluation => "Evaluation",
+            DataPurpose::Retrieval => "Retrieval",
+            DataPurpose::Input => "Input",
+        }
+    }
+}
+
+/// One evaluation result: a measured value of a metric on a data set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationResult {
+    /// Metric, lower-case, e.g. `accuracy`, `subgroup-fairness-delta`, `harmful-output-rate`,
+    /// `psi` (population stability index, for drift). Evidence gates name metrics this way.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$")
+    )]
+    pub metric: String,
+    /// The measured value.
+    pub value: f64,
+    /// Data set it was measured on.
+    #[schemars(length(min = 1, max = 253))]
+    pub dataset: String,
+    /// Day it was measured (YYYY-MM-DD).
+    pub date: NaiveDate,
+    /// Who or what produced it: evaluation pipeline and run, report id, vendor card.
+    #[schemars(length(min = 1, max = 512))]
+    pub source: String,
 }
 
 /// Visibility of a ModelDeployment's model name.
@@ -221,4 +391,74 @@ pub struct ModelDeploymentStatus {
     /// Pods currently matched by `workloadSelector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_workloads: Option<u32>,
+    /// Compliance per framework (eu-ai-act, nist-ai-rmf, iso-42001, soc2), with the reason
+    /// when not compliant; the `Compliant` condition sums them up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["framework"]))]
+    pub compliance: Vec<FrameworkCompliance>,
+}
+
+/// Compliance frameworks PolicyBind reports on.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum Framework {
+    /// EU AI Act (Regulation (EU) 2024/1689).
+    #[serde(rename = "eu-ai-act")]
+    EuAiAct,
+    /// NIST AI Risk Management Framework 1.0.
+    #[serde(rename = "nist-ai-rmf")]
+    NistAiRmf,
+    /// ISO/IEC 42001:2023 Annex A.
+    #[serde(rename = "iso-42001")]
+    Iso42001,
+    /// SOC 2 common criteria (2017 Trust Services Criteria).
+    #[serde(rename = "soc2")]
+    Soc2,
+}
+
+impl Framework {
+    pub const ALL: [Framework; 4] = [
+        Framework::EuAiAct,
+        Framework::NistAiRmf,
+        Framework::Iso42001,
+        Framework::Soc2,
+    ];
+
+    /// The identifier used in flags, files and statuses.
+    pub fn id(self) -> &'static str {
+        match self {
+            Framework::EuAiAct => "eu-ai-act",
+            Framework::NistAiRmf => "nist-ai-rmf",
+            Framework::Iso42001 => "iso-42001",
+            Framework::Soc2 => "soc2",
+        }
+    }
+
+    /// Parses an identifier as [`Framework::id`] writes it.
+    pub fn parse(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.id() == id)
+    }
+}
+
+impl std::fmt::Display for Framework {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// Whether a model meets what one framework asks of its registration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FrameworkCompliance {
+    /// eu-ai-act, nist-ai-rmf, iso-42001 or soc2.
+    pub framework: Framework,
+    /// Whether every check of this framework passes.
+    pub compliant: bool,
+    /// CamelCase reason: `Compliant`, or the first failing check (e.g. `EvidenceGateFailed`).
+    pub reason: String,
+    /// What fails, in words, naming gates, values and missing fields.
+    #[schemars(length(max = 4096))]
+    pub message: String,
 }

@@ -86,6 +86,9 @@ pub mod annotations {
     pub const ROTATION: &str = "policybind.io/rotation";
     /// Token Secrets: until when the previous value stays valid.
     pub const PREVIOUS_VALID_UNTIL: &str = "policybind.io/previous-valid-until";
+    /// AccessToken written by `policybind token create --from-text`: the sentence it
+    /// was made from, for the people who review it.
+    pub const CREATED_FROM_TEXT: &str = "policybind.io/created-from-text";
 }
 
 /// Names of objects and containers.

@@ -236,6 +236,18 @@ impl Scenario {
             })
     }
 
+    /// Delete the object `manifest` names (namespaced ones in the scenario namespace).
+    pub async fn delete(&self, manifest: &Value) -> Result<()> {
+        let (resource, caps) = self.resource_of(manifest).await?;
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .context("manifest without metadata.name")?;
+        self.dynamic_api(&resource, &caps)
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+
     /// Apply and require success.
     pub async fn apply(&self, manifest: &Value) -> Result<DynamicObject> {
         self.try_apply(manifest).await.map_err(|error| {
@@ -389,9 +401,24 @@ impl Scenario {
     }
 
     /// `policybind audit verify` over the audit segment ConfigMaps of this
-    /// namespace, trusting the suite's signing key.
+    /// namespace, trusting the namespace's own sidecar key (read as an auditor
+    /// with Secret access would).
     pub async fn audit_verify(&self) -> Result<std::process::Output> {
-        let key = self.system.audit_key.display().to_string();
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.api();
+        let secret = secrets
+            .get(names::AUDIT_KEY_SECRET)
+            .await
+            .context("the namespace's audit key Secret")?;
+        let pem = secret
+            .data
+            .and_then(|d| d.get(policybind_crds::wire::keys::SIGNING_KEY).cloned())
+            .context("the audit key Secret has no signing-key")?;
+        let key = self
+            .system
+            .work_dir
+            .join(format!("{}-audit-key.pem", self.namespace));
+        std::fs::write(&key, &pem.0)?;
+        let key = key.display().to_string();
         self.policybind(&[
             "audit",
             "verify",

@@ -100,7 +100,7 @@ impl System {
             }
         }
         let key_secret = std::env::var("POLICYBIND_E2E_AUDIT_KEY_SECRET")
-            .unwrap_or_else(|_| format!("{fullname}-audit-signing-key"));
+            .unwrap_or_else(|_| format!("{fullname}-operator-key"));
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.system_namespace);
         let secret = secrets.get(&key_secret).await.with_context(|| {
             format!(
@@ -327,10 +327,10 @@ fn by_url(configuration: &Value, url: &str) -> Value {
     configuration
 }
 
-/// The audit signing key the chart generated (PEM), written to a file for
-/// `policybind audit verify`.
+/// The operator's audit signing key the chart generated (PEM), written to a
+/// file for `policybind audit verify`.
 fn chart_audit_key(rendered: &Rendered, fullname: &str, work: &Path) -> Result<PathBuf> {
-    let secret = rendered.find("Secret", &format!("{fullname}-audit-signing-key"))?;
+    let secret = rendered.find("Secret", &format!("{fullname}-operator-key"))?;
     let encoded = secret["data"]["signing-key"]
         .as_str()
         .context("the audit key Secret has no data key signing-key")?;

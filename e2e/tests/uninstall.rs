@@ -153,7 +153,8 @@ fn uninstall_leaves_only_what_the_docs_say() {
         // In the release namespace, only the documented runtime objects remain.
         let documented_secrets: BTreeSet<String> = [
             format!("{fullname}-webhook-tls"),
-            format!("{fullname}-audit-signing-key"),
+            format!("{fullname}-operator-key"),
+            format!("{fullname}-webhook-key"),
         ]
         .into();
         let documented_leases: BTreeSet<String> = [format!("{fullname}-operator")].into();
@@ -170,7 +171,14 @@ fn uninstall_leaves_only_what_the_docs_say() {
         for config_map in config_maps.list(&ListParams::default()).await?.items {
             let name = config_map.name_any();
             let audit = config_map.labels().contains_key(labels::AUDIT_SEGMENT);
-            if name != "kube-root-ca.crt" && !audit {
+            // Bundles (and their reader Roles) are documented: owned by their
+            // Namespace, written by the operator, which is gone.
+            let bundle = config_map.labels().contains_key(labels::BUNDLE);
+            // The control plane publishes its CA bundles into every namespace
+            // (OpenShift-derived builds add the service CA).
+            let control_plane =
+                ["kube-root-ca.crt", "openshift-service-ca.crt"].contains(&name.as_str());
+            if !control_plane && !audit && !bundle {
                 unexpected.push(format!("ConfigMap {name}"));
             }
         }

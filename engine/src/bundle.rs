@@ -179,7 +179,7 @@ impl BundleModel {
         BundleModel {
             namespace: model.metadata.namespace.clone().unwrap_or_default(),
             name: model.metadata.name.clone().unwrap_or_default(),
-            spec: model.spec.clone(),
+            spec: model.spec.decision_fields(),
             risk_level,
             approval,
             review_overdue: false,

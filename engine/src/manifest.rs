@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use policybind_crds::approval_request::{ApprovalPhase, ApprovalTargetKind, DecisionState};
 use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
+    ModelDeployment,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,8 @@ pub enum Object {
     AccessToken(AccessToken),
     ApprovalRequest(ApprovalRequest),
     Incident(Incident),
+    /// Read by the compliance tools; gates play no part in deciding requests.
+    EvidenceGate(EvidenceGate),
     Secret(Secret),
     /// A Namespace: only its name and labels matter (ClusterAIPolicy selectors).
     Namespace(String, BTreeMap<String, String>),
@@ -117,6 +120,9 @@ pub struct TestCase {
     pub name: String,
     /// The request, as in `policybind eval --request` (before `defaults` are merged).
     pub request: serde_yaml::Mapping,
+    /// A model response to judge with the rules on Response (see `expect.response`).
+    #[serde(default)]
+    pub response: Option<String>,
     pub expect: Expectation,
 }
 
@@ -141,6 +147,26 @@ pub struct Expectation {
     /// Effect an Audit-mode policy would have had.
     #[serde(default)]
     pub would_have: Option<policybind_crds::Effect>,
+    /// What the rules on Response do to the case's `response`.
+    #[serde(default)]
+    pub response: Option<ResponseExpectation>,
+}
+
+/// What a case expects of its response. Only the fields given are compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResponseExpectation {
+    /// Pass, Redact or Block.
+    pub action: crate::output::OutputAction,
+    /// Codes that must all be present; for Redact and Block the first is the
+    /// deciding code (a passed response has only detector codes).
+    #[serde(default)]
+    pub codes: Vec<String>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// The response as delivered, after redaction.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 impl PolicyTest {
@@ -265,6 +291,7 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
                 "ApprovalRequest" => Object::ApprovalRequest(typed(value, &source, kind, &name)?),
                 "Incident" => Object::Incident(typed(value, &source, kind, &name)?),
                 // Deprecated: see DEPRECATED_POLICY_TEST_API_VERSION.
+                "EvidenceGate" => Object::EvidenceGate(typed(value, &source, kind, &name)?),
                 "PolicyTest" => Object::PolicyTest(typed(value, &source, kind, &name)?),
                 _ => {
                     return Err(ManifestError::UnknownKind {

@@ -94,6 +94,7 @@ fn env_with(settings: Settings) -> Env {
     let (network_policies, network_policies_w) = ready::<NetworkPolicy>();
     let (audit_keys, audit_keys_w) = ready::<Secret>();
     let (pods, pods_w) = ready::<PartialObjectMeta<Pod>>();
+    let (evidence_gates, evidence_gates_w) = ready::<policybind_crds::EvidenceGate>();
     let stores = Stores {
         policies,
         cluster_policies,
@@ -111,6 +112,7 @@ fn env_with(settings: Settings) -> Env {
         network_policies,
         audit_keys,
         pods,
+        evidence_gates,
     };
     let ctx = Arc::new(Context::new(
         client,
@@ -138,7 +140,11 @@ fn env_with(settings: Settings) -> Env {
             pods: pods_w,
             incidents: incidents_w,
             audit_segments: audit_w,
-            _rest: vec![Box::new(policies_w), Box::new(cluster_policies_w)],
+            _rest: vec![
+                Box::new(policies_w),
+                Box::new(cluster_policies_w),
+                Box::new(evidence_gates_w),
+            ],
         },
     }
 }
@@ -458,8 +464,25 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
     assert_eq!(status["status"]["approval"], "Pending");
     assert_eq!(status["status"]["nextReviewAt"], "2027-01-30T00:00:00Z");
     reply(send, 200, &with_status(&m, &status));
-    // Approved=False is news; Compliant=True and Suspended=False are not.
+    // Approved=False is news, and so is Compliant=False (a High-risk model with
+    // no registry fields and no approval fails every framework); Suspended=False
+    // is not.
     expect_event(&mut env.api, "team-a", "ApprovalPending").await;
+    let compliant = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Compliant")
+        .unwrap()
+        .clone();
+    assert_eq!(compliant["status"], "False");
+    assert_eq!(status["status"]["compliance"].as_array().unwrap().len(), 4);
+    expect_event(
+        &mut env.api,
+        "team-a",
+        compliant["reason"].as_str().unwrap(),
+    )
+    .await;
     let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
         .await
         .unwrap()
@@ -1258,6 +1281,7 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
     before.status = Some(crate::controllers::model_deployment::desired_status(
         &m,
         &pending,
+        &[],
         0,
         now(),
     ));

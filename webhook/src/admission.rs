@@ -466,7 +466,8 @@ async fn validate_resource(
             }
         }
         "ApprovalRequest" => {
-            resources::validate_approval(authorizer, user, &object, old.as_ref()).await
+            resources::validate_approval(authorizer, app.view.as_ref(), user, &object, old.as_ref())
+                .await
         }
         _ => Verdict::allow_quietly(),
     }

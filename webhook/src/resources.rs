@@ -14,7 +14,7 @@
 //! Nothing here mutates these resources: GitOps tools must see no drift.
 
 use k8s_openapi::api::authentication::v1::UserInfo;
-use policybind_crds::approval_request::{ApprovalDecision, DecisionState};
+use policybind_crds::approval_request::{ApprovalDecision, ApprovalTargetKind, DecisionState};
 use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 use policybind_engine::{CompileErrors, PolicySet, codes};
@@ -433,8 +433,34 @@ pub fn validate_token(
 
 /// An ApprovalRequest create or update. Only a new decision is judged; the
 /// schema's CEL rules keep target and requester immutable.
+/// An approval of a ModelDeployment is granted only while every EvidenceGate
+/// that applies to it passes (`policybind_compliance::gates`); the denial names
+/// the failing gate, threshold and value.
+fn failing_evidence_gate(
+    view: &dyn ClusterView,
+    request: &ApprovalRequest,
+    namespace: &str,
+) -> Option<Verdict> {
+    if request.spec.target.kind != ApprovalTargetKind::ModelDeployment {
+        return None;
+    }
+    let model = view.model(namespace, request.spec.target.name.as_deref()?)?;
+    let gates: Vec<_> = view
+        .evidence_gates()
+        .iter()
+        .map(|g| g.as_ref().clone())
+        .collect();
+    let results = policybind_compliance::gates::evaluate(&model, &gates, chrono::Utc::now());
+    let message = policybind_compliance::gates::denial_message(&model, &results)?;
+    Some(Verdict::deny(
+        policybind_compliance::gates::DENIAL_CODE,
+        message,
+    ))
+}
+
 pub async fn validate_approval(
     authorizer: &dyn Authorizer,
+    view: &dyn ClusterView,
     user: &UserInfo,
     object: &Value,
     old_object: Option<&Value>,
@@ -513,6 +539,11 @@ pub async fn validate_approval(
                 "ApprovalRequest {namespace}/{name}: {username} requested this and cannot decide it; another approver must"
             ),
         ));
+    }
+    if decision.state == DecisionState::Approved
+        && let Some(denial) = failing_evidence_gate(view, &request, &namespace)
+    {
+        return approval(denial);
     }
     let access = Access::new(verbs::APPROVE, "approvalrequests")
         .in_namespace(&namespace)

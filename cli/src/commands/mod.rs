@@ -1,11 +1,14 @@
 //! One module per subcommand.
 pub mod audit;
 pub mod bench;
+pub mod compliance_sources;
 pub mod controller;
 pub mod crds;
 pub mod eval;
 pub mod metrics;
+pub mod report;
 pub mod serve;
 pub mod sidecar;
 pub mod test;
+pub mod token;
 pub mod webhook;

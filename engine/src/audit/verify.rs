@@ -197,6 +197,15 @@ pub struct WriterSummary {
     pub chain: Vec<String>,
 }
 
+impl WriterSummary {
+    /// How many records sit in the open last segment, which nothing proves yet.
+    pub fn unproven_records(&self) -> u64 {
+        self.unproven
+            .as_ref()
+            .map_or(0, |tail| tail.last_seq + 1 - tail.first_seq)
+    }
+}
+
 /// The verifier's result.
 #[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {

@@ -16,6 +16,7 @@ pub fn at(s: &str) -> DateTime<Utc> {
 pub fn rule(name: &str, action: Effect) -> PolicyRule {
     PolicyRule {
         name: name.into(),
+        on: Default::default(),
         match_: RuleMatch::default(),
         exclude: None,
         when: None,
@@ -69,6 +70,8 @@ pub fn model(name: &str, provider: &str) -> BundleModel {
             workload_selector: None,
             suspended: false,
             scope: policybind_crds::model_deployment::ModelScope::Cluster,
+            governance: None,
+            evaluations: vec![],
         },
         risk_level: RiskLevel::Low,
         approval: ApprovalState::NotRequired,

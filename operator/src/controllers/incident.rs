@@ -298,6 +298,12 @@ pub fn plan_incident<'a>(
             ),
             assignee: None,
             audit_records: finding.records.clone(),
+            model: None,
+            harm: None,
+            root_cause: None,
+            remediation: None,
+            timeline: Vec::new(),
+            authority_notification: None,
         },
     );
     incident.metadata.namespace = Some(finding.namespace.clone());
