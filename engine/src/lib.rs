@@ -22,6 +22,7 @@
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`tokens`]: token estimates (tiktoken encodings where public, a heuristic otherwise).
 //! - [`codes`]: the table of rationale codes.
+//! - [`ident`]: the identifier check every ingress shares (length cap, no control characters).
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -33,6 +34,7 @@ pub mod decide;
 pub mod detect;
 mod exclude;
 pub mod expr;
+pub mod ident;
 pub mod injection;
 pub mod manifest;
 pub mod output;

@@ -22,11 +22,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::authz::{self, Access, Authorizer};
-use crate::ident;
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
 use policybind_crds::model_deployment::ModelScope;
 use policybind_crds::wire::verbs;
+use policybind_engine::ident;
 
 pub use crate::codes as admission_codes;
 use crate::codes::*;
@@ -315,7 +315,7 @@ pub async fn authorize_token_namespaces(
     added.dedup();
     for (i, namespace) in added.iter().enumerate() {
         let field = format!("spec.additionalNamespaces[{i}]");
-        if let Err(error) = ident::check(&field, namespace, ident::MAX_NAMESPACE) {
+        if let Err(error) = ident::check_max(&field, namespace, ident::MAX_NAMESPACE) {
             return Some(
                 Verdict::deny(codes::REQUEST_INVALID, error.to_string())
                     .with_detail("invalidField", error.field()),
@@ -479,7 +479,7 @@ pub async fn validate_approval(
             .map(|d| ("spec.decision.approver", d.approver.as_str())),
     ];
     for (field, value) in recorded.into_iter().flatten() {
-        if let Err(error) = ident::check(field, value, ident::MAX_USER) {
+        if let Err(error) = ident::check_max(field, value, ident::MAX_USER) {
             return Verdict::deny(codes::REQUEST_INVALID, error.to_string())
                 .with_detail("invalidField", error.field());
         }

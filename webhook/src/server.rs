@@ -537,7 +537,10 @@ async fn start_audit(
     } else {
         return Ok(None);
     };
-    let config = policybind_audit::AuditConfig::new(format!("webhook/{}", audit.identity), key);
+    let config = policybind_audit::AuditConfig::new(
+        policybind_crds::wire::writers::webhook(&audit.identity),
+        key,
+    );
     let store: Arc<dyn policybind_audit::SegmentStore> = match &audit.directory {
         Some(dir) => Arc::new(
             policybind_audit::DirectoryStore::open(dir.clone())

@@ -1,4 +1,5 @@
-//! `policybind bench`: measure what the enforcement point adds to a request.
+//! `policybind bench`: measure what the enforcement point adds to a request, or
+//! (`policybind bench audit`) what the audit writer sustains against a real store.
 //!
 //! Runs the same fixed-rate, open-loop load (see `policybind_sidecar::loadgen`)
 //! against the upstream directly and through the sidecar, for each rate, and
@@ -13,9 +14,15 @@ use policybind_sidecar::loadgen::{
     run_load,
 };
 
+mod audit;
+
 /// Arguments of `policybind bench`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    /// Another measurement instead of the proxy's added latency.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Base URL of the upstream, called directly for the baseline.
     #[arg(
         long,
@@ -31,8 +38,13 @@ pub struct BenchArgs {
     )]
     pub sidecar: String,
     /// Bearer token for the sidecar (an allowed AccessToken value).
-    #[arg(long, env = "POLICYBIND_BENCH_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "POLICYBIND_BENCH_TOKEN",
+        hide_env_values = true,
+        required = true
+    )]
+    pub token: Option<String>,
     /// Model named in the requests.
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
@@ -61,6 +73,16 @@ pub struct BenchArgs {
     pub sidecar_pid: Option<u32>,
 }
 
+/// Measurements other than the proxy's.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchMode {
+    /// The audit writer under sustained load against a real store: decisions/s
+    /// recorded and refused, store (API) writes/s, bytes/s, object sizes, queue
+    /// and memory. Example against a cluster: `policybind bench audit --store
+    /// configmap --namespace bench --rate 5000 --duration-secs 60 --verify`.
+    Audit(audit::AuditBenchArgs),
+}
+
 fn row(label: &str, rate: u32, r: &LoadReport) {
     println!(
         "{label:<8} {rate:>6} {:>9.1} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -69,6 +91,13 @@ fn row(label: &str, rate: u32, r: &LoadReport) {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchMode::Audit(audit)) = args.mode {
+        return audit::run(audit).await;
+    }
+    let token = args
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--token is required"))?;
     let body = serde_json::to_vec(&serde_json::json!({
         "model": args.model,
         "max_tokens": 16,
@@ -102,12 +131,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let before = scrape(&args.sidecar_metrics).await;
         let (direct, via) = if args.sequential {
             let direct = run_load(&options(&args.upstream, None)).await?;
-            let via = run_load(&options(&args.sidecar, Some(args.token.clone()))).await?;
+            let via = run_load(&options(&args.sidecar, Some(token.clone()))).await?;
             (direct, via)
         } else {
             let mut reports = run_interleaved(&[
                 options(&args.upstream, None),
-                options(&args.sidecar, Some(args.token.clone())),
+                options(&args.sidecar, Some(token.clone())),
             ])
             .await?;
             let via = reports.pop().unwrap_or_default();

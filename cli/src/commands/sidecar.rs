@@ -114,7 +114,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
             "the audit trail needs a signing key: set POLICYBIND_AUDIT_KEY (file) or POLICYBIND_AUDIT_KEY_SECRET (namespace/name)"
         ),
     };
-    let writer_id = format!("sidecar/{}/{}", args.namespace, args.pod_name);
+    let writer_id = policybind_crds::wire::writers::sidecar(&args.namespace, &args.pod_name);
     let writer = config_map_writer(
         client.clone(),
         &args.namespace,
