@@ -11,12 +11,13 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use policybind_audit::store::encode_segment;
 use policybind_audit::{
-    AuditConfig, AuditWriter, Error, SegmentStore, StoredSegment, verify_stored,
+    AuditConfig, AuditWriter, Encoding, Error, RawSegment, SegmentObject, SegmentStore,
+    StoreProfile, verify_stored,
 };
 use policybind_crds::Effect;
 use policybind_engine::audit::{
-    AuditEvent, AuditSigningKey, Chain, CostUsd, Hash256, NamedSegment, RecordTime, Segment, Usage,
-    VerifyOptions, verify_segments,
+    AuditEvent, AuditSigningKey, Chain, CostUsd, Hash256, Keyring, NamedSegment, RecordTime,
+    Segment, TreeFrontier, Usage, VerifyOptions, verify_segments,
 };
 
 fn event(i: u64) -> AuditEvent {
@@ -45,17 +46,27 @@ fn key() -> AuditSigningKey {
 struct NullStore;
 
 impl SegmentStore for NullStore {
-    fn put<'a>(&'a self, _segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
+    fn put<'a>(&'a self, _object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
         async { Ok(()) }.boxed()
     }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, Error>> {
         async { Ok(Vec::new()) }.boxed()
     }
-    fn latest<'a>(&'a self, _writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>> {
+    fn names<'a>(&'a self, _writer: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+    fn get<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<Option<RawSegment>, Error>> {
         async { Ok(None) }.boxed()
     }
     fn delete<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         async { Ok(()) }.boxed()
+    }
+    fn profile(&self) -> StoreProfile {
+        StoreProfile {
+            encoding: Encoding::Json,
+            max_object_bytes: 64 << 20,
+            writes_per_flush: None,
+        }
     }
     fn describe(&self) -> String {
         "null".into()
@@ -68,13 +79,17 @@ fn million_records() -> Vec<NamedSegment> {
     let mut chain = Chain::new("sidecar/team-payments/pod-1");
     let time = RecordTime::new(chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap());
     let mut prev = Hash256::ZERO;
+    let mut tree = TreeFrontier::new();
     (0..1_000)
         .map(|s| {
             let records = (0..1_000u64)
                 .map(|i| chain.append(event(s * 1_000 + i), time))
                 .collect();
-            let mut segment = Segment::open(prev, records);
+            let mut segment = Segment::open_in_tree(prev, &tree, records);
             segment.seal(time, &key);
+            for record in &segment.records {
+                tree.push_record(&record.hash);
+            }
             prev = segment.header.last_hash;
             NamedSegment {
                 name: format!("segment-{s}"),
@@ -101,7 +116,7 @@ fn append(c: &mut Criterion) {
     let writer = runtime.block_on(async {
         let mut config = AuditConfig::new("sidecar/team-payments/pod-1", key());
         config.flush_interval = Duration::from_millis(20);
-        config.queue_capacity = u64::MAX;
+        config.queue_capacity_bytes = usize::MAX / 2;
         AuditWriter::start(config, Arc::new(NullStore))
             .await
             .unwrap()
@@ -120,9 +135,15 @@ fn append(c: &mut Criterion) {
 fn verify(c: &mut Criterion) {
     let segments = million_records();
     let options = VerifyOptions {
-        trusted_keys: vec![key().verifying_key()],
+        keyring: Some(
+            Keyring::single(
+                key().verifying_key(),
+                vec!["sidecar/team-payments/*".into()],
+            )
+            .unwrap(),
+        ),
         require_genesis: true,
-        anchors: Vec::new(),
+        ..VerifyOptions::default()
     };
     let mut group = c.benchmark_group("verify_1m_records");
     group.sample_size(10);
@@ -139,15 +160,22 @@ fn verify(c: &mut Criterion) {
     });
 
     // The whole `policybind audit verify` path after reading files: JSON parse too.
-    let stored_bytes: Vec<(String, Vec<u8>)> = segments
+    let stored_bytes: Vec<RawSegment> = segments
         .iter()
-        .map(|s| (s.name.clone(), encode_segment(&s.segment)))
+        .map(|s| {
+            let json = encode_segment(&s.segment);
+            RawSegment {
+                name: s.name.clone(),
+                size_bytes: json.len() as u64,
+                json: Ok(json),
+            }
+        })
         .collect();
     group.bench_function("from_json", |b| {
         b.iter_batched(
             || stored_bytes.clone(),
             |documents| {
-                let report = verify_stored(StoredSegment::parse_many(documents), &options);
+                let report = verify_stored(documents, &options);
                 assert!(report.is_ok());
                 report
             },

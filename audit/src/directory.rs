@@ -4,20 +4,25 @@
 //! Every write goes to a temporary file that is renamed over the segment's file, so
 //! a reader never sees half a segment. Sealing writes are fsynced (file, then
 //! directory) before `put` returns; flushes of the open segment are not, because
-//! they happen every second and the data is rewritten and synced at seal anyway.
-//! So a process crash loses nothing that was flushed, while a power loss can lose
-//! the open segment's flushes since the last fsync (see `docs/audit.md`).
+//! they happen several times a second and the data is rewritten and synced at
+//! seal anyway. So a process crash loses nothing that was flushed, while a power
+//! loss can lose the open segment's flushes since the last fsync (see
+//! `docs/audit.md`).
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use policybind_engine::audit::Segment;
 
 use crate::Error;
-use crate::naming::{SEGMENT_NAME_PREFIX, segment_name, writer_key};
-use crate::store::{SegmentStore, StoredSegment, encode_segment};
+use crate::encoding::Encoding;
+use crate::naming::{SEGMENT_NAME_PREFIX, writer_key};
+use crate::store::{RawSegment, SegmentObject, SegmentStore, StoreProfile};
+
+/// Largest segment file the writer makes: files have no API server limit, but a
+/// segment is read whole by the verifier and by a restarting writer.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
 
 /// Segments as files `pb-audit-<writer key>-<first seq>.json` in one directory.
 #[derive(Clone, Debug)]
@@ -47,16 +52,33 @@ impl DirectoryStore {
         &self.dir
     }
 
-    /// The file a segment of `writer` starting at `first_seq` is stored in.
-    pub fn path_for(&self, writer: &str, first_seq: u64) -> PathBuf {
-        self.dir
-            .join(format!("{}.json", segment_name(writer, first_seq)))
+    /// The file of the segment object `name`.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        if Path::new(name).is_absolute() || name.contains(std::path::MAIN_SEPARATOR) {
+            return PathBuf::from(name);
+        }
+        let file = if name.ends_with(".json") {
+            name.to_string()
+        } else {
+            format!("{name}.json")
+        };
+        self.dir.join(file)
     }
 
-    fn put_blocking(&self, segment: &Segment) -> Result<(), Error> {
-        let path = self.path_for(&segment.header.writer, segment.header.first_seq);
-        let durable = segment.is_sealed();
-        write_atomically(&path, &encode_segment(segment), durable)
+    /// Every segment file (all writers), sorted: for readers that fetch files
+    /// one at a time, such as the verifier.
+    pub fn segment_paths(&self) -> Result<Vec<PathBuf>, Error> {
+        self.segment_files(SEGMENT_NAME_PREFIX)
+    }
+
+    /// Read one segment file.
+    pub fn read(path: &Path) -> RawSegment {
+        let json = fs::read(path).map_err(|e| format!("cannot read: {e}"));
+        RawSegment {
+            name: path.display().to_string(),
+            size_bytes: json.as_ref().map_or(0, |j| j.len() as u64),
+            json,
+        }
     }
 
     fn segment_files(&self, prefix: &str) -> Result<Vec<PathBuf>, Error> {
@@ -95,32 +117,29 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Resu
 }
 
 impl SegmentStore for DirectoryStore {
-    fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
-        // Blocking file I/O off the async workers; the clone is cheap next to an
-        // fsync and lets the closure be 'static.
-        let store = self.clone();
-        let segment = segment.clone();
+    fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
+        // Blocking file I/O off the async workers. The body is copied once so
+        // the closure can be 'static; next to the write itself that is cheap.
+        let path = self.path_of(&object.name);
+        let body = object.body.clone();
+        let durable = object.sealed;
         async move {
-            tokio::task::spawn_blocking(move || store.put_blocking(&segment))
+            tokio::task::spawn_blocking(move || write_atomically(&path, &body, durable))
                 .await
                 .map_err(|_| Error::TaskGone)?
         }
         .boxed()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, Error>> {
         let store = self.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let documents = store
-                    .segment_files(SEGMENT_NAME_PREFIX)?
+                Ok(store
+                    .segment_paths()?
                     .iter()
-                    .map(|path| {
-                        let bytes = fs::read(path).map_err(io("read", path))?;
-                        Ok((path.display().to_string(), bytes))
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
-                Ok(StoredSegment::parse_many(documents))
+                    .map(|path| DirectoryStore::read(path))
+                    .collect())
             })
             .await
             .map_err(|_| Error::TaskGone)?
@@ -128,22 +147,28 @@ impl SegmentStore for DirectoryStore {
         .boxed()
     }
 
-    fn latest<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>> {
+    fn names<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
         let store = self.clone();
         let prefix = format!("{SEGMENT_NAME_PREFIX}{}-", writer_key(writer));
         async move {
             tokio::task::spawn_blocking(move || {
-                let files = store.segment_files(&prefix)?;
-                let Some(path) = files.last() else {
-                    return Ok(None);
-                };
-                let bytes = fs::read(path).map_err(io("read", path))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| Error::Format {
-                        name: path.display().to_string(),
-                        source,
-                    })
+                Ok(store
+                    .segment_files(&prefix)?
+                    .iter()
+                    .filter_map(|path| path.file_stem()?.to_str().map(str::to_string))
+                    .collect())
+            })
+            .await
+            .map_err(|_| Error::TaskGone)?
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<RawSegment>, Error>> {
+        let path = self.path_of(name);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Ok(path.exists().then(|| DirectoryStore::read(&path)))
             })
             .await
             .map_err(|_| Error::TaskGone)?
@@ -152,18 +177,23 @@ impl SegmentStore for DirectoryStore {
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        // `list` names segments by path; accept a bare file name too.
-        let path = if Path::new(name).is_absolute() || name.contains(std::path::MAIN_SEPARATOR) {
-            PathBuf::from(name)
-        } else {
-            self.dir.join(name)
-        };
+        let path = self.path_of(name);
         async move {
-            tokio::fs::remove_file(&path)
-                .await
-                .map_err(io("delete", &path))
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io("delete", &path)(e)),
+            }
         }
         .boxed()
+    }
+
+    fn profile(&self) -> StoreProfile {
+        StoreProfile {
+            encoding: Encoding::Json,
+            max_object_bytes: MAX_FILE_BYTES,
+            writes_per_flush: None,
+        }
     }
 
     fn describe(&self) -> String {

@@ -9,7 +9,12 @@
 //! characters, within the 63 a label value may have).
 //!
 //! A segment is named `pb-audit-<writer key>-<first seq, 20 digits>`; the file of the
-//! directory store adds `.json`.
+//! directory store adds `.json`. When that name is taken by an object the writer
+//! does not recognise as its own (planted, or refused at a restart), the writer
+//! adds `-<8 hex>` derived from the segment's first record hash, so it never
+//! overwrites evidence; such names sort right after the plain one. Names are
+//! only where to look: the verifier orders and links segments by their signed
+//! headers, never by name.
 use sha2::{Digest, Sha256};
 
 /// Prefix of every segment name.
@@ -46,6 +51,31 @@ pub fn segment_name(writer: &str, first_seq: u64) -> String {
         "{SEGMENT_NAME_PREFIX}{}-{first_seq:020}",
         writer_key(writer)
     )
+}
+
+/// The name of a writer's segment starting at `first_seq`, with an optional
+/// suffix (lowercase alphanumerics) for when the plain name is taken.
+pub fn segment_name_with_suffix(writer: &str, first_seq: u64, suffix: Option<&str>) -> String {
+    let name = segment_name(writer, first_seq);
+    match suffix {
+        Some(suffix) => format!("{name}-{suffix}"),
+        None => name,
+    }
+}
+
+/// The first sequence a segment name states, if it is a segment name.
+pub fn first_seq_of(name: &str) -> Option<u64> {
+    let name = name.strip_suffix(".json").unwrap_or(name);
+    let rest = name.strip_prefix(SEGMENT_NAME_PREFIX)?;
+    // `<writer key>-<20 digits>` or `<writer key>-<20 digits>-<suffix>`.
+    let mut parts = rest.rsplitn(3, '-');
+    let last = parts.next()?;
+    let digits = if last.len() == 20 && last.bytes().all(|b| b.is_ascii_digit()) {
+        last
+    } else {
+        parts.next()?
+    };
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -97,5 +127,20 @@ mod tests {
                 + &writer_key("sidecar/team-a/pod-1")[21..]
                 + "-00000000000000000007"
         );
+    }
+
+    #[test]
+    fn suffixed_names_sort_after_the_plain_one_and_state_their_sequence() {
+        let plain = segment_name("w", 42);
+        let suffixed = segment_name_with_suffix("w", 42, Some("0a1b2c3d"));
+        let next = segment_name("w", 43);
+        let mut names = [next.clone(), suffixed.clone(), plain.clone()];
+        names.sort();
+        assert_eq!(names, [plain.clone(), suffixed.clone(), next]);
+        assert_eq!(first_seq_of(&plain), Some(42));
+        assert_eq!(first_seq_of(&suffixed), Some(42));
+        assert_eq!(first_seq_of(&format!("{plain}.json")), Some(42));
+        assert_eq!(first_seq_of("pb-audit-x"), None);
+        assert_eq!(first_seq_of("other"), None);
     }
 }

@@ -1,58 +1,110 @@
-//! The one trait both stores implement, and the stored form of a segment.
+//! The one trait both stores implement, and the forms a segment takes in them.
 //!
-//! A store holds whole segments under their [names](crate::naming). The writer
-//! calls `put` once per batch (the open segment is rewritten until it is sealed),
-//! `latest` once at start to resume its chain; retention and the `policybind audit`
-//! tools call `list` and `delete`.
+//! A store holds whole segment documents under their [names](crate::naming).
+//! The writer calls `put` (the open segment is rewritten until it is sealed) and,
+//! at start, `names` and `get` to find where its chain ends; retention and the
+//! `policybind audit` tools call `list` and `delete`. Stores do not interpret
+//! documents: reading one back yields its JSON ([`RawSegment`]), which the
+//! verifier parses straight from the bytes.
 use futures::future::BoxFuture;
 use policybind_engine::audit::{NamedSegment, Segment};
 
 use crate::Error;
+use crate::encoding::Encoding;
 
-/// A segment as found in a store. Unreadable segments are returned too (with the
-/// parse error) so the verifier can report them instead of silently skipping them.
+/// A segment document as written: its name, whose it is, and the encoded body.
+#[derive(Clone, Debug)]
+pub struct SegmentObject {
+    /// Object or file name.
+    pub name: String,
+    /// Writer identity (for labels and logs).
+    pub writer: String,
+    /// Whether the segment is sealed (the store then makes it durable or
+    /// immutable before `put` returns).
+    pub sealed: bool,
+    /// The document, encoded as the store's [`StoreProfile::encoding`] says.
+    pub body: Vec<u8>,
+}
+
+/// What a store wants from the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreProfile {
+    /// How bodies are encoded.
+    pub encoding: Encoding,
+    /// Largest body the store accepts.
+    pub max_object_bytes: usize,
+    /// Store writes one flush may make: 1 for the API server (about one write
+    /// per second per writer), unlimited (`None`) for a local directory.
+    pub writes_per_flush: Option<usize>,
+}
+
+/// A stored document read back, decoded to JSON but not parsed.
+#[derive(Clone, Debug)]
+pub struct RawSegment {
+    /// Object name or file path.
+    pub name: String,
+    /// Size as stored (what counts against the retention budget).
+    pub size_bytes: u64,
+    /// The document JSON, or why it could not be read (not gzip, too large, no
+    /// data key, ...).
+    pub json: Result<Vec<u8>, String>,
+}
+
+impl RawSegment {
+    /// Parse the document.
+    pub fn parse(self) -> StoredSegment {
+        StoredSegment {
+            content: self
+                .json
+                .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string())),
+            name: self.name,
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+/// A segment as found in a store, parsed. Unreadable segments are kept (with the
+/// reason) so they are reported instead of silently skipped.
 #[derive(Clone, Debug)]
 pub struct StoredSegment {
     /// Object name or file path.
     pub name: String,
-    /// Size of the stored JSON in bytes (what counts against the retention budget).
+    /// Size as stored.
     pub size_bytes: u64,
     /// The parsed segment, or why it could not be parsed.
     pub content: Result<Segment, String>,
 }
 
 impl StoredSegment {
-    /// Parse stored bytes.
+    /// Parse stored JSON bytes.
     pub fn parse(name: impl Into<String>, bytes: &[u8]) -> Self {
-        StoredSegment {
+        RawSegment {
             name: name.into(),
             size_bytes: bytes.len() as u64,
-            content: serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            json: Ok(bytes.to_vec()),
         }
+        .parse()
     }
 
-    /// Parse many stored documents, on all cores when there is enough to gain:
-    /// verification of a large trail is dominated by JSON parsing otherwise.
-    pub fn parse_many(documents: Vec<(String, Vec<u8>)>) -> Vec<StoredSegment> {
-        const PARALLEL_THRESHOLD_BYTES: usize = 8 << 20;
-        let bytes: usize = documents.iter().map(|(_, d)| d.len()).sum();
+    /// Parse many raw segments, on all cores when there is enough to gain.
+    pub fn parse_many(raw: Vec<RawSegment>) -> Vec<StoredSegment> {
+        const PARALLEL_THRESHOLD_BYTES: u64 = 8 << 20;
+        let bytes: u64 = raw.iter().map(|r| r.size_bytes).sum();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if threads == 1 || bytes < PARALLEL_THRESHOLD_BYTES {
-            return documents
-                .iter()
-                .map(|(name, document)| StoredSegment::parse(name.clone(), document))
-                .collect();
+            return raw.into_iter().map(RawSegment::parse).collect();
         }
-        let chunk = documents.len().div_ceil(threads);
+        let chunk = raw.len().div_ceil(threads);
+        let mut parts: Vec<Vec<RawSegment>> = Vec::new();
+        let mut raw = raw.into_iter().peekable();
+        while raw.peek().is_some() {
+            parts.push(raw.by_ref().take(chunk).collect());
+        }
         std::thread::scope(|scope| {
-            let workers: Vec<_> = documents
-                .chunks(chunk)
+            let workers: Vec<_> = parts
+                .into_iter()
                 .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(name, document)| StoredSegment::parse(name.clone(), document))
-                            .collect::<Vec<_>>()
-                    })
+                    scope.spawn(move || part.into_iter().map(RawSegment::parse).collect::<Vec<_>>())
                 })
                 .collect();
             workers
@@ -71,7 +123,7 @@ impl StoredSegment {
     }
 }
 
-/// The stored JSON of a segment: compact, fields in declaration order.
+/// A parsed segment's JSON: compact, fields in declaration order.
 pub fn encode_segment(segment: &Segment) -> Vec<u8> {
     // Serializing plain structs with string keys cannot fail.
     serde_json::to_vec(segment).expect("segment serializes to JSON")
@@ -80,54 +132,52 @@ pub fn encode_segment(segment: &Segment) -> Vec<u8> {
 /// Where segments live. Object safe, so the writer and tools can hold
 /// `Arc<dyn SegmentStore>` chosen at run time.
 pub trait SegmentStore: Send + Sync + 'static {
-    /// Create or replace the segment named after its writer and first sequence,
-    /// in one write. Sealed segments are made durable (fsync, or an immutable
-    /// ConfigMap) before this returns.
-    fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>>;
+    /// Create or replace one segment object, in one write. Sealed segments are
+    /// made durable (fsync) or immutable before this returns.
+    fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// Every segment in the store (all writers), sorted by name.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>>;
+    /// Every segment document in the store (all writers), sorted by name.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, Error>>;
 
-    /// The writer's segment with the highest first sequence, if any.
-    fn latest<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>>;
+    /// Names of the writer's segments, sorted (which is sequence order). Cheap:
+    /// no document is read.
+    fn names<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>>;
+
+    /// One segment document by name, if it exists.
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<RawSegment>, Error>>;
 
     /// Remove a segment by name (used by retention after the sink has it).
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// How the writer should encode and pace writes to this store.
+    fn profile(&self) -> StoreProfile;
 
     /// Where the store is, for logs and reports.
     fn describe(&self) -> String;
 }
 
-/// Verify segments read from stores: unreadable ones become
-/// [`ProblemKind::Malformed`](policybind_engine::audit::ProblemKind::Malformed)
-/// problems, the rest go to the engine's verifier. Consumes the listing so a large
-/// trail is not copied.
+/// Verify segments read from stores, straight from their JSON, on all cores.
+/// Unreadable documents become
+/// [`Malformed`](policybind_engine::audit::ProblemKind::Malformed) problems.
 pub fn verify_stored(
-    segments: Vec<StoredSegment>,
+    segments: Vec<RawSegment>,
     options: &policybind_engine::audit::VerifyOptions,
 ) -> policybind_engine::audit::VerifyReport {
-    use policybind_engine::audit::{Problem, ProblemKind, verify_segments};
-    let mut named = Vec::with_capacity(segments.len());
-    let mut malformed = Vec::new();
-    for stored in segments {
-        match stored.content {
-            Ok(segment) => named.push(NamedSegment {
-                name: stored.name,
-                segment,
-            }),
-            Err(message) => malformed.push(Problem {
-                kind: ProblemKind::Malformed,
-                writer: String::new(),
-                segment: Some(stored.name),
-                seq: None,
-                message: format!("segment cannot be parsed: {message}"),
-            }),
-        }
-    }
-    let mut report = verify_segments(&named, options);
-    // Unreadable segments come first: they may hide the records a writer's chain
-    // reports as missing.
-    malformed.append(&mut report.problems);
-    report.problems = malformed;
-    report
+    let segments: Vec<std::sync::Mutex<Option<RawSegment>>> = segments
+        .into_iter()
+        .map(|s| std::sync::Mutex::new(Some(s)))
+        .collect();
+    policybind_engine::audit::verify_documents(
+        segments.len(),
+        |i| {
+            // Taken out, so each document is freed once checked.
+            let raw = segments[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("each document is fetched once");
+            (raw.name, raw.json)
+        },
+        options,
+    )
 }

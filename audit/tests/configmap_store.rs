@@ -10,7 +10,7 @@ use kube::client::Body;
 use policybind_audit::naming::{segment_name, writer_key};
 use policybind_audit::{AuditConfig, AuditWriter, ConfigMapStore, SegmentStore};
 use policybind_crds::Effect;
-use policybind_crds::wire::{field_managers::AUDIT as FIELD_MANAGER, keys::SEGMENT as DATA_KEY};
+use policybind_crds::wire::{field_managers::AUDIT as FIELD_MANAGER, keys::SEGMENT_GZ};
 use policybind_engine::audit::{
     AuditEvent, AuditSigningKey, Chain, Hash256, NamedSegment, RecordTime, Segment, VerifyOptions,
     verify_segments,
@@ -25,6 +25,14 @@ const WRITER: &str = "sidecar/team-a/pod-1";
 
 fn key() -> AuditSigningKey {
     AuditSigningKey::from_seed(&[8; 32])
+}
+
+fn keyring() -> policybind_engine::audit::Keyring {
+    policybind_engine::audit::Keyring::single(
+        key().verifying_key(),
+        vec!["sidecar/team-a/*".into()],
+    )
+    .unwrap()
 }
 
 fn mocked() -> (kube::Client, ApiServerHandle) {
@@ -79,6 +87,19 @@ fn sealed_segment(first_seq: u64, count: u64) -> Segment {
     segment
 }
 
+/// The segment a ConfigMap body (as JSON) holds: gzip under `binaryData`.
+fn segment_in(config_map: &Value) -> Segment {
+    use base64::Engine;
+    let encoded = config_map["binaryData"][SEGMENT_GZ]
+        .as_str()
+        .expect("binaryData");
+    let gzip = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    let json = policybind_audit::encoding::gunzip(&gzip).unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
 fn config_map_json(segment: &Segment) -> Value {
     serde_json::to_value(ConfigMapStore::config_map_for(segment)).unwrap()
 }
@@ -96,6 +117,14 @@ async fn sealed_segment_is_one_server_side_apply_of_an_immutable_labelled_config
     let segment = sealed_segment(1, 3);
     let name = segment_name(WRITER, 1);
     let expected = segment.clone();
+    let object = policybind_audit::SegmentObject {
+        name: name.clone(),
+        writer: WRITER.into(),
+        sealed: true,
+        body: policybind_audit::encoding::gzip_member(&policybind_audit::store::encode_segment(
+            &segment,
+        )),
+    };
     let server = tokio::spawn(async move {
         let (method, uri, content_type, body, respond) = next_request(&mut handle).await;
         assert_eq!(method, Method::PATCH);
@@ -113,13 +142,12 @@ async fn sealed_segment_is_one_server_side_apply_of_an_immutable_labelled_config
             json!({ "policybind.io/audit-segment": writer_key(WRITER) })
         );
         assert_eq!(body["immutable"], true);
-        let stored: Segment =
-            serde_json::from_str(body["data"][DATA_KEY].as_str().unwrap()).unwrap();
-        assert_eq!(stored, expected);
+        assert!(body.get("data").is_none(), "{body}");
+        assert_eq!(segment_in(&body), expected);
         respond_json(respond, StatusCode::OK, &body);
         handle
     });
-    store.put(&segment).await.unwrap();
+    store.put(&object).await.unwrap();
     let mut handle = server.await.unwrap();
     // Exactly one request.
     assert_no_more_requests(&mut handle).await;
@@ -138,7 +166,12 @@ async fn extra_labels_of_the_caller_go_on_every_segment_but_never_replace_the_se
         ]
         .into(),
     );
-    let segment = sealed_segment(1, 3);
+    let object = policybind_audit::SegmentObject {
+        name: segment_name(WRITER, 1),
+        writer: WRITER.into(),
+        sealed: true,
+        body: policybind_audit::encoding::gzip_member(b"{}"),
+    };
     let server = tokio::spawn(async move {
         let (_, _, _, body, respond) = next_request(&mut handle).await;
         let body: Value = serde_json::from_slice(&body).unwrap();
@@ -148,24 +181,46 @@ async fn extra_labels_of_the_caller_go_on_every_segment_but_never_replace_the_se
         );
         respond_json(respond, StatusCode::OK, &body);
     });
-    store.put(&segment).await.unwrap();
+    store.put(&object).await.unwrap();
     server.await.unwrap();
 }
 
 #[tokio::test]
-async fn open_segment_is_applied_without_immutable() {
+async fn open_segment_is_applied_without_immutable_and_labelled_with_its_pod() {
     let (client, mut handle) = mocked();
-    let store = ConfigMapStore::new(client, NAMESPACE);
-    let mut segment = sealed_segment(1, 2);
-    segment.refresh_header();
+    let store = ConfigMapStore::new(client, NAMESPACE).with_pod("pod-1");
+    let object = policybind_audit::SegmentObject {
+        name: segment_name(WRITER, 1),
+        writer: WRITER.into(),
+        sealed: false,
+        body: policybind_audit::encoding::gzip_member(b"{}"),
+    };
     let server = tokio::spawn(async move {
         let (_, _, _, body, respond) = next_request(&mut handle).await;
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert!(body.get("immutable").is_none(), "{body}");
+        assert_eq!(body["metadata"]["labels"]["policybind.io/pod"], "pod-1");
         respond_json(respond, StatusCode::OK, &body);
     });
-    store.put(&segment).await.unwrap();
+    store.put(&object).await.unwrap();
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn segments_of_earlier_versions_in_plain_data_are_still_read() {
+    let segment = sealed_segment(1, 2);
+    let mut config_map = ConfigMapStore::config_map_for(&segment);
+    config_map.binary_data = None;
+    config_map.data = Some(
+        [(
+            policybind_crds::wire::keys::SEGMENT.to_string(),
+            String::from_utf8(policybind_audit::store::encode_segment(&segment)).unwrap(),
+        )]
+        .into(),
+    );
+    let (_, json) = ConfigMapStore::document_of(&config_map);
+    let parsed: Segment = serde_json::from_slice(&json.unwrap()).unwrap();
+    assert_eq!(parsed, segment);
 }
 
 #[tokio::test]
@@ -205,7 +260,7 @@ async fn list_selects_by_label_pages_with_continue_tokens_and_sorts_by_name() {
         listed.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         [segment_name(WRITER, 1), segment_name(WRITER, 3)]
     );
-    assert_eq!(listed[0].content.as_ref().unwrap(), &first);
+    assert_eq!(listed[0].clone().parse().content.unwrap(), first);
 }
 
 #[tokio::test]
@@ -242,20 +297,22 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
     let name = segment_name(WRITER, 1);
 
     let server = tokio::spawn(async move {
-        // Start: find the writer's latest segment, by its label value.
+        // Start: the names of the writer's segments, by its label value,
+        // metadata only.
         let (method, uri, _, _, respond) = next_request(&mut handle).await;
         assert_eq!(method, Method::GET);
         assert_eq!(
             uri,
             format!(
-                "/api/v1/namespaces/{NAMESPACE}/configmaps?&labelSelector=policybind.io%2Faudit-segment%3D{}&limit=20",
+                "/api/v1/namespaces/{NAMESPACE}/configmaps?&labelSelector=policybind.io%2Faudit-segment%3D{}&limit=500",
                 writer_key(WRITER)
             )
         );
         respond_json(
             respond,
             StatusCode::OK,
-            &json!({ "apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [] }),
+            &json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                     "metadata": {}, "items": [] }),
         );
 
         // First batch: the API server is away.
@@ -285,9 +342,7 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
         );
         let failed: Value = serde_json::from_slice(&failed_body).unwrap();
         let retried: Value = serde_json::from_slice(&body).unwrap();
-        let records = |v: &Value| -> Segment {
-            serde_json::from_str(v["data"][DATA_KEY].as_str().unwrap()).unwrap()
-        };
+        let records = |v: &Value| -> Segment { segment_in(v) };
         assert!(records(&retried).records.len() >= records(&failed).records.len());
         assert!(retried.get("immutable").is_none());
         let mut last_write = tokio::time::Instant::now();
@@ -340,9 +395,9 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
             segment: sealed,
         }],
         &VerifyOptions {
-            trusted_keys: vec![key().verifying_key()],
+            keyring: Some(keyring()),
             require_genesis: true,
-            anchors: vec![],
+            ..VerifyOptions::default()
         },
     );
     assert!(verified.is_ok(), "{:?}", verified.problems);
@@ -433,7 +488,7 @@ async fn retention_exports_then_deletes_the_oldest_config_maps_in_sequence_order
     let report = policybind_audit::enforce_retention(
         &store,
         &sink,
-        &policybind_audit::RetentionPolicy { max_bytes: 0 },
+        &policybind_audit::RetentionPolicy::new(0),
     )
     .await
     .unwrap();
@@ -447,16 +502,17 @@ async fn retention_exports_then_deletes_the_oldest_config_maps_in_sequence_order
         .await
         .unwrap();
     assert_eq!(exported.len(), 2);
-    exported.push(policybind_audit::StoredSegment::parse(
-        "kept",
-        &policybind_audit::store::encode_segment(&segments[2]),
-    ));
+    exported.push(policybind_audit::RawSegment {
+        name: "kept".into(),
+        size_bytes: 0,
+        json: Ok(policybind_audit::store::encode_segment(&segments[2])),
+    });
     let verified = policybind_audit::verify_stored(
         exported,
         &VerifyOptions {
-            trusted_keys: vec![key().verifying_key()],
+            keyring: Some(keyring()),
             require_genesis: true,
-            anchors: vec![],
+            ..VerifyOptions::default()
         },
     );
     assert!(verified.is_ok(), "{:?}", verified.problems);

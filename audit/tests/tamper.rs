@@ -8,15 +8,23 @@ use std::time::Duration;
 use policybind_audit::{AuditConfig, AuditWriter, DirectoryStore, SegmentStore, verify_stored};
 use policybind_crds::Effect;
 use policybind_engine::audit::{
-    Anchor, AuditEvent, AuditSigningKey, Chain, CostUsd, ProblemKind, Segment, Usage,
+    Anchor, AuditEvent, AuditSigningKey, Chain, CostUsd, Keyring, ProblemKind, Segment, Usage,
     VerifyOptions, VerifyReport,
 };
 use serde_json::Value;
 
 const WRITER: &str = "sidecar/team-a/pod-1";
 
+/// Segments of a few records each, so a short trail has several.
+const SMALL_SEGMENT_BYTES: usize = 12 * 1024;
+
 fn key() -> AuditSigningKey {
     AuditSigningKey::from_seed(&[3; 32])
+}
+
+/// The writer's key, bound to the writers of its namespace only.
+fn keyring() -> Keyring {
+    Keyring::single(key().verifying_key(), vec!["sidecar/team-a/*".into()]).unwrap()
 }
 
 fn event(i: u64) -> AuditEvent {
@@ -51,7 +59,7 @@ async fn written_trail(records: u64) -> (tempfile::TempDir, Anchor) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
     let mut config = AuditConfig::new(WRITER, key());
-    config.max_segment_bytes = 4 * 1024;
+    config.max_segment_bytes = SMALL_SEGMENT_BYTES;
     config.flush_interval = Duration::from_millis(10);
     let writer = AuditWriter::start(config, store).await.unwrap();
     for i in 1..=records {
@@ -91,9 +99,10 @@ fn first_seq(path: &Path) -> u64 {
 async fn verify(dir: &Path, anchor: &Anchor) -> VerifyReport {
     let store = DirectoryStore::open(dir).unwrap();
     let options = VerifyOptions {
-        trusted_keys: vec![key().verifying_key()],
+        keyring: Some(keyring()),
         require_genesis: true,
         anchors: vec![anchor.clone()],
+        ..VerifyOptions::default()
     };
     verify_stored(store.list().await.unwrap(), &options)
 }
@@ -315,4 +324,524 @@ async fn restarted_writer_continues_the_chain_and_the_trail_still_verifies() {
     let verified = verify(dir.path(), &anchor).await;
     assert!(verified.is_ok(), "{:?}", verified.problems);
     assert_eq!(verified.total_records(), 21);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile cases: what someone who can write segments (or flood a writer) can
+// and cannot do. Each asserts a row of the threat-model table in docs/audit.md.
+// ---------------------------------------------------------------------------
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use policybind_audit::naming::segment_name;
+use policybind_audit::{
+    DirectorySink, Error, RawSegment, RetentionPolicy, SegmentObject, StoreProfile,
+    enforce_retention,
+};
+use policybind_engine::audit::{AuditRecord, TreeFrontier};
+
+fn options_with(keyring: Keyring, allow_open_tail: bool) -> VerifyOptions {
+    VerifyOptions {
+        keyring: Some(keyring),
+        allow_open_tail,
+        ..VerifyOptions::default()
+    }
+}
+
+async fn verify_with(dir: &Path, options: &VerifyOptions) -> VerifyReport {
+    verify_stored(
+        DirectoryStore::open(dir).unwrap().list().await.unwrap(),
+        options,
+    )
+}
+
+async fn all_records(dir: &Path) -> Vec<(String, AuditRecord)> {
+    let mut out = Vec::new();
+    for raw in DirectoryStore::open(dir).unwrap().list().await.unwrap() {
+        let stored = raw.parse();
+        if let Ok(segment) = stored.content {
+            out.extend(
+                segment
+                    .records
+                    .into_iter()
+                    .map(|r| (stored.name.clone(), r)),
+            );
+        }
+    }
+    out
+}
+
+/// What a keyless attacker can build: a segment continuing the writer's newest
+/// sealed segment, records hashed and chained correctly, but not signed.
+fn planted_after(dir: &Path, writer: &str, count: u64) -> Segment {
+    let last: Segment =
+        serde_json::from_slice(&std::fs::read(files(dir).last().unwrap()).unwrap()).unwrap();
+    let mut tree: TreeFrontier = last.frontier_before().unwrap().unwrap();
+    for record in &last.records {
+        tree.push_record(&record.hash);
+    }
+    let mut chain = Chain::resume(writer, last.header.last_seq, last.header.last_hash);
+    let records = (0..count)
+        .map(|i| chain.append(event(900 + i).subject("planted"), RecordTimeNow::now()))
+        .collect();
+    Segment::open_in_tree(last.header.last_hash, &tree, records)
+}
+
+struct RecordTimeNow;
+impl RecordTimeNow {
+    fn now() -> policybind_engine::audit::RecordTime {
+        policybind_engine::audit::RecordTime::new(chrono::Utc::now())
+    }
+}
+
+#[tokio::test]
+async fn keyless_forgery_of_an_open_segment_is_refused_even_when_open_tails_are_accepted() {
+    let (dir, _) = written_trail(30).await;
+    // A forger without the key adds an open segment after the last sealed one.
+    let planted = planted_after(dir.path(), WRITER, 3);
+    let path = dir
+        .path()
+        .join(format!("{}.json", segment_name(WRITER, 31)));
+    std::fs::write(&path, serde_json::to_vec(&planted).unwrap()).unwrap();
+    for allow in [false, true] {
+        let report = verify_with(dir.path(), &options_with(keyring(), allow)).await;
+        let problem = report.first_problem().expect("forgery detected");
+        assert_eq!(problem.kind, ProblemKind::BadSignature, "{problem}");
+        assert_eq!(problem.segment.as_deref(), Some(path.to_str().unwrap()));
+        // The real chain is unaffected.
+        assert_eq!(report.writers[0].last_seq, 30);
+        assert!(report.writers[0].unproven.is_none());
+    }
+    // An old-format (unsigned by design) open segment for an invented writer is
+    // never proven: it fails by default and is listed when accepted.
+    let mut ghost_chain = Chain::new("sidecar/team-a/ghost");
+    let ghost = Segment::open(
+        policybind_engine::audit::Hash256::ZERO,
+        vec![ghost_chain.append(event(1), RecordTimeNow::now())],
+    );
+    std::fs::write(
+        dir.path()
+            .join(format!("{}.json", segment_name("sidecar/team-a/ghost", 1))),
+        serde_json::to_vec(&ghost).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let report = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    let problem = report.first_problem().unwrap();
+    assert_eq!(
+        (problem.kind, problem.writer.as_str()),
+        (ProblemKind::Unproven, "sidecar/team-a/ghost")
+    );
+    let report = verify_with(dir.path(), &options_with(keyring(), true)).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let ghost = report
+        .writers
+        .iter()
+        .find(|w| w.writer == "sidecar/team-a/ghost")
+        .unwrap();
+    let tail = ghost.unproven.as_ref().unwrap();
+    assert_eq!(
+        (
+            tail.first_seq,
+            tail.last_seq,
+            tail.flush_signed_by.as_deref()
+        ),
+        (1, 1, None)
+    );
+}
+
+#[tokio::test]
+async fn a_segment_planted_before_a_restart_is_refused_kept_and_recorded_never_signed() {
+    let (dir, _) = written_trail(20).await;
+    let planted = planted_after(dir.path(), WRITER, 4);
+    let planted_path = dir
+        .path()
+        .join(format!("{}.json", segment_name(WRITER, 21)));
+    let planted_bytes = serde_json::to_vec(&planted).unwrap();
+    std::fs::write(&planted_path, &planted_bytes).unwrap();
+
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    let writer = AuditWriter::start(AuditConfig::new(WRITER, key()), store)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        writer.append(event(100 + i)).unwrap();
+    }
+    writer.shutdown().await.unwrap();
+
+    // The planted segment is still there, untouched: evidence.
+    assert_eq!(std::fs::read(&planted_path).unwrap(), planted_bytes);
+    let records = all_records(dir.path()).await;
+    let planted_name = planted_path.to_str().unwrap();
+    // Not one planted record is in a segment the writer signed.
+    assert!(
+        records
+            .iter()
+            .filter(|(_, r)| r.subject.as_deref() == Some("planted"))
+            .all(|(segment, _)| segment == planted_name)
+    );
+    // The writer recorded what it refused, and continued after seq 20.
+    let refused = records
+        .iter()
+        .map(|(_, r)| r)
+        .find(|r| r.detail.get("transition").map(String::as_str) == Some("segment-refused"))
+        .expect("a segment-refused record");
+    assert_eq!(refused.seq, 21);
+    assert!(refused.detail["segment"].ends_with(&segment_name(WRITER, 21)));
+    assert_eq!(refused.detail["claimed_first_seq"], "21");
+    assert_eq!(refused.detail["claimed_last_seq"], "24");
+    // Verification sets the planted segment aside and proves the real chain.
+    let report = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].kind, ProblemKind::BadSignature);
+    assert_eq!(report.problems[0].segment.as_deref(), Some(planted_name));
+    assert_eq!(report.writers[0].last_seq, 26);
+    assert_eq!(report.writers[0].records, 26);
+}
+
+#[tokio::test]
+async fn a_segment_signed_with_another_writers_key_is_an_untrusted_key() {
+    let (dir, _) = written_trail(20).await;
+    // team-b's key, which the keyring binds to team-b's writers only.
+    let team_b = AuditSigningKey::from_seed(&[77; 32]);
+    let keyring = keyring()
+        .merge(Keyring::single(team_b.verifying_key(), vec!["sidecar/team-b/*".into()]).unwrap());
+    let mut forged = planted_after(dir.path(), WRITER, 3);
+    forged.seal(RecordTimeNow::now(), &team_b);
+    let path = dir
+        .path()
+        .join(format!("{}.json", segment_name(WRITER, 21)));
+    std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let report = verify_with(dir.path(), &options_with(keyring, false)).await;
+    let problem = report.first_problem().unwrap();
+    assert_eq!(problem.kind, ProblemKind::UntrustedKey, "{problem}");
+    assert!(problem.message.contains("not bound to writer"), "{problem}");
+    assert_eq!(report.writers[0].last_seq, 20);
+}
+
+#[tokio::test]
+async fn the_poison_record_is_recorded_sanitized_and_the_trail_keeps_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    let writer = AuditWriter::start(AuditConfig::new(WRITER, key()), store)
+        .await
+        .unwrap();
+    // About 250k control characters: 1.5 MB once JSON escapes them.
+    let poison = "\u{1}".repeat(250_000);
+    let receipt = writer
+        .append(event(1).model(poison.clone()).request_id(poison.clone()))
+        .unwrap();
+    // Free text is not an identifier, but its exact stored size is checked.
+    let refused = writer
+        .append(event(2).redacted_prompt(poison.clone()))
+        .unwrap_err();
+    assert!(
+        matches!(refused, policybind_audit::AppendError::RecordTooLarge { bytes, .. } if bytes > 1_000_000)
+    );
+    for i in 3..=50 {
+        writer.append(event(i)).unwrap();
+    }
+    writer.shutdown().await.unwrap();
+    let stats = writer.stats();
+    assert_eq!(stats.sanitized_fields, 2);
+    assert_eq!(stats.refused_too_large, 1);
+    let records = all_records(dir.path()).await;
+    let poisoned = &records
+        .iter()
+        .find(|(_, r)| r.seq == receipt.seq)
+        .unwrap()
+        .1;
+    assert!(poisoned.model.as_deref().unwrap().starts_with("invalid:"));
+    assert_eq!(poisoned.detail["invalid_fields"], "request_id,model");
+    for file in files(dir.path()) {
+        assert!(std::fs::metadata(&file).unwrap().len() < 900 * 1024);
+    }
+    let report = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// A directory store that refuses like an API server: bodies over `limit` with
+/// 413, names in `squatted` (or, with `squat_prefix`, starting with one) with
+/// 422 (an immutable object already there).
+struct Refusing {
+    inner: DirectoryStore,
+    limit: usize,
+    squatted: Vec<String>,
+    squat_prefix: bool,
+    refusals: std::sync::atomic::AtomicU64,
+}
+
+fn api_error(code: u16, message: &str) -> Error {
+    Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+        code,
+        message: message.into(),
+        ..kube::core::Status::default()
+    })))
+}
+
+impl policybind_audit::SegmentStore for Refusing {
+    fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            let refusal = if object.body.len() > self.limit {
+                Some(api_error(413, "Request entity too large: limit is 1048576"))
+            } else if self.squatted.iter().any(|squatted| {
+                *squatted == object.name || (self.squat_prefix && object.name.starts_with(squatted))
+            }) {
+                Some(api_error(422, "field is immutable when `immutable` is set"))
+            } else {
+                None
+            };
+            if let Some(error) = refusal {
+                self.refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Err(error);
+            }
+            self.inner.put(object).await
+        }
+        .boxed()
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, Error>> {
+        self.inner.list()
+    }
+    fn names<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
+        self.inner.names(writer)
+    }
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<RawSegment>, Error>> {
+        self.inner.get(name)
+    }
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.delete(name)
+    }
+    fn profile(&self) -> StoreProfile {
+        self.inner.profile()
+    }
+    fn describe(&self) -> String {
+        "refusing".into()
+    }
+}
+
+#[tokio::test]
+async fn segments_the_store_refuses_are_split_or_renamed_never_retried_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    // The store accepts less than the writer was told it could write.
+    let store = Arc::new(Refusing {
+        inner: DirectoryStore::open(dir.path()).unwrap(),
+        limit: 16 * 1024,
+        // Exactly the plain name of the first segment: its first rename works.
+        squatted: vec![segment_name(WRITER, 1)],
+        squat_prefix: false,
+        refusals: Default::default(),
+    });
+    let mut config = AuditConfig::new(WRITER, key());
+    config.max_segment_bytes = 64 * 1024;
+    config.flush_interval = Duration::from_millis(10);
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    for i in 1..=300 {
+        writer.append(event(i)).unwrap();
+    }
+    let report = writer.shutdown().await.unwrap();
+    assert_eq!(report.persisted_seq, report.last_seq);
+    let stats = writer.stats();
+    assert!(stats.segments_split > 0, "{stats:?}");
+    assert!(stats.segments_renamed > 0, "{stats:?}");
+    assert_eq!(stats.segments_quarantined, 0);
+    // The squatted name was never overwritten, and nothing written exceeds the
+    // store's limit.
+    assert!(
+        !dir.path()
+            .join(format!("{}.json", segment_name(WRITER, 1)))
+            .exists()
+    );
+    for file in files(dir.path()) {
+        assert!(std::fs::metadata(&file).unwrap().len() <= 16 * 1024);
+    }
+    let records: Vec<AuditRecord> = all_records(dir.path())
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let transitions: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.detail.get("transition").map(String::as_str))
+        .collect();
+    assert!(transitions.contains(&"segment-split"), "{transitions:?}");
+    assert!(transitions.contains(&"segment-renamed"), "{transitions:?}");
+    let verified = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.total_records(), report.last_seq);
+}
+
+#[tokio::test]
+async fn a_segment_refused_under_every_name_is_quarantined_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every name the writer could give its first segment is refused.
+    let store = Arc::new(Refusing {
+        inner: DirectoryStore::open(dir.path()).unwrap(),
+        limit: usize::MAX,
+        squatted: vec![segment_name(WRITER, 1)],
+        squat_prefix: true,
+        refusals: Default::default(),
+    });
+    let mut config = AuditConfig::new(WRITER, key());
+    config.flush_interval = Duration::from_millis(10);
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    for i in 1..=10 {
+        writer.append(event(i)).unwrap();
+    }
+    let report = writer.shutdown().await.unwrap();
+    assert_eq!(writer.stats().segments_quarantined, 1);
+    assert!(
+        store.refusals.load(std::sync::atomic::Ordering::SeqCst) <= 4,
+        "retried too often"
+    );
+    // The trail records the gap: seq 1..=n went to the log, not the store.
+    let records: Vec<AuditRecord> = all_records(dir.path())
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let quarantined = records
+        .iter()
+        .find(|r| r.detail.get("transition").map(String::as_str) == Some("segment-quarantined"))
+        .expect("a segment-quarantined record");
+    assert_eq!(quarantined.detail["first_seq"], "1");
+    // The store's trail starts after the gap; only the genesis check sees it.
+    let verified = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert!(verified.writers[0].anchored_at.is_some());
+    let options = VerifyOptions {
+        require_genesis: true,
+        ..options_with(keyring(), false)
+    };
+    let problem = verify_with(dir.path(), &options)
+        .await
+        .first_problem()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Missing, Some(1)),
+        "{problem}"
+    );
+    assert!(report.last_seq > 10);
+}
+
+#[tokio::test]
+async fn an_unauthenticated_flood_becomes_counters_and_one_summary_while_decisions_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    let mut config = AuditConfig::new(WRITER, key());
+    // A small queue: one record per rejection would overflow it at once.
+    config.queue_capacity_bytes = 900 * 1024;
+    let writer = AuditWriter::start(config, store).await.unwrap();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for i in 0..25_000 {
+                    writer.count_rejection(if i % 5 == 0 {
+                        "unknown-token"
+                    } else {
+                        "missing-token"
+                    });
+                }
+            })
+        })
+        .collect();
+    for i in 1..=200 {
+        writer
+            .append(event(i))
+            .expect("valid decisions are never refused by the flood");
+    }
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    writer.shutdown().await.unwrap();
+    let stats = writer.stats();
+    assert_eq!(stats.rejections, 100_000);
+    assert_eq!(stats.refused_queue_full, 0);
+    let records: Vec<AuditRecord> = all_records(dir.path())
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let summaries: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|r| r.detail.get("transition").map(String::as_str) == Some("rejections-summary"))
+        .collect();
+    assert!(!summaries.is_empty());
+    let count = |kind: &str| -> u64 {
+        summaries
+            .iter()
+            .filter_map(|r| r.detail.get(&format!("count.{kind}")))
+            .map(|c| c.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (count("missing-token"), count("unknown-token")),
+        (80_000, 20_000)
+    );
+    assert!(records.len() < 210, "{} records", records.len());
+    let verified = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+}
+
+#[tokio::test]
+async fn sixty_mib_of_planted_segments_before_retention_push_out_no_real_segment() {
+    let (dir, _) = written_trail(200).await;
+    let real: Vec<PathBuf> = files(dir.path());
+    let real_bytes: u64 = real
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    // 60 MiB of junk named like segments of this writer: unreadable JSON, and
+    // well-formed segments not signed by any key of the keyring.
+    let mut forged = planted_after(dir.path(), WRITER, 2_000);
+    forged.seal(RecordTimeNow::now(), &AuditSigningKey::from_seed(&[66; 32]));
+    let forged_json = serde_json::to_vec(&forged).unwrap();
+    let junk = vec![b'x'; 1 << 20];
+    for i in 0..60 {
+        let name = format!("{}-junk{i:02}.json", segment_name(WRITER, 1_000_000 + i));
+        std::fs::write(dir.path().join(name), &junk).unwrap();
+    }
+
+    let mut forged_bytes = 0;
+    for i in 0..2 {
+        let name = format!(
+            "{}-f{i}.json",
+            segment_name(WRITER, forged.header.first_seq)
+        );
+        std::fs::write(dir.path().join(name), &forged_json).unwrap();
+        forged_bytes += forged_json.len();
+    }
+    assert!(forged_bytes > 0);
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = DirectorySink::new(sink_dir.path()).unwrap();
+    // The budget holds every real segment, nothing more.
+    let policy = RetentionPolicy::new(real_bytes).with_keyring(keyring());
+    let store = DirectoryStore::open(dir.path()).unwrap();
+    let report = enforce_retention(&store, &sink, &policy).await.unwrap();
+    assert!(
+        report.removed.is_empty(),
+        "real segments removed: {:?}",
+        report.removed
+    );
+    assert_eq!(report.quarantined.len(), 62);
+    assert!(report.quarantined_bytes >= 60 << 20);
+    let untrusted = report
+        .quarantined
+        .iter()
+        .filter(|(_, reason)| reason.starts_with("untrusted-key"))
+        .count();
+    assert_eq!(untrusted, 2, "{:?}", report.quarantined);
+    assert!(report.quarantine_deleted);
+    // Every real segment is still there; the junk is in the sink's quarantine.
+    assert_eq!(files(dir.path()), real);
+    let quarantine = std::fs::read_dir(sink_dir.path().join("quarantine"))
+        .unwrap()
+        .count();
+    assert!(quarantine >= 60, "{quarantine}");
+    let verified = verify_with(dir.path(), &options_with(keyring(), false)).await;
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.total_records(), 200);
 }

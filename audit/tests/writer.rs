@@ -7,11 +7,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use policybind_audit::{
-    AppendError, AuditConfig, AuditWriter, DirectorySink, DirectoryStore, Error, RetentionPolicy,
-    SegmentStore, StoredSegment, enforce_retention, verify_stored,
+    AppendError, AuditConfig, AuditWriter, DirectorySink, DirectoryStore, Error, RawSegment,
+    RetentionPolicy, SegmentObject, SegmentStore, StoreProfile, enforce_retention, verify_stored,
 };
 use policybind_crds::Effect;
-use policybind_engine::audit::{AuditEvent, AuditSigningKey, RecordKind, Segment, VerifyOptions};
+use policybind_engine::audit::{AuditEvent, AuditSigningKey, Keyring, RecordKind, VerifyOptions};
 
 const WRITER: &str = "standalone/host-1";
 
@@ -21,10 +21,20 @@ fn key() -> AuditSigningKey {
 
 fn options(require_genesis: bool) -> VerifyOptions {
     VerifyOptions {
-        trusted_keys: vec![key().verifying_key()],
+        keyring: Some(Keyring::single(key().verifying_key(), vec!["**".into()]).unwrap()),
         require_genesis,
-        anchors: Vec::new(),
+        ..VerifyOptions::default()
     }
+}
+
+/// Segments of a few records each.
+const SMALL_SEGMENT_BYTES: usize = 12 * 1024;
+
+fn records_of(segments: &[RawSegment]) -> Vec<policybind_engine::audit::AuditRecord> {
+    segments
+        .iter()
+        .flat_map(|s| s.clone().parse().content.unwrap().records)
+        .collect()
 }
 
 fn event(i: u64) -> AuditEvent {
@@ -52,21 +62,27 @@ impl Flaky {
 }
 
 impl SegmentStore for Flaky {
-    fn put<'a>(&'a self, segment: &'a Segment) -> BoxFuture<'a, Result<(), Error>> {
+    fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             self.check()?;
-            self.inner.put(segment).await
+            self.inner.put(object).await
         }
         .boxed()
     }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, Error>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, Error>> {
         self.inner.list()
     }
-    fn latest<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Option<Segment>, Error>> {
-        self.inner.latest(writer)
+    fn names<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
+        self.inner.names(writer)
+    }
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<RawSegment>, Error>> {
+        self.inner.get(name)
     }
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         self.inner.delete(name)
+    }
+    fn profile(&self) -> StoreProfile {
+        self.inner.profile()
     }
     fn describe(&self) -> String {
         "flaky".into()
@@ -81,27 +97,49 @@ async fn full_queue_refuses_appends_with_audit_unavailable_and_recovers_when_the
         failing: AtomicBool::new(true),
     });
     let mut config = AuditConfig::new(WRITER, key());
-    config.queue_capacity = 10;
+    config.max_segment_bytes = SMALL_SEGMENT_BYTES;
+    config.queue_capacity_bytes = SMALL_SEGMENT_BYTES;
     config.flush_interval = Duration::from_millis(10);
     config.max_retry_backoff = Duration::from_millis(20);
     let writer = AuditWriter::start(config, store.clone()).await.unwrap();
-    for i in 1..=10 {
-        writer.append(event(i)).unwrap();
-    }
-    let refused = writer.append(event(11)).unwrap_err();
-    assert_eq!(refused, AppendError::QueueFull { capacity: 10 });
+    let mut accepted = 0;
+    let refused = loop {
+        match writer.append(event(accepted + 1)) {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+        assert!(accepted < 1_000, "the byte budget never filled");
+    };
+    assert_eq!(
+        refused,
+        AppendError::QueueFull {
+            capacity_bytes: SMALL_SEGMENT_BYTES
+        }
+    );
     assert_eq!(refused.denial_code(), "AUDIT_UNAVAILABLE");
+    assert!(accepted > 10, "only {accepted} records fit in 12 KiB");
+    assert!(writer.stats().queued_bytes <= SMALL_SEGMENT_BYTES as u64);
     assert!(writer.flush().await.is_err());
 
     store.failing.store(false, Ordering::SeqCst);
     writer.flush().await.unwrap();
-    assert_eq!(writer.append(event(11)).unwrap().seq, 11);
+    let next = writer.append(event(accepted + 1)).unwrap();
+    assert_eq!(next.seq, accepted + 1);
     let report = writer.shutdown().await.unwrap();
-    assert_eq!(report.persisted_seq, 11);
-    assert!(writer.stats().store_failures > 0);
-    let verified = verify_stored(store.list().await.unwrap(), &options(true));
+    assert_eq!(report.persisted_seq, report.last_seq);
+    let stats = writer.stats();
+    assert!(stats.store_failures > 0);
+    assert_eq!(stats.refused_queue_full, 1);
+    let segments = store.list().await.unwrap();
+    // The refusal is summarised in the trail when the writer stops.
+    let summary = records_of(&segments)
+        .into_iter()
+        .find(|r| r.detail.get("transition").map(String::as_str) == Some("appends-refused"))
+        .expect("a summary of refused appends");
+    assert_eq!(summary.detail["count.queue_full"], "1");
+    let verified = verify_stored(segments, &options(true));
     assert!(verified.is_ok(), "{:?}", verified.problems);
-    assert_eq!(verified.total_records(), 11);
+    assert_eq!(verified.total_records(), report.last_seq);
 }
 
 #[tokio::test]
@@ -123,7 +161,7 @@ async fn appends_after_shutdown_are_refused_and_nothing_acknowledged_is_lost() {
     assert!(
         segments
             .iter()
-            .all(|s| s.content.as_ref().unwrap().is_sealed())
+            .all(|s| s.clone().parse().content.unwrap().is_sealed())
     );
     let verified = verify_stored(segments, &options(true));
     assert!(verified.is_ok(), "{:?}", verified.problems);
@@ -162,10 +200,7 @@ fn writer_after_a_hard_kill_seals_the_open_segment_and_records_the_recovery() {
         writer.shutdown().await.unwrap();
 
         let segments = store.list().await.unwrap();
-        let records: Vec<_> = segments
-            .iter()
-            .flat_map(|s| s.content.as_ref().unwrap().records.clone())
-            .collect();
+        let records = records_of(&segments);
         let recovery = &records[flushed as usize];
         assert_eq!(recovery.kind, RecordKind::Lifecycle);
         assert_eq!(recovery.detail["transition"], "writer-recovered");
@@ -181,7 +216,7 @@ async fn oversized_record_is_refused_before_it_enters_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
     let mut config = AuditConfig::new(WRITER, key());
-    config.max_segment_bytes = 8 * 1024;
+    config.max_segment_bytes = 16 * 1024;
     let writer = AuditWriter::start(config, store).await.unwrap();
     let huge = event(1).redacted_prompt("x".repeat(10_000));
     assert!(matches!(
@@ -198,7 +233,7 @@ async fn retention_exports_oldest_segments_to_the_sink_then_deletes_and_both_hal
     let sink_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirectoryStore::open(store_dir.path()).unwrap());
     let mut config = AuditConfig::new(WRITER, key());
-    config.max_segment_bytes = 4 * 1024;
+    config.max_segment_bytes = SMALL_SEGMENT_BYTES;
     let writer = AuditWriter::start(config, store.clone()).await.unwrap();
     for i in 1..=200 {
         writer.append(event(i)).unwrap();
@@ -207,15 +242,15 @@ async fn retention_exports_oldest_segments_to_the_sink_then_deletes_and_both_hal
     let before = store.list().await.unwrap();
     assert!(before.len() > 4);
     assert!(
-        before.iter().all(|s| s.size_bytes <= 4 * 1024),
+        before
+            .iter()
+            .all(|s| s.size_bytes <= SMALL_SEGMENT_BYTES as u64),
         "a segment exceeds its limit"
     );
     let total: u64 = before.iter().map(|s| s.size_bytes).sum();
 
     let sink = DirectorySink::new(sink_dir.path()).unwrap();
-    let policy = RetentionPolicy {
-        max_bytes: total / 2,
-    };
+    let policy = RetentionPolicy::new(total / 2);
     let report = enforce_retention(store.as_ref(), &sink, &policy)
         .await
         .unwrap();
@@ -248,7 +283,7 @@ async fn retention_keeps_each_writers_newest_segment_even_over_budget() {
     let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
     for writer_name in ["a", "b"] {
         let mut config = AuditConfig::new(writer_name, key());
-        config.max_segment_bytes = 4 * 1024;
+        config.max_segment_bytes = SMALL_SEGMENT_BYTES;
         let writer = AuditWriter::start(config, store.clone()).await.unwrap();
         for i in 1..=50 {
             writer.append(event(i)).unwrap();
@@ -256,7 +291,7 @@ async fn retention_keeps_each_writers_newest_segment_even_over_budget() {
         writer.shutdown().await.unwrap();
     }
     let sink = DirectorySink::new(sink_dir.path()).unwrap();
-    enforce_retention(store.as_ref(), &sink, &RetentionPolicy { max_bytes: 0 })
+    enforce_retention(store.as_ref(), &sink, &RetentionPolicy::new(0))
         .await
         .unwrap();
     let kept = store.list().await.unwrap();

@@ -20,7 +20,7 @@ fn trail(dir: &Path) -> std::path::PathBuf {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = Arc::new(DirectoryStore::open(&store_dir).unwrap());
         let mut config = AuditConfig::new("standalone/ci-host", key());
-        config.max_segment_bytes = 4 * 1024;
+        config.max_segment_bytes = 12 * 1024;
         let writer = AuditWriter::start(config, store).await.unwrap();
         for i in 1..=40u64 {
             let subject = if i % 2 == 0 { "team-a" } else { "team-b" };
@@ -76,7 +76,16 @@ fn verify_exits_zero_on_an_intact_trail_and_one_with_the_diagnosis_when_tampered
     let key = dir.path().join("verify.pem");
     let (store, key) = (store.to_str().unwrap(), key.to_str().unwrap());
 
-    let ok = policybind(&["audit", "verify", "--dir", store, "--key", key]);
+    let ok = policybind(&[
+        "audit",
+        "verify",
+        "--dir",
+        store,
+        "--key",
+        key,
+        "--key-writers",
+        "**",
+    ]);
     assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
     assert!(
         stdout(&ok).starts_with("OK: 40 record(s)"),
@@ -85,7 +94,16 @@ fn verify_exits_zero_on_an_intact_trail_and_one_with_the_diagnosis_when_tampered
     );
 
     let json = policybind(&[
-        "audit", "verify", "--dir", store, "--key", key, "--format", "json",
+        "audit",
+        "verify",
+        "--dir",
+        store,
+        "--key",
+        key,
+        "--key-writers",
+        "**",
+        "--format",
+        "json",
     ]);
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["result"], "ok");
@@ -95,7 +113,16 @@ fn verify_exits_zero_on_an_intact_trail_and_one_with_the_diagnosis_when_tampered
     let mut segment: Value = serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
     segment["records"].as_array_mut().unwrap().swap(0, 1);
     std::fs::write(&target, serde_json::to_vec(&segment).unwrap()).unwrap();
-    let broken = policybind(&["audit", "verify", "--dir", store, "--key", key]);
+    let broken = policybind(&[
+        "audit",
+        "verify",
+        "--dir",
+        store,
+        "--key",
+        key,
+        "--key-writers",
+        "**",
+    ]);
     assert_eq!(broken.status.code(), Some(1));
     assert!(
         stdout(&broken).starts_with("BROKEN: REORDERED"),
@@ -136,7 +163,9 @@ fn verify_exits_two_when_it_cannot_run() {
             "--dir",
             store,
             "--key",
-            other.to_str().unwrap()
+            other.to_str().unwrap(),
+            "--key-writers",
+            "**"
         ])
         .status
         .code(),
@@ -158,6 +187,8 @@ fn verify_with_another_key_reports_an_untrusted_key() {
         store.to_str().unwrap(),
         "--key",
         other.to_str().unwrap(),
+        "--key-writers",
+        "**",
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -185,6 +216,8 @@ fn exported_slice_verifies_on_its_own_and_a_changed_export_does_not() {
         store,
         "--key",
         key,
+        "--key-writers",
+        "**",
         "--subject",
         "team-a",
         "--output",
@@ -201,7 +234,16 @@ fn exported_slice_verifies_on_its_own_and_a_changed_export_does_not() {
     assert_eq!(records.len(), 20);
     assert!(records.iter().all(|r| r["subject"] == "team-a"));
 
-    let verified = policybind(&["audit", "verify", "--file", export_path, "--key", key]);
+    let verified = policybind(&[
+        "audit",
+        "verify",
+        "--file",
+        export_path,
+        "--key",
+        key,
+        "--key-writers",
+        "**",
+    ]);
     assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
     assert!(
         stdout(&verified).starts_with("OK: 20 record(s)"),
@@ -213,7 +255,16 @@ fn exported_slice_verifies_on_its_own_and_a_changed_export_does_not() {
     changed["records"][3]["effect"] = Value::String("Allow".into());
     changed["records"][3]["model"] = Value::String("gpt-3.5".into());
     std::fs::write(&export, serde_json::to_vec(&changed).unwrap()).unwrap();
-    let broken = policybind(&["audit", "verify", "--file", export_path, "--key", key]);
+    let broken = policybind(&[
+        "audit",
+        "verify",
+        "--file",
+        export_path,
+        "--key",
+        key,
+        "--key-writers",
+        "**",
+    ]);
     assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
 }
 
@@ -229,6 +280,8 @@ fn csv_export_has_a_header_and_one_row_per_record() {
         store.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--key-writers",
+        "**",
         "--format",
         "csv",
         "--model",
@@ -263,6 +316,8 @@ fn json_lines_from_the_stdout_sink_verify() {
         file.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--key-writers",
+        "**",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
 }

@@ -8,7 +8,7 @@ use policybind_compliance::evidence::{Scope, Snapshot, Trail};
 use policybind_compliance::{canonical, catalog, html, report, signing};
 use policybind_crds::Effect;
 use policybind_engine::audit::{
-    AuditEvent, AuditSigningKey, Chain, NamedSegment, RecordTime, Segment, VerifyOptions,
+    AuditEvent, AuditSigningKey, Chain, Keyring, NamedSegment, RecordTime, Segment, VerifyOptions,
 };
 use policybind_engine::manifest::{manifest_files, parse_documents};
 
@@ -80,7 +80,7 @@ fn segments(records: usize, key: &AuditSigningKey) -> Vec<NamedSegment> {
 fn bench(c: &mut Criterion) {
     let key = AuditSigningKey::from_seed(&[9; 32]);
     let options = VerifyOptions {
-        trusted_keys: vec![key.verifying_key()],
+        keyring: Some(Keyring::single(key.verifying_key(), vec!["**".into()]).unwrap()),
         ..Default::default()
     };
     let eu = catalog::built_in("eu-ai-act").unwrap();

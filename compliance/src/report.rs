@@ -223,7 +223,7 @@ pub fn trail_summary_of(snapshot: &Snapshot) -> TrailSummary {
                 records: w.records,
                 segments: w.segments,
                 head: w.head.to_hex(),
-                unsealed_records: w.unsealed_records,
+                unsealed_records: w.unproven_records(),
                 records_in_scope: in_scope(&w.writer),
             })
             .collect(),

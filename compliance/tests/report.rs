@@ -207,7 +207,10 @@ fn a_modified_record_fails_the_trail_and_its_writer_gives_no_evidence() {
         .unwrap();
     marketing.segment.records[1].effect = Some(policybind_crds::Effect::Allow);
     let options = VerifyOptions {
-        trusted_keys: vec![example_audit_key()],
+        keyring: Some(
+            policybind_engine::audit::Keyring::single(example_audit_key(), vec!["**".into()])
+                .unwrap(),
+        ),
         ..Default::default()
     };
     let mut snapshot = example_snapshot(Scope::default());

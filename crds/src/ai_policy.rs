@@ -44,7 +44,8 @@ pub struct AIPolicySpec {
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// Named regular expressions that rules can list under `conditions.detected`
-    /// next to the built-in entities (EMAIL, PHONE, US_SSN, CREDIT_CARD, IBAN, IP_ADDRESS, SECRET).
+    /// next to the built-in entities (EMAIL, PHONE, US_SSN, CREDIT_CARD, IBAN, IP_ADDRESS,
+    /// SECRET, PROMPT_INJECTION).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub custom_detectors: Vec<CustomDetectorSpec>,
@@ -125,11 +126,22 @@ pub struct CustomDetectorSpec {
     {"rule": "self.action != 'Degrade' || (has(self.degrade) && (has(self.degrade.model) || has(self.degrade.maxTokens)))", "message": "action Degrade needs degrade.model or degrade.maxTokens"},
     {"rule": "!has(self.degrade) || self.action == 'Degrade'", "message": "degrade is only valid with action Degrade"},
     {"rule": "!has(self.redact) || self.action == 'Redact'", "message": "redact is only valid with action Redact"},
+    {"rule": "!has(self.on) || self.on == 'Request' || self.action == 'Redact' || self.action == 'Deny'", "message": "a rule on Response may only Redact or Deny"},
+    {"rule": "!has(self.on) || self.on == 'Request' || self.action != 'Deny' || (has(self.conditions) && has(self.conditions.detected) && size(self.conditions.detected) > 0)", "message": "a rule on Response with action Deny needs conditions.detected: the entities that block the response"},
+    {"rule": "!has(self.on) || self.on == 'Request' || !has(self.recordRedactedPrompt) || !self.recordRedactedPrompt", "message": "recordRedactedPrompt is only valid on rules on Request"},
+    {"rule": "!has(self.redact) || !has(self.redact.entities) || !('PROMPT_INJECTION' in self.redact.entities)", "message": "PROMPT_INJECTION cannot be redacted, only denied"},
 ]))]
 pub struct PolicyRule {
     /// Rule name, unique within the policy; shown in decisions and audit records.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
+    /// What the rule acts on. `Request` (default): the call, before it is sent.
+    /// `Response`: the model's answer, buffered or streamed; such a rule may only
+    /// `Redact` the entities it lists, or `Deny` (withhold the response, or cut the
+    /// stream before the entity) when the response holds one of `conditions.detected`.
+    /// It matches on the request's facts and on what the response contains.
+    #[serde(default, skip_serializing_if = "RuleTarget::is_request")]
+    pub on: RuleTarget,
     /// Typed selectors. All given fields must match (AND); a list matches when any entry does (OR).
     /// An empty match matches every request.
     #[serde(default, rename = "match", skip_serializing_if = "RuleMatch::is_empty")]
@@ -157,7 +169,8 @@ pub struct PolicyRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degrade: Option<DegradeAction>,
     /// Stable rationale code reported with the decision (UPPER_SNAKE_CASE). Defaults to
-    /// POLICY_ALLOW, POLICY_DENY, PII_REDACTED, APPROVAL_REQUIRED or POLICY_DEGRADE.
+    /// POLICY_ALLOW, POLICY_DENY, PII_REDACTED, APPROVAL_REQUIRED or POLICY_DEGRADE; on
+    /// rules on Response, RESPONSE_BLOCKED or RESPONSE_REDACTED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Z][A-Z0-9_]{0,63}$"))]
     pub code: Option<String>,
@@ -169,6 +182,22 @@ pub struct PolicyRule {
     /// Off by default: records hold only a hash of the prompt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record_redacted_prompt: bool,
+}
+
+/// What a rule acts on: the request before it is sent, or the model's response.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RuleTarget {
+    /// The request, before it is sent (every action).
+    #[default]
+    Request,
+    /// The model's response, buffered or streamed (Redact or Deny only).
+    Response,
+}
+
+impl RuleTarget {
+    pub fn is_request(&self) -> bool {
+        *self == RuleTarget::Request
+    }
 }
 
 /// Typed selectors over request facts. Values are compared exactly (models accept globs).
@@ -270,8 +299,9 @@ pub struct RuleConditions {
     /// Holds when the estimated input plus output tokens exceed this number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_tokens_above: Option<u64>,
-    /// Holds when the prompt contains any of these entities: built-in (EMAIL, PHONE, US_SSN,
-    /// CREDIT_CARD, IBAN, IP_ADDRESS, SECRET) or custom detector names of this policy.
+    /// Holds when the prompt (the response, for rules on Response) contains any of these
+    /// entities: built-in (EMAIL, PHONE, US_SSN, CREDIT_CARD, IBAN, IP_ADDRESS, SECRET,
+    /// PROMPT_INJECTION) or custom detector names of this policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub detected: Vec<String>,
@@ -290,7 +320,8 @@ impl RuleConditions {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedactAction {
-    /// Entities to rewrite. Empty means every entity found.
+    /// Entities to rewrite. Empty means those the rule's `conditions.detected` lists, or
+    /// every entity found. PROMPT_INJECTION cannot be redacted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub entities: Vec<String>,

@@ -113,6 +113,10 @@ pub mod names {
     pub const BUNDLE_READER_PREFIX: &str = "policybind-bundle-reader.";
     /// Secret (in each enforced namespace) with that namespace's audit signing key.
     pub const AUDIT_KEY_SECRET: &str = "policybind-audit-key";
+    /// ConfigMap (in PolicyBind's namespace) publishing the audit keyring: every
+    /// verification key and the writers it may sign for (data key
+    /// [`super::keys::AUDIT_KEYRING`]).
+    pub const AUDIT_KEYRING: &str = "policybind-audit-keys";
     /// Prefix of a pod's usage report ConfigMap (`policybind-usage-<pod>`).
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
@@ -221,8 +225,13 @@ pub mod keys {
     pub const SIGNING_KEY: &str = "signing-key";
     /// A usage report's JSON.
     pub const USAGE: &str = "usage.json";
-    /// An audit segment's JSON.
+    /// An audit segment's JSON (plain, as versions before gzip segments wrote it;
+    /// still read).
     pub const SEGMENT: &str = "segment.json";
+    /// An audit segment's JSON, gzip (binary data key of segment ConfigMaps).
+    pub const SEGMENT_GZ: &str = "segment.json.gz";
+    /// The audit keyring's JSON (ConfigMap [`super::names::AUDIT_KEYRING`]).
+    pub const AUDIT_KEYRING: &str = "keys.json";
     /// A plain bundle part.
     pub const BUNDLE_JSON: &str = "bundle.json";
     /// A gzip bundle part.
@@ -258,6 +267,45 @@ pub mod field_managers {
     pub const AUDIT: &str = "policybind-audit";
 }
 
+/// Audit writer identities (every record and segment names its writer) and the
+/// keyring patterns that bind a signing key to them. `*` in a pattern stays
+/// within one `/`-separated part.
+pub mod writers {
+    /// A sidecar: `sidecar/<namespace>/<pod>`.
+    pub fn sidecar(namespace: &str, pod: &str) -> String {
+        format!("sidecar/{namespace}/{pod}")
+    }
+    /// Every sidecar of a namespace.
+    pub fn sidecars_of(namespace: &str) -> String {
+        format!("sidecar/{namespace}/*")
+    }
+    /// A central gateway replica: `gateway/<namespace>/<pod>`.
+    pub fn gateway(namespace: &str, pod: &str) -> String {
+        format!("gateway/{namespace}/{pod}")
+    }
+    /// What a namespace's key may sign for: its sidecars and the gateway replicas
+    /// running there (both mount the namespace's `policybind-audit-key`).
+    pub fn enforcement_points_of(namespace: &str) -> Vec<String> {
+        vec![sidecars_of(namespace), format!("gateway/{namespace}/*")]
+    }
+    /// A webhook replica: `webhook/<pod>`.
+    pub fn webhook(pod: &str) -> String {
+        format!("webhook/{pod}")
+    }
+    /// Every webhook replica: what the webhook's key may sign for.
+    pub const WEBHOOKS: &str = "webhook/*";
+    /// An operator replica: `operator/<identity>`.
+    pub fn operator(identity: &str) -> String {
+        format!("operator/{identity}")
+    }
+    /// Every operator replica: what the operator's key may sign for.
+    pub const OPERATORS: &str = "operator/*";
+    /// The standalone server: `standalone/<host>`.
+    pub fn standalone(host: &str) -> String {
+        format!("standalone/{host}")
+    }
+}
+
 /// Environment variables: what the webhook gives an injected sidecar, and the
 /// settings every `policybind` role reads.
 pub mod env {
@@ -286,6 +334,9 @@ pub mod env {
     /// `namespace/name` of a Secret holding the audit signing key (read through the
     /// API). Injected sidecars no longer get it: their key is a mounted file.
     pub const AUDIT_KEY_SECRET: &str = "POLICYBIND_AUDIT_KEY_SECRET";
+    /// Name of the Secret (in the operator's namespace) with the webhook's audit
+    /// signing key: the operator publishes its public half in the keyring.
+    pub const WEBHOOK_AUDIT_KEY_SECRET: &str = "POLICYBIND_WEBHOOK_AUDIT_KEY_SECRET";
     /// Log format: `json` or `text`.
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
     /// Poll interval of directory sources, milliseconds.

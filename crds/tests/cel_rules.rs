@@ -139,6 +139,44 @@ fn degrade_needs_parameters_and_redact_only_with_redact() {
 }
 
 #[test]
+fn rules_on_responses_may_only_redact_or_deny_on_listed_entities() {
+    let s = schema::<AIPolicy>();
+    let policy = |rule: Value| json!({"apiVersion": API_VERSION, "kind": "AIPolicy", "metadata": {"name": "p", "namespace": "n"}, "spec": {"rules": [rule]}});
+    let refused = |rule: Value, message: &str| {
+        let e = errors(&s, policy(rule), None);
+        assert!(e.iter().any(|m| m.contains(message)), "{message}: {e:?}");
+    };
+    for good in [
+        json!({"name": "r", "on": "Response", "action": "Deny", "conditions": {"detected": ["SECRET"]}}),
+        json!({"name": "r", "on": "Response", "action": "Redact", "redact": {"entities": ["EMAIL"]}}),
+        json!({"name": "r", "on": "Request", "action": "Allow", "recordRedactedPrompt": true}),
+    ] {
+        assert_eq!(
+            errors(&s, policy(good.clone()), None),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    refused(
+        json!({"name": "r", "on": "Response", "action": "Allow"}),
+        "may only Redact or Deny",
+    );
+    refused(
+        json!({"name": "r", "on": "Response", "action": "Deny"}),
+        "needs conditions.detected",
+    );
+    refused(
+        json!({"name": "r", "on": "Response", "action": "Redact", "recordRedactedPrompt": true}),
+        "recordRedactedPrompt is only valid",
+    );
+    refused(
+        json!({"name": "r", "action": "Redact", "redact": {"entities": ["PROMPT_INJECTION"]}}),
+        "PROMPT_INJECTION cannot be redacted",
+    );
+    refused(json!({"name": "r", "on": "Later", "action": "Deny"}), "");
+}
+
+#[test]
 fn a_rule_exclude_must_name_something() {
     let s = schema::<AIPolicy>();
     let policy = |exclude: Value| json!({"apiVersion": API_VERSION, "kind": "AIPolicy", "metadata": {"name": "p", "namespace": "n"}, "spec": {"rules": [{"name": "r", "action": "Deny", "exclude": exclude}]}});

@@ -236,6 +236,18 @@ impl Scenario {
             })
     }
 
+    /// Delete the object `manifest` names (namespaced ones in the scenario namespace).
+    pub async fn delete(&self, manifest: &Value) -> Result<()> {
+        let (resource, caps) = self.resource_of(manifest).await?;
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .context("manifest without metadata.name")?;
+        self.dynamic_api(&resource, &caps)
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+
     /// Apply and require success.
     pub async fn apply(&self, manifest: &Value) -> Result<DynamicObject> {
         self.try_apply(manifest).await.map_err(|error| {

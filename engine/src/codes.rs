@@ -45,15 +45,63 @@ codes! {
     PII_REDACTED = "policy", "Default code of a rule with action Redact.";
     APPROVAL_REQUIRED = "policy", "Default code of a rule with action RequireApproval.";
     POLICY_DEGRADE = "policy", "Default code of a rule with action Degrade.";
-    PII_DETECTED = "policy", "Added to the codes when detectors found entities in the prompt.";
+    PII_DETECTED = "detector", "Added to every decision whose prompt holds personal data (EMAIL, PHONE, US_SSN, CREDIT_CARD, IBAN, IP_ADDRESS) or a custom detector's entity, whatever decided.";
+    SECRET_IN_PROMPT = "detector", "Added to every decision whose prompt holds a SECRET (API key, token, private key), whatever decided.";
+    PROMPT_INJECTION_DETECTED = "detector", "Added to every decision whose prompt the PROMPT_INJECTION classifier flags, whatever decided.";
     APPROVAL_GRANTED = "policy", "A RequireApproval decision let through because the request carries an approved reference.";
     POLICY_EVALUATION_ERROR = "policy", "A rule's CEL expression failed at run time; the request is denied (fail closed).";
+    RESPONSE_BLOCKED = "response", "Default code of a rule on Response with action Deny: the response is withheld (or the stream cut).";
+    RESPONSE_REDACTED = "response", "Default code of a rule on Response with action Redact.";
+    PII_IN_RESPONSE = "response", "Added to every output decision whose response holds personal data or a custom detector's entity.";
+    SECRET_IN_RESPONSE = "response", "Added to every output decision whose response holds a SECRET.";
+    PROMPT_INJECTION_IN_RESPONSE = "response", "Added to every output decision whose response the PROMPT_INJECTION classifier flags.";
     NO_MATCHING_POLICY = "default", "No rule matched; the default effect (Deny unless configured) applies.";
     NO_POLICY_SET = "enforcement", "The enforcement point has no valid policy set loaded; every request is denied.";
     AUDIT_UNAVAILABLE = "enforcement", "The audit trail cannot take the record; the request is denied rather than decided unrecorded.";
     REQUEST_INVALID = "enforcement", "The request body or headers could not be read (malformed JSON, unknown header value, too large).";
     PATH_NOT_ALLOWED = "enforcement", "The path is not one the sidecar forwards.";
     ROUTE_UNAVAILABLE = "enforcement", "The model cannot be reached from this enforcement point: no endpoint and no upstream, a provider it does not route to (bedrock, vertex), or a provider key Secret that cannot be read.";
+}
+
+/// The detector codes for what was found in a prompt, in table order:
+/// [`PII_DETECTED`], [`SECRET_IN_PROMPT`], [`PROMPT_INJECTION_DETECTED`].
+pub fn prompt_detector_codes(entities: &[&str]) -> Vec<&'static str> {
+    detector_codes(
+        entities,
+        [PII_DETECTED, SECRET_IN_PROMPT, PROMPT_INJECTION_DETECTED],
+    )
+}
+
+/// The detector codes for what was found in a response, in table order:
+/// [`PII_IN_RESPONSE`], [`SECRET_IN_RESPONSE`], [`PROMPT_INJECTION_IN_RESPONSE`].
+pub fn response_detector_codes(entities: &[&str]) -> Vec<&'static str> {
+    detector_codes(
+        entities,
+        [
+            PII_IN_RESPONSE,
+            SECRET_IN_RESPONSE,
+            PROMPT_INJECTION_IN_RESPONSE,
+        ],
+    )
+}
+
+/// `[personal data, secret, injection]` codes for the entities present.
+fn detector_codes(
+    entities: &[&str],
+    [pii, secret, injection]: [&'static str; 3],
+) -> Vec<&'static str> {
+    let has = |wanted: fn(&str) -> bool| entities.iter().any(|e| wanted(e));
+    let mut codes = Vec::with_capacity(3);
+    if has(|e| e != "SECRET" && e != crate::detect::PROMPT_INJECTION) {
+        codes.push(pii);
+    }
+    if has(|e| e == "SECRET") {
+        codes.push(secret);
+    }
+    if has(|e| e == crate::detect::PROMPT_INJECTION) {
+        codes.push(injection);
+    }
+    codes
 }
 
 /// Looks a code up in the table.
@@ -77,5 +125,19 @@ mod tests {
             );
         }
         assert_eq!(info(TOKEN_EXPIRED).unwrap().stage, "token");
+    }
+
+    #[test]
+    fn each_kind_of_entity_has_its_own_detector_code() {
+        assert_eq!(prompt_detector_codes(&[]), Vec::<&str>::new());
+        assert_eq!(
+            prompt_detector_codes(&["EMAIL", "PROJECT_CODE"]),
+            [PII_DETECTED]
+        );
+        assert_eq!(
+            prompt_detector_codes(&["PROMPT_INJECTION", "SECRET", "PHONE"]),
+            [PII_DETECTED, SECRET_IN_PROMPT, PROMPT_INJECTION_DETECTED]
+        );
+        assert_eq!(response_detector_codes(&["SECRET"]), [SECRET_IN_RESPONSE]);
     }
 }

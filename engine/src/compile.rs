@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use globset::GlobSet;
-use policybind_crds::ai_policy::CustomDetectorSpec;
+use policybind_crds::ai_policy::{CustomDetectorSpec, RuleTarget};
 use policybind_crds::model_deployment::ApprovalState;
 use policybind_crds::{
     DataClassification, Effect, Enforcement, PolicyRule, RateLimit, RiskLevel, Schedule,
@@ -24,7 +24,9 @@ use policybind_crds::{
 
 use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken, PolicyKind};
 use crate::codes;
-use crate::detect::{BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors};
+use crate::detect::{
+    BUILTIN_ENTITIES, CustomDetector, DEFAULT_REDACTION, Detectors, PROMPT_INJECTION, redactable,
+};
 use crate::exclude::CompiledExclude;
 use crate::expr::{self, WhenExpr};
 use crate::request::{Obligations, RedactObligation};
@@ -56,6 +58,9 @@ pub struct PolicySet {
     pub(crate) default_effect: Effect,
     pub(crate) require_registered_models: bool,
     pub(crate) rules: Vec<CompiledRule>,
+    /// Rules on responses, in precedence order (not indexed: a response is
+    /// judged against the few rules that act on responses).
+    pub(crate) output_rules: Vec<CompiledRule>,
     pub(crate) index: RuleIndex,
     pub(crate) models: Vec<CompiledModel>,
     pub(crate) model_by_name: HashMap<String, ModelSlots>,
@@ -63,6 +68,10 @@ pub struct PolicySet {
     pub(crate) token_by_id: HashMap<String, usize>,
     pub(crate) token_by_hash: HashMap<[u8; 32], (usize, Option<DateTime<Utc>>)>,
     pub(crate) detectors: Detectors,
+    /// Whether some rule names PROMPT_INJECTION: only then does a scan run
+    /// the classifier (see [`crate::injection`]), which costs far more than
+    /// the pattern detectors.
+    pub(crate) classify_injection: bool,
     pub(crate) cel: Arc<cel::Env>,
     pub(crate) namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) policy_count: usize,
@@ -244,7 +253,25 @@ fn policy_resource(p: &BundlePolicy) -> String {
     }
 }
 
-fn default_code(effect: Effect) -> &'static str {
+/// Precedence order: priority descending, then the most restrictive effect,
+/// then policy id. `sort_by` is stable, so rules of one policy keep their
+/// written order.
+fn sort_by_precedence(rules: &mut [CompiledRule]) {
+    rules.sort_by(|a: &CompiledRule, b: &CompiledRule| {
+        b.priority
+            .cmp(&a.priority)
+            .then(b.effect.restrictiveness().cmp(&a.effect.restrictiveness()))
+            .then(a.policy.cmp(&b.policy))
+    });
+}
+
+fn default_code(target: RuleTarget, effect: Effect) -> &'static str {
+    if target == RuleTarget::Response {
+        return match effect {
+            Effect::Redact => codes::RESPONSE_REDACTED,
+            _ => codes::RESPONSE_BLOCKED,
+        };
+    }
     match effect {
         Effect::Allow => codes::POLICY_ALLOW,
         Effect::Deny => codes::POLICY_DENY,
@@ -325,18 +352,21 @@ impl PolicySet {
             .chain(custom.iter().map(|c| c.name.as_str()))
             .collect();
 
-        // Rules.
+        // Rules: those on requests, and those on responses (see `output`).
         let mut rules = vec![];
+        let mut output_rules = vec![];
         for policy in &bundle.policies {
-            compile_policy(policy, &cel, &known_entities, &mut rules, &mut errors);
+            let mut compiled = vec![];
+            compile_policy(policy, &cel, &known_entities, &mut compiled, &mut errors);
+            for (rule, target) in policy.rules.iter().zip(compiled) {
+                match rule.on {
+                    RuleTarget::Request => rules.push(target),
+                    RuleTarget::Response => output_rules.push(target),
+                }
+            }
         }
-        rules.sort_by(|a: &CompiledRule, b: &CompiledRule| {
-            b.priority
-                .cmp(&a.priority)
-                .then(b.effect.restrictiveness().cmp(&a.effect.restrictiveness()))
-                .then(a.policy.cmp(&b.policy))
-        });
-        // sort_by is stable, so rules of one policy keep their written order.
+        sort_by_precedence(&mut rules);
+        sort_by_precedence(&mut output_rules);
         find_conflicts(bundle, &mut errors);
 
         // Models: a name is unique within a namespace, and among shared registrations.
@@ -411,6 +441,12 @@ impl PolicySet {
         }
 
         let index = build_index(&rules, &model_by_name);
+        let classify_injection = rules.iter().chain(&output_rules).any(|r| {
+            r.detected.iter().any(|e| e == PROMPT_INJECTION)
+                || r.when
+                    .as_ref()
+                    .is_some_and(|w| w.source.contains(PROMPT_INJECTION))
+        });
         Ok(PolicySet {
             fingerprint: bundle.fingerprint(),
             namespace: bundle.namespace.clone(),
@@ -418,6 +454,7 @@ impl PolicySet {
             require_registered_models: bundle.require_registered_models,
             policy_count: bundle.policies.len(),
             rules,
+            output_rules,
             index,
             models,
             model_by_name,
@@ -425,6 +462,7 @@ impl PolicySet {
             token_by_id,
             token_by_hash,
             detectors,
+            classify_injection,
             cel,
             namespace_labels: bundle.namespace_labels.clone(),
         })
@@ -602,6 +640,9 @@ fn compile_policy(
                 "must be a non-negative number",
             );
         }
+        if rule.on == RuleTarget::Response {
+            check_response_rule(rule, &resource, i, errors);
+        }
         let obligations = rule_obligations(rule, &resource, i, known_entities, errors);
         out.push(CompiledRule {
             policy: id.clone(),
@@ -615,7 +656,7 @@ fn compile_policy(
             code: rule
                 .code
                 .clone()
-                .unwrap_or_else(|| default_code(rule.action).to_string()),
+                .unwrap_or_else(|| default_code(rule.on, rule.action).to_string()),
             message: rule
                 .message
                 .clone()
@@ -639,7 +680,14 @@ fn compile_policy(
             outside_schedule,
             cost_above: c.estimated_cost_above_usd,
             tokens_above: c.estimated_tokens_above,
-            detected: c.detected.clone(),
+            // A redaction on responses applies to every response its facts
+            // match; `detected` names what to rewrite, not a condition (so a
+            // stream can be redacted as it goes, see `output`).
+            detected: if rule.on == RuleTarget::Response && rule.action == Effect::Redact {
+                vec![]
+            } else {
+                c.detected.clone()
+            },
             model_approved: c.model_approved,
             obligations,
         });
@@ -677,6 +725,16 @@ fn rule_obligations(
             } else {
                 params.entities
             };
+            if let Some(entity) = entities.iter().find(|e| !redactable(e)) {
+                errors.push(
+                    resource,
+                    rname,
+                    format!("spec.rules[{i}].redact.entities"),
+                    format!(
+                        "{entity} cannot be redacted, only denied; list the entities to redact in redact.entities"
+                    ),
+                );
+            }
             o.redact = Some(RedactObligation {
                 entities,
                 replacement: params
@@ -718,6 +776,61 @@ fn rule_obligations(
     o
 }
 
+/// What a rule on Response may say: it acts on a response that is already
+/// written (and may be streaming), so it can only rewrite entities or withhold
+/// the response, and it must be decidable as the response arrives.
+fn check_response_rule(rule: &PolicyRule, resource: &str, i: usize, errors: &mut Errors) {
+    let rname = Some(rule.name.as_str());
+    let at = |f: &str| format!("spec.rules[{i}]{f}");
+    match rule.action {
+        Effect::Redact => {
+            let listed = rule.redact.as_ref().is_some_and(|r| !r.entities.is_empty());
+            if listed && !rule.conditions.detected.is_empty() {
+                errors.push(
+                    resource,
+                    rname,
+                    at(".conditions.detected"),
+                    "on a rule on Response, conditions.detected and redact.entities both name the entities to rewrite; use one",
+                );
+            }
+        }
+        Effect::Deny => {
+            if rule.conditions.detected.is_empty() {
+                errors.push(
+                    resource,
+                    rname,
+                    at(".conditions.detected"),
+                    "a rule on Response with action Deny needs conditions.detected: the entities that block the response",
+                );
+            }
+        }
+        other => errors.push(
+            resource,
+            rname,
+            at(".action"),
+            format!("a rule on Response may only Redact or Deny, not {other}"),
+        ),
+    }
+    if rule.record_redacted_prompt {
+        errors.push(
+            resource,
+            rname,
+            at(".recordRedactedPrompt"),
+            "recordRedactedPrompt is only valid on rules on Request",
+        );
+    }
+    // Entities are judged as a stream arrives, through conditions.detected;
+    // an expression over them could change its mind as more text came.
+    if rule.when.as_deref().is_some_and(|w| w.contains("findings")) {
+        errors.push(
+            resource,
+            rname,
+            at(".when"),
+            "on a rule on Response, `when` may not use request.findings; name the entities in conditions.detected",
+        );
+    }
+}
+
 /// Contradictory rules: at the same priority, two rules that match exactly the same
 /// requests (identical match, when and conditions) but do different things. The
 /// precedence order would silently pick one; the author must say which.
@@ -733,6 +846,7 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
         .unwrap_or_default();
         for rule in &policy.rules {
             let key_body = serde_json::to_string(&(
+                &rule.on,
                 &rule.match_,
                 &rule.exclude,
                 &rule.when,

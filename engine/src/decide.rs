@@ -21,7 +21,7 @@ use policybind_crds::{DataClassification, Effect, Enforcement};
 
 use crate::codes;
 use crate::compile::{BitSet, CompiledModel, CompiledRule, CompiledToken, PolicySet};
-use crate::detect::Finding;
+use crate::detect::Findings;
 use crate::exclude::ExcludeFacts;
 use crate::request::{Decision, Obligations, Request, ResolvedFacts, RuleTrace, Stage, WouldHave};
 use crate::schedule::period_start;
@@ -48,7 +48,7 @@ impl AuthError {
 }
 
 /// Outcome of matching one rule.
-enum Check {
+pub(crate) enum Check {
     Match,
     Miss(String),
     /// Selected, but the rule's `exclude` skips the request.
@@ -57,13 +57,13 @@ enum Check {
 }
 
 /// What is computed once per request and shared by every rule check.
-struct Ctx<'a> {
-    request: &'a Request,
-    facts: ResolvedFacts,
-    model: Option<&'a CompiledModel>,
-    findings: Vec<Finding>,
-    entities: Vec<String>,
-    cel_request: std::cell::OnceCell<cel::Value>,
+pub(crate) struct Ctx<'a> {
+    pub request: &'a Request,
+    pub facts: ResolvedFacts,
+    pub model: Option<&'a CompiledModel>,
+    pub findings: &'a Findings,
+    pub entities: Vec<String>,
+    pub cel_request: std::cell::OnceCell<cel::Value>,
 }
 
 impl PolicySet {
@@ -158,20 +158,75 @@ impl PolicySet {
             .map(|i| &self.models[i])
     }
 
-    /// Decides a request.
+    /// What this set's detectors find in one text: personal data, secrets and
+    /// custom entities (see [`crate::detect`]), and PROMPT_INJECTION when some
+    /// rule of the set names it (see [`crate::injection`]; the classifier
+    /// costs about a hundred times the pattern detectors, so sets that do not
+    /// use it do not pay for it). Scan each text once and pass the findings to
+    /// [`PolicySet::decide_scanned`] and to redaction.
+    pub fn scan(&self, text: &str) -> Findings {
+        if text.is_empty() {
+            return Findings::none();
+        }
+        let mut findings = self.detectors.scan(text);
+        if self.classify_injection
+            && let Some(injection) = crate::injection::builtin().detect(text)
+        {
+            findings.push(injection);
+        }
+        Findings::new(findings, text.len())
+    }
+
+    /// Whether [`PolicySet::scan`] runs the PROMPT_INJECTION classifier.
+    pub fn classifies_injection(&self) -> bool {
+        self.classify_injection
+    }
+
+    /// Decides a request, scanning `request.prompt` first.
     pub fn decide(&self, request: &Request) -> Decision {
-        self.decide_inner(request, None)
+        let findings = self.scan(request.prompt.as_deref().unwrap_or_default());
+        self.decide_inner(request, &findings, None)
+    }
+
+    /// Decides a request whose text the caller has already scanned with
+    /// [`PolicySet::scan`]; `request.prompt` is not scanned again. Decides
+    /// exactly as [`PolicySet::decide`] does for the same findings.
+    pub fn decide_scanned(&self, request: &Request, findings: &Findings) -> Decision {
+        self.decide_inner(request, findings, None)
     }
 
     /// Decides a request and explains every rule: whether it matched and why not.
     /// Uses no index, so it also cross-checks the indexed path (see the tests).
     pub fn decide_explained(&self, request: &Request) -> (Decision, Vec<RuleTrace>) {
+        let findings = self.scan(request.prompt.as_deref().unwrap_or_default());
         let mut trace = vec![];
-        let decision = self.decide_inner(request, Some(&mut trace));
+        let decision = self.decide_inner(request, &findings, Some(&mut trace));
         (decision, trace)
     }
 
-    fn decide_inner(&self, request: &Request, mut trace: Option<&mut Vec<RuleTrace>>) -> Decision {
+    /// Decides, then adds the detector codes: what the prompt holds is
+    /// reported on every decision, whatever decided it.
+    fn decide_inner(
+        &self,
+        request: &Request,
+        findings: &Findings,
+        trace: Option<&mut Vec<RuleTrace>>,
+    ) -> Decision {
+        let mut decision = self.decide_stages(request, findings, trace);
+        for code in codes::prompt_detector_codes(&findings.entities()) {
+            if !decision.codes.iter().any(|c| c == code) {
+                decision.codes.push(code.to_string());
+            }
+        }
+        decision
+    }
+
+    fn decide_stages(
+        &self,
+        request: &Request,
+        findings: &Findings,
+        mut trace: Option<&mut Vec<RuleTrace>>,
+    ) -> Decision {
         let token = match &request.token {
             Some(id) => match self.token_by_id.get(id) {
                 Some(&i) => Some(&self.tokens[i]),
@@ -182,7 +237,7 @@ impl PolicySet {
                         Stage::Token,
                         codes::TOKEN_UNKNOWN,
                         format!("token {id} is not known to this policy set"),
-                        vec![],
+                        findings,
                     );
                 }
             },
@@ -190,10 +245,6 @@ impl PolicySet {
         };
         let model = self.resolve_model(&request.model, self.request_namespace(request));
         let facts = self.resolve(request, token, model);
-        let findings = match &request.prompt {
-            Some(text) if !text.is_empty() => self.detectors.scan(text),
-            _ => vec![],
-        };
 
         if let Some(token) = token
             && let Some((code, message)) = check_token(token, request, &facts)
@@ -204,9 +255,7 @@ impl PolicySet {
             return self.early(facts, Stage::Registry, code, message, findings);
         }
 
-        let mut entities: Vec<String> = findings.iter().map(|f| f.entity.clone()).collect();
-        entities.sort_unstable();
-        entities.dedup();
+        let entities: Vec<String> = findings.entities().into_iter().map(str::to_owned).collect();
         let ctx = Ctx {
             request,
             facts,
@@ -328,7 +377,7 @@ impl PolicySet {
         })
     }
 
-    fn resolve(
+    pub(crate) fn resolve(
         &self,
         request: &Request,
         token: Option<&CompiledToken>,
@@ -451,7 +500,7 @@ impl PolicySet {
         None
     }
 
-    fn check_rule(&self, rule: &CompiledRule, ctx: &Ctx) -> Check {
+    pub(crate) fn check_rule(&self, rule: &CompiledRule, ctx: &Ctx) -> Check {
         let f = &ctx.facts;
         let namespace = f.namespace.as_deref().unwrap_or("default");
         // Where the policy applies.
@@ -621,9 +670,6 @@ impl PolicySet {
             codes.insert(0, codes::APPROVAL_GRANTED.to_string());
             message = format!("approved request let through ({message})");
         }
-        if !ctx.findings.is_empty() && !codes.iter().any(|c| c == codes::PII_DETECTED) {
-            codes.push(codes::PII_DETECTED.to_string());
-        }
         self.decision(
             effect,
             codes,
@@ -661,7 +707,7 @@ impl PolicySet {
             rule: rule.map(|r| r.name.clone()),
             stage,
             obligations,
-            findings: ctx.findings.clone(),
+            findings: ctx.findings.as_slice().to_vec(),
             would_have: None,
             facts: ctx.facts.clone(),
             fingerprint: self.fingerprint.clone(),
@@ -674,21 +720,17 @@ impl PolicySet {
         stage: Stage,
         code: &str,
         message: String,
-        findings: Vec<Finding>,
+        findings: &Findings,
     ) -> Decision {
-        let mut codes = vec![code.to_string()];
-        if !findings.is_empty() {
-            codes.push(codes::PII_DETECTED.to_string());
-        }
         Decision {
             effect: Effect::Deny,
-            codes,
+            codes: vec![code.to_string()],
             message,
             policy: None,
             rule: None,
             stage,
             obligations: Obligations::default(),
-            findings,
+            findings: findings.as_slice().to_vec(),
             would_have: None,
             facts,
             fingerprint: self.fingerprint.clone(),

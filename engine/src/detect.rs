@@ -62,9 +62,17 @@
 //!
 //! Resuming one character after a rejected candidate can rescan its bytes.
 //! Texts built to be rejected over and over (`-a-a-a-a...`) would make that
-//! quadratic, so rescanning is budgeted at a few times the text length; past
-//! the budget the search resumes after the rejected candidate instead, which
-//! only ever drops entities nested inside such a rejected run.
+//! quadratic, so rescanning is budgeted at a few times the length of the
+//! text up to the candidate; past the budget the search resumes after the
+//! rejected candidate instead, which only ever drops entities nested inside
+//! such a rejected run. (The budget depends on positions only, not on the
+//! text's total length, so a stream spends it exactly as a whole scan does.)
+//!
+//! # Streams
+//!
+//! [`Detectors::stream`] scans text that arrives in pieces and hands on only
+//! what is settled, holding back the end where an entity may still be
+//! arriving; it finds exactly what a whole scan finds. See [`StreamScan`].
 //!
 //! The built-in patterns are ASCII and use ASCII word boundaries, so the lazy
 //! DFA never gives up on non-ASCII text (a Unicode `\b` would send it to a
@@ -83,13 +91,24 @@ use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
+use regex_automata::hybrid;
 use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::prefilter::Prefilter;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, meta};
 use regex_syntax::hir::Hir;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
-/// Stable entity names used in policies: "EMAIL", "PHONE", "US_SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "SECRET".
+mod findings;
+mod stream;
+
+pub use findings::Findings;
+use stream::Liveness;
+pub use stream::{StreamPiece, StreamScan};
+
+/// Stable entity names used in policies: "EMAIL", "PHONE", "US_SSN",
+/// "CREDIT_CARD", "IBAN", "IP_ADDRESS", "SECRET" (found by the pattern
+/// detectors here) and "PROMPT_INJECTION" (found by the classifier in
+/// [`crate::injection`]).
 pub const BUILTIN_ENTITIES: &[&str] = &[
     "EMAIL",
     "PHONE",
@@ -98,7 +117,19 @@ pub const BUILTIN_ENTITIES: &[&str] = &[
     "IBAN",
     "IP_ADDRESS",
     "SECRET",
+    PROMPT_INJECTION,
 ];
+
+/// The entity of text that tries to override a model's instructions
+/// (prompt injection, jailbreak). A judgement on a passage, not a value: it
+/// can be denied or blocked, never redacted.
+pub const PROMPT_INJECTION: &str = "PROMPT_INJECTION";
+
+/// Whether findings of `entity` can be redacted (every entity but
+/// [`PROMPT_INJECTION`]).
+pub fn redactable(entity: &str) -> bool {
+    entity != PROMPT_INJECTION
+}
 
 /// Replacement used when a policy asks for redaction without saying how.
 pub const DEFAULT_REDACTION: &str = "[REDACTED:{entity}]";
@@ -139,6 +170,9 @@ const MAX_KEY_LEN: usize = 512;
 /// RFC 5321 caps the local part of an address at 64 bytes; reading further
 /// back from `@` than that would make every `@` cost more than it should.
 const MAX_EMAIL_LOCAL_PART: usize = 64;
+
+/// How far [`colon_hex_run_has_colon`] looks beside an IPv4 address.
+const MAX_COLON_HEX_RUN: usize = 64;
 
 /// Rejected candidates may be rescanned for up to this many times the text's
 /// length (plus [`RESCAN_SLACK`]) before the scan stops resuming inside them.
@@ -249,6 +283,14 @@ struct Compiled {
     /// Indexed by the automaton's pattern id: built-ins, then custom ones.
     detectors: Vec<DetectorInfo>,
     custom_entities: Vec<String>,
+    /// The patterns, kept to build [`Compiled::open_matches`] on first use.
+    hirs: Vec<Hir>,
+    /// Every byte a match can start with; `None` when a custom detector may
+    /// start with any.
+    anchors: Option<ByteSet>,
+    /// An anchored lazy DFA over every pattern, built the first time a
+    /// stream needs it (see `stream::Liveness`); `None` if it cannot be built.
+    open_matches: OnceLock<Option<hybrid::dfa::DFA>>,
 }
 
 struct DetectorInfo {
@@ -312,7 +354,8 @@ impl Detectors {
 
         let limit = BUILTIN_NFA_SIZE_LIMIT + custom.len() * CUSTOM_PATTERN_SIZE_LIMIT;
         let mut config = engine_config(limit);
-        if let Some(prefilter) = anchor_prefilter(&detectors) {
+        let anchors = anchor_bytes(&detectors);
+        if let Some(prefilter) = anchors.as_ref().and_then(anchor_prefilter) {
             config = config.prefilter(Some(prefilter));
         }
         let regex = meta::Regex::builder()
@@ -324,6 +367,9 @@ impl Detectors {
                 regex,
                 detectors,
                 custom_entities,
+                hirs,
+                anchors,
+                open_matches: OnceLock::new(),
             }),
         })
     }
@@ -340,44 +386,113 @@ impl Detectors {
     /// Finds every validated entity in `text`. Findings are sorted by start,
     /// do not overlap, and their spans lie on character boundaries.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let compiled = &*self.inner;
+        let mut cursor = Cursor::default();
         let mut findings = Vec::new();
-        let mut rescan_budget = text
-            .len()
-            .saturating_mul(RESCAN_FACTOR)
-            .saturating_add(RESCAN_SLACK);
-        let mut at = 0;
-        while at < text.len() {
-            let Some(candidate) = compiled.regex.search(&Input::new(text).range(at..)) else {
+        self.inner.advance(text, &mut cursor, &mut findings, None);
+        findings
+    }
+
+    /// Starts an incremental scan of text that arrives in pieces (a streamed
+    /// response). See [`StreamScan`].
+    pub fn stream(&self) -> StreamScan {
+        StreamScan::new(self.clone())
+    }
+}
+
+/// Where a scan stands, so that a scan of text that is still arriving can
+/// stop where the bytes so far cannot decide and resume when more come.
+/// Positions are relative to the buffer the scan is given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cursor {
+    /// Where the next search starts.
+    at: usize,
+    /// Absolute offset of the buffer's first byte (non-zero once a stream
+    /// has dropped text it released).
+    base: usize,
+    /// Bytes rescanned after rejected candidates so far (see the module docs).
+    rescanned: usize,
+    /// End of the last finding no longer in the findings list (released by a
+    /// stream): validators never start a finding before it.
+    floor: usize,
+}
+
+impl Compiled {
+    /// Runs the scan loop from `cursor` over `text` and returns the first
+    /// position whose findings are not settled: the end of a complete text,
+    /// or, with `more` (a stream whose text may continue), the first place a
+    /// match may still begin or a candidate needs bytes not yet arrived. The
+    /// loop resumes there, with more text, as if it had never stopped, so a
+    /// stream finds exactly what a scan of the whole text finds (see
+    /// [`StreamScan`]).
+    fn advance(
+        &self,
+        text: &str,
+        cursor: &mut Cursor,
+        findings: &mut Vec<Finding>,
+        mut more: Option<&mut Liveness>,
+    ) -> usize {
+        // In a stream, the first position where a match may still begin once
+        // more text comes; every candidate before it is final.
+        let open = match more.as_deref_mut() {
+            Some(liveness) => liveness.first_open(self, text, cursor.at),
+            None => text.len(),
+        };
+        while cursor.at < text.len() {
+            let Some(candidate) = self.regex.search(&Input::new(text).range(cursor.at..)) else {
                 break;
             };
             let start = candidate.start();
+            if start >= open {
+                break;
+            }
             let pattern = candidate.pattern().as_usize();
-            if let Some(end) = compiled.accept(text, pattern, start, candidate.end(), &mut findings)
+            if more.is_some() && !self.decidable(text, pattern, start, candidate.end()) {
+                return start;
+            }
+            if let Some(end) = self.accept(text, pattern, start, candidate.end(), findings, cursor)
             {
-                at = end;
+                cursor.at = end;
                 continue;
             }
-            if let Some(end) = compiled.retry_after(text, pattern, start, &mut findings) {
-                at = end;
-                continue;
+            match self.retry_after(text, pattern, start, findings, cursor, more.is_some()) {
+                Retry::Found(end) => {
+                    cursor.at = end;
+                    continue;
+                }
+                Retry::Undecided => return start,
+                Retry::Rejected => {}
             }
             // Resume just after the rejected candidate's first character: a
             // valid entity may start inside it. Unless that has already been
-            // done too often (see the module docs).
+            // done too often (see the module docs). The budget grows with the
+            // position, so a stream spends it exactly as a whole scan does.
             let rescan = candidate.end() - start;
-            at = if rescan <= rescan_budget {
-                rescan_budget -= rescan;
+            let budget = (cursor.base + candidate.end())
+                .saturating_mul(RESCAN_FACTOR)
+                .saturating_add(RESCAN_SLACK);
+            cursor.at = if cursor.rescanned + rescan <= budget {
+                cursor.rescanned += rescan;
                 next_char_boundary(text, start)
             } else {
                 candidate.end().max(next_char_boundary(text, start))
             };
         }
-        findings
+        // Positions before `open` hold no candidate: a later search from
+        // there finds what a search from here would.
+        cursor.at = cursor.at.max(open);
+        open
     }
-}
 
-impl Compiled {
+    /// Whether a candidate's validator can judge it from the bytes at hand:
+    /// it reads past the candidate's end (the byte that would glue a number,
+    /// the rest of a key, a PEM block), and in a stream those bytes may not
+    /// have arrived yet.
+    fn decidable(&self, text: &str, pattern: usize, start: usize, end: usize) -> bool {
+        self.detectors[pattern]
+            .check
+            .decidable(text.as_bytes(), start, end)
+    }
+
     /// Validates a candidate of detector `pattern` at `start..end`; if it is
     /// a finding, records it and returns where the search should resume.
     fn accept(
@@ -387,17 +502,18 @@ impl Compiled {
         start: usize,
         end: usize,
         findings: &mut Vec<Finding>,
+        cursor: &Cursor,
     ) -> Option<usize> {
         let detector = &self.detectors[pattern];
         let bytes = text.as_bytes();
         let (start, end) = if let Check::Email = detector.check {
-            let (local_start, kept) = email_span(bytes, start, end, findings)?;
+            let (local_start, kept) = email_span(bytes, start, end, findings, cursor.floor)?;
             // Findings inside the local part (`+15551234567@sms.example.com`)
             // were slices of the address; the address replaces them.
             findings.truncate(kept);
             (local_start, end)
         } else {
-            let floor = findings.last().map_or(0, |f| f.end);
+            let floor = findings.last().map_or(cursor.floor, |f| f.end);
             detector.check.validate(bytes, start, end, floor)?
         };
         findings.push(Finding {
@@ -417,7 +533,9 @@ impl Compiled {
         rejected: usize,
         start: usize,
         findings: &mut Vec<Finding>,
-    ) -> Option<usize> {
+        cursor: &Cursor,
+        streaming: bool,
+    ) -> Retry {
         let first = text.as_bytes()[start];
         for pattern in rejected + 1..self.detectors.len() {
             let can_start_here = self.detectors[pattern]
@@ -430,17 +548,31 @@ impl Compiled {
             let input = Input::new(text)
                 .range(start..)
                 .anchored(Anchored::Pattern(PatternID::must(pattern)));
-            if let Some(candidate) = self.regex.search(&input)
-                && let Some(end) = self.accept(text, pattern, start, candidate.end(), findings)
+            let Some(candidate) = self.regex.search(&input) else {
+                continue;
+            };
+            if streaming && !self.decidable(text, pattern, start, candidate.end()) {
+                return Retry::Undecided;
+            }
+            if let Some(end) = self.accept(text, pattern, start, candidate.end(), findings, cursor)
             {
-                return Some(end);
+                return Retry::Found(end);
             }
         }
-        None
+        Retry::Rejected
     }
 }
 
-/// Rewrites each finding whose entity is in `entities` (all findings when `entities` is empty) with `replacement`,
+/// What retrying a rejected candidate's start with later detectors gave.
+enum Retry {
+    Found(usize),
+    Rejected,
+    /// A later detector matched there but needs more text to be judged.
+    Undecided,
+}
+
+/// Rewrites each finding whose entity is in `entities` (all findings of
+/// [`redactable`] entities when `entities` is empty) with `replacement`,
 /// where the literal `{entity}` in `replacement` is replaced by the entity name. Spans must be non-overlapping and sorted (as scan returns them).
 ///
 /// Findings that break that contract (overlapping, unsorted, out of bounds or
@@ -455,19 +587,36 @@ impl Compiled {
 /// touches), so redacting several entities can leave a text in which a
 /// rescan finds a new, previously glued, entity.
 pub fn redact(text: &str, findings: &[Finding], entities: &[String], replacement: &str) -> String {
+    redact_with(text, findings, |entity| {
+        (entities.is_empty() || entities.iter().any(|e| e == entity)).then_some(replacement)
+    })
+}
+
+/// Rewrites each finding of a [`redactable`] entity for which `replacement`
+/// gives a replacement (`{entity}` in it is replaced by the entity name).
+/// Malformed findings are skipped as in [`redact`].
+pub fn redact_with<'r>(
+    text: &str,
+    findings: &[Finding],
+    replacement: impl Fn(&str) -> Option<&'r str>,
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied_up_to = 0;
     for finding in findings {
-        let selected = entities.is_empty() || entities.contains(&finding.entity);
+        let chosen = if redactable(&finding.entity) {
+            replacement(&finding.entity)
+        } else {
+            None
+        };
         let well_formed = finding.start >= copied_up_to
             && finding.start <= finding.end
             && text.is_char_boundary(finding.start)
             && text.is_char_boundary(finding.end);
-        if !selected || !well_formed {
+        let (Some(chosen), true) = (chosen, well_formed) else {
             continue;
-        }
+        };
         out.push_str(&text[copied_up_to..finding.start]);
-        push_replacement(&mut out, replacement, &finding.entity);
+        push_replacement(&mut out, chosen, &finding.entity);
         copied_up_to = finding.end;
     }
     out.push_str(&text[copied_up_to..]);
@@ -545,13 +694,18 @@ fn first_bytes(hir: &Hir) -> Option<ByteSet> {
     Some(set)
 }
 
-/// A prefilter that jumps to the next byte any detector can start with, when
-/// every detector's first bytes are known.
-fn anchor_prefilter(detectors: &[DetectorInfo]) -> Option<Prefilter> {
+/// Every byte any detector can start with, when all detectors' first bytes
+/// are known.
+fn anchor_bytes(detectors: &[DetectorInfo]) -> Option<ByteSet> {
     let mut anchors = ByteSet::EMPTY;
     for detector in detectors {
         anchors.union(detector.first_bytes.as_ref()?);
     }
+    Some(anchors)
+}
+
+/// A prefilter that jumps to the next anchor byte.
+fn anchor_prefilter(anchors: &ByteSet) -> Option<Prefilter> {
     let needles: Vec<[u8; 1]> = anchors.bytes().map(|b| [b]).collect();
     Prefilter::new(MatchKind::LeftmostFirst, &needles)
 }
@@ -883,9 +1037,53 @@ impl Check {
             Check::Ipv6 => return ipv6_span(text, start, end, floor),
             Check::FixedLengthToken => !text.get(end).is_some_and(u8::is_ascii_alphanumeric),
             Check::PrefixedKey(rule) => return prefixed_key_span(text, start, end, floor, rule),
-            Check::PrivateKeyBlock => return Some((start, private_key_block_end(text, end))),
+            Check::PrivateKeyBlock => return Some((start, private_key_block_end(text, end).0)),
         };
         ok.then_some((start, end))
+    }
+}
+
+impl Check {
+    /// Whether [`Check::validate`] can judge the candidate at `start..end`
+    /// from `text` alone, when more text may follow it (a stream). Each
+    /// validator reads a bounded distance past the candidate; this says
+    /// whether those bytes are all there, or whether the verdict is already
+    /// certain without them.
+    fn decidable(self, text: &[u8], start: usize, end: usize) -> bool {
+        let available = text.len();
+        match self {
+            Check::Shape => true,
+            Check::Email | Check::FixedLengthToken => end < available,
+            Check::Phone(_) | Check::UsSsn | Check::Luhn | Check::Iban => end + 2 <= available,
+            Check::Ipv4 | Check::Ipv6 => {
+                // A colon after an IPv4 address sends the check on along the
+                // run of hex digits and colons that follows.
+                end + 2 <= available
+                    && (text[end] != b':'
+                        || text[end + 1..]
+                            .iter()
+                            .take(MAX_COLON_HEX_RUN)
+                            .position(|b| !b.is_ascii_hexdigit() || *b == b':')
+                            .is_some()
+                        || available - end > MAX_COLON_HEX_RUN)
+            }
+            Check::PrefixedKey(rule) => {
+                let has_prefix = rule
+                    .prefixes
+                    .iter()
+                    .any(|p| start >= p.len() && &text[start - p.len()..start] == p.as_bytes());
+                if !has_prefix {
+                    return true;
+                }
+                let run = text[end..]
+                    .iter()
+                    .take(rule.max_len + 1)
+                    .take_while(|&&b| rule.body.contains(b))
+                    .count();
+                run > rule.max_len || end + run < available
+            }
+            Check::PrivateKeyBlock => private_key_block_end(text, end).1,
+        }
     }
 }
 
@@ -938,12 +1136,14 @@ fn is_email_local_byte(b: u8) -> bool {
 
 /// For a candidate `@domain.tld` at `at_sign..end`, finds the local part
 /// before it. Returns the address's start and how many of `findings` to keep:
-/// those lying inside the local part become part of the address.
+/// those lying inside the local part become part of the address. `floor` is
+/// the end of the last finding no longer in `findings` (released by a stream).
 fn email_span(
     text: &[u8],
     at_sign: usize,
     end: usize,
     findings: &[Finding],
+    floor: usize,
 ) -> Option<(usize, usize)> {
     // `a@b.com1` or `a@b.com_x` is part of some other token, not an address.
     if text.get(end).is_some_and(|&b| is_token_byte(b)) {
@@ -959,7 +1159,7 @@ fn email_span(
         start -= 1;
     }
     let kept = findings.partition_point(|f| f.start < start);
-    let floor = findings[..kept].last().map_or(0, |f| f.end);
+    let floor = findings[..kept].last().map_or(floor, |f| f.end);
     if floor > start {
         // A finding that starts before the local part but runs into it (an
         // earlier address's domain, a PEM block's dashes) keeps its bytes.
@@ -1248,7 +1448,11 @@ fn ip_stands_alone(text: &[u8], start: usize, end: usize, ipv6: bool) -> bool {
 /// Whether the run of hex digits and colons that `bytes` starts with holds
 /// a colon: `::ffff:` before an IPv4 address, `:0::1` after it.
 fn colon_hex_run_has_colon<'a>(bytes: impl Iterator<Item = &'a u8>) -> bool {
+    // Bounded, like every look around a candidate, so that a stream knows
+    // how much of the text around it to keep (an IPv6 address is at most 45
+    // bytes).
     bytes
+        .take(MAX_COLON_HEX_RUN)
         .take_while(|b| b.is_ascii_hexdigit() || **b == b':')
         .any(|&b| b == b':')
 }
@@ -1348,28 +1552,46 @@ fn looks_random(body: &[u8]) -> bool {
 /// else past the base64 lines that follow the header (a truncated paste still
 /// leaks key material, so the body is part of the finding). Line breaks may
 /// be real or JSON-escaped (`\n`), as keys pasted from config files are.
-fn private_key_block_end(text: &[u8], header_end: usize) -> usize {
-    let window = &text[header_end..text.len().min(header_end + MAX_PEM_BLOCK)];
+///
+/// The second value says whether text after `text` could still change the
+/// end (a stream waits for it): the first dashes after the header may yet be
+/// an END line, and a base64 line may go on.
+fn private_key_block_end(text: &[u8], header_end: usize) -> (usize, bool) {
+    let limit = header_end.saturating_add(MAX_PEM_BLOCK);
+    let whole = text.len() >= limit;
+    let window = &text[header_end..text.len().min(limit)];
+    let mut settled = true;
     // Only the first dashes after the header can close it; stopping there
     // keeps a text of many unterminated headers linear.
-    if let Some(marker) = find(window, b"-----").filter(|&i| window[i..].starts_with(b"-----END "))
-    {
-        let label_start = marker + b"-----END ".len();
-        let label_window = &window[label_start..window.len().min(label_start + 64)];
-        if let Some(label_len) = find(label_window, b"-----") {
-            let label = &label_window[..label_len];
-            let is_key_label = label.ends_with(b"PRIVATE KEY")
-                && label
-                    .iter()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b' ');
-            if is_key_label {
-                return header_end + label_start + label_len + b"-----".len();
+    match find(window, b"-----") {
+        Some(marker) => {
+            settled &= whole || window.len() >= marker + b"-----END ".len();
+            if window[marker..].starts_with(b"-----END ") {
+                let label_start = marker + b"-----END ".len();
+                let label_window = &window[label_start..window.len().min(label_start + 64)];
+                match find(label_window, b"-----") {
+                    Some(label_len) => {
+                        let label = &label_window[..label_len];
+                        let is_key_label = label.ends_with(b"PRIVATE KEY")
+                            && label.iter().all(|b| {
+                                b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b' '
+                            });
+                        if is_key_label {
+                            let end = header_end + label_start + label_len + b"-----".len();
+                            return (end, settled);
+                        }
+                    }
+                    None => settled &= whole || label_window.len() >= 64,
+                }
             }
         }
+        None => settled &= whole,
     }
     let is_base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
     let mut end = 0;
     loop {
+        // The longest line break, `\r\n` escaped, is four bytes.
+        settled &= whole || window.len() >= end + 4;
         let line_start = [&b"\r\n"[..], b"\n", b"\\r\\n", b"\\n"]
             .iter()
             .find(|separator| window[end..].starts_with(separator))
@@ -1379,7 +1601,8 @@ fn private_key_block_end(text: &[u8], header_end: usize) -> usize {
             .take_while(|b| is_base64(b))
             .count();
         if run == 0 {
-            return header_end + end;
+            settled &= whole || line_start < window.len();
+            return (header_end + end, settled);
         }
         end = line_start + run;
     }
@@ -2049,6 +2272,107 @@ mod tests {
         }
     }
 
+    /// Streams `text` cut at `cuts` (byte positions, moved down to character
+    /// boundaries) and returns the text handed on and its findings.
+    fn streamed(detectors: &Detectors, text: &str, cuts: &[usize]) -> (String, Vec<Finding>) {
+        let mut cuts: Vec<usize> = cuts
+            .iter()
+            .map(|&c| {
+                let mut c = c.min(text.len());
+                while !text.is_char_boundary(c) {
+                    c -= 1;
+                }
+                c
+            })
+            .collect();
+        cuts.sort_unstable();
+        let mut scan = detectors.stream();
+        let (mut out, mut findings, mut from) = (String::new(), Vec::new(), 0);
+        let pieces = cuts
+            .into_iter()
+            .chain([text.len()])
+            .map(|cut| {
+                let piece = &text[from..cut.max(from)];
+                from = cut.max(from);
+                scan.push(piece)
+            })
+            .collect::<Vec<_>>();
+        for piece in pieces.into_iter().chain([scan.finish()]) {
+            assert_eq!(piece.offset, out.len(), "pieces must be contiguous");
+            out.push_str(&piece.text);
+            findings.extend(piece.findings);
+        }
+        (out, findings)
+    }
+
+    #[test]
+    fn streaming_byte_by_byte_finds_what_a_whole_scan_finds() {
+        let detectors = Detectors::builtin();
+        let texts = [
+            "Reply to jane.doe@example.com or +44 20 7946 0958 today.",
+            "+15551234567@sms.example.com and 4111 1111 1111 1111-----",
+            "key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z; token eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.sig",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nabc\n-----END PRIVATE KEY----- done",
+            "::ffff:192.168.0.1 and 1111::192.168.0.1:jane.doe@example.com GB82 WEST 1234 5698 7654 32",
+            "jane.doe@example.com+AKIAIOSFODNN7EXAMPLEDE89370400440532013000415-555-2671jane.doe@example.com",
+        ];
+        for text in texts {
+            let cuts: Vec<usize> = (0..text.len()).collect();
+            let (out, findings) = streamed(&detectors, text, &cuts);
+            assert_eq!(out, text);
+            assert_eq!(findings, detectors.scan(text), "in {text:?}");
+        }
+    }
+
+    #[test]
+    fn prose_is_handed_on_as_it_arrives() {
+        let detectors = Detectors::builtin();
+        let mut scan = detectors.stream();
+        let piece = scan.push("The quarterly report is ready, ");
+        // Only the look-behind an address's local part needs is held.
+        assert!(scan.held() <= 66, "held {}", scan.held());
+        assert_eq!(piece.offset, 0);
+        let mut scan = detectors.stream();
+        scan.push(&"All is well. ".repeat(100));
+        assert!(scan.held() <= 66);
+    }
+
+    #[test]
+    fn an_entity_split_across_pieces_is_held_until_it_is_whole() {
+        let detectors = Detectors::builtin();
+        let mut scan = detectors.stream();
+        let first = scan.push(&format!("{} write to jane.doe@exa", "x ".repeat(100)));
+        assert!(first.findings.is_empty());
+        assert!(!first.text.contains("jane"), "{:?}", first.text);
+        let second = scan.push("mple.com please");
+        let rest = scan.finish();
+        let found: Vec<&str> = second
+            .findings
+            .iter()
+            .chain(&rest.findings)
+            .map(|f| f.entity.as_str())
+            .collect();
+        assert_eq!(found, ["EMAIL"]);
+    }
+
+    #[test]
+    fn a_long_stream_keeps_only_what_it_holds() {
+        let detectors = Detectors::builtin();
+        let mut scan = detectors.stream();
+        let sentence = "Mail jane.doe@example.com about order 4111 1111 1111 1111. ";
+        let mut found = 0;
+        for _ in 0..2000 {
+            found += scan.push(sentence).findings.len();
+        }
+        found += scan.finish().findings.len();
+        assert_eq!(found, 4000);
+        assert!(
+            scan.buffered() < 10 * 1024,
+            "{} bytes kept",
+            scan.buffered()
+        );
+    }
+
     proptest! {
         #[test]
         fn scanning_any_string_gives_sorted_disjoint_findings_on_char_boundaries(
@@ -2062,6 +2386,32 @@ mod tests {
             text in pii_soup(),
         ) {
             assert_well_formed(&text, &Detectors::builtin().scan(&text));
+        }
+
+        #[test]
+        fn streaming_in_any_pieces_finds_what_a_whole_scan_finds(
+            text in pii_soup(),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let detectors = Detectors::builtin();
+            let (out, findings) = streamed(&detectors, &text, &cuts);
+            prop_assert_eq!(&out, &text);
+            prop_assert_eq!(findings, detectors.scan(&text));
+        }
+
+        #[test]
+        fn streaming_custom_detectors_finds_what_a_whole_scan_finds(
+            text in pii_soup(),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let detectors = Detectors::compile(&[
+                custom("WORDY", r"the\w+"),
+                custom("CODE", r"(?-u:\b)[A-Z]{2}-[0-9]+"),
+            ])
+            .unwrap();
+            let (out, findings) = streamed(&detectors, &text, &cuts);
+            prop_assert_eq!(&out, &text);
+            prop_assert_eq!(findings, detectors.scan(&text));
         }
 
         #[test]

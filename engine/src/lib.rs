@@ -10,7 +10,10 @@
 //! - [`compile`]: bundle -> indexed, immutable [`PolicySet`] with a fingerprint.
 //! - [`decide`]: request facts -> [`Decision`], in a fixed documented order;
 //!   `exclude` (a rule's exceptions) is checked in `exclude`.
-//! - [`detect`]: content detectors compiled into one automaton; redaction.
+//! - [`detect`]: content detectors compiled into one automaton; redaction;
+//!   scanning streams.
+//! - [`injection`]: the PROMPT_INJECTION classifier (weights compiled in).
+//! - [`output`]: rules on responses: redact or block, whole or streamed.
 //! - [`expr`]: CEL `when` expressions over the request.
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
@@ -18,7 +21,9 @@
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
 //! - [`route`]: where an enforcement point sends a model's requests.
+//! - [`tokens`]: token estimates (tiktoken encodings where public, a heuristic otherwise).
 //! - [`codes`]: the table of rationale codes.
+//! - [`ident`]: the identifier check every ingress shares (length cap, no control characters).
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -30,15 +35,21 @@ pub mod decide;
 pub mod detect;
 mod exclude;
 pub mod expr;
+pub mod ident;
+pub mod injection;
 pub mod manifest;
+pub mod output;
 pub mod request;
 pub mod risk;
 pub mod route;
 pub mod schedule;
 pub mod scope;
 pub mod selector;
+pub mod tokens;
 
 pub use bundle::{Bundle, hash_token};
 pub use compile::{CompileError, CompileErrors, PolicySet};
 pub use decide::AuthError;
+pub use detect::Findings;
+pub use output::{OutputAction, OutputDecision, OutputPlan, StreamOutput, StreamScanner};
 pub use request::{Decision, Obligations, Request, RuleTrace, Stage};

@@ -120,6 +120,9 @@ pub struct TestCase {
     pub name: String,
     /// The request, as in `policybind eval --request` (before `defaults` are merged).
     pub request: serde_yaml::Mapping,
+    /// A model response to judge with the rules on Response (see `expect.response`).
+    #[serde(default)]
+    pub response: Option<String>,
     pub expect: Expectation,
 }
 
@@ -144,6 +147,26 @@ pub struct Expectation {
     /// Effect an Audit-mode policy would have had.
     #[serde(default)]
     pub would_have: Option<policybind_crds::Effect>,
+    /// What the rules on Response do to the case's `response`.
+    #[serde(default)]
+    pub response: Option<ResponseExpectation>,
+}
+
+/// What a case expects of its response. Only the fields given are compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResponseExpectation {
+    /// Pass, Redact or Block.
+    pub action: crate::output::OutputAction,
+    /// Codes that must all be present; for Redact and Block the first is the
+    /// deciding code (a passed response has only detector codes).
+    #[serde(default)]
+    pub codes: Vec<String>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// The response as delivered, after redaction.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 impl PolicyTest {

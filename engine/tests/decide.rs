@@ -22,6 +22,72 @@ fn no_matching_rule_is_denied_by_default() {
 }
 
 #[test]
+fn a_default_denial_keeps_the_detector_codes_of_the_prompt() {
+    let mut r = request("alice", "gpt-4o");
+    r.prompt = Some("mail jane@example.com, key AKIAIOSFODNN7EXAMPLE".into());
+    let d = set(vec![]).decide(&r);
+    assert_eq!(
+        d.codes,
+        [
+            codes::NO_MATCHING_POLICY,
+            codes::PII_DETECTED,
+            codes::SECRET_IN_PROMPT
+        ]
+    );
+    assert_eq!(d.findings.len(), 2);
+}
+
+#[test]
+fn token_and_registry_refusals_keep_the_detector_codes_of_the_prompt() {
+    let s = set(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    let mut unknown_token = request("carol", "gpt-4o");
+    unknown_token.prompt = Some("call +44 20 7946 0958".into());
+    assert_eq!(
+        s.decide(&unknown_token).codes,
+        [codes::TOKEN_UNKNOWN, codes::PII_DETECTED]
+    );
+    let mut unregistered = request("alice", "mistral");
+    unregistered.prompt = Some("AKIAIOSFODNN7EXAMPLE".into());
+    assert_eq!(
+        s.decide(&unregistered).codes,
+        [codes::MODEL_NOT_REGISTERED, codes::SECRET_IN_PROMPT]
+    );
+}
+
+#[test]
+fn a_rule_whose_code_is_a_detector_code_does_not_repeat_it() {
+    let mut deny = rule("no-secrets", Effect::Deny);
+    deny.conditions.detected = vec!["SECRET".into()];
+    deny.code = Some(codes::SECRET_IN_PROMPT.into());
+    let s = set(vec![cluster_policy("secrets", 100, vec![deny])]);
+    let mut r = request("alice", "gpt-4o");
+    r.prompt = Some("AKIAIOSFODNN7EXAMPLE".into());
+    assert_eq!(s.decide(&r).codes, [codes::SECRET_IN_PROMPT]);
+}
+
+#[test]
+fn deciding_on_findings_scanned_once_decides_as_deciding_on_the_prompt() {
+    let mut redact = rule("pii", Effect::Redact);
+    redact.conditions.detected = vec!["EMAIL".into()];
+    let s = set(vec![
+        cluster_policy("redact", 500, vec![redact]),
+        cluster_policy("allow", 100, vec![rule("all", Effect::Allow)]),
+    ]);
+    let texts = ["first: jane@example.com", "second: nothing here"];
+    let parts: Vec<_> = texts.iter().map(|t| s.scan(t)).collect();
+    let findings = policybind_engine::detect::Findings::join(&parts, 1);
+    let mut r = request("alice", "gpt-4o");
+    r.prompt = Some(texts.join("\n"));
+    let scanned = s.decide_scanned(&request("alice", "gpt-4o"), &findings);
+    assert_eq!(scanned, s.decide(&r));
+    assert_eq!(scanned.effect, Effect::Redact);
+}
+
+#[test]
 fn higher_priority_rule_decides_even_when_less_restrictive() {
     let s = set(vec![
         cluster_policy("allow-high", 200, vec![rule("allow", Effect::Allow)]),

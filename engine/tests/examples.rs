@@ -59,6 +59,7 @@ fn every_example_policy_test_case_passes() {
                 && e.redacted
                     .iter()
                     .all(|ent| d.findings.iter().any(|f| &f.entity == ent));
+            let ok = ok && response_ok(&set, case, &request);
             if !ok {
                 failures.push(format!(
                     "{source} / {}: expected {:?} {:?}, got {} {:?} ({}) findings {:?}",
@@ -72,4 +73,24 @@ fn every_example_policy_test_case_passes() {
         "expected the examples to hold at least 20 cases, found {count}"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What the case states of its response, if it has one.
+fn response_ok(
+    set: &PolicySet,
+    case: &policybind_engine::manifest::TestCase,
+    request: &policybind_engine::Request,
+) -> bool {
+    let (Some(response), Some(e)) = (&case.response, &case.expect.response) else {
+        return case.expect.response.is_none();
+    };
+    let d = set.decide_output(request, &set.scan(response));
+    d.action == e.action
+        && e.codes.iter().all(|c| d.codes.contains(c))
+        && (e.action == policybind_engine::OutputAction::Pass
+            || e.codes.first().is_none_or(|c| d.code() == c))
+        && e.rule.as_ref().is_none_or(|r| d.rule.as_ref() == Some(r))
+        && e.text
+            .as_ref()
+            .is_none_or(|t| d.apply(response).as_ref() == Some(t))
 }

@@ -171,9 +171,7 @@ pub async fn retention_loop(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let policy = RetentionPolicy {
-        max_bytes: settings.max_bytes,
-    };
+    let policy = RetentionPolicy::new(settings.max_bytes);
     tracing::info!(
         max_bytes = settings.max_bytes,
         interval = ?settings.interval,

@@ -78,6 +78,9 @@ pub struct Settings {
     /// File holding the audit signing key (a mounted Secret); wins over
     /// `audit_key_secret`.
     pub audit_key_file: Option<PathBuf>,
+    /// Secret in `namespace` holding the webhook's audit signing key: its
+    /// public half is published in the keyring ([`crate::audit_keyring`]).
+    pub webhook_audit_key_secret: Option<String>,
     /// Keeps each namespace's audit segment ConfigMaps within a budget (see
     /// [`crate::audit_retention`]); `None` turns retention off.
     pub audit_retention: Option<AuditRetentionSettings>,
@@ -110,7 +113,9 @@ impl Default for Settings {
             cache_timeout: Duration::from_secs(120),
             audit_key_secret: None,
             audit_key_file: None,
-            audit_retention: Some(AuditRetentionSettings::default()),
+            webhook_audit_key_secret: None,
+            // Retention deletes only once a durable sink was chosen explicitly.
+            audit_retention: None,
             sidecar_cluster_role: "policybind-sidecar".into(),
             sidecar_port_name: "http".into(),
             bundle_limits: Default::default(),

@@ -15,7 +15,8 @@
 //!   namespace, the sidecars' RoleBinding, the NetworkPolicy and the audit key.
 //!
 //! Besides the controllers, [`audit_retention`] keeps every namespace's audit
-//! segments within a byte budget, periodically.
+//! segments within a byte budget, periodically, and [`audit_keyring`] publishes
+//! which verification key may sign for which writers.
 //!
 //! Every kind is watched once; the watch feeds both its controller and the
 //! caches ([`stores::Stores`]) the others read, so reconcilers never read from
@@ -26,6 +27,7 @@
 //! Metrics and health are served on a plain port ([`metrics`]).
 #![forbid(unsafe_code)]
 
+pub mod audit_keyring;
 pub mod audit_retention;
 pub mod bundle;
 pub mod context;
@@ -183,7 +185,7 @@ pub async fn run_with(
     metrics.is_leader.set(1);
 
     let (triggers, receivers, bundles_changed) = controllers::channels();
-    let audit = start_audit(&client, &settings).await?;
+    let (audit, operator_key) = start_audit(&client, &settings).await?.unzip();
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -202,9 +204,19 @@ pub async fn run_with(
         shutdown: shutdown.clone(),
     };
     let retention = retention(&wiring, retention_sink, metrics);
+    let keyring = audit_keyring::keyring_loop(
+        ctx.clone(),
+        audit_keyring::FixedKeys {
+            operator: operator_key,
+            webhook_secret: settings.webhook_audit_key_secret.clone(),
+        },
+        audit_keyring::DEFAULT_INTERVAL,
+        shutdown.clone(),
+    );
     tokio::join!(
         controllers::run_all(&wiring, reflectors, receivers),
         retention,
+        keyring,
         report_ready(&ctx, &ready),
     );
     // Shutdown (signal or lost Lease) stops each controller gracefully: no new
@@ -271,26 +283,32 @@ async fn report_ready(ctx: &Context, ready: &AtomicBool) {
     }
 }
 
-/// Starts the lifecycle audit writer when a signing key is configured.
+/// Starts the lifecycle audit writer when a signing key is configured, and
+/// returns it with the key's public half for the keyring.
 async fn start_audit(
     client: &Client,
     settings: &Settings,
-) -> Result<Option<policybind_audit::AuditWriter>> {
-    let key = match (&settings.audit_key_file, &settings.audit_key_secret) {
-        (Some(path), _) => {
-            policybind_audit::keys::signing_key_from_file(path).map_err(Error::Audit)?
-        }
+) -> Result<Option<(policybind_audit::AuditWriter, audit_keyring::CurrentKey)>> {
+    let (key, since) = match (&settings.audit_key_file, &settings.audit_key_secret) {
+        (Some(path), _) => (
+            policybind_audit::keys::signing_key_from_file(path).map_err(Error::Audit)?,
+            None,
+        ),
         (None, Some(secret)) => {
             let (namespace, name) = secret
                 .split_once('/')
                 .unwrap_or((settings.namespace.as_str(), secret.as_str()));
-            policybind_audit::keys::signing_key_from_secret(client.clone(), namespace, name)
+            policybind_audit::keys::signing_key_secret(client.clone(), namespace, name)
                 .await
                 .map_err(Error::Audit)?
         }
         (None, None) => return Ok(None),
     };
-    let config = policybind_audit::AuditConfig::new(format!("operator/{}", settings.identity), key);
+    let public = audit_keyring::CurrentKey::operator(key.verifying_key(), since);
+    let config = policybind_audit::AuditConfig::new(
+        policybind_crds::wire::writers::operator(&settings.identity),
+        key,
+    );
     let store = Arc::new(policybind_audit::ConfigMapStore::new(
         client.clone(),
         settings.namespace.clone(),
@@ -299,7 +317,7 @@ async fn start_audit(
         .await
         .map_err(Error::Audit)?;
     tracing::info!(writer = %writer.writer(), namespace = %settings.namespace, "lifecycle records go to the audit trail");
-    Ok(Some(writer))
+    Ok(Some((writer, public)))
 }
 
 /// Releases the Lease, then waits for the metrics server to stop.

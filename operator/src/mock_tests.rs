@@ -94,6 +94,7 @@ fn env_with(settings: Settings) -> Env {
     let (network_policies, network_policies_w) = ready::<NetworkPolicy>();
     let (audit_keys, audit_keys_w) = ready::<Secret>();
     let (pods, pods_w) = ready::<PartialObjectMeta<Pod>>();
+    let (evidence_gates, evidence_gates_w) = ready::<policybind_crds::EvidenceGate>();
     let stores = Stores {
         policies,
         cluster_policies,
@@ -111,6 +112,7 @@ fn env_with(settings: Settings) -> Env {
         network_policies,
         audit_keys,
         pods,
+        evidence_gates,
     };
     let ctx = Arc::new(Context::new(
         client,
@@ -138,7 +140,11 @@ fn env_with(settings: Settings) -> Env {
             pods: pods_w,
             incidents: incidents_w,
             audit_segments: audit_w,
-            _rest: vec![Box::new(policies_w), Box::new(cluster_policies_w)],
+            _rest: vec![
+                Box::new(policies_w),
+                Box::new(cluster_policies_w),
+                Box::new(evidence_gates_w),
+            ],
         },
     }
 }
@@ -458,8 +464,25 @@ async fn high_risk_model_raises_an_approval_request_then_a_second_reconcile_make
     assert_eq!(status["status"]["approval"], "Pending");
     assert_eq!(status["status"]["nextReviewAt"], "2027-01-30T00:00:00Z");
     reply(send, 200, &with_status(&m, &status));
-    // Approved=False is news; Compliant=True and Suspended=False are not.
+    // Approved=False is news, and so is Compliant=False (a High-risk model with
+    // no registry fields and no approval fails every framework); Suspended=False
+    // is not.
     expect_event(&mut env.api, "team-a", "ApprovalPending").await;
+    let compliant = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Compliant")
+        .unwrap()
+        .clone();
+    assert_eq!(compliant["status"], "False");
+    assert_eq!(status["status"]["compliance"].as_array().unwrap().len(), 4);
+    expect_event(
+        &mut env.api,
+        "team-a",
+        compliant["reason"].as_str().unwrap(),
+    )
+    .await;
     let action = tokio::time::timeout(Duration::from_secs(5), reconcile)
         .await
         .unwrap()
@@ -1258,6 +1281,7 @@ async fn approval_flows_back_to_the_model_and_into_its_status() {
     before.status = Some(crate::controllers::model_deployment::desired_status(
         &m,
         &pending,
+        &[],
         0,
         now(),
     ));
@@ -1358,7 +1382,7 @@ async fn retention_lists_segment_namespaces_once_then_exports_before_deleting_in
         let metrics = metrics.clone();
         tokio::spawn(async move {
             // A budget of one byte: all but each writer's newest sealed segment go.
-            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let policy = policybind_audit::RetentionPolicy::new(1);
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
                 .await
@@ -1445,7 +1469,7 @@ async fn retention_failure_in_one_namespace_is_counted_and_the_next_namespace_st
     let pass = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let policy = policybind_audit::RetentionPolicy { max_bytes: 1 };
+            let policy = policybind_audit::RetentionPolicy::new(1);
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::audit_retention::run_once(&client, &policy, sink.as_ref(), &metrics, &shutdown)
                 .await
@@ -1486,4 +1510,147 @@ async fn retention_failure_in_one_namespace_is_counted_and_the_next_namespace_st
         "{}",
         metrics.encode()
     );
+}
+
+/// A namespace key Secret as the API server returns it (with its creation time).
+fn namespace_key_secret(namespace: &str, seed: u8, created: &str) -> Secret {
+    let key = policybind_engine::audit::AuditSigningKey::from_seed(&[seed; 32]);
+    let mut secret = crate::controllers::namespace::audit_key_secret(namespace, &key).unwrap();
+    secret.metadata.creation_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()),
+    );
+    secret
+}
+
+fn public(seed: u8) -> policybind_engine::audit::AuditVerifyingKey {
+    policybind_engine::audit::AuditSigningKey::from_seed(&[seed; 32]).verifying_key()
+}
+
+#[tokio::test]
+async fn the_keyring_binds_each_key_to_its_writers_and_an_unchanged_cluster_writes_nothing() {
+    use crate::audit_keyring::{CurrentKey, namespace_keys, publish_once};
+    let mut env = env();
+    env.w
+        .audit_keys
+        .apply_watcher_event(&Event::Apply(namespace_key_secret(
+            "team-a",
+            7,
+            "2026-11-01T00:00:00Z",
+        )));
+    let mut current = vec![
+        CurrentKey::operator(public(1), None),
+        CurrentKey::webhook(public(2), Some("2026-10-01T00:00:00Z".parse().unwrap())),
+    ];
+    current.extend(namespace_keys(&env.ctx));
+    let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-audit-keys");
+
+    // First pass: nothing published yet, so one apply.
+    let pass = {
+        let ctx = env.ctx.clone();
+        let current = current.clone();
+        tokio::spawn(async move { publish_once(&ctx, &current).await })
+    };
+    let (_, send) = expect(&mut env.api, "GET", &path).await;
+    reply(send, 404, &not_found());
+    let published = echo(&mut env.api, "PATCH", &path).await;
+    let changes = pass.await.unwrap().unwrap();
+    assert_eq!(changes.added.len(), 3, "{changes:?}");
+    assert_eq!(published["metadata"]["namespace"], HOME);
+    assert_eq!(
+        published["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "policybind"
+    );
+    let json = published["data"]["keys.json"].as_str().unwrap();
+    let (document, keyring) =
+        policybind_audit::keys::keyring_from_bytes(json.as_bytes(), "test").unwrap();
+    let day = Some("2026-11-20T00:00:00Z".parse().unwrap());
+    let allowed =
+        |seed: u8, writer: &str| keyring.key_for(public(seed).key_id(), writer, day).is_ok();
+    assert!(allowed(1, "operator/policybind-operator-0"));
+    assert!(allowed(2, "webhook/policybind-webhook-1"));
+    assert!(allowed(7, "sidecar/team-a/bot-1"));
+    assert!(!allowed(7, "sidecar/team-b/bot-1"));
+    assert!(!allowed(7, "webhook/policybind-webhook-1"));
+    assert!(!allowed(2, "sidecar/team-a/bot-1"));
+    let team_a = document
+        .keys
+        .iter()
+        .find(|e| e.key_id == public(7).key_id())
+        .unwrap();
+    assert_eq!(team_a.not_before.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+
+    // Second pass over the same keys: one read, no write.
+    let pass = {
+        let ctx = env.ctx.clone();
+        let current = current.clone();
+        tokio::spawn(async move { publish_once(&ctx, &current).await })
+    };
+    let (_, send) = expect(&mut env.api, "GET", &path).await;
+    reply(send, 200, &published);
+    tokio::select! {
+        changes = pass => assert!(changes.unwrap().unwrap().is_empty()),
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call: {} {}", request.method(), request.uri());
+        }
+    }
+
+    // team-a's Secret is replaced by a new key: the old one is retired, not removed.
+    env.w
+        .audit_keys
+        .apply_watcher_event(&Event::Apply(namespace_key_secret(
+            "team-a",
+            8,
+            "2026-11-21T00:00:00Z",
+        )));
+    let mut rotated = current[..2].to_vec();
+    rotated.extend(namespace_keys(&env.ctx));
+    let pass = {
+        let ctx = env.ctx.clone();
+        tokio::spawn(async move { publish_once(&ctx, &rotated).await })
+    };
+    let (_, send) = expect(&mut env.api, "GET", &path).await;
+    reply(send, 200, &published);
+    let republished = echo(&mut env.api, "PATCH", &path).await;
+    let changes = pass.await.unwrap().unwrap();
+    assert_eq!(
+        (changes.added.len(), changes.retired.len()),
+        (1, 1),
+        "{changes:?}"
+    );
+    let json = republished["data"]["keys.json"].as_str().unwrap();
+    let (_, keyring) = policybind_audit::keys::keyring_from_bytes(json.as_bytes(), "test").unwrap();
+    let writer = "sidecar/team-a/bot-1";
+    let before = Some("2026-11-20T00:00:00Z".parse().unwrap());
+    let after = Some("2026-11-23T00:00:00Z".parse().unwrap());
+    assert!(keyring.key_for(public(7).key_id(), writer, before).is_ok());
+    assert!(keyring.key_for(public(7).key_id(), writer, after).is_err());
+    assert!(keyring.key_for(public(8).key_id(), writer, after).is_ok());
+}
+
+#[tokio::test]
+async fn a_published_keyring_that_does_not_parse_is_replaced() {
+    use crate::audit_keyring::{CurrentKey, publish_once};
+    let mut env = env();
+    let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-audit-keys");
+    let pass = {
+        let ctx = env.ctx.clone();
+        tokio::spawn(
+            async move { publish_once(&ctx, &[CurrentKey::operator(public(1), None)]).await },
+        )
+    };
+    let (_, send) = expect(&mut env.api, "GET", &path).await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "policybind-audit-keys", "namespace": HOME},
+                "data": {"keys.json": "{\"format\": \"something-else\", \"keys\": []}"}}),
+    );
+    let published = echo(&mut env.api, "PATCH", &path).await;
+    pass.await.unwrap().unwrap();
+    let json = published["data"]["keys.json"].as_str().unwrap();
+    let (document, _) =
+        policybind_audit::keys::keyring_from_bytes(json.as_bytes(), "test").unwrap();
+    assert_eq!(document.keys.len(), 1);
 }

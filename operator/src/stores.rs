@@ -20,7 +20,8 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, Incident, ModelDeployment,
+    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
+    ModelDeployment,
 };
 
 use crate::context::Context;
@@ -54,6 +55,8 @@ pub struct Stores {
     pub audit_keys: Store<Secret>,
     /// Pod metadata only: enough to count matched workloads without caching pod specs.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// EvidenceGates: a model's `Compliant` condition is judged against them.
+    pub evidence_gates: Store<EvidenceGate>,
 }
 
 impl Stores {
@@ -77,6 +80,7 @@ impl Stores {
                 && self.network_policies.wait_until_ready().await.is_ok()
                 && self.audit_keys.wait_until_ready().await.is_ok()
                 && self.pods.wait_until_ready().await.is_ok()
+                && self.evidence_gates.wait_until_ready().await.is_ok()
         };
         all.await
     }
@@ -100,6 +104,7 @@ pub struct Reflectors {
     pub network_policies: Writer<NetworkPolicy>,
     pub audit_keys: Writer<Secret>,
     pub pods: Writer<PartialObjectMeta<Pod>>,
+    pub evidence_gates: Writer<EvidenceGate>,
 }
 
 impl Stores {
@@ -121,6 +126,7 @@ impl Stores {
         let (network_policies, network_policies_w) = reflector::store();
         let (audit_keys, audit_keys_w) = reflector::store();
         let (pods, pods_w) = reflector::store();
+        let (evidence_gates, evidence_gates_w) = reflector::store();
         let stores = Stores {
             policies,
             cluster_policies,
@@ -138,6 +144,7 @@ impl Stores {
             network_policies,
             audit_keys,
             pods,
+            evidence_gates,
         };
         let reflectors = Reflectors {
             policies: policies_w,
@@ -156,6 +163,7 @@ impl Stores {
             network_policies: network_policies_w,
             audit_keys: audit_keys_w,
             pods: pods_w,
+            evidence_gates: evidence_gates_w,
         };
         (stores, reflectors)
     }

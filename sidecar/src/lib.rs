@@ -325,7 +325,8 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         Some(l) => Some(l.local_addr().map_err(Error::Serve)?),
         None => None,
     };
-    info!(%addr, %health_addr, decide_addr = ?decide_addr, upstream = %settings.upstream,
+    let decide_shown = decide_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
         "policybind enforcement point listening");
 
     let reporter = start_reporter(&settings, kube, &ledger);

@@ -42,7 +42,11 @@ async fn decisions_are_written_to_the_audit_directory_as_sealed_signed_segments(
     let store = policybind_audit::DirectoryStore::open(audit_dir.path()).unwrap();
     let segments = store.list().await.unwrap();
     assert_eq!(segments.len(), 1);
-    let segment = segments[0].content.as_ref().expect("the segment parses");
+    let segment = segments[0]
+        .clone()
+        .parse()
+        .content
+        .expect("the segment parses");
     assert_eq!(segment.header.record_count, 2);
     assert!(segment.signature.is_some() && segment.header.sealed_at.is_some());
     assert_eq!(segment.header.key_id.as_deref(), Some(verifying.key_id()));

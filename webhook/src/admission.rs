@@ -33,7 +33,6 @@ use serde_json::Value;
 use crate::audit::AuditSink;
 use crate::authz::Authorizer;
 use crate::config::AdmissionConfig;
-use crate::ident::{self, IdentError};
 use crate::inject::{self, InjectChoice, Outcome, Skip};
 use crate::metrics::{AuditLabels, InjectionLabels, Metrics, ReviewLabels, WebhookLabel};
 use crate::resources;
@@ -41,6 +40,7 @@ use crate::verdict::Verdict;
 use crate::view::ClusterView;
 use crate::workloads::{self, Heuristics, PodTemplate};
 use crate::{codes, enforcement};
+use policybind_engine::ident::{self, IdentError};
 
 /// Default cap on an AdmissionReview body. The API server limits objects to
 /// about 1.5 MiB and a review may carry the old object too.
@@ -159,7 +159,9 @@ const MAX_RECORDED_TEXT: usize = 4096;
 pub fn check_review_identifiers(
     request: &AdmissionRequest<DynamicObject>,
 ) -> Result<(), IdentError> {
-    use ident::{MAX_NAME, MAX_NAMESPACE, MAX_UID, MAX_USER, check, check_opt};
+    use ident::{
+        MAX_NAME, MAX_NAMESPACE, MAX_UID, MAX_USER, check_max as check, check_opt_max as check_opt,
+    };
     check("request.uid", &request.uid, MAX_UID)?;
     for (field, value) in [
         ("request.kind.group", &request.kind.group),
@@ -464,7 +466,8 @@ async fn validate_resource(
             }
         }
         "ApprovalRequest" => {
-            resources::validate_approval(authorizer, user, &object, old.as_ref()).await
+            resources::validate_approval(authorizer, app.view.as_ref(), user, &object, old.as_ref())
+                .await
         }
         _ => Verdict::allow_quietly(),
     }

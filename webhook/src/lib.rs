@@ -12,8 +12,9 @@
 //!   sidecar or an authorized exemption; nobody but the sidecar reads the audit key.
 //! - [`view`], [`authz`], [`audit`]: what a decision reads (cached cluster state),
 //!   asks (SubjectAccessReview) and writes (one audit record per decision).
-//! - [`ident`]: every identifier taken from a review is capped and free of
-//!   control characters before it is decided on or recorded.
+//! - Every identifier taken from a review is capped and free of control
+//!   characters before it is decided on or recorded (the shared check,
+//!   `policybind_engine::ident`).
 //!
 //! The decision logic never waits on the API server except for the rights it
 //! checks (approvals, exemptions, shared models, token namespaces); everything else reads reflector caches, which is what keeps an
@@ -27,7 +28,6 @@ pub mod codes;
 pub mod config;
 pub mod configs;
 pub mod enforcement;
-pub mod ident;
 pub mod inject;
 pub mod metrics;
 pub mod resources;

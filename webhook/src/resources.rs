@@ -14,7 +14,7 @@
 //! Nothing here mutates these resources: GitOps tools must see no drift.
 
 use k8s_openapi::api::authentication::v1::UserInfo;
-use policybind_crds::approval_request::{ApprovalDecision, DecisionState};
+use policybind_crds::approval_request::{ApprovalDecision, ApprovalTargetKind, DecisionState};
 use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
 use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
 use policybind_engine::{CompileErrors, PolicySet, codes};
@@ -22,11 +22,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::authz::{self, Access, Authorizer};
-use crate::ident;
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
 use policybind_crds::model_deployment::ModelScope;
 use policybind_crds::wire::verbs;
+use policybind_engine::ident;
 
 pub use crate::codes as admission_codes;
 use crate::codes::*;
@@ -315,7 +315,7 @@ pub async fn authorize_token_namespaces(
     added.dedup();
     for (i, namespace) in added.iter().enumerate() {
         let field = format!("spec.additionalNamespaces[{i}]");
-        if let Err(error) = ident::check(&field, namespace, ident::MAX_NAMESPACE) {
+        if let Err(error) = ident::check_max(&field, namespace, ident::MAX_NAMESPACE) {
             return Some(
                 Verdict::deny(codes::REQUEST_INVALID, error.to_string())
                     .with_detail("invalidField", error.field()),
@@ -433,8 +433,34 @@ pub fn validate_token(
 
 /// An ApprovalRequest create or update. Only a new decision is judged; the
 /// schema's CEL rules keep target and requester immutable.
+/// An approval of a ModelDeployment is granted only while every EvidenceGate
+/// that applies to it passes (`policybind_compliance::gates`); the denial names
+/// the failing gate, threshold and value.
+fn failing_evidence_gate(
+    view: &dyn ClusterView,
+    request: &ApprovalRequest,
+    namespace: &str,
+) -> Option<Verdict> {
+    if request.spec.target.kind != ApprovalTargetKind::ModelDeployment {
+        return None;
+    }
+    let model = view.model(namespace, request.spec.target.name.as_deref()?)?;
+    let gates: Vec<_> = view
+        .evidence_gates()
+        .iter()
+        .map(|g| g.as_ref().clone())
+        .collect();
+    let results = policybind_compliance::gates::evaluate(&model, &gates, chrono::Utc::now());
+    let message = policybind_compliance::gates::denial_message(&model, &results)?;
+    Some(Verdict::deny(
+        policybind_compliance::gates::DENIAL_CODE,
+        message,
+    ))
+}
+
 pub async fn validate_approval(
     authorizer: &dyn Authorizer,
+    view: &dyn ClusterView,
     user: &UserInfo,
     object: &Value,
     old_object: Option<&Value>,
@@ -453,7 +479,7 @@ pub async fn validate_approval(
             .map(|d| ("spec.decision.approver", d.approver.as_str())),
     ];
     for (field, value) in recorded.into_iter().flatten() {
-        if let Err(error) = ident::check(field, value, ident::MAX_USER) {
+        if let Err(error) = ident::check_max(field, value, ident::MAX_USER) {
             return Verdict::deny(codes::REQUEST_INVALID, error.to_string())
                 .with_detail("invalidField", error.field());
         }
@@ -513,6 +539,11 @@ pub async fn validate_approval(
                 "ApprovalRequest {namespace}/{name}: {username} requested this and cannot decide it; another approver must"
             ),
         ));
+    }
+    if decision.state == DecisionState::Approved
+        && let Some(denial) = failing_evidence_gate(view, &request, &namespace)
+    {
+        return approval(denial);
     }
     let access = Access::new(verbs::APPROVE, "approvalrequests")
         .in_namespace(&namespace)

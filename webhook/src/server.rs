@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource};
-use policybind_crds::{AIPolicy, ClusterAIPolicy, ModelDeployment};
+use policybind_crds::{AIPolicy, ClusterAIPolicy, EvidenceGate, ModelDeployment};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -345,23 +345,33 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
     let (namespaces, _n) = reflect(Api::<Namespace>::all(client.clone()));
     let (ai_policies, _a) = reflect(Api::<AIPolicy>::all(client.clone()));
     let (cluster_policies, _c) = reflect(Api::<ClusterAIPolicy>::all(client.clone()));
+    let (evidence_gates, _g) = reflect(Api::<EvidenceGate>::all(client.clone()));
     let view = KubeView {
         models: models.clone(),
         namespaces: namespaces.clone(),
         ai_policies: ai_policies.clone(),
         cluster_policies: cluster_policies.clone(),
+        evidence_gates: evidence_gates.clone(),
     };
     {
         let readiness = readiness.clone();
         tokio::spawn(async move {
-            let synced = futures::future::join4(
+            // Approvals are judged against the evidence gates: until every cache
+            // has synced the webhook is not ready (and a Fail policy holds writes).
+            let synced = futures::future::join5(
                 models.wait_until_ready(),
                 namespaces.wait_until_ready(),
                 ai_policies.wait_until_ready(),
                 cluster_policies.wait_until_ready(),
+                evidence_gates.wait_until_ready(),
             )
             .await;
-            if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
+            if synced.0.is_ok()
+                && synced.1.is_ok()
+                && synced.2.is_ok()
+                && synced.3.is_ok()
+                && synced.4.is_ok()
+            {
                 readiness.caches.store(true, Ordering::Release);
                 tracing::info!("caches synced");
             }
@@ -527,7 +537,10 @@ async fn start_audit(
     } else {
         return Ok(None);
     };
-    let config = policybind_audit::AuditConfig::new(format!("webhook/{}", audit.identity), key);
+    let config = policybind_audit::AuditConfig::new(
+        policybind_crds::wire::writers::webhook(&audit.identity),
+        key,
+    );
     let store: Arc<dyn policybind_audit::SegmentStore> = match &audit.directory {
         Some(dir) => Arc::new(
             policybind_audit::DirectoryStore::open(dir.clone())

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{ObjectRef, Store};
-use policybind_crds::{AIPolicy, ClusterAIPolicy, ModelDeployment};
+use policybind_crds::{AIPolicy, ClusterAIPolicy, EvidenceGate, ModelDeployment};
 
 /// Read access to the cached cluster state.
 pub trait ClusterView: Send + Sync {
@@ -26,6 +26,8 @@ pub trait ClusterView: Send + Sync {
     fn ai_policies(&self, namespace: &str) -> Vec<Arc<AIPolicy>>;
     /// Every ClusterAIPolicy.
     fn cluster_policies(&self) -> Vec<Arc<ClusterAIPolicy>>;
+    /// Every EvidenceGate (approvals of models must pass them).
+    fn evidence_gates(&self) -> Vec<Arc<EvidenceGate>>;
 }
 
 /// An in-memory view, filled by hand.
@@ -40,6 +42,7 @@ struct StaticState {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     ai_policies: Vec<Arc<AIPolicy>>,
     cluster_policies: Vec<Arc<ClusterAIPolicy>>,
+    evidence_gates: Vec<Arc<EvidenceGate>>,
 }
 
 impl StaticView {
@@ -75,6 +78,15 @@ impl StaticView {
             .expect("view lock")
             .ai_policies
             .push(Arc::new(policy));
+        self
+    }
+
+    pub fn add_evidence_gate(&self, gate: EvidenceGate) -> &Self {
+        self.inner
+            .write()
+            .expect("view lock")
+            .evidence_gates
+            .push(Arc::new(gate));
         self
     }
 
@@ -131,6 +143,10 @@ impl ClusterView for StaticView {
             .cluster_policies
             .clone()
     }
+
+    fn evidence_gates(&self) -> Vec<Arc<EvidenceGate>> {
+        self.inner.read().expect("view lock").evidence_gates.clone()
+    }
 }
 
 /// The view over kube reflector stores, kept current by watches started in
@@ -141,6 +157,7 @@ pub struct KubeView {
     pub namespaces: Store<Namespace>,
     pub ai_policies: Store<AIPolicy>,
     pub cluster_policies: Store<ClusterAIPolicy>,
+    pub evidence_gates: Store<EvidenceGate>,
 }
 
 impl ClusterView for KubeView {
@@ -168,5 +185,9 @@ impl ClusterView for KubeView {
 
     fn cluster_policies(&self) -> Vec<Arc<ClusterAIPolicy>> {
         self.cluster_policies.state()
+    }
+
+    fn evidence_gates(&self) -> Vec<Arc<EvidenceGate>> {
+        self.evidence_gates.state()
     }
 }

@@ -24,10 +24,10 @@ use policybind_engine::codes;
 use serde_json::Value;
 
 use crate::config::{AdmissionConfig, UndeclaredMode};
-use crate::ident::{self, IdentError};
 use crate::inject::{self, InjectChoice};
 use crate::verdict::Verdict;
 use crate::view::ClusterView;
+use policybind_engine::ident::{self, IdentError};
 
 /// Image repositories (after dropping registry defaults, tag and digest) that are
 /// treated as model servers when a workload declares no model.
@@ -124,7 +124,7 @@ impl PodTemplate<'_> {
     }
 
     /// The annotation and label values the webhook reads and records, checked
-    /// like every identifier of a review ([`crate::ident`]).
+    /// like every identifier of a review (`policybind_engine::ident`).
     pub fn check_identifiers(&self) -> Result<(), IdentError> {
         let annotations_path = self.field("metadata.annotations");
         let labels_path = self.field("metadata.labels");
@@ -136,10 +136,10 @@ impl PodTemplate<'_> {
             (annotations::PORTS, ident::MAX_KEYWORD),
         ] {
             if let Some(value) = self.annotations.get(key) {
-                ident::check(&format!("{annotations_path}[{key}]"), value, max)?;
+                ident::check_max(&format!("{annotations_path}[{key}]"), value, max)?;
             }
             if let Some(value) = self.labels.get(key) {
-                ident::check(&format!("{labels_path}[{key}]"), value, max)?;
+                ident::check_max(&format!("{labels_path}[{key}]"), value, max)?;
             }
         }
         Ok(())

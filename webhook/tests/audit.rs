@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{Reply, default_view, fixture, start, start_with_sink};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use policybind_audit::{DirectoryStore, SegmentStore, StoredSegment};
-use policybind_engine::audit::{Segment, VerifyOptions};
+use policybind_audit::{DirectoryStore, RawSegment, SegmentObject, SegmentStore, StoreProfile};
+use policybind_engine::audit::{Keyring, VerifyOptions};
 use policybind_webhook::audit::WriterSink;
 use policybind_webhook::config::AdmissionConfig;
 use serde_json::{Value, json};
@@ -181,9 +181,9 @@ const CONFIGMAP_LIMIT: usize = 1024 * 1024;
 impl SegmentStore for ApiServerSized {
     fn put<'a>(
         &'a self,
-        segment: &'a Segment,
+        object: &'a SegmentObject,
     ) -> BoxFuture<'a, Result<(), policybind_audit::Error>> {
-        let bytes = policybind_audit::store::encode_segment(segment).len();
+        let bytes = object.body.len();
         if bytes > CONFIGMAP_LIMIT {
             let error = std::io::Error::other(format!("request entity too large: {bytes} bytes"));
             return async move {
@@ -195,19 +195,28 @@ impl SegmentStore for ApiServerSized {
             }
             .boxed();
         }
-        self.0.put(segment)
+        self.0.put(object)
     }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredSegment>, policybind_audit::Error>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RawSegment>, policybind_audit::Error>> {
         self.0.list()
     }
-    fn latest<'a>(
+    fn names<'a>(
         &'a self,
         writer: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Segment>, policybind_audit::Error>> {
-        self.0.latest(writer)
+    ) -> BoxFuture<'a, Result<Vec<String>, policybind_audit::Error>> {
+        self.0.names(writer)
+    }
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RawSegment>, policybind_audit::Error>> {
+        self.0.get(name)
     }
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), policybind_audit::Error>> {
         self.0.delete(name)
+    }
+    fn profile(&self) -> StoreProfile {
+        self.0.profile()
     }
     fn describe(&self) -> String {
         self.0.describe()
@@ -257,7 +266,7 @@ async fn one_poisoned_review_does_not_stop_the_records_after_it() {
     writer.shutdown().await.unwrap();
     let segments = store.list().await.unwrap();
     let options = VerifyOptions {
-        trusted_keys: vec![trusted],
+        keyring: Some(Keyring::single(trusted, vec!["webhook/*".into()]).unwrap()),
         ..VerifyOptions::default()
     };
     let report = policybind_audit::verify_stored(segments, &options);

@@ -570,3 +570,66 @@ async fn edits_that_keep_the_decision_are_admitted() {
         .await;
     assert!(reply.allowed(), "{}", reply.message());
 }
+
+/// A view where `team-a/chat` is High risk with the given fairness result, and a
+/// gate asks High-risk models for a fairness delta of at most 0.05.
+fn gated_view(fairness: f64) -> policybind_webhook::view::StaticView {
+    let view = policybind_webhook::view::StaticView::new();
+    view.add_namespace("team-a", &[("policybind.io/enforce", "true")]);
+    view.add_model(model(
+        "team-a",
+        "chat",
+        json!({
+            "risk": {"level": "High"},
+            "evaluations": [{"metric": "subgroup-fairness-delta", "value": fairness,
+                "dataset": "holdout", "date": "2026-11-01", "source": "fairness suite"}]
+        }),
+        json!({"approval": "Pending", "riskLevel": "High", "riskScore": 60}),
+    ));
+    let gate: policybind_crds::EvidenceGate = serde_json::from_value(json!({
+        "apiVersion": "policybind.io/v1alpha1", "kind": "EvidenceGate",
+        "metadata": {"name": "high-risk-release"},
+        "spec": {"appliesTo": {"minRiskLevel": "High"},
+                 "thresholds": [{"name": "fairness", "metric": "subgroup-fairness-delta", "max": 0.05}]}
+    }))
+    .unwrap();
+    view.add_evidence_gate(gate);
+    view
+}
+
+#[tokio::test]
+async fn approval_of_a_model_that_fails_an_evidence_gate_is_denied_naming_the_gate_and_value() {
+    let harness = start(gated_view(0.09), AdmissionConfig::default()).await;
+    let reply = harness
+        .validate(&fixture("approvalrequest-decide.json"))
+        .await;
+    assert!(!reply.allowed());
+    assert_eq!(code(&reply), "EVIDENCE_GATE_FAILED");
+    let message = reply.message();
+    assert!(message.contains("high-risk-release"), "{message}");
+    assert!(message.contains("0.09"), "{message}");
+    // The refusal is recorded as an approval decision that did not happen.
+    let records = harness.audit.records();
+    assert_eq!(records[0].kind, RecordKind::Approval);
+    assert_eq!(records[0].codes, ["EVIDENCE_GATE_FAILED"]);
+}
+
+#[tokio::test]
+async fn approval_of_a_model_that_passes_its_evidence_gates_is_admitted() {
+    let harness = start(gated_view(0.02), AdmissionConfig::default()).await;
+    let reply = harness
+        .validate(&fixture("approvalrequest-decide.json"))
+        .await;
+    assert!(reply.allowed(), "{}", reply.message());
+}
+
+#[tokio::test]
+async fn a_rejection_is_never_blocked_by_evidence_gates() {
+    let harness = start(gated_view(0.09), AdmissionConfig::default()).await;
+    let reply = harness
+        .validate(&approval_with(|r| {
+            r["object"]["spec"]["decision"]["state"] = json!("Rejected")
+        }))
+        .await;
+    assert!(reply.allowed(), "{}", reply.message());
+}

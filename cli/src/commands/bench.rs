@@ -1,4 +1,5 @@
-//! `policybind bench`: measure what the enforcement point adds to a request.
+//! `policybind bench`: measure what the enforcement point adds to a request, or
+//! (`policybind bench audit`) what the audit writer sustains against a real store.
 //!
 //! Two modes (see `policybind_sidecar::loadgen`):
 //! - rates (default): the same fixed-rate, open-loop load against the upstream
@@ -20,9 +21,15 @@ use policybind_sidecar::loadgen::{
     histogram_quantile, memory_kib, run_closed, run_interleaved, run_load,
 };
 
+mod audit;
+
 /// Arguments of `policybind bench`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    /// Another measurement instead of the proxy's added latency.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Base URL of the upstream, called directly for the baseline.
     #[arg(
         long,
@@ -38,8 +45,13 @@ pub struct BenchArgs {
     )]
     pub sidecar: String,
     /// Bearer token for the sidecar (an allowed AccessToken value).
-    #[arg(long, env = "POLICYBIND_BENCH_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "POLICYBIND_BENCH_TOKEN",
+        hide_env_values = true,
+        required = true
+    )]
+    pub token: Option<String>,
     /// Model named in the requests.
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
@@ -83,6 +95,16 @@ pub struct BenchArgs {
     pub slice_secs: u64,
 }
 
+/// Measurements other than the proxy's.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchMode {
+    /// The audit writer under sustained load against a real store: decisions/s
+    /// recorded and refused, store (API) writes/s, bytes/s, object sizes, queue
+    /// and memory. Example against a cluster: `policybind bench audit --store
+    /// configmap --namespace bench --rate 5000 --duration-secs 60 --verify`.
+    Audit(audit::AuditBenchArgs),
+}
+
 fn row(label: &str, rate: u32, r: &LoadReport) {
     println!(
         "{label:<8} {rate:>6} {:>9.1} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -98,7 +120,17 @@ fn request_body(args: &BenchArgs) -> anyhow::Result<Vec<u8>> {
     }))?)
 }
 
+/// The sidecar's bearer token (required unless a subcommand runs).
+fn token(args: &BenchArgs) -> anyhow::Result<String> {
+    args.token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--token is required"))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchMode::Audit(audit)) = args.mode {
+        return audit::run(audit).await;
+    }
     if !args.connections.is_empty() {
         return run_connections(&args).await;
     }
@@ -113,6 +145,7 @@ async fn measure_rate(
     rate: u32,
 ) -> anyhow::Result<(LoadReport, LoadReport, Option<((f64, u64), (f64, u64))>)> {
     let path = "/v1/chat/completions";
+    let sidecar_token = token(args)?;
     let options = |base: &str, token: Option<String>| LoadOptions {
         url: format!("{}{path}", base.trim_end_matches('/')),
         token,
@@ -124,12 +157,12 @@ async fn measure_rate(
     let before = scrape(&args.sidecar_metrics).await;
     let (direct, via) = if args.sequential {
         let direct = run_load(&options(&args.upstream, None)).await?;
-        let via = run_load(&options(&args.sidecar, Some(args.token.clone()))).await?;
+        let via = run_load(&options(&args.sidecar, Some(sidecar_token.clone()))).await?;
         (direct, via)
     } else {
         let mut reports = run_interleaved(&[
             options(&args.upstream, None),
-            options(&args.sidecar, Some(args.token.clone())),
+            options(&args.sidecar, Some(sidecar_token.clone())),
         ])
         .await?;
         let via = reports.pop().unwrap_or_default();
@@ -234,6 +267,7 @@ fn closed_row(connections: usize, r: &ClosedReport) {
 /// Closed-loop mode: direct, sidecar and nginx side by side per connection count.
 async fn run_connections(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let body = request_body(args)?;
+    let sidecar_token = token(args)?;
     let path = "/v1/chat/completions";
     let target = |name: &str, base: &str, token: Option<String>, pid: Option<u32>| ClosedTarget {
         name: name.to_string(),
@@ -247,7 +281,7 @@ async fn run_connections(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         target(
             "sidecar",
             &args.sidecar,
-            Some(args.token.clone()),
+            Some(sidecar_token.clone()),
             args.sidecar_pid,
         ),
     ];

@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
-use policybind_audit::{
-    ConfigMapStore, DirectoryStore, SegmentStore, StoredSegment, verify_stored,
-};
+use policybind_audit::{ConfigMapStore, DirectoryStore, RawSegment, SegmentStore, verify_stored};
 use policybind_compliance::evidence::{Scope, Snapshot, Trail};
 use policybind_crds::wire::labels;
 use policybind_crds::{
@@ -18,7 +16,7 @@ use policybind_crds::{
     ModelDeployment,
 };
 use policybind_engine::audit::{
-    AuditSigningKey, AuditVerifyingKey, EXPORT_FORMAT, ExportBundle, VerifyOptions,
+    AuditSigningKey, AuditVerifyingKey, EXPORT_FORMAT, ExportBundle, Keyring, VerifyOptions,
 };
 use policybind_engine::manifest::Object;
 use serde::de::DeserializeOwned;
@@ -60,11 +58,26 @@ pub struct Sources {
     #[arg(long)]
     pub no_audit: bool,
     /// Trusted audit verification key (as for `policybind audit verify --key`). Repeatable.
+    /// It is trusted for the writers --audit-key-writers names, by default every writer;
+    /// with one key per writer, pass the keyring instead (--audit-keyring).
     #[arg(long = "audit-key", value_name = "FILE")]
     pub audit_keys: Vec<PathBuf>,
+    /// Writers the --audit-key keys may sign for (`sidecar/team-a/*`; `**` is every
+    /// writer, the default). Repeatable.
+    #[arg(
+        long = "audit-key-writers",
+        value_name = "PATTERN",
+        requires = "audit_keys"
+    )]
+    pub audit_key_writers: Vec<String>,
+    /// Trusted audit keyring (as for `policybind audit verify --keyring`: keys bound to the
+    /// writers each may sign for, the one the operator publishes in ConfigMap
+    /// policybind-audit-keys). Repeatable.
+    #[arg(long = "audit-keyring", value_name = "FILE")]
+    pub audit_keyrings: Vec<PathBuf>,
     /// Check the trail's hashes and chains but not its signatures (the report then says the
     /// trail is not proven).
-    #[arg(long, conflicts_with = "audit_keys")]
+    #[arg(long, conflicts_with_all = ["audit_keys", "audit_keyrings"])]
     pub no_audit_signatures: bool,
     /// Kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
@@ -226,30 +239,45 @@ async fn cluster_objects(client: &Client) -> anyhow::Result<Vec<Object>> {
 }
 
 fn audit_options(sources: &Sources) -> anyhow::Result<VerifyOptions> {
-    if sources.audit_keys.is_empty() && !sources.no_audit_signatures {
+    if sources.no_audit_signatures {
+        return Ok(VerifyOptions {
+            keyring: None,
+            allow_open_tail: true,
+            ..VerifyOptions::default()
+        });
+    }
+    if sources.audit_keys.is_empty() && sources.audit_keyrings.is_empty() {
         bail!(
-            "the audit trail is read: pass --audit-key <verification key> (or --no-audit-signatures; the report then says the trail is not proven)"
+            "the audit trail is read: pass --audit-keyring <keyring> or --audit-key <verification key> (or --no-audit-signatures; the report then says the trail is not proven)"
         );
     }
-    let keys = sources
-        .audit_keys
-        .iter()
-        .map(|path| {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
-            AuditVerifyingKey::from_key_material(&bytes)
-                .or_else(|e| {
-                    AuditSigningKey::from_key_material(&bytes)
-                        .map(|k| k.verifying_key())
-                        .map_err(|_| e)
-                })
-                .with_context(|| format!("key {}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut keyring = Keyring::default();
+    for path in &sources.audit_keyrings {
+        keyring = keyring.merge(policybind_audit::keys::keyring_from_file(path)?);
+    }
+    let writers = if sources.audit_key_writers.is_empty() {
+        vec!["**".to_string()]
+    } else {
+        sources.audit_key_writers.clone()
+    };
+    for path in &sources.audit_keys {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+        let key = AuditVerifyingKey::from_key_material(&bytes)
+            .or_else(|e| {
+                AuditSigningKey::from_key_material(&bytes)
+                    .map(|k| k.verifying_key())
+                    .map_err(|_| e)
+            })
+            .with_context(|| format!("key {}", path.display()))?;
+        keyring = keyring.merge(Keyring::single(key, writers.clone())?);
+    }
+    // A report covers a period that may end now: records of a writer's open last
+    // segment are counted as unproven, not as a broken trail.
     Ok(VerifyOptions {
-        trusted_keys: keys,
-        require_genesis: false,
-        anchors: Vec::new(),
+        keyring: Some(keyring),
+        allow_open_tail: true,
+        ..VerifyOptions::default()
     })
 }
 
@@ -258,7 +286,7 @@ async fn trail(
     client: Option<&Client>,
     descriptions: &mut Vec<String>,
 ) -> anyhow::Result<Option<Trail>> {
-    let mut stored: Vec<StoredSegment> = Vec::new();
+    let mut stored: Vec<RawSegment> = Vec::new();
     let mut bundles: Vec<(String, ExportBundle)> = Vec::new();
     let mut from = Vec::new();
     for dir in &sources.audit_dirs {
@@ -305,8 +333,8 @@ async fn trail(
     }
     let records = stored
         .iter()
-        .filter_map(|s| s.content.as_ref().ok())
-        .flat_map(|s| s.records.iter().cloned())
+        .filter_map(|s| s.clone().parse().content.ok())
+        .flat_map(|s| s.records)
         .collect();
     let verification = verify_stored(stored, &options);
     Ok(Some(Trail::new(source, verification, records)))
@@ -314,7 +342,7 @@ async fn trail(
 
 fn read_audit_file(
     path: &PathBuf,
-    stored: &mut Vec<StoredSegment>,
+    stored: &mut Vec<RawSegment>,
     bundles: &mut Vec<(String, ExportBundle)>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -325,7 +353,11 @@ fn read_audit_file(
                 .with_context(|| format!("{name} is not a valid export bundle"))?;
             bundles.push((name, bundle));
         } else {
-            stored.push(StoredSegment::parse(name, &bytes));
+            stored.push(RawSegment {
+                name,
+                size_bytes: bytes.len() as u64,
+                json: Ok(bytes),
+            });
         }
         return Ok(());
     }
@@ -338,10 +370,11 @@ fn read_audit_file(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        stored.push(StoredSegment::parse(
-            format!("{name}:{}", number + 1),
-            line.as_bytes(),
-        ));
+        stored.push(RawSegment {
+            name: format!("{name}:{}", number + 1),
+            size_bytes: line.len() as u64,
+            json: Ok(line.as_bytes().to_vec()),
+        });
     }
     if stored.len() == before {
         bail!("{name} holds no segment");

@@ -94,6 +94,18 @@ pub struct ControllerArgs {
     /// incident raised) is appended to the audit trail in --namespace.
     #[arg(long, value_name = "SECRET", env = "POLICYBIND_AUDIT_KEY_SECRET")]
     audit_key_secret: Option<String>,
+    /// Secret in --namespace holding the webhook's audit signing key (data key
+    /// `signing-key`; the chart's `<fullname>-webhook-key`). Its public half is
+    /// published in the keyring ConfigMap policybind-audit-keys, bound to
+    /// `webhook/*`, beside the operator's key (`operator/*`) and every enforced
+    /// namespace's key (`sidecar/<namespace>/*`). Unset, the webhook's segments
+    /// do not verify with the published keyring.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = policybind_crds::wire::env::WEBHOOK_AUDIT_KEY_SECRET
+    )]
+    webhook_audit_key_secret: Option<String>,
     /// Bytes of audit segment ConfigMaps (label policybind.io/audit-segment) each
     /// namespace may keep; beyond it the oldest sealed segments go to --audit-sink
     /// and are then deleted. Default 52428800 (50 MiB); 0 turns retention off.
@@ -113,16 +125,13 @@ pub struct ControllerArgs {
         env = "POLICYBIND_AUDIT_RETENTION_INTERVAL"
     )]
     audit_retention_interval: u64,
-    /// Where audit retention sends segments before deleting them: `stdout` (one
-    /// JSON line per segment, for a log pipeline; logs go to stderr) or
-    /// `dir:<path>` (segment files, verifiable with `policybind audit verify --dir`).
-    #[arg(
-        long,
-        value_name = "SINK",
-        default_value = "stdout",
-        env = "POLICYBIND_AUDIT_SINK"
-    )]
-    audit_sink: AuditSinkSetting,
+    /// Where audit retention sends segments before deleting them: `dir:<path>`
+    /// (segment files, fsynced; verifiable with `policybind audit verify --dir`)
+    /// or `stdout` (one JSON line per segment, only for a log pipeline that keeps
+    /// stdout durably; logs go to stderr). No default: without a sink nothing is
+    /// ever deleted and retention does not run.
+    #[arg(long, value_name = "SINK", env = "POLICYBIND_AUDIT_SINK")]
+    audit_sink: Option<AuditSinkSetting>,
     /// ClusterRole bound (RoleBinding `policybind-sidecar`) to the service
     /// accounts of every enforced namespace: what sidecars may write there (usage
     /// reports, audit segments, held-request ApprovalRequests). The chart renders
@@ -176,12 +185,18 @@ impl ControllerArgs {
             },
             cache_timeout: Duration::from_secs(self.cache_timeout_secs),
             audit_key_secret: self.audit_key_secret,
+            webhook_audit_key_secret: self.webhook_audit_key_secret,
             audit_key_file: self.audit_key,
-            audit_retention: (self.audit_retention_bytes > 0).then(|| AuditRetentionSettings {
-                max_bytes: self.audit_retention_bytes,
-                interval: Duration::from_secs(self.audit_retention_interval),
-                sink: self.audit_sink,
-            }),
+            // Nothing is deleted before a durable sink has it: no sink chosen, no
+            // retention.
+            audit_retention: self
+                .audit_sink
+                .filter(|_| self.audit_retention_bytes > 0)
+                .map(|sink| AuditRetentionSettings {
+                    max_bytes: self.audit_retention_bytes,
+                    interval: Duration::from_secs(self.audit_retention_interval),
+                    sink,
+                }),
             sidecar_cluster_role: self.sidecar_cluster_role,
             sidecar_port_name: self.sidecar_port_name,
             bundle_limits: Default::default(),
@@ -190,6 +205,11 @@ impl ControllerArgs {
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    if args.audit_sink.is_none() && args.audit_retention_bytes > 0 {
+        tracing::warn!(
+            "audit retention is off: no --audit-sink chosen, so no segment is ever deleted (choose dir:<path> on a volume, or stdout for a durable log pipeline)"
+        );
+    }
     match policybind_operator::run(args.settings()).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // Not installed is a setup problem, not a crash: say so and exit 2.

@@ -318,7 +318,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "generated an audit signing key; keep it apart from the trail (--audit-key) if others must trust the trail"
         );
     }
-    let writer_id = format!("standalone/{}", host_name());
+    let writer_id = policybind_crds::wire::writers::standalone(&host_name());
     let writer = directory_writer(&state.audit_dir, key, &writer_id)
         .await
         .with_context(|| format!("audit directory {}", state.audit_dir.display()))?;

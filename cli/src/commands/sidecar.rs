@@ -167,7 +167,11 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<ExitCode> {
         .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
     let key = signing_key(&args, &client).await?;
     let role = if args.gateway { "gateway" } else { "sidecar" };
-    let writer_id = format!("{role}/{}/{}", args.namespace, args.pod_name);
+    let writer_id = if args.gateway {
+        policybind_crds::wire::writers::gateway(&args.namespace, &args.pod_name)
+    } else {
+        policybind_crds::wire::writers::sidecar(&args.namespace, &args.pod_name)
+    };
     let writer = config_map_writer(
         client.clone(),
         &args.namespace,

@@ -3,7 +3,8 @@
 //! Every `PolicyTest` document found under the paths is run against the policy
 //! set built from all other manifests under the same paths. Each case names a
 //! request and the expected effect (and optionally codes, policy, rule, degrade
-//! model, redacted entities, audit-mode result).
+//! model, redacted entities, audit-mode result). A case may also give a model
+//! `response` and state what the rules on Response do to it (`expect.response`).
 //!
 //! Cases run in isolation: each one is decided from a fresh request built from
 //! its own fields and its test's `defaults`, against an immutable policy set, so
@@ -25,9 +26,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use policybind_engine::PolicySet;
-use policybind_engine::manifest::{Expectation, Manifests, PolicyTest, Source};
+use policybind_engine::manifest::{Expectation, Manifests, PolicyTest, Source, TestCase};
 use policybind_engine::request::Decision;
+use policybind_engine::{OutputAction, PolicySet};
 use regex::Regex;
 
 use report::{CaseReport, CaseResult, PolicySetSummary, Report};
@@ -174,18 +175,14 @@ fn run_cases(set: &PolicySet, tests: &[(Source, PolicyTest)], selection: &Select
     report
 }
 
-fn run_case(
-    set: &PolicySet,
-    source: &Source,
-    test: &PolicyTest,
-    case: &policybind_engine::manifest::TestCase,
-) -> CaseReport {
+fn run_case(set: &PolicySet, source: &Source, test: &PolicyTest, case: &TestCase) -> CaseReport {
     let started = Instant::now();
     let (result, decision) = match case.resolved_request(&test.defaults) {
         Err(error) => (CaseResult::Error(error), None),
         Ok(request) => {
             let decision = set.decide(&request);
-            let differences = compare(&case.expect, &decision);
+            let mut differences = compare(&case.expect, &decision);
+            differences.extend(compare_response(set, case, &request));
             let result = if differences.is_empty() {
                 CaseResult::Pass
             } else {
@@ -261,6 +258,65 @@ fn print_table(report: &Report, verbose: bool) {
             summary.errors
         );
     }
+}
+
+/// Judges the case's response, if it has one, and compares what the case
+/// states of it.
+fn compare_response(
+    set: &PolicySet,
+    case: &TestCase,
+    request: &policybind_engine::Request,
+) -> Vec<String> {
+    let (Some(response), Some(expect)) = (&case.response, &case.expect.response) else {
+        return match (&case.response, &case.expect.response) {
+            (None, Some(_)) => vec!["expect.response given but the case has no response".into()],
+            _ => vec![],
+        };
+    };
+    let d = set.decide_output(request, &set.scan(response));
+    let mut out = vec![];
+    if d.action != expect.action {
+        out.push(format!(
+            "response: expected {:?}, got {:?} ({})",
+            expect.action, d.action, d.message
+        ));
+    }
+    // A passed response has no deciding code: its codes are only detector codes.
+    if let Some(first) = expect.codes.first()
+        && expect.action != OutputAction::Pass
+        && d.code() != first
+    {
+        out.push(format!(
+            "response deciding code: expected {first}, got {}",
+            d.code()
+        ));
+    }
+    for code in &expect.codes {
+        if !d.codes.contains(code) {
+            out.push(format!(
+                "response codes: expected {code} among [{}]",
+                d.codes.join(", ")
+            ));
+        }
+    }
+    if let Some(r) = &expect.rule
+        && d.rule.as_ref() != Some(r)
+    {
+        out.push(format!(
+            "response rule: expected {r}, got {}",
+            d.rule.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if let Some(text) = &expect.text {
+        let delivered = d.apply(response);
+        if delivered.as_ref() != Some(text) {
+            out.push(format!(
+                "response text: expected {text:?}, got {}",
+                delivered.map_or_else(|| "(blocked)".to_owned(), |t| format!("{t:?}"))
+            ));
+        }
+    }
+    out
 }
 
 /// Compares only what the case states; returns one line per difference.

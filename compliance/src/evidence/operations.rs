@@ -401,10 +401,10 @@ pub fn audit_trail(s: &Snapshot) -> Finding {
                 w.head.short()
             ),
         });
-        if w.unsealed_records > 0 {
+        if w.unproven_records() > 0 {
             f.notes.push(format!(
-                "{}: {} record(s) in an open segment are chained but not yet signed",
-                w.writer, w.unsealed_records
+                "{}: {} record(s) in an open segment are chained but not yet proven by a sealed, signed segment",
+                w.writer, w.unproven_records()
             ));
         }
         if let Some(anchor) = w.anchored_at {

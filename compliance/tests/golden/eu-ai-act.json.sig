@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "949b77f1bac55de153b8ddd8a93824dca9aea9e1876eb025b0b51ae6005fd68e",
-  "signature": "qftOuXh4qR02xMsTV8s6M3Jtxd8qlSrBQcbyh7wLZ0T/DzEEVlbKlFoTR4HB8mp1MWNfjG0EmKBIMBdrkCr3BQ=="
+  "sha256": "4fb099b0c3231954e193298dc0648c470977285c4be0efcb0c51dbf5ab546215",
+  "signature": "N/1GH2V3TXsBMEAbRJskJSn5hfP1ssQD5nRQPiaF/8u2iCKPdZxyww5Mm+pudO/jO4opojKyVoXYXeUeposVBA=="
 }

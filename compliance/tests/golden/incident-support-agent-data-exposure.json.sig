@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "incident-support-agent-data-exposure.json",
-  "sha256": "36fbfedaf3c9da06615dca4531b9cdbdfe34a2b45ff7590fdbe214b966b75b63",
-  "signature": "PjJdvJDI1PZpQkV+qeQdOuYAL1djCibBQxanUjRhHyBvEWGVD8iLy+WxTWmNDdf8iE+Pf1RgcuKmI5j03sguBw=="
+  "sha256": "6a74baa9477e25db7a4fc14b52fb4e1a265fed6e8e1ce06c7b7a8906277002dd",
+  "signature": "u0QheKQVBUqkHHSylg9zahS1j5qJW1a3XJX7zwWQ4/r1z5eVq0PSff0IfsVWYfy8MBnB91JGgC4nELBwFSEQCg=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "iso-42001.json",
-  "sha256": "15ef50f04db8eaffff1ed4910a37eaefafbebee40e27f3c80da8efc8a5472dff",
-  "signature": "BxeKw30MsLCFXBRWXK0EyQd/8vDk8U87mGL5bd4eunRTejn+X6Q/Uuo8uhhU4sF52pQhKfy34tH7uNTJ9a/YAw=="
+  "sha256": "e84eb9d30197713018295bbb762b1b6006a3c8a20346a1730d67c2044d82ed41",
+  "signature": "lmhtCCCxKG1i6DkLjuQLdIPKY0LmW1N6ZW9c+u8Or3jCLwA279uBerEVnwGBsa9By4Th7SE4mjJcDzXHT0XRCg=="
 }

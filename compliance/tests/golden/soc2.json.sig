@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "soc2.json",
-  "sha256": "2358989eeb996c16a1c23da5faf51d21e0afa7fc9cbf0df1576b56650ccc4a69",
-  "signature": "NMfO0b8SJtXLfIyWp107epB5EehNdcrzZ+DbeDjgtjvE0o+XitlBkAj0WLu4Jxm36R0tNQ17YUX9aqUymX99BQ=="
+  "sha256": "f651f36a115fb0cbc05b07f2bbef5a433c48d66e616a1726f3449d0c186460a5",
+  "signature": "DU9oHf70RpywGOmaYiIGKlIAHBH9heVcQXk+oAwJDG50FkmukMGxaIsYCcYeXJK+uXbMQgQd4PfYQMGcXpdWCg=="
 }

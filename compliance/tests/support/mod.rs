@@ -262,7 +262,10 @@ pub fn example_snapshot(
     use policybind_compliance::evidence::{Snapshot, Trail};
     let mut snapshot = Snapshot::from_objects(example_objects(), scope, at("2026-12-01T00:00:00Z"));
     let options = policybind_engine::audit::VerifyOptions {
-        trusted_keys: vec![example_audit_key()],
+        keyring: Some(
+            policybind_engine::audit::Keyring::single(example_audit_key(), vec!["**".into()])
+                .unwrap(),
+        ),
         ..Default::default()
     };
     snapshot.trail = Some(Trail::from_segments(

@@ -45,8 +45,12 @@ impl Chain {
         self.head
     }
 
-    /// Append an event. `now` is used when the event carries no time of its own.
-    pub fn append(&mut self, event: AuditEvent, now: RecordTime) -> AuditRecord {
+    /// The record `event` would become if appended now, without appending it: a
+    /// writer checks it (its exact stored size) before committing it with
+    /// [`Chain::advance`]. Identifiers are [sanitized](AuditEvent::sanitize) here,
+    /// the last line of defence against hostile input.
+    pub fn next_record(&self, mut event: AuditEvent, now: RecordTime) -> AuditRecord {
+        event.sanitize();
         let mut record = AuditRecord {
             seq: self.next_seq,
             time: event.time.unwrap_or(now),
@@ -70,8 +74,27 @@ impl Chain {
             hash: Hash256::ZERO,
         };
         record.hash = record.compute_hash(&self.head);
+        record
+    }
+
+    /// Commit a record made by [`Chain::next_record`] on this chain's current head.
+    ///
+    /// # Panics
+    /// If the record is not the next one of this chain.
+    pub fn advance(&mut self, record: &AuditRecord) {
+        assert!(
+            record.seq == self.next_seq && record.prev_hash == self.head,
+            "record {} is not the next record of the chain",
+            record.seq
+        );
         self.head = record.hash;
         self.next_seq += 1;
+    }
+
+    /// Append an event. `now` is used when the event carries no time of its own.
+    pub fn append(&mut self, event: AuditEvent, now: RecordTime) -> AuditRecord {
+        let record = self.next_record(event, now);
+        self.advance(&record);
         record
     }
 }

@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::check::signature_problem;
 use super::hash::Hash256;
 use super::merkle::merkle_root;
 use super::record::AuditRecord;
-use super::segment::{Segment, SegmentHeader};
-use super::verify::{
-    NamedSegment, Problem, ProblemKind, VerifyOptions, VerifyReport, signature_problem,
-};
+use super::segment::SegmentHeader;
+use super::verify::{NamedSegment, Problem, ProblemKind, VerifyOptions, VerifyReport};
 
 /// Value of [`ExportBundle::format`].
 pub const EXPORT_FORMAT: &str = "policybind-audit-export/v1";
@@ -102,7 +101,7 @@ fn evidence_for(named: &NamedSegment) -> SegmentEvidence {
 /// failure per writer.
 pub fn verify_export(bundle: &ExportBundle, options: &VerifyOptions) -> VerifyReport {
     let mut report = VerifyReport {
-        signatures_checked: !options.trusted_keys.is_empty(),
+        signatures_checked: options.keyring.is_some(),
         ..VerifyReport::default()
     };
     let problem =
@@ -127,13 +126,13 @@ pub fn verify_export(bundle: &ExportBundle, options: &VerifyOptions) -> VerifyRe
     let mut broken_writers: BTreeMap<String, ()> = BTreeMap::new();
     for evidence in &bundle.evidence {
         let header = &evidence.header;
-        let as_segment = Segment {
-            header: header.clone(),
-            signature: evidence.signature.clone(),
-            records: Vec::new(),
-        };
-        let failure = if as_segment.is_sealed() {
-            signature_problem(&as_segment, options)
+        let sealed = header.sealed_at.is_some() && evidence.signature.is_some();
+        let failure = if sealed {
+            signature_problem(
+                header,
+                evidence.signature.as_deref(),
+                options.keyring.as_ref(),
+            )
         } else {
             Some((
                 ProblemKind::Unsealed,
@@ -246,7 +245,9 @@ pub fn verify_export(bundle: &ExportBundle, options: &VerifyOptions) -> VerifyRe
             last_seq,
             head,
             anchored_at: None,
-            unsealed_records: 0,
+            unproven: None,
+            checkpoint: None,
+            chain: Vec::new(),
         });
     }
     report

@@ -139,6 +139,11 @@ impl AuditVerifyingKey {
             .map_err(|e| KeyError::Encode(e.to_string()))
     }
 
+    /// The 32 raw public key bytes (RFC 8032 encoding).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.key.as_bytes()
+    }
+
     /// The 32 public key bytes as hex.
     pub fn to_hex(&self) -> String {
         hex::encode(self.key.as_bytes())

@@ -10,8 +10,10 @@
 //! `docs/audit.md`) is a small length-prefixed binary layout rather than JSON:
 //! it has exactly one encoding per record, needs no JSON canonicalization rules
 //! (key order, number formatting, escapes) and is easy to rebuild in any language.
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::hash::Hash256;
+use crate::ident::{self, IdentError};
 
 /// Magic prefix of a canonical record (format version 1). Changing the layout
 /// means a new magic, never a silent change of this one.
@@ -492,6 +495,97 @@ impl AuditEvent {
     }
 }
 
+/// Longest detail value kept as it is; longer ones are replaced like invalid
+/// identifiers. Detail values are free text (messages), so they may hold any
+/// character, but not unbounded amounts of it.
+pub const MAX_DETAIL_VALUE_BYTES: usize = 4096;
+
+/// Detail key listing the fields [`AuditEvent::sanitize`] replaced.
+pub const INVALID_FIELDS_DETAIL: &str = "invalid_fields";
+
+/// What an invalid value is replaced with: `invalid:` and the first 16 hex
+/// characters of its SHA-256, so whoever holds the original can match it.
+fn replacement(value: &str) -> String {
+    format!(
+        "invalid:{}",
+        &hex::encode(Sha256::digest(value.as_bytes()))[..16]
+    )
+}
+
+impl AuditEvent {
+    /// The last line of defence of the audit trail against hostile input: check
+    /// every identifier field with [`crate::ident::check_max`] (cap
+    /// [`ident::MAX_RECORDED_IDENTIFIER_BYTES`]) and every detail value
+    /// against [`MAX_DETAIL_VALUE_BYTES`], and replace what fails by
+    /// `invalid:<hash>` (listing the fields under the detail
+    /// [`INVALID_FIELDS_DETAIL`]). Ingress points refuse such values with a 400
+    /// long before; this makes sure one that slipped through is still recorded
+    /// (the decision happened) without a control character or a megabyte in the
+    /// trail. Returns what was replaced; an already clean event is unchanged.
+    pub fn sanitize(&mut self) -> Vec<IdentError> {
+        let mut errors = Vec::new();
+        let mut fix = |field: &'static str, value: &mut Option<String>| {
+            if let Some(text) = value
+                && let Err(error) =
+                    ident::check_max(field, text, ident::MAX_RECORDED_IDENTIFIER_BYTES)
+            {
+                *text = replacement(text);
+                errors.push(error);
+            }
+        };
+        fix("request_id", &mut self.request_id);
+        fix("subject", &mut self.subject);
+        fix("token_id", &mut self.token_id);
+        fix("model", &mut self.model);
+        fix("namespace", &mut self.namespace);
+        fix("policy", &mut self.policy);
+        fix("rule", &mut self.rule);
+        fix("fingerprint", &mut self.fingerprint);
+        fix("prompt_hash", &mut self.prompt_hash);
+        for code in &mut self.codes {
+            if let Err(error) =
+                ident::check_max("codes", code, ident::MAX_RECORDED_IDENTIFIER_BYTES)
+            {
+                *code = replacement(code);
+                errors.push(error);
+            }
+        }
+        self.sanitize_detail(&mut errors);
+        if !errors.is_empty() {
+            let mut fields: Vec<&str> = errors.iter().map(IdentError::field).collect();
+            fields.dedup();
+            self.detail
+                .insert(INVALID_FIELDS_DETAIL.to_string(), fields.join(","));
+        }
+        errors
+    }
+
+    fn sanitize_detail(&mut self, errors: &mut Vec<IdentError>) {
+        let invalid = self.detail.iter().any(|(key, value)| {
+            ident::check("detail key", key).is_err() || value.len() > MAX_DETAIL_VALUE_BYTES
+        });
+        if !invalid {
+            return;
+        }
+        let detail = std::mem::take(&mut self.detail);
+        for (mut key, mut value) in detail {
+            if let Err(error) = ident::check("detail key", &key) {
+                key = replacement(&key);
+                errors.push(error);
+            }
+            if value.len() > MAX_DETAIL_VALUE_BYTES {
+                errors.push(IdentError::TooLong {
+                    field: "detail value".into(),
+                    len: value.len(),
+                    max: MAX_DETAIL_VALUE_BYTES,
+                });
+                value = replacement(&value);
+            }
+            self.detail.insert(key, value);
+        }
+    }
+}
+
 /// One record of the audit trail, as stored and as hashed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -538,6 +632,52 @@ pub struct AuditRecord {
     pub hash: Hash256,
 }
 
+/// Writes the canonical layout of anything with the record's field names (the
+/// owned [`AuditRecord`] and the borrowed [`RecordRef`] the verifier parses), so
+/// the layout exists once.
+macro_rules! write_canonical_fields {
+    ($record:expr, $out:expr) => {{
+        let record = $record;
+        let out = $out;
+        out.put(RECORD_MAGIC);
+        out.put(&record.seq.to_be_bytes());
+        record.time.put_canonical(out);
+        put_str(out, &record.writer);
+        put_str(out, record.kind.as_str());
+        put_opt_str(out, record.request_id.as_deref());
+        put_opt_str(out, record.subject.as_deref());
+        put_opt_str(out, record.token_id.as_deref());
+        put_opt_str(out, record.model.as_deref());
+        put_opt_str(out, record.namespace.as_deref());
+        put_opt_str(out, record.effect.map(|e| e.as_str()));
+        put_opt_str(out, record.policy.as_deref());
+        put_opt_str(out, record.rule.as_deref());
+        out.put(&(record.codes.len() as u32).to_be_bytes());
+        for code in &record.codes {
+            put_str(out, code.as_ref());
+        }
+        put_opt_str(out, record.fingerprint.as_deref());
+        put_opt_str(out, record.prompt_hash.as_deref());
+        put_opt_str(out, record.redacted_prompt.as_deref());
+        match &record.usage {
+            None => out.put(&[0]),
+            Some(usage) => {
+                out.put(&[1]);
+                out.put(&usage.input_tokens.to_be_bytes());
+                out.put(&usage.output_tokens.to_be_bytes());
+                out.put(&usage.cost_usd.nanos().to_be_bytes());
+            }
+        }
+        out.put(&(record.detail.len() as u32).to_be_bytes());
+        // A BTreeMap iterates in byte order of its keys (for `Str` too, which
+        // orders as its text), which is the documented order.
+        for (key, value) in &record.detail {
+            put_str(out, key.as_ref());
+            put_str(out, value.as_ref());
+        }
+    }};
+}
+
 impl AuditRecord {
     /// The canonical bytes the hash covers (everything except `prev_hash` and
     /// `hash`). The layout is documented in `docs/audit.md`.
@@ -561,74 +701,103 @@ impl AuditRecord {
     }
 
     fn write_canonical(&self, out: &mut impl CanonicalSink) {
-        out.put(RECORD_MAGIC);
-        out.put(&self.seq.to_be_bytes());
-        self.time.put_canonical(out);
-        put_str(out, &self.writer);
-        put_str(out, self.kind.as_str());
-        put_opt_str(out, self.request_id.as_deref());
-        put_opt_str(out, self.subject.as_deref());
-        put_opt_str(out, self.token_id.as_deref());
-        put_opt_str(out, self.model.as_deref());
-        put_opt_str(out, self.namespace.as_deref());
-        put_opt_str(out, self.effect.map(|e| e.as_str()));
-        put_opt_str(out, self.policy.as_deref());
-        put_opt_str(out, self.rule.as_deref());
-        out.put(&(self.codes.len() as u32).to_be_bytes());
-        for code in &self.codes {
-            put_str(out, code);
-        }
-        put_opt_str(out, self.fingerprint.as_deref());
-        put_opt_str(out, self.prompt_hash.as_deref());
-        put_opt_str(out, self.redacted_prompt.as_deref());
-        match &self.usage {
-            None => out.put(&[0]),
-            Some(usage) => {
-                out.put(&[1]);
-                out.put(&usage.input_tokens.to_be_bytes());
-                out.put(&usage.output_tokens.to_be_bytes());
-                out.put(&usage.cost_usd.nanos().to_be_bytes());
+        write_canonical_fields!(self, out);
+    }
+}
+
+/// A string borrowed from the stored JSON when it has no escapes, owned
+/// otherwise: what lets the verifier parse a million records without a
+/// million allocations per field.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Str<'a>(Cow<'a, str>);
+
+impl Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Str<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> serde::de::Visitor<'de> for StrVisitor {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(text.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(text)))
             }
         }
-        out.put(&(self.detail.len() as u32).to_be_bytes());
-        // BTreeMap<String, _> iterates in byte order of the keys, which is the
-        // documented order.
-        for (key, value) in &self.detail {
-            put_str(out, key);
-            put_str(out, value);
-        }
+        deserializer.deserialize_str(StrVisitor)
     }
+}
 
-    /// Approximate size in bytes of the stored JSON form, used to seal segments
-    /// before they approach the object size limit without serializing twice.
-    pub fn approx_json_len(&self) -> usize {
-        // Keys, quotes, separators, seq, time and the two hex hashes.
-        const FIXED: usize = 280;
-        let opt = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
-        FIXED
-            + self.writer.len()
-            + opt(&self.request_id)
-            + opt(&self.subject)
-            + opt(&self.token_id)
-            + opt(&self.model)
-            + opt(&self.namespace)
-            + opt(&self.policy)
-            + opt(&self.rule)
-            + opt(&self.fingerprint)
-            + opt(&self.prompt_hash)
-            // Free text may be escaped heavily in JSON; count it twice. Identifiers
-            // are escaped rarely, and the segment limit keeps headroom for that.
-            + self.redacted_prompt.as_ref().map_or(0, |s| 2 * s.len() + 24)
-            + 12
-            + self.codes.iter().map(|c| c.len() + 3).sum::<usize>()
-            + 12
-            + self
-                .detail
-                .iter()
-                .map(|(k, v)| k.len() + 2 * v.len() + 6)
-                .sum::<usize>()
-            + if self.usage.is_some() { 100 } else { 0 }
-            + if self.effect.is_some() { 30 } else { 0 }
+/// A stored record read without copying its strings: the verifier's view. It
+/// accepts exactly what [`AuditRecord`] accepts and hashes to the same value.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordRef<'a> {
+    pub seq: u64,
+    pub time: RecordTime,
+    #[serde(borrow)]
+    pub writer: Str<'a>,
+    pub kind: RecordKind,
+    #[serde(default, borrow)]
+    pub request_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub subject: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub token_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub model: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Str<'a>>,
+    #[serde(default)]
+    pub effect: Option<Effect>,
+    #[serde(default, borrow)]
+    pub policy: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub rule: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub codes: Vec<Str<'a>>,
+    #[serde(default, borrow)]
+    pub fingerprint: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub prompt_hash: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub redacted_prompt: Option<Str<'a>>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default, borrow)]
+    pub detail: BTreeMap<Str<'a>, Str<'a>>,
+    pub prev_hash: Hash256,
+    pub hash: Hash256,
+}
+
+impl RecordRef<'_> {
+    /// `SHA-256(prev_hash || canonical bytes)` for the stored `prev_hash`.
+    pub fn compute_hash(&self) -> Hash256 {
+        let mut hasher = HashSink(Sha256::new());
+        hasher.put(self.prev_hash.as_bytes());
+        write_canonical_fields!(self, &mut hasher);
+        Hash256::from_bytes(hasher.0.finalize().into())
     }
 }
 

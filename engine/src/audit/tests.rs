@@ -5,6 +5,7 @@ use chrono::{TimeZone, Utc};
 use policybind_crds::Effect;
 use proptest::prelude::*;
 
+use super::checkpoint::SignedNote;
 use super::*;
 
 fn at(second: i64) -> RecordTime {
@@ -40,9 +41,20 @@ fn event(i: u64) -> AuditEvent {
     })
 }
 
-/// A sealed trail: `segments` segments of `per_segment` records for one writer.
+/// A sealed trail: `segments` segments of `per_segment` records for one writer,
+/// in the current format (writer tree, checkpoints).
 fn trail(writer: &str, segments: usize, per_segment: usize) -> Vec<NamedSegment> {
+    build_trail(writer, segments, per_segment, true)
+}
+
+/// The same in format 1, as writers before the writer tree wrote it.
+fn legacy_trail(writer: &str, segments: usize, per_segment: usize) -> Vec<NamedSegment> {
+    build_trail(writer, segments, per_segment, false)
+}
+
+fn build_trail(writer: &str, segments: usize, per_segment: usize, v2: bool) -> Vec<NamedSegment> {
     let mut chain = Chain::new(writer);
+    let mut tree = TreeFrontier::new();
     let mut out = Vec::new();
     let mut prev = Hash256::ZERO;
     for s in 0..segments {
@@ -52,8 +64,15 @@ fn trail(writer: &str, segments: usize, per_segment: usize) -> Vec<NamedSegment>
                 chain.append(event(seq), at(seq as i64))
             })
             .collect();
-        let mut segment = Segment::open(prev, records);
+        let mut segment = if v2 {
+            Segment::open_in_tree(prev, &tree, records)
+        } else {
+            Segment::open(prev, records)
+        };
         segment.seal(at(10_000 + s as i64), &key());
+        for record in &segment.records {
+            tree.push_record(&record.hash);
+        }
         prev = segment.header.last_hash;
         out.push(NamedSegment {
             name: format!("seg-{s}"),
@@ -63,11 +82,16 @@ fn trail(writer: &str, segments: usize, per_segment: usize) -> Vec<NamedSegment>
     out
 }
 
+/// The test key bound to every writer.
+fn keyring() -> Keyring {
+    Keyring::single(key().verifying_key(), vec!["**".into()]).unwrap()
+}
+
 fn trusted() -> VerifyOptions {
     VerifyOptions {
-        trusted_keys: vec![key().verifying_key()],
+        keyring: Some(keyring()),
         require_genesis: true,
-        anchors: Vec::new(),
+        ..VerifyOptions::default()
     }
 }
 
@@ -352,31 +376,280 @@ fn segment_resigned_with_another_key_is_untrusted() {
     );
 }
 
-#[test]
-fn open_last_segment_verifies_and_is_counted_as_unsealed() {
-    let mut segments = trail("w", 2, 4);
-    let mut chain = Chain::resume("w", 8, segments[1].segment.header.last_hash);
-    let records = vec![chain.append(event(9), at(9))];
+/// `segments` followed by an open segment of `records` more records, signed
+/// as a writer signs each flush.
+fn with_open_tail(mut segments: Vec<NamedSegment>, records: u64) -> Vec<NamedSegment> {
+    let last = segments.last().unwrap().segment.clone();
+    let mut chain = Chain::resume("w", last.header.last_seq, last.header.last_hash);
+    let mut tree = last.frontier_before().unwrap().unwrap();
+    for record in &last.records {
+        tree.push_record(&record.hash);
+    }
+    let records = (0..records)
+        .map(|i| chain.append(event(100 + i), at(100 + i as i64)))
+        .collect();
+    let mut open = Segment::open_in_tree(last.header.last_hash, &tree, records);
+    open.sign_open(&key());
     segments.push(NamedSegment {
         name: "open".into(),
-        segment: Segment::open(segments[1].segment.header.last_hash, records),
+        segment: open,
     });
+    segments
+}
+
+#[test]
+fn records_of_an_open_last_segment_are_unproven_and_fail_by_default() {
+    let segments = with_open_tail(trail("w", 2, 4), 3);
     let report = verify_segments(&segments, &trusted());
+    let problem = report.first_problem().unwrap();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Unproven, Some(9))
+    );
+    assert!(problem.message.contains("9..=11"), "{problem}");
+}
+
+#[test]
+fn an_accepted_open_tail_is_listed_exactly() {
+    let segments = with_open_tail(trail("w", 2, 4), 3);
+    let options = VerifyOptions {
+        allow_open_tail: true,
+        ..trusted()
+    };
+    let report = verify_segments(&segments, &options);
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(report.writers[0].unsealed_records, 1);
+    let tail = report.writers[0].unproven.clone().unwrap();
+    assert_eq!(
+        (tail.segment.as_str(), tail.first_seq, tail.last_seq),
+        ("open", 9, 11)
+    );
+    assert_eq!(tail.flush_signed_by.as_deref(), Some(key().key_id()));
+    assert_eq!(report.unproven_records(), 3);
+}
+
+#[test]
+fn a_keyless_forgery_of_an_open_segment_is_set_aside() {
+    let mut segments = with_open_tail(trail("w", 2, 4), 2);
+    let open = &mut segments.last_mut().unwrap().segment;
+    // No key: the forger appends a record and rehashes, but cannot sign.
+    let mut chain = Chain::resume("w", open.header.last_seq, open.header.last_hash);
+    open.records.push(chain.append(event(500), at(500)));
+    open.refresh_header();
+    let options = VerifyOptions {
+        allow_open_tail: true,
+        ..trusted()
+    };
+    let report = verify_segments(&segments, &options);
+    let problem = report.first_problem().unwrap();
+    assert_eq!(problem.kind, ProblemKind::BadSignature);
+    assert_eq!(problem.segment.as_deref(), Some("open"));
+    // The real chain still verifies up to the forged segment.
+    assert_eq!(report.writers[0].last_seq, 8);
 }
 
 #[test]
 fn unsealed_segment_followed_by_others_is_unsealed() {
     let mut segments = trail("w", 3, 2);
-    segments[1].segment.signature = None;
-    segments[1].segment.header.sealed_at = None;
-    segments[1].segment.header.key_id = None;
+    segments[1].segment.sign_open(&key());
     assert_eq!(diagnosis(&segments), Some((ProblemKind::Unsealed, None)));
 }
 
 #[test]
-fn without_trusted_keys_the_report_says_signatures_were_not_checked() {
+fn format_1_trails_still_verify_and_their_open_tail_is_unproven() {
+    let mut segments = legacy_trail("w", 3, 4);
+    assert!(verify_segments(&segments, &trusted()).is_ok());
+    let mut changed = segments.clone();
+    changed[1].segment.records[0].model = Some("x".into());
+    assert_eq!(diagnosis(&changed), Some((ProblemKind::Modified, Some(5))));
+    let last = &mut segments.last_mut().unwrap().segment;
+    last.signature = None;
+    last.header.sealed_at = None;
+    last.header.key_id = None;
+    let report = verify_segments(
+        &segments,
+        &VerifyOptions {
+            allow_open_tail: true,
+            ..trusted()
+        },
+    );
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.writers[0].unproven.as_ref().unwrap().flush_signed_by,
+        None
+    );
+}
+
+#[test]
+fn a_key_not_bound_to_the_writer_is_an_untrusted_key() {
+    let segments = trail("sidecar/team-b/pod-1", 2, 3);
+    let options = VerifyOptions {
+        keyring: Some(
+            Keyring::single(key().verifying_key(), vec!["sidecar/team-a/*".into()]).unwrap(),
+        ),
+        ..trusted()
+    };
+    let report = verify_segments(&segments, &options);
+    let problem = report.first_problem().unwrap();
+    assert_eq!(problem.kind, ProblemKind::UntrustedKey);
+    assert!(problem.message.contains("not bound to writer"), "{problem}");
+}
+
+#[test]
+fn a_planted_duplicate_is_set_aside_and_the_real_chain_verifies() {
+    let mut segments = trail("w", 3, 3);
+    // Someone without the key plants a segment claiming seq 4..=6.
+    let mut planted = segments[1].clone();
+    planted.name = "planted".into();
+    planted.segment.records[0].subject = Some("planted".into());
+    planted.segment.signature = Some(other_signature());
+    segments.push(planted);
+    let report = verify_segments(&segments, &trusted());
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].segment.as_deref(), Some("planted"));
+    assert_eq!(report.writers[0].last_seq, 9);
+}
+
+fn other_signature() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([7u8; 64])
+}
+
+#[test]
+fn a_changed_frontier_or_checkpoint_is_caught() {
+    let mut segments = trail("w", 3, 3);
+    segments[1].segment.frontier = Some(vec![Hash256::ZERO, Hash256::ZERO]);
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Modified, Some(4))));
+    // The first segment has no predecessor to compare with: the signed tree root
+    // catches it.
+    let mut segments = trail("w", 3, 3);
+    segments.remove(0);
+    segments[0].segment.frontier = Some(vec![Hash256::ZERO, Hash256::ZERO]);
+    let options = VerifyOptions {
+        require_genesis: false,
+        ..trusted()
+    };
+    let problem = verify_segments(&segments, &options).problems[0].clone();
+    assert_eq!((problem.kind, problem.seq), (ProblemKind::Modified, None));
+    let mut segments = trail("w", 3, 3);
+    let other = trail("w", 3, 4);
+    segments[1].segment.checkpoint = other[1].segment.checkpoint.clone();
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Modified, None)));
+    let mut segments = trail("w", 3, 3);
+    segments[2].segment.checkpoint = None;
+    assert_eq!(diagnosis(&segments), Some((ProblemKind::Modified, None)));
+}
+
+#[test]
+fn a_later_trail_extends_an_earlier_checkpoint_and_a_rewritten_or_shortened_one_does_not() {
+    let segments = trail("w", 4, 3);
+    let old = SignedNote::parse(segments[1].segment.checkpoint.as_ref().unwrap()).unwrap();
+    let options = VerifyOptions {
+        checkpoints: vec![old.clone()],
+        ..trusted()
+    };
+    assert!(verify_segments(&segments, &options).is_ok());
+    // Newest segments deleted: the writer's own checkpoint says it had more.
+    let newest = SignedNote::parse(segments[3].segment.checkpoint.as_ref().unwrap()).unwrap();
+    let options = VerifyOptions {
+        checkpoints: vec![newest],
+        ..trusted()
+    };
+    let problem = verify_segments(&segments[..2], &options).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Truncated, Some(7))
+    );
+    // A checkpoint of another history (same writer, other records).
+    let other = trail("w", 4, 3);
+    let mut forked = other[1].segment.clone();
+    forked.records[0].subject = Some("other".into());
+    let mut chain = Chain::resume("w", 3, forked.header.prev_segment_hash);
+    let records: Vec<_> = (0..3)
+        .map(|i| chain.append(event(900 + i), at(900 + i as i64)))
+        .collect();
+    let before = other[1].segment.frontier_before().unwrap().unwrap();
+    let mut fork = Segment::open_in_tree(forked.header.prev_segment_hash, &before, records);
+    fork.seal(at(1), &key());
+    let fork_note = SignedNote::parse(fork.checkpoint.as_ref().unwrap()).unwrap();
+    let options = VerifyOptions {
+        checkpoints: vec![fork_note],
+        ..trusted()
+    };
+    let problem = verify_segments(&segments, &options).problems[0].clone();
+    assert_eq!(
+        (problem.kind, problem.seq),
+        (ProblemKind::Modified, Some(6))
+    );
+    // A checkpoint signed by a key not bound to the writer proves nothing.
+    let foreign = old
+        .checkpoint()
+        .unwrap()
+        .sign(&AuditSigningKey::from_seed(&[1; 32]));
+    let options = VerifyOptions {
+        checkpoints: vec![foreign],
+        ..trusted()
+    };
+    assert_eq!(
+        verify_segments(&segments, &options).problems[0].kind,
+        ProblemKind::UntrustedKey
+    );
+}
+
+#[test]
+fn inclusion_and_consistency_proofs_verify_offline_and_fail_when_changed() {
+    use super::merkle::PartialTree;
+    use super::proof::{ConsistencyProof, InclusionProof, ProofDocument};
+    let segments = trail("w", 4, 5);
+    let leaves: Vec<Hash256> = segments
+        .iter()
+        .flat_map(|s| s.segment.records.iter().map(|r| leaf_hash(&r.hash)))
+        .collect();
+    let empty = TreeFrontier::new();
+    let tree = PartialTree {
+        before: &empty,
+        leaves: &leaves,
+    };
+    let proof = InclusionProof::build("seg-2", &segments[2].segment, 13, Some(&tree)).unwrap();
+    assert!(proof.checkpoint_path.is_some());
+    let document = ProofDocument::Inclusion(Box::new(proof.clone()));
+    let json = serde_json::to_string(&document).unwrap();
+    let parsed: ProofDocument = serde_json::from_str(&json).unwrap();
+    let proven = parsed.verify(Some(&keyring())).unwrap();
+    assert!(proven.contains("record 13"), "{proven}");
+    let mut changed = proof.clone();
+    changed.record.model = Some("other".into());
+    assert!(
+        ProofDocument::Inclusion(Box::new(changed))
+            .verify(Some(&keyring()))
+            .is_err()
+    );
+    let mut changed = proof;
+    changed.segment_path[0] = Hash256::ZERO;
+    assert!(
+        ProofDocument::Inclusion(Box::new(changed))
+            .verify(Some(&keyring()))
+            .is_err()
+    );
+
+    let note =
+        |i: usize| SignedNote::parse(segments[i].segment.checkpoint.as_ref().unwrap()).unwrap();
+    let consistency = ConsistencyProof::build(&note(0), &note(3), &tree).unwrap();
+    assert!(
+        ProofDocument::Consistency(consistency.clone())
+            .verify(Some(&keyring()))
+            .is_ok()
+    );
+    let mut changed = consistency;
+    changed.proof.pop();
+    assert!(
+        ProofDocument::Consistency(changed)
+            .verify(Some(&keyring()))
+            .is_err()
+    );
+}
+
+#[test]
+fn without_a_keyring_the_report_says_signatures_were_not_checked() {
     let segments = trail("w", 1, 2);
     let report = verify_segments(&segments, &VerifyOptions::default());
     assert!(report.is_ok());
@@ -596,4 +869,68 @@ fn golden_record_hash_is_stable() {
         record.hash.to_hex(),
         "b564beb1233230096a29d6a6dc6aa2b64d71c3332278dcf5edccdf5d70256cd4"
     );
+}
+
+#[test]
+fn hostile_identifiers_are_replaced_by_a_hash_and_listed() {
+    let mut event = event(1).model("\u{1}".repeat(250_000));
+    event.codes.push("A\nB".into());
+    let errors = event.sanitize();
+    assert_eq!(errors.len(), 2);
+    assert!(event.model.as_ref().unwrap().starts_with("invalid:"));
+    assert_eq!(event.detail[INVALID_FIELDS_DETAIL], "model,codes");
+    let record = Chain::new("w").append(event.clone(), at(1));
+    assert!(serde_json::to_vec(&record).unwrap().len() < 2_000);
+    // A clean event is left as it is.
+    let clean = event.clone();
+    assert!(event.sanitize().is_empty());
+    assert_eq!(event, clean);
+}
+
+#[test]
+fn the_chain_sanitizes_what_it_appends() {
+    let record = Chain::new("w").append(event(1).subject("a\u{202e}b"), at(1));
+    assert!(record.subject.unwrap().starts_with("invalid:"));
+    assert_eq!(record.detail[INVALID_FIELDS_DETAIL], "subject");
+}
+
+#[test]
+fn a_document_streamed_by_a_writer_parses_as_the_segment() {
+    let segment = trail("w", 2, 3).pop().unwrap().segment;
+    let mut document = segment_document_start(
+        &segment.header,
+        segment.signature.as_deref(),
+        segment.frontier.as_deref(),
+        segment.checkpoint.as_deref(),
+    );
+    for (i, record) in segment.records.iter().enumerate() {
+        if i > 0 {
+            document.push(b',');
+        }
+        document.extend(serde_json::to_vec(record).unwrap());
+    }
+    document.extend_from_slice(SEGMENT_DOCUMENT_END);
+    assert_eq!(document, serde_json::to_vec(&segment).unwrap());
+    let parsed: Segment = serde_json::from_slice(&document).unwrap();
+    assert_eq!(parsed, segment);
+}
+
+#[test]
+fn documents_verify_like_parsed_segments() {
+    let mut segments = trail("w", 5, 20);
+    segments[3].segment.records[4].subject = Some("changed".into());
+    let documents: Vec<(String, Vec<u8>)> = segments
+        .iter()
+        .map(|s| (s.name.clone(), serde_json::to_vec(&s.segment).unwrap()))
+        .chain([("junk".to_string(), b"{not json".to_vec())])
+        .collect();
+    let from_documents = verify_documents(
+        documents.len(),
+        |i| (documents[i].0.clone(), Ok(documents[i].1.clone())),
+        &trusted(),
+    );
+    let parsed = verify_segments(&segments, &trusted());
+    assert_eq!(from_documents.problems[0].kind, ProblemKind::Malformed);
+    assert_eq!(&from_documents.problems[1..], &parsed.problems[..]);
+    assert_eq!(from_documents.writers, parsed.writers);
 }

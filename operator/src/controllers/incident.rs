@@ -321,13 +321,14 @@ pub fn plan_incident<'a>(
     IncidentAction::Create(Box::new(incident))
 }
 
-/// Reads the records of audit segment ConfigMaps. Unreadable segments are
-/// skipped: verification is `policybind audit verify`'s job, not this scan's.
+/// Reads the records of audit segment ConfigMaps (gzip or, as earlier versions
+/// wrote them, plain JSON). Unreadable segments are skipped: verification is
+/// `policybind audit verify`'s job, not this scan's.
 pub fn records_of(config_maps: &[Arc<ConfigMap>]) -> Vec<AuditRecord> {
     config_maps
         .iter()
-        .filter_map(|cm| cm.data.as_ref()?.get(SEGMENT_DATA_KEY))
-        .filter_map(|json| serde_json::from_str::<Segment>(json).ok())
+        .filter_map(|cm| policybind_audit::ConfigMapStore::document_of(cm).1.ok())
+        .filter_map(|json| serde_json::from_slice::<Segment>(&json).ok())
         .flat_map(|segment| segment.records)
         .collect()
 }
@@ -455,10 +456,12 @@ pub fn run(
 /// cached copy of an audit segment: the scan needs no more, and segments are
 /// large.
 fn trim_segment(cm: &mut ConfigMap, window: Duration) {
-    let Some(json) = cm.data.as_mut().and_then(|d| d.get_mut(SEGMENT_DATA_KEY)) else {
+    // Segments are gzip (or plain JSON from earlier versions); the trimmed copy
+    // is kept as plain JSON, which `records_of` reads too.
+    let Ok(json) = policybind_audit::ConfigMapStore::document_of(cm).1 else {
         return;
     };
-    let Ok(mut segment) = serde_json::from_str::<policybind_engine::audit::Segment>(json) else {
+    let Ok(mut segment) = serde_json::from_slice::<policybind_engine::audit::Segment>(&json) else {
         return;
     };
     let horizon = chrono::Utc::now()
@@ -467,7 +470,8 @@ fn trim_segment(cm: &mut ConfigMap, window: Duration) {
         r.kind == policybind_engine::audit::RecordKind::Decision && r.time.get() > horizon
     });
     if let Ok(trimmed) = serde_json::to_string(&segment) {
-        *json = trimmed;
+        cm.binary_data = None;
+        cm.data = Some([(SEGMENT_DATA_KEY.to_string(), trimmed)].into());
     }
 }
 

@@ -152,10 +152,17 @@ pub async fn run_all(w: &Wiring, caches: Reflectors, rx: Receivers) {
         network_policies,
         audit_keys,
         pods,
+        evidence_gates,
     } = caches;
     let mut tasks = Tasks::default();
     tasks.add(ai_policy::run(w, policies, cluster_policies));
-    tasks.add(model_deployment::run(w, models, pods, rx.models));
+    tasks.add(model_deployment::run(
+        w,
+        models,
+        pods,
+        evidence_gates,
+        rx.models,
+    ));
     tasks.add(access_token::run(
         w,
         tokens,

@@ -28,8 +28,8 @@ use policybind_crds::approval_request::{ApprovalPhase, ApprovalTarget, ApprovalT
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::model_deployment::ApprovalState;
 use policybind_crds::{
-    API_VERSION, ApprovalRequest, ApprovalRequestSpec, ModelDeployment, ModelDeploymentStatus,
-    RiskLevel,
+    API_VERSION, ApprovalRequest, ApprovalRequestSpec, EvidenceGate, ModelDeployment,
+    ModelDeploymentStatus, RiskLevel,
 };
 use policybind_engine::audit::AuditEvent;
 use policybind_engine::bundle::BundleModel;
@@ -174,6 +174,7 @@ pub fn matched_workloads<'a>(
 pub fn desired_status(
     model: &ModelDeployment,
     state: &ModelState,
+    gates: &[EvidenceGate],
     matched: u32,
     now: DateTime<Utc>,
 ) -> ModelDeploymentStatus {
@@ -232,23 +233,31 @@ pub fn desired_status(
         &mut list,
         conditions::condition(types::APPROVED, approved, reason, message, generation, at),
     );
-    let due = state.next_review_at.to_rfc3339();
-    let (compliant, reason, message) = if state.review_overdue {
-        (
-            false,
-            crd_reasons::REVIEW_OVERDUE,
-            format!("review was due {due}"),
-        )
-    } else {
-        (
-            true,
-            crd_reasons::REVIEW_CURRENT,
-            format!("next review due {due}"),
-        )
-    };
+    // Compliant: per framework (EU AI Act, NIST AI RMF, ISO/IEC 42001, SOC 2),
+    // from the registry fields, the evidence gates, the approval and the review
+    // schedule (policybind_compliance::assess); the reason names the first failure.
+    let gate_results = policybind_compliance::gates::evaluate(model, gates, now);
+    let compliance = policybind_compliance::assess::model_compliance(
+        &policybind_compliance::assess::ModelFacts {
+            model,
+            approval: state.approval,
+            gate_results: &gate_results,
+            next_review_at: Some(state.next_review_at),
+            now,
+        },
+    );
+    let (compliant, reason, message) =
+        policybind_compliance::assess::compliant_condition(&compliance);
     conditions::set_condition(
         &mut list,
-        conditions::condition(types::COMPLIANT, compliant, reason, message, generation, at),
+        conditions::condition(
+            types::COMPLIANT,
+            compliant,
+            &reason,
+            message,
+            generation,
+            at,
+        ),
     );
     let (reason, message) = if model.spec.suspended {
         (crd_reasons::SUSPENDED_BY_SPEC, "spec.suspended is set")
@@ -281,7 +290,7 @@ pub fn desired_status(
         approved_by: state.approved_by.clone(),
         next_review_at: Some(state.next_review_at),
         matched_workloads: Some(matched),
-        compliance: Vec::new(),
+        compliance,
     }
 }
 
@@ -335,7 +344,9 @@ pub fn desired_approval_request(
 
 /// The deployment as it goes into bundles, with the state in force.
 pub fn bundle_model(model: &ModelDeployment, state: &ModelState) -> BundleModel {
-    let mut spec = model.spec.clone();
+    // Governance and evaluation results stay out of bundles: recording an
+    // evaluation must not change what every sidecar enforces.
+    let mut spec = model.spec.decision_fields();
     spec.suspended = state.suspended;
     BundleModel {
         namespace: model.namespace().unwrap_or_default(),
@@ -387,7 +398,14 @@ pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result
         }
     }
 
-    let status = desired_status(&model, &state, matched, now);
+    let gates: Vec<EvidenceGate> = ctx
+        .stores
+        .evidence_gates
+        .state()
+        .iter()
+        .map(|g| g.as_ref().clone())
+        .collect();
+    let status = desired_status(&model, &state, &gates, matched, now);
     let old = model.status.clone().unwrap_or_default();
     if model.status.as_ref() != Some(&status) {
         let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -433,7 +451,11 @@ pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result
         }
     }
     ctx.succeeded(&key_of(model.as_ref()));
-    let next = (!state.review_overdue).then_some(state.next_review_at);
+    // Evidence gates may age results (`maxAgeDays`): judge again at least hourly.
+    let next = (!state.review_overdue)
+        .then_some(state.next_review_at)
+        .map(|t| t.min(now + chrono::Duration::hours(1)))
+        .or(Some(now + chrono::Duration::hours(1)));
     Ok(requeue_at(now, next))
 }
 
@@ -448,6 +470,7 @@ pub fn run(
     w: &Wiring,
     models: Writer<ModelDeployment>,
     pods: Writer<PartialObjectMeta<Pod>>,
+    gates: Writer<EvidenceGate>,
     wake: UnboundedReceiver<ObjectRef<ModelDeployment>>,
 ) -> Tasks {
     let ctx = &w.ctx;
@@ -489,9 +512,28 @@ pub fn run(
             }
         },
     ));
+    // A gate that changes re-judges every model's Compliant condition.
+    let models_store = ctx.stores.models.clone();
+    let triggers = w.triggers.clone();
+    let gates = drive(watch(
+        watcher::watcher(
+            Api::<EvidenceGate>::all(w.client.clone()),
+            Default::default(),
+        ),
+        gates,
+        move |event: &Event<EvidenceGate>| {
+            if !touched(event).is_empty() || matches!(event, Event::InitDone) {
+                for model in models_store.state() {
+                    let _ = triggers
+                        .models
+                        .unbounded_send(ObjectRef::from_obj(model.as_ref()));
+                }
+            }
+        },
+    ));
     Tasks {
         main: vec![drain(controller)],
-        side: vec![Box::pin(pods)],
+        side: vec![Box::pin(pods), Box::pin(gates)],
     }
 }
 
@@ -539,7 +581,7 @@ mod tests {
         assert_eq!(state.level, RiskLevel::Low);
         assert_eq!(state.approval, ApprovalState::NotRequired);
         assert!(desired_approval_request(&m, &state, "operator").is_none());
-        let status = desired_status(&m, &state, 0, at("2026-11-02T00:00:00Z"));
+        let status = desired_status(&m, &state, &[], 0, at("2026-11-02T00:00:00Z"));
         assert!(conditions::is_true(&status.conditions, types::APPROVED));
     }
 
@@ -553,7 +595,7 @@ mod tests {
         assert!(request.name_any().starts_with("support-bot-risk-"));
         assert_eq!(request.spec.target.name.as_deref(), Some("support-bot"));
         assert_eq!(request.owner_references()[0].uid, "uid-team-a-support-bot");
-        let status = desired_status(&m, &state, 0, at("2026-11-02T00:00:00Z"));
+        let status = desired_status(&m, &state, &[], 0, at("2026-11-02T00:00:00Z"));
         assert!(!conditions::is_true(&status.conditions, types::APPROVED));
         assert_eq!(
             conditions::find(&status.conditions, types::APPROVED)
@@ -603,13 +645,13 @@ mod tests {
         let state = evaluate(&plain, [], now, WEEK);
         assert!(state.review_overdue);
         assert!(!state.suspended);
-        let status = desired_status(&plain, &state, 0, now);
+        let status = desired_status(&plain, &state, &[], 0, now);
         assert!(!conditions::is_true(&status.conditions, types::COMPLIANT));
         assert!(!conditions::is_true(&status.conditions, types::SUSPENDED));
         let strict = model("team-a", "gpt").review_every(10, true).build();
         let state = evaluate(&strict, [], now, WEEK);
         assert!(state.suspended);
-        let status = desired_status(&strict, &state, 0, now);
+        let status = desired_status(&strict, &state, &[], 0, now);
         assert_eq!(
             conditions::find(&status.conditions, types::SUSPENDED)
                 .unwrap()
@@ -664,11 +706,11 @@ mod tests {
     fn unchanged_model_gives_an_identical_status() {
         let mut m = high_risk();
         let state = evaluate(&m, [], at("2026-11-02T00:00:00Z"), WEEK);
-        let first = desired_status(&m, &state, 2, at("2026-11-02T00:00:00Z"));
+        let first = desired_status(&m, &state, &[], 2, at("2026-11-02T00:00:00Z"));
         m.status = Some(first.clone());
         let state = evaluate(&m, [], at("2026-11-03T00:00:00Z"), WEEK);
         assert_eq!(
-            desired_status(&m, &state, 2, at("2026-11-03T00:00:00Z")),
+            desired_status(&m, &state, &[], 2, at("2026-11-03T00:00:00Z")),
             first
         );
     }

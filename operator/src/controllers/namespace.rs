@@ -386,20 +386,32 @@ pub fn audit_key_secret(namespace: &str, key: &AuditSigningKey) -> Result<Secret
     })
 }
 
+/// The public half of a namespace's audit key, and when its Secret was created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespacePublicKey {
+    pub key: AuditVerifyingKey,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The public half of every namespace's sidecar audit key, by namespace, read
 /// from the cached `policybind-audit-key` Secrets (the operator's own, and any an
-/// administrator brought). The hook for publishing a verification keyring: a
-/// Secret whose key does not parse is left out (and logged).
-pub fn audit_public_keys(stores: &crate::stores::Stores) -> BTreeMap<String, AuditVerifyingKey> {
+/// administrator brought). [`crate::audit_keyring`] publishes them: a Secret
+/// whose key does not parse is left out (and logged).
+pub fn audit_public_keys(stores: &crate::stores::Stores) -> BTreeMap<String, NamespacePublicKey> {
     stores
         .audit_keys
         .state()
         .iter()
         .filter_map(|secret| {
             let namespace = secret.metadata.namespace.clone()?;
-            let pem = secret.data.as_ref()?.get(keys::SIGNING_KEY)?;
-            match AuditSigningKey::from_key_material(&pem.0) {
-                Ok(key) => Some((namespace, key.verifying_key())),
+            match policybind_audit::keys::signing_key_of(secret) {
+                Ok(key) => Some((
+                    namespace,
+                    NamespacePublicKey {
+                        key: key.verifying_key(),
+                        created: policybind_audit::keys::secret_created(secret),
+                    },
+                )),
                 Err(error) => {
                     tracing::warn!(namespace, %error, "unreadable audit key Secret");
                     None
@@ -1018,8 +1030,8 @@ mod tests {
         writer.apply_watcher_event(&Event::Apply(broken));
         let public = audit_public_keys(&stores);
         assert_eq!(public.len(), 1);
-        assert_eq!(public["team-a"], key.verifying_key());
-        assert_eq!(public["team-a"].key_id(), key.key_id());
+        assert_eq!(public["team-a"].key, key.verifying_key());
+        assert_eq!(public["team-a"].key.key_id(), key.key_id());
     }
 
     #[test]

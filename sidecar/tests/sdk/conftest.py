@@ -199,7 +199,8 @@ def stack(tmp_path_factory):
         proc.wait(timeout=10)
     # Every decision above is in a trail that verifies, and no secret is in it.
     verified = subprocess.run([POLICYBIND, "audit", "verify", "--dir", str(audit),
-                               "--key", str(audit / "signing-key.pem")],
+                               "--key", str(audit / "signing-key.pem"),
+                               "--key-writers", "standalone/*"],
                               capture_output=True, text=True)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     trail = "".join(p.read_text() for p in audit.glob("**/*.json"))
