@@ -126,22 +126,23 @@ pub struct CustomDetectorSpec {
     {"rule": "self.action != 'Degrade' || (has(self.degrade) && (has(self.degrade.model) || has(self.degrade.maxTokens)))", "message": "action Degrade needs degrade.model or degrade.maxTokens"},
     {"rule": "!has(self.degrade) || self.action == 'Degrade'", "message": "degrade is only valid with action Degrade"},
     {"rule": "!has(self.redact) || self.action == 'Redact'", "message": "redact is only valid with action Redact"},
-    {"rule": "!has(self.on) || self.on == 'Request' || self.action == 'Redact' || self.action == 'Deny'", "message": "a rule on Response may only Redact or Deny"},
-    {"rule": "!has(self.on) || self.on == 'Request' || self.action != 'Deny' || (has(self.conditions) && has(self.conditions.detected) && size(self.conditions.detected) > 0)", "message": "a rule on Response with action Deny needs conditions.detected: the entities that block the response"},
-    {"rule": "!has(self.on) || self.on == 'Request' || !has(self.recordRedactedPrompt) || !self.recordRedactedPrompt", "message": "recordRedactedPrompt is only valid on rules on Request"},
+    {"rule": "!has(self.phase) || self.phase == 'Request' || self.action == 'Redact' || self.action == 'Deny'", "message": "a rule on Response may only Redact or Deny"},
+    {"rule": "!has(self.phase) || self.phase == 'Request' || self.action != 'Deny' || (has(self.conditions) && has(self.conditions.detected) && size(self.conditions.detected) > 0)", "message": "a rule on Response with action Deny needs conditions.detected: the entities that block the response"},
+    {"rule": "!has(self.phase) || self.phase == 'Request' || !has(self.recordRedactedPrompt) || !self.recordRedactedPrompt", "message": "recordRedactedPrompt is only valid on rules on Request"},
     {"rule": "!has(self.redact) || !has(self.redact.entities) || !('PROMPT_INJECTION' in self.redact.entities)", "message": "PROMPT_INJECTION cannot be redacted, only denied"},
 ]))]
 pub struct PolicyRule {
     /// Rule name, unique within the policy; shown in decisions and audit records.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
-    /// What the rule acts on. `Request` (default): the call, before it is sent.
+    /// What the rule acts on (not named `on`, which YAML 1.1 parsers such as
+    /// kubectl's read as `true`). `Request` (default): the call, before it is sent.
     /// `Response`: the model's answer, buffered or streamed; such a rule may only
     /// `Redact` the entities it lists, or `Deny` (withhold the response, or cut the
     /// stream before the entity) when the response holds one of `conditions.detected`.
     /// It matches on the request's facts and on what the response contains.
     #[serde(default, skip_serializing_if = "RuleTarget::is_request")]
-    pub on: RuleTarget,
+    pub phase: RuleTarget,
     /// Typed selectors. All given fields must match (AND); a list matches when any entry does (OR).
     /// An empty match matches every request.
     #[serde(default, rename = "match", skip_serializing_if = "RuleMatch::is_empty")]

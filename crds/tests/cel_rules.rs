@@ -147,9 +147,9 @@ fn rules_on_responses_may_only_redact_or_deny_on_listed_entities() {
         assert!(e.iter().any(|m| m.contains(message)), "{message}: {e:?}");
     };
     for good in [
-        json!({"name": "r", "on": "Response", "action": "Deny", "conditions": {"detected": ["SECRET"]}}),
-        json!({"name": "r", "on": "Response", "action": "Redact", "redact": {"entities": ["EMAIL"]}}),
-        json!({"name": "r", "on": "Request", "action": "Allow", "recordRedactedPrompt": true}),
+        json!({"name": "r", "phase": "Response", "action": "Deny", "conditions": {"detected": ["SECRET"]}}),
+        json!({"name": "r", "phase": "Response", "action": "Redact", "redact": {"entities": ["EMAIL"]}}),
+        json!({"name": "r", "phase": "Request", "action": "Allow", "recordRedactedPrompt": true}),
     ] {
         assert_eq!(
             errors(&s, policy(good.clone()), None),
@@ -158,22 +158,22 @@ fn rules_on_responses_may_only_redact_or_deny_on_listed_entities() {
         );
     }
     refused(
-        json!({"name": "r", "on": "Response", "action": "Allow"}),
+        json!({"name": "r", "phase": "Response", "action": "Allow"}),
         "may only Redact or Deny",
     );
     refused(
-        json!({"name": "r", "on": "Response", "action": "Deny"}),
+        json!({"name": "r", "phase": "Response", "action": "Deny"}),
         "needs conditions.detected",
     );
     refused(
-        json!({"name": "r", "on": "Response", "action": "Redact", "recordRedactedPrompt": true}),
+        json!({"name": "r", "phase": "Response", "action": "Redact", "recordRedactedPrompt": true}),
         "recordRedactedPrompt is only valid",
     );
     refused(
         json!({"name": "r", "action": "Redact", "redact": {"entities": ["PROMPT_INJECTION"]}}),
         "PROMPT_INJECTION cannot be redacted",
     );
-    refused(json!({"name": "r", "on": "Later", "action": "Deny"}), "");
+    refused(json!({"name": "r", "phase": "Later", "action": "Deny"}), "");
 }
 
 #[test]

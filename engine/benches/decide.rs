@@ -36,7 +36,7 @@ fn bundle(rules: usize) -> Bundle {
             let team_specific = i % 5 != 0;
             list.push(PolicyRule {
                 name: format!("r{i}"),
-                on: Default::default(),
+                phase: Default::default(),
                 match_: RuleMatch {
                     teams: if team_specific {
                         vec![format!("team-{}", i % TEAMS)]
@@ -95,7 +95,7 @@ fn bundle(rules: usize) -> Bundle {
         custom_detectors: vec![],
         rules: vec![PolicyRule {
             name: "allow".into(),
-            on: Default::default(),
+            phase: Default::default(),
             match_: Default::default(),
             exclude: None,
             when: None,

@@ -101,7 +101,7 @@ spec:
       conditions: {detected: [PROMPT_INJECTION]}
       action: Deny
     - name: redact-personal-data-in-responses
-      on: Response
+      phase: Response
       action: Redact
       redact: {entities: [EMAIL, PHONE, US_SSN, CREDIT_CARD, IBAN]}
 "#;

@@ -359,7 +359,7 @@ impl PolicySet {
             let mut compiled = vec![];
             compile_policy(policy, &cel, &known_entities, &mut compiled, &mut errors);
             for (rule, target) in policy.rules.iter().zip(compiled) {
-                match rule.on {
+                match rule.phase {
                     RuleTarget::Request => rules.push(target),
                     RuleTarget::Response => output_rules.push(target),
                 }
@@ -640,7 +640,7 @@ fn compile_policy(
                 "must be a non-negative number",
             );
         }
-        if rule.on == RuleTarget::Response {
+        if rule.phase == RuleTarget::Response {
             check_response_rule(rule, &resource, i, errors);
         }
         let obligations = rule_obligations(rule, &resource, i, known_entities, errors);
@@ -656,7 +656,7 @@ fn compile_policy(
             code: rule
                 .code
                 .clone()
-                .unwrap_or_else(|| default_code(rule.on, rule.action).to_string()),
+                .unwrap_or_else(|| default_code(rule.phase, rule.action).to_string()),
             message: rule
                 .message
                 .clone()
@@ -683,7 +683,7 @@ fn compile_policy(
             // A redaction on responses applies to every response its facts
             // match; `detected` names what to rewrite, not a condition (so a
             // stream can be redacted as it goes, see `output`).
-            detected: if rule.on == RuleTarget::Response && rule.action == Effect::Redact {
+            detected: if rule.phase == RuleTarget::Response && rule.action == Effect::Redact {
                 vec![]
             } else {
                 c.detected.clone()
@@ -846,7 +846,7 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
         .unwrap_or_default();
         for rule in &policy.rules {
             let key_body = serde_json::to_string(&(
-                &rule.on,
+                &rule.phase,
                 &rule.match_,
                 &rule.exclude,
                 &rule.when,

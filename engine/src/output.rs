@@ -1,5 +1,5 @@
 //! Output rules: what policies do to model responses (rules with
-//! `on: Response`).
+//! `phase: Response`).
 //!
 //! A rule on Response matches on the request's facts (its selectors, `when`,
 //! schedule, cost and token conditions, as a rule on Request does) and acts on

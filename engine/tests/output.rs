@@ -13,7 +13,7 @@ use support::*;
 
 fn on_response(name: &str, action: Effect, detected: &[&str]) -> PolicyRule {
     let mut r = rule(name, action);
-    r.on = RuleTarget::Response;
+    r.phase = RuleTarget::Response;
     r.conditions.detected = detected.iter().map(|e| e.to_string()).collect();
     r
 }

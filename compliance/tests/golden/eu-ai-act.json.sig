@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "4fb099b0c3231954e193298dc0648c470977285c4be0efcb0c51dbf5ab546215",
-  "signature": "N/1GH2V3TXsBMEAbRJskJSn5hfP1ssQD5nRQPiaF/8u2iCKPdZxyww5Mm+pudO/jO4opojKyVoXYXeUeposVBA=="
+  "sha256": "be6f6a42b0411237f3f575264167fc194c2d5a9ec8d740c8571c877f5fa10a82",
+  "signature": "0/w9t21UgP1acI9LUlIW3F+sHCqRX31ubwrx53g/Bz7AOV2oYbWRerQY+el7vTiqWEonNUG65Xg/VDAwkF7qDw=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "iso-42001.json",
-  "sha256": "e84eb9d30197713018295bbb762b1b6006a3c8a20346a1730d67c2044d82ed41",
-  "signature": "lmhtCCCxKG1i6DkLjuQLdIPKY0LmW1N6ZW9c+u8Or3jCLwA279uBerEVnwGBsa9By4Th7SE4mjJcDzXHT0XRCg=="
+  "sha256": "05e2281359d9b28439af6604ff88be19aba6110cca2c69bb378abc070b07c0b2",
+  "signature": "+xhaCYi2se7UicUwIz4dCkw+/JG7MkZtjLnX906JuhA2340vk+gkPOTlExF8nW+uSrShFtTGwX7A9v04RZmmDg=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "nist-ai-rmf.json",
-  "sha256": "155646b10ef8d7e7e3f789e5e0e6a16526d2ef05f418dad0f6526a8e5b19949d",
-  "signature": "zcbgk+9eWnfj5qXDe6Eq2UninoJb+F86ek7ZJpUcYp2uiilYXw0KHzxwQgSpgszP26uODJBEDNxcSnB3/gqXAA=="
+  "sha256": "89a78766c6f47dc52cef4e0e862d768614bc5ebe56e88b85b0f1da8cec19de77",
+  "signature": "bC3q38toHUw0TAqitBZ0WjU7dgqgCM7dJzXhnqsmSeYIRHCZmWRqfdE6bwrRw45nb7hRRDPdBX1GOGRFrMp+Aw=="
 }

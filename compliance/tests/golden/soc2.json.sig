@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "soc2.json",
-  "sha256": "f651f36a115fb0cbc05b07f2bbef5a433c48d66e616a1726f3449d0c186460a5",
-  "signature": "DU9oHf70RpywGOmaYiIGKlIAHBH9heVcQXk+oAwJDG50FkmukMGxaIsYCcYeXJK+uXbMQgQd4PfYQMGcXpdWCg=="
+  "sha256": "edb2e2aab0c2b556e4e29429b45b56e47a532e180af6f05712aac004311b2158",
+  "signature": "pRPoAB2r/iD3MWbofsrpx9d6JBhbI5Odkkrq+VV7j/EgyoI01hczpfO/P4gKZ1WL2vDMXYJe+C4RJrj9749RAg=="
 }

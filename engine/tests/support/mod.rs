@@ -16,7 +16,7 @@ pub fn at(s: &str) -> DateTime<Utc> {
 pub fn rule(name: &str, action: Effect) -> PolicyRule {
     PolicyRule {
         name: name.into(),
-        on: Default::default(),
+        phase: Default::default(),
         match_: RuleMatch::default(),
         exclude: None,
         when: None,
