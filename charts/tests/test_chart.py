@@ -66,6 +66,15 @@ EVERYTHING_ON = {
     "rbac": {"aggregateToDefaultRoles": True},
     "audit": {"signingKey": {"existingSecrets": {"operator": "corp-operator-key",
                                                  "webhook": "corp-webhook-key"}}},
+    "gateway": {
+        "enabled": True,
+        "replicas": 3,
+        "providerSecrets": ["openai-credentials", "anthropic-credentials"],
+        "upstreamCA": {"configMap": "corp-ca"},
+        "decisionApi": {"enabled": True},
+        "upstream": "http://vllm.models.svc:8000",
+        "extraArgs": ["--max-concurrency=4096"],
+    },
 }
 MINIMAL = {
     "operator": {"leaderElection": False},
@@ -222,12 +231,15 @@ def test_every_document_parses_into_its_kubernetes_type(render, values):
                                "ValidatingWebhookConfiguration",
                                "MutatingWebhookConfiguration",
                                "ValidatingAdmissionPolicy",
-                               "ValidatingAdmissionPolicyBinding"}:
-            assert meta["namespace"] == (
-                "monitoring"
-                if doc["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard")
-                and values is EVERYTHING_ON else NAMESPACE
-            )
+                               "ValidatingAdmissionPolicyBinding", "Namespace"}:
+            if meta["labels"].get("app.kubernetes.io/component") == "gateway":
+                expected = "ai-gateway"  # the gateway's own enforced namespace
+            elif doc["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard") \
+                    and values is EVERYTHING_ON:
+                expected = "monitoring"
+            else:
+                expected = NAMESPACE
+            assert meta["namespace"] == expected
 
 
 def test_default_install_renders_the_expected_objects(render):
@@ -356,8 +368,8 @@ def test_selectors_match_their_pods(render, values):
         assert target_ports <= named
     for pdb in rendered.kinds("PodDisruptionBudget"):
         selector = pdb["spec"]["selector"]["matchLabels"]
-        assert selector.items() <= pods[WEBHOOK].items()
-        assert not selector.items() <= pods[OPERATOR].items()
+        matched = [n for n, labels in pods.items() if selector.items() <= labels.items()]
+        assert matched == [pdb["metadata"]["name"]], f"PDB {pdb['metadata']['name']} selects {matched}"
 
 
 def test_webhook_services_route_https_to_the_webhook_port(render):
@@ -964,7 +976,10 @@ def test_service_monitor_only_when_asked_and_it_scrapes_both_roles(render):
     selector = monitor["spec"]["selector"]["matchLabels"]
     scraped = [s["metadata"]["name"] for s in rendered.kinds("Service")
                if selector.items() <= s["metadata"]["labels"].items()]
-    assert sorted(scraped) == sorted([f"{OPERATOR}-metrics", f"{WEBHOOK}-metrics"])
+    assert sorted(scraped) == sorted([f"{OPERATOR}-metrics", f"{WEBHOOK}-metrics",
+                                      f"{FULL}-gateway-metrics"])
+    # The gateway's metrics Service lives in the gateway's own namespace.
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE, "ai-gateway"]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 

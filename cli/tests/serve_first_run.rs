@@ -25,6 +25,8 @@ impl Serve {
             .current_dir(repo())
             .args(["serve", "--config", "examples/quickstart"])
             .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            // The decision API's default port may be taken by another test's server.
+            .args(["--decide-listen", "127.0.0.1:0"])
             .args(extra)
             .env_clear()
             .env("HOME", home)

@@ -23,7 +23,9 @@ pub use approval_request::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequest
 pub use common::*;
 pub use evidence_gate::{EvidenceGate, EvidenceGateSpec, EvidenceGateStatus};
 pub use incident::{Incident, IncidentSpec, IncidentStatus};
-pub use model_deployment::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
+pub use model_deployment::{
+    ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ProviderCredentials, SecretKeyRef,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -49,9 +49,24 @@ pub struct ModelDeploymentSpec {
     /// Model version or snapshot, for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// Where the model is served (URL), for the record and for the sidecar's upstream default.
+    /// Base URL requests for this model are forwarded to, e.g. `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com`, `https://<resource>.openai.azure.com/openai/v1` or
+    /// `http://vllm.team-a.svc:8000/v1`. The enforcement point appends the API path (a
+    /// trailing `/v1` is not repeated). Unset: requests go to the enforcement point's
+    /// `--upstream` (the injected sidecar's model container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
+    )]
     pub endpoint: Option<String>,
+    /// The provider API key the enforcement point sends upstream for this model, in the
+    /// provider's own header (OpenAI `Authorization: Bearer`, Anthropic `x-api-key`, Azure
+    /// OpenAI `api-key`). Only the Secret reference is kept here and in policy bundles; the
+    /// value is read from the Secret mounted into the gateway and never logged, audited,
+    /// written to a status or returned to callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<ProviderCredentials>,
     /// Region the model runs in, e.g. `eu-west-1`; policies can match on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -284,6 +299,36 @@ impl ModelScope {
     pub fn is_namespace(&self) -> bool {
         *self == ModelScope::Namespace
     }
+}
+
+/// Where a model's provider API key comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderCredentials {
+    /// Secret in the ModelDeployment's namespace holding the key. Mount it into the
+    /// gateway (chart value `gateway.providerSecrets`); rotating its value takes effect
+    /// without a restart.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// One key of one Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Data key within the Secret. Default `api-key`.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    crate::wire::keys::PROVIDER_API_KEY.to_string()
 }
 
 fn default_classification() -> DataClassification {

@@ -236,6 +236,27 @@ pub mod keys {
     pub const BUNDLE_JSON: &str = "bundle.json";
     /// A gzip bundle part.
     pub const BUNDLE_GZ: &str = "bundle.json.gz";
+    /// Default data key of a provider credentials Secret
+    /// (`ModelDeployment.spec.credentials.secretRef.key`).
+    pub const PROVIDER_API_KEY: &str = "api-key";
+}
+
+/// `ModelDeployment.spec.provider` values the enforcement point routes to, each with
+/// its own API shape and credential header.
+pub mod providers {
+    /// OpenAI: `Authorization: Bearer <key>`.
+    pub const OPENAI: &str = "openai";
+    /// Anthropic: `x-api-key: <key>` and `anthropic-version`.
+    pub const ANTHROPIC: &str = "anthropic";
+    /// Azure OpenAI (the v1 API, `https://<resource>.openai.azure.com/openai/v1`): `api-key: <key>`.
+    pub const AZURE_OPENAI: &str = "azure-openai";
+    /// An OpenAI-compatible server run by the organisation (vLLM, TGI, Ollama, KServe):
+    /// `Authorization: Bearer <key>` when a key is configured.
+    pub const SELF_HOSTED: &str = "self-hosted";
+    /// AWS Bedrock: registered for the record; requests are not routed (SigV4 signing).
+    pub const BEDROCK: &str = "bedrock";
+    /// Google Vertex AI: registered for the record; requests are not routed (OAuth).
+    pub const VERTEX: &str = "vertex";
 }
 
 /// Field managers of server-side apply, one per writer.
@@ -254,9 +275,18 @@ pub mod writers {
     pub fn sidecar(namespace: &str, pod: &str) -> String {
         format!("sidecar/{namespace}/{pod}")
     }
-    /// Every sidecar of a namespace: what that namespace's key may sign for.
+    /// Every sidecar of a namespace.
     pub fn sidecars_of(namespace: &str) -> String {
         format!("sidecar/{namespace}/*")
+    }
+    /// A central gateway replica: `gateway/<namespace>/<pod>`.
+    pub fn gateway(namespace: &str, pod: &str) -> String {
+        format!("gateway/{namespace}/{pod}")
+    }
+    /// What a namespace's key may sign for: its sidecars and the gateway replicas
+    /// running there (both mount the namespace's `policybind-audit-key`).
+    pub fn enforcement_points_of(namespace: &str) -> Vec<String> {
+        vec![sidecars_of(namespace), format!("gateway/{namespace}/*")]
     }
     /// A webhook replica: `webhook/<pod>`.
     pub fn webhook(pod: &str) -> String {
@@ -311,6 +341,15 @@ pub mod env {
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
     /// Poll interval of directory sources, milliseconds.
     pub const RELOAD_INTERVAL_MS: &str = "POLICYBIND_RELOAD_INTERVAL_MS";
+    /// Directory where provider credential Secrets are mounted, one directory per
+    /// Secret (`<dir>/<secret>/<key>`), as Kubernetes mounts Secret volumes.
+    pub const CREDENTIALS_DIR: &str = "POLICYBIND_CREDENTIALS_DIR";
+    /// PEM file of extra CA certificates trusted for HTTPS upstreams.
+    pub const UPSTREAM_CA_FILE: &str = "POLICYBIND_UPSTREAM_CA_FILE";
+    /// Listener of the decision API (`POST /v1/decide`, PolicyGate's `/evaluate`); unset: off.
+    pub const DECIDE_LISTEN: &str = "POLICYBIND_DECIDE_LISTEN";
+    /// `true`: run `policybind sidecar` as the central gateway (no model container).
+    pub const GATEWAY: &str = "POLICYBIND_GATEWAY";
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ codes! {
     AUDIT_UNAVAILABLE = "enforcement", "The audit trail cannot take the record; the request is denied rather than decided unrecorded.";
     REQUEST_INVALID = "enforcement", "The request body or headers could not be read (malformed JSON, unknown header value, too large).";
     PATH_NOT_ALLOWED = "enforcement", "The path is not one the sidecar forwards.";
+    ROUTE_UNAVAILABLE = "enforcement", "The model cannot be reached from this enforcement point: no endpoint and no upstream, a provider it does not route to (bedrock, vertex), or a provider key Secret that cannot be read.";
 }
 
 /// The detector codes for what was found in a prompt, in table order:

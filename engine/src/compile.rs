@@ -154,6 +154,8 @@ pub(crate) struct CompiledModel {
     pub max_classification: DataClassification,
     pub use_cases: Vec<String>,
     pub pricing: Option<policybind_crds::Pricing>,
+    pub endpoint: Option<String>,
+    pub credentials: Option<policybind_crds::SecretKeyRef>,
 }
 
 pub(crate) struct CompiledToken {
@@ -886,6 +888,12 @@ fn compile_model(model: &BundleModel) -> CompiledModel {
         max_classification: model.spec.max_data_classification,
         use_cases: model.spec.use_cases.clone(),
         pricing: model.spec.pricing.clone(),
+        endpoint: model.spec.endpoint.clone(),
+        credentials: model
+            .spec
+            .credentials
+            .as_ref()
+            .map(|c| c.secret_ref.clone()),
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`scope`]: what applies in one namespace (tokens, models, policies).
 //! - [`manifest`]: reading the YAML users apply, for offline tools and standalone mode.
 //! - [`audit`]: audit records, the hash chain, segments, signatures, verification.
+//! - [`route`]: where an enforcement point sends a model's requests.
 //! - [`tokens`]: token estimates (tiktoken encodings where public, a heuristic otherwise).
 //! - [`codes`]: the table of rationale codes.
 //! - [`ident`]: the identifier check every ingress shares (length cap, no control characters).
@@ -40,6 +41,7 @@ pub mod manifest;
 pub mod output;
 pub mod request;
 pub mod risk;
+pub mod route;
 pub mod schedule;
 pub mod scope;
 pub mod selector;

@@ -185,13 +185,13 @@ pub fn next_keyring(
 }
 
 /// Every enforced namespace's key (the public half), from the cached
-/// `policybind-audit-key` Secrets, bound to that namespace's sidecars.
+/// `policybind-audit-key` Secrets, bound to that namespace's sidecars and gateway replicas.
 pub fn namespace_keys(ctx: &Context) -> Vec<CurrentKey> {
     crate::controllers::namespace::audit_public_keys(&ctx.stores)
         .into_iter()
         .map(|(namespace, public)| CurrentKey {
             key: public.key,
-            writers: vec![writers::sidecars_of(&namespace)],
+            writers: writers::enforcement_points_of(&namespace),
             since: public.created,
         })
         .collect()
@@ -352,7 +352,7 @@ mod tests {
     fn namespace_key(seed: u8, namespace: &str, day: u32) -> CurrentKey {
         CurrentKey {
             key: key(seed),
-            writers: vec![writers::sidecars_of(namespace)],
+            writers: writers::enforcement_points_of(namespace),
             since: Some(at(day)),
         }
     }

@@ -179,6 +179,58 @@ struct TokenState {
 }
 
 impl TokenState {
+    /// Refuses when a rate bucket cannot take one more request of `tokens`;
+    /// changes nothing but the buckets' refill (and drops limits no longer set).
+    fn check_rate(
+        &mut self,
+        rate: Option<&RateLimit>,
+        tokens: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        let rpm = rate.and_then(|r| r.requests_per_minute).map(f64::from);
+        let tpm = rate.and_then(|r| r.tokens_per_minute).map(|t| t as f64);
+        let checks = [
+            (&mut self.requests, rpm, 1.0, "requests per minute"),
+            (&mut self.tokens, tpm, tokens as f64, "tokens per minute"),
+        ];
+        for (slot, capacity, amount, what) in checks {
+            let Some(capacity) = capacity else {
+                *slot = None;
+                continue;
+            };
+            let bucket = slot.get_or_insert_with(|| Bucket::new(capacity, now));
+            bucket.refill(capacity, now);
+            if let Some(retry_after) = bucket.wait_for(amount) {
+                return Err(Refusal::RateLimited { what, retry_after });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses when `estimate` would take a budget over its limit.
+    fn check_budgets(
+        &mut self,
+        budgets: &[CompiledBudget],
+        estimate: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        for budget in budgets {
+            let tally = self.tally(budget, now);
+            let over_cost = budget.max_cost_usd.is_some_and(|max| {
+                tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
+            });
+            let over_tokens = budget.max_tokens.is_some_and(|max| {
+                tally.settled.tokens + tally.reserved.tokens + estimate.tokens > max
+            });
+            if over_cost || over_tokens {
+                return Err(Refusal::BudgetExceeded {
+                    period: budget.period,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn tally(&mut self, budget: &CompiledBudget, now: DateTime<Utc>) -> &mut PeriodTally {
         let start = period_start(budget.period, budget.tz, now);
         let index = match self.periods.iter().position(|p| p.period == budget.period) {
@@ -283,58 +335,8 @@ impl UsageLedger for InProcessLedger {
         let state = inner.tokens.entry(token.to_string()).or_default();
 
         // Check everything first, then commit: a refused request leaves no trace.
-        let rpm = limits
-            .rate
-            .and_then(|r| r.requests_per_minute)
-            .map(f64::from);
-        let tpm = limits
-            .rate
-            .and_then(|r| r.tokens_per_minute)
-            .map(|t| t as f64);
-        match rpm {
-            Some(capacity) => {
-                let bucket = state
-                    .requests
-                    .get_or_insert_with(|| Bucket::new(capacity, now));
-                bucket.refill(capacity, now);
-                if let Some(retry_after) = bucket.wait_for(1.0) {
-                    return Err(Refusal::RateLimited {
-                        what: "requests per minute",
-                        retry_after,
-                    });
-                }
-            }
-            None => state.requests = None,
-        }
-        match tpm {
-            Some(capacity) => {
-                let bucket = state
-                    .tokens
-                    .get_or_insert_with(|| Bucket::new(capacity, now));
-                bucket.refill(capacity, now);
-                if let Some(retry_after) = bucket.wait_for(estimate.tokens as f64) {
-                    return Err(Refusal::RateLimited {
-                        what: "tokens per minute",
-                        retry_after,
-                    });
-                }
-            }
-            None => state.tokens = None,
-        }
-        for budget in limits.budgets {
-            let tally = state.tally(budget, now);
-            let over_cost = budget.max_cost_usd.is_some_and(|max| {
-                tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
-            });
-            let over_tokens = budget.max_tokens.is_some_and(|max| {
-                tally.settled.tokens + tally.reserved.tokens + estimate.tokens > max
-            });
-            if over_cost || over_tokens {
-                return Err(Refusal::BudgetExceeded {
-                    period: budget.period,
-                });
-            }
-        }
+        state.check_rate(limits.rate, estimate.tokens, now)?;
+        state.check_budgets(limits.budgets, estimate, now)?;
 
         if let Some(bucket) = &mut state.requests {
             bucket.level -= 1.0;

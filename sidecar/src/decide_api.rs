@@ -1,183 +1,310 @@
-//! `POST /v1/decide`: the decision point for services that enforce themselves
-//! (the PDP/PEP split).
+//! The decision API, for services that enforce decisions themselves (the
+//! PDP/PEP split): `POST /v1/decide`, and PolicyGate's contract (`POST
+//! /evaluate`, `GET /health`, `GET /version`) so a service written against
+//! PolicyGate works unchanged.
 //!
-//! A service that is not an OpenAI-compatible proxy target (a batch job, an agent
-//! framework, a gateway of its own) sends the facts and gets the decision, made by
-//! the same policy set and recorded in the same audit trail as proxied requests.
-//! The caller enforces it: nothing is forwarded, reserved or redacted here.
-//!
-//! Request body: the engine's `Request` in JSON (camelCase; only `model` is
-//! required). If the call carries `Authorization: Bearer <end-user token>`, the
-//! token is authenticated here and its id replaces any `token` in the body;
-//! without it, `token` in the body is trusted as given (the decision API is meant
-//! for callers inside the pod or namespace). `time` defaults to now, `namespace`
-//! to the sidecar's, and `usage` to what this sidecar has counted for the token.
-//!
-//! Response: `200` with the decision JSON (`effect`, `codes`, `message`, `policy`,
-//! `rule`, `stage`, `obligations`, `findings`, `wouldHave`, `facts`,
-//! `fingerprint`) plus `requestId`, for every decision including denials; `400`
-//! with an OpenAI-style error when the body is not a valid request.
+//! It listens on its own port (`--decide-listen`), off by default in injected
+//! sidecars, and every decision needs the caller's PolicyBind token (as
+//! `Authorization: Bearer`, `x-api-key` or `api-key`). The caller may say what
+//! it wants to do (model, use case, classification, text, estimates, labels,
+//! an approval reference); the facts only PolicyBind can know come from the
+//! pipeline ([`crate::pipeline`]): subject and team from the token, the
+//! namespace, the time, the usage from the ledger, the approval state. A body
+//! that tries to set them is refused with `400` naming the field. Decisions are
+//! made and audited by the same pipeline as proxied requests; nothing is
+//! reserved here, since nothing is forwarded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use chrono::Utc;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use policybind_crds::Effect;
+use axum::routing::{get, post};
+use http::{HeaderValue, Request, Response, StatusCode};
+use policybind_crds::DataClassification;
+use policybind_engine::PolicySet;
 use policybind_engine::codes;
-use policybind_engine::request::{Decision, Request as Facts, ResolvedFacts, Stage};
-use serde_json::json;
-use tracing::{Instrument, info_span, warn};
+use policybind_engine::request::Decision;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tracing::{Instrument, info_span};
 
-use crate::proxy::{AppState, CODES_HEADER, DECISION_HEADER, REQUEST_ID_HEADER, bearer};
+use crate::handler::authenticate;
+use crate::ingress;
+use crate::pipeline::{Asked, Call, Estimate, Plan, Verdict};
+use crate::providers::estimate_tokens;
+use crate::refusal::{
+    CODES_HEADER, DECISION_HEADER, REQUEST_ID_HEADER, Refusal, Stage, json_response, set_header,
+};
+use crate::source::Loaded;
+use crate::state::AppState;
 
-fn json_response(status: StatusCode, body: serde_json::Value, request_id: &str) -> Response<Body> {
-    let mut response = Response::new(Body::from(
-        serde_json::to_vec(&body).expect("JSON always serializes"),
-    ));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, v);
-    }
-    response
+pub mod policygate;
+
+/// The decision API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/decide", post(decide))
+        .route("/evaluate", post(policygate::evaluate))
+        .route("/health", get(policygate::health))
+        .route("/version", get(policygate::version))
+        .with_state(state)
 }
 
-fn invalid(message: String, request_id: &str) -> Response<Body> {
-    json_response(
-        StatusCode::BAD_REQUEST,
-        json!({"error": {"message": message, "type": "invalid_request_error", "code": codes::REQUEST_INVALID, "param": null}}),
+/// Facts a body must not set: PolicyBind knows them, the caller does not.
+const SET_BY_POLICYBIND: &[(&str, &str)] = &[
+    ("token", "the token comes from the caller's credentials"),
+    ("subject", "the subject comes from the caller's token"),
+    ("team", "the team comes from the caller's token"),
+    ("namespace", "the namespace is the decision point's"),
+    ("time", "the time is the decision point's clock"),
+    ("usage", "usage comes from the decision point's ledger"),
+    (
+        "approved",
+        "approval comes from the ApprovalRequest named by `approval`",
+    ),
+    (
+        "provider",
+        "the provider comes from the model's registration",
+    ),
+    ("region", "the region comes from the model's registration"),
+    (
+        "estimatedCostUsd",
+        "cost is priced from the model's registration",
+    ),
+    (
+        "requestId",
+        "the request id comes from the x-request-id header",
+    ),
+];
+
+/// Body of `POST /v1/decide`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DecideBody {
+    model: String,
+    #[serde(default)]
+    use_case: Option<String>,
+    #[serde(default)]
+    data_classification: Option<DataClassification>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    estimated_input_tokens: Option<u64>,
+    #[serde(default)]
+    estimated_output_tokens: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Reference of an ApprovalRequest (as the `x-policybind-approval` header).
+    #[serde(default)]
+    approval: Option<String>,
+}
+
+/// Checks the identifiers of what a caller asked.
+pub(crate) fn check_asked(asked: &Asked) -> Result<(), Refusal> {
+    ingress::identifier("model", &asked.model, ingress::MAX_IDENTIFIER)?;
+    if let Some(u) = &asked.use_case {
+        ingress::identifier("useCase", u, ingress::MAX_IDENTIFIER)?;
+    }
+    if let Some(r) = &asked.approval_ref
+        && !crate::approvals::valid_reference(r)
+    {
+        return Err(Refusal::invalid("approval must be an approval reference"));
+    }
+    ingress::labels(&asked.labels)
+}
+
+fn parse_decide_body(bytes: &[u8]) -> Result<Asked, Refusal> {
+    let map: Map<String, Value> = serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::invalid(format!("not a JSON object: {e}")))?;
+    for (field, why) in SET_BY_POLICYBIND {
+        if map.contains_key(*field) {
+            return Err(Refusal::invalid(format!(
+                "field {field} cannot be given: {why}"
+            )));
+        }
+    }
+    let body: DecideBody = serde_json::from_value(Value::Object(map))
+        .map_err(|e| Refusal::invalid(format!("not a valid decision request: {e}")))?;
+    let prompt = body.prompt.unwrap_or_default();
+    let asked = Asked {
+        model: body.model,
+        use_case: body.use_case,
+        data_classification: body.data_classification,
+        // A caller may raise the estimate, never lower it below the text's.
+        estimated_input_tokens: body
+            .estimated_input_tokens
+            .unwrap_or(0)
+            .max(estimate_tokens(&prompt)),
+        estimated_output_tokens: body.estimated_output_tokens.unwrap_or(0),
+        prompt,
+        labels: body.labels,
+        approval_ref: body.approval,
+    };
+    check_asked(&asked)?;
+    Ok(asked)
+}
+
+/// The decision API's [`Plan`]: nothing to rewrite, nothing reserved.
+pub(crate) struct DecisionOnly;
+
+impl Plan for DecisionOnly {
+    type Ready = ();
+
+    fn prepare(self, _: &Decision, _: &PolicySet) -> Result<((), Option<Estimate>), Refusal> {
+        Ok(((), None))
+    }
+}
+
+/// The set in force and the caller's token, or the refusal.
+pub(crate) fn identify(
+    state: &AppState,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<Loaded>, String), Refusal> {
+    let Some(loaded) = state.holder.current() else {
+        state.rejections.count(codes::NO_POLICY_SET);
+        return Err(Refusal::new(
+            Stage::PolicySet,
+            codes::NO_POLICY_SET,
+            "no valid policy set is loaded; every request is refused",
+        ));
+    };
+    match authenticate(&loaded.set, headers) {
+        Ok(token) => Ok((loaded, token)),
+        Err(e) => {
+            state.rejections.count(e.code());
+            Err(Refusal::new(Stage::Authentication, e.code(), e.to_string()))
+        }
+    }
+}
+
+/// Runs a decision-only call, reading the body first.
+pub(crate) async fn decide_only(
+    state: &Arc<AppState>,
+    request: Request<Body>,
+    request_id: &str,
+    endpoint: &'static str,
+    parse: impl FnOnce(&[u8]) -> Result<Asked, Refusal>,
+) -> Result<(Verdict<()>, Arc<Loaded>, String), Refusal> {
+    let (loaded, token) = identify(state, request.headers())?;
+    let limit = state.settings.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            let mut r = Refusal::invalid(format!("the body is larger than {limit} bytes"));
+            r.status = StatusCode::PAYLOAD_TOO_LARGE;
+            r
+        });
+    let asked = match bytes.and_then(|b| parse(&b)) {
+        Ok(asked) => asked,
+        Err(refusal) => {
+            state.record_refusal(&loaded, &token, request_id, &refusal, None, endpoint);
+            return Err(refusal);
+        }
+    };
+    let call = Call {
+        loaded: loaded.clone(),
         request_id,
-    )
-}
-
-fn refusal(facts: &Facts, code: &str, message: &str, fingerprint: &str) -> Decision {
-    Decision {
-        effect: Effect::Deny,
-        codes: vec![code.to_string()],
-        message: message.to_string(),
-        policy: None,
-        rule: None,
-        stage: Stage::Token,
-        obligations: Default::default(),
-        findings: vec![],
-        would_have: None,
-        facts: ResolvedFacts {
-            token: facts.token.clone(),
-            model: facts.model.clone(),
-            namespace: facts.namespace.clone(),
-            ..Default::default()
-        },
-        fingerprint: fingerprint.to_string(),
-    }
+        token: &token,
+        asked,
+        endpoint,
+    };
+    let verdict = state.run(call, DecisionOnly).await;
+    Ok((verdict, loaded, token))
 }
 
 /// Handler of `POST /v1/decide`.
-pub async fn decide(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response<Body> {
+async fn decide(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response<Body> {
     let request_id = state.next_request_id(request.headers());
-    let span = info_span!("decide", request_id = %request_id);
-    decide_inner(state, request, request_id)
-        .instrument(span)
-        .await
+    let span = info_span!("decide", request_id = %request_id, effect = tracing::field::Empty,
+        code = tracing::field::Empty, stage = tracing::field::Empty, decided = tracing::field::Empty);
+    async {
+        let verdict =
+            match decide_only(&state, request, &request_id, "decide", parse_decide_body).await {
+                Ok((verdict, _, _)) => verdict,
+                Err(refusal) => return refusal.into_response(None, &request_id),
+            };
+        let refusal = verdict.outcome.err();
+        if let Some(r) = refusal.as_ref().filter(|r| r.stage != Stage::Decision) {
+            return r.clone().into_response(None, &request_id);
+        }
+        decision_response(
+            &verdict.decision,
+            refusal
+                .as_ref()
+                .and_then(|r| r.approval().map(str::to_string)),
+            &request_id,
+        )
+    }
+    .instrument(span)
+    .await
 }
 
-async fn decide_inner(
-    state: Arc<AppState>,
-    request: Request<Body>,
-    request_id: String,
+/// `200` with the decision, for every decision including denials.
+fn decision_response(
+    decision: &Decision,
+    approval: Option<String>,
+    request_id: &str,
 ) -> Response<Body> {
-    let bearer_value = bearer(request.headers()).map(str::to_string);
-    let bytes =
-        match axum::body::to_bytes(request.into_body(), state.settings.limits.max_body_bytes).await
-        {
-            Ok(b) => b,
-            Err(_) => return invalid("the request body is too large".into(), &request_id),
-        };
-    let mut facts: Facts = match serde_json::from_slice(&bytes) {
-        Ok(f) => f,
-        Err(e) => return invalid(format!("not a valid decision request: {e}"), &request_id),
-    };
-    let now = Utc::now();
-    if facts.time == chrono::DateTime::<Utc>::UNIX_EPOCH {
-        facts.time = now;
+    let mut body = serde_json::to_value(decision).expect("a decision always serializes");
+    body["requestId"] = json!(request_id);
+    if let Some(reference) = approval {
+        body["approval"] = json!(reference);
     }
-    facts.request_id.get_or_insert_with(|| request_id.clone());
-    facts
-        .namespace
-        .get_or_insert_with(|| state.settings.namespace.clone());
-
-    let started = std::time::Instant::now();
-    let mut decision = match state.holder.current() {
-        None => refusal(
-            &facts,
-            codes::NO_POLICY_SET,
-            "no valid policy set is loaded; every request is denied",
-            "",
-        ),
-        Some(loaded) => {
-            let set = &loaded.set;
-            let auth = match bearer_value.as_deref() {
-                Some(value) => set
-                    .authenticate(Some(value), now)
-                    .map(|id| Some(id.to_string())),
-                None => Ok(facts.token.clone()),
-            };
-            match auth {
-                Err(e) => refusal(&facts, e.code(), &e.to_string(), set.fingerprint()),
-                Ok(token) => {
-                    facts.token = token;
-                    if let Some(token) = &facts.token
-                        && facts.usage.is_empty()
-                    {
-                        facts.usage = state.ledger.usage(token, set.budgets(token), now);
-                    }
-                    set.decide(&facts)
-                }
-            }
-        }
-    };
-    state
-        .metrics
-        .decide_seconds
-        .observe(started.elapsed().as_secs_f64());
-
-    let event = crate::proxy::decision_event(
-        &decision,
-        facts.request_id.as_deref().unwrap_or_default(),
-        facts.prompt.as_deref().unwrap_or_default(),
-        now,
-        "decide",
-    );
-    if let Err(e) = state.audit.append(event) {
-        warn!("decision not recorded: {e}");
-        decision.effect = Effect::Deny;
-        decision
-            .codes
-            .insert(0, codes::AUDIT_UNAVAILABLE.to_string());
-        decision.message = "the audit trail cannot record this decision; denied".into();
-        decision.obligations = Default::default();
-    }
-    state.metrics.decision(
-        decision.effect.as_str(),
-        decision.code(),
-        decision.policy.as_deref(),
-    );
-
-    let mut body = serde_json::to_value(&decision).expect("a decision always serializes");
-    body["requestId"] = json!(facts.request_id);
-    let mut response = json_response(StatusCode::OK, body, &request_id);
+    let mut response = json_response(StatusCode::OK, &body);
     let headers = response.headers_mut();
     headers.insert(
         DECISION_HEADER,
         HeaderValue::from_static(decision.effect.as_str()),
     );
-    if let Ok(v) = HeaderValue::from_str(&decision.codes.join(",")) {
-        headers.insert(CODES_HEADER, v);
-    }
+    set_header(headers, CODES_HEADER, &decision.codes.join(","));
+    set_header(headers, REQUEST_ID_HEADER, request_id);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_only_policybind_knows_are_refused_in_the_body_naming_the_field() {
+        for field in [
+            "subject",
+            "team",
+            "namespace",
+            "time",
+            "usage",
+            "approved",
+            "token",
+        ] {
+            let body = json!({"model": "m", field: "x"}).to_string();
+            let refusal = parse_decide_body(body.as_bytes()).unwrap_err();
+            assert_eq!(refusal.code, "REQUEST_INVALID");
+            assert!(refusal.message.contains(field), "{}", refusal.message);
+        }
+        let unknown = parse_decide_body(br#"{"model":"m","colour":"red"}"#).unwrap_err();
+        assert!(unknown.message.contains("colour"), "{}", unknown.message);
+    }
+
+    #[test]
+    fn the_input_estimate_is_never_below_the_texts() {
+        let asked = parse_decide_body(
+            br#"{"model":"m","prompt":"twelve chars","estimatedInputTokens":1,"estimatedOutputTokens":5}"#,
+        )
+        .unwrap();
+        assert_eq!(asked.estimated_input_tokens, 3);
+        assert_eq!(asked.estimated_output_tokens, 5);
+        let raised = parse_decide_body(br#"{"model":"m","estimatedInputTokens":900}"#).unwrap();
+        assert_eq!(raised.estimated_input_tokens, 900);
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        let long = "m".repeat(300);
+        let body = json!({"model": long}).to_string();
+        assert!(parse_decide_body(body.as_bytes()).is_err());
+        let control = json!({"model": "m", "labels": {"k": "a\u{7}b"}}).to_string();
+        assert!(parse_decide_body(control.as_bytes()).is_err());
+    }
 }

@@ -1,27 +1,37 @@
 //! The PolicyBind enforcement point: a sidecar in front of an OpenAI-compatible
-//! inference server (vLLM, TGI, Ollama, KServe), and the same server run
-//! standalone by `policybind serve` (DESIGN.md sections 3, 4, 5 and 8).
+//! inference server (vLLM, TGI, Ollama, KServe), the same server run
+//! standalone by `policybind serve`, and the central gateway in front of
+//! external providers (OpenAI, Anthropic, Azure OpenAI) that any OpenAI or
+//! Anthropic SDK can point at (DESIGN.md sections 3, 4, 5, 8 and 12).
 //!
 //! Every model request is authenticated, decided by the engine
 //! (`policybind-engine`), enforced (deny, redact, degrade, hold for approval),
 //! accounted against rate limits and budgets, recorded in the audit trail, and
-//! only then forwarded. Services that enforce decisions themselves ask
-//! `POST /v1/decide`.
+//! only then forwarded; the answer is judged by the output policy on its way
+//! back. Services that enforce decisions themselves ask the decision API.
 //!
 //! - [`config`] holds the settings.
 //! - [`source`] holds the policy set in force and swaps it atomically; it also
 //!   reads the directory of standalone mode. [`cluster`] watches the bundle ConfigMap
 //!   in PolicyBind's own namespace.
-//! - [`proxy`] is the request path; [`facts`] reads and rewrites bodies.
+//! - [`handler`] is the HTTP handling of the main port; [`pipeline`] the
+//!   decision pipeline (decide, reserve, hold, audit) the handler and the
+//!   [`decide_api`] share; [`forward`] sends admitted requests through the
+//!   [`upstream`] client and reads the answers; [`refusal`] answers refusals
+//!   in each API's error shape; [`models`] lists the models a token may call.
+//! - [`providers`] are the adapters of each model API and provider;
+//!   [`credentials`] reads provider keys; [`output`] judges answers; [`sse`]
+//!   and [`compress`] read streams and compressed bodies.
 //! - [`accounting`] keeps rate limits and budgets behind the [`accounting::UsageLedger`] trait.
 //! - [`usage`] reports the ledger's settled usage to the operator (cluster mode).
 //! - [`approvals`] holds requests for a human decision.
-//! - [`decide_api`] is the decision API; [`audit`] is the audit trail as the request
-//!   path sees it; [`metrics`] has the Prometheus metrics.
-//! - [`fake_upstream`] is a small OpenAI-compatible server: the tests' upstream
-//!   and the demo upstream `policybind serve` starts when given none.
+//! - [`audit`] is the audit trail as the request path sees it; [`rejections`]
+//!   summarises unauthenticated refusals; [`ingress`] checks identifiers;
+//!   [`metrics`] has the Prometheus metrics.
+//! - [`fake_upstream`] is a small model server: the tests' upstream and the
+//!   demo upstream `policybind serve` starts when given none.
 //!
-//! [`start`] binds both ports and returns at once (tests use it on ephemeral
+//! [`start`] binds every port and returns at once (tests use it on ephemeral
 //! ports); [`run`] also waits for Ctrl-C or SIGTERM and shuts down gracefully.
 #![forbid(unsafe_code)]
 
@@ -29,14 +39,26 @@ pub mod accounting;
 pub mod approvals;
 pub mod audit;
 pub mod cluster;
+pub mod compress;
 pub mod config;
+pub mod credentials;
 pub mod decide_api;
-pub mod facts;
 pub mod fake_upstream;
+pub mod forward;
+pub mod handler;
+pub mod ingress;
 pub mod loadgen;
 pub mod metrics;
-pub mod proxy;
+pub mod models;
+pub mod output;
+pub mod pipeline;
+pub mod providers;
+pub mod refusal;
+pub mod rejections;
 pub mod source;
+pub mod sse;
+pub mod state;
+pub mod upstream;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -45,7 +67,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use chrono::Utc;
 use http::StatusCode;
 use tokio::task::JoinSet;
@@ -58,9 +80,12 @@ pub use config::{ApprovalSettings, Limits, Settings, SourceSettings};
 pub use source::PolicyHolder;
 
 use crate::approvals::Approvals;
+use crate::credentials::Credentials;
 use crate::metrics::Metrics;
-use crate::proxy::AppState;
+use crate::rejections::Rejections;
 use crate::source::DirectoryWatcher;
+use crate::state::{AppState, Parts};
+use crate::upstream::Upstream;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +100,10 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] upstream::UpstreamError),
 }
 
 /// What the server is built from besides its settings.
@@ -88,10 +117,12 @@ pub struct Dependencies {
 
 /// A running server.
 pub struct Running {
-    /// Address of the OpenAI-compatible API and `/v1/decide`.
+    /// Address of the model APIs.
     pub addr: SocketAddr,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub health_addr: SocketAddr,
+    /// Address of the decision API, when served.
+    pub decide_addr: Option<SocketAddr>,
     pub holder: Arc<PolicyHolder>,
     pub metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -141,20 +172,13 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// Binds the ports, starts the policy source and the servers, and returns.
-pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Error> {
-    let settings = Arc::new(settings);
-    let metrics = Metrics::new();
-    let holder = PolicyHolder::new();
-    let stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-
-    let approvals = match &settings.approvals {
+fn approvals(settings: &Settings, kube: Option<&kube::Client>) -> Approvals {
+    match &settings.approvals {
         ApprovalSettings::Directory(dir) => Approvals::Directory(dir.clone()),
         ApprovalSettings::Cluster {
             namespace,
             requester,
-        } => match &deps.kube {
+        } => match kube {
             Some(client) => Approvals::Cluster {
                 api: Box::new(kube::Api::namespaced(client.clone(), namespace)),
                 requester: requester.clone(),
@@ -162,10 +186,20 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
             None => Approvals::Disabled,
         },
         ApprovalSettings::Disabled => Approvals::Disabled,
-    };
+    }
+}
 
-    // Load the first set before serving, so a good configuration never answers
-    // a first request with NO_POLICY_SET.
+/// Loads the first policy set before serving (so a good configuration never
+/// answers a first request with NO_POLICY_SET) and starts watching the source.
+async fn start_source(
+    settings: &Settings,
+    kube: Option<&kube::Client>,
+    holder: &Arc<PolicyHolder>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<Result<(), Error>>,
+) -> Result<(), Error> {
+    let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
     match &settings.source {
         SourceSettings::Directory {
             path,
@@ -179,61 +213,34 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
                 DirectoryWatcher::new(path.clone(), exclude, settings.namespace.clone());
             watcher.poll(&holder, &metrics);
             let interval = *poll_interval;
-            let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
             tasks.spawn(async move {
                 watcher.run(interval, holder, metrics, stop).await;
                 Ok(())
             });
         }
         SourceSettings::ConfigMap(source) => {
-            let client = match &deps.kube {
+            let client = match kube {
                 Some(c) => c.clone(),
                 None => kube::Client::try_default().await?,
             };
             let source = source.clone();
-            let (holder, metrics, stop) = (holder.clone(), metrics.clone(), stop.clone());
             tasks.spawn(async move {
                 cluster::watch_bundle(client, source, holder, metrics, stop).await;
                 Ok(())
             });
         }
     }
+    Ok(())
+}
 
-    let ledger = deps
-        .ledger
-        .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>);
-    let audit = deps.audit;
-    let state = AppState::new(
-        settings.clone(),
-        holder.clone(),
-        ledger.clone(),
-        audit.clone(),
-        approvals,
-        metrics.clone(),
-    );
-    let mut app = Router::new();
-    if settings.decide_api {
-        app = app.route("/v1/decide", post(decide_api::decide));
-    }
-    let app = label_responses(
-        app.fallback(proxy::handle).with_state(state),
-        settings.upstream_label.as_deref(),
-    );
-
-    let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics_handler))
-        .with_state((holder.clone(), metrics.clone(), audit.clone()));
-
-    let listener = bind(settings.listen).await?;
-    let health_listener = bind(settings.health_listen).await?;
-    let addr = listener.local_addr().map_err(Error::Serve)?;
-    let health_addr = health_listener.local_addr().map_err(Error::Serve)?;
-    info!(%addr, %health_addr, upstream = %settings.upstream, "policybind enforcement point listening");
-
-    // Started once the ports are bound, so a failed start leaves no task behind.
-    let reporter = match (&settings.usage_report, &deps.kube) {
+/// The usage reporter, started once the ports are bound (so a failed start
+/// leaves no task behind).
+fn start_reporter(
+    settings: &Settings,
+    kube: Option<&kube::Client>,
+    ledger: &Arc<dyn UsageLedger>,
+) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    match (&settings.usage_report, kube) {
         (Some(report), Some(client)) => {
             let reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone());
             let stop = CancellationToken::new();
@@ -248,26 +255,98 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
             None
         }
         (None, _) => None,
-    };
+    }
+}
 
-    let stop_main = stop.clone();
+fn serve(
+    tasks: &mut JoinSet<Result<(), Error>>,
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: &CancellationToken,
+) {
+    let stop = stop.clone();
     tasks.spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_main.cancelled().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .map_err(Error::Serve)
     });
-    let stop_health = stop.clone();
-    tasks.spawn(async move {
-        axum::serve(health_listener, health)
-            .with_graceful_shutdown(async move { stop_health.cancelled().await })
-            .await
-            .map_err(Error::Serve)
-    });
+}
 
+/// Binds the ports, starts the policy source and the servers, and returns.
+pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Error> {
+    settings.validate()?;
+    let upstream = Upstream::new(&settings)?;
+    let settings = Arc::new(settings);
+    let metrics = Metrics::new();
+    let holder = PolicyHolder::new();
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let kube = deps.kube.as_ref();
+    start_source(&settings, kube, &holder, &metrics, &stop, &mut tasks).await?;
+
+    let ledger = deps
+        .ledger
+        .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>);
+    let audit = deps.audit;
+    let rejections = Rejections::new(metrics.unauthenticated.clone());
+    let state = AppState::new(Parts {
+        approvals: approvals(&settings, kube),
+        credentials: Arc::new(Credentials::new(settings.credentials.clone())),
+        settings: settings.clone(),
+        holder: holder.clone(),
+        ledger: ledger.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        upstream,
+        rejections: rejections.clone(),
+    });
+    let app = label_responses(
+        Router::new()
+            .fallback(handler::handle)
+            .with_state(state.clone()),
+        settings.upstream_label.as_deref(),
+    );
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_handler))
+        .with_state((holder.clone(), metrics.clone(), audit.clone()));
+
+    let listener = bind(settings.listen).await?;
+    let health_listener = bind(settings.health_listen).await?;
+    let decide_listener = match settings.decide_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let health_addr = health_listener.local_addr().map_err(Error::Serve)?;
+    let decide_addr = match &decide_listener {
+        Some(l) => Some(l.local_addr().map_err(Error::Serve)?),
+        None => None,
+    };
+    let decide_shown = decide_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
+        "policybind enforcement point listening");
+
+    let reporter = start_reporter(&settings, kube, &ledger);
+    let interval = settings.rejection_summary_interval;
+    let (namespace, summary_stop) = (settings.namespace.clone(), stop.clone());
+    tasks.spawn(async move {
+        rejections
+            .run(audit, namespace, interval, summary_stop)
+            .await;
+        Ok(())
+    });
+    serve(&mut tasks, listener, app, &stop);
+    serve(&mut tasks, health_listener, health, &stop);
+    if let Some(listener) = decide_listener {
+        serve(&mut tasks, listener, decide_api::router(state), &stop);
+    }
     Ok(Running {
         addr,
         health_addr,
+        decide_addr,
         holder,
         metrics,
         stop,
@@ -285,7 +364,11 @@ fn label_responses(app: Router, label: Option<&str>) -> Router {
         move |mut response: axum::response::Response| {
             let value = value.clone();
             async move {
-                response.headers_mut().insert(proxy::UPSTREAM_HEADER, value);
+                // An answer from a provider's endpoint already names it (see `forward`).
+                let headers = response.headers_mut();
+                if !headers.contains_key(refusal::UPSTREAM_HEADER) {
+                    headers.insert(refusal::UPSTREAM_HEADER, value);
+                }
                 response
             }
         },

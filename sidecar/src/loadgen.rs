@@ -10,6 +10,13 @@
 //!
 //! Added latency is measured by running the same schedule against the upstream
 //! directly and through the sidecar, and comparing percentiles.
+//!
+//! [`run_closed`] is the other mode: a fixed number of connections, each
+//! sending its next request as soon as the last answer is read (at one
+//! connection, the latency of a lone caller; at sixteen, a busy one), with the
+//! targets (the upstream directly, the sidecar, nginx as a plain reverse proxy)
+//! taking turns in short slices for as long as asked, and the CPU time of each
+//! proxy's processes charged per request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,12 +103,7 @@ pub async fn run_interleaved(targets: &[LoadOptions]) -> Result<Vec<LoadReport>,
         uris.push(uri);
         bodies.push(Bytes::from(t.body.clone()));
     }
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
-        .build(connector);
-    let client = Arc::new(client);
+    let client = Arc::new(plain_client());
     let period = Duration::from_secs_f64(1.0 / (f64::from(first.rate) * n as f64));
     let total = first.warmup + first.duration;
     let begin = Instant::now();
@@ -159,21 +161,236 @@ pub async fn run_interleaved(targets: &[LoadOptions]) -> Result<Vec<LoadReport>,
     Ok(latencies
         .into_iter()
         .enumerate()
-        .map(|(i, mut l)| {
+        .map(|(i, l)| report(sent[i], failed[i], l, first.duration))
+        .collect())
+}
+
+/// A pooled HTTP/1.1 client with `TCP_NODELAY`, as load generators use.
+fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// The report of one target from its latencies (microseconds) over `duration`.
+fn report(sent: u64, failed: u64, mut latencies: Vec<u64>, duration: Duration) -> LoadReport {
+    latencies.sort_unstable();
+    LoadReport {
+        sent,
+        ok: latencies.len() as u64,
+        failed,
+        achieved_rate: sent as f64 / duration.as_secs_f64(),
+        p50_us: percentile(&latencies, 0.50),
+        p90_us: percentile(&latencies, 0.90),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        max_us: latencies.last().copied().unwrap_or(0),
+    }
+}
+
+/// One target of a closed-loop run: where, what, and the processes whose CPU
+/// time is charged to it (empty for the upstream called directly).
+#[derive(Debug, Clone)]
+pub struct ClosedTarget {
+    pub name: String,
+    /// Full URL to POST to.
+    pub url: String,
+    pub token: Option<String>,
+    pub body: Vec<u8>,
+    /// Processes to charge CPU time to (their children too: nginx's workers).
+    pub pids: Vec<u32>,
+}
+
+/// How a closed-loop run is paced.
+#[derive(Debug, Clone, Copy)]
+pub struct ClosedOptions {
+    /// Connections, each sending its next request as soon as the last answer is read.
+    pub connections: usize,
+    /// Measured time per target, in total.
+    pub duration: Duration,
+    /// The targets take turns in slices this long, so each sees the same
+    /// moment-to-moment conditions (other builds, the load generator itself).
+    pub slice: Duration,
+    /// Unmeasured time per target before the first slice.
+    pub warmup: Duration,
+}
+
+/// Latencies and CPU time of one target in a closed-loop run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClosedReport {
+    pub name: String,
+    pub requests: u64,
+    pub failed: u64,
+    pub throughput: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// CPU time of the target's processes while it was measured, in seconds.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per successful request, in microseconds (0 without pids).
+    pub cpu_us_per_request: f64,
+}
+
+/// Runs every target with `connections` closed loops, in alternating slices.
+pub async fn run_closed(
+    targets: &[ClosedTarget],
+    options: ClosedOptions,
+) -> Result<Vec<ClosedReport>, LoadError> {
+    let mut uris = Vec::with_capacity(targets.len());
+    for t in targets {
+        uris.push(
+            t.url
+                .parse::<http::Uri>()
+                .map_err(|_| LoadError::Url(t.url.clone()))?,
+        );
+    }
+    for (target, uri) in targets.iter().zip(&uris) {
+        slice(target, uri, options.connections, options.warmup).await;
+    }
+    let mut latencies: Vec<Vec<u64>> = vec![vec![]; targets.len()];
+    let mut failed = vec![0u64; targets.len()];
+    let mut cpu = vec![0f64; targets.len()];
+    let mut measured = vec![Duration::ZERO; targets.len()];
+    let mut round = 0usize;
+    while measured.iter().any(|m| *m < options.duration) {
+        for k in 0..targets.len() {
+            // Rotate who goes first, so no target always follows the same one.
+            let i = (k + round) % targets.len();
+            let before = cpu_seconds(&targets[i].pids);
+            let started = Instant::now();
+            let (ok, bad) = slice(&targets[i], &uris[i], options.connections, options.slice).await;
+            measured[i] += started.elapsed();
+            cpu[i] += cpu_seconds(&targets[i].pids) - before;
+            latencies[i].extend(ok);
+            failed[i] += bad;
+        }
+        round += 1;
+    }
+    Ok(targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let l = &mut latencies[i];
             l.sort_unstable();
-            LoadReport {
-                sent: sent[i],
-                ok: l.len() as u64,
+            let requests = l.len() as u64;
+            ClosedReport {
+                name: t.name.clone(),
+                requests,
                 failed: failed[i],
-                achieved_rate: sent[i] as f64 / first.duration.as_secs_f64(),
-                p50_us: percentile(&l, 0.50),
-                p90_us: percentile(&l, 0.90),
-                p99_us: percentile(&l, 0.99),
-                p999_us: percentile(&l, 0.999),
+                throughput: requests as f64 / measured[i].as_secs_f64(),
+                p50_us: percentile(l, 0.50),
+                p90_us: percentile(l, 0.90),
+                p99_us: percentile(l, 0.99),
+                p999_us: percentile(l, 0.999),
                 max_us: l.last().copied().unwrap_or(0),
+                cpu_seconds: cpu[i],
+                cpu_us_per_request: if t.pids.is_empty() || requests == 0 {
+                    0.0
+                } else {
+                    cpu[i] * 1e6 / requests as f64
+                },
             }
         })
         .collect())
+}
+
+/// One slice: `connections` loops of back-to-back requests on kept-alive
+/// connections until `length` has passed. Returns the latencies of the
+/// successful requests and the number that failed.
+async fn slice(
+    target: &ClosedTarget,
+    uri: &http::Uri,
+    connections: usize,
+    length: Duration,
+) -> (Vec<u64>, u64) {
+    let deadline = Instant::now() + length;
+    let body = Bytes::from(target.body.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (uri, body, token) = (uri.clone(), body.clone(), target.token.clone());
+        tasks.spawn(async move {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(connector);
+            let (mut ok, mut failed) = (Vec::with_capacity(4096), 0u64);
+            while Instant::now() < deadline {
+                let mut builder = Request::builder()
+                    .method(Method::POST)
+                    .uri(uri.clone())
+                    .header("content-type", "application/json");
+                if let Some(token) = &token {
+                    builder = builder.header("authorization", format!("Bearer {token}"));
+                }
+                let request = builder
+                    .body(Full::new(body.clone()))
+                    .expect("a valid request");
+                let sent = Instant::now();
+                let success = match client.request(request).await {
+                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if success {
+                    ok.push(sent.elapsed().as_micros() as u64);
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let (mut ok, mut failed) = (vec![], 0);
+    while let Some(Ok((o, f))) = tasks.join_next().await {
+        ok.extend(o);
+        failed += f;
+    }
+    (ok, failed)
+}
+
+/// User plus system CPU time of processes and their children, in seconds
+/// (Linux `/proc`, clock ticks of 1/100 s).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let mut all: Vec<u32> = pids.to_vec();
+    if !pids.is_empty()
+        && let Ok(entries) = std::fs::read_dir("/proc")
+    {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((ppid, _)) = stat_of(pid)
+                && pids.contains(&ppid)
+                && !all.contains(&pid)
+            {
+                all.push(pid);
+            }
+        }
+    }
+    all.iter()
+        .filter_map(|pid| stat_of(*pid).map(|(_, ticks)| ticks))
+        .sum::<u64>() as f64
+        / 100.0
+}
+
+/// Parent pid and utime + stime ticks of a process.
+fn stat_of(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
 }
 
 /// `GET` a URL and return its body as text (for scraping metrics).

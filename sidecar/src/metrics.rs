@@ -41,6 +41,17 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    /// `redacted` or `blocked`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BundleLabels {
     pub fingerprint: String,
 }
@@ -82,6 +93,8 @@ pub struct Metrics {
     pub bundle_rejected: Family<RejectedLabels, Counter>,
     pub in_flight: Gauge,
     pub audit_backlog: Gauge,
+    pub unauthenticated: Family<CodeLabels, Counter>,
+    pub output: Family<OutputLabels, Counter>,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
@@ -103,6 +116,8 @@ impl Metrics {
         let bundle_rejected = Family::<RejectedLabels, Counter>::default();
         let in_flight = Gauge::default();
         let audit_backlog = Gauge::default();
+        let unauthenticated = Family::<CodeLabels, Counter>::default();
+        let output = Family::<OutputLabels, Counter>::default();
         {
             let r = registry.sub_registry_with_prefix("policybind_sidecar");
             r.register(
@@ -171,6 +186,16 @@ impl Metrics {
                 audit_backlog.clone(),
             );
             r.register(
+                "unauthenticated_rejections",
+                "Requests refused before anyone was identified (no or unknown token, path not served, no policy set), by code; summarised in the audit trail once per interval",
+                unauthenticated.clone(),
+            );
+            r.register(
+                "output_actions",
+                "Model answers the output policy redacted or blocked",
+                output.clone(),
+            );
+            r.register(
                 "in_flight_requests",
                 "Requests being handled",
                 in_flight.clone(),
@@ -192,6 +217,8 @@ impl Metrics {
             bundle_rejected,
             in_flight,
             audit_backlog,
+            unauthenticated,
+            output,
             loaded_at: Mutex::new(None),
         })
     }

@@ -491,12 +491,41 @@ async fn model_list_is_filtered_to_what_the_token_may_call() {
     };
     let (status, _, body) = send(Method::GET, &url, Some(ALICE), &[], None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(ids(&body), vec!["gpt-4o-mini", "gpt-4o"]);
+    // Answered from the registry, sorted, never forwarded.
+    assert_eq!(ids(&body), vec!["gpt-4o", "gpt-4o-mini"]);
+    assert_eq!(body["data"][0]["owned_by"], "self-hosted");
     let (_, _, body) = send(Method::GET, &url, Some(BOB), &[], None).await;
     assert_eq!(ids(&body), vec!["gpt-4o-mini"]);
     let (status, _, body) = send(Method::GET, &url, Some(REVOKED), &[], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "TOKEN_REVOKED");
+    // The Anthropic SDK's shape when it asks.
+    let (_, _, body) = send(
+        Method::GET,
+        &url,
+        Some(BOB),
+        &[("anthropic-version", "2023-06-01")],
+        None,
+    )
+    .await;
+    assert_eq!(body["data"][0]["type"], "model");
+    assert_eq!(body["has_more"], false);
+    assert!(
+        upstream.received().await.is_empty(),
+        "the list is never forwarded"
+    );
+    // Every listing is audited; when the trail refuses, so is the listing.
+    let listed = sidecar
+        .audit
+        .events()
+        .iter()
+        .filter(|e| e.detail.get("endpoint").map(String::as_str) == Some("models"))
+        .count();
+    assert_eq!(listed, 4);
+    sidecar.audit.set_refusing(true);
+    let (status, _, body) = send(Method::GET, &url, Some(ALICE), &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "AUDIT_UNAVAILABLE");
     sidecar.stop().await;
     upstream.stop().await;
 }
@@ -533,11 +562,11 @@ async fn other_paths_are_refused_and_bodies_are_bounded() {
 }
 
 #[tokio::test]
-async fn decide_api_returns_the_decision_for_facts_and_authenticates_a_bearer() {
+async fn decide_api_has_its_own_port_needs_a_token_and_takes_no_fact_only_policybind_knows() {
     let upstream = Upstream::start().await;
     let sidecar = start(&upstream).await;
     let (status, headers, body) = sidecar
-        .post(
+        .decide_post(
             "/v1/decide",
             Some(ALICE),
             json!({"model": "gpt-4o-mini", "prompt": "call me at jane@example.com"}),
@@ -547,6 +576,8 @@ async fn decide_api_returns_the_decision_for_facts_and_authenticates_a_bearer() 
     assert_eq!(body["effect"], "Redact");
     assert_eq!(body["codes"][0], "PII_REDACTED");
     assert_eq!(body["facts"]["token"], "default/alice");
+    assert_eq!(body["facts"]["subject"], "alice");
+    assert_eq!(body["facts"]["namespace"], "default");
     assert_eq!(
         body["obligations"]["redact"]["replacement"],
         "[REDACTED:{entity}]"
@@ -554,26 +585,120 @@ async fn decide_api_returns_the_decision_for_facts_and_authenticates_a_bearer() 
     assert_eq!(body["fingerprint"], sidecar.fingerprint().unwrap());
     assert_eq!(header(&headers, "x-policybind-decision"), "Redact");
 
-    // Facts without a bearer are taken as given.
+    // No token, no decision: nobody can decide (and audit) in another's name.
+    let (status, _, body) = sidecar
+        .decide_post("/v1/decide", None, json!({"model": "gpt-4o"}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "TOKEN_MISSING");
+    for (field, value) in [
+        ("subject", json!("admin")),
+        ("team", json!("platform")),
+        ("namespace", json!("kube-system")),
+        ("token", json!("default/bob")),
+        ("time", json!("2020-01-01T00:00:00Z")),
+        ("usage", json!([])),
+        ("approved", json!(true)),
+    ] {
+        let mut body = json!({"model": "gpt-4o-mini"});
+        body[field] = value;
+        let (status, _, answer) = sidecar.decide_post("/v1/decide", Some(BOB), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(field));
+    }
     let (_, _, body) = sidecar
-        .post(
-            "/v1/decide",
-            None,
-            json!({"model": "gpt-4o", "token": "default/bob"}),
-        )
+        .decide_post("/v1/decide", Some(BOB), json!({"model": "gpt-4o"}))
         .await;
     assert_eq!(body["effect"], "Deny");
     assert_eq!(body["codes"][0], "TOKEN_MODEL_NOT_ALLOWED");
-
+    // The main port does not serve it.
     let (status, _, body) = sidecar
-        .post("/v1/decide", None, json!({"modle": "x"}))
+        .post("/v1/decide", Some(ALICE), json!({"model": "gpt-4o-mini"}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["code"], "REQUEST_INVALID");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "PATH_NOT_ALLOWED");
     assert!(
         upstream.received().await.is_empty(),
         "the decision API never forwards"
     );
+    let recorded: Vec<_> = sidecar
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.detail.get("endpoint").map(String::as_str) == Some("decide"))
+        .collect();
+    assert!(recorded.iter().all(|e| e.token_id.is_some()));
+    assert_eq!(
+        recorded.len(),
+        2 + 7,
+        "two decisions and seven refused bodies"
+    );
+    sidecar.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn policygate_clients_get_policygates_contract() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&upstream).await;
+    let base = sidecar.decide.clone().unwrap();
+    let (status, _, body) = send(Method::GET, &format!("{base}/health"), None, &[], None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"status": "healthy"}))
+    );
+    let (_, _, version) = send(Method::GET, &format!("{base}/version"), None, &[], None).await;
+    assert_eq!(version["policy_version"], sidecar.fingerprint().unwrap());
+
+    let request = |model: &str, sensitivity: &str| {
+        json!({"request_id": "corr-1", "action": "infer:run", "env": {"name": "prod"},
+            "resource": {"type": "model_endpoint", "id": model, "sensitivity": sensitivity},
+            "subject": {"type": "user", "id": "someone-else"}, "signals": {"caller_trust": "high"}})
+    };
+    let (status, _, body) = sidecar
+        .decide_post("/evaluate", Some(ALICE), request("gpt-4o-mini", "internal"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["correlation_id"], "corr-1");
+    assert_eq!(body["decision"], "ALLOW");
+    assert_eq!(body["rationale_codes"], json!(["POLICY_ALLOW"]));
+    assert_eq!(body["matched_rule_id"], "default/test-policy/allow-support");
+    let fingerprint = sidecar.fingerprint().unwrap();
+    assert_eq!(
+        body["policy"]["policy_sha256"],
+        fingerprint.trim_start_matches("sha256:")
+    );
+    assert!(body.get("obligations").is_none());
+
+    // Restricted data is above alice's token (Confidential): blocked, with the code.
+    let (_, _, body) = sidecar
+        .decide_post(
+            "/evaluate",
+            Some(ALICE),
+            request("gpt-4o-mini", "restricted"),
+        )
+        .await;
+    assert_eq!(body["decision"], "BLOCK");
+    assert_eq!(body["rationale_codes"][0], "DATA_CLASSIFICATION_EXCEEDED");
+    let (_, _, body) = sidecar
+        .decide_post("/evaluate", Some(BOB), request("gpt-4o", "public"))
+        .await;
+    assert_eq!(body["decision"], "BLOCK");
+    assert_eq!(body["rationale_codes"][0], "TOKEN_MODEL_NOT_ALLOWED");
+    let mut tool = request("gpt-4o-mini", "public");
+    tool["action"] = json!("tool:invoke");
+    let (_, _, body) = sidecar.decide_post("/evaluate", Some(ALICE), tool).await;
+    assert_eq!(body["decision"], "BLOCK");
+    assert_eq!(body["rationale_codes"], json!(["REQUEST_INVALID"]));
+    let (status, _, body) = sidecar
+        .decide_post("/evaluate", Some(ALICE), json!({"action": "infer:run"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["detail"].is_array());
+    let (status, _, _) = sidecar
+        .decide_post("/evaluate", None, request("gpt-4o-mini", "public"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     sidecar.stop().await;
     upstream.stop().await;
 }

@@ -148,6 +148,16 @@ fn sidecar_exposition() -> String {
             reason: PLACEHOLDER.into(),
         })
         .inc();
+    m.unauthenticated
+        .get_or_create(&CodeLabels {
+            code: PLACEHOLDER.into(),
+        })
+        .inc();
+    m.output
+        .get_or_create(&OutputLabels {
+            action: PLACEHOLDER.into(),
+        })
+        .inc();
     m.encode(now)
 }
 

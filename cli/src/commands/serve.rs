@@ -1,9 +1,10 @@
 //! `policybind serve`: the enforcement point without a cluster (DESIGN.md section 8).
 //!
 //! Reads the same YAML manifests users apply (policies, models, tokens with their
-//! Secrets) from a directory, re-reads it when it changes, proxies an
-//! OpenAI-compatible server and writes the audit trail to a directory. The
-//! request path is the sidecar's, from `policybind-sidecar`.
+//! Secrets) from a directory, re-reads it when it changes, serves OpenAI's and
+//! Anthropic's model APIs in front of an OpenAI-compatible server and the
+//! providers the ModelDeployments name, and writes the audit trail to a
+//! directory. The request path is the sidecar's, from `policybind-sidecar`.
 //!
 //! So that the first command a new user runs works on its own, `serve` without
 //! `--upstream` starts a built-in demo upstream on loopback (clearly labelled in
@@ -16,17 +17,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use policybind_crds::wire;
 use policybind_sidecar::Dependencies;
 use policybind_sidecar::audit::{directory_writer, load_or_create_signing_key};
-use policybind_sidecar::config::{ApprovalSettings, Limits, Settings, SourceSettings};
+use policybind_sidecar::config::{
+    ApprovalSettings, Limits, OutputSettings, Settings, SourceSettings,
+};
+use policybind_sidecar::credentials::{CredentialSettings, ProviderKey};
 
-/// Options shared by `serve` and `sidecar`: limits and request handling.
+/// Options shared by `serve` and `sidecar`: upstreams, provider keys, limits
+/// and request handling.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
-    /// API key the upstream itself requires, sent to it as `Authorization: Bearer`.
-    /// The caller's PolicyBind token is never forwarded.
+    /// API key the default upstream (`--upstream`) itself requires, sent to it as
+    /// `Authorization: Bearer`. The caller's PolicyBind token is never forwarded.
     #[arg(long, env = "POLICYBIND_UPSTREAM_API_KEY", hide_env_values = true)]
     pub upstream_api_key: Option<String>,
+    /// PEM file of extra CA certificates trusted for HTTPS upstreams, besides the
+    /// platform's (`/etc/ssl/certs`, or `SSL_CERT_FILE`).
+    #[arg(long, env = wire::env::UPSTREAM_CA_FILE)]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Directory of mounted provider key Secrets: a ModelDeployment's
+    /// `spec.credentials.secretRef {name, key}` is read from `<dir>/<name>/<key>`
+    /// and re-read when it changes.
+    #[arg(long, env = wire::env::CREDENTIALS_DIR)]
+    pub credentials_dir: Option<PathBuf>,
+    /// Read a provider key Secret reference from an environment variable instead,
+    /// as `<secret>/<key>=<ENV_VAR>`. Repeat for several.
+    #[arg(long = "credential-env", value_parser = parse_credential_env)]
+    pub credential_env: Vec<((String, String), String)>,
+    /// How often a provider key file is read again, in milliseconds.
+    #[arg(
+        long,
+        env = "POLICYBIND_CREDENTIALS_REFRESH_MS",
+        default_value_t = 1000
+    )]
+    pub credentials_refresh_ms: u64,
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "POLICYBIND_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -53,26 +79,64 @@ pub struct ProxyArgs {
     /// Output tokens assumed for budgets when a request sets no `max_tokens`.
     #[arg(long, env = "POLICYBIND_DEFAULT_OUTPUT_TOKENS", default_value_t = 512)]
     pub default_output_tokens: u64,
-    /// Further path prefix to forward (authenticated, not decided), e.g. `/v1/tokenize`.
-    /// Repeat for several. Other paths than the model endpoints are refused otherwise.
+    /// Further exact path to serve besides the model APIs, e.g. vLLM's `/tokenize`:
+    /// POST JSON bodies with a `model`, every string in them scanned, decided and
+    /// audited like a model call. Repeat for several. Paths that cannot be decided
+    /// (wildcards, files, batches, fine-tuning, assistants...) are refused at start-up.
     #[arg(
         long = "allow-path",
         env = "POLICYBIND_ALLOW_PATHS",
         value_delimiter = ','
     )]
     pub allow_paths: Vec<String>,
-    /// Do not serve `POST /v1/decide`.
-    #[arg(long, env = "POLICYBIND_NO_DECIDE_API")]
+    /// Address of the decision API (`POST /v1/decide`, PolicyGate's `POST /evaluate`,
+    /// `GET /health`, `GET /version`), a port of its own. Every decision needs a
+    /// PolicyBind token.
+    #[arg(long, env = wire::env::DECIDE_LISTEN)]
+    pub decide_listen: Option<SocketAddr>,
+    /// Do not serve the decision API (`serve` serves it on 127.0.0.1:8082 by default).
+    #[arg(
+        long,
+        env = "POLICYBIND_NO_DECIDE_API",
+        conflicts_with = "decide_listen"
+    )]
     pub no_decide_api: bool,
     /// Do not ask streaming upstreams for a final usage chunk
     /// (`stream_options.include_usage`); streamed usage is then counted (chars/4).
     #[arg(long, env = "POLICYBIND_NO_STREAM_USAGE")]
     pub no_stream_usage: bool,
+    /// Pass model answers on unread by the detectors and output rules (usage is still read).
+    #[arg(long, env = "POLICYBIND_NO_OUTPUT_SCAN")]
+    pub no_output_scan: bool,
+    /// Bytes of streamed answer text held back per choice or block, so an entity
+    /// split across chunks is judged whole before any of it is released.
+    #[arg(long, env = "POLICYBIND_OUTPUT_HOLD_BACK_BYTES", default_value_t = 256)]
+    pub output_hold_back_bytes: usize,
+    /// Seconds between audit records summarising refused unauthenticated requests.
+    #[arg(
+        long,
+        env = "POLICYBIND_REJECTION_SUMMARY_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub rejection_summary_secs: u64,
+}
+
+fn parse_credential_env(text: &str) -> Result<((String, String), String), String> {
+    policybind_sidecar::credentials::parse_env_mapping(text)
 }
 
 impl ProxyArgs {
-    pub fn apply(&self, settings: &mut Settings) {
-        settings.upstream_api_key = self.upstream_api_key.clone();
+    /// Applies the options; `default_decide` is where the decision API listens
+    /// when no `--decide-listen` is given (`None`: off).
+    pub fn apply(&self, settings: &mut Settings, default_decide: Option<SocketAddr>) {
+        settings.upstream_api_key = self.upstream_api_key.as_deref().map(ProviderKey::new);
+        settings.upstream_ca_file = self.upstream_ca_file.clone();
+        settings.credentials = CredentialSettings {
+            dir: self.credentials_dir.clone(),
+            env: self.credential_env.iter().cloned().collect(),
+            refresh: Duration::from_millis(self.credentials_refresh_ms),
+        };
         settings.limits = Limits {
             max_body_bytes: self.max_body_bytes,
             max_concurrency: self.max_concurrency.max(1),
@@ -83,8 +147,17 @@ impl ProxyArgs {
         };
         settings.default_output_tokens = self.default_output_tokens;
         settings.extra_paths = self.allow_paths.clone();
-        settings.decide_api = !self.no_decide_api;
+        settings.decide_listen = match (self.no_decide_api, self.decide_listen) {
+            (true, _) => None,
+            (false, Some(addr)) => Some(addr),
+            (false, None) => default_decide,
+        };
         settings.request_stream_usage = !self.no_stream_usage;
+        settings.output = OutputSettings {
+            scan: !self.no_output_scan,
+            hold_back_bytes: self.output_hold_back_bytes,
+        };
+        settings.rejection_summary_interval = Duration::from_secs(self.rejection_summary_secs);
     }
 }
 
@@ -95,11 +168,12 @@ pub struct ServeArgs {
     /// AccessToken and their Secrets), read recursively and re-read on change.
     #[arg(long, env = "POLICYBIND_CONFIG")]
     pub config: PathBuf,
-    /// Base URL of the OpenAI-compatible server, e.g. `http://127.0.0.1:11434` (Ollama).
-    /// Without it, a built-in DEMO upstream starts on loopback that answers
-    /// "You said: <your last message>" and calls no model; every response then
-    /// carries `x-policybind-upstream: demo`.
-    #[arg(long, env = "POLICYBIND_UPSTREAM")]
+    /// Base URL of the default upstream, e.g. `http://127.0.0.1:11434` (Ollama): where
+    /// models whose ModelDeployment has no `endpoint` go (models with one go to
+    /// their provider). Without it, a built-in DEMO upstream starts on loopback
+    /// that answers "You said: <your last message>" and calls no model; its
+    /// responses, and refusals, then carry `x-policybind-upstream: demo`.
+    #[arg(long, env = wire::env::UPSTREAM)]
     pub upstream: Option<String>,
     /// Where standalone state lives: the audit trail (`audit/`), its signing key
     /// and held approvals (`approvals/`). Default: `$XDG_STATE_HOME/policybind`,
@@ -114,7 +188,7 @@ pub struct ServeArgs {
     /// `<audit-dir>/signing-key.pem`, created if missing.
     #[arg(long, env = "POLICYBIND_AUDIT_KEY")]
     pub audit_key: Option<PathBuf>,
-    /// Address of the OpenAI-compatible API and `/v1/decide`.
+    /// Address of the model APIs (OpenAI's and Anthropic's paths).
     #[arg(long, env = "POLICYBIND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
@@ -260,7 +334,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_interval: Duration::from_millis(args.reload_interval_ms.max(50)),
     };
     settings.approvals = ApprovalSettings::Directory(state.approvals_dir);
-    args.proxy.apply(&mut settings);
+    args.proxy.apply(
+        &mut settings,
+        Some(SocketAddr::from(([127, 0, 0, 1], 8082))),
+    );
 
     let result = policybind_sidecar::run(
         settings,

@@ -54,6 +54,7 @@ pub fn model(name: &str, provider: &str) -> BundleModel {
             aliases: vec![],
             version: None,
             endpoint: None,
+            credentials: None,
             region: None,
             owner: "o".into(),
             team: "t".into(),

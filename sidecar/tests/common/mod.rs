@@ -25,16 +25,40 @@ pub const REVOKED: &str = "test-revoked-value";
 pub const TINY_BUDGET: &str = "test-tiny-budget-value";
 pub const LIMITED: &str = "test-limited-value";
 
-/// The fake OpenAI-compatible server, as a separate process.
+/// The fake model server, as a separate process.
 pub struct Upstream {
     pub url: String,
     child: Child,
+    /// With TLS: the directory holding `ca.pem`, the CA that signed its certificate.
+    pub tls: Option<tempfile::TempDir>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
-            .args(["--listen", "127.0.0.1:0"])
+        Self::spawn(None).await
+    }
+
+    /// An HTTPS upstream whose certificate is signed by a CA of its own.
+    pub async fn start_tls() -> Upstream {
+        Self::spawn(Some(tempfile::tempdir().expect("temp dir"))).await
+    }
+
+    /// The CA file of a TLS upstream.
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls
+            .as_ref()
+            .expect("a TLS upstream")
+            .path()
+            .join("ca.pem")
+    }
+
+    async fn spawn(tls: Option<tempfile::TempDir>) -> Upstream {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fake-upstream"));
+        command.args(["--listen", "127.0.0.1:0"]);
+        if let Some(dir) = &tls {
+            command.arg("--tls-dir").arg(dir.path());
+        }
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -49,34 +73,53 @@ impl Upstream {
             .trim()
             .strip_prefix("listening on ")
             .expect("address line");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Upstream {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             child,
+            tls,
         }
+    }
+
+    /// The same server reached by plain HTTP control calls (TLS upstreams are
+    /// controlled through the sidecar-free client below).
+    fn control_url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
     }
 
     /// What the upstream received, oldest first.
     pub async fn received(&self) -> Vec<Value> {
-        let (_, _, body) = send(
-            Method::GET,
-            &format!("{}/__received", self.url),
-            None,
-            &[],
-            None,
-        )
-        .await;
+        let (_, _, body) = self.control(Method::GET, "/__received", None).await;
         body.as_array().cloned().unwrap_or_default()
     }
 
     pub async fn behave(&self, behaviour: Value) {
-        send(
-            Method::POST,
-            &format!("{}/__behaviour", self.url),
-            None,
-            &[],
-            Some(behaviour),
-        )
-        .await;
+        self.control(Method::POST, "/__behaviour", Some(behaviour))
+            .await;
+    }
+
+    pub async fn forget(&self) {
+        self.control(Method::DELETE, "/__received", None).await;
+    }
+
+    async fn control(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let url = self.control_url(path);
+        match &self.tls {
+            None => send(method, &url, None, &[], body).await,
+            Some(_) => {
+                let client = tls_client(&self.ca_file());
+                let response = client
+                    .request(request(method, &url, None, &[], body))
+                    .await
+                    .expect("control request sent");
+                read(response).await
+            }
+        }
     }
 
     pub async fn stop(mut self) {
@@ -196,6 +239,8 @@ pub struct Harness {
     pub audit: Arc<MemoryAudit>,
     pub base: String,
     pub health: String,
+    /// The decision API, when served.
+    pub decide: Option<String>,
 }
 
 impl Harness {
@@ -232,6 +277,7 @@ impl Harness {
         };
         settings.approvals = ApprovalSettings::Directory(approvals.clone());
         settings.default_output_tokens = 100;
+        settings.decide_listen = Some("127.0.0.1:0".parse().unwrap());
         tweak(&mut settings);
         let audit = Arc::new(MemoryAudit::new());
         let running = policybind_sidecar::start(
@@ -247,6 +293,7 @@ impl Harness {
         Harness {
             base: format!("http://{}", running.addr),
             health: format!("http://{}", running.health_addr),
+            decide: running.decide_addr.map(|a| format!("http://{a}")),
             running: Some(running),
             config,
             approvals,
@@ -293,6 +340,24 @@ impl Harness {
         .await
     }
 
+    /// `POST` to the decision API's port.
+    pub async fn decide_post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let base = self.decide.as_ref().expect("the decision API is served");
+        send(
+            Method::POST,
+            &format!("{base}{path}"),
+            token,
+            &[],
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn metrics(&self) -> String {
         let (status, body) = get_text(&format!("{}/metrics", self.health)).await;
         assert_eq!(status, StatusCode::OK);
@@ -327,6 +392,30 @@ impl Harness {
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client trusting only the CA in `ca_file`.
+pub fn tls_client(
+    ca_file: &Path,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 pub fn request(
@@ -364,6 +453,13 @@ pub async fn send(
         .request(request(method, url, token, headers, body))
         .await
         .expect("request sent");
+    read(response).await
+}
+
+/// Status, headers and JSON (or text as a JSON string) of a response.
+pub async fn read(
+    response: http::Response<hyper::body::Incoming>,
+) -> (StatusCode, HeaderMap, Value) {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("body read").to_bytes();
     let value = serde_json::from_slice(&bytes)
