@@ -404,6 +404,47 @@ impl Scenario {
     /// namespace, trusting the namespace's own sidecar key (read as an auditor
     /// with Secret access would).
     pub async fn audit_verify(&self) -> Result<std::process::Output> {
+        // The auditor's path: trust the keyring the operator publishes, after it
+        // holds this namespace's key (published within about a second of the key's
+        // creation).
+        let key = self.namespace_audit_key().await?;
+        let published: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.settings.system_namespace);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keyring = published
+                .get_opt(names::AUDIT_KEYRING)
+                .await?
+                .and_then(|cm| cm.data)
+                .and_then(|d| d.get(policybind_crds::wire::keys::AUDIT_KEYRING).cloned())
+                .unwrap_or_default();
+            if keyring.contains(key.key_id()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the published keyring {}/{} does not hold namespace {}'s key {} after 10 s",
+                    self.settings.system_namespace,
+                    names::AUDIT_KEYRING,
+                    self.namespace,
+                    key.key_id()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let cluster_keyring = format!("--cluster-keyring={}", self.settings.system_namespace);
+        self.policybind(&[
+            "audit",
+            "verify",
+            "--namespace",
+            &self.namespace,
+            &cluster_keyring,
+        ])
+        .await
+    }
+
+    /// The public half of this namespace's audit key (Secret `policybind-audit-key`).
+    async fn namespace_audit_key(&self) -> Result<policybind_engine::audit::AuditVerifyingKey> {
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.api();
         let secret = secrets
             .get(names::AUDIT_KEY_SECRET)
@@ -413,21 +454,11 @@ impl Scenario {
             .data
             .and_then(|d| d.get(policybind_crds::wire::keys::SIGNING_KEY).cloned())
             .context("the audit key Secret has no signing-key")?;
-        let key = self
-            .system
-            .work_dir
-            .join(format!("{}-audit-key.pem", self.namespace));
-        std::fs::write(&key, &pem.0)?;
-        let key = key.display().to_string();
-        self.policybind(&[
-            "audit",
-            "verify",
-            "--namespace",
-            &self.namespace,
-            "--key",
-            &key,
-        ])
-        .await
+        Ok(
+            policybind_engine::audit::AuditSigningKey::from_key_material(&pem.0)
+                .context("the namespace's audit key")?
+                .verifying_key(),
+        )
     }
 }
 

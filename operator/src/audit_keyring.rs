@@ -270,8 +270,8 @@ fn record_changes(ctx: &Context, changes: &KeyringChanges) {
     }
 }
 
-/// Publishes once the caches are filled, then every `interval` until
-/// `shutdown`. Runs on the leader only, like the controllers.
+/// Publishes once the caches are filled, then whenever the namespace keys change
+/// (within a second) and every `interval` until `shutdown`. Runs on the leader only, like the controllers.
 pub async fn keyring_loop(
     ctx: Arc<Context>,
     fixed: FixedKeys,
@@ -293,36 +293,74 @@ pub async fn keyring_loop(
         return;
     }
     let mut webhook_problem: Option<String> = None;
+    let mut published: Option<Vec<(String, Vec<String>)>> = None;
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        let mut current: Vec<CurrentKey> = fixed.operator.iter().cloned().collect();
-        if let Some(secret) = &fixed.webhook_secret {
-            match webhook_key(&ctx, secret).await {
-                Ok(key) => {
-                    current.push(key);
-                    webhook_problem = None;
-                }
-                Err(error) => {
-                    // Without the webhook's key this pass, its entry would be
-                    // retired: skip the pass instead.
-                    let message = error.to_string();
-                    if webhook_problem.as_deref() != Some(message.as_str()) {
-                        tracing::warn!(secret, %error, "cannot read the webhook's audit key; the keyring is not updated until it can");
-                    }
-                    webhook_problem = Some(message);
-                    ctx.metrics.failed(CONTROLLER, &error);
-                }
-            }
-        }
-        if webhook_problem.is_none() {
-            current.extend(namespace_keys(&ctx));
-            if let Err(error) = publish_once(&ctx, &current).await {
-                ctx.metrics.failed(CONTROLLER, &error);
-                tracing::warn!(%error, "audit keyring not published; retrying next tick");
+        // A new namespace key is published within a second of reaching the cache
+        // (its sidecars' first segments must verify with the published keyring);
+        // otherwise one full pass per interval (the webhook's key is read then).
+        let seen = key_summary(&namespace_keys(&ctx));
+        let due = published.as_ref() != Some(&seen) || last_pass.elapsed() >= interval;
+        if due {
+            last_pass = tokio::time::Instant::now();
+            if publish_pass(&ctx, &fixed, &mut webhook_problem).await {
+                published = Some(seen);
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(CACHE_POLL.min(interval)) => {}
+        }
+    }
+}
+
+/// How often the cached namespace keys are compared with the published ones.
+const CACHE_POLL: Duration = Duration::from_secs(1);
+
+/// Key ids and their writers, to notice a changed set without an API call.
+fn key_summary(keys: &[CurrentKey]) -> Vec<(String, Vec<String>)> {
+    let mut summary: Vec<_> = keys
+        .iter()
+        .map(|k| (k.key.key_id().to_string(), k.writers.clone()))
+        .collect();
+    summary.sort();
+    summary
+}
+
+/// One publication: the fixed keys, the webhook's and every namespace's. False when
+/// nothing was published (the webhook's key unreadable, or the write failed).
+async fn publish_pass(
+    ctx: &Context,
+    fixed: &FixedKeys,
+    webhook_problem: &mut Option<String>,
+) -> bool {
+    let mut current: Vec<CurrentKey> = fixed.operator.iter().cloned().collect();
+    if let Some(secret) = &fixed.webhook_secret {
+        match webhook_key(ctx, secret).await {
+            Ok(key) => {
+                current.push(key);
+                *webhook_problem = None;
+            }
+            Err(error) => {
+                // Without the webhook's key this pass, its entry would be
+                // retired: skip the pass instead.
+                let message = error.to_string();
+                if webhook_problem.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(secret, %error, "cannot read the webhook's audit key; the keyring is not updated until it can");
+                }
+                *webhook_problem = Some(message);
+                ctx.metrics.failed(CONTROLLER, &error);
+                return false;
+            }
+        }
+    }
+    current.extend(namespace_keys(ctx));
+    match publish_once(ctx, &current).await {
+        Ok(_) => true,
+        Err(error) => {
+            ctx.metrics.failed(CONTROLLER, &error);
+            tracing::warn!(%error, "audit keyring not published; retrying");
+            false
         }
     }
 }

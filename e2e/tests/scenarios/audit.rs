@@ -1,9 +1,9 @@
 //! Audit: decisions land as audit segment ConfigMaps; `policybind audit
 //! verify` passes on them and fails once one of them is edited.
-use policybind_crds::wire::labels;
+use policybind_crds::wire::{keys, labels};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use policybind_e2e::fixtures::MODEL;
@@ -70,20 +70,12 @@ fn decisions_land_as_audit_configmaps_that_verify_until_edited() {
         // simply updated. Either way verify must notice.
         let mut victim = segments[0].clone();
         let name = victim.metadata.name.clone().context("segment name")?;
-        let (key, text) = victim
-            .data
-            .as_ref()
-            .and_then(|d| d.iter().next().map(|(k, v)| (k.clone(), v.clone())))
-            .context("segment without data")?;
-        let mut document: Value = serde_json::from_str(&text).context("segment is not JSON")?;
+        let mut document = segment_document(&victim)
+            .with_context(|| format!("segment {name} holds no readable document"))?;
         if !tamper(&mut document) {
             bail!("no decision (`effect`) found in segment {name}");
         }
-        victim
-            .data
-            .as_mut()
-            .context("data")?
-            .insert(key, document.to_string());
+        store_document(&mut victim, &document)?;
         victim.metadata.resource_version = None;
         victim.metadata.uid = None;
         victim.metadata.creation_timestamp = None;
@@ -115,4 +107,46 @@ fn decisions_land_as_audit_configmaps_that_verify_until_edited() {
         }
         Ok(())
     });
+}
+
+/// The segment document of an audit ConfigMap: gzip JSON under binaryData (what
+/// writers store), or plain JSON under data (older writers).
+fn segment_document(config_map: &ConfigMap) -> Option<Value> {
+    use std::io::Read;
+    if let Some(gz) = config_map
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(keys::SEGMENT_GZ))
+    {
+        let mut json = Vec::new();
+        flate2::read::MultiGzDecoder::new(gz.0.as_slice())
+            .read_to_end(&mut json)
+            .ok()?;
+        return serde_json::from_slice(&json).ok();
+    }
+    let text = config_map.data.as_ref()?.get(keys::SEGMENT)?;
+    serde_json::from_str(text).ok()
+}
+
+/// Writes `document` back where [`segment_document`] found it.
+fn store_document(config_map: &mut ConfigMap, document: &Value) -> Result<()> {
+    use std::io::Write;
+    let json = serde_json::to_vec(document)?;
+    if let Some(binary) = config_map.binary_data.as_mut()
+        && binary.contains_key(keys::SEGMENT_GZ)
+    {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&json)?;
+        binary.insert(
+            keys::SEGMENT_GZ.to_string(),
+            k8s_openapi::ByteString(encoder.finish()?),
+        );
+        return Ok(());
+    }
+    config_map
+        .data
+        .as_mut()
+        .context("segment without data")?
+        .insert(keys::SEGMENT.to_string(), String::from_utf8(json)?);
+    Ok(())
 }
