@@ -19,7 +19,10 @@
 //! Every response carries `x-policybind-decision`, `x-policybind-codes` and
 //! `x-policybind-request-id`. One log line per request names the outcome:
 //! `effect` and `code` of what the caller got, the refusing `stage`, and the
-//! engine's `decided` effect. Nothing here logs a token value or prompt text.
+//! engine's `decided` effect, except refusals before anyone was identified:
+//! those are logged at DEBUG and summarised once per interval
+//! ([`crate::rejections`]), so an unauthenticated flood cannot flood the log.
+//! Nothing here logs a token value or prompt text.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ use policybind_engine::codes;
 use policybind_engine::detect::{self, Finding};
 use policybind_engine::request::Decision;
 use policybind_engine::{AuthError, PolicySet};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::forward::{self, Forward};
 use crate::ingress;
@@ -104,14 +107,20 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request<Body>) 
             .overhead_seconds
             .observe(total.saturating_sub(waited) as f64 / 1e6);
     }
-    info!(
-        parent: &span,
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request done"
-    );
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if response.extensions().get::<Unauthenticated>().is_some() {
+        debug!(parent: &span, status, micros, "request done");
+    } else {
+        info!(parent: &span, status, micros, "request done");
+    }
     response
 }
+
+/// Marks a response refused before anyone was identified, so its log line
+/// is DEBUG (the refusal is counted and summarised instead).
+#[derive(Debug, Clone, Copy)]
+struct Unauthenticated;
 
 async fn serve(state: &Arc<AppState>, request: Request<Body>, request_id: &str) -> Response<Body> {
     let path = request.uri().path();
@@ -310,7 +319,9 @@ impl AppState {
         span.record("effect", Effect::Deny.as_str());
         span.record("code", code);
         span.record("stage", stage.as_str());
-        refusal.into_response(api, request_id)
+        let mut response = refusal.into_response(api, request_id);
+        response.extensions_mut().insert(Unauthenticated);
+        response
     }
 
     /// Records a refusal of an identified caller made before the pipeline

@@ -103,6 +103,15 @@ impl Rejections {
                 _ = stop.cancelled() => true,
             };
             let counts = self.take();
+            if !counts.is_empty() {
+                // One line per interval instead of one per refusal (those are
+                // DEBUG): a flood cannot flood the log either.
+                tracing::info!(
+                    window_seconds = interval.as_secs(),
+                    counts = ?counts,
+                    "unauthenticated requests refused"
+                );
+            }
             if let Some(event) = Self::summary(&counts, &namespace, interval)
                 && let Err(e) = audit.append(event)
             {

@@ -10,6 +10,14 @@
 //! cargo bench -p policybind-webhook --bench load
 //! LOAD_RATE=1000 LOAD_SECONDS=20 LOAD_CONNECTIONS=8 cargo bench -p policybind-webhook --bench load
 //! ```
+//!
+//! With `LOAD_TARGET=127.0.0.1:8443` and `LOAD_CA=<CA PEM file>` the same load goes
+//! to a running `policybind webhook` process instead (its certificate must name
+//! `localhost`); the cluster must hold what the mix refers to (namespace `team-a`
+//! labelled `policybind.io/enforce=true`, ModelDeployment `team-a/chat`). With
+//! `LOAD_METRICS=http://127.0.0.1:8081/metrics` the webhook's own count of audit
+//! records written and failed is read before and after. docs/audit.md
+//! "Performance" has the whole procedure.
 //! A measurement, not a test: it prints figures and asserts nothing.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -139,7 +147,25 @@ fn main() {
     runtime.block_on(run(rate, seconds, connections));
 }
 
-async fn run(rate: u64, seconds: u64, connections: u64) {
+/// The in-process server: the production router, TLS and audit writer.
+struct InProcess {
+    writer: policybind_audit::AuditWriter,
+    sink: Arc<WriterSink>,
+}
+
+/// Where the load goes: the address, the CA that signed its certificate, and
+/// the in-process server when there is one.
+async fn target() -> (std::net::SocketAddr, String, Option<InProcess>) {
+    if let Ok(address) = std::env::var("LOAD_TARGET") {
+        let address = address.parse().expect("LOAD_TARGET is HOST:PORT");
+        let ca_file = std::env::var("LOAD_CA").expect("LOAD_CA names the CA PEM file");
+        let ca_pem = std::fs::read_to_string(ca_file).expect("LOAD_CA is readable");
+        return (address, ca_pem, None);
+    }
+    start_in_process().await
+}
+
+async fn start_in_process() -> (std::net::SocketAddr, String, Option<InProcess>) {
     let generated =
         tls::generate_self_signed(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
             .expect("certificate");
@@ -213,7 +239,7 @@ async fn run(rate: u64, seconds: u64, connections: u64) {
         }
     }
 
-    // Phase 2: over HTTPS at a fixed rate.
+    // The server for phase 2 (load over HTTPS at a fixed rate).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -227,7 +253,46 @@ async fn run(rate: u64, seconds: u64, connections: u64) {
         futures::future::pending(),
     ));
 
-    let connector = connector(&generated.ca_pem);
+    (address, generated.ca_pem, Some(InProcess { writer, sink }))
+}
+
+/// The webhook's audit record counters (written, failed) from its metrics.
+async fn audit_counts(url: Option<&str>) -> Option<(f64, f64)> {
+    let text = http_get_text(url?).await?;
+    let sum = |result: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("policybind_webhook_audit_records_total{"))
+            .filter(|l| l.contains(&format!("result=\"{result}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some((sum("written"), sum("failed")))
+}
+
+/// GET over plain HTTP (the webhook's health port), body as text.
+async fn http_get_text(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let authority = uri.authority()?.to_string();
+    let tcp = TcpStream::connect(&authority).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let request = http::Request::get(uri.path())
+        .header("host", authority)
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
+async fn run(rate: u64, seconds: u64, connections: u64) {
+    let (address, ca_pem, in_process) = target().await;
+    let metrics_url = std::env::var("LOAD_METRICS").ok();
+    let counts_before = audit_counts(metrics_url.as_deref()).await;
+    let connector = connector(&ca_pem);
     let mix = Arc::new(mix());
     let per_connection = Duration::from_nanos(1_000_000_000 * connections / rate);
     let total_per_connection = rate * seconds / connections;
@@ -314,11 +379,24 @@ async fn run(rate: u64, seconds: u64, connections: u64) {
     let mut overall: Vec<Duration> = all.iter().map(|(_, d, _)| *d).collect();
     let mut overall_sent: Vec<Duration> = all.iter().map(|(_, _, d)| *d).collect();
     println!(
-        "sent {} reviews in {elapsed:.1?} ({:.0}/s achieved), {errors} errors, {} audit records refused",
+        "sent {} reviews in {elapsed:.1?} ({:.0}/s achieved), {errors} errors",
         overall.len(),
         overall.len() as f64 / elapsed.as_secs_f64(),
-        sink.failures()
     );
+    if let Some(server) = &in_process {
+        println!("{} audit records refused", server.sink.failures());
+    }
+    // The webhook's writer flushes about once a second: let it catch up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let (Some((w0, f0)), Some((w1, f1))) =
+        (counts_before, audit_counts(metrics_url.as_deref()).await)
+    {
+        println!(
+            "webhook metrics: {} audit records written, {} failed during the run",
+            w1 - w0,
+            f1 - f0
+        );
+    }
     println!(
         "latency from each review's scheduled time (includes tokio timer granularity of ~1 ms and any queueing):"
     );
@@ -346,11 +424,13 @@ async fn run(rate: u64, seconds: u64, connections: u64) {
             .collect();
         report(label, &mut subset);
     }
-    let report = writer.shutdown().await.expect("audit shutdown");
-    println!(
-        "audit: {} records chained, {} persisted",
-        report.last_seq, report.persisted_seq
-    );
+    if let Some(server) = in_process {
+        let report = server.writer.shutdown().await.expect("audit shutdown");
+        println!(
+            "audit: {} records chained, {} persisted",
+            report.last_seq, report.persisted_seq
+        );
+    }
 }
 
 fn labels_again(mix: &[(&'static str, Bytes, &'static str)]) -> Vec<&'static str> {

@@ -22,6 +22,7 @@ use policybind_sidecar::loadgen::{
 };
 
 mod audit;
+mod flood;
 
 /// Arguments of `policybind bench`.
 #[derive(clap::Args, Debug)]
@@ -103,6 +104,12 @@ pub enum BenchMode {
     /// and memory. Example against a cluster: `policybind bench audit --store
     /// configmap --namespace bench --rate 5000 --duration-secs 60 --verify`.
     Audit(audit::AuditBenchArgs),
+    /// An unauthenticated flood (no token, unknown token) against `policybind
+    /// serve` while a valid token keeps being served: the valid requests' success
+    /// rate and latency, and the server's memory. Example: `policybind bench flood
+    /// --target http://127.0.0.1:8080 --token pb-bench-0000-DEMO-ONLY --flood-rate
+    /// 5000 --pid $SERVE_PID`.
+    Flood(flood::FloodArgs),
 }
 
 fn row(label: &str, rate: u32, r: &LoadReport) {
@@ -128,8 +135,10 @@ fn token(args: &BenchArgs) -> anyhow::Result<String> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(BenchMode::Audit(audit)) = args.mode {
-        return audit::run(audit).await;
+    match args.mode {
+        Some(BenchMode::Audit(audit)) => return audit::run(audit).await,
+        Some(BenchMode::Flood(flood)) => return flood::run(flood).await,
+        None => {}
     }
     if !args.connections.is_empty() {
         return run_connections(&args).await;
