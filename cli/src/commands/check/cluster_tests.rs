@@ -293,7 +293,7 @@ fn injected_pod(ns: &str, name: &str) -> PartialObjectMeta<Pod> {
 }
 
 fn usage_report(ns: &str, pod: &str, writer: &str, fingerprint: Option<&str>) -> ConfigMap {
-    let mut cm = policybind_sidecar::usage::report_config_map(ns, pod, "{}".into());
+    let mut cm = policybind_sidecar::usage::report_config_map(ns, pod, "{}".into(), None);
     cm.metadata
         .labels
         .as_mut()
