@@ -66,6 +66,9 @@ pub struct CheckArgs {
         env = "POLICYBIND_NAMESPACE"
     )]
     namespace: String,
+    /// Name of the operator's leader Lease (the chart's `<release>-operator`).
+    #[arg(long, value_name = "NAME", default_value = names::OPERATOR_LEASE)]
+    lease_name: String,
     /// `text` (one line per check) or `json` (`{"passed", "failures",
     /// "warnings", "checks": [{"group", "verdict", "check", "problem", "run"}]}`).
     #[arg(long, short = 'o', value_enum, default_value = "text")]
@@ -110,11 +113,16 @@ pub async fn gather_and_decide(
     args: &CheckArgs,
 ) -> anyhow::Result<Vec<CheckLine>> {
     let now = chrono::Utc::now();
-    let state = read_cluster(client, &args.namespace, now).await?;
+    let state = read_cluster(client, args, now).await?;
     let webhooks = read_webhooks(client, &args.namespace, now, args.timeout).await?;
     let mut lines = cluster::crd_lines(&state.crds);
     lines.extend(webhook::webhook_lines(&webhooks));
-    lines.push(cluster::lease_line(state.lease.as_ref(), &state.home, now));
+    lines.push(cluster::lease_line(
+        state.lease.as_ref(),
+        &state.home,
+        &args.lease_name,
+        now,
+    ));
     lines.extend(cluster::bundle_lines(&state));
     lines.extend(cluster::sidecar_lines(&state));
     lines.extend(cluster::audit_lines(&state));
@@ -128,9 +136,10 @@ fn labelled(selector: &str) -> ListParams {
 /// Everything but the webhook, read with the rights docs/install.md lists.
 async fn read_cluster(
     client: &Client,
-    home: &str,
+    args: &CheckArgs,
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<ClusterState> {
+    let home = args.namespace.as_str();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut crds = Vec::new();
     for expected in policybind_crds::crds() {
@@ -145,7 +154,7 @@ async fn read_cluster(
     }
     let home_config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), home);
     let lease = Api::<Lease>::namespaced(client.clone(), home)
-        .get_opt(names::OPERATOR_LEASE)
+        .get_opt(&args.lease_name)
         .await
         .context("reading the leader Lease")?;
     let bundles = home_config_maps

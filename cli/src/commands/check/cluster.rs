@@ -117,8 +117,7 @@ pub fn crd_lines(found: &[CustomResourceDefinition]) -> Vec<CheckLine> {
 }
 
 /// The leader Lease exists, has a holder, and was renewed within its duration.
-pub fn lease_line(lease: Option<&Lease>, home: &str, now: DateTime<Utc>) -> CheckLine {
-    let name = names::OPERATOR_LEASE;
+pub fn lease_line(lease: Option<&Lease>, home: &str, name: &str, now: DateTime<Utc>) -> CheckLine {
     let check = format!("the operator holds the leader Lease {home}/{name}");
     let describe = format!(
         "kubectl -n {home} get lease {name} -o yaml; {}",

@@ -18,6 +18,7 @@ use super::*;
 use crate::commands::check::report::Verdict;
 
 const HOME: &str = "policybind-system";
+const LEASE: &str = "policybind-operator";
 
 fn now() -> DateTime<Utc> {
     "2026-12-01T12:00:00Z".parse().unwrap()
@@ -97,7 +98,7 @@ fn lease(holder: &str, renewed: DateTime<Utc>) -> Lease {
 #[test]
 fn the_lease_passes_only_while_renewed_within_its_duration() {
     let fresh = lease("operator-0", now() - Duration::seconds(4));
-    let line = lease_line(Some(&fresh), HOME, now());
+    let line = lease_line(Some(&fresh), HOME, LEASE, now());
     assert_eq!(line.verdict, Verdict::Pass);
     assert!(
         line.check.contains("operator-0, renewed 4s ago"),
@@ -106,7 +107,7 @@ fn the_lease_passes_only_while_renewed_within_its_duration() {
     );
 
     let stale = lease("operator-0", now() - Duration::seconds(60));
-    let line = lease_line(Some(&stale), HOME, now());
+    let line = lease_line(Some(&stale), HOME, LEASE, now());
     assert_eq!(line.verdict, Verdict::Fail);
     assert!(
         line.problem
@@ -114,12 +115,12 @@ fn the_lease_passes_only_while_renewed_within_its_duration() {
             .starts_with("operator-0 last renewed the Lease 60s ago")
     );
 
-    let line = lease_line(None, HOME, now());
+    let line = lease_line(None, HOME, LEASE, now());
     assert_eq!(line.verdict, Verdict::Fail);
     assert!(line.problem.unwrap().contains("does not exist"));
     let unheld = lease("", now());
     assert_eq!(
-        lease_line(Some(&unheld), HOME, now()).verdict,
+        lease_line(Some(&unheld), HOME, LEASE, now()).verdict,
         Verdict::Fail
     );
 }

@@ -18,6 +18,7 @@ fn args() -> CheckArgs {
         kubeconfig: None,
         context: None,
         namespace: HOME.into(),
+        lease_name: wire::names::OPERATOR_LEASE.into(),
         output: Output::Text,
         ascii: false,
         fail_on_warning: false,
