@@ -62,8 +62,7 @@ pub struct CheckArgs {
         long,
         short = 'n',
         value_name = "NS",
-        default_value = "policybind-system",
-        env = "POLICYBIND_NAMESPACE"
+        default_value = "policybind-system"
     )]
     namespace: String,
     /// Name of the operator's leader Lease (the chart's `<release>-operator`).
