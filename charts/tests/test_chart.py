@@ -248,6 +248,10 @@ def test_default_install_renders_the_expected_objects(render):
         f"Deployment/{OPERATOR}", f"Deployment/{WEBHOOK}",
         f"Service/{WEBHOOK}", f"Service/{WEBHOOK}-metrics", f"Service/{OPERATOR}-metrics",
         f"ServiceAccount/{OPERATOR}", f"ServiceAccount/{WEBHOOK}",
+        # `helm test`: policybind check under its read-only account (test_check.py).
+        f"ServiceAccount/{FULL}-check", f"ClusterRole/{FULL}-check",
+        f"ClusterRoleBinding/{FULL}-check", f"Role/{FULL}-check", f"RoleBinding/{FULL}-check",
+        f"Pod/{FULL}-check",
         f"ClusterRole/{OPERATOR}", f"ClusterRoleBinding/{OPERATOR}",
         f"Role/{OPERATOR}", f"RoleBinding/{OPERATOR}",
         f"ClusterRole/{WEBHOOK}", f"ClusterRoleBinding/{WEBHOOK}",
@@ -758,7 +762,7 @@ def test_no_wildcards_or_escalation_verbs(render, values):
 def test_every_rbac_rule_in_the_templates_is_justified():
     """Each rule of our own roles has a comment right above it saying why."""
     for name in ["operator-rbac.yaml", "webhook-rbac.yaml", "user-roles.yaml",
-                 "sidecar-rbac.yaml"]:
+                 "sidecar-rbac.yaml", "check-rbac.yaml"]:
         lines = (CHART / "templates" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -833,7 +837,7 @@ def test_no_rule_lets_a_workload_read_a_key_or_write_where_bundles_live(render, 
         for subject in binding["subjects"]:
             # Only PolicyBind's own service accounts are bound by the chart.
             assert subject["kind"] == "ServiceAccount", binding
-            assert subject["name"] in {OPERATOR, WEBHOOK}
+            assert subject["name"] in {OPERATOR, WEBHOOK, f"{FULL}-check"}
     assert verbs_on(rules_of(rendered, "ClusterRole", SIDECAR), "", "secrets") == set()
 
 
@@ -847,7 +851,7 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
     assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
-        {OPERATOR, f"{WEBHOOK}-audit"}
+        {OPERATOR, f"{WEBHOOK}-audit", f"{FULL}-check"}
     # Its audit segments, in the release namespace only: list to resume its chain,
     # server-side apply to write. No delete, no watch, no Secrets.
     audit = render().get("Role", f"{WEBHOOK}-audit")

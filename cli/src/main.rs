@@ -68,6 +68,9 @@ enum Command {
     /// Signed compliance reports (EU AI Act, NIST AI RMF, ISO/IEC 42001, SOC 2) and
     /// serious-incident reports; `report verify` checks them.
     Report(Box<commands::report::ReportArgs>),
+    /// Check PolicyBind's health in the cluster: CRDs, webhook, operator leader,
+    /// bundles, sidecars, audit keys; one line per check, with what to run.
+    Check(commands::check::CheckArgs),
     /// Access tokens: `token create --from-text "<sentence>"` writes a manifest from plain words.
     Token(commands::token::TokenArgs),
 }
@@ -102,6 +105,7 @@ async fn main() -> ExitCode {
         Command::Metrics(args) => commands::metrics::run(args),
         Command::Report(args) => commands::report::run(*args).await,
         Command::Token(args) => commands::token::run(args).await,
+        Command::Check(args) => commands::check::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -121,6 +121,9 @@ pub mod names {
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
     pub const MODEL_NETWORK_POLICY: &str = "policybind-model-ports";
+    /// The operator's leader Lease, in PolicyBind's namespace (`policybind check`
+    /// reads it).
+    pub const OPERATOR_LEASE: &str = "policybind-operator";
     /// Pod volume (added by injection) holding the namespace's audit signing key;
     /// mounted into the sidecar container only.
     pub const AUDIT_KEY_VOLUME: &str = "policybind-audit-key";

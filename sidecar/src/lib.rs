@@ -239,10 +239,12 @@ fn start_reporter(
     settings: &Settings,
     kube: Option<&kube::Client>,
     ledger: &Arc<dyn UsageLedger>,
+    holder: &Arc<PolicyHolder>,
 ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
     match (&settings.usage_report, kube) {
         (Some(report), Some(client)) => {
-            let reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone());
+            let reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone())
+                .with_bundle(holder.clone());
             let stop = CancellationToken::new();
             let handle = tokio::spawn(reporter.run(report.interval, stop.clone()));
             Some((stop, handle))
@@ -329,7 +331,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
         "policybind enforcement point listening");
 
-    let reporter = start_reporter(&settings, kube, &ledger);
+    let reporter = start_reporter(&settings, kube, &ledger, &holder);
     let interval = settings.rejection_summary_interval;
     let (namespace, summary_stop) = (settings.namespace.clone(), stop.clone());
     tasks.spawn(async move {

@@ -25,7 +25,7 @@
 //! first write the reporter reads the report back into the ledger
 //! ([`UsageLedger::restore`]), so a restart does not wipe what was spent.
 
-use policybind_crds::wire::{self, field_managers, keys, labels};
+use policybind_crds::wire::{self, annotations, field_managers, keys, labels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::accounting::{Amount, SettledUsage, UsageLedger};
+use crate::source::PolicyHolder;
 
 /// Longest a single report call may take, so shutdown is never held up long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,7 +98,17 @@ pub fn snapshot(report: BTreeMap<String, Vec<PeriodUsage>>) -> Vec<SettledUsage>
 }
 
 /// The ConfigMap to apply for the report of `pod`.
-pub fn report_config_map(namespace: &str, pod: &str, json: String) -> ConfigMap {
+///
+/// `bundle` is the fingerprint of the bundle in force, written as the
+/// [`annotations::FINGERPRINT`] annotation so `policybind check` can tell which
+/// sidecars run the namespace's current bundle. It is informational only: the
+/// operator never trusts it (the workload can write the report too).
+pub fn report_config_map(
+    namespace: &str,
+    pod: &str,
+    json: String,
+    bundle: Option<&str>,
+) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(wire::usage_report_name(pod)),
@@ -106,6 +117,9 @@ pub fn report_config_map(namespace: &str, pod: &str, json: String) -> ConfigMap 
                 (labels::USAGE.into(), "true".into()),
                 (labels::WRITER_POD.into(), pod.into()),
             ])),
+            annotations: bundle.map(|fingerprint| {
+                BTreeMap::from([(annotations::FINGERPRINT.into(), fingerprint.into())])
+            }),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(keys::USAGE.into(), json)])),
@@ -145,6 +159,10 @@ pub struct UsageReporter {
     restored: bool,
     /// JSON of the last report applied.
     last_written: Option<String>,
+    /// Where the fingerprint of the bundle in force is read, if anywhere.
+    bundle: Option<Arc<PolicyHolder>>,
+    /// Bundle fingerprint in the last report applied.
+    last_bundle: Option<String>,
 }
 
 impl UsageReporter {
@@ -161,7 +179,16 @@ impl UsageReporter {
             ledger,
             restored: false,
             last_written: None,
+            bundle: None,
+            last_bundle: None,
         }
+    }
+
+    /// Also report the fingerprint of the bundle `holder` has in force; a new
+    /// bundle is reported at the next tick even when usage did not change.
+    pub fn with_bundle(mut self, holder: Arc<PolicyHolder>) -> Self {
+        self.bundle = Some(holder);
+        self
     }
 
     /// Restores the previous report once, then applies the ledger's snapshot if
@@ -172,10 +199,16 @@ impl UsageReporter {
         }
         let json = serde_json::to_string(&report(&self.ledger.settled_usage()))
             .expect("a usage report always serializes");
-        if self.last_written.as_deref() == Some(json.as_str()) {
+        let bundle = self
+            .bundle
+            .as_ref()
+            .and_then(|holder| holder.current())
+            .map(|loaded| loaded.set.fingerprint().to_string());
+        if self.last_written.as_deref() == Some(json.as_str()) && self.last_bundle == bundle {
             return Ok(Reported::Unchanged);
         }
-        let config_map = report_config_map(&self.namespace, &self.pod, json.clone());
+        let config_map =
+            report_config_map(&self.namespace, &self.pod, json.clone(), bundle.as_deref());
         let params = PatchParams::apply(field_managers::SIDECAR).force();
         tokio::time::timeout(
             CALL_TIMEOUT,
@@ -186,6 +219,7 @@ impl UsageReporter {
         .map_err(|_| ReportError::Timeout)?
         .map_err(ReportError::Apply)?;
         self.last_written = Some(json);
+        self.last_bundle = bundle;
         Ok(Reported::Written)
     }
 
@@ -389,7 +423,7 @@ mod tests {
     fn report_is_what_the_operator_reads() {
         let snapshot = [settled("team-a/bot", BudgetPeriod::Day, day(22), 1.25)];
         let json = serde_json::to_string(&report(&snapshot)).unwrap();
-        let config_map = report_config_map("team-a", "pod-1", json);
+        let config_map = report_config_map("team-a", "pod-1", json, None);
         assert_eq!(
             config_map.metadata.name.as_deref(),
             Some("policybind-usage-pod-1")

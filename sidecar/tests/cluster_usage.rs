@@ -187,3 +187,51 @@ async fn a_restarted_container_continues_from_its_previous_report() {
     assert_eq!(reporter.report_once().await.unwrap(), Reported::Written);
     server.await.unwrap();
 }
+
+/// An empty bundle for `namespace`, compiled, and its fingerprint.
+fn loaded(namespace: &str) -> (policybind_sidecar::source::Loaded, String) {
+    let bundle = policybind_engine::bundle::Bundle {
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    };
+    let set = policybind_engine::compile::PolicySet::compile(&bundle).unwrap();
+    let fingerprint = set.fingerprint().to_string();
+    let loaded = policybind_sidecar::source::Loaded {
+        set,
+        loaded_at: Utc::now(),
+        origin: "test".into(),
+    };
+    (loaded, fingerprint)
+}
+
+#[tokio::test]
+async fn the_report_names_the_bundle_in_force_and_a_new_bundle_is_reported_without_new_usage() {
+    let (client, mut handle) = mocked();
+    let ledger = Arc::new(InProcessLedger::new());
+    let (first_bundle, first) = loaded("team-a");
+    let holder = policybind_sidecar::PolicyHolder::new();
+    holder.swap(first_bundle);
+    let mut reporter =
+        UsageReporter::new(client, &settings(), ledger.clone()).with_bundle(holder.clone());
+    let patch = format!("{PATH}?&force=true&fieldManager=policybind-sidecar");
+    let (second_bundle, second) = loaded("team-b");
+    let expected = [first.clone(), second.clone()];
+    let server = tokio::spawn(async move {
+        expect(&mut handle, Method::GET, PATH, |_, _| not_found()).await;
+        for fingerprint in expected {
+            expect(&mut handle, Method::PATCH, &patch, |_, sent| {
+                assert_eq!(
+                    sent["metadata"]["annotations"]["policybind.io/fingerprint"],
+                    fingerprint.as_str()
+                );
+                (StatusCode::OK, sent)
+            })
+            .await;
+        }
+    });
+    assert_eq!(reporter.report_once().await.unwrap(), Reported::Written);
+    assert_eq!(reporter.report_once().await.unwrap(), Reported::Unchanged);
+    holder.swap(second_bundle);
+    assert_eq!(reporter.report_once().await.unwrap(), Reported::Written);
+    server.await.unwrap();
+}

@@ -61,6 +61,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-operator" (include "policybind.fullname" .) }}
 {{- end }}
 
+{{- define "policybind.checkName" -}}
+{{- printf "%s-check" (include "policybind.fullname" .) }}
+{{- end }}
+
 {{- define "policybind.webhookName" -}}
 {{- printf "%s-webhook" (include "policybind.fullname" .) }}
 {{- end }}

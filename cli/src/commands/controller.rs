@@ -57,7 +57,7 @@ pub struct ControllerArgs {
     )]
     namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, value_name = "NAME", default_value = "policybind-operator")]
+    #[arg(long, value_name = "NAME", default_value = policybind_crds::wire::names::OPERATOR_LEASE)]
     lease_name: String,
     /// This replica's identity in the Lease and in events. Default: $POD_NAME, else the host name.
     #[arg(long, value_name = "ID", env = "POD_NAME")]
