@@ -518,6 +518,27 @@ fn validate_ephemeral_containers(
     }
 }
 
+/// How long a review waits for a referenced ModelDeployment the watch cache has not
+/// seen yet (applied together with the workload, as `kubectl apply -f dir/` does).
+const MODEL_CACHE_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Waits, up to [`MODEL_CACHE_GRACE`], until the model a template names is in the
+/// cache. The watch lags the API server by a few hundred milliseconds; without this
+/// a model created just before its pods is refused MODEL_NOT_REGISTERED. A model
+/// that does not exist still is, after the wait (fail closed).
+async fn await_model_in_cache(view: &dyn ClusterView, namespace: &str, template: &PodTemplate<'_>) {
+    let Some(reference) = template.model_reference() else {
+        return;
+    };
+    let (model_namespace, model_name) = workloads::parse_reference(reference, namespace);
+    let deadline = tokio::time::Instant::now() + MODEL_CACHE_GRACE;
+    while view.model(model_namespace, model_name).is_none()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A pod or a workload's pod template: the audit key, the sidecar, the registry,
 /// and in enforced namespaces the sidecar requirement and opt-out rights.
 async fn validate_workload(
@@ -545,6 +566,7 @@ async fn validate_workload(
     if let Some(message) = enforcement::audit_key_exposure(&pod, sidecar_problem.is_none()) {
         return Verdict::deny(codes::AUDIT_KEY_EXPOSED, message);
     }
+    await_model_in_cache(app.view.as_ref(), namespace, template).await;
     let mut verdict = workloads::check(
         config,
         &app.heuristics,

@@ -89,9 +89,13 @@ fn check_passes_after_install_and_names_a_deleted_bundle() {
         let bundles: Api<ConfigMap> = Api::namespaced(s.client.clone(), &home);
         let bundle = wire::bundle_config_map(&s.namespace);
         let limit = s.settings.propagation_limit;
-        s.wait_for("the namespace's bundle", limit, || async {
-            Ok(bundles.get_opt(&bundle).await?.map(|_| ()))
-        })
+        // The first bundle of a new namespace: not the propagation target, and the
+        // operator may be busy with the other scenarios' namespaces.
+        s.wait_for(
+            "the namespace's bundle",
+            limit.max(Duration::from_secs(15)),
+            || async { Ok(bundles.get_opt(&bundle).await?.map(|_| ())) },
+        )
         .await?;
         let kubeconfig = check_kubeconfig(&s).await?;
         // The keyring gains the namespace's key shortly after the bundle.
