@@ -710,12 +710,14 @@ async fn enforced_namespace_gets_bundle_reader_rbac_network_policy_and_key_then_
         "bundles hold hashes, never values"
     );
 
-    // Read access to exactly this namespace's bundle names, for its accounts.
+    // Read access to exactly this namespace's bundle names and budget ledger,
+    // for its accounts.
     let rule = &written.reader_role["rules"][0];
     assert_eq!(rule["verbs"], json!(["get", "list", "watch"]));
     assert_eq!(rule["resources"], json!(["configmaps"]));
     let names = rule["resourceNames"].as_array().unwrap();
-    assert_eq!(names.len(), policybind_crds::wire::MAX_BUNDLE_PARTS);
+    assert_eq!(names.len(), policybind_crds::wire::MAX_BUNDLE_PARTS + 1);
+    assert_eq!(names.last().unwrap(), "policybind-ledger.team-a");
     assert_eq!(names[0], "policybind-bundle.team-a");
     assert_eq!(names[1], "policybind-bundle.team-a.1");
     let group = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
