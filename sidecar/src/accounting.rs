@@ -80,6 +80,17 @@ pub enum Refusal {
     },
     #[error("the {} budget would be exceeded", period.as_str())]
     BudgetExceeded { period: BudgetPeriod },
+    /// This replica's share of a budget does not cover the request; it asked
+    /// the operator for more (`crate::lease`). The caller may wait for
+    /// [`UsageLedger::grant_changed`] and try again.
+    #[error("this replica's share of the budget is spent; more was asked for")]
+    AwaitingGrant,
+    /// This replica cannot learn its share of a budget (not yet read, or the
+    /// API server is away) and has spent what it holds: it refuses (fail closed).
+    #[error(
+        "this replica holds no budget lease that covers the request and cannot reach the operator's ledger"
+    )]
+    LeaseUnavailable,
 }
 
 /// Where usage is counted. Implementations must be safe under concurrency:
@@ -118,6 +129,12 @@ pub trait UsageLedger: Send + Sync + 'static {
     /// not reset what the token spent. The entries must be added to, not
     /// replace, the tallies: requests may have settled before the restore.
     fn restore(&self, settled: &[SettledUsage]);
+
+    /// Notified when a reservation refused with [`Refusal::AwaitingGrant`] may
+    /// now fit; `None` for ledgers that never refuse so.
+    fn grant_changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// A token bucket over one minute.

@@ -129,6 +129,7 @@ fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Se
     settings.health_listen = args.health_listen;
     settings.namespace = args.namespace.clone();
     settings.writer = writer_id.to_string();
+    let home = bundle_namespace.clone();
     settings.source = SourceSettings::ConfigMap(BundleSource {
         namespace: bundle_namespace,
         name: args
@@ -148,6 +149,7 @@ fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Se
         namespace: args.namespace.clone(),
         pod: args.pod_name.clone(),
         interval: Duration::from_secs(args.usage_report_interval_secs),
+        ledger_home: Some(home),
     });
     args.proxy.apply(&mut settings, None);
     settings
