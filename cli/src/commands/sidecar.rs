@@ -86,6 +86,9 @@ pub struct SidecarArgs {
     /// report (ConfigMap `policybind-usage-<pod>`), in seconds; also written once
     /// at shutdown, and only when it changed. The operator sums the reports into
     /// `AccessToken.status.usage` and enforces budgets across pods with them.
+    /// Budgets are shared with the other replicas through the operator's ledger
+    /// (`policybind-ledger.<namespace>`): then the report is written at most
+    /// every second, whatever this says, to carry this pod's lease demands.
     #[arg(
         long,
         env = "POLICYBIND_USAGE_REPORT_INTERVAL_SECS",
