@@ -237,7 +237,12 @@ impl TokenState {
                 tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
             });
             let over_tokens = budget.max_tokens.is_some_and(|max| {
-                tally.settled.tokens + tally.reserved.tokens + estimate.tokens > max
+                tally
+                    .settled
+                    .tokens
+                    .saturating_add(tally.reserved.tokens)
+                    .saturating_add(estimate.tokens)
+                    > max
             });
             if over_cost || over_tokens {
                 return Err(Refusal::BudgetExceeded {
@@ -335,7 +340,7 @@ impl UsageLedger for InProcessLedger {
                 UsageSoFar {
                     period: b.period,
                     cost_usd: t.settled.cost_usd + t.reserved.cost_usd,
-                    tokens: t.settled.tokens + t.reserved.tokens,
+                    tokens: t.settled.tokens.saturating_add(t.reserved.tokens),
                 }
             })
             .collect()
@@ -365,7 +370,7 @@ impl UsageLedger for InProcessLedger {
         for budget in limits.budgets {
             let tally = state.tally(budget, now);
             tally.reserved.cost_usd += estimate.cost_usd;
-            tally.reserved.tokens += estimate.tokens;
+            tally.reserved.tokens = tally.reserved.tokens.saturating_add(estimate.tokens);
             periods.push((budget.period, tally.start));
         }
         let took_tokens = state.tokens.is_some();
@@ -404,8 +409,8 @@ impl UsageLedger for InProcessLedger {
                 unreserve(tally, pending.estimate);
                 if tally.start == *start {
                     tally.settled.cost_usd += actual.cost_usd;
-                    tally.settled.tokens += actual.tokens;
-                    tally.requests += 1;
+                    tally.settled.tokens = tally.settled.tokens.saturating_add(actual.tokens);
+                    tally.requests = tally.requests.saturating_add(1);
                 }
             }
         }
@@ -459,8 +464,9 @@ impl UsageLedger for InProcessLedger {
             match state.periods.iter_mut().find(|t| t.period == entry.period) {
                 Some(tally) if tally.start == entry.period_start => {
                     tally.settled.cost_usd += entry.settled.cost_usd;
-                    tally.settled.tokens += entry.settled.tokens;
-                    tally.requests += entry.requests;
+                    tally.settled.tokens =
+                        tally.settled.tokens.saturating_add(entry.settled.tokens);
+                    tally.requests = tally.requests.saturating_add(entry.requests);
                 }
                 // This run already counts a newer (or other) period: the
                 // restored entry is of a past one.
