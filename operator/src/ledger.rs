@@ -255,7 +255,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-async fn round(
+pub(crate) async fn round(
     ctx: &Context,
     api: &Api<ConfigMap>,
     home: &str,
