@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use policybind_e2e::fixtures::{self, MODEL};
 use policybind_e2e::flows::serving;
@@ -23,6 +24,8 @@ const COST_PER_REQUEST: f64 = 12.0 * 0.001 / 1000.0 + 6.0 * 0.002 / 1000.0;
 const LIMIT_USD: f64 = 100.0 * COST_PER_REQUEST;
 /// Requests in flight per sidecar.
 const CONCURRENCY: usize = 4;
+/// Longest a replica may take to serve, then to enforce the budget.
+const SETTLE: Duration = Duration::from_secs(60);
 /// Longest the saturation runs.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -38,6 +41,18 @@ fn three_replicas_never_overspend_a_shared_budget() {
                 .await?
                 .0,
         );
+        let mut sidecars = vec![serving.sidecar];
+        for name in ["e2e-pod-2", "e2e-pod-3"] {
+            s.create_pod(&fixtures::model_pod(name, &serving.model_deployment))
+                .await?;
+            let sidecar = s.start_sidecar(&serving.upstream, name).await?;
+            s.wait_for("the new sidecar to serve", SETTLE, || async {
+                let response = sidecar.chat(Some(&serving.token), MODEL).await?;
+                Ok((response.status == 200).then_some(()))
+            })
+            .await?;
+            sidecars.push(sidecar);
+        }
         tokens
             .patch(
                 "e2e-token",
@@ -47,11 +62,19 @@ fn three_replicas_never_overspend_a_shared_budget() {
                 ]}})),
             )
             .await?;
-        let mut sidecars = vec![serving.sidecar];
-        for name in ["e2e-pod-2", "e2e-pod-3"] {
-            s.create_pod(&fixtures::model_pod(name, &serving.model_deployment))
-                .await?;
-            sidecars.push(s.start_sidecar(&serving.upstream, name).await?);
+        // Each replica enforces the budget once its report asks for a lease.
+        let reports = s.api::<ConfigMap>();
+        for (sidecar, pod) in sidecars.iter().zip(["e2e-pod", "e2e-pod-2", "e2e-pod-3"]) {
+            s.wait_for("the replica to lease the budget", SETTLE, || async {
+                sidecar.chat(Some(&serving.token), MODEL).await?;
+                let report = reports.get_opt(&format!("policybind-usage-{pod}")).await?;
+                let leasing = report
+                    .and_then(|cm| cm.data)
+                    .and_then(|d| d.get("leases.json").cloned())
+                    .is_some_and(|json| json.contains("|usd"));
+                Ok(leasing.then_some(()))
+            })
+            .await?;
         }
         let before = serving.upstream.received();
         let started = Instant::now();
@@ -108,9 +131,11 @@ fn three_replicas_never_overspend_a_shared_budget() {
                 "the budget was not used up within {RUN_LIMIT:?}: {admitted} of 100 requests admitted"
             );
         }
+        // Requests admitted while replicas were being set up spent part of the
+        // budget before the count started, so fewer than 100 remain for it.
         // Grants a replica holds but does not spend are lost to the others
         // until the period ends: most of the budget must still be usable.
-        if admitted < 50 {
+        if admitted < 30 {
             bail!("only {admitted} of 100 requests were admitted before the budget read as spent");
         }
         Ok(())
