@@ -34,7 +34,6 @@ pub mod context;
 pub mod controllers;
 pub mod error;
 pub mod leader;
-pub mod ledger;
 pub mod metrics;
 pub mod state;
 pub mod stores;

@@ -4,7 +4,6 @@
 //! `cargo test` only compiles them.
 mod admission;
 mod audit;
-mod budgets;
 mod check;
 mod compliance;
 mod enforcement;
