@@ -82,6 +82,10 @@ fn an_evidence_gate_blocks_an_approval_until_the_evidence_passes() {
         let approver = "risk-board@example.com";
         s.grant(approver, "policybind-approver").await?;
         let board = s.as_user(approver).await?;
+        // The webhook judges from watch caches; an approval it admits before they
+        // hold the new gate and evidence cannot be retried (it is then decided).
+        // Give the watches time to deliver both, as a reviewer's pace would.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         // The webhook's gate cache follows a watch: retry until it has the gate.
         let message = s
             .wait_for(
