@@ -14,6 +14,7 @@ pub mod common;
 pub mod conditions;
 pub mod evidence_gate;
 pub mod incident;
+pub mod lease;
 pub mod model_deployment;
 pub mod wire;
 

@@ -33,6 +33,8 @@ pub mod labels {
     pub const BUNDLE_NAMESPACE: &str = "policybind.io/bundle-namespace";
     /// ConfigMaps holding audit segments; the value is the writer key.
     pub const AUDIT_SEGMENT: &str = "policybind.io/audit-segment";
+    /// A budget ledger ConfigMap; the value is the namespace it grants for.
+    pub const LEDGER: &str = "policybind.io/ledger";
     /// ConfigMaps holding a sidecar's usage report (value `"true"`).
     pub const USAGE: &str = "policybind.io/usage";
     /// Name of the pod that wrote an audit segment or usage report. Admission
@@ -119,6 +121,10 @@ pub mod names {
     pub const AUDIT_KEYRING: &str = "policybind-audit-keys";
     /// Prefix of a pod's usage report ConfigMap (`policybind-usage-<pod>`).
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
+    /// Prefix of a namespace's budget ledger ConfigMap
+    /// (`policybind-ledger.<namespace>`, in PolicyBind's own namespace): the
+    /// slices of each budget the operator granted to each pod.
+    pub const LEDGER_PREFIX: &str = "policybind-ledger";
     /// NetworkPolicy (in each enforced namespace) that closes the model ports.
     pub const MODEL_NETWORK_POLICY: &str = "policybind-model-ports";
     /// The operator's leader Lease, in PolicyBind's namespace (`policybind check`
@@ -197,6 +203,12 @@ pub fn bundle_reader(namespace: &str) -> String {
     format!("{}{namespace}", names::BUNDLE_READER_PREFIX)
 }
 
+/// Name of the budget ledger of `namespace` (in PolicyBind's own namespace,
+/// beside the bundle): `policybind-ledger.<namespace>`.
+pub fn ledger_config_map(namespace: &str) -> String {
+    format!("{}.{namespace}", names::LEDGER_PREFIX)
+}
+
 /// Object names are DNS subdomains of at most 253 characters.
 const MAX_OBJECT_NAME: usize = 253;
 
@@ -228,6 +240,11 @@ pub mod keys {
     pub const SIGNING_KEY: &str = "signing-key";
     /// A usage report's JSON.
     pub const USAGE: &str = "usage.json";
+    /// A usage report's lease demand JSON (`policybind_crds::lease::Demands`):
+    /// per budget key what the pod settled, holds in flight and wants granted.
+    pub const LEASE_DEMAND: &str = "leases.json";
+    /// A budget ledger's JSON (`policybind_crds::lease::Ledger`).
+    pub const LEDGER: &str = "ledger.json";
     /// An audit segment's JSON (plain, as versions before gzip segments wrote it;
     /// still read).
     pub const SEGMENT: &str = "segment.json";

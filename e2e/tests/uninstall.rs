@@ -180,7 +180,10 @@ fn uninstall_leaves_only_what_the_docs_say() {
                 ["kube-root-ca.crt", "openshift-service-ca.crt"].contains(&name.as_str());
             // The published audit keyring stays with the keys (documented).
             let keyring = name == names::AUDIT_KEYRING;
-            if !control_plane && !audit && !bundle && !keyring {
+            // Budget ledgers stay so a reinstall never grants spent budget again
+            // (documented).
+            let ledger = config_map.labels().contains_key(labels::LEDGER);
+            if !control_plane && !audit && !bundle && !keyring && !ledger {
                 unexpected.push(format!("ConfigMap {name}"));
             }
         }

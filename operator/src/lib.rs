@@ -34,6 +34,7 @@ pub mod context;
 pub mod controllers;
 pub mod error;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod state;
 pub mod stores;

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub objects: Family<PhaseLabels, Gauge>,
     pub bundle_writes: Family<NamespaceLabels, Counter>,
     pub bundle_bytes: Family<NamespaceLabels, Gauge>,
+    /// Budget ledger ConfigMap writes, per namespace (at most one a second each).
+    pub ledger_writes: Family<NamespaceLabels, Counter>,
     pub audit_segments_removed: Family<NamespaceLabels, Counter>,
     pub is_leader: Gauge,
 }
@@ -73,6 +75,7 @@ impl Default for Metrics {
         let durations: DurationFamily = Family::new_with_constructor(duration_histogram);
         let objects = Family::<PhaseLabels, Gauge>::default();
         let bundle_writes = Family::<NamespaceLabels, Counter>::default();
+        let ledger_writes = Family::<NamespaceLabels, Counter>::default();
         let bundle_bytes = Family::<NamespaceLabels, Gauge>::default();
         let audit_segments_removed = Family::<NamespaceLabels, Counter>::default();
         let is_leader = Gauge::default();
@@ -102,6 +105,11 @@ impl Default for Metrics {
             bundle_writes.clone(),
         );
         registry.register(
+            "ledger_writes",
+            "Budget ledger ConfigMap writes (grants changed), per namespace",
+            ledger_writes.clone(),
+        );
+        registry.register(
             "bundle_bytes",
             "Encoded size of the bundle, per namespace",
             bundle_bytes.clone(),
@@ -124,6 +132,7 @@ impl Default for Metrics {
             objects,
             bundle_writes,
             bundle_bytes,
+            ledger_writes,
             audit_segments_removed,
             is_leader,
         }

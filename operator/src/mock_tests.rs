@@ -710,12 +710,14 @@ async fn enforced_namespace_gets_bundle_reader_rbac_network_policy_and_key_then_
         "bundles hold hashes, never values"
     );
 
-    // Read access to exactly this namespace's bundle names, for its accounts.
+    // Read access to exactly this namespace's bundle names and budget ledger,
+    // for its accounts.
     let rule = &written.reader_role["rules"][0];
     assert_eq!(rule["verbs"], json!(["get", "list", "watch"]));
     assert_eq!(rule["resources"], json!(["configmaps"]));
     let names = rule["resourceNames"].as_array().unwrap();
-    assert_eq!(names.len(), policybind_crds::wire::MAX_BUNDLE_PARTS);
+    assert_eq!(names.len(), policybind_crds::wire::MAX_BUNDLE_PARTS + 1);
+    assert_eq!(names.last().unwrap(), "policybind-ledger.team-a");
     assert_eq!(names[0], "policybind-bundle.team-a");
     assert_eq!(names[1], "policybind-bundle.team-a.1");
     let group = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
@@ -1653,4 +1655,96 @@ async fn a_published_keyring_that_does_not_parse_is_replaced() {
     let (document, _) =
         policybind_audit::keys::keyring_from_bytes(json.as_bytes(), "test").unwrap();
     assert_eq!(document.keys.len(), 1);
+}
+
+fn lease_report(pod: &str, demands: Value) -> ConfigMap {
+    let mut cm = usage_report(
+        "team-a",
+        &format!("policybind-usage-{pod}"),
+        pod,
+        "team-a/bot",
+        0.0,
+    );
+    cm.data
+        .as_mut()
+        .unwrap()
+        .insert("leases.json".into(), demands.to_string());
+    cm
+}
+
+fn live_pod(name: &str) -> PartialObjectMeta<Pod> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes_nothing() {
+    let mut env = env_with(Settings {
+        namespace: HOME.into(),
+        ..Settings::default()
+    });
+    let t = token("team-a", "bot")
+        .budget(policybind_crds::Budget {
+            period: policybind_crds::BudgetPeriod::Day,
+            max_cost_usd: Some(1.0),
+            max_tokens: None,
+            time_zone: "UTC".into(),
+        })
+        .build();
+    env.w.tokens.apply_watcher_event(&Event::Apply(t));
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd";
+    let stale = "team-a/bot|Day|2026-11-21T00:00:00Z|usd";
+    let ask = |wanted: f64| {
+        json!({key: {"settled": 0.0, "inFlight": 0.0, "wanted": wanted, "basis": 0.0},
+                                   stale: {"settled": 0.0, "inFlight": 0.0, "wanted": 5.0, "basis": 0.0}})
+    };
+    env.w
+        .pods
+        .apply_watcher_event(&Event::Apply(live_pod("p1")));
+    env.w
+        .pods
+        .apply_watcher_event(&Event::Apply(live_pod("p2")));
+    for (pod, wanted) in [("p1", 0.3), ("p2", 0.9), ("gone", 0.5)] {
+        env.w
+            .usage_reports
+            .apply_watcher_event(&Event::Apply(lease_report(pod, ask(wanted))));
+    }
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(env.ctx.client.clone(), HOME);
+    let mut written = std::collections::HashMap::new();
+    let ctx = env.ctx.clone();
+    let round = tokio::spawn(async move {
+        crate::ledger::round(&ctx, &api, HOME, &mut written).await;
+        (api, written)
+    });
+    let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-ledger.team-a");
+    let (body, send) = expect(&mut env.api, "PATCH", &path).await;
+    reply(send, 200, &body);
+    let (api, mut written) = round.await.unwrap();
+    assert_eq!(body["metadata"]["labels"]["policybind.io/ledger"], "team-a");
+    let ledger: policybind_crds::lease::Ledger =
+        serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    // p1 gets what it asked; p2 at most an equal share of what remained; the
+    // pod that is gone nothing; the key of yesterday is dropped.
+    assert_eq!(ledger.keys.len(), 1);
+    assert_eq!(ledger.granted(key, "p1"), 0.3);
+    assert_eq!(ledger.granted(key, "p2"), 0.5);
+    assert_eq!(ledger.granted(key, "gone"), 0.0);
+    assert!((ledger.keys[key].remaining - 0.2).abs() < 1e-12);
+
+    // The same reports again: their basis is no longer the grant; no call.
+    let ctx = env.ctx.clone();
+    tokio::select! {
+        _ = crate::ledger::round(&ctx, &api, HOME, &mut written) => {}
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call on an unchanged ledger: {} {}", request.method(), request.uri());
+        }
+    }
+    assert_eq!(written["team-a"], ledger);
 }

@@ -80,6 +80,17 @@ pub enum Refusal {
     },
     #[error("the {} budget would be exceeded", period.as_str())]
     BudgetExceeded { period: BudgetPeriod },
+    /// This replica's share of a budget does not cover the request; it asked
+    /// the operator for more (`crate::lease`). The caller may wait for
+    /// [`UsageLedger::grant_changed`] and try again.
+    #[error("this replica's share of the budget is spent; more was asked for")]
+    AwaitingGrant,
+    /// This replica cannot learn its share of a budget (not yet read, or the
+    /// API server is away) and has spent what it holds: it refuses (fail closed).
+    #[error(
+        "this replica holds no budget lease that covers the request and cannot reach the operator's ledger"
+    )]
+    LeaseUnavailable,
 }
 
 /// Where usage is counted. Implementations must be safe under concurrency:
@@ -118,6 +129,12 @@ pub trait UsageLedger: Send + Sync + 'static {
     /// not reset what the token spent. The entries must be added to, not
     /// replace, the tallies: requests may have settled before the restore.
     fn restore(&self, settled: &[SettledUsage]);
+
+    /// Notified when a reservation refused with [`Refusal::AwaitingGrant`] may
+    /// now fit; `None` for ledgers that never refuse so.
+    fn grant_changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// A token bucket over one minute.
@@ -220,7 +237,12 @@ impl TokenState {
                 tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
             });
             let over_tokens = budget.max_tokens.is_some_and(|max| {
-                tally.settled.tokens + tally.reserved.tokens + estimate.tokens > max
+                tally
+                    .settled
+                    .tokens
+                    .saturating_add(tally.reserved.tokens)
+                    .saturating_add(estimate.tokens)
+                    > max
             });
             if over_cost || over_tokens {
                 return Err(Refusal::BudgetExceeded {
@@ -318,7 +340,7 @@ impl UsageLedger for InProcessLedger {
                 UsageSoFar {
                     period: b.period,
                     cost_usd: t.settled.cost_usd + t.reserved.cost_usd,
-                    tokens: t.settled.tokens + t.reserved.tokens,
+                    tokens: t.settled.tokens.saturating_add(t.reserved.tokens),
                 }
             })
             .collect()
@@ -348,7 +370,7 @@ impl UsageLedger for InProcessLedger {
         for budget in limits.budgets {
             let tally = state.tally(budget, now);
             tally.reserved.cost_usd += estimate.cost_usd;
-            tally.reserved.tokens += estimate.tokens;
+            tally.reserved.tokens = tally.reserved.tokens.saturating_add(estimate.tokens);
             periods.push((budget.period, tally.start));
         }
         let took_tokens = state.tokens.is_some();
@@ -387,8 +409,8 @@ impl UsageLedger for InProcessLedger {
                 unreserve(tally, pending.estimate);
                 if tally.start == *start {
                     tally.settled.cost_usd += actual.cost_usd;
-                    tally.settled.tokens += actual.tokens;
-                    tally.requests += 1;
+                    tally.settled.tokens = tally.settled.tokens.saturating_add(actual.tokens);
+                    tally.requests = tally.requests.saturating_add(1);
                 }
             }
         }
@@ -442,8 +464,9 @@ impl UsageLedger for InProcessLedger {
             match state.periods.iter_mut().find(|t| t.period == entry.period) {
                 Some(tally) if tally.start == entry.period_start => {
                     tally.settled.cost_usd += entry.settled.cost_usd;
-                    tally.settled.tokens += entry.settled.tokens;
-                    tally.requests += entry.requests;
+                    tally.settled.tokens =
+                        tally.settled.tokens.saturating_add(entry.settled.tokens);
+                    tally.requests = tally.requests.saturating_add(entry.requests);
                 }
                 // This run already counts a newer (or other) period: the
                 // restored entry is of a past one.

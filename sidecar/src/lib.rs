@@ -47,6 +47,7 @@ pub mod fake_upstream;
 pub mod forward;
 pub mod handler;
 pub mod ingress;
+pub mod lease;
 pub mod loadgen;
 pub mod metrics;
 pub mod models;
@@ -240,13 +241,30 @@ fn start_reporter(
     kube: Option<&kube::Client>,
     ledger: &Arc<dyn UsageLedger>,
     holder: &Arc<PolicyHolder>,
+    leases: Option<Arc<lease::LeasedLedger>>,
 ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
     match (&settings.usage_report, kube) {
         (Some(report), Some(client)) => {
-            let reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone())
+            let mut reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone())
                 .with_bundle(holder.clone());
             let stop = CancellationToken::new();
-            let handle = tokio::spawn(reporter.run(report.interval, stop.clone()));
+            let mut interval = report.interval;
+            if let (Some(leases), Some(home)) = (leases, &report.ledger_home) {
+                reporter = reporter.with_leases(leases.clone());
+                interval = interval.min(std::time::Duration::from_secs(1));
+                let lease_settings = lease::LeaseSettings {
+                    home: home.clone(),
+                    namespace: report.namespace.clone(),
+                    pod: report.pod.clone(),
+                };
+                tokio::spawn(lease::watch_ledger(
+                    client.clone(),
+                    lease_settings,
+                    leases,
+                    stop.clone(),
+                ));
+            }
+            let handle = tokio::spawn(reporter.run(interval, stop.clone()));
             Some((stop, handle))
         }
         (Some(report), None) => {
@@ -287,9 +305,19 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     let kube = deps.kube.as_ref();
     start_source(&settings, kube, &holder, &metrics, &stop, &mut tasks).await?;
 
-    let ledger = deps
-        .ledger
-        .unwrap_or_else(|| Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>);
+    // Budgets shared with other replicas through the operator's ledger when
+    // this pod reports usage in a cluster; one process's own ledger otherwise.
+    let leases = match (&deps.ledger, &settings.usage_report, kube) {
+        (None, Some(report), Some(_)) if report.ledger_home.is_some() => {
+            Some(Arc::new(lease::LeasedLedger::new(&report.pod)))
+        }
+        _ => None,
+    };
+    let ledger = match (deps.ledger, &leases) {
+        (Some(ledger), _) => ledger,
+        (None, Some(leases)) => leases.clone() as Arc<dyn UsageLedger>,
+        (None, None) => Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>,
+    };
     let audit = deps.audit;
     let rejections = Rejections::new(metrics.unauthenticated.clone());
     let state = AppState::new(Parts {
@@ -331,7 +359,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
         "policybind enforcement point listening");
 
-    let reporter = start_reporter(&settings, kube, &ledger, &holder);
+    let reporter = start_reporter(&settings, kube, &ledger, &holder, leases);
     let interval = settings.rejection_summary_interval;
     let (namespace, summary_stop) = (settings.namespace.clone(), stop.clone());
     tasks.spawn(async move {

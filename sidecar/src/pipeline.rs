@@ -114,7 +114,7 @@ impl AppState {
         let decision = call.loaded.set.decide(&facts);
         let prompt = facts.prompt.take().unwrap_or_default();
 
-        let mut outcome = self.admit(&call, &decision, plan, now);
+        let mut outcome = self.admit(&call, &decision, plan, now).await;
         if let Err(refusal) = &mut outcome
             && decision.effect == Effect::RequireApproval
             && refusal.stage == Stage::Decision
@@ -177,7 +177,7 @@ impl AppState {
     }
 
     /// Steps 2 and 3: a forwarding decision is prepared, then reserved.
-    fn admit<P: Plan>(
+    async fn admit<P: Plan>(
         self: &Arc<Self>,
         call: &Call<'_>,
         decision: &Decision,
@@ -211,7 +211,7 @@ impl AppState {
             cost_usd: estimate.cost_usd,
             tokens: estimate.input_tokens + estimate.output_tokens,
         };
-        match self.ledger.reserve(call.token, limits, amount, now) {
+        match self.reserve_waiting(call.token, limits, amount, now).await {
             Ok(id) => Ok(Admitted {
                 ready,
                 reservation: Some(Reservation {
@@ -223,6 +223,38 @@ impl AppState {
                 }),
             }),
             Err(refusal) => Err(after_decision(self.limited(call.token, refusal), decision)),
+        }
+    }
+
+    /// Reserves; when this replica's budget share is short, waits for a grant
+    /// up to [`crate::lease::GRANT_WAIT`], then gives up (fail closed).
+    async fn reserve_waiting(
+        &self,
+        token: &str,
+        limits: TokenLimits<'_>,
+        amount: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<crate::accounting::ReservationId, LedgerRefusal> {
+        let deadline = tokio::time::Instant::now() + crate::lease::GRANT_WAIT;
+        loop {
+            let granted = self.ledger.grant_changed();
+            let notified = granted.as_ref().map(|n| n.notified());
+            match self.ledger.reserve(token, limits, amount, now) {
+                Err(LedgerRefusal::AwaitingGrant) => {}
+                other => return other,
+            }
+            let Some(notified) = notified else {
+                return Err(LedgerRefusal::LeaseUnavailable);
+            };
+            // Also wake now and then: a grant may land between two notifications.
+            let wake = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
+            if tokio::time::timeout_at(wake.min(deadline), notified)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(LedgerRefusal::LeaseUnavailable);
+            }
         }
     }
 
@@ -242,6 +274,11 @@ impl AppState {
             }
             LedgerRefusal::BudgetExceeded { .. } => {
                 Refusal::new(Stage::Budget, codes::BUDGET_EXCEEDED, message)
+            }
+            LedgerRefusal::AwaitingGrant | LedgerRefusal::LeaseUnavailable => {
+                let mut r = Refusal::new(Stage::Budget, codes::BUDGET_LEASE_UNAVAILABLE, message);
+                r.hint = Some(Box::new(Hint::RetryAfter(crate::lease::GRANT_WAIT)));
+                r
             }
         }
     }

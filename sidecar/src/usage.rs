@@ -53,6 +53,11 @@ pub struct UsageReportSettings {
     pub pod: String,
     /// Time between two snapshots.
     pub interval: Duration,
+    /// PolicyBind's own namespace, where the operator keeps this namespace's
+    /// budget ledger: when set, budgets are shared with the other replicas
+    /// through leases ([`crate::lease`]) and the report is written at most
+    /// every second (only when it changed) to carry this pod's demands.
+    pub ledger_home: Option<String>,
 }
 
 /// The report as the operator reads it: token id to usage per period, periods
@@ -163,6 +168,8 @@ pub struct UsageReporter {
     bundle: Option<Arc<PolicyHolder>>,
     /// Bundle fingerprint in the last report applied.
     last_bundle: Option<String>,
+    /// With budget leases: the demands written beside the usage.
+    leases: Option<Arc<crate::lease::LeasedLedger>>,
 }
 
 impl UsageReporter {
@@ -181,6 +188,7 @@ impl UsageReporter {
             last_written: None,
             bundle: None,
             last_bundle: None,
+            leases: None,
         }
     }
 
@@ -191,24 +199,44 @@ impl UsageReporter {
         self
     }
 
+    /// Also writes `leases`' demands ([`keys::LEASE_DEMAND`]) in the report and
+    /// tells it when the previous report has been restored.
+    pub fn with_leases(mut self, leases: Arc<crate::lease::LeasedLedger>) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// The report's data: the usage, and the lease demands when leasing.
+    fn contents(&self) -> (String, Option<String>) {
+        let usage = serde_json::to_string(&report(&self.ledger.settled_usage()))
+            .expect("a usage report always serializes");
+        let demands = self
+            .leases
+            .as_ref()
+            .map(|l| serde_json::to_string(&l.demands()).expect("lease demands always serialize"));
+        (usage, demands)
+    }
+
     /// Restores the previous report once, then applies the ledger's snapshot if
     /// it differs from the last one applied.
     pub async fn report_once(&mut self) -> Result<Reported, ReportError> {
         if !self.restored {
             self.restore().await?;
         }
-        let json = serde_json::to_string(&report(&self.ledger.settled_usage()))
-            .expect("a usage report always serializes");
+        let (json, demands) = self.contents();
+        let written = format!("{json}\n{}", demands.as_deref().unwrap_or(""));
         let bundle = self
             .bundle
             .as_ref()
             .and_then(|holder| holder.current())
             .map(|loaded| loaded.set.fingerprint().to_string());
-        if self.last_written.as_deref() == Some(json.as_str()) && self.last_bundle == bundle {
+        if self.last_written.as_deref() == Some(written.as_str()) && self.last_bundle == bundle {
             return Ok(Reported::Unchanged);
         }
-        let config_map =
-            report_config_map(&self.namespace, &self.pod, json.clone(), bundle.as_deref());
+        let mut config_map = report_config_map(&self.namespace, &self.pod, json, bundle.as_deref());
+        if let (Some(demands), Some(data)) = (demands, config_map.data.as_mut()) {
+            data.insert(keys::LEASE_DEMAND.into(), demands);
+        }
         let params = PatchParams::apply(field_managers::SIDECAR).force();
         tokio::time::timeout(
             CALL_TIMEOUT,
@@ -218,7 +246,7 @@ impl UsageReporter {
         .await
         .map_err(|_| ReportError::Timeout)?
         .map_err(ReportError::Apply)?;
-        self.last_written = Some(json);
+        self.last_written = Some(written);
         self.last_bundle = bundle;
         Ok(Reported::Written)
     }
@@ -238,7 +266,9 @@ impl UsageReporter {
                     // What is in the cluster now, in our own serialization: a
                     // restart with nothing new to report writes nothing.
                     let entries = snapshot(previous);
-                    self.last_written = serde_json::to_string(&report(&entries)).ok();
+                    self.last_written = serde_json::to_string(&report(&entries))
+                        .ok()
+                        .map(|json| format!("{json}\n"));
                     self.ledger.restore(&entries);
                 }
                 Err(error) => warn!(
@@ -249,6 +279,9 @@ impl UsageReporter {
             }
         }
         self.restored = true;
+        if let Some(leases) = &self.leases {
+            leases.report_restored();
+        }
         Ok(())
     }
 

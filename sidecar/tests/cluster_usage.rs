@@ -69,6 +69,7 @@ fn settings() -> UsageReportSettings {
         namespace: "team-a".into(),
         pod: "pod-1".into(),
         interval: Duration::from_secs(5),
+        ledger_home: None,
     }
 }
 

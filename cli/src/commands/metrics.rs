@@ -85,6 +85,7 @@ fn operator_exposition() -> String {
         })
         .set(0);
     m.bundle_writes.get_or_create(&namespace).inc();
+    m.ledger_writes.get_or_create(&namespace).inc();
     m.bundle_bytes.get_or_create(&namespace).set(0);
     m.audit_segments_removed.get_or_create(&namespace).inc();
     m.encode()

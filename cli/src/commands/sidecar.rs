@@ -86,6 +86,9 @@ pub struct SidecarArgs {
     /// report (ConfigMap `policybind-usage-<pod>`), in seconds; also written once
     /// at shutdown, and only when it changed. The operator sums the reports into
     /// `AccessToken.status.usage` and enforces budgets across pods with them.
+    /// Budgets are shared with the other replicas through the operator's ledger
+    /// (`policybind-ledger.<namespace>`): then the report is written at most
+    /// every second, whatever this says, to carry this pod's lease demands.
     #[arg(
         long,
         env = "POLICYBIND_USAGE_REPORT_INTERVAL_SECS",
@@ -129,6 +132,7 @@ fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Se
     settings.health_listen = args.health_listen;
     settings.namespace = args.namespace.clone();
     settings.writer = writer_id.to_string();
+    let home = bundle_namespace.clone();
     settings.source = SourceSettings::ConfigMap(BundleSource {
         namespace: bundle_namespace,
         name: args
@@ -148,6 +152,7 @@ fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Se
         namespace: args.namespace.clone(),
         pod: args.pod_name.clone(),
         interval: Duration::from_secs(args.usage_report_interval_secs),
+        ledger_home: Some(home),
     });
     args.proxy.apply(&mut settings, None);
     settings

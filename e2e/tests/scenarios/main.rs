@@ -4,6 +4,7 @@
 //! `cargo test` only compiles them.
 mod admission;
 mod audit;
+mod budgets;
 mod check;
 mod compliance;
 mod enforcement;

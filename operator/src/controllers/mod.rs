@@ -185,6 +185,10 @@ pub async fn run_all(w: &Wiring, caches: Reflectors, rx: Receivers) {
         rx.bundles,
     ));
     tasks.add(incident::run(w, incidents, audit_segments, rx.audit));
+    tasks.main.push(Box::pin(crate::ledger::run(
+        w.ctx.clone(),
+        w.shutdown.clone(),
+    )));
     tokio::select! {
         _ = futures::future::join_all(tasks.main) => {}
         _ = futures::future::join_all(tasks.side) => {}

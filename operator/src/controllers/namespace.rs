@@ -265,7 +265,7 @@ pub fn bundle_config_maps(
 }
 
 /// Role (in `home`) that lets a reader get, list and watch exactly the bundle
-/// names of `namespace`: a list or watch with a `metadata.name` field selector
+/// names of `namespace` and its budget ledger: a list or watch with a `metadata.name` field selector
 /// is authorized against resourceNames, which is how the sidecar watches.
 pub fn bundle_reader_role(home: &str, namespace: &str, owner: Option<&OwnerReference>) -> Role {
     Role {
@@ -273,7 +273,12 @@ pub fn bundle_reader_role(home: &str, namespace: &str, owner: Option<&OwnerRefer
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["".into()]),
             resources: Some(vec!["configmaps".into()]),
-            resource_names: Some(wire::bundle_parts(namespace)),
+            resource_names: Some(
+                wire::bundle_parts(namespace)
+                    .into_iter()
+                    .chain([wire::ledger_config_map(namespace)])
+                    .collect(),
+            ),
             verbs: vec!["get".into(), "list".into(), "watch".into()],
             ..Default::default()
         }]),

@@ -1,0 +1,196 @@
+//! Leases of budget slices: the two documents through which replicas share one
+//! budget (docs/operator.md, "Budgets across replicas").
+//!
+//! Each budget of a token, in one period, in one unit, is a *budget key*
+//! ([`budget_key`]). Every replica (sidecar or gateway pod) says in its usage
+//! report ([`super::wire::keys::LEASE_DEMAND`]) what it settled, what it holds in
+//! flight and how much more it wants, per key ([`Demands`]). The operator, the
+//! only authority, answers in the namespace's ledger
+//! ([`super::wire::ledger_config_map`], key [`super::wire::keys::LEDGER`]) with
+//! the total each pod was granted per key ([`Ledger`]). A replica admits a request
+//! only while its own settled plus in-flight plus the request's estimate stays
+//! within its grant.
+//!
+//! Grants only grow within a period and are never handed back: a slice a pod
+//! holds counts as spent for everyone else, whether the pod spends it, idles or
+//! dies. That is what makes the sum safe without knowing what a dead pod spent
+//! after its last report.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::BudgetPeriod;
+
+/// The unit a budget key counts in.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unit {
+    /// US dollars (`Budget.maxCostUsd`).
+    Usd,
+    /// Input plus output tokens (`Budget.maxTokens`).
+    Tokens,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Usd => "usd",
+            Unit::Tokens => "tokens",
+        }
+    }
+}
+
+/// `<token id>|<period>|<period start, RFC 3339 UTC>|<unit>`, e.g.
+/// `team-a/bot|Day|2026-11-22T00:00:00Z|usd`. A new period is a new key, so a
+/// key's grants never carry over a period boundary.
+pub fn budget_key(token: &str, period: BudgetPeriod, start: DateTime<Utc>, unit: Unit) -> String {
+    format!(
+        "{token}|{}|{}|{}",
+        period.as_str(),
+        start.to_rfc3339_opts(SecondsFormat::Secs, true),
+        unit.as_str()
+    )
+}
+
+/// The parts of a budget key; `None` when it is not one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyParts<'a> {
+    pub token: &'a str,
+    pub period: BudgetPeriod,
+    pub start: DateTime<Utc>,
+    pub unit: Unit,
+}
+
+/// Parses a [`budget_key`].
+pub fn parse_budget_key(key: &str) -> Option<KeyParts<'_>> {
+    let mut parts = key.split('|');
+    let token = parts.next()?;
+    let period = match parts.next()? {
+        "Day" => BudgetPeriod::Day,
+        "Week" => BudgetPeriod::Week,
+        "Month" => BudgetPeriod::Month,
+        _ => return None,
+    };
+    let start = DateTime::parse_from_rfc3339(parts.next()?)
+        .ok()?
+        .with_timezone(&Utc);
+    let unit = match parts.next()? {
+        "usd" => Unit::Usd,
+        "tokens" => Unit::Tokens,
+        _ => return None,
+    };
+    if parts.next().is_some() || token.is_empty() {
+        return None;
+    }
+    Some(KeyParts {
+        token,
+        period,
+        start,
+        unit,
+    })
+}
+
+/// What one replica says about one budget key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Demand {
+    /// Settled in the key's period by this pod (across its restarts).
+    pub settled: f64,
+    /// Estimates of requests admitted and not yet settled.
+    pub in_flight: f64,
+    /// How much more the pod asks to be granted (0: nothing).
+    pub wanted: f64,
+    /// The grant the pod held when it asked: the operator grants `wanted` only
+    /// on top of exactly this grant, so a report read twice grants once.
+    pub basis: f64,
+}
+
+/// A pod's demands, by budget key.
+pub type Demands = BTreeMap<String, Demand>;
+
+/// What the operator granted per budget key, in one namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    /// Budget key to its state.
+    pub keys: BTreeMap<String, KeyLedger>,
+}
+
+/// One budget key of a ledger.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyLedger {
+    /// The budget's limit.
+    pub limit: f64,
+    /// What is left to grant: the limit less, for every pod, the larger of its
+    /// grant and what it settled. Zero means the budget is used up.
+    pub remaining: f64,
+    /// Pod name to the total granted to it in the period.
+    pub grants: BTreeMap<String, f64>,
+}
+
+impl Ledger {
+    /// What `pod` was granted under `key` (zero when nothing).
+    pub fn granted(&self, key: &str, pod: &str) -> f64 {
+        self.keys
+            .get(key)
+            .and_then(|k| k.grants.get(pod))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn budget_key_round_trips_and_rejects_other_strings() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let key = budget_key("team-a/bot", BudgetPeriod::Day, start, Unit::Usd);
+        assert_eq!(key, "team-a/bot|Day|2026-11-22T00:00:00Z|usd");
+        let parts = parse_budget_key(&key).unwrap();
+        assert_eq!(parts.token, "team-a/bot");
+        assert_eq!(parts.period, BudgetPeriod::Day);
+        assert_eq!(parts.start, start);
+        assert_eq!(parts.unit, Unit::Usd);
+        for bad in [
+            "",
+            "a|Day",
+            "a|Year|2026-11-22T00:00:00Z|usd",
+            "a|Day|x|usd",
+            "|Day|2026-11-22T00:00:00Z|usd",
+            "a|Day|2026-11-22T00:00:00Z|usd|x",
+        ] {
+            assert!(parse_budget_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ledger_json_is_the_documented_format() {
+        let ledger = Ledger {
+            keys: BTreeMap::from([(
+                "team-a/bot|Day|2026-11-22T00:00:00Z|usd".to_string(),
+                KeyLedger {
+                    limit: 1.0,
+                    remaining: 0.5,
+                    grants: BTreeMap::from([("pod-1".to_string(), 0.5)]),
+                },
+            )]),
+        };
+        assert_eq!(
+            serde_json::to_string(&ledger).unwrap(),
+            r#"{"keys":{"team-a/bot|Day|2026-11-22T00:00:00Z|usd":{"limit":1.0,"remaining":0.5,"grants":{"pod-1":0.5}}}}"#
+        );
+        assert_eq!(
+            ledger.granted("team-a/bot|Day|2026-11-22T00:00:00Z|usd", "pod-1"),
+            0.5
+        );
+        assert_eq!(
+            ledger.granted("team-a/bot|Day|2026-11-22T00:00:00Z|usd", "pod-2"),
+            0.0
+        );
+    }
+}

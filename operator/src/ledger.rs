@@ -1,0 +1,514 @@
+//! Budget ledgers: the operator grants replicas slices of each budget
+//! (docs/operator.md, "Budgets across replicas"; the format is
+//! [`policybind_crds::lease`]).
+//!
+//! Once a second the leader builds, for every enforced namespace, the ledger of
+//! what each pod was granted per budget key, from the demands in the pods' usage
+//! reports (the cache; no API read), and applies it to
+//! `policybind-ledger.<namespace>` in its own namespace when it changed. So the
+//! ledger is written at most once per second per namespace, and not at all while
+//! nothing asks.
+//!
+//! The arithmetic ([`grant_round`]) keeps, for every key,
+//! `Σ max(granted, settled) <= limit` over all pods that ever held a slice, live
+//! or gone. Grants never shrink within a period: a gone pod's slice stays
+//! counted as spent (it may have spent it after its last report), which is how
+//! a `kill -9` can only under-spend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
+use policybind_crds::lease::{self, Demand, Demands, KeyLedger, Ledger, Unit};
+use policybind_crds::wire::{self, field_managers, keys, labels};
+use policybind_crds::{AccessToken, AccessTokenSpec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::context::Context;
+use crate::usage::named_after_its_pod;
+
+/// Time between two ledger rounds: the highest write rate per namespace.
+pub const ROUND: Duration = Duration::from_secs(1);
+
+/// One pod's side of a budget key in a round.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PodSide {
+    /// Whether the pod exists now; a gone pod gets no more grants.
+    pub live: bool,
+    /// Its latest report's demand for the key (zeros without one).
+    pub demand: Demand,
+}
+
+fn usable(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 { x } else { 0.0 }
+}
+
+/// Σ over every pod of the larger of its grant and what it settled: what the
+/// key's pods have spent or may still spend.
+pub fn committed(grants: &BTreeMap<String, f64>, pods: &BTreeMap<String, PodSide>) -> f64 {
+    let names: BTreeSet<&String> = grants.keys().chain(pods.keys()).collect();
+    names
+        .into_iter()
+        .map(|pod| {
+            let granted = grants.get(pod).copied().unwrap_or(0.0);
+            let settled = pods.get(pod).map_or(0.0, |p| usable(p.demand.settled));
+            granted.max(settled)
+        })
+        .sum()
+}
+
+/// What is left of `limit` once [`committed`] is counted.
+pub fn remaining(
+    limit: f64,
+    grants: &BTreeMap<String, f64>,
+    pods: &BTreeMap<String, PodSide>,
+) -> f64 {
+    (limit - committed(grants, pods)).max(0.0)
+}
+
+/// One round for one key: grants each live pod that asks (on top of the grant
+/// it saw) the smaller of what it wants and an equal share of what remains.
+pub fn grant_round(
+    limit: f64,
+    previous: &BTreeMap<String, f64>,
+    pods: &BTreeMap<String, PodSide>,
+) -> KeyLedger {
+    let mut grants = previous.clone();
+    let mut left = remaining(limit, &grants, pods);
+    let asking: Vec<(&String, f64)> = pods
+        .iter()
+        .filter(|(name, side)| {
+            side.live && side.demand.basis == grants.get(*name).copied().unwrap_or(0.0)
+        })
+        .map(|(name, side)| (name, usable(side.demand.wanted)))
+        .filter(|(_, wanted)| *wanted > 0.0)
+        .collect();
+    if !asking.is_empty() && left > 0.0 {
+        let share = left / asking.len() as f64;
+        for (name, wanted) in asking {
+            let slice = wanted.min(share).min(left);
+            left -= slice;
+            *grants.entry(name.clone()).or_insert(0.0) += slice;
+        }
+    }
+    KeyLedger {
+        limit,
+        remaining: remaining(limit, &grants, pods),
+        grants,
+    }
+}
+
+/// The limit of a budget key, if the key names a current period of a budget
+/// the token has and the token is valid in `namespace`.
+fn limit_of(
+    key: &str,
+    namespace: &str,
+    tokens: &HashMap<String, Arc<AccessToken>>,
+    now: DateTime<Utc>,
+) -> Option<f64> {
+    let parts = lease::parse_budget_key(key)?;
+    let token = tokens.get(parts.token)?;
+    let (token_ns, _) = parts.token.split_once('/')?;
+    let spec: &AccessTokenSpec = &token.spec;
+    if !policybind_engine::scope::spec_valid_in(token_ns, spec, namespace) {
+        return None;
+    }
+    if crate::usage::current_period_start(spec, parts.period, now) != parts.start {
+        return None;
+    }
+    let budget = spec.budget(parts.period)?;
+    match parts.unit {
+        Unit::Usd => budget.max_cost_usd,
+        Unit::Tokens => budget.max_tokens.map(|t| t as f64),
+    }
+}
+
+/// The demands of every pod that reported in `namespace`, by pod name.
+pub fn demands_in(reports: &[Arc<ConfigMap>], namespace: &str) -> BTreeMap<String, Demands> {
+    reports
+        .iter()
+        .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|cm| named_after_its_pod(cm))
+        .filter_map(|cm| {
+            let pod = cm
+                .metadata
+                .labels
+                .as_ref()?
+                .get(labels::WRITER_POD)?
+                .clone();
+            let json = cm.data.as_ref()?.get(keys::LEASE_DEMAND)?;
+            match serde_json::from_str::<Demands>(json) {
+                Ok(demands) => Some((pod, demands)),
+                Err(error) => {
+                    debug!(%namespace, %pod, %error, "lease demand is malformed; ignored");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The next ledger of a namespace: keys of current periods only (the others are
+/// dropped), each granted by [`grant_round`].
+pub fn next_ledger(
+    previous: &Ledger,
+    demands: &BTreeMap<String, Demands>,
+    live: &BTreeSet<String>,
+    limit: impl Fn(&str) -> Option<f64>,
+) -> Ledger {
+    let keys: BTreeSet<&String> = previous
+        .keys
+        .keys()
+        .chain(demands.values().flat_map(|d| d.keys()))
+        .collect();
+    let mut next = Ledger::default();
+    for key in keys {
+        let Some(limit) = limit(key) else { continue };
+        let pods: BTreeMap<String, PodSide> = demands
+            .iter()
+            .filter_map(|(pod, d)| d.get(key).map(|demand| (pod, *demand)))
+            .map(|(pod, demand)| {
+                let side = PodSide {
+                    live: live.contains(pod),
+                    demand,
+                };
+                (pod.clone(), side)
+            })
+            .collect();
+        let empty = BTreeMap::new();
+        let before = previous.keys.get(key).map_or(&empty, |k| &k.grants);
+        let round = grant_round(limit, before, &pods);
+        if !round.grants.is_empty() || round.remaining < limit {
+            next.keys.insert(key.clone(), round);
+        }
+    }
+    next
+}
+
+/// The ledger ConfigMap of `namespace`.
+pub fn ledger_config_map(home: &str, namespace: &str, ledger: &Ledger) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(wire::ledger_config_map(namespace)),
+            namespace: Some(home.into()),
+            labels: Some(BTreeMap::from([
+                (labels::LEDGER.into(), namespace.into()),
+                (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+            ])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            keys::LEDGER.into(),
+            serde_json::to_string(ledger).expect("a ledger always serializes"),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The ledgers the previous leader left, by namespace (so a new leader never
+/// grants again what was already granted).
+async fn load(api: &Api<ConfigMap>) -> Result<HashMap<String, Ledger>, kube::Error> {
+    let list = api
+        .list(&ListParams::default().labels(labels::LEDGER))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|cm| {
+            let namespace = cm.metadata.labels.as_ref()?.get(labels::LEDGER)?.clone();
+            if cm.metadata.name.as_deref() != Some(&wire::ledger_config_map(&namespace)) {
+                return None;
+            }
+            let json = cm.data.as_ref()?.get(keys::LEDGER)?;
+            Some((namespace, serde_json::from_str(json).ok()?))
+        })
+        .collect())
+}
+
+/// Runs ledger rounds every [`ROUND`] until `stop`.
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let home = ctx.settings.namespace.clone();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &home);
+    let mut written = loop {
+        match load(&api).await {
+            Ok(ledgers) => break ledgers,
+            Err(error) => warn!(%error, "reading the budget ledgers; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+    };
+    let mut ticks = tokio::time::interval(ROUND);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        round(&ctx, &api, &home, &mut written).await;
+    }
+}
+
+pub(crate) async fn round(
+    ctx: &Context,
+    api: &Api<ConfigMap>,
+    home: &str,
+    written: &mut HashMap<String, Ledger>,
+) {
+    let now = ctx.now();
+    let reports = ctx.stores.usage_reports.state();
+    let tokens: HashMap<String, Arc<AccessToken>> = ctx
+        .stores
+        .tokens
+        .state()
+        .into_iter()
+        .filter_map(|t| {
+            Some((
+                format!(
+                    "{}/{}",
+                    t.metadata.namespace.clone()?,
+                    t.metadata.name.clone()?
+                ),
+                t,
+            ))
+        })
+        .collect();
+    let mut enforced =
+        crate::bundle::EnforcedNamespaces::new(&ctx.stores.namespaces, &ctx.stores.pods, home);
+    let namespaces: BTreeSet<String> = reports
+        .iter()
+        .filter_map(|cm| cm.metadata.namespace.clone())
+        .chain(written.keys().cloned())
+        .collect();
+    for namespace in namespaces {
+        if !enforced.contains(&namespace) {
+            continue;
+        }
+        let live: BTreeSet<String> = ctx
+            .stores
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let previous = written.get(&namespace).cloned().unwrap_or_default();
+        let demands = demands_in(&reports, &namespace);
+        let next = next_ledger(&previous, &demands, &live, |key| {
+            limit_of(key, &namespace, &tokens, now)
+        });
+        if next == previous && written.contains_key(&namespace) {
+            continue;
+        }
+        let cm = ledger_config_map(home, &namespace, &next);
+        let params = PatchParams::apply(field_managers::OPERATOR).force();
+        match api
+            .patch(
+                &wire::ledger_config_map(&namespace),
+                &params,
+                &Patch::Apply(&cm),
+            )
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics
+                    .ledger_writes
+                    .get_or_create(&crate::metrics::NamespaceLabels {
+                        namespace: namespace.clone(),
+                    })
+                    .inc();
+                written.insert(namespace, next);
+            }
+            Err(error) => {
+                warn!(%namespace, %error, "writing the budget ledger; retrying next round")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn side(live: bool, settled: f64, wanted: f64, basis: f64) -> PodSide {
+        PodSide {
+            live,
+            demand: Demand {
+                settled,
+                in_flight: 0.0,
+                wanted,
+                basis,
+            },
+        }
+    }
+
+    fn pods(list: &[(&str, PodSide)]) -> BTreeMap<String, PodSide> {
+        list.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn three_pods_asking_for_more_than_remains_share_it_equally() {
+        let asking = pods(&[
+            ("a", side(true, 0.0, 1.0, 0.0)),
+            ("b", side(true, 0.0, 1.0, 0.0)),
+            ("c", side(true, 0.0, 1.0, 0.0)),
+        ]);
+        let round = grant_round(0.9, &BTreeMap::new(), &asking);
+        for pod in ["a", "b", "c"] {
+            assert!((round.grants[pod] - 0.3).abs() < 1e-12);
+        }
+        assert!(round.remaining < 1e-12);
+    }
+
+    #[test]
+    fn a_demand_already_granted_is_not_granted_again() {
+        let asking = pods(&[("a", side(true, 0.0, 0.1, 0.0))]);
+        let first = grant_round(1.0, &BTreeMap::new(), &asking);
+        assert_eq!(first.grants["a"], 0.1);
+        // The same report read again: its basis is no longer the grant.
+        let second = grant_round(1.0, &first.grants, &asking);
+        assert_eq!(second.grants["a"], 0.1);
+        let asks_again = pods(&[("a", side(true, 0.05, 0.1, 0.1))]);
+        let third = grant_round(1.0, &first.grants, &asks_again);
+        assert!((third.grants["a"] - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_gone_pod_keeps_its_whole_grant_counted_and_gets_no_more() {
+        let previous = BTreeMap::from([("dead".to_string(), 0.4)]);
+        // It reported 0.1 settled before it died; 0.4 stays charged.
+        let now = pods(&[
+            ("dead", side(false, 0.1, 0.5, 0.4)),
+            ("live", side(true, 0.0, 1.0, 0.0)),
+        ]);
+        let round = grant_round(1.0, &previous, &now);
+        assert_eq!(round.grants["dead"], 0.4);
+        assert!((round.grants["live"] - 0.6).abs() < 1e-12);
+        assert_eq!(round.remaining, 0.0);
+    }
+
+    #[test]
+    fn settled_beyond_a_grant_counts_and_hostile_numbers_count_for_nothing() {
+        let previous = BTreeMap::from([("a".to_string(), 0.2)]);
+        // a underestimated: settled 0.5 on a 0.2 grant.
+        let now = pods(&[
+            ("a", side(true, 0.5, 0.0, 0.2)),
+            ("b", side(true, f64::NAN, f64::INFINITY, 0.0)),
+            ("c", side(true, -5.0, -1.0, 0.0)),
+        ]);
+        let round = grant_round(1.0, &previous, &now);
+        assert!((round.remaining - 0.5).abs() < 1e-12);
+        assert!(!round.grants.contains_key("b"));
+        assert!(!round.grants.contains_key("c"));
+    }
+
+    #[test]
+    fn keys_of_other_periods_or_without_a_limit_are_dropped() {
+        let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd".to_string();
+        let stale = "team-a/bot|Day|2026-11-21T00:00:00Z|usd".to_string();
+        let demands = BTreeMap::from([(
+            "pod-1".to_string(),
+            Demands::from([
+                (key.clone(), side(true, 0.0, 0.25, 0.0).demand),
+                (stale.clone(), side(true, 0.0, 0.25, 0.0).demand),
+            ]),
+        )]);
+        let live = BTreeSet::from(["pod-1".to_string()]);
+        let ledger = next_ledger(&Ledger::default(), &demands, &live, |k| {
+            (k == key).then_some(1.0)
+        });
+        assert_eq!(ledger.keys.len(), 1);
+        assert_eq!(ledger.granted(&key, "pod-1"), 0.25);
+        assert_eq!(ledger.keys[&key].remaining, 0.75);
+    }
+
+    fn any_side() -> impl Strategy<Value = PodSide> {
+        (any::<bool>(), 0.0..2.0f64, 0.0..2.0f64, any::<bool>()).prop_map(
+            |(live, settled, wanted, fresh)| PodSide {
+                live,
+                demand: Demand {
+                    settled,
+                    in_flight: 0.0,
+                    wanted,
+                    // Either asking on the grant it saw (filled in below) or stale.
+                    basis: if fresh { -1.0 } else { 7.0 },
+                },
+            },
+        )
+    }
+
+    proptest! {
+        /// Over any sequence of rounds, with pods spending up to their grants,
+        /// Σ grants never exceed the limit, and grants never shrink.
+        #[test]
+        fn grants_never_exceed_the_limit(
+            limit in 0.0..5.0f64,
+            rounds in prop::collection::vec(prop::collection::vec(any_side(), 1..6), 1..12),
+        ) {
+            let mut grants: BTreeMap<String, f64> = BTreeMap::new();
+            for round in rounds {
+                let pods: BTreeMap<String, PodSide> = round
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut side)| {
+                        let name = format!("pod-{i}");
+                        let held = grants.get(&name).copied().unwrap_or(0.0);
+                        if side.demand.basis < 0.0 {
+                            side.demand.basis = held;
+                        }
+                        // A pod admits only within its grant.
+                        side.demand.settled = side.demand.settled.min(held);
+                        (name, side)
+                    })
+                    .collect();
+                let next = grant_round(limit, &grants, &pods);
+                for (pod, before) in &grants {
+                    prop_assert!(next.grants[pod] >= *before);
+                }
+                let total: f64 = next.grants.values().sum();
+                prop_assert!(total <= limit * (1.0 + 1e-12) + 1e-12, "{total} > {limit}");
+                prop_assert!(next.remaining >= 0.0);
+                grants = next.grants;
+            }
+        }
+
+        /// Pods that settled beyond their grants (underestimates) never make the
+        /// operator grant more: Σ max(granted, settled) never grows past the
+        /// larger of the limit and what it already was.
+        #[test]
+        fn overspent_pods_never_unlock_more_grants(
+            limit in 0.0..5.0f64,
+            previous in prop::collection::vec(0.0..2.0f64, 1..6),
+            sides in prop::collection::vec(any_side(), 1..6),
+        ) {
+            let grants: BTreeMap<String, f64> = previous
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (format!("pod-{i}"), *g))
+                .collect();
+            let pods: BTreeMap<String, PodSide> = sides
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut s)| {
+                    let name = format!("pod-{i}");
+                    if s.demand.basis < 0.0 {
+                        s.demand.basis = grants.get(&name).copied().unwrap_or(0.0);
+                    }
+                    (name, s)
+                })
+                .collect();
+            let before = committed(&grants, &pods);
+            let next = grant_round(limit, &grants, &pods);
+            let after = committed(&next.grants, &pods);
+            prop_assert!(after <= before.max(limit) * (1.0 + 1e-12) + 1e-12);
+        }
+    }
+}
