@@ -201,7 +201,7 @@ fi
 export POLICYBIND_E2E_MODE=$MODE
 
 mkdir -p target/e2e-logs
-rm -f target/e2e-logs/propagation.txt
+rm -f target/e2e-logs/measurements.txt
 status=0
 # Every scenario but uninstall, in parallel, each in its own namespace, against
 # one PolicyBind control plane (one test binary).
@@ -227,7 +227,7 @@ fi
 if [ "$status" = 0 ] && [ "${POLICYBIND_E2E_SKIP_UNINSTALL:-}" != 1 ]; then
   POLICYBIND_E2E_UNINSTALL=1 cargo test -p policybind-e2e --test uninstall -- --ignored || status=$?
 fi
-echo "== propagation (policy change and revocation to the sidecar)"
-cat target/e2e-logs/propagation.txt 2>/dev/null || echo "(no measurement)"
+echo "== measurements (propagation to the sidecar, shared budgets)"
+cat target/e2e-logs/measurements.txt 2>/dev/null || echo "(no measurement)"
 echo "== process logs in target/e2e-logs/"
 exit "$status"

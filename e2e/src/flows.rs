@@ -156,17 +156,25 @@ pub async fn time_until_refused(
     )
 }
 
-/// Print a measured propagation time and append it to
-/// `target/e2e-logs/propagation.txt`, the suite's report.
+/// Print a measured propagation time and append it to the suite's report.
 pub fn report_propagation(s: &Scenario, what: &str, took: Duration) {
-    let line = format!(
-        "propagation {what}: {} ms (limit {} ms, mode {:?})",
-        took.as_millis(),
-        s.settings.propagation_limit.as_millis(),
-        s.settings.mode
+    report_measurement(
+        s,
+        &format!(
+            "propagation {what}: {} ms (limit {} ms, mode {:?})",
+            took.as_millis(),
+            s.settings.propagation_limit.as_millis(),
+            s.settings.mode
+        ),
     );
+}
+
+/// Print a measurement and append it to `target/e2e-logs/measurements.txt`,
+/// the suite's report, which `e2e/run.sh` prints at the end (a passing test's
+/// output is otherwise captured).
+pub fn report_measurement(s: &Scenario, line: &str) {
     println!("{line}");
-    let path = s.settings.log_dir.join("propagation.txt");
+    let path = s.settings.log_dir.join("measurements.txt");
     let _ = std::fs::create_dir_all(&s.settings.log_dir);
     let _ = std::fs::OpenOptions::new()
         .create(true)

@@ -13,7 +13,7 @@ use anyhow::bail;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use policybind_e2e::fixtures::{self, MODEL};
-use policybind_e2e::flows::serving;
+use policybind_e2e::flows::{self, serving};
 use policybind_e2e::scenario;
 use serde_json::json;
 
@@ -115,11 +115,14 @@ fn three_replicas_never_overspend_a_shared_budget() {
         let took = started.elapsed();
         let admitted = serving.upstream.received() - before;
         let spent = admitted as f64 * COST_PER_REQUEST;
-        eprintln!(
-            "budgets: 3 replicas x {CONCURRENCY} workers, limit ${LIMIT_USD:.6} (100 requests): \
-             {admitted} admitted (${spent:.6}, {:.1}% of the limit), {} lease refusals, in {took:?}",
-            100.0 * spent / LIMIT_USD,
-            refused_lease.load(Ordering::SeqCst),
+        flows::report_measurement(
+            &s,
+            &format!(
+                "budgets: 3 replicas x {CONCURRENCY} workers, limit ${LIMIT_USD:.6} (100 requests): \
+                 {admitted} admitted (${spent:.6}, {:.1}% of the limit), {} lease refusals, in {took:?}",
+                100.0 * spent / LIMIT_USD,
+                refused_lease.load(Ordering::SeqCst),
+            ),
         );
         if spent > LIMIT_USD * (1.0 + 1e-9) {
             bail!(
