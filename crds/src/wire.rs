@@ -359,6 +359,10 @@ pub mod env {
     pub const WEBHOOK_AUDIT_KEY_SECRET: &str = "POLICYBIND_WEBHOOK_AUDIT_KEY_SECRET";
     /// Log format: `json` or `text`.
     pub const LOG_FORMAT: &str = "POLICYBIND_LOG_FORMAT";
+    /// How enforcement points estimate prompt tokens (`exact` or `heuristic`,
+    /// `policybind sidecar --token-estimates`); the chart sets it for injected
+    /// sidecars from `sidecar.tokenEstimates`.
+    pub const TOKEN_ESTIMATES: &str = "POLICYBIND_TOKEN_ESTIMATES";
     /// Poll interval of directory sources, milliseconds.
     pub const RELOAD_INTERVAL_MS: &str = "POLICYBIND_RELOAD_INTERVAL_MS";
     /// Directory where provider credential Secrets are mounted, one directory per

@@ -80,14 +80,24 @@ pub fn method(model: &str) -> Method {
     });
     match encoding {
         Some(encoding) => Method::Exact(encoding),
-        None => {
-            let chars_per_token = CHARS_PER_TOKEN
-                .iter()
-                .find(|(prefix, _)| name.starts_with(prefix))
-                .map_or(4.0, |&(_, ratio)| ratio);
-            Method::Heuristic { chars_per_token }
-        }
+        None => heuristic_of(name),
     }
+}
+
+/// The heuristic for `model` even where its family's encoding is public: for
+/// enforcement points that keep no encoder in memory (an `o200k_base`
+/// encoder is about 46 MiB, `cl100k_base` about 24 MiB more).
+pub fn heuristic(model: &str) -> Method {
+    let name = model.trim().to_ascii_lowercase();
+    heuristic_of(name.rsplit('/').next().unwrap_or(&name))
+}
+
+fn heuristic_of(name: &str) -> Method {
+    let chars_per_token = CHARS_PER_TOKEN
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map_or(4.0, |&(_, ratio)| ratio);
+    Method::Heuristic { chars_per_token }
 }
 
 /// Estimated tokens of `text` for `model`: exact where the family's encoding
@@ -160,6 +170,24 @@ mod tests {
                 "{model}"
             );
         }
+    }
+
+    #[test]
+    fn the_heuristic_is_available_for_every_family() {
+        assert_eq!(
+            heuristic("openai/gpt-4o"),
+            Method::Heuristic {
+                chars_per_token: 4.0
+            }
+        );
+        assert_eq!(
+            heuristic("anthropic/claude-sonnet-4"),
+            Method::Heuristic {
+                chars_per_token: 3.5
+            }
+        );
+        // 40 ASCII characters: 10 tokens at 4 per token, whatever the encoding says.
+        assert_eq!(count(heuristic("gpt-4o"), &"abcd".repeat(10)), 10);
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct Settings {
     pub extra_paths: Vec<String>,
     /// Output tokens assumed when a request sets no `max_tokens`.
     pub default_output_tokens: u64,
+    /// How prompt tokens are estimated before a call.
+    pub token_estimates: crate::providers::TokenEstimates,
     /// Ask streaming upstreams for a final usage chunk (`stream_options.include_usage`).
     pub request_stream_usage: bool,
     pub output: OutputSettings,
@@ -189,6 +191,7 @@ impl Settings {
             writer: "standalone".into(),
             extra_paths: vec![],
             default_output_tokens: 512,
+            token_estimates: crate::providers::TokenEstimates::Exact,
             request_stream_usage: true,
             output: OutputSettings::default(),
             limits: Limits::default(),

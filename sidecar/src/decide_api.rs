@@ -33,7 +33,7 @@ use tracing::{Instrument, info_span};
 use crate::handler::authenticate;
 use crate::ingress;
 use crate::pipeline::{Asked, Call, Estimate, Plan, Verdict};
-use crate::providers::estimate_tokens;
+use crate::providers::TokenEstimates;
 use crate::refusal::{
     CODES_HEADER, DECISION_HEADER, REQUEST_ID_HEADER, Refusal, Stage, json_response, set_header,
 };
@@ -115,7 +115,7 @@ pub(crate) fn check_asked(asked: &Asked) -> Result<(), Refusal> {
     ingress::labels(&asked.labels)
 }
 
-fn parse_decide_body(bytes: &[u8]) -> Result<Asked, Refusal> {
+fn parse_decide_body(bytes: &[u8], estimates: TokenEstimates) -> Result<Asked, Refusal> {
     let map: Map<String, Value> = serde_json::from_slice(bytes)
         .map_err(|e| Refusal::invalid(format!("not a JSON object: {e}")))?;
     for (field, why) in SET_BY_POLICYBIND {
@@ -128,15 +128,13 @@ fn parse_decide_body(bytes: &[u8]) -> Result<Asked, Refusal> {
     let body: DecideBody = serde_json::from_value(Value::Object(map))
         .map_err(|e| Refusal::invalid(format!("not a valid decision request: {e}")))?;
     let prompt = body.prompt.unwrap_or_default();
+    let text_tokens = estimates.count(&body.model, &prompt);
     let asked = Asked {
         model: body.model,
         use_case: body.use_case,
         data_classification: body.data_classification,
         // A caller may raise the estimate, never lower it below the text's.
-        estimated_input_tokens: body
-            .estimated_input_tokens
-            .unwrap_or(0)
-            .max(estimate_tokens(&prompt)),
+        estimated_input_tokens: body.estimated_input_tokens.unwrap_or(0).max(text_tokens),
         estimated_output_tokens: body.estimated_output_tokens.unwrap_or(0),
         prompt,
         labels: body.labels,
@@ -220,11 +218,14 @@ async fn decide(State(state): State<Arc<AppState>>, request: Request<Body>) -> R
     let span = info_span!("decide", request_id = %request_id, effect = tracing::field::Empty,
         code = tracing::field::Empty, stage = tracing::field::Empty, decided = tracing::field::Empty);
     async {
-        let verdict =
-            match decide_only(&state, request, &request_id, "decide", parse_decide_body).await {
-                Ok((verdict, _, _)) => verdict,
-                Err(refusal) => return refusal.into_response(None, &request_id),
-            };
+        let verdict = match decide_only(&state, request, &request_id, "decide", |bytes| {
+            parse_decide_body(bytes, state.settings.token_estimates)
+        })
+        .await
+        {
+            Ok((verdict, _, _)) => verdict,
+            Err(refusal) => return refusal.into_response(None, &request_id),
+        };
         let refusal = verdict.outcome.err();
         if let Some(r) = refusal.as_ref().filter(|r| r.stage != Stage::Decision) {
             return r.clone().into_response(None, &request_id);
@@ -279,23 +280,30 @@ mod tests {
             "token",
         ] {
             let body = json!({"model": "m", field: "x"}).to_string();
-            let refusal = parse_decide_body(body.as_bytes()).unwrap_err();
+            let refusal =
+                parse_decide_body(body.as_bytes(), TokenEstimates::Heuristic).unwrap_err();
             assert_eq!(refusal.code, "REQUEST_INVALID");
             assert!(refusal.message.contains(field), "{}", refusal.message);
         }
-        let unknown = parse_decide_body(br#"{"model":"m","colour":"red"}"#).unwrap_err();
+        let unknown = parse_decide_body(
+            br#"{"model":"m","colour":"red"}"#,
+            TokenEstimates::Heuristic,
+        )
+        .unwrap_err();
         assert!(unknown.message.contains("colour"), "{}", unknown.message);
     }
 
     #[test]
     fn the_input_estimate_is_never_below_the_texts() {
-        let asked = parse_decide_body(
-            br#"{"model":"m","prompt":"twelve chars","estimatedInputTokens":1,"estimatedOutputTokens":5}"#,
-        )
+        let asked = parse_decide_body(br#"{"model":"m","prompt":"twelve chars","estimatedInputTokens":1,"estimatedOutputTokens":5}"#, TokenEstimates::Heuristic)
         .unwrap();
         assert_eq!(asked.estimated_input_tokens, 3);
         assert_eq!(asked.estimated_output_tokens, 5);
-        let raised = parse_decide_body(br#"{"model":"m","estimatedInputTokens":900}"#).unwrap();
+        let raised = parse_decide_body(
+            br#"{"model":"m","estimatedInputTokens":900}"#,
+            TokenEstimates::Heuristic,
+        )
+        .unwrap();
         assert_eq!(raised.estimated_input_tokens, 900);
     }
 
@@ -303,8 +311,8 @@ mod tests {
     fn identifiers_are_checked() {
         let long = "m".repeat(300);
         let body = json!({"model": long}).to_string();
-        assert!(parse_decide_body(body.as_bytes()).is_err());
+        assert!(parse_decide_body(body.as_bytes(), TokenEstimates::Heuristic).is_err());
         let control = json!({"model": "m", "labels": {"k": "a\u{7}b"}}).to_string();
-        assert!(parse_decide_body(control.as_bytes()).is_err());
+        assert!(parse_decide_body(control.as_bytes(), TokenEstimates::Heuristic).is_err());
     }
 }

@@ -216,8 +216,13 @@ async fn read_call(
         refusal.status = StatusCode::PAYLOAD_TOO_LARGE;
         return Err((refusal, None));
     };
-    let mut request = ModelRequest::parse(api, &bytes, state.settings.default_output_tokens)
-        .map_err(|e| (Refusal::invalid(e.to_string()), None))?;
+    let mut request = ModelRequest::parse(
+        api,
+        &bytes,
+        state.settings.default_output_tokens,
+        state.settings.token_estimates,
+    )
+    .map_err(|e| (Refusal::invalid(e.to_string()), None))?;
     let model = request.model.clone();
     let with_model = |r: Refusal| (r, Some(model.clone()));
     ingress::identifier("model", &request.model, ingress::MAX_IDENTIFIER).map_err(with_model)?;

@@ -273,10 +273,16 @@ async fn streaming_is_passed_through_chunk_by_chunk_and_settled_with_the_final_u
 async fn budget_exhaustion_is_denied_with_budget_exceeded() {
     let upstream = Upstream::start().await;
     let sidecar = start(&upstream).await;
-    // Budget 300 tokens a day. Each call is estimated at 100 + 4 input tokens plus
-    // max_tokens 1, and settled at what the upstream reports (100 + 3): the third
-    // call no longer fits (206 settled + 105 estimated > 300).
-    let prompt = "x".repeat(400);
+    // Budget 300 tokens a day. Each call is estimated with gpt-4o-mini's own
+    // tokenizer (o200k_base) plus 4 for the message and max_tokens 1, and
+    // settled at what the upstream reports (400 characters / 4 + 3 words = 103): the
+    // third call no longer fits (206 settled + the estimate > 300).
+    let prompt = "abcdefghij".repeat(20) + &"a-b.".repeat(50);
+    let estimate = policybind_engine::tokens::estimate("gpt-4o-mini", &prompt) + 4 + 1;
+    assert!(
+        (95..=197).contains(&estimate),
+        "the arithmetic below needs 300 - 206 < estimate <= 300 - 103, got {estimate}"
+    );
     let mut statuses = vec![];
     for _ in 0..3 {
         let (status, _, body) = sidecar

@@ -24,9 +24,19 @@ use policybind_sidecar::config::{
     ApprovalSettings, Limits, OutputSettings, Settings, SourceSettings,
 };
 use policybind_sidecar::credentials::{CredentialSettings, ProviderKey};
+use policybind_sidecar::providers::TokenEstimates;
 
 /// Options shared by `serve` and `sidecar`: upstreams, provider keys, limits
 /// and request handling.
+/// `--token-estimates`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEstimatesArg {
+    /// The model family's tokenizer where public, the heuristic otherwise.
+    Exact,
+    /// Characters per token for every family.
+    Heuristic,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// API key the default upstream (`--upstream`) itself requires, sent to it as
@@ -79,6 +89,16 @@ pub struct ProxyArgs {
     /// Output tokens assumed for budgets when a request sets no `max_tokens`.
     #[arg(long, env = "POLICYBIND_DEFAULT_OUTPUT_TOKENS", default_value_t = 512)]
     pub default_output_tokens: u64,
+    /// How prompt tokens are estimated before a call (they size budget
+    /// reservations, token rate limits and token thresholds; budgets are then
+    /// settled with the usage the provider reports). `exact`: the model
+    /// family's own tokenizer where it is public (tiktoken o200k_base /
+    /// cl100k_base for OpenAI models; about 46 MiB of memory per encoding in
+    /// use and ~30 µs per KiB of prompt), a characters-per-token heuristic for
+    /// other families. `heuristic`: the heuristic for every family, no encoder
+    /// in memory.
+    #[arg(long, env = wire::env::TOKEN_ESTIMATES, value_enum, default_value_t = TokenEstimatesArg::Exact)]
+    pub token_estimates: TokenEstimatesArg,
     /// Further exact path to serve besides the model APIs, e.g. vLLM's `/tokenize`:
     /// POST JSON bodies with a `model`, every string in them scanned, decided and
     /// audited like a model call. Repeat for several. Paths that cannot be decided
@@ -146,6 +166,10 @@ impl ProxyArgs {
             ..Limits::default()
         };
         settings.default_output_tokens = self.default_output_tokens;
+        settings.token_estimates = match self.token_estimates {
+            TokenEstimatesArg::Exact => TokenEstimates::Exact,
+            TokenEstimatesArg::Heuristic => TokenEstimates::Heuristic,
+        };
         settings.extra_paths = self.allow_paths.clone();
         settings.decide_listen = match (self.no_decide_api, self.decide_listen) {
             (true, _) => None,

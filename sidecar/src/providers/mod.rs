@@ -135,16 +135,36 @@ pub enum BodyError {
     BadField(&'static str),
 }
 
-/// Characters per token of the estimation heuristic.
-pub const CHARS_PER_TOKEN: u64 = 4;
 /// Tokens added per chat message for role and framing.
 pub const TOKENS_PER_MESSAGE: u64 = 4;
 
-/// Token estimate of a text. A heuristic (`ceil(chars / 4)`) until the engine's
-/// tokenizer-based `tokens::estimate` lands; it only sizes the reservation,
-/// budgets are settled with the usage the provider reports.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(CHARS_PER_TOKEN)
+/// How the prompt's tokens are estimated before a call (`--token-estimates`).
+/// Estimates only size reservations and token thresholds; budgets are settled
+/// with the usage the provider reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenEstimates {
+    /// The model family's own tokenizer where it is public (tiktoken's
+    /// `o200k_base` and `cl100k_base` for OpenAI models), the heuristic
+    /// otherwise ([`policybind_engine::tokens`]). Each encoder in use costs
+    /// memory once (about 46 MiB for `o200k_base`) and a BPE pass per request
+    /// (about 30 µs per KiB of prompt).
+    #[default]
+    Exact,
+    /// The heuristic for every family (ASCII characters per token, see
+    /// [`policybind_engine::tokens::CHARS_PER_TOKEN`]): no encoder in memory,
+    /// a few microseconds per request.
+    Heuristic,
+}
+
+impl TokenEstimates {
+    /// Estimated tokens of `text` for `model`.
+    pub fn count(self, model: &str, text: &str) -> u64 {
+        use policybind_engine::tokens;
+        match self {
+            TokenEstimates::Exact => tokens::estimate(model, text),
+            TokenEstimates::Heuristic => tokens::count(tokens::heuristic(model), text),
+        }
+    }
 }
 
 /// A parsed request body with the facts taken from it.
@@ -178,6 +198,7 @@ impl ModelRequest {
         api: Api,
         bytes: &[u8],
         default_output_tokens: u64,
+        estimates: TokenEstimates,
     ) -> Result<ModelRequest, BodyError> {
         let mut json: Map<String, Value> =
             serde_json::from_slice(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
@@ -203,7 +224,7 @@ impl ModelRequest {
             },
         };
         let (prompt, spans) = join(parsed.texts);
-        let estimated_input_tokens = estimate_tokens(&prompt) + parsed.framing_tokens;
+        let estimated_input_tokens = estimates.count(&model, &prompt) + parsed.framing_tokens;
         let estimated_output_tokens = match api {
             Api::Embeddings | Api::Models => 0,
             _ => parsed.max_output.unwrap_or(default_output_tokens),

@@ -171,9 +171,11 @@ impl UsageTracker {
         }
     }
 
-    /// Output tokens estimated from the text seen, for streams without usage.
+    /// Output tokens estimated from the text seen, for streams without usage:
+    /// one per four characters, the heuristic's default ratio (the text is not
+    /// kept, so it cannot be run through a tokenizer afterwards).
     pub fn counted_output_tokens(&self) -> u64 {
-        self.generated_chars.div_ceil(super::CHARS_PER_TOKEN)
+        self.generated_chars.div_ceil(4)
     }
 }
 

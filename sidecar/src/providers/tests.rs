@@ -4,7 +4,13 @@ use serde_json::{Value, json};
 use super::*;
 
 fn parse(api: Api, body: Value) -> ModelRequest {
-    ModelRequest::parse(api, body.to_string().as_bytes(), 256).unwrap()
+    ModelRequest::parse(
+        api,
+        body.to_string().as_bytes(),
+        256,
+        TokenEstimates::Heuristic,
+    )
+    .unwrap()
 }
 
 /// Uppercases every text through the span interface (as redaction does).
@@ -33,7 +39,9 @@ fn chat_body_gives_model_text_and_estimates() {
 
 #[test]
 fn missing_model_bad_json_and_bad_shapes_are_errors() {
-    let err = |api, body: &[u8]| ModelRequest::parse(api, body, 1).unwrap_err();
+    let err = |api, body: &[u8]| {
+        ModelRequest::parse(api, body, 1, TokenEstimates::Heuristic).unwrap_err()
+    };
     assert_eq!(
         err(Api::Completions, br#"{"prompt":"x"}"#),
         BodyError::NoModel
@@ -123,9 +131,11 @@ fn extra_paths_scan_every_string_but_the_model() {
 #[test]
 fn an_unchanged_body_is_sent_as_the_original_bytes() {
     let original = Bytes::from_static(br#"{"model":"m",   "prompt":"x"}"#);
-    let parsed = ModelRequest::parse(Api::Completions, &original, 1).unwrap();
+    let parsed =
+        ModelRequest::parse(Api::Completions, &original, 1, TokenEstimates::Heuristic).unwrap();
     assert_eq!(parsed.into_body(original.clone()), original);
-    let mut changed = ModelRequest::parse(Api::Completions, &original, 1).unwrap();
+    let mut changed =
+        ModelRequest::parse(Api::Completions, &original, 1, TokenEstimates::Heuristic).unwrap();
     changed.rewrite_texts(|_, _| None);
     assert_eq!(changed.into_body(original.clone()), original);
 }
@@ -259,4 +269,33 @@ fn providers_take_their_own_apis_only() {
     assert_eq!(Provider::parse("my-vllm"), Provider::SelfHosted);
     assert_eq!(Api::from_path("/v1/messages/"), Some(Api::Messages));
     assert_eq!(Api::from_path("/v1/messages/batches"), None);
+}
+
+#[test]
+fn exact_estimates_use_the_model_familys_tokenizer() {
+    let text = "Summarise the quarterly report in three bullet points, please.";
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    let bytes = body.to_string();
+    let exact = ModelRequest::parse(
+        Api::ChatCompletions,
+        bytes.as_bytes(),
+        1,
+        TokenEstimates::Exact,
+    )
+    .unwrap();
+    let heuristic = ModelRequest::parse(
+        Api::ChatCompletions,
+        bytes.as_bytes(),
+        1,
+        TokenEstimates::Heuristic,
+    )
+    .unwrap();
+    let o200k = policybind_engine::tokens::estimate("gpt-4o-mini", text);
+    assert_eq!(exact.estimated_input_tokens, o200k + TOKENS_PER_MESSAGE);
+    // 62 ASCII characters at 4 per token.
+    assert_eq!(heuristic.estimated_input_tokens, 16 + TOKENS_PER_MESSAGE);
+    assert_ne!(
+        o200k, 16,
+        "the tokenizer counts differently from the heuristic"
+    );
 }
