@@ -172,7 +172,7 @@ export POLICYBIND_E2E_PYTHON=$PYTHON
 echo "e2e: building policybind and the suite"
 cargo build -p policybind
 cargo build -p policybind-e2e --tests
-export POLICYBIND_BIN=${POLICYBIND_BIN:-$ROOT/target/debug/policybind}
+export POLICYBIND_BIN=${POLICYBIND_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/policybind}
 ensure_cluster
 export KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config}
 

@@ -200,6 +200,10 @@ pub struct BundleToken {
     /// The current budget period is used up (from the operator's usage tally).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exhausted: bool,
+    /// Only cost limits are used up (no token limit is): requests to models
+    /// priced at zero (estimated cost 0) stay allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exhausted_cost_only: bool,
 }
 
 impl BundleToken {
@@ -214,6 +218,7 @@ impl BundleToken {
             spec: token.spec.clone(),
             hashes,
             exhausted: false,
+            exhausted_cost_only: false,
         }
     }
 }

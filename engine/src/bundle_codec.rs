@@ -288,6 +288,7 @@ mod tests {
                     valid_until: None,
                 }],
                 exhausted: false,
+                exhausted_cost_only: false,
             })
             .collect();
         Bundle {

@@ -176,6 +176,8 @@ pub(crate) struct CompiledToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
     pub exhausted: bool,
+    /// [`crate::bundle::BundleToken::exhausted_cost_only`].
+    pub exhausted_cost_only: bool,
 }
 
 /// A budget with its time zone resolved.
@@ -985,6 +987,7 @@ fn compile_token(
         expires_at: spec.expires_at,
         revoked: spec.revoked,
         exhausted: token.exhausted,
+        exhausted_cost_only: token.exhausted_cost_only,
     })
 }
 

@@ -796,7 +796,10 @@ fn check_token(
             ),
         ));
     }
-    if token.exhausted {
+    // A model priced at zero stays usable when only cost limits are spent
+    // (self-hosted, local); a policy can still deny it.
+    let free = facts.estimated_cost_usd <= 0.0;
+    if token.exhausted && !(token.exhausted_cost_only && free) {
         return Some((
             codes::BUDGET_EXCEEDED,
             format!("token {} has used up its budget for this period", token.id),
@@ -851,7 +854,7 @@ fn check_token(
         let (spent_cost, spent_tokens) = used.map(|u| (u.cost_usd, u.tokens)).unwrap_or((0.0, 0));
         let over_cost = budget
             .max_cost_usd
-            .is_some_and(|max| spent_cost + facts.estimated_cost_usd > max);
+            .is_some_and(|max| !free && spent_cost + facts.estimated_cost_usd > max);
         let over_tokens = budget
             .max_tokens
             .is_some_and(|max| spent_tokens.saturating_add(facts.estimated_tokens) > max);

@@ -182,6 +182,7 @@ mod tests {
             },
             hashes: vec![],
             exhausted: false,
+            exhausted_cost_only: false,
         }
     }
 

@@ -541,3 +541,70 @@ proptest! {
         prop_assert_eq!(before.codes, after.codes);
     }
 }
+
+/// A bundle where alice's daily budget of $1 and 10,000 tokens is spent on
+/// cost, with a free self-hosted model beside the priced one.
+fn spent_on_cost(cost_only: bool) -> PolicySet {
+    let mut b = bundle(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    b.models[1].spec.pricing = Some(policybind_crds::Pricing {
+        input_per1k_tokens_usd: 0.0,
+        output_per1k_tokens_usd: 0.0,
+    });
+    b.tokens[0].spec.budgets = vec![policybind_crds::Budget {
+        period: policybind_crds::BudgetPeriod::Day,
+        max_cost_usd: Some(1.0),
+        max_tokens: Some(10_000),
+        time_zone: "UTC".into(),
+    }];
+    b.tokens[0].exhausted = true;
+    b.tokens[0].exhausted_cost_only = cost_only;
+    PolicySet::compile(&b).unwrap()
+}
+
+#[test]
+fn a_model_priced_at_zero_stays_usable_when_only_cost_limits_are_spent() {
+    let s = spent_on_cost(true);
+    assert_eq!(s.decide(&request("alice", "llama")).effect, Effect::Allow);
+    assert_eq!(
+        s.decide(&request("alice", "gpt-4o")).code(),
+        codes::BUDGET_EXCEEDED
+    );
+    // A token limit used up refuses every model, free or not.
+    let s = spent_on_cost(false);
+    assert_eq!(
+        s.decide(&request("alice", "llama")).code(),
+        codes::BUDGET_EXCEEDED
+    );
+}
+
+#[test]
+fn a_spent_cost_budget_in_the_request_usage_does_not_refuse_a_free_model() {
+    let mut s_bundle = bundle(vec![cluster_policy(
+        "allow",
+        100,
+        vec![rule("all", Effect::Allow)],
+    )]);
+    s_bundle.models[1].spec.pricing = None;
+    s_bundle.tokens[0].spec.budgets = vec![policybind_crds::Budget {
+        period: policybind_crds::BudgetPeriod::Day,
+        max_cost_usd: Some(1.0),
+        max_tokens: None,
+        time_zone: "UTC".into(),
+    }];
+    let s = PolicySet::compile(&s_bundle).unwrap();
+    let spent = |model: &str| {
+        let mut r = request("alice", model);
+        r.usage = vec![policybind_engine::request::UsageSoFar {
+            period: policybind_crds::BudgetPeriod::Day,
+            cost_usd: 1.5,
+            tokens: 0,
+        }];
+        r
+    };
+    assert_eq!(s.decide(&spent("llama")).effect, Effect::Allow);
+    assert_eq!(s.decide(&spent("gpt-4o")).code(), codes::BUDGET_EXCEEDED);
+}

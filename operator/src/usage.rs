@@ -175,6 +175,16 @@ pub fn exhausted_period(spec: &AccessTokenSpec, usage: &[PeriodUsage]) -> Option
     })
 }
 
+/// Whether a token-count limit of a period is used up (cost limits aside):
+/// when only cost limits are, models priced at zero stay usable.
+pub fn tokens_exhausted(spec: &AccessTokenSpec, usage: &[PeriodUsage]) -> bool {
+    usage.iter().any(|u| {
+        spec.budget(u.period)
+            .and_then(|b| b.max_tokens)
+            .is_some_and(|max| u.tokens >= max)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +356,21 @@ mod tests {
             "policybind-usage-",
             Some("")
         )));
+    }
+
+    #[test]
+    fn only_spent_token_limits_count_as_tokens_exhausted() {
+        let mut spec = token("team-a", "bot").spec();
+        spec.budgets = vec![Budget {
+            period: BudgetPeriod::Day,
+            max_cost_usd: Some(1.0),
+            max_tokens: Some(1_000),
+            time_zone: "UTC".into(),
+        }];
+        let cost_spent = [entry(BudgetPeriod::Day, "2026-11-23T00:00:00Z", 1.5, 10)];
+        assert!(exhausted_period(&spec, &cost_spent).is_some());
+        assert!(!tokens_exhausted(&spec, &cost_spent));
+        let tokens_spent = [entry(BudgetPeriod::Day, "2026-11-23T00:00:00Z", 0.1, 1_000)];
+        assert!(tokens_exhausted(&spec, &tokens_spent));
     }
 }

@@ -233,8 +233,10 @@ impl TokenState {
     ) -> Result<(), Refusal> {
         for budget in budgets {
             let tally = self.tally(budget, now);
+            // A request priced at zero never takes a cost budget over.
             let over_cost = budget.max_cost_usd.is_some_and(|max| {
-                tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
+                estimate.cost_usd > 0.0
+                    && tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
             });
             let over_tokens = budget.max_tokens.is_some_and(|max| {
                 tally
@@ -537,6 +539,37 @@ mod tests {
         assert!((usage[0].cost_usd - 0.1).abs() < 1e-12);
         assert_eq!(usage[0].tokens, 20);
         assert_eq!(ledger.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_request_priced_at_zero_passes_a_spent_cost_budget_but_not_a_spent_token_budget() {
+        let ledger = InProcessLedger::new();
+        let budgets = [budget(Some(1.0), Some(1_000))];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        let id = ledger
+            .reserve("t", limits, amount(0.9, 10), at(10, 0, 0))
+            .unwrap();
+        // Settled above the limit: priced requests are refused from now on.
+        ledger.settle(id, amount(1.2, 10), at(10, 0, 1));
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.01, 10), at(10, 0, 2))
+                .is_err()
+        );
+        let free = ledger
+            .reserve("t", limits, amount(0.0, 500), at(10, 0, 2))
+            .expect("a free model stays usable");
+        ledger.settle(free, amount(0.0, 990), at(10, 0, 3));
+        // The token budget still counts free requests.
+        assert_eq!(
+            ledger.reserve("t", limits, amount(0.0, 10), at(10, 0, 4)),
+            Err(Refusal::BudgetExceeded {
+                period: BudgetPeriod::Day
+            })
+        );
     }
 
     #[test]

@@ -130,7 +130,8 @@ fn keys_of(
     for (index, budget) in budgets.iter().enumerate() {
         let start = period_start(budget.period, budget.tz, now);
         let used = usage.get(index);
-        if budget.max_cost_usd.is_some() {
+        // A request priced at zero needs no slice of a cost budget.
+        if budget.max_cost_usd.is_some() && estimate.cost_usd > 0.0 {
             let key = lease::budget_key(token, budget.period, start, Unit::Usd);
             keys.push((
                 key,
@@ -500,6 +501,18 @@ mod tests {
         let ledger = ready(0.05, 0.0);
         assert_eq!(
             reserve(&ledger, 0.1),
+            Err(Refusal::BudgetExceeded {
+                period: BudgetPeriod::Day
+            })
+        );
+    }
+
+    #[test]
+    fn a_request_priced_at_zero_needs_no_slice_of_a_spent_cost_budget() {
+        let ledger = ready(0.0, 0.0);
+        assert!(reserve(&ledger, 0.0).is_ok());
+        assert_eq!(
+            reserve(&ledger, 0.01),
             Err(Refusal::BudgetExceeded {
                 period: BudgetPeriod::Day
             })

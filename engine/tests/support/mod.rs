@@ -107,6 +107,7 @@ pub fn token(name: &str, team: &str) -> BundleToken {
         },
         hashes: vec![],
         exhausted: false,
+        exhausted_cost_only: false,
     }
 }
 

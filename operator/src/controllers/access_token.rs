@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::stores::{bump, drive, labelled, touched, watch};
 use crate::usage::{
     CountedReport, UsageReport, current_period_end, current_usage, exhausted_period,
-    named_after_its_pod,
+    named_after_its_pod, tokens_exhausted,
 };
 
 const CONTROLLER: &str = "access_token";
@@ -257,6 +257,8 @@ pub fn bundle_token(
     let hashes = secret.map(|s| accepted_hashes(s, now)).unwrap_or_default();
     let mut bundle_token = BundleToken::from_token(token, hashes);
     bundle_token.exhausted = exhausted_period(&token.spec, usage).is_some();
+    bundle_token.exhausted_cost_only =
+        bundle_token.exhausted && !tokens_exhausted(&token.spec, usage);
     bundle_token
 }
 
