@@ -297,32 +297,42 @@ impl DecisionSummary {
     /// Reads a summary someone else wrote: at most [`MAX_SUMMARY_BYTES`], at
     /// most [`MAX_ENTRIES`] plus one overflow entry per result, every string,
     /// code list and example list clamped.
-    pub fn parse(json: &str) -> Result<Vec<(SummaryKey, Counts)>, SummaryError> {
+    pub fn parse(json: &str) -> Result<ParsedSummary, SummaryError> {
         if json.len() > MAX_SUMMARY_BYTES {
             return Err(SummaryError::TooLarge(json.len()));
         }
         let summary: DecisionSummary = serde_json::from_str(json)?;
-        Ok(summary
-            .entries
-            .into_iter()
-            .take(MAX_ENTRIES + ReportResult::ALL.len())
-            .map(SummaryEntry::split)
-            .collect())
+        Ok(ParsedSummary {
+            since: summary.since,
+            entries: summary
+                .entries
+                .into_iter()
+                .take(MAX_ENTRIES + ReportResult::ALL.len())
+                .map(SummaryEntry::split)
+                .collect(),
+        })
     }
+}
+
+/// A summary read with [`DecisionSummary::parse`], clamped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedSummary {
+    pub since: DateTime<Utc>,
+    pub entries: Vec<(SummaryKey, Counts)>,
 }
 
 /// A writer's running summary: [`DecisionTally::record`] on every decision,
 /// [`DecisionTally::snapshot`] for each report. Bounded as the module says.
 #[derive(Debug)]
 pub struct DecisionTally {
-    since: DateTime<Utc>,
+    since: Mutex<DateTime<Utc>>,
     keys: Mutex<BTreeMap<SummaryKey, Counts>>,
 }
 
 impl DecisionTally {
     pub fn new(since: DateTime<Utc>) -> DecisionTally {
         DecisionTally {
-            since,
+            since: Mutex::new(since),
             keys: Mutex::new(BTreeMap::new()),
         }
     }
@@ -341,10 +351,15 @@ impl DecisionTally {
         keys.entry(key).or_default().record(example);
     }
 
-    /// Adds a previously published summary (read back after a restart).
-    pub fn restore(&self, entries: Vec<(SummaryKey, Counts)>) {
+    /// Adds a previously published summary (read back after a restart):
+    /// counting then began when that summary's did.
+    pub fn restore(&self, previous: ParsedSummary) {
+        {
+            let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+            *since = (*since).min(previous.since);
+        }
         let mut keys = self.lock();
-        for (key, counts) in entries {
+        for (key, counts) in previous.entries {
             let key = bounded_key(&keys, key);
             keys.entry(key).or_default().absorb(&counts);
         }
@@ -352,9 +367,10 @@ impl DecisionTally {
 
     /// The summary to publish, sorted by key: equal tallies give equal JSON.
     pub fn snapshot(&self) -> DecisionSummary {
+        let since = *self.since.lock().unwrap_or_else(|p| p.into_inner());
         let keys = self.lock();
         DecisionSummary {
-            since: self.since,
+            since,
             entries: keys
                 .iter()
                 .map(|(k, c)| SummaryEntry::join(k.clone(), c.clone()))
@@ -523,7 +539,7 @@ mod tests {
         })
         .unwrap();
         let parsed = DecisionSummary::parse(&json).unwrap();
-        let (key, counts) = &parsed[0];
+        let (key, counts) = &parsed.entries[0];
         assert!(key.policy.len() <= MAX_NAME && key.rule.len() <= MAX_NAME);
         assert!(key.namespace.as_ref().unwrap().len() <= MAX_NAME);
         assert!(counts.codes.len() <= MAX_CODES);
