@@ -561,3 +561,275 @@ pub async fn reports_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use policybind_crds::summary::{DecisionTally, Example, MAX_CODE, MAX_MODEL, MAX_NAME};
+    use proptest::prelude::*;
+
+    fn key(policy: &str, rule: &str, result: ReportResult) -> SummaryKey {
+        SummaryKey {
+            namespace: None,
+            policy: policy.into(),
+            rule: rule.into(),
+            result,
+        }
+    }
+
+    fn example(second: i64, code: &str) -> Example {
+        Example {
+            time: chrono::Utc
+                .timestamp_opt(1_800_000_000 + second, 0)
+                .unwrap(),
+            code: code.into(),
+            model: Some("gpt-4o".into()),
+            subject: Some(summary::subject_hash("alice")),
+            object: None,
+        }
+    }
+
+    fn parsed(tally: &DecisionTally) -> Vec<(SummaryKey, Counts)> {
+        let json = serde_json::to_string(&tally.snapshot()).unwrap();
+        DecisionSummary::parse(&json).unwrap().entries
+    }
+
+    use policybind_crds::summary;
+
+    #[test]
+    fn a_report_has_one_result_per_policy_rule_and_result_with_counts_and_examples() {
+        let pod_a = DecisionTally::new(DateTime::UNIX_EPOCH);
+        let pod_b = DecisionTally::new(DateTime::UNIX_EPOCH);
+        for i in 0..5 {
+            pod_a.record(
+                key("team-a/p", "no-pii", ReportResult::Fail),
+                example(i, "DENY_PII"),
+            );
+        }
+        pod_b.record(
+            key("team-a/p", "no-pii", ReportResult::Fail),
+            example(10, "DENY_PII"),
+        );
+        pod_b.record(
+            key("team-a/p", "allow", ReportResult::Pass),
+            example(11, "POLICY_ALLOW"),
+        );
+        let mut aggregate = Aggregate::new();
+        absorb(&mut aggregate, &parsed(&pod_a));
+        absorb(&mut aggregate, &parsed(&pod_b));
+        let report = report_object(
+            ReportKind::OpenReports,
+            "team-a",
+            names::REQUESTS_REPORT,
+            aggregate,
+        );
+        assert_eq!(report["apiVersion"], "openreports.io/v1alpha1");
+        assert_eq!(report["kind"], "Report");
+        assert_eq!(report["source"], "policybind");
+        assert_eq!(
+            report["summary"],
+            json!({"pass": 1, "fail": 6, "warn": 0, "error": 0, "skip": 0})
+        );
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        let fail = &results[1];
+        assert_eq!(fail["policy"], "team-a/p");
+        assert_eq!(fail["rule"], "no-pii");
+        assert_eq!(fail["result"], "fail");
+        assert_eq!(fail["scored"], true);
+        assert_eq!(fail["properties"]["count"], "6");
+        assert_eq!(fail["properties"]["codes"], "DENY_PII=6");
+        assert_eq!(fail["timestamp"]["seconds"], 1_800_000_010);
+        let first = fail["properties"]["example.1"].as_str().unwrap();
+        assert!(
+            first.starts_with("2027-01-15T08:00:10Z DENY_PII model=gpt-4o subject="),
+            "{first}"
+        );
+        assert_eq!(fail["message"], "6 requests refused");
+        // wgpolicyk8s: same results, no report-level source.
+        let mut again = Aggregate::new();
+        absorb(&mut again, &parsed(&pod_a));
+        let wg = report_object(
+            ReportKind::WgPolicy,
+            "team-a",
+            names::REQUESTS_REPORT,
+            again,
+        );
+        assert_eq!(wg["apiVersion"], "wgpolicyk8s.io/v1alpha2");
+        assert_eq!(wg["kind"], "PolicyReport");
+        assert!(wg.get("source").is_none());
+    }
+
+    #[test]
+    fn reports_are_deterministic_so_an_unchanged_namespace_writes_nothing() {
+        let tally = DecisionTally::new(DateTime::UNIX_EPOCH);
+        for i in 0..50 {
+            tally.record(
+                key("p", &format!("r{}", i % 7), ReportResult::Warn),
+                example(i, "REDACTED"),
+            );
+        }
+        let build = || {
+            let mut a = Aggregate::new();
+            absorb(&mut a, &parsed(&tally));
+            report_object(ReportKind::OpenReports, "ns", names::REQUESTS_REPORT, a).to_string()
+        };
+        assert_eq!(build(), build());
+    }
+
+    #[test]
+    fn a_report_keeps_the_busiest_results_and_folds_the_rest_into_overflow() {
+        let mut aggregate = Aggregate::new();
+        for i in 0..300u64 {
+            let counts = Counts {
+                count: i + 1,
+                ..Default::default()
+            };
+            aggregate.insert(
+                ("p".into(), format!("rule-{i:03}"), ReportResult::Fail),
+                counts,
+            );
+        }
+        let total: u64 = aggregate.values().map(|c| c.count).sum();
+        let kept = bounded(aggregate);
+        assert!(kept.len() <= MAX_RESULTS);
+        assert_eq!(kept.values().map(|c| c.count).sum::<u64>(), total);
+        assert!(kept.contains_key(&("p".into(), "rule-299".into(), ReportResult::Fail)));
+        assert!(!kept.contains_key(&("p".into(), "rule-000".into(), ReportResult::Fail)));
+        assert!(kept.contains_key(&(OVERFLOW_POLICY.into(), String::new(), ReportResult::Fail)));
+    }
+
+    /// Largest report with every bound reached: [`MAX_RESULTS`] results, each
+    /// with the longest names, the most codes and examples.
+    const MAX_REPORT_BYTES: usize = 256 * 1024;
+
+    #[test]
+    fn a_report_of_100000_decisions_stays_within_its_size_bound() {
+        // Four pods, 100,000 decisions over far more keys than a report holds,
+        // every name at its longest.
+        let long = |c: char, n: usize| c.to_string().repeat(n);
+        let pods: Vec<DecisionTally> = (0..4)
+            .map(|_| DecisionTally::new(DateTime::UNIX_EPOCH))
+            .collect();
+        for i in 0..100_000i64 {
+            let policy = format!("{}{}", long('p', MAX_NAME - 4), i % 37);
+            let rule = format!("{}{}", long('r', MAX_NAME - 4), i % 11);
+            let result = ReportResult::ALL[(i % 4) as usize];
+            let mut ex = example(i, &format!("{}{}", long('C', MAX_CODE - 3), i % 9));
+            ex.model = Some(long('m', MAX_MODEL));
+            ex.object = Some(long('o', MAX_NAME));
+            pods[(i % 4) as usize].record(key(&policy, &rule, result), ex);
+        }
+        let mut aggregate = Aggregate::new();
+        for pod in &pods {
+            absorb(&mut aggregate, &parsed(pod));
+        }
+        let report = report_object(
+            ReportKind::OpenReports,
+            "team-a",
+            names::REQUESTS_REPORT,
+            aggregate,
+        );
+        let size = report.to_string().len();
+        let total: u64 = report["summary"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 100_000, "every decision is counted somewhere");
+        assert!(report["results"].as_array().unwrap().len() <= MAX_RESULTS);
+        eprintln!("worst-case report after 100,000 decisions: {size} bytes");
+        assert!(size <= MAX_REPORT_BYTES, "{size} bytes");
+    }
+
+    #[test]
+    fn a_typical_namespace_report_is_small_whatever_the_rate() {
+        // 1,000 decisions/s for six minutes over 10 policies x 3 rules x 3 results.
+        let tally = DecisionTally::new(DateTime::UNIX_EPOCH);
+        for i in 0..360_000i64 {
+            let k = key(
+                &format!("team-a/policy-{}", i % 10),
+                &format!("rule-{}", i % 3),
+                ReportResult::ALL[(i % 3) as usize],
+            );
+            let mut ex = example(
+                i / 1000,
+                ["POLICY_ALLOW", "DENY_PII", "REDACTED"][(i % 3) as usize],
+            );
+            ex.subject = Some(summary::subject_hash(&format!("user-{}", i % 50)));
+            tally.record(k, ex);
+        }
+        let mut aggregate = Aggregate::new();
+        absorb(&mut aggregate, &parsed(&tally));
+        let report = report_object(
+            ReportKind::OpenReports,
+            "team-a",
+            names::REQUESTS_REPORT,
+            aggregate,
+        );
+        let size = report.to_string().len();
+        eprintln!(
+            "typical report after 360,000 decisions: {size} bytes, {} results",
+            report["results"].as_array().unwrap().len()
+        );
+        assert!(size < 64 * 1024, "{size} bytes");
+    }
+
+    proptest! {
+        #[test]
+        fn aggregate_counts_equal_the_sum_of_per_pod_counts(
+            decisions in proptest::collection::vec((0usize..4, 0u8..6, 0u8..3, 0usize..4), 0..400)
+        ) {
+            let pods: Vec<DecisionTally> = (0..4).map(|_| DecisionTally::new(DateTime::UNIX_EPOCH)).collect();
+            let mut expected: BTreeMap<(String, String, ReportResult), u64> = BTreeMap::new();
+            for (i, (pod, rule, policy, result)) in decisions.iter().enumerate() {
+                let k = key(&format!("p{policy}"), &format!("r{rule}"), ReportResult::ALL[*result]);
+                pods[*pod].record(k.clone(), example(i as i64, "C"));
+                *expected.entry((k.policy, k.rule, k.result)).or_default() += 1;
+            }
+            let mut aggregate = Aggregate::new();
+            for pod in &pods {
+                absorb(&mut aggregate, &parsed(pod));
+            }
+            let got: BTreeMap<_, u64> = aggregate.iter().map(|(k, c)| (k.clone(), c.count)).collect();
+            prop_assert_eq!(got, expected);
+            for counts in aggregate.values() {
+                prop_assert!(counts.examples.len() <= summary::MAX_EXAMPLES);
+                prop_assert!(counts.examples.windows(2).all(|w| w[0].time >= w[1].time));
+            }
+        }
+    }
+
+    #[test]
+    fn a_forged_or_foreign_usage_report_counts_for_nothing() {
+        let tally = DecisionTally::new(DateTime::UNIX_EPOCH);
+        tally.record(key("p", "r", ReportResult::Fail), example(0, "DENY"));
+        let json = serde_json::to_string(&tally.snapshot()).unwrap();
+        let cm = |ns: &str, name: &str, pod: &str| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.namespace = Some(ns.into());
+            cm.metadata.name = Some(name.into());
+            cm.metadata.labels = Some(BTreeMap::from([(
+                labels::WRITER_POD.to_string(),
+                pod.to_string(),
+            )]));
+            cm.data = Some(BTreeMap::from([(
+                keys::DECISIONS.to_string(),
+                json.clone(),
+            )]));
+            Arc::new(cm)
+        };
+        let maps = vec![
+            cm("team-a", "policybind-usage-bot-1", "bot-1"),
+            // Named after another pod than its label says.
+            cm("team-a", "policybind-usage-victim", "bot-1"),
+            // From a namespace that is not enforced.
+            cm("team-b", "policybind-usage-bot-2", "bot-2"),
+        ];
+        let out = request_summaries(&maps, &mut |ns: &str| ns == "team-a");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out["team-a"].values().map(|c| c.count).sum::<u64>(), 1);
+    }
+}
