@@ -186,7 +186,7 @@ impl Counts {
 
     fn keep_latest_examples(&mut self) {
         // Stable: among equal times the one recorded (or listed) first stays first.
-        self.examples.sort_by(|a, b| b.time.cmp(&a.time));
+        self.examples.sort_by_key(|e| std::cmp::Reverse(e.time));
         self.examples.truncate(MAX_EXAMPLES);
     }
 }
