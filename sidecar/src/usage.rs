@@ -539,4 +539,73 @@ mod tests {
             .expect("the operator parses the report");
         assert_eq!(parsed.0, report(&snapshot));
     }
+
+    /// A restarted container's reporter: reads the pod's previous report, adds
+    /// its decision summary to what was counted since, and writes the sum.
+    #[tokio::test]
+    async fn a_restarted_reporter_keeps_counting_the_pods_decisions() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use policybind_crds::summary::{Example, ReportResult, SummaryKey};
+
+        let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "team-a");
+        let settings = UsageReportSettings {
+            namespace: "team-a".into(),
+            pod: "bot-1".into(),
+            interval: Duration::from_secs(10),
+            ledger_home: None,
+        };
+        let key = SummaryKey {
+            namespace: None,
+            policy: "team-a/guard".into(),
+            rule: "no-pii".into(),
+            result: ReportResult::Fail,
+        };
+        let example = |s: i64| Example {
+            time: Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap(),
+            code: "DENY_PII".into(),
+            model: None,
+            subject: None,
+            object: None,
+        };
+        let before = DecisionTally::new(Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        for s in 0..5 {
+            before.record(key.clone(), example(s));
+        }
+        let previous = serde_json::to_string(&before.snapshot()).unwrap();
+        let tally = Arc::new(DecisionTally::new(Utc::now()));
+        tally.record(key.clone(), example(9));
+        let ledger: Arc<dyn UsageLedger> = Arc::new(InProcessLedger::new());
+        let mut reporter =
+            UsageReporter::new(client, &settings, ledger).with_decisions(tally.clone());
+        let report = tokio::spawn(async move { reporter.report_once().await.map(|_| ()) });
+
+        let path = "/api/v1/namespaces/team-a/configmaps/policybind-usage-bot-1";
+        let (request, send) = api.next_request().await.unwrap();
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            ("GET", path)
+        );
+        let cm = report_config_map("team-a", "bot-1", "{}".into(), None);
+        let mut cm = serde_json::to_value(cm).unwrap();
+        cm["data"][keys::DECISIONS] = previous.into();
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&cm).unwrap())));
+
+        let (request, send) = api.next_request().await.unwrap();
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            ("PATCH", path)
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let written: DecisionSummary =
+            serde_json::from_str(body["data"][keys::DECISIONS].as_str().unwrap()).unwrap();
+        assert_eq!(written.entries[0].count, 6, "5 before the restart, 1 since");
+        assert_eq!(written.since, Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&body).unwrap(),
+        )));
+        report.await.unwrap().unwrap();
+    }
 }
