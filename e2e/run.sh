@@ -193,8 +193,12 @@ else
   fi
   RELEASE=${POLICYBIND_E2E_RELEASE:-policybind}
   NAMESPACE=${POLICYBIND_E2E_NAMESPACE:-policybind-system}
+  # The OpenReports CRD (a test fixture) before the operator starts: it would
+  # otherwise find Reports unserved and not ask again for 5 minutes.
+  kubectl apply --server-side -f e2e/fixtures/openreports-crd.yaml
   helm upgrade --install "$RELEASE" charts/policybind --namespace "$NAMESPACE" --create-namespace \
     --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+    --set reports.intervalSeconds=5 \
     --set image.pullPolicy=IfNotPresent --wait --timeout 5m
   export POLICYBIND_E2E_RELEASE=$RELEASE POLICYBIND_E2E_NAMESPACE=$NAMESPACE
 fi

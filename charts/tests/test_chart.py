@@ -258,6 +258,8 @@ def test_default_install_renders_the_expected_objects(render):
         f"ClusterRole/{SIDECAR}",
         f"ValidatingAdmissionPolicy/{WORKLOADS}", f"ValidatingAdmissionPolicyBinding/{WORKLOADS}",
         f"Role/{WEBHOOK}-audit", f"RoleBinding/{WEBHOOK}-audit",
+        # Its admission summary, for the operator's Reports.
+        f"Role/{WEBHOOK}-admission-summary", f"RoleBinding/{WEBHOOK}-admission-summary",
         f"ValidatingWebhookConfiguration/{WEBHOOK}", f"MutatingWebhookConfiguration/{WEBHOOK}",
         f"PodDisruptionBudget/{WEBHOOK}",
         f"Secret/{OPERATOR_KEY}", f"Secret/{WEBHOOK_KEY}", f"Secret/{FULL}-webhook-tls",
@@ -798,6 +800,9 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
     assert verbs_on(rules, "networking.k8s.io", "networkpolicies") == \
         {"list", "watch", "create", "patch", "update", "delete"}
     assert verbs_on(rules, "events.k8s.io", "events") == {"create", "patch"}
+    # Reports: OpenReports by default, written by server-side apply only.
+    assert verbs_on(rules, "openreports.io", "reports") == {"create", "patch"}
+    assert verbs_on(rules, "wgpolicyk8s.io", "policyreports") == set()
     own = rules_of(render(), "Role", OPERATOR)
     assert verbs_on(own, "coordination.k8s.io", "leases") == {"create", "get", "update"}
     named = [r for r in own if "resourceNames" in r]
@@ -851,7 +856,7 @@ def test_webhook_rbac_is_read_mostly(render):
     assert verbs_on(rules, "", "secrets") == set()
     assert verbs_on(rules, "", "configmaps") == set()
     assert {r["metadata"]["name"] for r in render().kinds("Role")} == \
-        {OPERATOR, f"{WEBHOOK}-audit", f"{FULL}-check"}
+        {OPERATOR, f"{WEBHOOK}-audit", f"{WEBHOOK}-admission-summary", f"{FULL}-check"}
     # Its audit segments, in the release namespace only: list to resume its chain,
     # server-side apply to write. No delete, no watch, no Secrets.
     audit = render().get("Role", f"{WEBHOOK}-audit")
@@ -876,7 +881,7 @@ def test_bindings_point_at_the_right_service_accounts(render):
         for binding in rendered.kinds(kind):
             name = binding["metadata"]["name"]
             assert binding["roleRef"]["name"] == name
-            account = WEBHOOK if name == f"{WEBHOOK}-audit" else name
+            account = WEBHOOK if name.startswith(f"{WEBHOOK}-") else name
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                             "namespace": NAMESPACE}]
 
@@ -1058,3 +1063,61 @@ def test_chart_file_layout():
     for name in ["Chart.yaml", "values.yaml", "values.schema.json", "templates/NOTES.txt",
                  "dashboards/policybind.json", ".helmignore"]:
         assert (root / name).is_file(), name
+
+
+# --- reports (docs/operator.md, "Reports") -------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,openreports,wgpolicy", [
+    ("openreports", {"create", "patch"}, set()),
+    ("wgpolicyk8s", set(), {"create", "patch"}),
+    ("both", {"create", "patch"}, {"create", "patch"}),
+])
+def test_the_operator_may_write_exactly_the_report_kinds_asked_for(render, fmt, openreports, wgpolicy):
+    rendered = render({"reports": {"format": fmt}})
+    rules = rules_of(rendered, "ClusterRole", OPERATOR)
+    assert verbs_on(rules, "openreports.io", "reports") == openreports
+    assert verbs_on(rules, "wgpolicyk8s.io", "policyreports") == wgpolicy
+    # Never read, never delete, never the cluster-scoped kinds.
+    for group, kind in [("openreports.io", "clusterreports"), ("wgpolicyk8s.io", "clusterpolicyreports")]:
+        assert verbs_on(rules, group, kind) == set()
+    args = args_of(rendered, OPERATOR)
+    assert f"--reports={fmt}" in args
+    assert "--reports-interval=30" in args
+
+
+def test_reports_off_removes_their_rbac_and_turns_both_writers_off(render):
+    rendered = render({"reports": {"enabled": False}})
+    rules = rules_of(rendered, "ClusterRole", OPERATOR)
+    assert verbs_on(rules, "openreports.io", "reports") == set()
+    assert "--reports=off" in args_of(rendered, OPERATOR)
+    assert "--admission-summary-interval=0" in args_of(rendered, WEBHOOK)
+    assert f"Role/{WEBHOOK}-admission-summary" not in rendered.names()
+    assert f"RoleBinding/{WEBHOOK}-admission-summary" not in rendered.names()
+
+
+def test_the_webhook_writes_only_its_admission_summary_in_the_release_namespace(render):
+    rendered = render(MINIMAL)
+    role = rendered.get("Role", f"{WEBHOOK}-admission-summary")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "verbs": ["get", "create", "patch"]}]
+    binding = rendered.get("RoleBinding", f"{WEBHOOK}-admission-summary")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": f"{WEBHOOK}-admission-summary"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WEBHOOK,
+                                    "namespace": NAMESPACE}]
+    assert "--admission-summary-interval=30" in args_of(render({"reports": {"intervalSeconds": 30}}), WEBHOOK)
+    # The webhook still has no cluster-wide ConfigMap right.
+    assert verbs_on(rules_of(rendered, "ClusterRole", WEBHOOK), "", "configmaps") == set()
+
+
+@pytest.mark.parametrize("values", [
+    {"reports": {"format": "sarif"}},
+    {"reports": {"intervalSeconds": 0}},
+    {"reports": {"installCRDs": True}},
+], ids=["unknown-format", "zero-interval", "unknown-key"])
+def test_report_values_are_checked(chart, values):
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema(values)

@@ -16,6 +16,7 @@ pub mod evidence_gate;
 pub mod incident;
 pub mod lease;
 pub mod model_deployment;
+pub mod summary;
 pub mod wire;
 
 pub use access_token::{AccessToken, AccessTokenSpec, AccessTokenStatus, TokenPhase};

@@ -37,6 +37,9 @@ pub mod labels {
     pub const LEDGER: &str = "policybind.io/ledger";
     /// ConfigMaps holding a sidecar's usage report (value `"true"`).
     pub const USAGE: &str = "policybind.io/usage";
+    /// ConfigMaps (in PolicyBind's namespace) holding a webhook replica's
+    /// admission decision summary (value `"true"`).
+    pub const ADMISSION_SUMMARY: &str = "policybind.io/admission-summary";
     /// Name of the pod that wrote an audit segment or usage report. Admission
     /// (the chart's ValidatingAdmissionPolicy) lets a service account write only
     /// objects carrying its own pod's name here.
@@ -121,6 +124,15 @@ pub mod names {
     pub const AUDIT_KEYRING: &str = "policybind-audit-keys";
     /// Prefix of a pod's usage report ConfigMap (`policybind-usage-<pod>`).
     pub const USAGE_REPORT_PREFIX: &str = "policybind-usage-";
+    /// Prefix of a webhook replica's admission summary ConfigMap
+    /// (`policybind-admission-<pod>`, in PolicyBind's own namespace).
+    pub const ADMISSION_SUMMARY_PREFIX: &str = "policybind-admission-";
+    /// The OpenReports `Report` (and `wgpolicyk8s.io` PolicyReport) in each
+    /// enforced namespace summarising its request decisions.
+    pub const REQUESTS_REPORT: &str = "policybind-requests";
+    /// The Report in each namespace summarising the webhook's admission decisions
+    /// on its objects.
+    pub const ADMISSION_REPORT: &str = "policybind-admission";
     /// Prefix of a namespace's budget ledger ConfigMap
     /// (`policybind-ledger.<namespace>`, in PolicyBind's own namespace): the
     /// slices of each budget the operator granted to each pod.
@@ -218,8 +230,19 @@ const MAX_OBJECT_NAME: usize = 253;
 /// distinct. The operator counts a report only under the name its
 /// [`labels::WRITER_POD`] label gives here.
 pub fn usage_report_name(pod: &str) -> String {
+    name_for_pod(names::USAGE_REPORT_PREFIX, pod)
+}
+
+/// Name of a webhook replica's admission summary: `policybind-admission-<pod>`,
+/// shortened as [`usage_report_name`] is.
+pub fn admission_summary_name(pod: &str) -> String {
+    name_for_pod(names::ADMISSION_SUMMARY_PREFIX, pod)
+}
+
+/// `<prefix><pod>`, or when too long a prefix of it and a hash of the pod name.
+fn name_for_pod(prefix: &str, pod: &str) -> String {
     use sha2::Digest;
-    let name = format!("{}{pod}", names::USAGE_REPORT_PREFIX);
+    let name = format!("{prefix}{pod}");
     if name.len() <= MAX_OBJECT_NAME {
         return name;
     }
@@ -240,6 +263,10 @@ pub mod keys {
     pub const SIGNING_KEY: &str = "signing-key";
     /// A usage report's JSON.
     pub const USAGE: &str = "usage.json";
+    /// A decision summary's JSON (`policybind_crds::summary::DecisionSummary`):
+    /// in a usage report, the pod's request decisions; in an admission summary,
+    /// the webhook replica's admission decisions.
+    pub const DECISIONS: &str = "decisions.json";
     /// A usage report's lease demand JSON (`policybind_crds::lease::Demands`):
     /// per budget key what the pod settled, holds in flight and wants granted.
     pub const LEASE_DEMAND: &str = "leases.json";
@@ -285,6 +312,8 @@ pub mod field_managers {
     pub const WEBHOOK: &str = "policybind-webhook";
     pub const SIDECAR: &str = "policybind-sidecar";
     pub const AUDIT: &str = "policybind-audit";
+    /// The operator's writes of OpenReports and PolicyReports.
+    pub const REPORTS: &str = "policybind-reports";
 }
 
 /// Audit writer identities (every record and segment names its writer) and the

@@ -144,7 +144,9 @@ impl System {
             settings,
             &settings.release,
             namespace,
-            &json!({"webhook": {"replicas": 1, "certificate": {"mode": "self-signed"}}}),
+            // Reports every 5 s, so the reports scenario need not wait 30.
+            &json!({"webhook": {"replicas": 1, "certificate": {"mode": "self-signed"}},
+                    "reports": {"intervalSeconds": 5}}),
         )?;
         // Identities (ServiceAccounts, RBAC, admission policies) and the key
         // Secrets the chart generates, exactly as rendered.
@@ -364,20 +366,35 @@ fn test_binary_name() -> String {
         .unwrap_or_else(|| "e2e".into())
 }
 
-/// Apply the CRDs (from charts/policybind/crds/, else from the API types) and
-/// wait until the API server serves them.
+/// Apply the CRDs (from charts/policybind/crds/, else from the API types), and
+/// the foreign CRDs the suite tests against (`e2e/fixtures/*-crd.yaml`: the
+/// OpenReports Report), and wait until the API server serves them. The foreign
+/// ones go first, before the operator starts, or it would find them absent and
+/// not ask again for minutes.
 pub async fn install_crds(client: &Client, settings: &Settings) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crds = read_crds(&settings.repo_root.join("charts/policybind/crds"), "")?;
+    if crds.is_empty() {
+        crds = policybind_crds::crds();
+    }
+    crds.extend(read_crds(&settings.repo_root.join("e2e/fixtures"), "-crd")?);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    apply_crds(&api, &params, &crds).await
+}
+
+/// The CRDs in the YAML files of `dir` whose stem ends with `suffix`.
+fn read_crds(dir: &std::path::Path, suffix: &str) -> Result<Vec<CustomResourceDefinition>> {
     let mut crds = Vec::new();
-    let dir = settings.repo_root.join("charts/policybind/crds");
-    if let Ok(entries) = std::fs::read_dir(&dir) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         for path in paths {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             if !matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml")
-            ) {
+            ) || !stem.ends_with(suffix)
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;
@@ -391,19 +408,24 @@ pub async fn install_crds(client: &Client, settings: &Settings) -> Result<()> {
             }
         }
     }
-    if crds.is_empty() {
-        crds = policybind_crds::crds();
-    }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    for crd in &crds {
+    Ok(crds)
+}
+
+/// Apply `crds` and wait until each is established.
+async fn apply_crds(
+    api: &Api<CustomResourceDefinition>,
+    params: &PatchParams,
+    crds: &[CustomResourceDefinition],
+) -> Result<()> {
+    for crd in crds {
         let name = crd.name_any();
         let mut crd = crd.clone();
         crd.metadata.managed_fields = None;
-        api.patch(&name, &params, &Patch::Apply(&crd))
+        api.patch(&name, params, &Patch::Apply(&crd))
             .await
             .with_context(|| format!("apply CRD {name}"))?;
     }
-    for crd in &crds {
+    for crd in crds {
         let name = crd.name_any();
         tokio::time::timeout(
             Duration::from_secs(30),

@@ -183,7 +183,10 @@ fn uninstall_leaves_only_what_the_docs_say() {
             // Budget ledgers stay so a reinstall never grants spent budget again
             // (documented).
             let ledger = config_map.labels().contains_key(labels::LEDGER);
-            if !control_plane && !audit && !bundle && !keyring && !ledger {
+            // The webhook replicas' admission summaries (documented; the
+            // Reports are sums of them).
+            let summary = config_map.labels().contains_key(labels::ADMISSION_SUMMARY);
+            if !control_plane && !audit && !bundle && !keyring && !ledger && !summary {
                 unexpected.push(format!("ConfigMap {name}"));
             }
         }

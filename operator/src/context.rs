@@ -94,6 +94,8 @@ pub struct Settings {
     pub sidecar_port_name: String,
     /// What sidecars accept; a bundle beyond it is not written.
     pub bundle_limits: policybind_engine::bundle_codec::DecodeLimits,
+    /// Which report kinds to write, and how often (docs/operator.md, "Reports").
+    pub reports: crate::reports::ReportsSettings,
 }
 
 impl Default for Settings {
@@ -119,6 +121,7 @@ impl Default for Settings {
             sidecar_cluster_role: "policybind-sidecar".into(),
             sidecar_port_name: "http".into(),
             bundle_limits: Default::default(),
+            reports: Default::default(),
         }
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! Besides the controllers, [`audit_retention`] keeps every namespace's audit
 //! segments within a byte budget, periodically, and [`audit_keyring`] publishes
-//! which verification key may sign for which writers.
+//! which verification key may sign for which writers, and [`reports`] writes
+//! OpenReports summarising request and admission decisions.
 //!
 //! Every kind is watched once; the watch feeds both its controller and the
 //! caches ([`stores::Stores`]) the others read, so reconcilers never read from
@@ -36,6 +37,7 @@ pub mod error;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
+pub mod reports;
 pub mod state;
 pub mod stores;
 #[doc(hidden)]
@@ -214,10 +216,12 @@ pub async fn run_with(
         audit_keyring::DEFAULT_INTERVAL,
         shutdown.clone(),
     );
+    let reports = reports::reports_loop(ctx.clone(), shutdown.clone());
     tokio::join!(
         controllers::run_all(&wiring, reflectors, receivers),
         retention,
         keyring,
+        reports,
         report_ready(&ctx, &ready),
     );
     // Shutdown (signal or lost Lease) stops each controller gracefully: no new

@@ -45,6 +45,20 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    /// `Report.openreports.io` or `PolicyReport.wgpolicyk8s.io`.
+    pub kind: &'static str,
+    /// `policybind-requests` or `policybind-admission`.
+    pub report: &'static str,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportApiLabels {
+    pub kind: &'static str,
+}
+
 type DurationFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the operator exports.
@@ -60,6 +74,11 @@ pub struct Metrics {
     pub ledger_writes: Family<NamespaceLabels, Counter>,
     pub audit_segments_removed: Family<NamespaceLabels, Counter>,
     pub is_leader: Gauge,
+    /// Report writes (server-side applies), per kind, report and namespace.
+    pub report_writes: Family<ReportLabels, Counter>,
+    /// 1 while the API server serves the report kind, 0 once it answered that
+    /// it does not (checked again every few minutes).
+    pub report_api_available: Family<ReportApiLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -79,6 +98,18 @@ impl Default for Metrics {
         let bundle_bytes = Family::<NamespaceLabels, Gauge>::default();
         let audit_segments_removed = Family::<NamespaceLabels, Counter>::default();
         let is_leader = Gauge::default();
+        let report_writes = Family::<ReportLabels, Counter>::default();
+        let report_api_available = Family::<ReportApiLabels, Gauge>::default();
+        registry.register(
+            "report_writes",
+            "OpenReports / PolicyReport writes, per kind, report and namespace (each at most once per reports interval)",
+            report_writes.clone(),
+        );
+        registry.register(
+            "report_api_available",
+            "1 while the API server serves the report kind; 0 when it does not (the CRD is not installed)",
+            report_api_available.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, per controller",
@@ -135,6 +166,8 @@ impl Default for Metrics {
             ledger_writes,
             audit_segments_removed,
             is_leader,
+            report_writes,
+            report_api_available,
         }
     }
 }

@@ -168,7 +168,14 @@ async fn expect(
     );
     if method == "PATCH" {
         let query = uri.query().unwrap_or("");
-        assert!(query.contains("fieldManager=policybind-operator"), "{uri}");
+        let manager = if uri.path().contains("/apis/openreports.io/")
+            || uri.path().contains("/apis/wgpolicyk8s.io/")
+        {
+            "fieldManager=policybind-reports"
+        } else {
+            "fieldManager=policybind-operator"
+        };
+        assert!(query.contains(manager), "{uri}");
         assert!(query.contains("force=true"), "{uri}");
         assert_eq!(
             request.headers().get("content-type").unwrap(),
@@ -1747,4 +1754,274 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
         }
     }
     assert_eq!(written["team-a"], ledger);
+}
+
+// --- Reports (crate::reports) ---
+
+fn decisions_json(
+    entries: &[(
+        Option<&str>,
+        &str,
+        &str,
+        policybind_crds::summary::ReportResult,
+        u32,
+    )],
+) -> String {
+    use policybind_crds::summary::{DecisionTally, Example, SummaryKey};
+    let tally = DecisionTally::new(now());
+    for (namespace, policy, rule, result, n) in entries {
+        for i in 0..*n {
+            tally.record(
+                SummaryKey {
+                    namespace: namespace.map(str::to_string),
+                    policy: policy.to_string(),
+                    rule: rule.to_string(),
+                    result: *result,
+                },
+                Example {
+                    time: now() + chrono::Duration::seconds(i64::from(i)),
+                    code: "CODE".into(),
+                    model: None,
+                    subject: None,
+                    object: None,
+                },
+            );
+        }
+    }
+    serde_json::to_string(&tally.snapshot()).unwrap()
+}
+
+fn summary_config_map(namespace: &str, name: &str, pod: &str, json: String) -> ConfigMap {
+    use policybind_crds::wire::{keys, labels};
+    let mut cm = ConfigMap::default();
+    cm.metadata.namespace = Some(namespace.into());
+    cm.metadata.name = Some(name.into());
+    cm.metadata.uid = Some(format!("uid-{name}"));
+    cm.metadata.labels = Some(
+        [
+            (labels::USAGE.to_string(), "true".to_string()),
+            (labels::WRITER_POD.to_string(), pod.to_string()),
+        ]
+        .into(),
+    );
+    cm.data = Some([(keys::DECISIONS.to_string(), json)].into());
+    cm
+}
+
+const ADMISSION_LIST: &str = "/api/v1/namespaces/policybind-system/configmaps";
+
+/// Answers the list of admission summaries with one replica's summary.
+async fn expect_admission_list(api: &mut ApiHandle) {
+    use policybind_crds::summary::ReportResult::{Fail, Pass};
+    let (_, send) = expect(api, "GET", ADMISSION_LIST).await;
+    let json = decisions_json(&[
+        (
+            Some("team-a"),
+            "policybind.io/admission",
+            "mutate-pod",
+            Pass,
+            2,
+        ),
+        (
+            Some("team-a"),
+            "policybind.io/admission",
+            "validate-pod",
+            Fail,
+            1,
+        ),
+        // Not an enforced namespace: never reported.
+        (
+            Some("team-b"),
+            "policybind.io/admission",
+            "validate-pod",
+            Fail,
+            1,
+        ),
+    ]);
+    let mut cm = summary_config_map(
+        "policybind-system",
+        "policybind-admission-webhook-1",
+        "webhook-1",
+        json,
+    );
+    cm.metadata.labels = None;
+    reply(
+        send,
+        200,
+        &json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [cm]}),
+    );
+}
+
+fn reports_env(format: crate::reports::ReportFormat) -> Env {
+    use policybind_crds::summary::ReportResult::{Fail, Pass};
+    let mut env = env_with(Settings {
+        reports: crate::reports::ReportsSettings {
+            format,
+            interval: Duration::from_secs(30),
+        },
+        ..Settings::default()
+    });
+    enforced_team_a(&mut env);
+    let pod = |n| {
+        decisions_json(&[
+            (None, "team-a/guard", "no-pii", Fail, n),
+            // A namespace claim by a sidecar is ignored: counted in team-a.
+            (Some("team-z"), "team-a/guard", "allow", Pass, 1),
+        ])
+    };
+    for cm in [
+        summary_config_map("team-a", "policybind-usage-bot-1", "bot-1", pod(3)),
+        summary_config_map("team-a", "policybind-usage-bot-2", "bot-2", pod(4)),
+        // Forged: named after another pod than its label.
+        summary_config_map("team-a", "policybind-usage-victim", "bot-1", pod(100)),
+    ] {
+        env.w.usage_reports.apply_watcher_event(&Event::Apply(cm));
+    }
+    env
+}
+
+/// Runs a report pass in a task; the test answers its calls.
+fn spawn_pass(
+    env: &Env,
+    mut writer: crate::reports::ReportWriter,
+    at: tokio::time::Instant,
+) -> tokio::task::JoinHandle<(crate::reports::ReportWriter, usize)> {
+    let ctx = env.ctx.clone();
+    tokio::spawn(async move {
+        let written = writer.pass(&ctx, at).await.expect("pass succeeds");
+        (writer, written)
+    })
+}
+
+/// Waits for a pass to end, failing on any further call.
+async fn finish_pass(
+    api: &mut ApiHandle,
+    pass: tokio::task::JoinHandle<(crate::reports::ReportWriter, usize)>,
+) -> (crate::reports::ReportWriter, usize) {
+    tokio::select! {
+        done = pass => done.unwrap(),
+        request = api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call: {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+#[tokio::test]
+async fn reports_sum_every_pods_summary_per_namespace_and_an_unchanged_pass_writes_nothing() {
+    let mut env = reports_env(crate::reports::ReportFormat::OpenReports);
+    let t0 = tokio::time::Instant::now();
+    let pass = spawn_pass(&env, Default::default(), t0);
+    expect_admission_list(&mut env.api).await;
+    let path = "/apis/openreports.io/v1alpha1/namespaces/team-a/reports";
+    let (body, send) = expect(
+        &mut env.api,
+        "PATCH",
+        &format!("{path}/policybind-requests"),
+    )
+    .await;
+    assert_eq!(body["kind"], "Report");
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "policybind"
+    );
+    assert_eq!(
+        body["scope"],
+        json!({"apiVersion": "v1", "kind": "Namespace", "name": "team-a"})
+    );
+    // bot-1 (3 + 1) and bot-2 (4 + 1); the forged report is not counted.
+    assert_eq!(
+        body["summary"],
+        json!({"pass": 2, "fail": 7, "warn": 0, "error": 0, "skip": 0})
+    );
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["rule"], "allow");
+    assert_eq!(results[1]["properties"]["count"], "7");
+    reply(send, 200, &body);
+    let (body, send) = expect(
+        &mut env.api,
+        "PATCH",
+        &format!("{path}/policybind-admission"),
+    )
+    .await;
+    assert_eq!(
+        body["summary"],
+        json!({"pass": 2, "fail": 1, "warn": 0, "error": 0, "skip": 0})
+    );
+    assert_eq!(body["results"][0]["rule"], "mutate-pod");
+    reply(send, 200, &body);
+    let (writer, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 2);
+
+    // Nothing changed: the pass lists the summaries and writes nothing.
+    let pass = spawn_pass(&env, writer, t0 + Duration::from_secs(30));
+    expect_admission_list(&mut env.api).await;
+    let (_, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 0);
+    let metrics = env.ctx.metrics.encode();
+    assert!(
+        metrics.contains(r#"policybind_operator_report_writes_total{kind="Report.openreports.io",report="policybind-requests",namespace="team-a"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_report_kind_the_api_server_does_not_serve_is_skipped_and_asked_again_after_five_minutes()
+{
+    let mut env = reports_env(crate::reports::ReportFormat::Both);
+    let t0 = tokio::time::Instant::now();
+    let open = "/apis/openreports.io/v1alpha1/namespaces/team-a/reports";
+    let wg = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/team-a/policyreports";
+    let pass = spawn_pass(&env, Default::default(), t0);
+    expect_admission_list(&mut env.api).await;
+    // No openreports CRD: 404 on the first apply, nothing more of that kind.
+    let (_, send) = expect(
+        &mut env.api,
+        "PATCH",
+        &format!("{open}/policybind-requests"),
+    )
+    .await;
+    reply(send, 404, &not_found());
+    for name in ["policybind-requests", "policybind-admission"] {
+        let (body, send) = expect(&mut env.api, "PATCH", &format!("{wg}/{name}")).await;
+        assert_eq!(body["apiVersion"], "wgpolicyk8s.io/v1alpha2");
+        reply(send, 200, &body);
+    }
+    let (writer, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 2);
+    let metrics = env.ctx.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"policybind_operator_report_api_available{kind="Report.openreports.io"} 0"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"policybind_operator_report_api_available{kind="PolicyReport.wgpolicyk8s.io"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    // Within five minutes: not asked again.
+    let pass = spawn_pass(&env, writer, t0 + Duration::from_secs(299));
+    expect_admission_list(&mut env.api).await;
+    let (writer, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 0);
+
+    // After five minutes the CRD is there: both reports are written.
+    let pass = spawn_pass(&env, writer, t0 + Duration::from_secs(301));
+    expect_admission_list(&mut env.api).await;
+    for name in ["policybind-requests", "policybind-admission"] {
+        let (body, send) = expect(&mut env.api, "PATCH", &format!("{open}/{name}")).await;
+        reply(send, 200, &body);
+    }
+    let (_, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 2);
+    assert!(
+        env.ctx.metrics.encode().contains(
+            r#"policybind_operator_report_api_available{kind="Report.openreports.io"} 1"#
+        )
+    );
 }

@@ -320,6 +320,13 @@ impl AppState {
         let refusal = Refusal::new(stage, code, message);
         self.rejections.count(code);
         self.metrics.decision(Effect::Deny.as_str(), code, None);
+        crate::decisions::record_early_refusal(
+            &self.metrics.summary,
+            stage,
+            code,
+            None,
+            Utc::now(),
+        );
         let span = tracing::Span::current();
         span.record("effect", Effect::Deny.as_str());
         span.record("code", code);
@@ -342,6 +349,13 @@ impl AppState {
     ) {
         self.metrics
             .decision(refusal.effect.as_str(), &refusal.code, None);
+        crate::decisions::record_early_refusal(
+            &self.metrics.summary,
+            refusal.stage,
+            &refusal.code,
+            model,
+            Utc::now(),
+        );
         let span = tracing::Span::current();
         span.record("effect", refusal.effect.as_str());
         span.record("code", refusal.code.as_str());

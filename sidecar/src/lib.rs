@@ -43,6 +43,7 @@ pub mod compress;
 pub mod config;
 pub mod credentials;
 pub mod decide_api;
+pub mod decisions;
 pub mod fake_upstream;
 pub mod forward;
 pub mod handler;
@@ -241,12 +242,14 @@ fn start_reporter(
     kube: Option<&kube::Client>,
     ledger: &Arc<dyn UsageLedger>,
     holder: &Arc<PolicyHolder>,
+    metrics: &Metrics,
     leases: Option<Arc<lease::LeasedLedger>>,
 ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
     match (&settings.usage_report, kube) {
         (Some(report), Some(client)) => {
             let mut reporter = usage::UsageReporter::new(client.clone(), report, ledger.clone())
-                .with_bundle(holder.clone());
+                .with_bundle(holder.clone())
+                .with_decisions(metrics.summary.clone());
             let stop = CancellationToken::new();
             let mut interval = report.interval;
             if let (Some(leases), Some(home)) = (leases, &report.ledger_home) {
@@ -418,7 +421,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
         "policybind enforcement point listening");
 
-    let reporter = start_reporter(&settings, kube, &ledger, &holder, leases);
+    let reporter = start_reporter(&settings, kube, &ledger, &holder, &metrics, leases);
     let interval = settings.rejection_summary_interval;
     let (namespace, summary_stop) = (settings.namespace.clone(), stop.clone());
     tasks.spawn(async move {

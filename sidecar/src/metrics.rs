@@ -95,6 +95,9 @@ pub struct Metrics {
     pub audit_backlog: Gauge,
     pub unauthenticated: Family<CodeLabels, Counter>,
     pub output: Family<OutputLabels, Counter>,
+    /// The decision summary published in the pod's usage report
+    /// ([`crate::decisions`]); not a Prometheus metric.
+    pub summary: Arc<policybind_crds::summary::DecisionTally>,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
@@ -219,6 +222,7 @@ impl Metrics {
             audit_backlog,
             unauthenticated,
             output,
+            summary: Arc::new(policybind_crds::summary::DecisionTally::new(Utc::now())),
             loaded_at: Mutex::new(None),
         })
     }

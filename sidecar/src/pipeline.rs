@@ -137,7 +137,7 @@ impl AppState {
                 ))
             }
         };
-        self.count(&decision, &outcome);
+        self.count(&decision, &outcome, now);
         Verdict {
             decision,
             facts,
@@ -365,7 +365,13 @@ impl AppState {
         event
     }
 
-    fn count<T>(&self, decision: &Decision, outcome: &Result<Admitted<T>, Refusal>) {
+    fn count<T>(
+        &self,
+        decision: &Decision,
+        outcome: &Result<Admitted<T>, Refusal>,
+        now: DateTime<Utc>,
+    ) {
+        crate::decisions::record(&self.metrics.summary, decision, outcome.as_ref().err(), now);
         let span = tracing::Span::current();
         span.record("decided", decision.effect.as_str());
         match outcome {

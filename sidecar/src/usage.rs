@@ -39,6 +39,7 @@ use tracing::{debug, warn};
 
 use crate::accounting::{Amount, SettledUsage, UsageLedger};
 use crate::source::PolicyHolder;
+use policybind_crds::summary::{DecisionSummary, DecisionTally};
 
 /// Longest a single report call may take, so shutdown is never held up long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +171,16 @@ pub struct UsageReporter {
     last_bundle: Option<String>,
     /// With budget leases: the demands written beside the usage.
     leases: Option<Arc<crate::lease::LeasedLedger>>,
+    /// The pod's decision summary ([`keys::DECISIONS`]), when published.
+    decisions: Option<Arc<DecisionTally>>,
+    /// Summary JSON in the last report applied.
+    last_decisions: Option<String>,
+    /// When the report was last applied: a change of the decision summary
+    /// alone is written at most once per [`UsageReportSettings::interval`],
+    /// even when leasing ticks every second.
+    last_write: Option<tokio::time::Instant>,
+    /// See [`UsageReportSettings::interval`].
+    interval: Duration,
 }
 
 impl UsageReporter {
@@ -189,7 +200,26 @@ impl UsageReporter {
             bundle: None,
             last_bundle: None,
             leases: None,
+            decisions: None,
+            last_decisions: None,
+            last_write: None,
+            interval: settings.interval,
         }
+    }
+
+    /// Also publishes the pod's decision summary ([`crate::decisions`]), read
+    /// back from the previous report at the first write like the usage.
+    pub fn with_decisions(mut self, tally: Arc<DecisionTally>) -> Self {
+        self.decisions = Some(tally);
+        self
+    }
+
+    /// The summary JSON to write now, `None` when it should not be written
+    /// (no tally, or unchanged).
+    fn decisions_due(&self) -> Option<String> {
+        let tally = self.decisions.as_ref()?;
+        let json = serde_json::to_string(&tally.snapshot()).expect("a summary always serializes");
+        (self.last_decisions.as_deref() != Some(json.as_str())).then_some(json)
     }
 
     /// Also report the fingerprint of the bundle `holder` has in force; a new
@@ -230,12 +260,25 @@ impl UsageReporter {
             .as_ref()
             .and_then(|holder| holder.current())
             .map(|loaded| loaded.set.fingerprint().to_string());
-        if self.last_written.as_deref() == Some(written.as_str()) && self.last_bundle == bundle {
+        let decisions = self.decisions_due();
+        let usage_unchanged =
+            self.last_written.as_deref() == Some(written.as_str()) && self.last_bundle == bundle;
+        let decisions_wait = self
+            .last_write
+            .is_some_and(|at| at.elapsed() < self.interval);
+        if usage_unchanged && (decisions.is_none() || decisions_wait) {
             return Ok(Reported::Unchanged);
         }
         let mut config_map = report_config_map(&self.namespace, &self.pod, json, bundle.as_deref());
-        if let (Some(demands), Some(data)) = (demands, config_map.data.as_mut()) {
-            data.insert(keys::LEASE_DEMAND.into(), demands);
+        if let Some(data) = config_map.data.as_mut() {
+            if let Some(demands) = demands {
+                data.insert(keys::LEASE_DEMAND.into(), demands);
+            }
+            // Server-side apply drops a key this manager no longer sends:
+            // always send the summary, the last one when it is not due.
+            if let Some(summary) = decisions.as_ref().or(self.last_decisions.as_ref()) {
+                data.insert(keys::DECISIONS.into(), summary.clone());
+            }
         }
         let params = PatchParams::apply(field_managers::SIDECAR).force();
         tokio::time::timeout(
@@ -248,6 +291,10 @@ impl UsageReporter {
         .map_err(ReportError::Apply)?;
         self.last_written = Some(written);
         self.last_bundle = bundle;
+        self.last_write = Some(tokio::time::Instant::now());
+        if decisions.is_some() {
+            self.last_decisions = decisions;
+        }
         Ok(Reported::Written)
     }
 
@@ -256,6 +303,9 @@ impl UsageReporter {
             .await
             .map_err(|_| ReportError::Timeout)?
             .map_err(ReportError::Restore)?;
+        if let Some(tally) = &self.decisions {
+            restore_decisions(tally, previous.as_ref(), &self.name);
+        }
         let json = previous
             .as_ref()
             .and_then(|cm| cm.data.as_ref())
@@ -314,6 +364,26 @@ impl UsageReporter {
                 "usage report not written; retrying at the next tick"
             ),
         }
+    }
+}
+
+/// Adds the decision summary of the pod's previous report (a restarted
+/// container) to `tally`, so its counts go on rather than start over. A
+/// summary that does not read is overwritten (and said so).
+fn restore_decisions(tally: &DecisionTally, previous: Option<&ConfigMap>, name: &str) {
+    let Some(json) = previous
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|data| data.get(keys::DECISIONS))
+    else {
+        return;
+    };
+    match DecisionSummary::parse(json) {
+        Ok(parsed) => tally.restore(parsed),
+        Err(error) => warn!(
+            configmap = %name,
+            %error,
+            "previous decision summary is unreadable; counting starts over"
+        ),
     }
 }
 
@@ -468,5 +538,74 @@ mod tests {
         let parsed = policybind_operator::usage::UsageReport::from_config_map(&config_map)
             .expect("the operator parses the report");
         assert_eq!(parsed.0, report(&snapshot));
+    }
+
+    /// A restarted container's reporter: reads the pod's previous report, adds
+    /// its decision summary to what was counted since, and writes the sum.
+    #[tokio::test]
+    async fn a_restarted_reporter_keeps_counting_the_pods_decisions() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use policybind_crds::summary::{Example, ReportResult, SummaryKey};
+
+        let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "team-a");
+        let settings = UsageReportSettings {
+            namespace: "team-a".into(),
+            pod: "bot-1".into(),
+            interval: Duration::from_secs(10),
+            ledger_home: None,
+        };
+        let key = SummaryKey {
+            namespace: None,
+            policy: "team-a/guard".into(),
+            rule: "no-pii".into(),
+            result: ReportResult::Fail,
+        };
+        let example = |s: i64| Example {
+            time: Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap(),
+            code: "DENY_PII".into(),
+            model: None,
+            subject: None,
+            object: None,
+        };
+        let before = DecisionTally::new(Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        for s in 0..5 {
+            before.record(key.clone(), example(s));
+        }
+        let previous = serde_json::to_string(&before.snapshot()).unwrap();
+        let tally = Arc::new(DecisionTally::new(Utc::now()));
+        tally.record(key.clone(), example(9));
+        let ledger: Arc<dyn UsageLedger> = Arc::new(InProcessLedger::new());
+        let mut reporter =
+            UsageReporter::new(client, &settings, ledger).with_decisions(tally.clone());
+        let report = tokio::spawn(async move { reporter.report_once().await.map(|_| ()) });
+
+        let path = "/api/v1/namespaces/team-a/configmaps/policybind-usage-bot-1";
+        let (request, send) = api.next_request().await.unwrap();
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            ("GET", path)
+        );
+        let cm = report_config_map("team-a", "bot-1", "{}".into(), None);
+        let mut cm = serde_json::to_value(cm).unwrap();
+        cm["data"][keys::DECISIONS] = previous.into();
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&cm).unwrap())));
+
+        let (request, send) = api.next_request().await.unwrap();
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            ("PATCH", path)
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let written: DecisionSummary =
+            serde_json::from_str(body["data"][keys::DECISIONS].as_str().unwrap()).unwrap();
+        assert_eq!(written.entries[0].count, 6, "5 before the restart, 1 since");
+        assert_eq!(written.since, Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&body).unwrap(),
+        )));
+        report.await.unwrap().unwrap();
     }
 }

@@ -284,6 +284,9 @@ fn finish(
     started: Instant,
 ) -> Response {
     let verdict = record_outcome(app, webhook, request, verdict);
+    if !request.dry_run {
+        crate::summary::record(&app.metrics.summary, webhook, request, &verdict);
+    }
     if !verdict.allowed {
         // The code leads the message: it is what `kubectl` shows, and what scripts grep.
         let code = verdict.code.unwrap_or("DENIED");

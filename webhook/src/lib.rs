@@ -32,6 +32,7 @@ pub mod inject;
 pub mod metrics;
 pub mod resources;
 pub mod server;
+pub mod summary;
 pub mod tls;
 pub mod verdict;
 pub mod view;

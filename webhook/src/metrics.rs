@@ -52,6 +52,9 @@ pub struct Metrics {
     pub invalid_identifiers: Counter,
     pub rejected_bodies: Counter,
     pub certificate_reloads: Counter,
+    /// The admission summary published for the operator's Reports
+    /// ([`crate::summary`]); not a Prometheus metric.
+    pub summary: Arc<policybind_crds::summary::DecisionTally>,
     registry: std::sync::Mutex<Registry>,
 }
 
@@ -105,6 +108,9 @@ impl Metrics {
             certificate_reloads.clone(),
         );
         Arc::new(Metrics {
+            summary: Arc::new(policybind_crds::summary::DecisionTally::new(
+                chrono::Utc::now(),
+            )),
             reviews,
             duration,
             injections,

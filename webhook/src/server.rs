@@ -28,6 +28,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::admission::{App, router};
@@ -65,6 +66,9 @@ pub struct AuditSettings {
     pub directory: Option<PathBuf>,
     /// Writer identity suffix, unique per process: the pod name.
     pub identity: String,
+    /// How often the admission summary ([`crate::summary`]) is published in
+    /// PolicyBind's namespace; `None`: not published.
+    pub summary_interval: Option<Duration>,
 }
 
 /// Everything `policybind webhook` configures.
@@ -491,9 +495,25 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
         register(client.clone(), &settings.registration).await?;
         tracing::info!(name = %settings.registration.name, "webhook configurations applied");
     }
-    server
+    let summary = settings.audit.summary_interval.map(|interval| {
+        let stop = CancellationToken::new();
+        let publisher = crate::summary::SummaryPublisher::new(
+            client.clone(),
+            &settings.admission.own_namespace,
+            &settings.audit.identity,
+            metrics.summary.clone(),
+        );
+        (stop.clone(), tokio::spawn(publisher.run(interval, stop)))
+    });
+    let served = server
         .await
-        .map_err(|e| Error::Config(format!("server task: {e}")))??;
+        .map_err(|e| Error::Config(format!("server task: {e}")));
+    if let Some((stop, handle)) = summary {
+        // The last counts go out before the pod does.
+        stop.cancel();
+        let _ = handle.await;
+    }
+    served??;
     if let Some(writer) = writer {
         match writer.shutdown().await {
             Ok(report) => tracing::info!(

@@ -149,6 +149,28 @@ pub struct ControllerArgs {
     /// only, so the model's moved port is reachable from inside the pod alone.
     #[arg(long, value_name = "NAME", default_value = "http")]
     sidecar_port_name: String,
+    /// Reports summarising request and admission decisions in every enforced
+    /// namespace (`policybind-requests`, `policybind-admission`): `openreports`
+    /// (`openreports.io/v1alpha1` Report, what Policy Reporter reads), `wgpolicyk8s`
+    /// (`wgpolicyk8s.io/v1alpha2` PolicyReport), `both` or `off`. A kind whose CRD
+    /// is not installed is skipped (logged once, asked again every 5 minutes).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "openreports",
+        env = "POLICYBIND_REPORTS"
+    )]
+    reports: policybind_operator::reports::ReportFormat,
+    /// Seconds between two report passes: each report is written at most once
+    /// per pass, and only when it changed.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "POLICYBIND_REPORTS_INTERVAL"
+    )]
+    reports_interval: u64,
     /// Seconds to wait for the watch caches to fill at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     cache_timeout_secs: u64,
@@ -200,6 +222,10 @@ impl ControllerArgs {
             sidecar_cluster_role: self.sidecar_cluster_role,
             sidecar_port_name: self.sidecar_port_name,
             bundle_limits: Default::default(),
+            reports: policybind_operator::reports::ReportsSettings {
+                format: self.reports,
+                interval: Duration::from_secs(self.reports_interval),
+            },
         }
     }
 }

@@ -88,6 +88,16 @@ fn operator_exposition() -> String {
     m.ledger_writes.get_or_create(&namespace).inc();
     m.bundle_bytes.get_or_create(&namespace).set(0);
     m.audit_segments_removed.get_or_create(&namespace).inc();
+    m.report_writes
+        .get_or_create(&ReportLabels {
+            kind: PLACEHOLDER,
+            report: PLACEHOLDER,
+            namespace: PLACEHOLDER.into(),
+        })
+        .inc();
+    m.report_api_available
+        .get_or_create(&ReportApiLabels { kind: PLACEHOLDER })
+        .set(0);
     m.encode()
 }
 

@@ -272,6 +272,16 @@ struct ServeArgs {
     /// Write audit segments to this directory instead of ConfigMaps in --namespace.
     #[arg(long, value_name = "DIR")]
     audit_dir: Option<PathBuf>,
+    /// Seconds between two publications of this replica's admission summary
+    /// (ConfigMap `policybind-admission-<pod>` in --namespace), which the operator
+    /// turns into the `policybind-admission` Report of each namespace; 0: off.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "POLICYBIND_ADMISSION_SUMMARY_INTERVAL"
+    )]
+    admission_summary_interval: u64,
     /// This process's name in the audit trail (writer `webhook/<name>`); the pod name.
     #[arg(long, env = "POLICYBIND_POD_NAME", default_value = "webhook")]
     pod_name: String,
@@ -434,6 +444,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             key_file: args.audit_key_file,
             directory: args.audit_dir,
             identity: args.pod_name,
+            summary_interval: (args.admission_summary_interval > 0)
+                .then(|| Duration::from_secs(args.admission_summary_interval)),
         },
         metrics_listen: args.metrics_addr,
     };

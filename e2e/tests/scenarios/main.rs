@@ -10,3 +10,4 @@ mod compliance;
 mod enforcement;
 mod hostile;
 mod install;
+mod reports;
