@@ -1,0 +1,152 @@
+//! Recent denials with their explanation: the codes and what they mean, the
+//! policy and rule that decided, and the rule's message.
+use policybind_crds::Effect;
+use policybind_engine::codes;
+
+use super::Context;
+use crate::html::{escape, pill, table, time};
+
+/// Rows shown at most.
+pub const SHOWN: usize = 200;
+
+pub fn render(context: &Context<'_>) -> String {
+    let records = context.records();
+    let denials: Vec<_> = records
+        .iter()
+        .rev()
+        .filter(|(_, r)| matches!(r.effect, Some(Effect::Deny | Effect::RequireApproval)))
+        .take(SHOWN)
+        .collect();
+    let rows: Vec<Vec<String>> = denials
+        .iter()
+        .map(|(namespace, record)| {
+            let effect = record.effect.map_or("", |e| e.as_str());
+            let decided_by = match (&record.policy, &record.rule) {
+                (Some(policy), Some(rule)) => format!("{} / {}", escape(policy), escape(rule)),
+                (Some(policy), None) => escape(policy),
+                _ => "<span class=\"note\">before any policy</span>".to_string(),
+            };
+            vec![
+                time(record.time.get()),
+                escape(namespace),
+                format!(
+                    "{}<br><span class=\"note\">{}</span>",
+                    pill(effect, effect),
+                    escape(record.kind.as_str())
+                ),
+                escape(record.subject.as_deref().unwrap_or("-")),
+                escape(record.model.as_deref().unwrap_or("-")),
+                record
+                    .codes
+                    .iter()
+                    .map(|c| format!("<code>{}</code>", escape(c)))
+                    .collect::<Vec<_>>()
+                    .join("<br>"),
+                decided_by,
+                escape(&reason(context, record)),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "<p>The {} most recent denials (Deny and RequireApproval), newest first.</p>",
+        rows.len()
+    );
+    out.push_str(&table(
+        &[
+            "Time (UTC)",
+            "Namespace",
+            "Effect",
+            "Subject",
+            "Model",
+            "Codes",
+            "Policy / rule",
+            "Reason",
+        ],
+        &rows,
+        "No denial recorded.",
+    ));
+    out
+}
+
+/// The rule's message when the deciding rule has one, else what the codes mean.
+fn reason(context: &Context<'_>, record: &policybind_engine::audit::AuditRecord) -> String {
+    if let (Some(policy), Some(rule)) = (&record.policy, &record.rule)
+        && let Some(message) = context
+            .snapshot
+            .rule_messages
+            .get(&(policy.clone(), rule.clone()))
+    {
+        return message.clone();
+    }
+    let meanings: Vec<&str> = record
+        .codes
+        .iter()
+        .filter_map(|c| codes::info(c).map(|info| info.meaning))
+        .collect();
+    if meanings.is_empty() {
+        "-".to_string()
+    } else {
+        meanings.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Snapshot, Trail};
+    use crate::views::testing::{now, only, record, viewer};
+
+    #[test]
+    fn denials_show_codes_rule_and_message_newest_first() {
+        let mut snapshot = Snapshot::empty(now());
+        let mut by_rule = record(2, 1, Effect::Deny, &["E2E_BLOCKED"]);
+        by_rule.policy = Some("team-a/block".into());
+        by_rule.rule = Some("no-gpt".into());
+        snapshot.rule_messages.insert(
+            ("team-a/block".into(), "no-gpt".into()),
+            "GPT is <off> for team A".into(),
+        );
+        snapshot.trails.insert(
+            "team-a".into(),
+            Trail {
+                records: vec![
+                    record(1, 5, Effect::Deny, &["TOKEN_MISSING"]),
+                    by_rule,
+                    record(3, 0, Effect::Allow, &["POLICY_ALLOW"]),
+                ],
+                ..Trail::default()
+            },
+        );
+        let html = render(&Context {
+            snapshot: &snapshot,
+            visible: &only(&["team-a"]),
+            identity: &viewer(),
+            now: now(),
+        });
+        assert!(html.contains("The 2 most recent denials"));
+        assert!(html.contains("team-a/block / no-gpt"));
+        assert!(html.contains("GPT is &lt;off&gt; for team A"));
+        assert!(html.contains("The request carries no `Authorization: Bearer` token."));
+        assert!(html.find("E2E_BLOCKED").unwrap() < html.find("TOKEN_MISSING").unwrap());
+        assert!(!html.contains("POLICY_ALLOW"));
+    }
+
+    #[test]
+    fn a_hidden_namespace_shows_no_denial() {
+        let mut snapshot = Snapshot::empty(now());
+        snapshot.trails.insert(
+            "team-b".into(),
+            Trail {
+                records: vec![record(1, 5, Effect::Deny, &["TOKEN_MISSING"])],
+                ..Trail::default()
+            },
+        );
+        let html = render(&Context {
+            snapshot: &snapshot,
+            visible: &only(&["team-a"]),
+            identity: &viewer(),
+            now: now(),
+        });
+        assert!(html.contains("No denial recorded."));
+    }
+}
