@@ -27,6 +27,12 @@ fn status(
         );
     }
     let unproven = writer.unproven_records();
+    if writer.sealed_segments == 0 {
+        return (
+            "Unproven",
+            format!("{unproven} record(s), none sealed yet: nothing proves them"),
+        );
+    }
     if unproven > 0 {
         return (
             "Verified",
