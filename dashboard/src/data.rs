@@ -288,3 +288,65 @@ impl SnapshotCache {
         snapshot
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policybind_crds::Effect;
+    use policybind_engine::audit::{
+        AuditEvent, AuditSigningKey, Chain, Hash256, RecordTime, Segment,
+    };
+
+    /// A sealed segment of `count` decisions by `writer`, signed with `key`.
+    fn sealed(writer: &str, count: usize, key: &AuditSigningKey) -> Vec<u8> {
+        let at = RecordTime::new("2026-12-01T12:00:00Z".parse().unwrap());
+        let mut chain = Chain::new(writer);
+        let records = (0..count)
+            .map(|_| chain.append(AuditEvent::decision(Effect::Deny), at))
+            .collect();
+        let mut segment = Segment::open(Hash256::ZERO, records);
+        segment.seal(at, key);
+        serde_json::to_vec(&segment).unwrap()
+    }
+
+    fn trail_of(json: Vec<u8>, keyring: &Keyring) -> Trail {
+        let raw = RawSegment {
+            name: "seg-1".into(),
+            size_bytes: json.len() as u64,
+            json: Ok(json),
+        };
+        let mut trails = build_trails(
+            BTreeMap::from([("team-a".to_string(), vec![raw])]),
+            Some(keyring),
+        );
+        trails.remove("team-a").unwrap()
+    }
+
+    #[test]
+    fn a_signed_trail_verifies_against_the_keyring_and_an_edit_is_found() {
+        let key = AuditSigningKey::from_seed(&[7; 32]);
+        let keyring =
+            Keyring::single(key.verifying_key(), vec!["sidecar/team-a/*".into()]).unwrap();
+        let json = sealed("sidecar/team-a/pod-1", 3, &key);
+        let trail = trail_of(json.clone(), &keyring);
+        assert!(trail.report.is_ok(), "{:?}", trail.report.problems);
+        assert_eq!(trail.records.len(), 3);
+        assert_eq!(trail.report.writers[0].sealed_segments, 1);
+
+        let edited = String::from_utf8(json)
+            .unwrap()
+            .replacen("\"Deny\"", "\"Allow\"", 1);
+        let trail = trail_of(edited.into_bytes(), &keyring);
+        assert!(!trail.report.is_ok());
+        assert_eq!(trail.report.problems[0].writer, "sidecar/team-a/pod-1");
+    }
+
+    #[test]
+    fn a_key_not_bound_to_the_writer_is_not_trusted() {
+        let key = AuditSigningKey::from_seed(&[7; 32]);
+        let keyring =
+            Keyring::single(key.verifying_key(), vec!["sidecar/team-b/*".into()]).unwrap();
+        let trail = trail_of(sealed("sidecar/team-a/pod-1", 2, &key), &keyring);
+        assert!(!trail.report.is_ok());
+    }
+}

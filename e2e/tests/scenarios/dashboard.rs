@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::ConfigMap;
+use policybind_crds::wire;
 use policybind_e2e::fixtures::{self, MODEL};
 use policybind_e2e::flows::{RECONCILE_TIMEOUT, Serving, serving, time_until_refused};
 use policybind_e2e::http::wait_ok;
@@ -45,7 +47,11 @@ fn browser_missing(settings_root: &Path) -> Option<String> {
             playwright.display()
         ));
     }
-    if std::process::Command::new("node").arg("--version").output().is_err() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Some("node not found on PATH".into());
     }
     None
@@ -94,19 +100,23 @@ async fn make_decisions(s: &Scenario, serving: &Serving) -> Result<()> {
     let mut token = fixtures::access_token("e2e-token", &[MODEL]);
     token["spec"]["budgets"] = json!([{"period": "Day", "maxCostUsd": 5.0, "maxTokens": 100000}]);
     s.apply(&token).await?;
-    let mut allowed = 0;
-    let deadline = Instant::now() + RECONCILE_TIMEOUT;
-    while allowed < 5 && Instant::now() < deadline {
-        let response = serving.sidecar.chat(Some(&serving.token), MODEL).await?;
-        if response.status == 200 {
-            allowed += 1;
-        } else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    if allowed < 5 {
-        bail!("only {allowed} of 5 requests allowed after the budget was added");
-    }
+    // Requests count against the budget once the sidecar holds the bundle
+    // with it: send until its usage report carries the token's spend.
+    let reports = s.api::<ConfigMap>();
+    s.wait_for(
+        "the sidecar's usage report to count the token's spend",
+        RECONCILE_TIMEOUT,
+        || async {
+            serving.sidecar.chat(Some(&serving.token), MODEL).await?;
+            let report = reports.get_opt("policybind-usage-e2e-pod").await?;
+            let counted = report
+                .and_then(|cm| cm.data)
+                .and_then(|d| d.get(wire::keys::USAGE).cloned())
+                .is_some_and(|json| json.contains("e2e-token"));
+            Ok(counted.then_some(()))
+        },
+    )
+    .await?;
     serving.sidecar.chat(None, MODEL).await?;
     s.apply(&json!({
         "apiVersion": "policybind.io/v1alpha1",
@@ -118,36 +128,47 @@ async fn make_decisions(s: &Scenario, serving: &Serving) -> Result<()> {
         }]}
     }))
     .await?;
-    time_until_refused(serving, Instant::now(), &[BLOCK_CODE], Duration::from_secs(10)).await?;
+    time_until_refused(
+        serving,
+        Instant::now(),
+        &[BLOCK_CODE],
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok(())
 }
 
 /// Until the operator reports the token's usage of the day in its status.
 async fn wait_for_usage(s: &Scenario) -> Result<()> {
-    let waited = s.wait_for(
-        "AccessToken e2e-token with usage in its status",
-        Duration::from_secs(90),
-        || async {
-            let token = s
-                .get_json("policybind.io/v1alpha1", "AccessToken", "e2e-token")
-                .await?;
-            Ok(token.filter(|t| {
-                t["status"]["usage"]
-                    .as_array()
-                    .is_some_and(|usage| usage.iter().any(|u| u["tokens"].as_u64() > Some(0)))
-            }))
-        },
-    )
-    .await;
+    let waited = s
+        .wait_for(
+            "AccessToken e2e-token with usage in its status",
+            Duration::from_secs(90),
+            || async {
+                let token = s
+                    .get_json("policybind.io/v1alpha1", "AccessToken", "e2e-token")
+                    .await?;
+                Ok(token.filter(|t| {
+                    t["status"]["usage"]
+                        .as_array()
+                        .is_some_and(|usage| usage.iter().any(|u| u["tokens"].as_u64() > Some(0)))
+                }))
+            },
+        )
+        .await;
     if let Err(error) = waited {
         let token = s
             .get_json("policybind.io/v1alpha1", "AccessToken", "e2e-token")
             .await?;
         let reports = s
-            .api::<k8s_openapi::api::core::v1::ConfigMap>()
-            .list(&kube::api::ListParams::default().labels(policybind_crds::wire::labels::USAGE))
+            .api::<ConfigMap>()
+            .list(&kube::api::ListParams::default().labels(wire::labels::USAGE))
             .await?;
-        let reports: Vec<_> = reports.items.into_iter().map(|cm| (cm.metadata.name, cm.data)).collect();
+        let reports: Vec<_> = reports
+            .items
+            .into_iter()
+            .map(|cm| (cm.metadata.name, cm.data))
+            .collect();
         bail!(
             "{error:#}\ntoken status: {}\nusage reports: {reports:?}",
             token.map(|t| t["status"].to_string()).unwrap_or_default()
@@ -208,7 +229,14 @@ async fn create_viewer(s: &Scenario) -> Result<String> {
         "subjects": [{"kind": "ServiceAccount", "name": VIEWER, "namespace": s.namespace}],
     }))
     .await?;
-    service_account_token(&s.client, &s.namespace, VIEWER, None, Duration::from_secs(900)).await
+    service_account_token(
+        &s.client,
+        &s.namespace,
+        VIEWER,
+        None,
+        Duration::from_secs(900),
+    )
+    .await
 }
 
 /// `policybind dashboard` under the chart's dashboard ServiceAccount (its
@@ -228,7 +256,10 @@ async fn start_dashboard(s: &Scenario) -> Result<(Process, String)> {
         .filter(|d| d["metadata"]["name"] == name.as_str())
         .collect();
     if identity.len() != 5 {
-        bail!("the chart renders {} dashboard identity documents, expected 5", identity.len());
+        bail!(
+            "the chart renders {} dashboard identity documents, expected 5",
+            identity.len()
+        );
     }
     apply_documents(&s.client, identity).await?;
     let token = service_account_token(
@@ -241,7 +272,9 @@ async fn start_dashboard(s: &Scenario) -> Result<(Process, String)> {
     .await?;
     let kubeconfig = kubeconfig_with_token(
         &token,
-        &s.system.work_dir.join(format!("kubeconfig-dashboard-{}", s.namespace)),
+        &s.system
+            .work_dir
+            .join(format!("kubeconfig-dashboard-{}", s.namespace)),
     )?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -260,7 +293,9 @@ async fn start_dashboard(s: &Scenario) -> Result<(Process, String)> {
             "1s".into(),
         ],
         &[("RUST_LOG".into(), "info".into())],
-        settings.log_dir.join(format!("dashboard-{}.log", s.namespace)),
+        settings
+            .log_dir
+            .join(format!("dashboard-{}.log", s.namespace)),
     )?;
     wait_ok(&listen, "/healthz", Duration::from_secs(20)).await?;
     Ok((process, format!("http://{listen}")))
@@ -308,6 +343,9 @@ async fn run_browser(s: &Scenario, url: &str, viewer_token: &str) -> Result<()> 
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    println!("browser test passed; screenshots in {}\n{stdout}", screenshots.display());
+    println!(
+        "browser test passed; screenshots in {}\n{stdout}",
+        screenshots.display()
+    );
     Ok(())
 }
