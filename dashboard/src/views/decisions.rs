@@ -88,7 +88,7 @@ pub fn render(context: &Context<'_>) -> String {
         .collect();
     let total: u64 = by_effect.values().sum();
     let mut out = format!(
-        "<p>{total} decisions from {} to {} (UTC), {} minutes per column.</p>",
+        "<p>{total} decisions from {} to {} (UTC), {} minute(s) per column.</p>",
         start.format("%Y-%m-%d %H:%M"),
         context.now.format("%H:%M"),
         step.num_minutes()

@@ -1,6 +1,10 @@
 //! Recent denials with their explanation: the codes and what they mean, the
 //! policy and rule that decided, and the rule's message.
+use std::collections::BTreeMap;
+
 use policybind_crds::Effect;
+use policybind_crds::wire::transitions;
+use policybind_engine::audit::{AuditRecord, RecordKind};
 use policybind_engine::codes;
 
 use super::Context;
@@ -65,11 +69,52 @@ pub fn render(context: &Context<'_>) -> String {
         &rows,
         "No denial recorded.",
     ));
+    out.push_str(&unidentified(&records));
     out
 }
 
+/// Requests refused before anyone was identified: sidecars summarise them in
+/// one `Lifecycle` record per interval (so a flood cannot fill the trail), one
+/// detail per code with its count. Added up per namespace and code.
+fn unidentified(records: &[(&str, &AuditRecord)]) -> String {
+    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (namespace, record) in records {
+        if record.kind != RecordKind::Lifecycle
+            || record.detail.get("transition").map(String::as_str)
+                != Some(transitions::UNAUTHENTICATED_REJECTIONS)
+        {
+            continue;
+        }
+        for (code, count) in &record.detail {
+            if let (Some(_), Ok(count)) = (codes::info(code), count.parse::<u64>()) {
+                *counts.entry((namespace, code.as_str())).or_default() += count;
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = counts
+        .iter()
+        .map(|((namespace, code), count)| {
+            vec![
+                escape(namespace),
+                format!("<code>{}</code>", escape(code)),
+                count.to_string(),
+                escape(codes::info(code).map_or("", |info| info.meaning)),
+            ]
+        })
+        .collect();
+    format!(
+        "<h2>Refused before identification</h2><p class=\"note\">Requests with no token or an unknown one are \
+         counted by the sidecars and recorded as one summary per interval, not one record each.</p>{}",
+        table(
+            &["Namespace", "Code", "Requests", "Meaning"],
+            &rows,
+            "None recorded."
+        )
+    )
+}
+
 /// The rule's message when the deciding rule has one, else what the codes mean.
-fn reason(context: &Context<'_>, record: &policybind_engine::audit::AuditRecord) -> String {
+fn reason(context: &Context<'_>, record: &AuditRecord) -> String {
     if let (Some(policy), Some(rule)) = (&record.policy, &record.rule)
         && let Some(message) = context
             .snapshot
@@ -99,6 +144,17 @@ mod tests {
     #[test]
     fn denials_show_codes_rule_and_message_newest_first() {
         let mut snapshot = Snapshot::empty(now());
+        let mut summary = record(4, 2, Effect::Deny, &[]);
+        summary.kind = RecordKind::Lifecycle;
+        summary.effect = None;
+        summary.detail = BTreeMap::from([
+            (
+                "transition".into(),
+                transitions::UNAUTHENTICATED_REJECTIONS.into(),
+            ),
+            ("TOKEN_UNKNOWN".into(), "12".into()),
+            ("windowSeconds".into(), "10".into()),
+        ]);
         let mut by_rule = record(2, 1, Effect::Deny, &["E2E_BLOCKED"]);
         by_rule.policy = Some("team-a/block".into());
         by_rule.rule = Some("no-gpt".into());
@@ -113,6 +169,7 @@ mod tests {
                     record(1, 5, Effect::Deny, &["TOKEN_MISSING"]),
                     by_rule,
                     record(3, 0, Effect::Allow, &["POLICY_ALLOW"]),
+                    summary,
                 ],
                 ..Trail::default()
             },
@@ -129,6 +186,11 @@ mod tests {
         assert!(html.contains("The request carries no `Authorization: Bearer` token."));
         assert!(html.find("E2E_BLOCKED").unwrap() < html.find("TOKEN_MISSING").unwrap());
         assert!(!html.contains("POLICY_ALLOW"));
+        assert!(
+            html.contains("<td><code>TOKEN_UNKNOWN</code></td><td>12</td>"),
+            "{html}"
+        );
+        assert!(!html.contains("windowSeconds"));
     }
 
     #[test]
