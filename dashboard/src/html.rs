@@ -33,13 +33,13 @@ pub const NAV: &[(&str, &str)] = &[
 const STYLE: &str = "\
 *{box-sizing:border-box}\
 body{margin:0;font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2330;background:#f6f7f9}\
-header{display:flex;align-items:center;gap:18px;padding:10px 20px;background:#1d2a44;color:#fff;flex-wrap:wrap}\
+header{display:flex;align-items:center;gap:12px;padding:10px 20px;background:#1d2a44;color:#fff;flex-wrap:wrap}\
 header strong{font-size:16px}\
 nav{display:flex;gap:4px;flex-wrap:wrap}\
 nav a{color:#cfd8ea;text-decoration:none;padding:5px 10px;border-radius:4px}\
 nav a[aria-current=page]{background:#3b5284;color:#fff}\
 nav a:hover{background:#2c3d62}\
-.who{margin-left:auto;font-size:13px;color:#cfd8ea}\
+.who{margin-left:auto;font-size:12px;color:#cfd8ea;overflow-wrap:anywhere}\
 header form{margin:0}\
 button{font:inherit;cursor:pointer;border:1px solid #8796b5;background:#fff;color:#1d2a44;border-radius:4px;padding:4px 10px}\
 main{padding:16px 20px;max-width:1280px}\
@@ -53,9 +53,9 @@ pre{white-space:pre-wrap;word-break:break-all;background:#f1f3f7;padding:6px;mar
 .banner{padding:8px 12px;border-radius:4px;margin:8px 0;background:#fff4d6;border:1px solid #e5c66b}\
 .bad{color:#a3192b;font-weight:600}.good{color:#1d7a3a;font-weight:600}.warn{color:#9a6400;font-weight:600}\
 .pill{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;font-weight:600;background:#e3e6eb}\
-.Critical,.High,.Deny,.Rejected,.Broken{background:#fbd9dd;color:#8a1020}\
+.Critical,.High,.Deny,.Rejected,.Broken,.Revoked,.Expired,.Exhausted{background:#fbd9dd;color:#8a1020}\
 .Medium,.RequireApproval,.Pending,.Unproven{background:#fdebc8;color:#7a4e00}\
-.Low,.Allow,.Approved,.NotRequired,.Verified{background:#d5f0dc;color:#11592a}\
+.Low,.Allow,.Approved,.NotRequired,.Verified,.Active{background:#d5f0dc;color:#11592a}\
 .Redact,.Degrade{background:#dbe6fb;color:#1d3f85}\
 .card{background:#fff;border:1px solid #e3e6eb;border-radius:6px;padding:12px;margin-bottom:14px}\
 .login{max-width:460px;margin:60px auto}\

@@ -42,7 +42,12 @@ page.on('request', (request) => {
   if (!request.url().startsWith(base)) foreign.push(request.url());
 });
 const scripts = [];
-page.on('console', (message) => scripts.push(message.text()));
+// Pages hold no script, so the console only hears from the browser itself;
+// the one message expected is the 401 of the refused sign-in.
+page.on('console', (message) => {
+  if (!message.text().includes('status of 401')) scripts.push(message.text());
+});
+page.on('pageerror', (error) => scripts.push(String(error)));
 const measured = [];
 
 async function shot(name) {

@@ -36,7 +36,10 @@ fn limit_cell(used: f64, limit: Option<f64>, unit: &str, caption: &str) -> Strin
 }
 
 fn format_amount(value: f64, unit: &str) -> String {
-    if unit == "USD" {
+    if unit == "USD" && value != 0.0 && value.abs() < 1.0 {
+        // Small spend (a few hundred tokens) would read as 0.00.
+        format!("{value:.4}")
+    } else if unit == "USD" {
         format!("{value:.2}")
     } else {
         format!("{value:.0}")

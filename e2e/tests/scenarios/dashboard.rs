@@ -343,8 +343,12 @@ async fn run_browser(s: &Scenario, url: &str, viewer_token: &str) -> Result<()> 
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // The script's last line: every page's size and load time.
+    let report = screenshots.join("browser-report.json");
+    std::fs::write(&report, stdout.trim())
+        .with_context(|| format!("write {}", report.display()))?;
     println!(
-        "browser test passed; screenshots in {}\n{stdout}",
+        "browser test passed: screenshots and browser-report.json in {}",
         screenshots.display()
     );
     Ok(())
