@@ -45,16 +45,16 @@ pub fn window(
 }
 
 pub fn render(context: &Context<'_>) -> String {
-    let records: Vec<_> = context
+    let first = context
         .records()
-        .into_iter()
         .filter(|(_, r)| r.effect.is_some())
-        .collect();
-    let (start, step) = window(records.first().map(|(_, r)| r.time.get()), context.now);
+        .map(|(_, r)| r.time.get())
+        .min();
+    let (start, step) = window(first, context.now);
     let mut counts: BTreeMap<(usize, usize), u64> = BTreeMap::new();
-    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut codes: BTreeMap<&str, u64> = BTreeMap::new();
     let mut by_effect: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for (_, record) in &records {
+    for (_, record) in context.records() {
         let at = record.time.get();
         if at < start || at > context.now + step {
             continue;
@@ -69,7 +69,7 @@ pub fn render(context: &Context<'_>) -> String {
             .or_default() += 1;
         *by_effect.entry(effect.as_str()).or_default() += 1;
         for code in &record.codes {
-            *codes.entry(code.clone()).or_default() += 1;
+            *codes.entry(code.as_str()).or_default() += 1;
         }
     }
     let labels: Vec<String> = (0..BUCKETS)
@@ -108,7 +108,10 @@ pub fn render(context: &Context<'_>) -> String {
         &effect_rows,
         "No decision in this window.",
     ));
-    let mut code_rows: Vec<(String, u64)> = codes.into_iter().collect();
+    let mut code_rows: Vec<(String, u64)> = codes
+        .into_iter()
+        .map(|(code, count)| (code.to_string(), count))
+        .collect();
     code_rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     code_rows.truncate(20);
     out.push_str("<h2>By rationale code</h2>");

@@ -14,13 +14,21 @@ use crate::html::{escape, pill, table, time};
 pub const SHOWN: usize = 200;
 
 pub fn render(context: &Context<'_>) -> String {
-    let records = context.records();
-    let denials: Vec<_> = records
-        .iter()
-        .rev()
-        .filter(|(_, r)| matches!(r.effect, Some(Effect::Deny | Effect::RequireApproval)))
-        .take(SHOWN)
+    // The newest SHOWN of each namespace, then the newest SHOWN of those.
+    let mut denials: Vec<(&str, &AuditRecord)> = context
+        .visible_trails()
+        .flat_map(|(namespace, trail)| {
+            trail
+                .records
+                .iter()
+                .rev()
+                .filter(|r| matches!(r.effect, Some(Effect::Deny | Effect::RequireApproval)))
+                .take(SHOWN)
+                .map(move |r| (namespace, r))
+        })
         .collect();
+    denials.sort_by_key(|(_, r)| std::cmp::Reverse(r.time.get()));
+    denials.truncate(SHOWN);
     let rows: Vec<Vec<String>> = denials
         .iter()
         .map(|(namespace, record)| {
@@ -69,16 +77,16 @@ pub fn render(context: &Context<'_>) -> String {
         &rows,
         "No denial recorded.",
     ));
-    out.push_str(&unidentified(&records));
+    out.push_str(&unidentified(context));
     out
 }
 
 /// Requests refused before anyone was identified: sidecars summarise them in
 /// one `Lifecycle` record per interval (so a flood cannot fill the trail), one
 /// detail per code with its count. Added up per namespace and code.
-fn unidentified(records: &[(&str, &AuditRecord)]) -> String {
+fn unidentified(context: &Context<'_>) -> String {
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (namespace, record) in records {
+    for (namespace, record) in context.records() {
         if record.kind != RecordKind::Lifecycle
             || record.detail.get("transition").map(String::as_str)
                 != Some(transitions::UNAUTHENTICATED_REJECTIONS)

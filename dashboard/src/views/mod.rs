@@ -35,19 +35,21 @@ impl Context<'_> {
         shown
     }
 
-    /// Audit records of the namespaces the viewer may see, oldest first.
-    pub fn records(&self) -> Vec<(&str, &AuditRecord)> {
-        let mut records: Vec<(&str, &AuditRecord)> = self
-            .snapshot
+    /// Audit records of the namespaces the viewer may see, each namespace's
+    /// oldest first (no order across namespaces: sorting 100,000 records per
+    /// page view is what the pages avoid).
+    pub fn records(&self) -> impl Iterator<Item = (&str, &AuditRecord)> + '_ {
+        self.visible_trails()
+            .flat_map(|(namespace, trail)| trail.records.iter().map(move |r| (namespace, r)))
+    }
+
+    /// The audit trails of the namespaces the viewer may see.
+    pub fn visible_trails(&self) -> impl Iterator<Item = (&str, &crate::data::Trail)> + '_ {
+        self.snapshot
             .trails
             .iter()
             .filter(|(namespace, _)| self.visible.allows(namespace))
-            .flat_map(|(namespace, trail)| {
-                trail.records.iter().map(move |r| (namespace.as_str(), r))
-            })
-            .collect();
-        records.sort_by_key(|(_, r)| r.time.get());
-        records
+            .map(|(namespace, trail)| (namespace.as_str(), trail))
     }
 }
 
