@@ -14,6 +14,8 @@ ON = {"dashboard": {"enabled": True}}
 
 def test_the_dashboard_is_off_by_default(render):
     rendered = render()
+    assert "port-forward" not in rendered.notes
+    assert f"svc/{DASHBOARD} 8080:8080" in render(ON).notes
     for kind in ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]:
         assert not [d for d in rendered.docs if d["kind"] == kind and d["metadata"]["name"] == DASHBOARD], kind
 
