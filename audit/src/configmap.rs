@@ -144,7 +144,9 @@ impl ConfigMapStore {
         }
     }
 
-    fn raw(config_map: &ConfigMap) -> RawSegment {
+    /// The segment document one audit ConfigMap holds, for readers that list
+    /// segment ConfigMaps themselves (the dashboard lists them cluster-wide).
+    pub fn raw(config_map: &ConfigMap) -> RawSegment {
         let (size_bytes, json) = Self::document_of(config_map);
         RawSegment {
             name: config_map.metadata.name.clone().unwrap_or_default(),

@@ -71,6 +71,8 @@ enum Command {
     /// Check PolicyBind's health in the cluster: CRDs, webhook, operator leader,
     /// bundles, sidecars, audit keys; one line per check, with what to run.
     Check(commands::check::CheckArgs),
+    /// Serve the read-only dashboard in the browser, behind Kubernetes authentication.
+    Dashboard(commands::dashboard::DashboardArgs),
     /// Access tokens: `token create --from-text "<sentence>"` writes a manifest from plain words.
     Token(commands::token::TokenArgs),
 }
@@ -106,6 +108,7 @@ async fn main() -> ExitCode {
         Command::Report(args) => commands::report::run(*args).await,
         Command::Token(args) => commands::token::run(args).await,
         Command::Check(args) => commands::check::run(args).await,
+        Command::Dashboard(args) => commands::dashboard::run(args).await,
     };
     match result {
         Ok(code) => code,

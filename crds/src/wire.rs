@@ -316,6 +316,15 @@ pub mod field_managers {
     pub const REPORTS: &str = "policybind-reports";
 }
 
+/// `transition` details of `Lifecycle` audit records that readers act on.
+pub mod transitions {
+    /// A sidecar's summary of the requests it refused before anyone was
+    /// identified (no token, an unknown token, ...): one detail per code with
+    /// its count (`TOKEN_MISSING=12`) plus `windowSeconds`. The dashboard's
+    /// Denials page adds them up.
+    pub const UNAUTHENTICATED_REJECTIONS: &str = "unauthenticated-rejections";
+}
+
 /// Audit writer identities (every record and segment names its writer) and the
 /// keyring patterns that bind a signing key to them. `*` in a pattern stays
 /// within one `/`-separated part.

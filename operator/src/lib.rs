@@ -135,7 +135,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     run_with(client, settings, shutdown).await
 }
 
-async fn wait_for_signal() {
+/// Waits for Ctrl-C or SIGTERM: the one shutdown signal every long-running
+/// command (controller, dashboard) stops on.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term =

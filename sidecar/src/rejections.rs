@@ -77,10 +77,11 @@ impl Rejections {
         if counts.is_empty() {
             return None;
         }
-        let mut event = AuditEvent::lifecycle("unauthenticated-rejections")
-            .time(Utc::now())
-            .namespace(namespace)
-            .detail("windowSeconds", window.as_secs().to_string());
+        let mut event =
+            AuditEvent::lifecycle(policybind_crds::wire::transitions::UNAUTHENTICATED_REJECTIONS)
+                .time(Utc::now())
+                .namespace(namespace)
+                .detail("windowSeconds", window.as_secs().to_string());
         for (code, n) in counts {
             event = event.detail(*code, n.to_string());
         }
@@ -141,7 +142,10 @@ mod tests {
         let event = Rejections::summary(&counts, "team-a", Duration::from_secs(60)).unwrap();
         assert_eq!(event.detail["TOKEN_MISSING"], "3");
         assert_eq!(event.detail["PATH_NOT_ALLOWED"], "1");
-        assert_eq!(event.detail["transition"], "unauthenticated-rejections");
+        assert_eq!(
+            event.detail["transition"],
+            policybind_crds::wire::transitions::UNAUTHENTICATED_REJECTIONS
+        );
         assert!(rejections.take().is_empty());
         assert!(Rejections::summary(&rejections.take(), "team-a", Duration::ZERO).is_none());
     }

@@ -155,3 +155,7 @@ annotations:
   cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "policybind.webhookName" . }}
 {{- end }}
 {{- end }}
+
+{{- define "policybind.dashboardName" -}}
+{{- printf "%s-dashboard" (include "policybind.fullname" .) }}
+{{- end }}

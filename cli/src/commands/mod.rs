@@ -5,6 +5,7 @@ pub mod check;
 pub mod compliance_sources;
 pub mod controller;
 pub mod crds;
+pub mod dashboard;
 pub mod eval;
 pub mod metrics;
 pub mod report;

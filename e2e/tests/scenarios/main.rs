@@ -7,6 +7,7 @@ mod audit;
 mod budgets;
 mod check;
 mod compliance;
+mod dashboard;
 mod enforcement;
 mod hostile;
 mod install;
