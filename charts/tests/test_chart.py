@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -511,7 +512,9 @@ def test_webhooks_declare_side_effects_and_speak_v1(render, values):
 
 
 def _policybind_binary():
-    binary = CHART.parent.parent / "target" / "debug" / "policybind"
+    """The built binary, in CARGO_TARGET_DIR when set (as cargo puts it)."""
+    target = os.environ.get("CARGO_TARGET_DIR") or CHART.parent.parent / "target"
+    binary = pathlib.Path(target) / "debug" / "policybind"
     return binary if binary.is_file() else None
 
 
