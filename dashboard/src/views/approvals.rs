@@ -124,7 +124,7 @@ pub fn render(context: &Context<'_>) -> String {
 mod tests {
     use super::*;
     use crate::data::Snapshot;
-    use crate::views::testing::{now, only, viewer};
+    use crate::views::testing::{as_team_a_viewer, now};
 
     fn request(namespace: &str, name: &str, decided: bool) -> ApprovalRequest {
         let mut value = json!({
@@ -147,12 +147,7 @@ mod tests {
             request("team-a", "already", true),
             request("team-b", "hidden", false),
         ];
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("1 pending approval request(s)"));
         assert!(html.contains("ModelDeployment support-agent"));
         assert!(!html.contains("hidden") && !html.contains("already"));

@@ -114,7 +114,7 @@ pub fn render(context: &Context<'_>) -> String {
 mod tests {
     use super::*;
     use crate::data::{Snapshot, Trail};
-    use crate::views::testing::{now, only, viewer};
+    use crate::views::testing::{as_team_a_viewer, now};
     use policybind_engine::audit::{Hash256, ProblemKind, VerifyReport};
 
     fn writer(name: &str) -> WriterSummary {
@@ -155,12 +155,7 @@ mod tests {
                 report,
             },
         );
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         let ok = html.find("sidecar/team-a/ok").unwrap();
         let bad = html.find("sidecar/team-a/bad").unwrap();
         assert!(html[ok..bad].contains("pill Verified"), "{html}");
@@ -184,12 +179,7 @@ mod tests {
                 report,
             },
         );
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("Signatures not checked"));
         assert!(html.contains("pill Unproven") && !html.contains("pill Verified"));
     }

@@ -122,7 +122,7 @@ pub fn render(context: &Context<'_>) -> String {
 mod tests {
     use super::*;
     use crate::data::Snapshot;
-    use crate::views::testing::{now, only, viewer};
+    use crate::views::testing::{as_team_a_viewer, now};
     use serde_json::json;
 
     #[test]
@@ -140,12 +140,7 @@ mod tests {
         .unwrap();
         let mut snapshot = Snapshot::empty(now());
         snapshot.tokens = vec![token];
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("data-fraction=\"0.2500\""), "{html}");
         assert!(html.contains("2.50 of 10.00 USD"));
         assert!(html.contains("data-fraction=\"0.9000\""));

@@ -136,7 +136,7 @@ pub fn render(context: &Context<'_>) -> String {
 mod tests {
     use super::*;
     use crate::data::{Snapshot, Trail};
-    use crate::views::testing::{now, only, record, viewer};
+    use crate::views::testing::{as_team_a_viewer, now, record};
 
     #[test]
     fn a_young_trail_gets_minute_columns_ending_now() {
@@ -169,12 +169,7 @@ mod tests {
                 ..Trail::default()
             },
         );
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("<p>3 decisions from"), "{html}");
         assert!(html.contains("data-series=\"Allow\" data-value=\"2\""));
         assert!(html.contains("data-series=\"Deny\" data-value=\"1\""));

@@ -147,7 +147,7 @@ fn reason(context: &Context<'_>, record: &AuditRecord) -> String {
 mod tests {
     use super::*;
     use crate::data::{Snapshot, Trail};
-    use crate::views::testing::{now, only, record, viewer};
+    use crate::views::testing::{as_team_a_viewer, now, record};
 
     #[test]
     fn denials_show_codes_rule_and_message_newest_first() {
@@ -182,12 +182,7 @@ mod tests {
                 ..Trail::default()
             },
         );
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("The 2 most recent denials"));
         assert!(html.contains("team-a/block / no-gpt"));
         assert!(html.contains("GPT is &lt;off&gt; for team A"));
@@ -211,12 +206,7 @@ mod tests {
                 ..Trail::default()
             },
         );
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("No denial recorded."));
     }
 }

@@ -86,7 +86,7 @@ fn row(incident: &Incident) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::data::Snapshot;
-    use crate::views::testing::{now, only, viewer};
+    use crate::views::testing::{as_team_a_viewer, now};
     use serde_json::json;
 
     fn incident(name: &str, severity: &str, state: &str) -> Incident {
@@ -108,12 +108,7 @@ mod tests {
             incident("minor", "Low", "Open"),
             incident("major", "High", "Investigating"),
         ];
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("3 incident(s), 2 not resolved."));
         let (major, minor, old) = (
             html.find("major summary").unwrap(),

@@ -194,6 +194,19 @@ pub(crate) mod testing {
         )
     }
 
+    /// `page` as team-a's [`viewer`] sees it at [`now`] (team-a visible only).
+    pub fn as_team_a_viewer(
+        page: fn(&super::Context<'_>) -> String,
+        snapshot: &crate::data::Snapshot,
+    ) -> String {
+        page(&super::Context {
+            snapshot,
+            visible: &only(&["team-a"]),
+            identity: &viewer(),
+            now: now(),
+        })
+    }
+
     /// A decision record `minutes_ago` before [`now`].
     pub fn record(seq: u64, minutes_ago: i64, effect: Effect, codes: &[&str]) -> AuditRecord {
         AuditRecord {

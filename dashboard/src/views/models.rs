@@ -121,7 +121,7 @@ pub fn render(context: &Context<'_>) -> String {
 mod tests {
     use super::*;
     use crate::data::Snapshot;
-    use crate::views::testing::{now, only, viewer};
+    use crate::views::testing::{as_team_a_viewer, now};
     use serde_json::json;
 
     #[test]
@@ -141,12 +141,7 @@ mod tests {
         .unwrap();
         let mut snapshot = Snapshot::empty(now());
         snapshot.models = vec![model];
-        let html = render(&Context {
-            snapshot: &snapshot,
-            visible: &only(&["team-a"]),
-            identity: &viewer(),
-            now: now(),
-        });
+        let html = as_team_a_viewer(render, &snapshot);
         assert!(
             html.contains("<span class=\"pill High\">High</span>"),
             "{html}"
