@@ -12,7 +12,6 @@ mod report;
 mod webhook;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,13 +48,8 @@ pub enum Output {
                         rights `check` needs)."
 )]
 pub struct CheckArgs {
-    /// Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, else the in-cluster
-    /// service account.
-    #[arg(long, value_name = "PATH")]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context. Default: the current one.
-    #[arg(long, value_name = "NAME")]
-    context: Option<String>,
+    #[command(flatten)]
+    cluster: super::cluster::ClusterArgs,
     /// PolicyBind's namespace (the chart's release namespace): the leader Lease,
     /// the bundles and the audit keyring live there.
     #[arg(
@@ -85,8 +79,7 @@ pub struct CheckArgs {
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let client =
-        super::compliance_sources::client(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
+    let client = args.cluster.client().await?;
     let lines = tokio::time::timeout(args.timeout * 6, gather_and_decide(&client, &args))
         .await
         .context("the checks did not finish in time")??;

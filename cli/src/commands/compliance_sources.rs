@@ -106,28 +106,6 @@ pub struct Loaded {
     pub descriptions: Vec<String>,
 }
 
-pub async fn client(
-    kubeconfig: Option<&PathBuf>,
-    context: Option<&String>,
-) -> anyhow::Result<Client> {
-    let options = kube::config::KubeConfigOptions {
-        context: context.cloned(),
-        ..Default::default()
-    };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None => match kube::Config::from_kubeconfig(&options).await {
-            Ok(config) => config,
-            Err(_) => kube::Config::incluster().context("no kubeconfig and not in a cluster")?,
-        },
-    };
-    Ok(Client::try_from(config)?)
-}
-
 /// Reads objects and the trail, and builds the snapshot for the scope.
 pub async fn load(sources: &Sources) -> anyhow::Result<Loaded> {
     let scope = Scope {
@@ -154,7 +132,9 @@ pub async fn load(sources: &Sources) -> anyhow::Result<Loaded> {
             None,
         )
     } else {
-        let client = client(sources.kubeconfig.as_ref(), sources.context.as_ref()).await?;
+        let client =
+            super::cluster::client(sources.kubeconfig.as_deref(), sources.context.as_deref())
+                .await?;
         descriptions.push("cluster objects (kubeconfig)".to_string());
         (cluster_objects(&client).await?, Some(client))
     };

@@ -1,7 +1,6 @@
 //! `policybind dashboard`: the read-only dashboard in the browser
 //! (policybind-dashboard), under this process's own Kubernetes identity.
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,13 +22,8 @@ pub struct DashboardArgs {
     /// or put it behind a TLS proxy (then pass --secure-cookie).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, else the in-cluster
-    /// service account.
-    #[arg(long, value_name = "PATH")]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context. Default: the current one.
-    #[arg(long, value_name = "NAME")]
-    context: Option<String>,
+    #[command(flatten)]
+    cluster: super::cluster::ClusterArgs,
     /// PolicyBind's namespace (the chart's release namespace), where the audit
     /// keyring `policybind-audit-keys` is published.
     #[arg(
@@ -56,8 +50,7 @@ pub struct DashboardArgs {
 
 pub async fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client =
-        super::compliance_sources::client(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
+    let client = args.cluster.client().await?;
     let state = State::new(
         client,
         Options {

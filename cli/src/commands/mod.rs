@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod bench;
 pub mod check;
+pub mod cluster;
 pub mod compliance_sources;
 pub mod controller;
 pub mod crds;

@@ -12,7 +12,6 @@ use policybind_compliance::token_text::{self, Registry};
 use policybind_crds::ModelDeployment;
 use policybind_engine::manifest::Object;
 
-use super::compliance_sources::client;
 use super::report::parse_time;
 
 /// Exit code: the sentence was refused with a question.
@@ -98,7 +97,7 @@ async fn registry(args: &CreateArgs) -> anyhow::Result<Vec<ModelDeployment>> {
             })
             .collect());
     }
-    let client = client(args.kubeconfig.as_ref(), args.context.as_ref())
+    let client = super::cluster::client(args.kubeconfig.as_deref(), args.context.as_deref())
         .await
         .context("reading the model registry from the cluster (or pass --registry DIR)")?;
     let api: Api<ModelDeployment> = Api::all(client);

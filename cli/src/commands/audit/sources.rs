@@ -163,27 +163,7 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn kube_client(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> anyhow::Result<kube::Client> {
-    let options = kube::config::KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..Default::default()
-    };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None => match kube::Config::from_kubeconfig(&options).await {
-            Ok(config) => config,
-            Err(_) => kube::Config::incluster().context("no kubeconfig and not in a cluster")?,
-        },
-    };
-    Ok(kube::Client::try_from(config)?)
-}
+pub(super) use crate::commands::cluster::client as kube_client;
 
 /// A verification key file (a signing key file is accepted too: its public
 /// half is used).

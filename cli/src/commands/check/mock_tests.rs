@@ -15,8 +15,10 @@ const HOME: &str = "policybind-system";
 
 fn args() -> CheckArgs {
     CheckArgs {
-        kubeconfig: None,
-        context: None,
+        cluster: crate::commands::cluster::ClusterArgs {
+            kubeconfig: None,
+            context: None,
+        },
         namespace: HOME.into(),
         lease_name: wire::names::OPERATOR_LEASE.into(),
         output: Output::Text,
