@@ -26,6 +26,15 @@ const CHART_HEIGHT: f64 = 220.0;
 const LEFT: f64 = 44.0;
 const BOTTOM: f64 = 22.0;
 
+/// The opening `<svg>` of a chart `width` by `height`, labelled `title`.
+fn open_chart(title: &str, width: f64, height: f64) -> String {
+    format!(
+        "<svg role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width} {height}\" width=\"100%\" \
+         style=\"max-width:{width}px;background:#fff\" xmlns=\"http://www.w3.org/2000/svg\">",
+        escape(title)
+    )
+}
+
 /// Columns (one per time bucket), each stacking every series' value.
 pub fn stacked_columns(title: &str, columns: &[String], series: &[Series<'_>]) -> String {
     let totals: Vec<u64> = (0..columns.len())
@@ -34,13 +43,7 @@ pub fn stacked_columns(title: &str, columns: &[String], series: &[Series<'_>]) -
     let max = totals.iter().copied().max().unwrap_or(0) as f64;
     let plot = CHART_HEIGHT - BOTTOM - 8.0;
     let step = (CHART_WIDTH - LEFT) / columns.len().max(1) as f64;
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<svg role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" width=\"100%\" \
-         style=\"max-width:{CHART_WIDTH}px;background:#fff\" xmlns=\"http://www.w3.org/2000/svg\">",
-        escape(title)
-    );
+    let mut out = open_chart(title, CHART_WIDTH, CHART_HEIGHT);
     let _ = write!(
         out,
         "<text x=\"4\" y=\"14\" font-size=\"11\" fill=\"#5b6475\">{}</text>\
@@ -98,13 +101,7 @@ pub fn horizontal_bars(title: &str, rows: &[(String, u64)], color: &str) -> Stri
     let width = 960.0;
     let height = row_height * rows.len() as f64 + 4.0;
     let max = rows.iter().map(|(_, v)| *v).max().unwrap_or(0) as f64;
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<svg role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width} {height}\" width=\"100%\" \
-         style=\"max-width:{width}px;background:#fff\" xmlns=\"http://www.w3.org/2000/svg\">",
-        escape(title)
-    );
+    let mut out = open_chart(title, width, height);
     for (i, (label, value)) in rows.iter().enumerate() {
         let y = i as f64 * row_height + 2.0;
         let length = scale(*value as f64, max, width - label_width - 60.0);
