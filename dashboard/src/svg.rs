@@ -136,13 +136,18 @@ pub fn meter(used: f64, limit: f64, caption: &str) -> String {
     } else {
         "#2f9e55"
     };
+    // A few requests against a large limit are still use: never "0 %".
+    let percent = if fraction > 0.0 && fraction < 0.005 {
+        "&lt;1&nbsp;%".to_string()
+    } else {
+        format!("{:.0}&nbsp;%", fraction * 100.0)
+    };
     format!(
-        "<svg role=\"img\" aria-label=\"{caption}\" class=\"meter\" data-fraction=\"{fraction:.4}\" viewBox=\"0 0 {width} 14\" \
+        "<svg role=\"img\" aria-label=\"{caption}\" class=\"meter\" data-fraction=\"{fraction}\" viewBox=\"0 0 {width} 14\" \
          width=\"{width}\" height=\"14\" xmlns=\"http://www.w3.org/2000/svg\">\
          <rect x=\"0\" y=\"0\" width=\"{width}\" height=\"14\" fill=\"#e3e6eb\"/>\
          <rect class=\"bar\" x=\"0\" y=\"0\" width=\"{length:.1}\" height=\"14\" fill=\"{color}\"/>\
-         <title>{caption}</title></svg> {:.0}&nbsp;%",
-        fraction * 100.0,
+         <title>{caption}</title></svg> {percent}",
         caption = escape(caption)
     )
 }
@@ -150,6 +155,17 @@ pub fn meter(used: f64, limit: f64, caption: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_share_of_a_limit_is_shown_as_use() {
+        // A quarter token of 1024: the attribute keeps the exact fraction
+        // and the label does not round it away.
+        let svg = meter(0.25, 1024.0, "tokens");
+        assert!(svg.contains("data-fraction=\"0.000244140625\""), "{svg}");
+        assert!(svg.ends_with("&lt;1&nbsp;%"), "{svg}");
+        assert!(meter(0.0, 5.0, "cost").ends_with(" 0&nbsp;%"));
+        assert!(meter(2.5, 5.0, "cost").ends_with(" 50&nbsp;%"));
+    }
 
     #[test]
     fn values_scale_linearly_and_are_capped() {

@@ -141,9 +141,9 @@ mod tests {
         let mut snapshot = Snapshot::empty(now());
         snapshot.tokens = vec![token];
         let html = as_team_a_viewer(render, &snapshot);
-        assert!(html.contains("data-fraction=\"0.2500\""), "{html}");
+        assert!(html.contains("data-fraction=\"0.25\""), "{html}");
         assert!(html.contains("2.50 of 10.00 USD"));
-        assert!(html.contains("data-fraction=\"0.9000\""));
+        assert!(html.contains("data-fraction=\"0.9\""));
         assert!(html.contains("7 requests"));
         // 25 % of a 220 px meter.
         assert!(html.contains("width=\"55.0\""));
