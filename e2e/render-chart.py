@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Render charts/policybind with real Helm (the helm-python-sdk wheel embeds
-Helm's Go SDK) and print every rendered document as one JSON list.
+Helm's Go SDK) and print one JSON object: every rendered document
+(`documents`, a list) and the rendered NOTES.txt (`notes`, the text
+`helm install` prints).
 
 The e2e harness runs this to take PolicyBind's identities (ServiceAccounts,
 RBAC, admission policies) and each Deployment's arguments from exactly what
@@ -44,13 +46,15 @@ def main() -> int:
             values=values, name=args.release, namespace=args.namespace, is_install=True
         )
     documents = []
+    notes = ""
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
+            notes = text
             continue
         for document in yaml.safe_load_all(text):
             if document:
                 documents.append(document)
-    json.dump(documents, sys.stdout)
+    json.dump({"documents": documents, "notes": notes}, sys.stdout)
     return 0
 
 

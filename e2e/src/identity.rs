@@ -27,6 +27,8 @@ use crate::system::FIELD_MANAGER;
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub documents: Vec<Value>,
+    /// The rendered NOTES.txt: what `helm install` prints.
+    pub notes: String,
 }
 
 /// Kinds that make up PolicyBind's identities: who its processes are and what
@@ -63,9 +65,14 @@ impl Rendered {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        let documents: Vec<Value> =
+        #[derive(serde::Deserialize)]
+        struct Output {
+            documents: Vec<Value>,
+            notes: String,
+        }
+        let Output { documents, notes } =
             serde_json::from_slice(&output.stdout).context("parse the rendered chart")?;
-        Ok(Rendered { documents })
+        Ok(Rendered { documents, notes })
     }
 
     /// The documents of `kinds`, in rendering order.

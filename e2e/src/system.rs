@@ -26,6 +26,14 @@ pub const FIELD_MANAGER: &str = "policybind-e2e";
 /// Label on every object the harness itself creates outside scenario namespaces.
 pub const E2E_LABEL: &str = "policybind.io/e2e";
 
+/// The chart values the harness installs with out of the cluster: the webhook
+/// generates its own CA (self-signed mode, as with one replica in-cluster), and
+/// reports come every 5 s, so the reports scenario need not wait 30.
+pub fn chart_values() -> Value {
+    json!({"webhook": {"replicas": 1, "certificate": {"mode": "self-signed"}},
+           "reports": {"intervalSeconds": 5}})
+}
+
 /// The running control plane.
 #[derive(Debug)]
 pub struct System {
@@ -120,7 +128,10 @@ impl System {
             controller_health: None,
             fullname,
             audit_key,
-            rendered: Rendered { documents: vec![] },
+            rendered: Rendered {
+                documents: vec![],
+                notes: String::new(),
+            },
             work_dir: work_dir()?,
             processes: Mutex::new(Vec::new()),
         })
@@ -136,18 +147,10 @@ impl System {
         install_crds(client, settings).await?;
         ensure_namespace(client, &settings.system_namespace).await?;
 
-        // What `helm install` would create, rendered by real Helm. The webhook
-        // generates its own CA (self-signed mode, as with one replica in-cluster).
+        // What `helm install` would create, rendered by real Helm.
         let fullname = settings.fullname();
         let namespace = settings.system_namespace.as_str();
-        let rendered = Rendered::render(
-            settings,
-            &settings.release,
-            namespace,
-            // Reports every 5 s, so the reports scenario need not wait 30.
-            &json!({"webhook": {"replicas": 1, "certificate": {"mode": "self-signed"}},
-                    "reports": {"intervalSeconds": 5}}),
-        )?;
+        let rendered = Rendered::render(settings, &settings.release, namespace, &chart_values())?;
         // Identities (ServiceAccounts, RBAC, admission policies) and the key
         // Secrets the chart generates, exactly as rendered.
         apply_documents(client, rendered.of_kinds(IDENTITY_KINDS)).await?;

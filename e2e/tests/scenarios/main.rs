@@ -9,6 +9,7 @@ mod check;
 mod compliance;
 mod dashboard;
 mod enforcement;
+mod first_run;
 mod hostile;
 mod install;
 mod reports;
