@@ -804,7 +804,7 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
         {"list", "watch", "create", "patch", "update", "delete"}
     assert verbs_on(rules, "events.k8s.io", "events") == {"create", "patch"}
     # Reports: OpenReports by default, written by server-side apply only.
-    assert verbs_on(rules, "openreports.io", "reports") == {"create", "patch"}
+    assert verbs_on(rules, "openreports.io", "reports") == REPORT_VERBS
     assert verbs_on(rules, "wgpolicyk8s.io", "policyreports") == set()
     own = rules_of(render(), "Role", OPERATOR)
     assert verbs_on(own, "coordination.k8s.io", "leases") == {"create", "get", "update"}
@@ -1071,17 +1071,22 @@ def test_chart_file_layout():
 # --- reports (docs/operator.md, "Reports") -------------------------------------------
 
 
+# Written by apply; listed (by label, once per leadership) and deleted when a
+# namespace leaves enforcement; never read one by one.
+REPORT_VERBS = {"create", "patch", "list", "delete"}
+
+
 @pytest.mark.parametrize("fmt,openreports,wgpolicy", [
-    ("openreports", {"create", "patch"}, set()),
-    ("wgpolicyk8s", set(), {"create", "patch"}),
-    ("both", {"create", "patch"}, {"create", "patch"}),
+    ("openreports", REPORT_VERBS, set()),
+    ("wgpolicyk8s", set(), REPORT_VERBS),
+    ("both", REPORT_VERBS, REPORT_VERBS),
 ])
 def test_the_operator_may_write_exactly_the_report_kinds_asked_for(render, fmt, openreports, wgpolicy):
     rendered = render({"reports": {"format": fmt}})
     rules = rules_of(rendered, "ClusterRole", OPERATOR)
     assert verbs_on(rules, "openreports.io", "reports") == openreports
     assert verbs_on(rules, "wgpolicyk8s.io", "policyreports") == wgpolicy
-    # Never read, never delete, never the cluster-scoped kinds.
+    # Never the cluster-scoped kinds.
     for group, kind in [("openreports.io", "clusterreports"), ("wgpolicyk8s.io", "clusterpolicyreports")]:
         assert verbs_on(rules, group, kind) == set()
     args = args_of(rendered, OPERATOR)

@@ -1951,18 +1951,98 @@ async fn reports_sum_every_pods_summary_per_namespace_and_an_unchanged_pass_writ
     );
     assert_eq!(body["results"][0]["rule"], "mutate-pod");
     reply(send, 200, &body);
+    // The first pass sweeps: a report left in a namespace no longer enforced
+    // goes; the ones just written and another tool's report stay.
+    expect_managed_list(
+        &mut env.api,
+        "/apis/openreports.io/v1alpha1/reports",
+        &[
+            ("team-a", "policybind-requests"),
+            ("team-a", "policybind-admission"),
+            ("team-a", "someone-elses-report"),
+            ("team-old", "policybind-requests"),
+        ],
+    )
+    .await;
+    let (_, send) = expect(
+        &mut env.api,
+        "DELETE",
+        "/apis/openreports.io/v1alpha1/namespaces/team-old/reports/policybind-requests",
+    )
+    .await;
+    reply(
+        send,
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
     let (writer, written) = finish_pass(&mut env.api, pass).await;
     assert_eq!(written, 2);
 
     // Nothing changed: the pass lists the summaries and writes nothing.
     let pass = spawn_pass(&env, writer, t0 + Duration::from_secs(30));
     expect_admission_list(&mut env.api).await;
-    let (_, written) = finish_pass(&mut env.api, pass).await;
+    let (writer, written) = finish_pass(&mut env.api, pass).await;
     assert_eq!(written, 0);
     let metrics = env.ctx.metrics.encode();
     assert!(
         metrics.contains(r#"policybind_operator_report_writes_total{kind="Report.openreports.io",report="policybind-requests",namespace="team-a"} 1"#),
         "{metrics}"
+    );
+
+    // team-a leaves enforcement: both its reports are deleted, without a list.
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(namespace("team-a", false)));
+    let pass = spawn_pass(&env, writer, t0 + Duration::from_secs(60));
+    expect_admission_list(&mut env.api).await;
+    let mut deleted = Vec::new();
+    for _ in 0..2 {
+        let (request, send) = env.api.next_request().await.expect("a call");
+        assert_eq!(request.method(), "DELETE");
+        deleted.push(request.uri().path().to_string());
+        reply(
+            send,
+            200,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        );
+    }
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            format!("{path}/policybind-admission"),
+            format!("{path}/policybind-requests")
+        ]
+    );
+    let (_, written) = finish_pass(&mut env.api, pass).await;
+    assert_eq!(written, 0);
+}
+
+/// Answers the cluster-wide list of managed reports at `path` with `items`
+/// (namespace, name), checking the label selector.
+async fn expect_managed_list(api: &mut ApiHandle, path: &str, items: &[(&str, &str)]) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for the list of {path}"))
+        .expect("client dropped");
+    assert_eq!(
+        (request.method().as_str(), request.uri().path()),
+        ("GET", path)
+    );
+    let query = request.uri().query().unwrap_or_default();
+    assert!(
+        query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpolicybind"),
+        "{query}"
+    );
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(namespace, name)| json!({"metadata": {"namespace": namespace, "name": name}}))
+        .collect();
+    reply(
+        send,
+        200,
+        &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {}, "items": items}),
     );
 }
 
@@ -1988,6 +2068,12 @@ async fn a_report_kind_the_api_server_does_not_serve_is_skipped_and_asked_again_
         assert_eq!(body["apiVersion"], "wgpolicyk8s.io/v1alpha2");
         reply(send, 200, &body);
     }
+    expect_managed_list(
+        &mut env.api,
+        "/apis/wgpolicyk8s.io/v1alpha2/policyreports",
+        &[],
+    )
+    .await;
     let (writer, written) = finish_pass(&mut env.api, pass).await;
     assert_eq!(written, 2);
     let metrics = env.ctx.metrics.encode();
@@ -2017,6 +2103,7 @@ async fn a_report_kind_the_api_server_does_not_serve_is_skipped_and_asked_again_
         let (body, send) = expect(&mut env.api, "PATCH", &format!("{open}/{name}")).await;
         reply(send, 200, &body);
     }
+    expect_managed_list(&mut env.api, "/apis/openreports.io/v1alpha1/reports", &[]).await;
     let (_, written) = finish_pass(&mut env.api, pass).await;
     assert_eq!(written, 2);
     assert!(

@@ -26,15 +26,23 @@
 //! API server does not serve a report kind (its CRD is not installed) the
 //! operator says so once, sets `policybind_operator_report_api_available` to 0
 //! and asks again every [`ABSENT_RETRY`].
+//!
+//! Stale reports: a namespace that is no longer enforced (or that the webhook
+//! no longer summarises) loses its report, so a report never speaks for
+//! PolicyBind where it does not decide. The first pass of each kind after the
+//! operator becomes leader lists the reports it manages cluster-wide (label
+//! `app.kubernetes.io/managed-by=policybind`) and deletes those it would not
+//! write, which a previous leader may have left; later passes delete what they
+//! themselves wrote and no longer want, without listing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use policybind_crds::summary::{
     Counts, DecisionSummary, OVERFLOW_POLICY, ParsedSummary, ReportResult, SummaryKey,
 };
@@ -368,6 +376,8 @@ pub struct ReportWriter {
     written: HashMap<(ReportKind, String, &'static str), String>,
     /// Kinds the API server did not serve, and when to ask again.
     absent: HashMap<ReportKind, Instant>,
+    /// Kinds whose reports this writer has listed and swept since it started.
+    swept: HashSet<ReportKind>,
 }
 
 /// Why a pass stopped early.
@@ -380,6 +390,20 @@ pub enum ReportsError {
         kind: &'static str,
         namespace: String,
         name: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing the {kind} reports PolicyBind manages: {source}")]
+    ListManaged {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting the stale {kind} {namespace}/{name}: {source}")]
+    Delete {
+        kind: &'static str,
+        namespace: String,
+        name: String,
         #[source]
         source: kube::Error,
     },
@@ -454,7 +478,72 @@ impl ReportWriter {
             self.written.insert(key, json);
             written += 1;
         }
+        self.sweep(ctx, kind, desired).await?;
         Ok(written)
+    }
+
+    /// Deletes the reports of `kind` that are not `desired`: on the first pass
+    /// every managed one the API server lists, then those this writer wrote.
+    async fn sweep(
+        &mut self,
+        ctx: &Context,
+        kind: ReportKind,
+        desired: &[(String, &'static str, Aggregate)],
+    ) -> Result<(), ReportsError> {
+        let wanted: HashSet<(&str, &str)> = desired
+            .iter()
+            .map(|(namespace, name, _)| (namespace.as_str(), *name))
+            .collect();
+        let resource = kind.api_resource();
+        let stale: Vec<(String, String)> = if self.swept.contains(&kind) {
+            self.written
+                .keys()
+                .filter(|(k, namespace, name)| {
+                    *k == kind && !wanted.contains(&(namespace.as_str(), *name))
+                })
+                .map(|(_, namespace, name)| (namespace.clone(), name.to_string()))
+                .collect()
+        } else {
+            let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+            let listed = Api::<DynamicObject>::all_with(ctx.client.clone(), &resource)
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|source| ReportsError::ListManaged {
+                    kind: kind.label(),
+                    source,
+                })?;
+            listed
+                .items
+                .into_iter()
+                .filter_map(|report| Some((report.metadata.namespace?, report.metadata.name?)))
+                .filter(|(namespace, name)| {
+                    [names::REQUESTS_REPORT, names::ADMISSION_REPORT].contains(&name.as_str())
+                        && !wanted.contains(&(namespace.as_str(), name.as_str()))
+                })
+                .collect()
+        };
+        for (namespace, name) in stale {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(kind = kind.label(), %namespace, %name, "deleted a report PolicyBind no longer writes")
+                }
+                Err(error) if not_served(&error) => {}
+                Err(source) => {
+                    return Err(ReportsError::Delete {
+                        kind: kind.label(),
+                        namespace,
+                        name,
+                        source,
+                    });
+                }
+            }
+            self.written
+                .retain(|(k, ns, n), _| !(*k == kind && *ns == namespace && *n == name));
+        }
+        self.swept.insert(kind);
+        Ok(())
     }
 
     fn mark_absent(&mut self, ctx: &Context, kind: ReportKind, now: Instant) {

@@ -2,11 +2,11 @@
 //! bounded, in the namespace's OpenReports `policybind-requests` and
 //! `policybind-admission` (docs/operator.md, "Reports"). The Report CRD is the
 //! test fixture e2e/fixtures/openreports-crd.yaml, applied before the operator
-//! starts.
+//! starts. When the namespace leaves enforcement, both reports are deleted.
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use policybind_crds::wire::names;
+use policybind_crds::wire::{labels, names};
 use policybind_e2e::fixtures::{self, MODEL};
 use policybind_e2e::flows::serving;
 use policybind_e2e::scenario;
@@ -151,6 +151,24 @@ fn request_and_admission_decisions_reach_the_namespaces_reports() {
             examples.iter().any(|e| e.contains("object=Pod/rogue")),
             "{examples:?}"
         );
+
+        // The namespace leaves enforcement: both reports go, deleted by the
+        // operator under the chart's identity.
+        drop(serving);
+        s.label_namespace(labels::ENFORCE, "false").await?;
+        for name in [names::REQUESTS_REPORT, names::ADMISSION_REPORT] {
+            s.wait_for(
+                &format!("Report {name} deleted once the namespace is not enforced"),
+                REPORT_TIMEOUT,
+                || async {
+                    let report = s
+                        .get_json("openreports.io/v1alpha1", "Report", name)
+                        .await?;
+                    Ok(report.is_none().then_some(()))
+                },
+            )
+            .await?;
+        }
         Ok(())
     });
 }
