@@ -67,7 +67,8 @@ fn snapshot(now: DateTime<Utc>) -> Snapshot {
             Trail {
                 records,
                 ..Trail::default()
-            },
+            }
+            .into(),
         );
     }
     snapshot

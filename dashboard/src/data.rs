@@ -4,6 +4,12 @@
 //! The snapshot is refreshed at most once per refresh interval (one list per
 //! kind, one cluster-wide list of audit segment ConfigMaps, the published
 //! keyring), so a hundred viewers cost the API server what one does.
+//!
+//! A namespace's trail is verified again only when it changed: each verified
+//! trail is kept with its basis (the keyring and every segment's name and
+//! resourceVersion), and a reload whose basis for the namespace is the same
+//! reuses it. A live writer's namespace changes with each flush; quiet ones
+//! (most, in a large cluster) cost one list and no verification.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,8 +63,9 @@ pub struct Snapshot {
     pub incidents: Vec<Incident>,
     /// `(policy as records name it, rule)` → the rule's message.
     pub rule_messages: HashMap<(String, String), String>,
-    /// Audit trails by namespace.
-    pub trails: BTreeMap<String, Trail>,
+    /// Audit trails by namespace (shared with the next snapshot when the
+    /// namespace's segments did not change).
+    pub trails: BTreeMap<String, Arc<Trail>>,
     pub keyring: KeyringState,
     /// What could not be read, for a banner (the page shows the rest).
     pub problems: Vec<String>,
@@ -117,7 +124,70 @@ where
 
 /// Reads the snapshot. Nothing here fails the page: what cannot be read is
 /// named in `problems` and left out.
-pub async fn load(client: &Client, system_namespace: &str) -> Snapshot {
+/// What a namespace's verified trail was built from: the published keyring
+/// (as JSON; `None` when it could not be read) and every segment's name and
+/// resourceVersion. The API server changes the resourceVersion with every
+/// write, so an equal basis means the same segments, verified the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailBasis {
+    keyring: Option<String>,
+    segments: Vec<(String, String)>,
+}
+
+/// Verified trails by namespace, with what each was built from.
+pub type VerifiedTrails = BTreeMap<String, (TrailBasis, Arc<Trail>)>;
+
+/// Splits the listed segments into trails that can be reused from
+/// `previous` (same basis) and namespaces that must be verified again.
+pub fn reuse_unchanged(
+    segments: BTreeMap<String, Vec<ConfigMap>>,
+    keyring: Option<&str>,
+    previous: &VerifiedTrails,
+) -> (
+    VerifiedTrails,
+    BTreeMap<String, (TrailBasis, Vec<RawSegment>)>,
+) {
+    let mut reused = VerifiedTrails::new();
+    let mut changed = BTreeMap::new();
+    for (namespace, config_maps) in segments {
+        let mut names: Vec<(String, String)> = config_maps
+            .iter()
+            .map(|cm| {
+                (
+                    cm.name_any(),
+                    cm.metadata.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        names.sort();
+        let basis = TrailBasis {
+            keyring: keyring.map(str::to_string),
+            segments: names,
+        };
+        match previous.get(&namespace) {
+            // A segment without a resourceVersion (never from an API server)
+            // is never taken as unchanged.
+            Some((before, trail))
+                if *before == basis && basis.segments.iter().all(|(_, v)| !v.is_empty()) =>
+            {
+                reused.insert(namespace, (basis, trail.clone()));
+            }
+            _ => {
+                let raw = config_maps.iter().map(ConfigMapStore::raw).collect();
+                changed.insert(namespace, (basis, raw));
+            }
+        }
+    }
+    (reused, changed)
+}
+
+/// Reads everything but the trails of namespaces whose segments are as in
+/// `previous`; returns the snapshot and its verified trails for the next load.
+pub async fn load(
+    client: &Client,
+    system_namespace: &str,
+    previous: &VerifiedTrails,
+) -> (Snapshot, VerifiedTrails) {
     let mut snapshot = Snapshot::empty(Utc::now());
     let problems = &mut snapshot.problems;
     snapshot.approvals = list_all(client, problems).await;
@@ -143,30 +213,57 @@ pub async fn load(client: &Client, system_namespace: &str) -> Snapshot {
         {
             Ok(document) => document
                 .compile()
-                .map(|keyring| (document.keys.len(), keyring))
+                .map(|keyring| {
+                    (
+                        document.keys.len(),
+                        keyring,
+                        serde_json::to_string(&document).ok(),
+                    )
+                })
                 .map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
     snapshot.keyring = match &keyring {
-        Ok((keys, _)) => KeyringState::Loaded { keys: *keys },
+        Ok((keys, _, _)) => KeyringState::Loaded { keys: *keys },
         Err(error) => KeyringState::Unavailable(format!(
             "the published keyring (ConfigMap {system_namespace}/{}) could not be read: {error}",
             policybind_crds::wire::names::AUDIT_KEYRING
         )),
     };
-    let keyring = keyring.ok().map(|(_, keyring)| keyring);
-    snapshot.trails = tokio::task::spawn_blocking(move || build_trails(segments, keyring.as_ref()))
-        .await
-        .unwrap_or_default();
-    snapshot
+    let (keyring, keyring_basis) = match keyring {
+        Ok((_, keyring, basis)) => (Some(keyring), basis),
+        Err(_) => (None, None),
+    };
+    let (mut verified, changed) = reuse_unchanged(segments, keyring_basis.as_deref(), previous);
+    let built = tokio::task::spawn_blocking(move || {
+        let (bases, raw): (BTreeMap<_, _>, BTreeMap<_, _>) = changed
+            .into_iter()
+            .map(|(namespace, (basis, raw))| ((namespace.clone(), basis), (namespace, raw)))
+            .unzip();
+        let trails = build_trails(raw, keyring.as_ref());
+        (bases, trails)
+    })
+    .await;
+    if let Ok((mut bases, trails)) = built {
+        for (namespace, trail) in trails {
+            if let Some(basis) = bases.remove(&namespace) {
+                verified.insert(namespace, (basis, Arc::new(trail)));
+            }
+        }
+    }
+    snapshot.trails = verified
+        .iter()
+        .map(|(namespace, (_, trail))| (namespace.clone(), trail.clone()))
+        .collect();
+    (snapshot, verified)
 }
 
 /// Every audit segment ConfigMap in the cluster, by namespace.
 async fn list_segments(
     client: &Client,
     problems: &mut Vec<String>,
-) -> BTreeMap<String, Vec<RawSegment>> {
-    let mut by_namespace: BTreeMap<String, Vec<RawSegment>> = BTreeMap::new();
+) -> BTreeMap<String, Vec<ConfigMap>> {
+    let mut by_namespace: BTreeMap<String, Vec<ConfigMap>> = BTreeMap::new();
     let api = Api::<ConfigMap>::all(client.clone());
     let mut params = ListParams::default()
         .labels(labels::AUDIT_SEGMENT)
@@ -179,12 +276,9 @@ async fn list_segments(
                 break;
             }
         };
-        for config_map in &page.items {
+        for config_map in page.items {
             let namespace = config_map.namespace().unwrap_or_default();
-            by_namespace
-                .entry(namespace)
-                .or_default()
-                .push(ConfigMapStore::raw(config_map));
+            by_namespace.entry(namespace).or_default().push(config_map);
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
@@ -263,7 +357,13 @@ pub struct SnapshotCache {
     client: Client,
     system_namespace: String,
     refresh: Duration,
-    current: tokio::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    current: tokio::sync::Mutex<Current>,
+}
+
+#[derive(Default)]
+struct Current {
+    snapshot: Option<(Instant, Arc<Snapshot>)>,
+    verified: VerifiedTrails,
 }
 
 impl SnapshotCache {
@@ -272,19 +372,22 @@ impl SnapshotCache {
             client,
             system_namespace,
             refresh,
-            current: tokio::sync::Mutex::new(None),
+            current: tokio::sync::Mutex::new(Current::default()),
         }
     }
 
     pub async fn get(&self) -> Arc<Snapshot> {
         let mut current = self.current.lock().await;
-        if let Some((at, snapshot)) = current.as_ref()
+        if let Some((at, snapshot)) = current.snapshot.as_ref()
             && at.elapsed() < self.refresh
         {
             return snapshot.clone();
         }
-        let snapshot = Arc::new(load(&self.client, &self.system_namespace).await);
-        *current = Some((Instant::now(), snapshot.clone()));
+        let (snapshot, verified) =
+            load(&self.client, &self.system_namespace, &current.verified).await;
+        let snapshot = Arc::new(snapshot);
+        current.snapshot = Some((Instant::now(), snapshot.clone()));
+        current.verified = verified;
         snapshot
     }
 }
@@ -320,6 +423,65 @@ mod tests {
             Some(keyring),
         );
         trails.remove("team-a").unwrap()
+    }
+
+    fn segment(name: &str, resource_version: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("team-a".into());
+        cm.metadata.resource_version = Some(resource_version.into());
+        cm
+    }
+
+    fn listed(segments: &[(&str, &str)]) -> BTreeMap<String, Vec<ConfigMap>> {
+        BTreeMap::from([(
+            "team-a".to_string(),
+            segments.iter().map(|(n, v)| segment(n, v)).collect(),
+        )])
+    }
+
+    #[test]
+    fn a_trail_is_verified_again_only_when_a_segment_or_the_keyring_changed() {
+        let first = [("seg-1", "10"), ("seg-2", "11")];
+        let (reused, changed) = reuse_unchanged(listed(&first), Some("k1"), &VerifiedTrails::new());
+        assert!(reused.is_empty());
+        let (basis, _) = changed.get("team-a").unwrap().clone();
+        let trail = Arc::new(Trail::default());
+        let previous = VerifiedTrails::from([("team-a".to_string(), (basis, trail.clone()))]);
+
+        // Same segments (in another order), same keyring: the same trail.
+        let reordered = [("seg-2", "11"), ("seg-1", "10")];
+        let (reused, changed) = reuse_unchanged(listed(&reordered), Some("k1"), &previous);
+        assert!(changed.is_empty());
+        assert!(Arc::ptr_eq(&reused["team-a"].1, &trail));
+
+        // A flushed open tail, a new segment, a deleted one, another keyring.
+        for (segments, keyring) in [
+            (&[("seg-1", "10"), ("seg-2", "12")][..], Some("k1")),
+            (
+                &[("seg-1", "10"), ("seg-2", "11"), ("seg-3", "13")][..],
+                Some("k1"),
+            ),
+            (&[("seg-2", "11")][..], Some("k1")),
+            (&first[..], Some("k2")),
+            (&first[..], None),
+        ] {
+            let (reused, changed) = reuse_unchanged(listed(segments), keyring, &previous);
+            assert!(reused.is_empty(), "{segments:?} {keyring:?}");
+            assert_eq!(changed["team-a"].1.len(), segments.len());
+        }
+
+        // Without resourceVersions nothing is taken as unchanged.
+        let unversioned = [("seg-1", "")];
+        let (_, changed) = reuse_unchanged(listed(&unversioned), None, &VerifiedTrails::new());
+        let (basis, _) = changed["team-a"].clone();
+        let previous = VerifiedTrails::from([("team-a".to_string(), (basis, trail))]);
+        let (reused, _) = reuse_unchanged(listed(&unversioned), None, &previous);
+        assert!(reused.is_empty());
+
+        // A namespace with no segment left has no trail.
+        let (reused, changed) = reuse_unchanged(BTreeMap::new(), Some("k1"), &previous);
+        assert!(reused.is_empty() && changed.is_empty());
     }
 
     #[test]

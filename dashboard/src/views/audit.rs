@@ -112,6 +112,8 @@ pub fn render(context: &Context<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::data::{Snapshot, Trail};
     use crate::views::testing::{as_team_a_viewer, now};
@@ -150,10 +152,10 @@ mod tests {
         };
         snapshot.trails.insert(
             "team-a".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![],
                 report,
-            },
+            }),
         );
         let html = as_team_a_viewer(render, &snapshot);
         let ok = html.find("sidecar/team-a/ok").unwrap();
@@ -174,10 +176,10 @@ mod tests {
         };
         snapshot.trails.insert(
             "team-a".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![],
                 report,
-            },
+            }),
         );
         let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("Signatures not checked"));

@@ -134,6 +134,8 @@ pub fn render(context: &Context<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::data::{Snapshot, Trail};
     use crate::views::testing::{as_team_a_viewer, now, record};
@@ -153,21 +155,21 @@ mod tests {
         let mut snapshot = Snapshot::empty(now());
         snapshot.trails.insert(
             "team-a".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![
                     record(1, 5, Effect::Allow, &["POLICY_ALLOW"]),
                     record(2, 5, Effect::Allow, &["POLICY_ALLOW"]),
                     record(3, 4, Effect::Deny, &["TOKEN_MISSING"]),
                 ],
                 ..Trail::default()
-            },
+            }),
         );
         snapshot.trails.insert(
             "team-b".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![record(1, 3, Effect::Deny, &["SECRET_CODE_OF_B"])],
                 ..Trail::default()
-            },
+            }),
         );
         let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("<p>3 decisions from"), "{html}");

@@ -145,6 +145,8 @@ fn reason(context: &Context<'_>, record: &AuditRecord) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::data::{Snapshot, Trail};
     use crate::views::testing::{as_team_a_viewer, now, record};
@@ -172,7 +174,7 @@ mod tests {
         );
         snapshot.trails.insert(
             "team-a".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![
                     record(1, 5, Effect::Deny, &["TOKEN_MISSING"]),
                     by_rule,
@@ -180,7 +182,7 @@ mod tests {
                     summary,
                 ],
                 ..Trail::default()
-            },
+            }),
         );
         let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("The 2 most recent denials"));
@@ -201,10 +203,10 @@ mod tests {
         let mut snapshot = Snapshot::empty(now());
         snapshot.trails.insert(
             "team-b".into(),
-            Trail {
+            Arc::new(Trail {
                 records: vec![record(1, 5, Effect::Deny, &["TOKEN_MISSING"])],
                 ..Trail::default()
-            },
+            }),
         );
         let html = as_team_a_viewer(render, &snapshot);
         assert!(html.contains("No denial recorded."));

@@ -49,7 +49,7 @@ impl Context<'_> {
             .trails
             .iter()
             .filter(|(namespace, _)| self.visible.allows(namespace))
-            .map(|(namespace, trail)| (namespace.as_str(), trail))
+            .map(|(namespace, trail)| (namespace.as_str(), trail.as_ref()))
     }
 }
 
