@@ -16,7 +16,8 @@ mod load;
 #[derive(Parser, Debug)]
 #[command(name = "policybind", version, about, long_about = None)]
 struct Cli {
-    /// Log format: `text` (default) or `json` (structured, one object per line; the Helm
+    /// Log format: `text` (default; coloured only when stderr is a terminal and
+    /// NO_COLOR is unset) or `json` (structured, one object per line; the Helm
     /// chart sets it for the operator and webhook).
     #[arg(
         long,
@@ -80,9 +81,14 @@ enum Command {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: `kubectl logs`, files and log
+    // collectors get plain text (NO_COLOR turns them off everywhere).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -118,6 +118,11 @@ fn without_an_upstream_serve_answers_from_the_labelled_demo_and_keeps_state_outs
         first.contains("built-in DEMO upstream") && first.contains("x-policybind-upstream: demo"),
         "the first log line says it: {first}"
     );
+    // Not a terminal (a pipe, as under `kubectl logs`): no colour codes.
+    assert!(
+        !serve.log.iter().any(|l| l.contains('\u{1b}')),
+        "ANSI escapes in a piped log: {first:?}"
+    );
     let state = home.path().join(".local/state/policybind");
     assert!(
         serve
