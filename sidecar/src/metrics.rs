@@ -52,6 +52,13 @@ pub struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SettlementLabels {
+    /// Where the usage came from: `provider`, `counted-text` or `estimate`
+    /// ([`crate::pipeline::UsageSource`]).
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BundleLabels {
     pub fingerprint: String,
 }
@@ -95,6 +102,7 @@ pub struct Metrics {
     pub audit_backlog: Gauge,
     pub unauthenticated: Family<CodeLabels, Counter>,
     pub output: Family<OutputLabels, Counter>,
+    pub settlements: Family<SettlementLabels, Counter>,
     /// The decision summary published in the pod's usage report
     /// ([`crate::decisions`]); not a Prometheus metric.
     pub summary: Arc<policybind_crds::summary::DecisionTally>,
@@ -121,6 +129,7 @@ impl Metrics {
         let audit_backlog = Gauge::default();
         let unauthenticated = Family::<CodeLabels, Counter>::default();
         let output = Family::<OutputLabels, Counter>::default();
+        let settlements = Family::<SettlementLabels, Counter>::default();
         {
             let r = registry.sub_registry_with_prefix("policybind_sidecar");
             r.register(
@@ -199,6 +208,11 @@ impl Metrics {
                 output.clone(),
             );
             r.register(
+                "usage_settlements",
+                "Reservations settled, by where the usage came from: provider (reported), counted-text or estimate (no usage reported)",
+                settlements.clone(),
+            );
+            r.register(
                 "in_flight_requests",
                 "Requests being handled",
                 in_flight.clone(),
@@ -222,6 +236,7 @@ impl Metrics {
             audit_backlog,
             unauthenticated,
             output,
+            settlements,
             summary: Arc::new(policybind_crds::summary::DecisionTally::new(Utc::now())),
             loaded_at: Mutex::new(None),
         })
@@ -244,6 +259,15 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts one settled reservation by the source of its usage.
+    pub fn settled(&self, source: crate::pipeline::UsageSource) {
+        self.settlements
+            .get_or_create(&SettlementLabels {
+                source: source.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// Records that a new policy set is in force.

@@ -137,6 +137,19 @@ pub fn usage_from_value(json: &Value) -> Option<Usage> {
         .map(|u| u.usage())
 }
 
+/// The generated text of a whole JSON answer (every text
+/// [`StreamText::visit_response`] visits, one per line), to count its tokens
+/// when the answer reports no usage; `None` when the body is not JSON.
+pub fn answer_text(api: Api, body: &[u8]) -> Option<String> {
+    let mut json: Value = serde_json::from_slice(body).ok()?;
+    let mut text = String::new();
+    StreamText::visit_response(api, &mut json, &mut |s: &mut String| {
+        text.push_str(s);
+        text.push('\n');
+    });
+    Some(text)
+}
+
 /// The usage reported by a stream so far, and the characters of text it carried
 /// (to estimate output when a stream reports no usage).
 #[derive(Debug, Default, Clone, Copy)]
