@@ -124,7 +124,10 @@ pub fn current_usage<'a>(
                 continue;
             }
             let sum = &mut sums[i];
-            sum.0 += (entry.cost_usd.max(0.0) * 1e9).round() as u128;
+            // A report is written by the workload's pod too: any number may
+            // be in it (1e308, negative). Clamped, then summed without wrapping.
+            let nanos = (policybind_crds::common::clamp_usd(entry.cost_usd) * 1e9).round() as u128;
+            sum.0 = sum.0.saturating_add(nanos);
             sum.1 = sum.1.saturating_add(entry.tokens);
             sum.2 = sum.2.saturating_add(entry.requests);
             sum.3 = true;
@@ -137,7 +140,7 @@ pub fn current_usage<'a>(
         .map(|(i, &period)| PeriodUsage {
             period,
             period_start: starts[i],
-            cost_usd: sums[i].0 as f64 / 1e9,
+            cost_usd: policybind_crds::common::clamp_usd(sums[i].0 as f64 / 1e9),
             tokens: sums[i].1,
             requests: sums[i].2,
         })
@@ -224,6 +227,28 @@ mod tests {
             max_tokens: None,
             time_zone: "UTC".into(),
         }
+    }
+
+    #[test]
+    fn hostile_amounts_in_reports_neither_wrap_nor_poison_the_sum() {
+        let spec = token("team-a", "bot").budget(day_budget(10.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let day = "2026-11-22T00:00:00Z";
+        let reports: Vec<CountedReport> = [1e300, f64::MAX, -5.0, 1.5]
+            .into_iter()
+            .map(|cost| {
+                report(
+                    "team-a/bot",
+                    vec![entry(BudgetPeriod::Day, day, cost, u64::MAX)],
+                )
+            })
+            .collect();
+        let usage = current_usage("team-a", "bot", &spec, &reports, now);
+        // Two amounts clamped to the maximum, a negative one counted as zero.
+        let expected = policybind_crds::common::MAX_USD;
+        assert_eq!(usage[0].cost_usd, expected);
+        assert_eq!(usage[0].tokens, u64::MAX, "saturated, not wrapped");
+        assert_eq!(usage[0].requests, 4);
     }
 
     #[test]

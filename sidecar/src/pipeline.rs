@@ -207,10 +207,10 @@ impl AppState {
             rate: set.rate_limit(call.token),
             budgets: set.budgets(call.token),
         };
-        let amount = Amount {
-            cost_usd: estimate.cost_usd,
-            tokens: estimate.input_tokens + estimate.output_tokens,
-        };
+        let amount = Amount::new(
+            estimate.cost_usd,
+            estimate.input_tokens.saturating_add(estimate.output_tokens),
+        );
         match self.reserve_waiting(call.token, limits, amount, now).await {
             Ok(id) => Ok(Admitted {
                 ready,
@@ -550,10 +550,7 @@ impl Reservation {
             .map(|p| p.cost(input_tokens, output_tokens))
             .unwrap_or(0.0);
         let now = Utc::now();
-        let actual = Amount {
-            cost_usd: cost,
-            tokens: input_tokens.saturating_add(output_tokens),
-        };
+        let actual = Amount::new(cost, input_tokens.saturating_add(output_tokens));
         self.state.ledger.settle(id, actual, now);
         self.state.metrics.settled(source);
         if source != UsageSource::Provider {

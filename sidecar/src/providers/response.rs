@@ -40,10 +40,15 @@ struct AnyUsage {
 
 impl AnyUsage {
     fn usage(&self) -> Usage {
-        let cached = self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0);
+        // The provider's numbers: a hostile or broken upstream may send
+        // u64::MAX, which must saturate rather than wrap to a small charge.
+        let cached = self
+            .cache_creation_input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
+        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
         Usage {
-            input_tokens: self.prompt_tokens.or(self.input_tokens).unwrap_or(0) + cached,
+            input_tokens: input.saturating_add(cached),
             output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
         }
     }
@@ -180,7 +185,9 @@ impl UsageTracker {
             });
         }
         for (_, text) in StreamText::deltas(api, data) {
-            self.generated_chars += text.chars().count() as u64;
+            self.generated_chars = self
+                .generated_chars
+                .saturating_add(text.chars().count() as u64);
         }
     }
 
