@@ -138,11 +138,14 @@ pub fn current_usage<'a>(
         .enumerate()
         .filter(|(i, p)| sums[*i].3 || spec.budget(**p).is_some())
         .map(|(i, &period)| PeriodUsage {
-            period,
-            period_start: starts[i],
-            cost_usd: policybind_crds::common::clamp_usd(sums[i].0 as f64 / 1e9),
-            tokens: sums[i].1,
-            requests: sums[i].2,
+            resets_at: Some(current_period_end(spec, period, now)),
+            ..PeriodUsage::settled(
+                period,
+                starts[i],
+                policybind_crds::common::clamp_usd(sums[i].0 as f64 / 1e9),
+                sums[i].1,
+                sums[i].2,
+            )
         })
         .collect()
 }
@@ -199,13 +202,7 @@ mod tests {
     }
 
     fn entry(period: BudgetPeriod, start: &str, cost: f64, tokens: u64) -> PeriodUsage {
-        PeriodUsage {
-            period,
-            period_start: at(start),
-            cost_usd: cost,
-            tokens,
-            requests: 1,
-        }
+        PeriodUsage::settled(period, at(start), cost, tokens, 1)
     }
 
     /// A report written in the token's own namespace, `team-a`.
@@ -329,6 +326,7 @@ mod tests {
                 .into_iter()
                 .map(|mut u| {
                     u.requests = 0;
+                    u.resets_at = Some(at("2026-11-23T00:00:00Z"));
                     u
                 })
                 .collect::<Vec<_>>()
