@@ -133,6 +133,9 @@ pub struct Settings {
     /// [`crate::usage_file`]): read before serving, written at most every
     /// second and at shutdown. `None`: spend is kept in memory only.
     pub usage_file: Option<PathBuf>,
+    /// Label per-token metrics with the token (one series per token and
+    /// period per process); off: bounded series, see [`crate::metrics`].
+    pub metrics_token_labels: bool,
     /// How often refused unauthenticated requests are summarised in one audit record.
     pub rejection_summary_interval: Duration,
     /// Sent with every response of the main port as `x-policybind-upstream`, so
@@ -201,6 +204,7 @@ impl Settings {
             limits: Limits::default(),
             usage_report: None,
             usage_file: None,
+            metrics_token_labels: false,
             rejection_summary_interval: Duration::from_secs(60),
             upstream_label: None,
         }

@@ -379,6 +379,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     let upstream = Upstream::new(&settings)?;
     let settings = Arc::new(settings);
     let metrics = Metrics::new();
+    metrics.set_token_labels(settings.metrics_token_labels);
     let holder = PolicyHolder::new();
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -1,10 +1,17 @@
 //! Prometheus metrics of the sidecar, served on the health port at `/metrics`.
 //!
 //! One `prometheus-client` registry; every metric is prefixed `policybind_sidecar_`.
-//! Label values are bounded by the policy set (codes, policies, tokens), never by
-//! request content.
+//! Label values are bounded by the policy set (codes, policies), never by
+//! request content. Tokens are not a label by default: 10,000 tokens must not
+//! mean 10,000 series per pod. With token labels on
+//! ([`Metrics::set_token_labels`], `--metrics-token-labels`), the budget gauges
+//! `budget_spent_usd{token,period}` / `budget_spent_tokens{token,period}` are
+//! published and `rate_limited_total` counts per token; off, the budget gauges
+//! are not published (`AccessToken.status.usage` shows spend) and
+//! `rate_limited_total` is one series (`token=""`, which Prometheus reads as no
+//! label).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -107,6 +114,8 @@ pub struct Metrics {
     /// ([`crate::decisions`]); not a Prometheus metric.
     pub summary: Arc<policybind_crds::summary::DecisionTally>,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
+    /// Whether per-token series are published (see the module docs).
+    token_labels: AtomicBool,
 }
 
 impl Metrics {
@@ -239,6 +248,7 @@ impl Metrics {
             settlements,
             summary: Arc::new(policybind_crds::summary::DecisionTally::new(Utc::now())),
             loaded_at: Mutex::new(None),
+            token_labels: AtomicBool::new(false),
         })
     }
 
@@ -259,6 +269,27 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Turns per-token series on or off (off by default).
+    pub fn set_token_labels(&self, on: bool) {
+        self.token_labels.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether per-token series are published.
+    pub fn token_labels(&self) -> bool {
+        self.token_labels.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request refused by a rate limit, per token when token labels
+    /// are on.
+    pub fn rate_limited(&self, token: &str) {
+        let token = if self.token_labels() { token } else { "" };
+        self.rate_limited
+            .get_or_create(&TokenLabels {
+                token: token.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one settled reservation by the source of its usage.

@@ -34,7 +34,7 @@ use tracing::warn;
 
 use crate::accounting::{Amount, Refusal as LedgerRefusal, ReservationId, TokenLimits};
 use crate::approvals::{ApprovalStatus, HeldRequest};
-use crate::metrics::{BudgetLabels, TokenLabels};
+use crate::metrics::BudgetLabels;
 use crate::refusal::{Hint, Refusal, Stage};
 use crate::source::Loaded;
 use crate::state::AppState;
@@ -269,12 +269,7 @@ impl AppState {
         let message = format!("token {token}: {refusal}");
         match refusal {
             LedgerRefusal::RateLimited { retry_after, .. } => {
-                self.metrics
-                    .rate_limited
-                    .get_or_create(&TokenLabels {
-                        token: token.to_string(),
-                    })
-                    .inc();
+                self.metrics.rate_limited(token);
                 let mut r = Refusal::new(Stage::Rate, codes::RATE_LIMITED, message);
                 r.hint = Some(Box::new(Hint::RetryAfter(retry_after)));
                 r
@@ -595,7 +590,8 @@ impl Reservation {
 
     fn publish_spend(&self, now: DateTime<Utc>) {
         let budgets = self.loaded.set.budgets(&self.token);
-        if budgets.is_empty() {
+        // One series per token and period: only when asked for.
+        if budgets.is_empty() || !self.state.metrics.token_labels() {
             return;
         }
         for usage in self.state.ledger.usage(&self.token, budgets, now) {

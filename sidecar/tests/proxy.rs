@@ -413,6 +413,31 @@ async fn rate_limit_is_denied_with_rate_limited_and_retry_after() {
 }
 
 #[tokio::test]
+async fn by_default_metrics_carry_no_token_label() {
+    let upstream = Upstream::start().await;
+    let files = files();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let sidecar = Harness::start_with(&upstream.url, &refs, |s| {
+        s.metrics_token_labels = false;
+    })
+    .await;
+    for token in [ALICE, TINY_BUDGET, LIMITED, LIMITED, LIMITED] {
+        sidecar.chat(Some(token), "gpt-4o-mini", "hi", &[]).await;
+    }
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.contains("policybind_sidecar_rate_limited_total{token=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("budget_spent"), "{metrics}");
+    for token in ["default/alice", "default/tiny", "default/limited"] {
+        assert!(!metrics.contains(token), "{token} in {metrics}");
+    }
+    sidecar.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
 async fn reload_applies_a_good_change_and_keeps_the_last_good_set_on_a_bad_one() {
     let upstream = Upstream::start().await;
     let sidecar = start(&upstream).await;

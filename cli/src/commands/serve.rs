@@ -132,6 +132,12 @@ pub struct ProxyArgs {
     /// split across chunks is judged whole before any of it is released.
     #[arg(long, env = "POLICYBIND_OUTPUT_HOLD_BACK_BYTES", default_value_t = 256)]
     pub output_hold_back_bytes: usize,
+    /// Label the per-token metrics with the token: `budget_spent_usd{token,period}`,
+    /// `budget_spent_tokens{token,period}` and `rate_limited_total{token}`. Off by
+    /// default so that series stay bounded whatever the number of tokens (one
+    /// per token and period per process when on).
+    #[arg(long, env = wire::env::METRICS_TOKEN_LABELS)]
+    pub metrics_token_labels: bool,
     /// Seconds between audit records summarising refused unauthenticated requests.
     #[arg(
         long,
@@ -182,6 +188,7 @@ impl ProxyArgs {
             hold_back_bytes: self.output_hold_back_bytes,
         };
         settings.rejection_summary_interval = Duration::from_secs(self.rejection_summary_secs);
+        settings.metrics_token_labels = self.metrics_token_labels;
     }
 }
 
