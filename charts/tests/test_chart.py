@@ -744,6 +744,12 @@ def test_sidecar_and_admission_settings_reach_the_webhook(render):
         assert flag in custom, flag
 
 
+def test_per_token_metric_labels_are_off_unless_asked_for(render):
+    flag = "--sidecar-env=POLICYBIND_METRICS_TOKEN_LABELS=true"
+    assert flag not in args_of(render(), WEBHOOK)
+    assert flag in args_of(render({"sidecar": {"metricsTokenLabels": True}}), WEBHOOK)
+
+
 # --- RBAC -------------------------------------------------------------------------
 
 

@@ -123,6 +123,12 @@ def test_service_points_sdks_at_the_model_port_and_optionally_the_decision_api(r
     assert volumes["upstream-ca"]["configMap"]["name"] == "corp-ca"
 
 
+def test_per_token_metric_labels_are_off_unless_asked_for(render):
+    assert "--metrics-token-labels" not in container_of(render(ON))["args"]
+    on = render({"gateway": {"enabled": True, "metricsTokenLabels": True}})
+    assert "--metrics-token-labels" in container_of(on)["args"]
+
+
 def test_a_single_replica_gets_no_disruption_budget_that_would_block_drains(render):
     rendered = render({"gateway": {"enabled": True, "replicas": 1}})
     assert rendered.kinds("PodDisruptionBudget") == [d for d in rendered.kinds("PodDisruptionBudget")

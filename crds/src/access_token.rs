@@ -209,4 +209,47 @@ pub struct PeriodUsage {
     pub tokens: u64,
     /// Requests forwarded.
     pub requests: u64,
+    /// When the period ends and its spend starts again at zero (in the
+    /// budget's time zone). Set by the operator in the token's status; absent
+    /// in the sidecars' usage reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<DateTime<Utc>>,
+    /// US dollars of the cost budget the operator has granted to replicas in
+    /// this period, summed over every namespace and pod: what replicas may
+    /// spend without asking again, including what they already spent of it
+    /// (grants are never handed back within a period). Absent when no replica
+    /// holds a grant of the cost budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_usd: Option<f64>,
+    /// Tokens of the token budget granted to replicas in this period, as
+    /// `heldUsd` for the cost budget. Absent when no replica holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_tokens: Option<u64>,
+    /// Replicas (pods) holding a grant of this period's budget. Absent when
+    /// none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders: Option<u32>,
+}
+
+impl PeriodUsage {
+    /// Usage settled in one period, with none of the status-only fields.
+    pub fn settled(
+        period: BudgetPeriod,
+        period_start: DateTime<Utc>,
+        cost_usd: f64,
+        tokens: u64,
+        requests: u64,
+    ) -> PeriodUsage {
+        PeriodUsage {
+            period,
+            period_start,
+            cost_usd,
+            tokens,
+            requests,
+            resets_at: None,
+            held_usd: None,
+            held_tokens: None,
+            holders: None,
+        }
+    }
 }

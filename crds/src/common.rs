@@ -277,10 +277,70 @@ pub struct Pricing {
 }
 
 impl Pricing {
-    /// Cost in US dollars of a call with these token counts.
+    /// Cost in US dollars of a call with these token counts, clamped by
+    /// [`clamp_usd`] (a price of NaN or infinity cannot make it unusable).
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per1k_tokens_usd
-            + output_tokens as f64 * self.output_per1k_tokens_usd)
-            / 1000.0
+        clamp_usd(
+            (input_tokens as f64 * self.input_per1k_tokens_usd
+                + output_tokens as f64 * self.output_per1k_tokens_usd)
+                / 1000.0,
+        )
+    }
+}
+
+/// The largest dollar amount PolicyBind counts: one trillion US dollars. Far
+/// above any budget; an `f64` of this size still resolves a ten-thousandth of
+/// a dollar.
+pub const MAX_USD: f64 = 1e12;
+
+/// A dollar amount made safe to add and compare. Every amount charged,
+/// reserved, restored or summed goes through it, so that no input (a hostile
+/// usage report, a price of `.nan` in a hand-written manifest, an overflowing
+/// product) can poison a budget: NaN counts as [`MAX_USD`] (fail closed: an
+/// amount that cannot be known exhausts any cost budget rather than passing
+/// every comparison), amounts above [`MAX_USD`] (infinity too) as [`MAX_USD`],
+/// negative amounts as zero (nothing is ever refunded below zero).
+pub fn clamp_usd(usd: f64) -> f64 {
+    if usd.is_nan() {
+        MAX_USD
+    } else {
+        usd.clamp(0.0, MAX_USD)
+    }
+}
+
+/// `a + b` of two dollar amounts, clamped by [`clamp_usd`].
+pub fn add_usd(a: f64, b: f64) -> f64 {
+    clamp_usd(clamp_usd(a) + clamp_usd(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_amounts_are_clamped_to_a_finite_non_negative_range() {
+        for (input, expected) in [
+            (0.25, 0.25),
+            (-1.0, 0.0),
+            (-0.0, 0.0),
+            (f64::NAN, MAX_USD),
+            (f64::INFINITY, MAX_USD),
+            (f64::NEG_INFINITY, 0.0),
+            (1e300, MAX_USD),
+        ] {
+            assert_eq!(clamp_usd(input), expected, "{input}");
+        }
+        assert_eq!(add_usd(MAX_USD, MAX_USD), MAX_USD);
+        assert_eq!(
+            add_usd(1.5, f64::NAN),
+            MAX_USD,
+            "an unknown amount fails closed"
+        );
+        assert_eq!(add_usd(1.5, -3.0), 1.5, "nothing is refunded below zero");
+        let huge = Pricing {
+            input_per1k_tokens_usd: f64::MAX,
+            output_per1k_tokens_usd: 1.0,
+        };
+        assert_eq!(huge.cost(u64::MAX, u64::MAX), MAX_USD);
     }
 }

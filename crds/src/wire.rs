@@ -401,6 +401,11 @@ pub mod env {
     /// `policybind sidecar --token-estimates`); the chart sets it for injected
     /// sidecars from `sidecar.tokenEstimates`.
     pub const TOKEN_ESTIMATES: &str = "POLICYBIND_TOKEN_ESTIMATES";
+    /// `true`: enforcement points label their per-token metrics with the token
+    /// (`policybind sidecar --metrics-token-labels`); the chart sets it from
+    /// `sidecar.metricsTokenLabels` (injected sidecars) and passes the flag
+    /// from `gateway.metricsTokenLabels`.
+    pub const METRICS_TOKEN_LABELS: &str = "POLICYBIND_METRICS_TOKEN_LABELS";
     /// Poll interval of directory sources, milliseconds.
     pub const RELOAD_INTERVAL_MS: &str = "POLICYBIND_RELOAD_INTERVAL_MS";
     /// Directory where provider credential Secrets are mounted, one directory per

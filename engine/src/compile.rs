@@ -410,6 +410,7 @@ impl PolicySet {
                     slots.shared = Some(index);
                 }
             }
+            check_pricing(model, &resource, &mut errors);
             models.push(compile_model(model));
         }
 
@@ -878,6 +879,35 @@ fn find_conflicts(bundle: &Bundle, errors: &mut Errors) {
     }
 }
 
+/// A dollar amount a budget or price may hold: finite and not negative. The
+/// API server's schema refuses negative prices already; a hand-written
+/// manifest read offline (`.nan`, `.inf`) is checked here.
+fn valid_usd(usd: f64) -> bool {
+    usd.is_finite() && usd >= 0.0
+}
+
+const USD_REASON: &str = "must be a finite number of US dollars, zero or more";
+
+fn check_pricing(model: &BundleModel, resource: &str, errors: &mut Errors) {
+    let Some(pricing) = &model.spec.pricing else {
+        return;
+    };
+    for (field, usd) in [
+        (
+            "spec.pricing.inputPer1kTokensUsd",
+            pricing.input_per1k_tokens_usd,
+        ),
+        (
+            "spec.pricing.outputPer1kTokensUsd",
+            pricing.output_per1k_tokens_usd,
+        ),
+    ] {
+        if !valid_usd(usd) {
+            errors.push(resource, None, field.into(), USD_REASON);
+        }
+    }
+}
+
 fn compile_model(model: &BundleModel) -> CompiledModel {
     CompiledModel {
         id: model.id(),
@@ -926,6 +956,14 @@ fn compile_token(
                 tz,
             }),
             Err(e) => errors.push(resource, None, format!("spec.budgets[{i}].timeZone"), e),
+        }
+        if b.max_cost_usd.is_some_and(|usd| !valid_usd(usd)) {
+            errors.push(
+                resource,
+                None,
+                format!("spec.budgets[{i}].maxCostUsd"),
+                USD_REASON,
+            );
         }
         if b.max_cost_usd.is_none() && b.max_tokens.is_none() {
             errors.push(

@@ -401,6 +401,46 @@ fn compile_errors_name_resource_rule_and_field() {
 }
 
 #[test]
+fn prices_and_cost_budgets_that_are_not_finite_non_negative_dollars_do_not_compile() {
+    for bad in [f64::NAN, f64::INFINITY, -0.5] {
+        let mut b = bundle(vec![cluster_policy(
+            "p",
+            100,
+            vec![rule("ok", Effect::Allow)],
+        )]);
+        b.models[0]
+            .spec
+            .pricing
+            .as_mut()
+            .unwrap()
+            .output_per1k_tokens_usd = bad;
+        b.tokens[0].spec.budgets = vec![policybind_crds::Budget {
+            period: policybind_crds::BudgetPeriod::Day,
+            max_cost_usd: Some(bad),
+            max_tokens: None,
+            time_zone: "UTC".into(),
+        }];
+        let errors = PolicySet::compile(&b).unwrap_err().0;
+        let at = |resource: &str, field: &str| {
+            errors
+                .iter()
+                .any(|e| e.resource == resource && e.field == field && e.reason.contains("finite"))
+        };
+        assert!(
+            at(
+                "ModelDeployment ai/gpt-4o",
+                "spec.pricing.outputPer1kTokensUsd"
+            ),
+            "{bad}: {errors:?}"
+        );
+        assert!(
+            at("AccessToken ns/alice", "spec.budgets[0].maxCostUsd"),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn contradictory_rules_at_the_same_priority_are_rejected() {
     let mut deny = rule("deny-gpt", Effect::Deny);
     deny.match_.models = vec!["gpt-4o".into()];

@@ -14,18 +14,26 @@
 //! or gone. Grants never shrink within a period: a gone pod's slice stays
 //! counted as spent (it may have spent it after its last report), which is how
 //! a `kill -9` can only under-spend.
+//!
+//! The ledgers written are also kept in memory ([`LedgerView`]), so that the
+//! token controller can show in `AccessToken.status.usage` what replicas hold
+//! (`heldUsd`, `heldTokens`, `holders`); a round that changes a token's grants
+//! wakes that token.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use policybind_crds::access_token::PeriodUsage;
 use policybind_crds::lease::{self, Demand, Demands, KeyLedger, Ledger, Unit};
 use policybind_crds::wire::{self, field_managers, keys, labels};
-use policybind_crds::{AccessToken, AccessTokenSpec};
+use policybind_crds::{AccessToken, AccessTokenSpec, BudgetPeriod};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -210,6 +218,83 @@ pub fn ledger_config_map(home: &str, namespace: &str, ledger: &Ledger) -> Config
     }
 }
 
+/// What replicas hold of one budget period, over every namespace's ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Held {
+    /// Σ of the grants of the cost budget's key.
+    pub usd: f64,
+    /// Σ of the grants of the token budget's key.
+    pub tokens: f64,
+    /// Pods (namespace and name) with a grant of either key.
+    pub holders: u32,
+}
+
+/// The ledgers last written, by namespace (the leader's memory of them).
+#[derive(Debug, Default)]
+pub struct LedgerView {
+    ledgers: Mutex<HashMap<String, Ledger>>,
+}
+
+impl LedgerView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ledger>> {
+        self.ledgers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `namespace`'s ledger as written; returns the ids of the tokens
+    /// whose grants changed.
+    pub fn publish(&self, namespace: &str, ledger: &Ledger) -> BTreeSet<String> {
+        let mut ledgers = self.lock();
+        let empty = Ledger::default();
+        let old = ledgers.get(namespace).unwrap_or(&empty);
+        let changed = old
+            .keys
+            .keys()
+            .chain(ledger.keys.keys())
+            .filter(|key| {
+                old.keys.get(*key).map(|k| &k.grants) != ledger.keys.get(*key).map(|k| &k.grants)
+            })
+            .filter_map(|key| lease::parse_budget_key(key).map(|p| p.token.to_string()))
+            .collect();
+        ledgers.insert(namespace.to_string(), ledger.clone());
+        changed
+    }
+
+    /// What replicas hold of `token`'s budget of `period` starting at `start`.
+    pub fn held(&self, token: &str, period: BudgetPeriod, start: DateTime<Utc>) -> Held {
+        let usd_key = lease::budget_key(token, period, start, Unit::Usd);
+        let tokens_key = lease::budget_key(token, period, start, Unit::Tokens);
+        let ledgers = self.lock();
+        let mut held = Held::default();
+        let mut holders = BTreeSet::new();
+        for (namespace, ledger) in ledgers.iter() {
+            for (key, total) in [(&usd_key, &mut held.usd), (&tokens_key, &mut held.tokens)] {
+                let Some(entry) = ledger.keys.get(key) else {
+                    continue;
+                };
+                for (pod, grant) in entry.grants.iter().filter(|(_, g)| **g > 0.0) {
+                    *total += usable(*grant);
+                    holders.insert((namespace.as_str(), pod.as_str()));
+                }
+            }
+        }
+        held.holders = u32::try_from(holders.len()).unwrap_or(u32::MAX);
+        held
+    }
+
+    /// `usage` with what replicas hold of each period filled in.
+    pub fn with_holdings(&self, token: &str, mut usage: Vec<PeriodUsage>) -> Vec<PeriodUsage> {
+        for entry in &mut usage {
+            let held = self.held(token, entry.period, entry.period_start);
+            entry.held_usd = (held.usd > 0.0).then_some(held.usd);
+            // Grants of a token budget are whole numbers of tokens in practice;
+            // the cast saturates.
+            entry.held_tokens = (held.tokens > 0.0).then_some(held.tokens.round() as u64);
+            entry.holders = (held.holders > 0).then_some(held.holders);
+        }
+        usage
+    }
+}
+
 /// The ledgers the previous leader left, by namespace (so a new leader never
 /// grants again what was already granted).
 async fn load(api: &Api<ConfigMap>) -> Result<HashMap<String, Ledger>, kube::Error> {
@@ -230,13 +315,23 @@ async fn load(api: &Api<ConfigMap>) -> Result<HashMap<String, Ledger>, kube::Err
         .collect())
 }
 
-/// Runs ledger rounds every [`ROUND`] until `stop`.
-pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+/// Runs ledger rounds every [`ROUND`] until `stop`; a round that changes a
+/// token's grants wakes it through `tokens` (its status shows them).
+pub async fn run(
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+    tokens: UnboundedSender<ObjectRef<AccessToken>>,
+) {
     let home = ctx.settings.namespace.clone();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &home);
     let mut written = loop {
         match load(&api).await {
-            Ok(ledgers) => break ledgers,
+            Ok(ledgers) => {
+                for (namespace, ledger) in &ledgers {
+                    wake(&tokens, ctx.state.ledgers.publish(namespace, ledger));
+                }
+                break ledgers;
+            }
             Err(error) => warn!(%error, "reading the budget ledgers; retrying"),
         }
         tokio::select! {
@@ -251,16 +346,25 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        round(&ctx, &api, &home, &mut written).await;
+        wake(&tokens, round(&ctx, &api, &home, &mut written).await);
     }
 }
 
+fn wake(tokens: &UnboundedSender<ObjectRef<AccessToken>>, ids: BTreeSet<String>) {
+    for (namespace, name) in ids.iter().filter_map(|id| id.split_once('/')) {
+        let _ = tokens.unbounded_send(ObjectRef::new(name).within(namespace));
+    }
+}
+
+/// One round over every namespace; returns the ids of the tokens whose
+/// grants changed.
 pub(crate) async fn round(
     ctx: &Context,
     api: &Api<ConfigMap>,
     home: &str,
     written: &mut HashMap<String, Ledger>,
-) {
+) -> BTreeSet<String> {
+    let mut changed = BTreeSet::new();
     let now = ctx.now();
     let reports = ctx.stores.usage_reports.state();
     let tokens: HashMap<String, Arc<AccessToken>> = ctx
@@ -324,6 +428,7 @@ pub(crate) async fn round(
                         namespace: namespace.clone(),
                     })
                     .inc();
+                changed.extend(ctx.state.ledgers.publish(&namespace, &next));
                 written.insert(namespace, next);
             }
             Err(error) => {
@@ -331,6 +436,7 @@ pub(crate) async fn round(
             }
         }
     }
+    changed
 }
 
 #[cfg(test)]

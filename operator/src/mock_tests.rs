@@ -1124,6 +1124,94 @@ async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_
 }
 
 #[tokio::test]
+async fn status_shows_spend_the_reset_time_and_what_replicas_hold() {
+    use policybind_crds::lease::{KeyLedger, Ledger};
+    use std::collections::BTreeMap;
+    let mut env = env();
+    let t = token("team-a", "bot")
+        .budget(policybind_crds::Budget {
+            period: policybind_crds::BudgetPeriod::Day,
+            max_cost_usd: Some(3.0),
+            max_tokens: Some(1000),
+            time_zone: "Europe/Berlin".into(),
+        })
+        .build();
+    let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
+    env.w
+        .token_secrets
+        .apply_watcher_event(&Event::Apply(secret));
+    env.w.tokens.apply_watcher_event(&Event::Apply(t.clone()));
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    // The Berlin day of 2026-11-22 starts at 23:00 UTC the day before.
+    let report = json!({"team-a/bot": [{"period": "Day", "periodStart": "2026-11-21T23:00:00Z",
+        "costUsd": 1.0, "tokens": 10, "requests": 1}]});
+    let mut cm = usage_report(
+        "team-a",
+        "policybind-usage-bot-1",
+        "bot-1",
+        "team-a/bot",
+        0.0,
+    );
+    cm.data
+        .as_mut()
+        .unwrap()
+        .insert("usage.json".into(), report.to_string());
+    env.w.usage_reports.apply_watcher_event(&Event::Apply(cm));
+    let key = |start: &str, unit: &str| format!("team-a/bot|Day|{start}|{unit}");
+    let entry = |grants: &[(&str, f64)]| KeyLedger {
+        limit: 3.0,
+        remaining: 1.0,
+        grants: grants.iter().map(|(p, g)| (p.to_string(), *g)).collect(),
+    };
+    let today = "2026-11-21T23:00:00Z";
+    let team_a = Ledger {
+        keys: BTreeMap::from([
+            (key(today, "usd"), entry(&[("bot-1", 0.5), ("bot-2", 0.25)])),
+            (key(today, "tokens"), entry(&[("bot-1", 200.0)])),
+            // Yesterday's grants and another token's count for nothing here.
+            (key("2026-11-20T23:00:00Z", "usd"), entry(&[("bot-1", 2.0)])),
+            (
+                format!("team-a/other|Day|{today}|usd"),
+                entry(&[("bot-3", 2.0)]),
+            ),
+        ]),
+    };
+    // The token is granted in every namespace it is served in.
+    let team_c = Ledger {
+        keys: BTreeMap::from([(key(today, "usd"), entry(&[("c-1", 0.125)]))]),
+    };
+    env.ctx.state.ledgers.publish("team-a", &team_a);
+    env.ctx.state.ledgers.publish("team-c", &team_c);
+
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
+        Arc::new(t.clone()),
+        env.ctx.clone(),
+    ));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
+    )
+    .await;
+    reply(send, 200, &with_status(&t, &status));
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status["status"]["usage"],
+        json!([{"period": "Day", "periodStart": "2026-11-21T23:00:00Z",
+                "costUsd": 1.0, "tokens": 10, "requests": 1,
+                "resetsAt": "2026-11-22T23:00:00Z",
+                "heldUsd": 0.875, "heldTokens": 200, "holders": 3}]),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn approval_decision_is_recorded_once() {
     let mut env = env();
     let m = model("team-a", "support-bot")
@@ -1726,13 +1814,27 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
     let mut written = std::collections::HashMap::new();
     let ctx = env.ctx.clone();
     let round = tokio::spawn(async move {
-        crate::ledger::round(&ctx, &api, HOME, &mut written).await;
-        (api, written)
+        let changed = crate::ledger::round(&ctx, &api, HOME, &mut written).await;
+        (api, written, changed)
     });
     let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-ledger.team-a");
     let (body, send) = expect(&mut env.api, "PATCH", &path).await;
     reply(send, 200, &body);
-    let (api, mut written) = round.await.unwrap();
+    let (api, mut written, changed) = round.await.unwrap();
+    // The token whose grants changed is woken, and its status can show them.
+    assert_eq!(
+        changed,
+        std::collections::BTreeSet::from(["team-a/bot".to_string()])
+    );
+    let held = env.ctx.state.ledgers.held(
+        "team-a/bot",
+        policybind_crds::BudgetPeriod::Day,
+        "2026-11-22T00:00:00Z".parse().unwrap(),
+    );
+    assert!(
+        (held.usd - 0.8).abs() < 1e-12 && held.holders == 2,
+        "{held:?}"
+    );
     assert_eq!(body["metadata"]["labels"]["policybind.io/ledger"], "team-a");
     let ledger: policybind_crds::lease::Ledger =
         serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
@@ -1747,7 +1849,9 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
     // The same reports again: their basis is no longer the grant; no call.
     let ctx = env.ctx.clone();
     tokio::select! {
-        _ = crate::ledger::round(&ctx, &api, HOME, &mut written) => {}
+        changed = crate::ledger::round(&ctx, &api, HOME, &mut written) => {
+            assert!(changed.is_empty(), "{changed:?}");
+        }
         request = env.api.next_request() => {
             let (request, _) = request.expect("client dropped");
             panic!("unexpected call on an unchanged ledger: {} {}", request.method(), request.uri());

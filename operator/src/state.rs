@@ -3,7 +3,8 @@
 //! importing each other: the last good version of every policy
 //! ([`PolicyMemory`], written by the policy controllers and read by the bundle
 //! builder), the cluster view and encoded bundles of the current input epoch
-//! ([`BundleCache`]), and parsed usage reports ([`UsageCache`]).
+//! ([`BundleCache`]), parsed usage reports ([`UsageCache`]) and the budget
+//! ledgers last written ([`crate::ledger::LedgerView`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +25,8 @@ pub struct State {
     pub bundles: BundleCache,
     /// Parsed usage reports.
     pub usage: UsageCache,
+    /// The budget ledgers last written (what replicas hold).
+    pub ledgers: crate::ledger::LedgerView,
 }
 
 /// `AIPolicy ns/name` or `ClusterAIPolicy name`, as the engine names resources

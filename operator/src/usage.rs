@@ -124,7 +124,10 @@ pub fn current_usage<'a>(
                 continue;
             }
             let sum = &mut sums[i];
-            sum.0 += (entry.cost_usd.max(0.0) * 1e9).round() as u128;
+            // A report is written by the workload's pod too: any number may
+            // be in it (1e308, negative). Clamped, then summed without wrapping.
+            let nanos = (policybind_crds::common::clamp_usd(entry.cost_usd) * 1e9).round() as u128;
+            sum.0 = sum.0.saturating_add(nanos);
             sum.1 = sum.1.saturating_add(entry.tokens);
             sum.2 = sum.2.saturating_add(entry.requests);
             sum.3 = true;
@@ -135,11 +138,14 @@ pub fn current_usage<'a>(
         .enumerate()
         .filter(|(i, p)| sums[*i].3 || spec.budget(**p).is_some())
         .map(|(i, &period)| PeriodUsage {
-            period,
-            period_start: starts[i],
-            cost_usd: sums[i].0 as f64 / 1e9,
-            tokens: sums[i].1,
-            requests: sums[i].2,
+            resets_at: Some(current_period_end(spec, period, now)),
+            ..PeriodUsage::settled(
+                period,
+                starts[i],
+                policybind_crds::common::clamp_usd(sums[i].0 as f64 / 1e9),
+                sums[i].1,
+                sums[i].2,
+            )
         })
         .collect()
 }
@@ -196,13 +202,7 @@ mod tests {
     }
 
     fn entry(period: BudgetPeriod, start: &str, cost: f64, tokens: u64) -> PeriodUsage {
-        PeriodUsage {
-            period,
-            period_start: at(start),
-            cost_usd: cost,
-            tokens,
-            requests: 1,
-        }
+        PeriodUsage::settled(period, at(start), cost, tokens, 1)
     }
 
     /// A report written in the token's own namespace, `team-a`.
@@ -224,6 +224,28 @@ mod tests {
             max_tokens: None,
             time_zone: "UTC".into(),
         }
+    }
+
+    #[test]
+    fn hostile_amounts_in_reports_neither_wrap_nor_poison_the_sum() {
+        let spec = token("team-a", "bot").budget(day_budget(10.0)).spec();
+        let now = at("2026-11-22T15:00:00Z");
+        let day = "2026-11-22T00:00:00Z";
+        let reports: Vec<CountedReport> = [1e300, f64::MAX, -5.0, 1.5]
+            .into_iter()
+            .map(|cost| {
+                report(
+                    "team-a/bot",
+                    vec![entry(BudgetPeriod::Day, day, cost, u64::MAX)],
+                )
+            })
+            .collect();
+        let usage = current_usage("team-a", "bot", &spec, &reports, now);
+        // Two amounts clamped to the maximum, a negative one counted as zero.
+        let expected = policybind_crds::common::MAX_USD;
+        assert_eq!(usage[0].cost_usd, expected);
+        assert_eq!(usage[0].tokens, u64::MAX, "saturated, not wrapped");
+        assert_eq!(usage[0].requests, 4);
     }
 
     #[test]
@@ -304,6 +326,7 @@ mod tests {
                 .into_iter()
                 .map(|mut u| {
                     u.requests = 0;
+                    u.resets_at = Some(at("2026-11-23T00:00:00Z"));
                     u
                 })
                 .collect::<Vec<_>>()

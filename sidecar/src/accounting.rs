@@ -23,12 +23,20 @@
 //! on overspend in one process is zero beyond the difference between estimates and
 //! actual usage of requests already admitted: a request is admitted only if settled
 //! plus reserved plus its own estimate fits.
+//!
+//! Arithmetic never wraps or poisons: token counts add with `saturating_add`
+//! (a tally stops at `u64::MAX` rather than wrapping to zero), and dollar
+//! amounts enter through [`Amount::new`] and add with
+//! [`policybind_crds::common::add_usd`], which keep them finite, non-negative
+//! and at most [`policybind_crds::common::MAX_USD`] (NaN counts as that
+//! maximum: an amount that cannot be known exhausts a cost budget).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use policybind_crds::common::{add_usd, clamp_usd};
 use policybind_crds::{BudgetPeriod, RateLimit};
 use policybind_engine::compile::CompiledBudget;
 use policybind_engine::request::UsageSoFar;
@@ -41,6 +49,29 @@ pub struct Amount {
     pub cost_usd: f64,
     /// Input plus output tokens.
     pub tokens: u64,
+}
+
+impl Amount {
+    /// An amount whose cost is clamped ([`clamp_usd`]): what every ledger
+    /// counts, whatever it was handed.
+    pub fn new(cost_usd: f64, tokens: u64) -> Amount {
+        Amount {
+            cost_usd: clamp_usd(cost_usd),
+            tokens,
+        }
+    }
+
+    fn sanitized(self) -> Amount {
+        Amount::new(self.cost_usd, self.tokens)
+    }
+
+    /// `self + other`, saturating and clamped.
+    fn plus(self, other: Amount) -> Amount {
+        Amount {
+            cost_usd: add_usd(self.cost_usd, other.cost_usd),
+            tokens: self.tokens.saturating_add(other.tokens),
+        }
+    }
 }
 
 /// Identifies one reservation until it is settled or released.
@@ -234,18 +265,11 @@ impl TokenState {
         for budget in budgets {
             let tally = self.tally(budget, now);
             // A request priced at zero never takes a cost budget over.
-            let over_cost = budget.max_cost_usd.is_some_and(|max| {
-                estimate.cost_usd > 0.0
-                    && tally.settled.cost_usd + tally.reserved.cost_usd + estimate.cost_usd > max
-            });
-            let over_tokens = budget.max_tokens.is_some_and(|max| {
-                tally
-                    .settled
-                    .tokens
-                    .saturating_add(tally.reserved.tokens)
-                    .saturating_add(estimate.tokens)
-                    > max
-            });
+            let total = tally.settled.plus(tally.reserved).plus(estimate);
+            let over_cost = budget
+                .max_cost_usd
+                .is_some_and(|max| estimate.cost_usd > 0.0 && total.cost_usd > max);
+            let over_tokens = budget.max_tokens.is_some_and(|max| total.tokens > max);
             if over_cost || over_tokens {
                 return Err(Refusal::BudgetExceeded {
                     period: budget.period,
@@ -339,10 +363,11 @@ impl UsageLedger for InProcessLedger {
             .iter()
             .map(|b| {
                 let t = state.tally(b, now);
+                let total = t.settled.plus(t.reserved);
                 UsageSoFar {
                     period: b.period,
-                    cost_usd: t.settled.cost_usd + t.reserved.cost_usd,
-                    tokens: t.settled.tokens.saturating_add(t.reserved.tokens),
+                    cost_usd: total.cost_usd,
+                    tokens: total.tokens,
                 }
             })
             .collect()
@@ -355,6 +380,7 @@ impl UsageLedger for InProcessLedger {
         estimate: Amount,
         now: DateTime<Utc>,
     ) -> Result<ReservationId, Refusal> {
+        let estimate = estimate.sanitized();
         let mut inner = self.lock();
         let state = inner.tokens.entry(token.to_string()).or_default();
 
@@ -371,12 +397,13 @@ impl UsageLedger for InProcessLedger {
         let mut periods = Vec::with_capacity(limits.budgets.len());
         for budget in limits.budgets {
             let tally = state.tally(budget, now);
-            tally.reserved.cost_usd += estimate.cost_usd;
-            tally.reserved.tokens = tally.reserved.tokens.saturating_add(estimate.tokens);
+            tally.reserved = tally.reserved.plus(estimate);
             periods.push((budget.period, tally.start));
         }
         let took_tokens = state.tokens.is_some();
-        inner.next += 1;
+        // 2^64 reservations are out of reach; wrapping would still only reuse
+        // ids long settled.
+        inner.next = inner.next.wrapping_add(1);
         let id = inner.next;
         inner.pending.insert(
             id,
@@ -391,6 +418,7 @@ impl UsageLedger for InProcessLedger {
     }
 
     fn settle(&self, id: ReservationId, actual: Amount, _now: DateTime<Utc>) {
+        let actual = actual.sanitized();
         let mut inner = self.lock();
         let Some(pending) = inner.pending.remove(&id.0) else {
             return;
@@ -410,8 +438,7 @@ impl UsageLedger for InProcessLedger {
             if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period) {
                 unreserve(tally, pending.estimate);
                 if tally.start == *start {
-                    tally.settled.cost_usd += actual.cost_usd;
-                    tally.settled.tokens = tally.settled.tokens.saturating_add(actual.tokens);
+                    tally.settled = tally.settled.plus(actual);
                     tally.requests = tally.requests.saturating_add(1);
                 }
             }
@@ -462,12 +489,11 @@ impl UsageLedger for InProcessLedger {
     fn restore(&self, settled: &[SettledUsage]) {
         let mut inner = self.lock();
         for entry in settled {
+            let restored = entry.settled.sanitized();
             let state = inner.tokens.entry(entry.token.clone()).or_default();
             match state.periods.iter_mut().find(|t| t.period == entry.period) {
                 Some(tally) if tally.start == entry.period_start => {
-                    tally.settled.cost_usd += entry.settled.cost_usd;
-                    tally.settled.tokens =
-                        tally.settled.tokens.saturating_add(entry.settled.tokens);
+                    tally.settled = tally.settled.plus(restored);
                     tally.requests = tally.requests.saturating_add(entry.requests);
                 }
                 // This run already counts a newer (or other) period: the
@@ -476,7 +502,7 @@ impl UsageLedger for InProcessLedger {
                 None => state.periods.push(PeriodTally {
                     period: entry.period,
                     start: entry.period_start,
-                    settled: entry.settled,
+                    settled: restored,
                     requests: entry.requests,
                     reserved: Amount::default(),
                 }),
@@ -486,7 +512,7 @@ impl UsageLedger for InProcessLedger {
 }
 
 fn unreserve(tally: &mut PeriodTally, estimate: Amount) {
-    tally.reserved.cost_usd = (tally.reserved.cost_usd - estimate.cost_usd).max(0.0);
+    tally.reserved.cost_usd = clamp_usd(tally.reserved.cost_usd - estimate.cost_usd);
     tally.reserved.tokens = tally.reserved.tokens.saturating_sub(estimate.tokens);
 }
 
@@ -708,6 +734,125 @@ mod tests {
             ledger
                 .reserve("t", limits, amount(0.0, 5000), at(11, 0, 0))
                 .is_err()
+        );
+    }
+
+    /// One step of a ledger's life, with any amounts a caller could hand it.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Reserve(f64, u64),
+        Settle(usize, f64, u64),
+        Release(usize),
+        Restore(f64, u64),
+    }
+
+    fn any_usd() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            0.0..2.0f64,
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::MAX),
+            -5.0..0.0f64,
+        ]
+    }
+
+    fn any_tokens() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![0..1_000u64, Just(u64::MAX), Just(u64::MAX - 1)]
+    }
+
+    fn any_step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any_usd(), any_tokens()).prop_map(|(c, t)| Step::Reserve(c, t)),
+            (0..8usize, any_usd(), any_tokens()).prop_map(|(i, c, t)| Step::Settle(i, c, t)),
+            (0..8usize).prop_map(Step::Release),
+            (any_usd(), any_tokens()).prop_map(|(c, t)| Step::Restore(c, t)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever amounts arrive (NaN, infinities, negatives, u64::MAX),
+        /// nothing panics or wraps: the tally stays a finite dollar amount in
+        /// [0, MAX_USD], and settled tokens and cost never go down.
+        #[test]
+        fn any_amounts_keep_the_tallies_finite_and_monotone(
+            steps in proptest::collection::vec(any_step(), 1..40)
+        ) {
+            use policybind_crds::common::MAX_USD;
+            let ledger = InProcessLedger::new();
+            let budgets = [budget(Some(1e9), Some(u64::MAX))];
+            let limits = TokenLimits { rate: None, budgets: &budgets };
+            let now = at(10, 0, 0);
+            let mut ids = vec![];
+            let mut settled = Amount::default();
+            for step in steps {
+                match step {
+                    Step::Reserve(cost, tokens) => {
+                        if let Ok(id) = ledger.reserve("t", limits, amount(cost, tokens), now) {
+                            ids.push(id);
+                        }
+                    }
+                    Step::Settle(i, cost, tokens) if !ids.is_empty() => {
+                        let id = ids.remove(i % ids.len());
+                        ledger.settle(id, amount(cost, tokens), now);
+                    }
+                    Step::Release(i) if !ids.is_empty() => {
+                        ledger.release(ids.remove(i % ids.len()), now);
+                    }
+                    Step::Restore(cost, tokens) => ledger.restore(&[SettledUsage {
+                        token: "t".into(),
+                        period: BudgetPeriod::Day,
+                        period_start: at(0, 0, 0),
+                        settled: amount(cost, tokens),
+                        requests: u64::MAX,
+                    }]),
+                    Step::Settle(..) | Step::Release(_) => {}
+                }
+                let usage = ledger.usage("t", &budgets, now);
+                let cost = usage[0].cost_usd;
+                proptest::prop_assert!((0.0..=MAX_USD).contains(&cost), "cost {cost}");
+                let now_settled = ledger
+                    .settled_usage()
+                    .first()
+                    .map_or(Amount::default(), |s| s.settled);
+                proptest::prop_assert!(now_settled.cost_usd >= settled.cost_usd);
+                proptest::prop_assert!(now_settled.tokens >= settled.tokens);
+                proptest::prop_assert!(now_settled.cost_usd.is_finite());
+                settled = now_settled;
+            }
+        }
+    }
+
+    #[test]
+    fn a_cost_that_cannot_be_known_exhausts_the_budget_rather_than_passing_it() {
+        let ledger = InProcessLedger::new();
+        let budgets = [budget(Some(1.0), None)];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &budgets,
+        };
+        // NaN compares false with everything: unclamped, it would pass the check.
+        assert_eq!(
+            ledger.reserve("t", limits, amount(f64::NAN, 1), at(10, 0, 0)),
+            Err(Refusal::BudgetExceeded {
+                period: BudgetPeriod::Day
+            })
+        );
+        let id = ledger
+            .reserve("t", limits, amount(0.5, 1), at(10, 0, 0))
+            .unwrap();
+        ledger.settle(id, amount(f64::NAN, 1), at(10, 0, 1));
+        assert!(
+            ledger
+                .reserve("t", limits, amount(0.01, 1), at(10, 0, 2))
+                .is_err()
+        );
+        assert_eq!(
+            ledger.usage("t", &budgets, at(10, 0, 2))[0].cost_usd,
+            policybind_crds::common::MAX_USD
         );
     }
 

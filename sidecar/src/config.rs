@@ -129,6 +129,13 @@ pub struct Settings {
     /// Where settled usage is reported for the operator (cluster mode only;
     /// needs a Kubernetes client). `None`: no report.
     pub usage_report: Option<crate::usage::UsageReportSettings>,
+    /// File the settled usage is kept in across restarts (standalone mode, see
+    /// [`crate::usage_file`]): read before serving, written at most every
+    /// second and at shutdown. `None`: spend is kept in memory only.
+    pub usage_file: Option<PathBuf>,
+    /// Label per-token metrics with the token (one series per token and
+    /// period per process); off: bounded series, see [`crate::metrics`].
+    pub metrics_token_labels: bool,
     /// How often refused unauthenticated requests are summarised in one audit record.
     pub rejection_summary_interval: Duration,
     /// Sent with every response of the main port as `x-policybind-upstream`, so
@@ -196,6 +203,8 @@ impl Settings {
             output: OutputSettings::default(),
             limits: Limits::default(),
             usage_report: None,
+            usage_file: None,
+            metrics_token_labels: false,
             rejection_summary_interval: Duration::from_secs(60),
             upstream_label: None,
         }

@@ -6,7 +6,9 @@
 //! An upstream that fails (no connection, timeout, a 4xx/5xx answer) consumed
 //! nothing: the reservation is released and the upstream's own error is passed
 //! on. A stream is settled when it ends or the caller goes away, with the
-//! usage reported so far or, without one, the text counted.
+//! usage reported so far or, without one, the text counted. An answer that
+//! reports no usage is settled with what is known and recorded as estimated
+//! ([`UsageSource`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +32,8 @@ use crate::metrics::OutputLabels;
 use crate::output::{
     Action, Guarded, Judge, OutputPolicy, OutputSummary, StreamGuard, judge_response,
 };
-use crate::pipeline::Reservation;
-use crate::providers::response::{ChoicesAnswer, usage_from_value};
+use crate::pipeline::{Reservation, UsageSource};
+use crate::providers::response::{ChoicesAnswer, answer_text, usage_from_value};
 use crate::providers::{Api, Usage, UsageTracker, response_usage};
 use crate::refusal::{Refusal, Stage, decision_headers};
 use crate::source::Loaded;
@@ -222,7 +224,7 @@ impl Answer {
             };
         }
         let (usage, judged) = self.judge_whole(&bytes);
-        self.settle(usage);
+        self.settle(usage, &bytes);
         match judged {
             Judged::Unchanged => *response.body_mut() = Body::from(bytes),
             Judged::Changed(body, summary) => {
@@ -269,15 +271,37 @@ impl Answer {
         }
     }
 
-    fn settle(&mut self, usage: Option<Usage>) {
-        if let Some(reservation) = &mut self.reservation {
-            let usage = usage.unwrap_or(Usage {
-                // No usage reported (embeddings of some servers): charge the estimate.
-                input_tokens: reservation.estimate.input_tokens,
-                output_tokens: 0,
-            });
-            reservation.settle(usage.input_tokens, usage.output_tokens);
-        }
+    /// Settles with the usage the answer reports; without one, with what is
+    /// known: the estimate's input tokens and the answer's text counted, or,
+    /// when the answer's text cannot be read, the whole estimate.
+    fn settle(&mut self, usage: Option<Usage>, body: &Bytes) {
+        let Some(reservation) = &mut self.reservation else {
+            return;
+        };
+        let estimate = &reservation.estimate;
+        let (usage, source) = match usage {
+            Some(usage) => (usage, UsageSource::Provider),
+            None => match answer_text(self.api, body) {
+                Some(text) => {
+                    let estimates = self.record.state.settings.token_estimates;
+                    let output_tokens = estimates.count(&estimate.model, &text);
+                    let input_tokens = estimate.input_tokens;
+                    let usage = Usage {
+                        input_tokens,
+                        output_tokens,
+                    };
+                    (usage, UsageSource::CountedText)
+                }
+                None => {
+                    let usage = Usage {
+                        input_tokens: estimate.input_tokens,
+                        output_tokens: estimate.output_tokens,
+                    };
+                    (usage, UsageSource::Estimate)
+                }
+            },
+        };
+        reservation.settle(usage, source);
     }
 
     /// Passes a stream on event by event (see [`StreamState`]).
@@ -427,14 +451,17 @@ impl Drop for StreamState {
         if let Some(mut reservation) = self.reservation.take() {
             // The model generated what was streamed, whether or not the caller
             // read to the end: settle rather than release.
-            let (input, output) = match self.usage.reported {
-                Some(u) => (u.input_tokens, u.output_tokens),
-                None => (
-                    reservation.estimate.input_tokens,
-                    self.usage.counted_output_tokens(),
-                ),
+            let settled = match self.usage.reported {
+                Some(usage) => (usage, UsageSource::Provider),
+                None => {
+                    let usage = Usage {
+                        input_tokens: reservation.estimate.input_tokens,
+                        output_tokens: self.usage.counted_output_tokens(),
+                    };
+                    (usage, UsageSource::CountedText)
+                }
             };
-            reservation.settle(input, output);
+            reservation.settle(settled.0, settled.1);
         }
         if let Some(guard) = &self.guard {
             self.record.write(&guard.summary);

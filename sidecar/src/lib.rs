@@ -62,6 +62,7 @@ pub mod sse;
 pub mod state;
 pub mod upstream;
 pub mod usage;
+pub mod usage_file;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +107,8 @@ pub enum Error {
     Config(#[from] config::ConfigError),
     #[error("upstream client: {0}")]
     Upstream(#[from] upstream::UpstreamError),
+    #[error(transparent)]
+    UsageFile(#[from] usage_file::UsageFileError),
 }
 
 /// What the server is built from besides its settings.
@@ -129,13 +132,14 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     stop: CancellationToken,
     tasks: JoinSet<Result<(), Error>>,
-    /// The usage reporter, stopped only after the servers have drained.
-    reporter: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The usage reporter and the usage file's writer, stopped only after
+    /// the servers have drained.
+    after_drain: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
     /// Stops accepting connections, lets requests in progress finish, stops the
-    /// policy source, then writes the last usage report.
+    /// policy source, then writes the last usage report and usage file.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.stop.cancel();
         let mut result = Ok(());
@@ -144,9 +148,9 @@ impl Running {
                 result = Err(e);
             }
         }
-        if let Some((stop, reporter)) = self.reporter.take() {
+        for (stop, task) in self.after_drain.drain(..) {
             stop.cancel();
-            let _ = reporter.await;
+            let _ = task.await;
         }
         result
     }
@@ -281,6 +285,27 @@ fn start_reporter(
     }
 }
 
+/// Reads the usage file into the ledger before anything is served (a file
+/// that does not read stops the start: spend must not restart at zero) and
+/// returns its writer.
+fn restore_usage_file(
+    settings: &Settings,
+    ledger: &Arc<dyn UsageLedger>,
+) -> Result<Option<usage_file::UsagePersister>, Error> {
+    let Some(path) = &settings.usage_file else {
+        return Ok(None);
+    };
+    let file = usage_file::UsageFile::open(path)?;
+    let restored = file.load()?;
+    ledger.restore(&restored);
+    info!(path = %path.display(), entries = restored.len(), "settled usage restored");
+    Ok(Some(usage_file::UsagePersister::new(
+        file,
+        ledger.clone(),
+        &restored,
+    )))
+}
+
 fn serve(
     tasks: &mut JoinSet<Result<(), Error>>,
     listener: tokio::net::TcpListener,
@@ -354,6 +379,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     let upstream = Upstream::new(&settings)?;
     let settings = Arc::new(settings);
     let metrics = Metrics::new();
+    metrics.set_token_labels(settings.metrics_token_labels);
     let holder = PolicyHolder::new();
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -380,6 +406,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         (None, Some(leases)) => leases.clone() as Arc<dyn UsageLedger>,
         (None, None) => Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>,
     };
+    let persister = restore_usage_file(&settings, &ledger)?;
     let audit = deps.audit;
     let rejections = Rejections::new(metrics.unauthenticated.clone());
     let state = AppState::new(Parts {
@@ -421,7 +448,16 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
         "policybind enforcement point listening");
 
-    let reporter = start_reporter(&settings, kube, &ledger, &holder, &metrics, leases);
+    let mut after_drain: Vec<_> =
+        start_reporter(&settings, kube, &ledger, &holder, &metrics, leases)
+            .into_iter()
+            .collect();
+    if let Some(persister) = persister {
+        let stop = CancellationToken::new();
+        let every = std::time::Duration::from_secs(1);
+        let handle = tokio::spawn(persister.run(every, stop.clone()));
+        after_drain.push((stop, handle));
+    }
     let interval = settings.rejection_summary_interval;
     let (namespace, summary_stop) = (settings.namespace.clone(), stop.clone());
     tasks.spawn(async move {
@@ -443,7 +479,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         metrics,
         stop,
         tasks,
-        reporter,
+        after_drain,
     })
 }
 

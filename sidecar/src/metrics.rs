@@ -1,10 +1,17 @@
 //! Prometheus metrics of the sidecar, served on the health port at `/metrics`.
 //!
 //! One `prometheus-client` registry; every metric is prefixed `policybind_sidecar_`.
-//! Label values are bounded by the policy set (codes, policies, tokens), never by
-//! request content.
+//! Label values are bounded by the policy set (codes, policies), never by
+//! request content. Tokens are not a label by default: 10,000 tokens must not
+//! mean 10,000 series per pod. With token labels on
+//! ([`Metrics::set_token_labels`], `--metrics-token-labels`), the budget gauges
+//! `budget_spent_usd{token,period}` / `budget_spent_tokens{token,period}` are
+//! published and `rate_limited_total` counts per token; off, the budget gauges
+//! are not published (`AccessToken.status.usage` shows spend) and
+//! `rate_limited_total` is one series (`token=""`, which Prometheus reads as no
+//! label).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -52,6 +59,13 @@ pub struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SettlementLabels {
+    /// Where the usage came from: `provider`, `counted-text` or `estimate`
+    /// ([`crate::pipeline::UsageSource`]).
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BundleLabels {
     pub fingerprint: String,
 }
@@ -95,10 +109,13 @@ pub struct Metrics {
     pub audit_backlog: Gauge,
     pub unauthenticated: Family<CodeLabels, Counter>,
     pub output: Family<OutputLabels, Counter>,
+    pub settlements: Family<SettlementLabels, Counter>,
     /// The decision summary published in the pod's usage report
     /// ([`crate::decisions`]); not a Prometheus metric.
     pub summary: Arc<policybind_crds::summary::DecisionTally>,
     loaded_at: Mutex<Option<(String, DateTime<Utc>)>>,
+    /// Whether per-token series are published (see the module docs).
+    token_labels: AtomicBool,
 }
 
 impl Metrics {
@@ -121,6 +138,7 @@ impl Metrics {
         let audit_backlog = Gauge::default();
         let unauthenticated = Family::<CodeLabels, Counter>::default();
         let output = Family::<OutputLabels, Counter>::default();
+        let settlements = Family::<SettlementLabels, Counter>::default();
         {
             let r = registry.sub_registry_with_prefix("policybind_sidecar");
             r.register(
@@ -199,6 +217,11 @@ impl Metrics {
                 output.clone(),
             );
             r.register(
+                "usage_settlements",
+                "Reservations settled, by where the usage came from: provider (reported), counted-text or estimate (no usage reported)",
+                settlements.clone(),
+            );
+            r.register(
                 "in_flight_requests",
                 "Requests being handled",
                 in_flight.clone(),
@@ -222,8 +245,10 @@ impl Metrics {
             audit_backlog,
             unauthenticated,
             output,
+            settlements,
             summary: Arc::new(policybind_crds::summary::DecisionTally::new(Utc::now())),
             loaded_at: Mutex::new(None),
+            token_labels: AtomicBool::new(false),
         })
     }
 
@@ -244,6 +269,36 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Turns per-token series on or off (off by default).
+    pub fn set_token_labels(&self, on: bool) {
+        self.token_labels.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether per-token series are published.
+    pub fn token_labels(&self) -> bool {
+        self.token_labels.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request refused by a rate limit, per token when token labels
+    /// are on.
+    pub fn rate_limited(&self, token: &str) {
+        let token = if self.token_labels() { token } else { "" };
+        self.rate_limited
+            .get_or_create(&TokenLabels {
+                token: token.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one settled reservation by the source of its usage.
+    pub fn settled(&self, source: crate::pipeline::UsageSource) {
+        self.settlements
+            .get_or_create(&SettlementLabels {
+                source: source.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// Records that a new policy set is in force.

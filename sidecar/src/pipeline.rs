@@ -34,7 +34,7 @@ use tracing::warn;
 
 use crate::accounting::{Amount, Refusal as LedgerRefusal, ReservationId, TokenLimits};
 use crate::approvals::{ApprovalStatus, HeldRequest};
-use crate::metrics::{BudgetLabels, TokenLabels};
+use crate::metrics::BudgetLabels;
 use crate::refusal::{Hint, Refusal, Stage};
 use crate::source::Loaded;
 use crate::state::AppState;
@@ -207,10 +207,10 @@ impl AppState {
             rate: set.rate_limit(call.token),
             budgets: set.budgets(call.token),
         };
-        let amount = Amount {
-            cost_usd: estimate.cost_usd,
-            tokens: estimate.input_tokens + estimate.output_tokens,
-        };
+        let amount = Amount::new(
+            estimate.cost_usd,
+            estimate.input_tokens.saturating_add(estimate.output_tokens),
+        );
         match self.reserve_waiting(call.token, limits, amount, now).await {
             Ok(id) => Ok(Admitted {
                 ready,
@@ -220,6 +220,13 @@ impl AppState {
                     token: call.token.to_string(),
                     id: Some(id),
                     estimate,
+                    decided: Decided {
+                        request_id: call.request_id.to_string(),
+                        effect: decision.effect,
+                        subject: decision.facts.subject.clone(),
+                        namespace: decision.facts.namespace.clone(),
+                        endpoint: call.endpoint,
+                    },
                 }),
             }),
             Err(refusal) => Err(after_decision(self.limited(call.token, refusal), decision)),
@@ -262,12 +269,7 @@ impl AppState {
         let message = format!("token {token}: {refusal}");
         match refusal {
             LedgerRefusal::RateLimited { retry_after, .. } => {
-                self.metrics
-                    .rate_limited
-                    .get_or_create(&TokenLabels {
-                        token: token.to_string(),
-                    })
-                    .inc();
+                self.metrics.rate_limited(token);
                 let mut r = Refusal::new(Stage::Rate, codes::RATE_LIMITED, message);
                 r.hint = Some(Box::new(Hint::RetryAfter(retry_after)));
                 r
@@ -481,6 +483,40 @@ pub(crate) fn decision_event(
     event
 }
 
+/// Where the usage a reservation is settled with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The provider's own usage fields.
+    Provider,
+    /// No usage reported: the input tokens of the estimate, the output tokens
+    /// counted from the answer's text.
+    CountedText,
+    /// No usage reported and the answer's text could not be read: the whole
+    /// estimate reserved (input tokens and the output cap).
+    Estimate,
+}
+
+impl UsageSource {
+    /// Label of `policybind_sidecar_usage_settlements_total` and value of the
+    /// settlement record's `usageBasis` detail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::CountedText => "counted-text",
+            UsageSource::Estimate => "estimate",
+        }
+    }
+}
+
+/// What the audit record of an estimated settlement says about the request.
+struct Decided {
+    request_id: String,
+    effect: Effect,
+    subject: Option<String>,
+    namespace: Option<String>,
+    endpoint: &'static str,
+}
+
 /// A reservation in the ledger for one admitted request. Released when dropped
 /// unless settled: every path out of the request path (upstream error, timeout,
 /// panic, client gone before the headers) gives the budget back.
@@ -490,14 +526,18 @@ pub struct Reservation {
     token: String,
     id: Option<ReservationId>,
     pub estimate: Estimate,
+    decided: Decided,
 }
 
 impl Reservation {
-    /// Charges the usage the provider reported (priced for the model called).
-    pub fn settle(&mut self, input_tokens: u64, output_tokens: u64) {
+    /// Charges `usage` (priced for the model called). A settlement the
+    /// provider did not report is counted by source and recorded in the audit
+    /// trail, so that what was charged on an estimate can be told apart.
+    pub fn settle(&mut self, usage: crate::providers::Usage, source: UsageSource) {
         let Some(id) = self.id.take() else {
             return;
         };
+        let (input_tokens, output_tokens) = (usage.input_tokens, usage.output_tokens);
         let cost = self
             .loaded
             .set
@@ -505,17 +545,53 @@ impl Reservation {
             .map(|p| p.cost(input_tokens, output_tokens))
             .unwrap_or(0.0);
         let now = Utc::now();
-        let actual = Amount {
-            cost_usd: cost,
-            tokens: input_tokens + output_tokens,
-        };
+        let actual = Amount::new(cost, input_tokens.saturating_add(output_tokens));
         self.state.ledger.settle(id, actual, now);
+        self.state.metrics.settled(source);
+        if source != UsageSource::Provider {
+            self.record_estimated(usage, cost, source, now);
+        }
         self.publish_spend(now);
+    }
+
+    /// One audit record (`stage: settle`, `usage: estimated`) with what was
+    /// charged for a request whose answer reported no usage.
+    fn record_estimated(
+        &self,
+        usage: crate::providers::Usage,
+        cost_usd: f64,
+        source: UsageSource,
+        now: DateTime<Utc>,
+    ) {
+        let decided = &self.decided;
+        let mut event = AuditEvent::decision(decided.effect)
+            .time(now)
+            .request_id(decided.request_id.clone())
+            .token_id(self.token.clone())
+            .model(self.estimate.model.clone())
+            .namespace(decided.namespace.clone().unwrap_or_default())
+            .fingerprint(self.loaded.set.fingerprint().to_string())
+            .usage(Usage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost_usd: CostUsd::from_usd(cost_usd),
+            })
+            .detail("endpoint", decided.endpoint)
+            .detail("stage", "settle")
+            .detail("usage", "estimated")
+            .detail("usageBasis", source.as_str());
+        if let Some(subject) = &decided.subject {
+            event = event.subject(subject.clone());
+        }
+        if let Err(e) = self.state.audit.append(event) {
+            warn!("estimated settlement not recorded: {e}");
+        }
     }
 
     fn publish_spend(&self, now: DateTime<Utc>) {
         let budgets = self.loaded.set.budgets(&self.token);
-        if budgets.is_empty() {
+        // One series per token and period: only when asked for.
+        if budgets.is_empty() || !self.state.metrics.token_labels() {
             return;
         }
         for usage in self.state.ledger.usage(&self.token, budgets, now) {

@@ -70,13 +70,13 @@ pub fn report(snapshot: &[SettledUsage]) -> BTreeMap<String, Vec<PeriodUsage>> {
         report
             .entry(entry.token.clone())
             .or_default()
-            .push(PeriodUsage {
-                period: entry.period,
-                period_start: entry.period_start,
-                cost_usd: entry.settled.cost_usd,
-                tokens: entry.settled.tokens,
-                requests: entry.requests,
-            });
+            .push(PeriodUsage::settled(
+                entry.period,
+                entry.period_start,
+                entry.settled.cost_usd,
+                entry.settled.tokens,
+                entry.requests,
+            ));
     }
     for entries in report.values_mut() {
         entries.sort_by_key(|e| (e.period, e.period_start));
@@ -475,13 +475,13 @@ mod tests {
             report,
             BTreeMap::from([(
                 "team-a/bot".to_string(),
-                vec![PeriodUsage {
-                    period: BudgetPeriod::Day,
-                    period_start: day(22),
-                    cost_usd: 0.25,
-                    tokens: 40,
-                    requests: 1,
-                }]
+                vec![PeriodUsage::settled(
+                    BudgetPeriod::Day,
+                    day(22),
+                    0.25,
+                    40,
+                    1
+                )]
             )])
         );
     }

@@ -302,6 +302,90 @@ async fn budget_exhaustion_is_denied_with_budget_exceeded() {
     upstream.stop().await;
 }
 
+/// The settlement records of the trail: one per answer that reported no usage.
+fn settlements(sidecar: &Harness) -> Vec<policybind_engine::audit::AuditEvent> {
+    sidecar
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.detail.get("stage").map(String::as_str) == Some("settle"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_is_settled_on_what_is_known_and_recorded_as_estimated() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&upstream).await;
+    let ask = |max_tokens: u64| {
+        json!({"model": "gpt-4o-mini", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Say hello"}]})
+    };
+    let input = policybind_engine::tokens::estimate("gpt-4o-mini", "Say hello") + 4;
+
+    // JSON without `usage`: the estimate's input, the answer's text counted.
+    upstream.behave(json!({"usage": false})).await;
+    let (status, _, body) = sidecar
+        .post("/v1/chat/completions", Some(TINY_BUDGET), ask(50))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("usage").is_none(), "{body}");
+    let counted = policybind_engine::tokens::estimate("gpt-4o-mini", "You said: Say hello\n");
+    let records = settlements(&sidecar);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    let usage = record.usage.expect("the charged usage");
+    assert_eq!((usage.input_tokens, usage.output_tokens), (input, counted));
+    assert_eq!(record.detail["usage"], "estimated");
+    assert_eq!(record.detail["usageBasis"], "counted-text");
+    assert_eq!(record.token_id.as_deref(), Some("default/tiny"));
+    assert_eq!(record.effect, Some(policybind_crds::Effect::Allow));
+    let decision = sidecar
+        .audit
+        .events()
+        .into_iter()
+        .find(|e| e.detail.get("stage").map(String::as_str) == Some("policy"))
+        .expect("the decision record");
+    assert_eq!(record.request_id, decision.request_id, "same request");
+
+    // An answer that is not JSON: the whole estimate (input and the output cap).
+    upstream.behave(json!({"rawBody": "plain words"})).await;
+    let (status, _, body) = sidecar
+        .post("/v1/chat/completions", Some(TINY_BUDGET), ask(40))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "plain words");
+    let records = settlements(&sidecar);
+    assert_eq!(records.len(), 2);
+    let usage = records[1].usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (input, 40));
+    assert_eq!(records[1].detail["usageBasis"], "estimate");
+
+    // Reported usage is charged as reported and adds no record.
+    upstream.behave(json!({})).await;
+    let (status, _, body) = sidecar
+        .post("/v1/chat/completions", Some(TINY_BUDGET), ask(1))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reported = body["usage"]["prompt_tokens"].as_u64().unwrap()
+        + body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(settlements(&sidecar).len(), 2);
+
+    let metrics = sidecar.metrics().await;
+    for (source, count) in [("provider", 1), ("counted-text", 1), ("estimate", 1)] {
+        let line =
+            format!("policybind_sidecar_usage_settlements_total{{source=\"{source}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    // The budget was charged exactly what the records say.
+    let spent = input + counted + input + 40 + reported;
+    let line = format!(
+        "policybind_sidecar_budget_spent_tokens{{token=\"default/tiny\",period=\"Day\"}} {spent}"
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    sidecar.stop().await;
+    upstream.stop().await;
+}
+
 #[tokio::test]
 async fn rate_limit_is_denied_with_rate_limited_and_retry_after() {
     let upstream = Upstream::start().await;
@@ -324,6 +408,31 @@ async fn rate_limit_is_denied_with_rate_limited_and_retry_after() {
             .await
             .contains("policybind_sidecar_rate_limited_total{token=\"default/limited\"} 1")
     );
+    sidecar.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn by_default_metrics_carry_no_token_label() {
+    let upstream = Upstream::start().await;
+    let files = files();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let sidecar = Harness::start_with(&upstream.url, &refs, |s| {
+        s.metrics_token_labels = false;
+    })
+    .await;
+    for token in [ALICE, TINY_BUDGET, LIMITED, LIMITED, LIMITED] {
+        sidecar.chat(Some(token), "gpt-4o-mini", "hi", &[]).await;
+    }
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.contains("policybind_sidecar_rate_limited_total{token=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("budget_spent"), "{metrics}");
+    for token in ["default/alice", "default/tiny", "default/limited"] {
+        assert!(!metrics.contains(token), "{token} in {metrics}");
+    }
     sidecar.stop().await;
     upstream.stop().await;
 }

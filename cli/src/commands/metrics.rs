@@ -149,6 +149,11 @@ fn sidecar_exposition() -> String {
             token: PLACEHOLDER.into(),
         })
         .inc();
+    m.settlements
+        .get_or_create(&SettlementLabels {
+            source: PLACEHOLDER.into(),
+        })
+        .inc();
     m.reloads
         .get_or_create(&ReloadLabels {
             result: PLACEHOLDER.into(),

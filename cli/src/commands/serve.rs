@@ -132,6 +132,12 @@ pub struct ProxyArgs {
     /// split across chunks is judged whole before any of it is released.
     #[arg(long, env = "POLICYBIND_OUTPUT_HOLD_BACK_BYTES", default_value_t = 256)]
     pub output_hold_back_bytes: usize,
+    /// Label the per-token metrics with the token: `budget_spent_usd{token,period}`,
+    /// `budget_spent_tokens{token,period}` and `rate_limited_total{token}`. Off by
+    /// default so that series stay bounded whatever the number of tokens (one
+    /// per token and period per process when on).
+    #[arg(long, env = wire::env::METRICS_TOKEN_LABELS)]
+    pub metrics_token_labels: bool,
     /// Seconds between audit records summarising refused unauthenticated requests.
     #[arg(
         long,
@@ -182,6 +188,7 @@ impl ProxyArgs {
             hold_back_bytes: self.output_hold_back_bytes,
         };
         settings.rejection_summary_interval = Duration::from_secs(self.rejection_summary_secs);
+        settings.metrics_token_labels = self.metrics_token_labels;
     }
 }
 
@@ -199,8 +206,8 @@ pub struct ServeArgs {
     /// responses, and refusals, then carry `x-policybind-upstream: demo`.
     #[arg(long, env = wire::env::UPSTREAM)]
     pub upstream: Option<String>,
-    /// Where standalone state lives: the audit trail (`audit/`), its signing key
-    /// and held approvals (`approvals/`). Default: `$XDG_STATE_HOME/policybind`,
+    /// Where standalone state lives: the audit trail (`audit/`), its signing key,
+    /// held approvals (`approvals/`) and settled usage (`usage.json`). Default: `$XDG_STATE_HOME/policybind`,
     /// else `~/.local/state/policybind`: outside any source tree.
     #[arg(long, env = "POLICYBIND_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -212,6 +219,12 @@ pub struct ServeArgs {
     /// `<audit-dir>/signing-key.pem`, created if missing.
     #[arg(long, env = "POLICYBIND_AUDIT_KEY")]
     pub audit_key: Option<PathBuf>,
+    /// File the budgets' settled spend is kept in, so a restart never resets it:
+    /// read before serving (a file that does not read stops the start; delete it,
+    /// with the server stopped, to reset spend), written at most once a second and
+    /// at shutdown. Default: `<state-dir>/usage.json`.
+    #[arg(long, env = "POLICYBIND_USAGE_FILE")]
+    pub usage_file: Option<PathBuf>,
     /// Address of the model APIs (OpenAI's and Anthropic's paths).
     #[arg(long, env = "POLICYBIND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -271,6 +284,7 @@ struct StatePaths {
     audit_dir: PathBuf,
     audit_key: PathBuf,
     approvals_dir: PathBuf,
+    usage_file: PathBuf,
 }
 
 impl StatePaths {
@@ -287,6 +301,10 @@ impl StatePaths {
             Some(dir) => dir.clone(),
             None => state_dir()?.join("approvals"),
         };
+        let usage_file = match &args.usage_file {
+            Some(file) => file.clone(),
+            None => state_dir()?.join("usage.json"),
+        };
         let audit_key = args
             .audit_key
             .clone()
@@ -295,6 +313,7 @@ impl StatePaths {
             audit_dir,
             audit_key,
             approvals_dir,
+            usage_file,
         })
     }
 }
@@ -332,7 +351,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         audit_dir = %state.audit_dir.display(),
         audit_key = %state.audit_key.display(),
         approvals_dir = %state.approvals_dir.display(),
-        "standalone state (--state-dir, --audit-dir, --audit-key, --approvals-dir change it)"
+        usage_file = %state.usage_file.display(),
+        "standalone state (--state-dir, --audit-dir, --audit-key, --approvals-dir, --usage-file change it)"
     );
     let (key, created) = load_or_create_signing_key(&state.audit_key)
         .with_context(|| format!("audit signing key {}", state.audit_key.display()))?;
@@ -358,6 +378,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_interval: Duration::from_millis(args.reload_interval_ms.max(50)),
     };
     settings.approvals = ApprovalSettings::Directory(state.approvals_dir);
+    settings.usage_file = Some(state.usage_file);
     args.proxy.apply(
         &mut settings,
         Some(SocketAddr::from(([127, 0, 0, 1], 8082))),

@@ -515,6 +515,10 @@ pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Act
         reports.iter().map(|r| r.as_ref()),
         now,
     );
+    let usage = ctx
+        .state
+        .ledgers
+        .with_holdings(&key_of(token.as_ref()), usage);
     let status = desired_status(&token, state.as_ref(), usage, now);
     let old_phase = token.status.as_ref().and_then(|s| s.phase);
     if token.status.as_ref() != Some(&status) {

@@ -188,6 +188,7 @@ pub async fn run_all(w: &Wiring, caches: Reflectors, rx: Receivers) {
     tasks.main.push(Box::pin(crate::ledger::run(
         w.ctx.clone(),
         w.shutdown.clone(),
+        w.triggers.tokens.clone(),
     )));
     tokio::select! {
         _ = futures::future::join_all(tasks.main) => {}

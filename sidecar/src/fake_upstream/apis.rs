@@ -50,19 +50,29 @@ fn text_of(body: &Value) -> (String, String) {
     (texts.join(" "), last)
 }
 
+/// A whole JSON answer, without its `usage` when the behaviour says so.
+fn whole(mut answer: Value, b: &Behaviour) -> Response {
+    if !b.usage
+        && let Some(fields) = answer.as_object_mut()
+    {
+        fields.remove("usage");
+    }
+    axum::Json(answer).into_response()
+}
+
 /// The answer to a model call.
 pub fn answer(path: &str, body: &Value, b: &Behaviour) -> Response {
     let model = body["model"].as_str().unwrap_or("unknown").to_string();
     let (prompt, last) = text_of(body);
     let prompt_tokens = (prompt.chars().count() as u64).div_ceil(4);
     if path == "/v1/embeddings" {
-        return axum::Json(json!({
+        let answer = json!({
             "object": "list",
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
             "model": model,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }))
-        .into_response();
+        });
+        return whole(answer, b);
     }
     let reply = b
         .reply
@@ -78,9 +88,9 @@ pub fn answer(path: &str, body: &Value, b: &Behaviour) -> Response {
     };
     let stream = body["stream"].as_bool() == Some(true);
     let events = match (path, stream) {
-        ("/v1/messages", false) => return axum::Json(call.anthropic()).into_response(),
-        ("/v1/responses", false) => return axum::Json(call.responses()).into_response(),
-        (_, false) => return axum::Json(call.openai(path)).into_response(),
+        ("/v1/messages", false) => return whole(call.anthropic(), b),
+        ("/v1/responses", false) => return whole(call.responses(), b),
+        (_, false) => return whole(call.openai(path), b),
         ("/v1/messages", true) => call.anthropic_events(),
         ("/v1/responses", true) => call.responses_events(),
         (_, true) => {

@@ -19,10 +19,13 @@
 //! - `GET /__received`: the recorded requests, oldest first; `DELETE` forgets them;
 //! - `POST /__behaviour`: `{"delayMs": 0, "failStatus": null, "streamUsage": true,
 //!   "chunkDelayMs": 0, "reply": null, "gzip": false,
-//!   "requireKey": {"header": "x-api-key", "value": "..."}}` for every later request.
+//!   "requireKey": {"header": "x-api-key", "value": "..."}, "usage": true,
+//!   "rawBody": null}` for every later request.
 //!   `reply` replaces the answer (default: "You said: <last message>"); `gzip`
 //!   compresses every answer whatever the request accepts; `requireKey`
-//!   answers 401 unless the header carries exactly that value.
+//!   answers 401 unless the header carries exactly that value; `usage: false`
+//!   leaves `usage` out of whole JSON answers (as some servers do); `rawBody`
+//!   answers 200 with that text (`text/plain`) instead of JSON.
 //!
 //! The demo upstream has no controls and records nothing.
 
@@ -50,6 +53,10 @@ struct Behaviour {
     reply: Option<String>,
     gzip: bool,
     require_key: Option<(String, String)>,
+    /// Whole JSON answers carry `usage`.
+    usage: bool,
+    /// Answer this text instead of JSON.
+    raw_body: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -62,6 +69,8 @@ impl Default for Behaviour {
             reply: None,
             gzip: false,
             require_key: None,
+            usage: true,
+            raw_body: None,
         }
     }
 }
@@ -157,6 +166,8 @@ async fn behaviour(State(state): State<AppState>, axum::Json(v): axum::Json<Valu
     b.chunk_delay_ms = v["chunkDelayMs"].as_u64().unwrap_or(0);
     b.reply = v["reply"].as_str().map(str::to_string);
     b.gzip = v["gzip"].as_bool().unwrap_or(false);
+    b.usage = v["usage"].as_bool().unwrap_or(true);
+    b.raw_body = v["rawBody"].as_str().map(str::to_string);
     b.require_key = match (
         v["requireKey"]["header"].as_str(),
         v["requireKey"]["value"].as_str(),
@@ -209,6 +220,9 @@ async fn model_call(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let error = json!({"error": {"message": "fake failure", "type": "server_error"}});
         return (status, axum::Json(error)).into_response();
+    }
+    if let Some(raw) = b.raw_body {
+        return (StatusCode::OK, raw).into_response();
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let response = apis::answer(uri.path(), &body, &b);

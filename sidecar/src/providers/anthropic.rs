@@ -33,7 +33,9 @@ pub(super) fn parse(json: &mut Map<String, Value>) -> Result<Parsed, BodyError> 
     ) {
         return Err(BodyError::BadField("system"));
     }
-    let framing_tokens = (messages.len() as u64 + 1) * TOKENS_PER_MESSAGE;
+    let framing_tokens = (messages.len() as u64)
+        .saturating_add(1)
+        .saturating_mul(TOKENS_PER_MESSAGE);
     let mut texts = vec![];
     visit(json, &mut |s: &mut String| texts.push(s.clone()));
     let max_output = json.get("max_tokens").and_then(Value::as_u64);

@@ -224,7 +224,9 @@ impl ModelRequest {
             },
         };
         let (prompt, spans) = join(parsed.texts);
-        let estimated_input_tokens = estimates.count(&model, &prompt) + parsed.framing_tokens;
+        let estimated_input_tokens = estimates
+            .count(&model, &prompt)
+            .saturating_add(parsed.framing_tokens);
         let estimated_output_tokens = match api {
             Api::Embeddings | Api::Models => 0,
             _ => parsed.max_output.unwrap_or(default_output_tokens),

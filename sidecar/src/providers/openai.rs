@@ -20,8 +20,8 @@ pub(super) fn parse(api: Api, json: &mut Map<String, Value>) -> Result<Parsed, B
     let mut texts = vec![];
     visit(api, json, &mut |s: &mut String| texts.push(s.clone()));
     let framing_tokens = match api {
-        Api::ChatCompletions => count(json.get("messages")) * TOKENS_PER_MESSAGE,
-        Api::Responses => count(json.get("input")) * TOKENS_PER_MESSAGE,
+        Api::ChatCompletions => count(json.get("messages")).saturating_mul(TOKENS_PER_MESSAGE),
+        Api::Responses => count(json.get("input")).saturating_mul(TOKENS_PER_MESSAGE),
         _ => 0,
     };
     let keys: &[&str] = match api {

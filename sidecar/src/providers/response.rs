@@ -40,10 +40,15 @@ struct AnyUsage {
 
 impl AnyUsage {
     fn usage(&self) -> Usage {
-        let cached = self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0);
+        // The provider's numbers: a hostile or broken upstream may send
+        // u64::MAX, which must saturate rather than wrap to a small charge.
+        let cached = self
+            .cache_creation_input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
+        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
         Usage {
-            input_tokens: self.prompt_tokens.or(self.input_tokens).unwrap_or(0) + cached,
+            input_tokens: input.saturating_add(cached),
             output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
         }
     }
@@ -137,6 +142,19 @@ pub fn usage_from_value(json: &Value) -> Option<Usage> {
         .map(|u| u.usage())
 }
 
+/// The generated text of a whole JSON answer (every text
+/// [`StreamText::visit_response`] visits, one per line), to count its tokens
+/// when the answer reports no usage; `None` when the body is not JSON.
+pub fn answer_text(api: Api, body: &[u8]) -> Option<String> {
+    let mut json: Value = serde_json::from_slice(body).ok()?;
+    let mut text = String::new();
+    StreamText::visit_response(api, &mut json, &mut |s: &mut String| {
+        text.push_str(s);
+        text.push('\n');
+    });
+    Some(text)
+}
+
 /// The usage reported by a stream so far, and the characters of text it carried
 /// (to estimate output when a stream reports no usage).
 #[derive(Debug, Default, Clone, Copy)]
@@ -167,7 +185,9 @@ impl UsageTracker {
             });
         }
         for (_, text) in StreamText::deltas(api, data) {
-            self.generated_chars += text.chars().count() as u64;
+            self.generated_chars = self
+                .generated_chars
+                .saturating_add(text.chars().count() as u64);
         }
     }
 

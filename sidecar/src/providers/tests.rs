@@ -206,6 +206,28 @@ fn each_providers_usage_is_read_from_whole_responses() {
 }
 
 #[test]
+fn a_hostile_upstreams_huge_counts_saturate_rather_than_wrap_to_a_small_charge() {
+    let max = u64::MAX;
+    let anthropic = format!(
+        r#"{{"usage":{{"input_tokens":{max},"cache_creation_input_tokens":{max},"cache_read_input_tokens":5,"output_tokens":1}}}}"#
+    );
+    assert_eq!(
+        response_usage(anthropic.as_bytes()),
+        Some(Usage {
+            input_tokens: max,
+            output_tokens: 1,
+        })
+    );
+    let mut tracker = UsageTracker {
+        reported: None,
+        generated_chars: max - 1,
+    };
+    let chunk = json!({"choices": [{"index": 0, "delta": {"content": "four"}}]});
+    tracker.observe(Api::ChatCompletions, &chunk);
+    assert_eq!(tracker.generated_chars, max);
+}
+
+#[test]
 fn streamed_usage_is_read_from_each_providers_events() {
     let mut chat = UsageTracker::default();
     chat.observe(

@@ -278,6 +278,8 @@ impl Harness {
         settings.approvals = ApprovalSettings::Directory(approvals.clone());
         settings.default_output_tokens = 100;
         settings.decide_listen = Some("127.0.0.1:0".parse().unwrap());
+        // The tests read spend from the per-token budget gauges.
+        settings.metrics_token_labels = true;
         tweak(&mut settings);
         let audit = Arc::new(MemoryAudit::new());
         let running = policybind_sidecar::start(
