@@ -1026,7 +1026,7 @@ def test_dashboard_shows_what_operators_watch(render):
     # binaries' own registries by `cargo test -p policybind metrics`
     # (cli/src/commands/metrics.rs); here, that the main topics are there.
     for metric in ["policybind_sidecar_decisions_total", "policybind_sidecar_decide_duration_seconds",
-                   "policybind_sidecar_budget_spent_usd", "policybind_webhook_admission_reviews_total",
+                   "policybind_operator_token_spend_usd", "policybind_webhook_admission_reviews_total",
                    "policybind_webhook_admission_duration_seconds",
                    "policybind_operator_bundle_writes_total",
                    "policybind_sidecar_audit_backlog_records"]:

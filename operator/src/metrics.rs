@@ -45,6 +45,17 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+/// One AccessToken budget period.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenBudgetLabels {
+    pub namespace: String,
+    pub token: String,
+    pub period: &'static str,
+}
+
+/// A gauge of dollars.
+pub type UsdGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReportLabels {
     /// `Report.openreports.io` or `PolicyReport.wgpolicyk8s.io`.
@@ -79,6 +90,11 @@ pub struct Metrics {
     /// 1 while the API server serves the report kind, 0 once it answered that
     /// it does not (checked again every few minutes).
     pub report_api_available: Family<ReportApiLabels, Gauge>,
+    /// Spend of each AccessToken's current budget period, from its status
+    /// (filled at scrape time from the cache, so deleted tokens drop out).
+    pub token_spend_usd: Family<TokenBudgetLabels, UsdGauge>,
+    /// Tokens (model tokens) used in the same periods.
+    pub token_spend_tokens: Family<TokenBudgetLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -100,6 +116,18 @@ impl Default for Metrics {
         let is_leader = Gauge::default();
         let report_writes = Family::<ReportLabels, Counter>::default();
         let report_api_available = Family::<ReportApiLabels, Gauge>::default();
+        let token_spend_usd = Family::<TokenBudgetLabels, UsdGauge>::default();
+        let token_spend_tokens = Family::<TokenBudgetLabels, Gauge>::default();
+        registry.register(
+            "token_spend_usd",
+            "Spend in USD of each AccessToken's current budget period as its status reports it, one series per token and budgeted period (sidecars publish per-token series only with --metrics-token-labels)",
+            token_spend_usd.clone(),
+        );
+        registry.register(
+            "token_spend_tokens",
+            "Model tokens used in each AccessToken's current budget period as its status reports it, one series per token and budgeted period",
+            token_spend_tokens.clone(),
+        );
         registry.register(
             "report_writes",
             "OpenReports / PolicyReport writes, per kind, report and namespace (each at most once per reports interval)",
@@ -168,6 +196,8 @@ impl Default for Metrics {
             is_leader,
             report_writes,
             report_api_available,
+            token_spend_usd,
+            token_spend_tokens,
         }
     }
 }
@@ -222,7 +252,7 @@ impl Metrics {
     }
 }
 
-fn count_phases(metrics: &Metrics, stores: &Stores, approval_ttl: Duration) {
+pub(crate) fn count_phases(metrics: &Metrics, stores: &Stores, approval_ttl: Duration) {
     let now = chrono::Utc::now();
     let mut counts: HashMap<(&'static str, String), i64> = HashMap::new();
     for t in stores.tokens.state() {
@@ -275,6 +305,38 @@ fn count_phases(metrics: &Metrics, stores: &Stores, approval_ttl: Duration) {
             .objects
             .get_or_create(&PhaseLabels { kind, phase })
             .set(n);
+    }
+    token_spend(metrics, stores);
+}
+
+/// Each token's spend in each budgeted period, as its status reports the
+/// current period (0 until the operator has counted any). One process, one
+/// series per token and period: the bounded, cluster-wide view the Grafana
+/// budget panels read, where sidecars would publish one series per token each.
+fn token_spend(metrics: &Metrics, stores: &Stores) {
+    metrics.token_spend_usd.clear();
+    metrics.token_spend_tokens.clear();
+    for token in stores.tokens.state() {
+        let usage = token.status.as_ref().map(|s| &s.usage[..]).unwrap_or(&[]);
+        for budget in &token.spec.budgets {
+            let current = usage
+                .iter()
+                .filter(|u| u.period == budget.period)
+                .max_by_key(|u| u.period_start);
+            let labels = TokenBudgetLabels {
+                namespace: token.metadata.namespace.clone().unwrap_or_default(),
+                token: token.metadata.name.clone().unwrap_or_default(),
+                period: budget.period.as_str(),
+            };
+            metrics
+                .token_spend_usd
+                .get_or_create(&labels)
+                .set(current.map_or(0.0, |u| u.cost_usd));
+            metrics
+                .token_spend_tokens
+                .get_or_create(&labels)
+                .set(current.map_or(0, |u| i64::try_from(u.tokens).unwrap_or(i64::MAX)));
+        }
     }
 }
 

@@ -2216,3 +2216,55 @@ async fn a_report_kind_the_api_server_does_not_serve_is_skipped_and_asked_again_
         )
     );
 }
+
+// --- Per-token spend, from the operator only (crate::metrics) ---
+
+#[tokio::test]
+async fn token_spend_is_exported_per_budgeted_period_from_status_and_drops_with_the_token() {
+    use policybind_crds::access_token::{AccessTokenStatus, PeriodUsage};
+    use policybind_crds::{Budget, BudgetPeriod};
+    let env = env();
+    let budget = |period| Budget {
+        period,
+        max_cost_usd: Some(5.0),
+        max_tokens: None,
+        time_zone: "UTC".into(),
+    };
+    let mut t = token("team-a", "bot")
+        .budget(budget(BudgetPeriod::Day))
+        .budget(budget(BudgetPeriod::Month))
+        .build();
+    let day = |start: &str, cost| {
+        PeriodUsage::settled(BudgetPeriod::Day, start.parse().unwrap(), cost, 120, 3)
+    };
+    t.status = Some(AccessTokenStatus {
+        // Yesterday's entry is history; the latest is the current period.
+        usage: vec![
+            day("2026-11-30T00:00:00Z", 4.5),
+            day("2026-12-01T00:00:00Z", 0.25),
+        ],
+        ..Default::default()
+    });
+    let mut w = env.w;
+    w.tokens.apply_watcher_event(&Event::Apply(t.clone()));
+    crate::metrics::count_phases(&env.ctx.metrics, &env.ctx.stores, Duration::from_secs(3600));
+    let text = env.ctx.metrics.encode();
+    assert!(
+        text.contains(
+            r#"policybind_operator_token_spend_usd{namespace="team-a",token="bot",period="Day"} 0.25"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"policybind_operator_token_spend_tokens{namespace="team-a",token="bot",period="Day"} 120"#
+    ));
+    // A budgeted period nothing was counted in yet reads 0.
+    assert!(text.contains(
+        r#"policybind_operator_token_spend_usd{namespace="team-a",token="bot",period="Month"} 0.0"#
+    ));
+
+    // The token is deleted: its series are gone at the next scrape.
+    w.tokens.apply_watcher_event(&Event::Delete(t));
+    crate::metrics::count_phases(&env.ctx.metrics, &env.ctx.stores, Duration::from_secs(3600));
+    assert!(!env.ctx.metrics.encode().contains("token=\"bot\""));
+}

@@ -98,6 +98,13 @@ fn operator_exposition() -> String {
     m.report_api_available
         .get_or_create(&ReportApiLabels { kind: PLACEHOLDER })
         .set(0);
+    let token = TokenBudgetLabels {
+        namespace: PLACEHOLDER.into(),
+        token: PLACEHOLDER.into(),
+        period: PLACEHOLDER,
+    };
+    m.token_spend_usd.get_or_create(&token).set(0.0);
+    m.token_spend_tokens.get_or_create(&token).set(0);
     m.encode()
 }
 
