@@ -3,7 +3,8 @@
 //! token with a small daily budget. Together they must not spend more than the
 //! budget plus the stated bound (the difference between estimates and actual
 //! usage of requests in flight; zero here, since the fake upstream reports less
-//! than the sidecars estimate).
+//! than the sidecars estimate). The token's status then shows what the
+//! replicas hold (`heldUsd`, `holders`) and when the period resets.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,42 @@ fn three_replicas_never_overspend_a_shared_budget() {
         if admitted < 30 {
             bail!("only {admitted} of 100 requests were admitted before the budget read as spent");
         }
+        // What the replicas hold shows in the token's status, within the limit.
+        let day = s
+            .wait_for(
+                "AccessToken e2e-token's status to show the replicas' grants",
+                SETTLE,
+                || async {
+                    let token = s
+                        .get_json("policybind.io/v1alpha1", "AccessToken", "e2e-token")
+                        .await?;
+                    Ok(token.and_then(|t| {
+                        t["status"]["usage"]
+                            .as_array()?
+                            .iter()
+                            .find(|u| {
+                                u["period"] == "Day"
+                                    && u["holders"].as_u64().is_some_and(|h| h >= 1)
+                            })
+                            .cloned()
+                    }))
+                },
+            )
+            .await?;
+        let held = day["heldUsd"].as_f64().unwrap_or_default();
+        if held <= 0.0 || held > LIMIT_USD * (1.0 + 1e-9) || day["resetsAt"].as_str().is_none() {
+            bail!("status.usage of the day does not show grants within the limit: {day}");
+        }
+        flows::report_measurement(
+            &s,
+            &format!(
+                "budgets: AccessToken status of the day: costUsd {}, heldUsd {held:.6} ({:.1}% of the limit) by {} holders, resetsAt {}",
+                day["costUsd"],
+                100.0 * held / LIMIT_USD,
+                day["holders"],
+                day["resetsAt"]
+            ),
+        );
         Ok(())
     });
 }
