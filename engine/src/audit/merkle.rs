@@ -25,45 +25,19 @@ use super::hash::Hash256;
 
 /// Hash of a leaf: `SHA-256(0x00 || record_hash)`.
 pub fn leaf_hash(record_hash: &Hash256) -> Hash256 {
-    // 33 bytes: one block, padded by hand (see `sha256_padded`).
-    let mut block = [0u8; 64];
-    block[1..33].copy_from_slice(record_hash.as_bytes());
-    sha256_padded(&mut [block], 33)
+    let mut hasher = Sha256::new();
+    hasher.update([0u8]);
+    hasher.update(record_hash.as_bytes());
+    Hash256::from_bytes(hasher.finalize().into())
 }
 
 /// Hash of an inner node: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash256, right: &Hash256) -> Hash256 {
-    // 65 bytes: two blocks.
-    let mut blocks = [[0u8; 64]; 2];
-    blocks[0][0] = 1;
-    blocks[0][1..33].copy_from_slice(left.as_bytes());
-    blocks[0][33..].copy_from_slice(&right.as_bytes()[..31]);
-    blocks[1][0] = right.as_bytes()[31];
-    sha256_padded(&mut blocks, 65)
-}
-
-/// SHA-256 initial state (FIPS 180-4, 5.3.3).
-const SHA256_INITIAL_STATE: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-/// SHA-256 of a short message already placed in `blocks` (zeros after its
-/// `len` bytes, with room for the padding). Tree hashing is millions of 33-
-/// and 65-byte messages when a trail is verified; padding them here and
-/// calling the compression function once costs about half of going through
-/// the streaming hasher. Tests hold it to `Sha256::digest`.
-fn sha256_padded<const N: usize>(blocks: &mut [[u8; 64]; N], len: usize) -> Hash256 {
-    debug_assert!(len + 9 <= N * 64 && len + 9 > (N - 1) * 64);
-    blocks[len / 64][len % 64] = 0x80;
-    blocks[N - 1][56..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
-    let mut state = SHA256_INITIAL_STATE;
-    let blocks = blocks.map(sha2::digest::generic_array::GenericArray::from);
-    sha2::compress256(&mut state, &blocks);
-    let mut digest = [0u8; 32];
-    for (out, word) in digest.chunks_exact_mut(4).zip(state) {
-        out.copy_from_slice(&word.to_be_bytes());
-    }
-    Hash256::from_bytes(digest)
+    let mut hasher = Sha256::new();
+    hasher.update([1u8]);
+    hasher.update(left.as_bytes());
+    hasher.update(right.as_bytes());
+    Hash256::from_bytes(hasher.finalize().into())
 }
 
 /// The RFC 6962 Merkle tree hash of the record hashes, in order.
@@ -421,18 +395,6 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tree_hashes_are_sha256_of_the_prefixed_message() {
-        for i in 0u64..64 {
-            let a = Hash256::from_bytes(Sha256::digest(i.to_be_bytes()).into());
-            let b = Hash256::from_bytes(Sha256::digest((i + 1000).to_be_bytes()).into());
-            let leaf = [&[0u8][..], a.as_bytes()].concat();
-            assert_eq!(leaf_hash(&a).as_bytes()[..], Sha256::digest(&leaf)[..]);
-            let node = [&[1u8][..], a.as_bytes(), b.as_bytes()].concat();
-            assert_eq!(node_hash(&a, &b).as_bytes()[..], Sha256::digest(&node)[..]);
-        }
-    }
 
     fn recursive_root(leaves: &[Hash256]) -> Hash256 {
         match leaves.len() {

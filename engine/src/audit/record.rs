@@ -689,10 +689,10 @@ impl AuditRecord {
 
     /// `SHA-256(prev_hash || canonical_bytes)` for the given predecessor hash.
     pub fn compute_hash(&self, prev_hash: &Hash256) -> Hash256 {
-        let mut hasher = HashSink::new();
+        let mut hasher = HashSink(Sha256::new());
         hasher.put(prev_hash.as_bytes());
         self.write_canonical(&mut hasher);
-        hasher.finish()
+        Hash256::from_bytes(hasher.0.finalize().into())
     }
 
     /// Whether `hash` matches the record's own content and `prev_hash`.
@@ -794,10 +794,10 @@ pub(crate) struct RecordRef<'a> {
 impl RecordRef<'_> {
     /// `SHA-256(prev_hash || canonical bytes)` for the stored `prev_hash`.
     pub fn compute_hash(&self) -> Hash256 {
-        let mut hasher = HashSink::new();
+        let mut hasher = HashSink(Sha256::new());
         hasher.put(self.prev_hash.as_bytes());
         write_canonical_fields!(self, &mut hasher);
-        hasher.finish()
+        Hash256::from_bytes(hasher.0.finalize().into())
     }
 }
 
@@ -813,45 +813,11 @@ impl CanonicalSink for Vec<u8> {
     }
 }
 
-/// Bytes gathered before they reach SHA-256: a typical record's canonical
-/// bytes fit, so the hasher sees one slice and compresses every block in one
-/// call instead of buffering some thirty small fields one by one.
-const HASH_SINK_BUFFER: usize = 1024;
-
-/// Hashes canonical bytes as they are written, without allocating.
-pub(crate) struct HashSink {
-    hasher: Sha256,
-    buffer: [u8; HASH_SINK_BUFFER],
-    len: usize,
-}
-
-impl HashSink {
-    pub(crate) fn new() -> Self {
-        HashSink {
-            hasher: Sha256::new(),
-            buffer: [0; HASH_SINK_BUFFER],
-            len: 0,
-        }
-    }
-
-    pub(crate) fn finish(mut self) -> Hash256 {
-        self.hasher.update(&self.buffer[..self.len]);
-        Hash256::from_bytes(self.hasher.finalize().into())
-    }
-}
+pub(crate) struct HashSink(pub(crate) Sha256);
 
 impl CanonicalSink for HashSink {
     fn put(&mut self, bytes: &[u8]) {
-        if self.len + bytes.len() > HASH_SINK_BUFFER {
-            self.hasher.update(&self.buffer[..self.len]);
-            self.len = 0;
-            if bytes.len() > HASH_SINK_BUFFER {
-                self.hasher.update(bytes);
-                return;
-            }
-        }
-        self.buffer[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+        self.0.update(bytes);
     }
 }
 
