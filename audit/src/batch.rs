@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::encoding::Encoding;
 use crate::naming::segment_name_with_suffix;
-use crate::open_segment::{OpenSegment, SealedSegment};
+use crate::open_segment::{DOCUMENT_OVERHEAD_BYTES, OpenSegment, SealedSegment};
 use crate::resume::Resumed;
 use crate::store::{SegmentObject, SegmentStore, StoreProfile};
 use crate::writer::{AuditConfig, Command, REFUSAL_NAMES, Shared, ShutdownReport};
@@ -185,24 +185,17 @@ impl BatchTask {
     /// Move queued records into the open segment, sealing on size and age.
     fn absorb(&mut self) {
         let pending = std::mem::take(&mut self.shared.lock().pending);
-        let mut start = 0;
-        for (index, &end) in pending.ends.iter().enumerate() {
-            let json = &pending.json[start..end];
-            start = end;
-            let (seq, hash) = (pending.first_seq + index as u64, pending.hashes[index]);
-            let full = self.open.as_ref().is_some_and(|open| {
-                !open.is_empty()
-                    && open.estimate(self.encoding(), self.ratio, json.len() + 1)
-                        > self.config.max_segment_bytes
-            });
-            if full {
-                let open = self.open.take().expect("checked above");
-                self.open = self.seal(open);
+        let mut queued = pending.json_bytes();
+        // Chunk by chunk, each freed once copied.
+        for chunk in pending.chunks {
+            let mut start = 0;
+            for (index, &end) in chunk.ends.iter().enumerate() {
+                let json = &chunk.json[start..end];
+                start = end;
+                let (seq, hash) = (chunk.first_seq + index as u64, chunk.hashes[index]);
+                self.absorb_record(json, seq, hash, queued);
+                queued -= json.len();
             }
-            if self.open.is_none() {
-                self.open = Some(self.new_open(seq, &hash));
-            }
-            self.open.as_mut().expect("just ensured").push(json, hash);
         }
         let old = self.open.as_ref().is_some_and(|open| {
             !open.is_empty() && open.opened_at.elapsed() >= self.config.max_segment_age
@@ -210,6 +203,30 @@ impl BatchTask {
         if old {
             self.seal_all_open();
         }
+    }
+
+    /// Put one record in the open segment, sealing it first if the record
+    /// would not fit; `queued` bytes (this record's included) wait.
+    fn absorb_record(&mut self, json: &[u8], seq: u64, hash: Hash256, queued: usize) {
+        let full = self.open.as_ref().is_some_and(|open| {
+            !open.is_empty()
+                && open.estimate(self.encoding(), self.ratio, json.len() + 1)
+                    > self.config.max_segment_bytes
+        });
+        if full {
+            let open = self.open.take().expect("checked above");
+            self.open = self.seal(open);
+        }
+        if self.open.is_none() {
+            let mut open = self.new_open(seq, &hash);
+            // Room for what is queued, up to a full segment and its head: the
+            // records are copied once, not again each time the buffer
+            // doubles, and sealing puts the head in front in place.
+            open.json
+                .reserve(queued.min(self.config.max_segment_bytes) + DOCUMENT_OVERHEAD_BYTES);
+            self.open = Some(open);
+        }
+        self.open.as_mut().expect("just ensured").push(json, hash);
     }
 
     fn seal_all_open(&mut self) {
@@ -222,18 +239,26 @@ impl BatchTask {
     /// The signed, encoded sealed form of `open`, whatever its size.
     fn sealed_of(&mut self, mut open: OpenSegment, sealed_at: RecordTime) -> SealedSegment {
         let (head, _) = open.signed_head(&self.config.signing_key, Some(sealed_at));
-        let (body, ratio) = open.encode(self.encoding(), &head);
-        self.learn(ratio);
+        let record_bytes = open.record_bytes();
+        let (body, records_in_body) = match self.encoding() {
+            Encoding::Json => {
+                let records = head.len()..head.len() + open.json.len();
+                (open.take_json_body(&head), Some(records))
+            }
+            Encoding::Gzip => {
+                let (body, ratio) = open.encode(Encoding::Gzip, &head);
+                self.learn(ratio);
+                (body, None)
+            }
+        };
         open.drop_members();
-        SealedSegment {
-            object: SegmentObject {
-                name: open.name.clone(),
-                writer: self.writer.to_string(),
-                sealed: true,
-                body,
-            },
-            segment: open,
-        }
+        let object = SegmentObject {
+            name: open.name.clone(),
+            writer: self.writer.to_string(),
+            sealed: true,
+            body,
+        };
+        SealedSegment::new(open, object, record_bytes, records_in_body)
     }
 
     /// Seal `open` (in several segments if its exact size demands) and queue it;
@@ -247,7 +272,7 @@ impl BatchTask {
             if size <= self.config.max_segment_bytes || sealed.segment.len() == 1 {
                 break sealed;
             }
-            open = sealed.segment;
+            open = sealed.into_open();
             let fits = self.config.max_segment_bytes as f64 * 0.9 / size as f64;
             let keep = ((open.len() as f64 * fits) as usize).clamp(1, open.len() - 1);
             let name = self.name_for(open.first_seq + keep as u64, &open.hashes[keep], 0);
@@ -293,7 +318,7 @@ impl BatchTask {
         match self.store.put(&front.object).await {
             Ok(()) => {
                 let written = self.sealed.pop_front().expect("still there");
-                self.release(&written.segment);
+                self.release(&written);
                 Ok(())
             }
             Err(error) => match error.refusal() {
@@ -307,13 +332,13 @@ impl BatchTask {
     }
 
     /// A written (or quarantined) segment no longer counts against the queue.
-    fn release(&self, segment: &OpenSegment) {
+    fn release(&self, sealed: &SealedSegment) {
         self.shared
             .held_bytes
-            .fetch_sub(segment.record_bytes(), Ordering::Relaxed);
+            .fetch_sub(sealed.record_bytes(), Ordering::Relaxed);
         self.shared
             .persisted_seq
-            .fetch_max(segment.last_seq(), Ordering::AcqRel);
+            .fetch_max(sealed.segment.last_seq(), Ordering::AcqRel);
     }
 
     async fn write_open(&mut self) -> Result<(), Error> {
@@ -358,7 +383,7 @@ impl BatchTask {
         let mut front = self.sealed.pop_front().expect("the refused segment");
         match refusal {
             Refusal::TooLarge(reason) if front.segment.len() > 1 => {
-                let mut first = front.segment;
+                let mut first = front.into_open();
                 let keep = first.len() / 2;
                 let name = self.name_for(first.first_seq + keep as u64, &first.hashes[keep], 0);
                 let second = first.split_off(keep, name);
@@ -440,7 +465,7 @@ impl BatchTask {
             .quarantined
             .fetch_add(1, Ordering::Relaxed);
         self.record_store_refusal("segment-quarantined", segment, reason, None);
-        self.release(segment);
+        self.release(&sealed);
     }
 
     /// A lifecycle record of what the store refused and what the writer did.
@@ -574,7 +599,7 @@ impl BatchTask {
             self.absorb();
             self.seal_all_open();
             result = self.write_all(true).await;
-            if result.is_err() || self.shared.lock().pending.ends.is_empty() {
+            if result.is_err() || self.shared.lock().pending.is_empty() {
                 break;
             }
         }

@@ -189,6 +189,17 @@ impl OpenSegment {
         }
     }
 
+    /// The stored JSON body of the segment, built in the records' own buffer
+    /// (the head moved in front of them), which the segment gives up: a
+    /// sealed segment's records are then held once, in its body.
+    pub fn take_json_body(&mut self, head: &[u8]) -> Vec<u8> {
+        let mut body = std::mem::take(&mut self.json);
+        body.reserve_exact(head.len() + SEGMENT_DOCUMENT_END.len());
+        body.splice(0..0, head.iter().copied());
+        body.extend_from_slice(SEGMENT_DOCUMENT_END);
+        body
+    }
+
     /// Forget compressed members (after a split, or once sealed and encoded).
     pub fn drop_members(&mut self) {
         self.members = Vec::new();
@@ -249,10 +260,83 @@ impl OpenSegment {
 }
 
 /// A sealed segment waiting for the store.
+///
+/// Its records are held once. For JSON the body holds their stored bytes
+/// verbatim, so the segment's own copy is released when it is sealed and
+/// taken back from the body only if the store refuses the segment as too
+/// large. For gzip the plain records are kept (the compressed body is a
+/// fraction of them) to split without decompressing.
 #[derive(Debug)]
 pub(crate) struct SealedSegment {
-    /// The records (kept to split the segment if the store finds it too large).
+    /// The records' hashes and offsets (and for gzip their JSON).
     pub segment: OpenSegment,
     /// The signed, encoded document as it is written.
     pub object: crate::store::SegmentObject,
+    /// Bytes of the records' own JSON, as counted against the queue.
+    record_bytes: usize,
+    /// Where the records' JSON sits in a JSON body, when the segment's copy was
+    /// released.
+    records_in_body: Option<std::ops::Range<usize>>,
+}
+
+impl SealedSegment {
+    /// A sealed segment written as `object`; `records_in_body` is where its
+    /// records' JSON is in a JSON body, when the segment's own copy was given
+    /// up for it.
+    pub fn new(
+        segment: OpenSegment,
+        object: crate::store::SegmentObject,
+        record_bytes: usize,
+        records_in_body: Option<std::ops::Range<usize>>,
+    ) -> Self {
+        SealedSegment {
+            segment,
+            object,
+            record_bytes,
+            records_in_body,
+        }
+    }
+
+    /// Bytes of the records' own JSON, as counted against the queue.
+    pub fn record_bytes(&self) -> usize {
+        self.record_bytes
+    }
+
+    /// The segment with its records' JSON, to split or re-seal it.
+    pub fn into_open(self) -> OpenSegment {
+        let mut segment = self.segment;
+        if let Some(range) = self.records_in_body {
+            segment.json = self.object.body[range].to_vec();
+        }
+        segment
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SegmentObject;
+
+    #[test]
+    fn a_sealed_json_segment_holds_its_records_once_in_its_body_and_gives_them_back() {
+        let mut open = OpenSegment::new("w".into(), "seg".into(), 1, Hash256::ZERO, None);
+        open.push(br#"{"seq":1}"#, Hash256::ZERO);
+        open.push(br#"{"seq":2}"#, Hash256::ZERO);
+        let (json, record_bytes) = (open.json.clone(), open.record_bytes());
+        let head = br#"{"header":{},"records":["#;
+        let body = open.take_json_body(head);
+        assert_eq!(body, [&head[..], &json, SEGMENT_DOCUMENT_END].concat());
+        assert!(open.json.is_empty(), "the segment gave its copy up");
+        let object = SegmentObject {
+            name: "seg".into(),
+            writer: "w".into(),
+            sealed: true,
+            body,
+        };
+        let records = head.len()..head.len() + json.len();
+        let sealed = SealedSegment::new(open, object, record_bytes, Some(records));
+        assert_eq!(sealed.record_bytes(), record_bytes);
+        let open = sealed.into_open();
+        assert_eq!((open.len(), open.json), (2, json));
+    }
 }

@@ -20,6 +20,17 @@
 //! summarised (one log line and one lifecycle record per `summary_interval`),
 //! never logged one by one.
 //!
+//! ## Memory
+//! What the budget counts is what the writer holds, once: queued records sit
+//! in chunks of 256 KiB (never one buffer doubling past the
+//! budget), each freed as soon as its records are copied into a segment, and a
+//! sealed segment keeps its records only inside its encoded body. Beyond the
+//! budget a writer holds about three segments' worth of buffers while it seals
+//! and writes (the open segment, a body, the store's copy of it). With the
+//! directory store's 4 MiB segments and the default 32 MiB budget that is
+//! about 45 MiB at most, provided freed buffers go back to the system: with
+//! glibc, set `MALLOC_MMAP_THRESHOLD_=131072` (the container image does).
+//!
 //! ## Unauthenticated floods
 //! A request refused before anyone is known (no token, unknown token, a path
 //! that is not served) is not worth a record each: a flood of them would fill
@@ -74,7 +85,9 @@ pub struct AuditConfig {
     /// Seal a segment this long after its first record. Default 60 s.
     pub max_segment_age: Duration,
     /// Bytes of record JSON appended but not yet in a written, sealed segment
-    /// that the writer holds before `append` refuses. Default 32 MiB.
+    /// that the writer holds before `append` refuses. Default 32 MiB. The
+    /// writer's memory is about this plus three segments (see the module
+    /// docs, "Memory").
     pub queue_capacity_bytes: usize,
     /// Longest wait between retries when the store fails. Default 30 s.
     pub max_retry_backoff: Duration,
@@ -222,14 +235,53 @@ pub struct ShutdownReport {
     pub head: Hash256,
 }
 
-/// Records appended and not yet taken by the batch task: their exact stored
-/// JSON, back to back.
+/// Size of one buffer of queued records. The queue is a list of these rather
+/// than one buffer, so it never doubles past the byte budget, and the batch
+/// task frees each as soon as its records are in a segment: a full queue is
+/// never held twice while it is moved.
+pub(crate) const PENDING_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Records appended and not yet taken by the batch task, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
+    pub chunks: Vec<PendingChunk>,
+}
+
+/// Consecutive records: their exact stored JSON, back to back.
+#[derive(Debug, Default)]
+pub(crate) struct PendingChunk {
     pub json: Vec<u8>,
+    /// Where each record's JSON ends in `json`.
     pub ends: Vec<usize>,
     pub hashes: Vec<Hash256>,
     pub first_seq: u64,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(|chunk| chunk.ends.is_empty())
+    }
+
+    /// Bytes of queued JSON.
+    pub fn json_bytes(&self) -> usize {
+        self.chunks.iter().map(|chunk| chunk.json.len()).sum()
+    }
+
+    /// The chunk the next record goes to: the last one, or a new one once the
+    /// last is (nearly) full.
+    fn chunk_for_append(&mut self) -> &mut PendingChunk {
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.json.len() + PENDING_CHUNK_BYTES / 16 > PENDING_CHUNK_BYTES);
+        if full {
+            self.chunks.push(PendingChunk {
+                json: Vec::with_capacity(PENDING_CHUNK_BYTES),
+                ..PendingChunk::default()
+            });
+        }
+        self.chunks.last_mut().expect("just ensured")
+    }
 }
 
 pub(crate) struct State {
@@ -295,7 +347,7 @@ impl Shared {
             return Err(self.refuse(AppendError::Closed));
         }
         let record = state.chain.next_record(event, now);
-        let pending = &mut state.pending;
+        let pending = state.pending.chunk_for_append();
         let start = pending.json.len();
         serde_json::to_writer(&mut pending.json, &record).expect("a record serializes");
         let bytes = pending.json.len() - start;

@@ -307,3 +307,39 @@ async fn retention_keeps_each_writers_newest_segment_even_over_budget() {
         [50, 50]
     );
 }
+
+/// The queue holds records in chunks of 256 KiB: several megabytes of records
+/// queued at once (the store away, then back) cross many chunks and segments,
+/// and come out in order, each once, and verify.
+#[tokio::test]
+async fn records_queued_across_many_chunks_are_written_in_order_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Flaky {
+        inner: DirectoryStore::open(dir.path()).unwrap(),
+        failing: AtomicBool::new(true),
+    });
+    let mut config = AuditConfig::new(WRITER, key());
+    config.flush_interval = Duration::from_millis(20);
+    config.max_segment_bytes = 64 * 1024;
+    let writer = AuditWriter::start(config, store.clone()).await.unwrap();
+    let padding = "p".repeat(900);
+    for i in 0..4_000 {
+        writer
+            .append(event(i).detail("padding", padding.clone()))
+            .unwrap();
+    }
+    assert!(writer.stats().queued_bytes > 3 << 20);
+    store.failing.store(false, Ordering::SeqCst);
+    writer.shutdown().await.unwrap();
+    let segments = store.list().await.unwrap();
+    assert!(segments.len() > 50, "{} segments", segments.len());
+    let report = verify_stored(segments.clone(), &options(true));
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let requests: Vec<String> = records_of(&segments)
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Decision)
+        .map(|r| r.request_id.unwrap())
+        .collect();
+    let expected: Vec<String> = (0..4_000).map(|i| format!("req-{i}")).collect();
+    assert_eq!(requests, expected);
+}

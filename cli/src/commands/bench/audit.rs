@@ -344,6 +344,13 @@ fn print_results(
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     );
+    // The memory figures depend on it (docs/audit.md, "Performance").
+    println!(
+        "malloc: MALLOC_MMAP_THRESHOLD_={}",
+        std::env::var("MALLOC_MMAP_THRESHOLD_")
+            .as_deref()
+            .unwrap_or("unset (glibc's dynamic threshold)")
+    );
 }
 
 async fn verify_written(
