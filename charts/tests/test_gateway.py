@@ -81,6 +81,7 @@ def test_the_gateway_runs_the_sidecar_in_gateway_mode_as_an_injected_sidecar_is_
     assert env["POLICYBIND_BUNDLE_NAMESPACE"]["value"] == NAMESPACE
     # The namespace's own audit key, kept by the operator, as the webhook mounts it.
     assert env["POLICYBIND_AUDIT_KEY"]["value"] == "/var/run/secrets/policybind/audit/signing-key"
+    assert env["MALLOC_MMAP_THRESHOLD_"]["value"] == "131072"
     assert "POLICYBIND_AUDIT_KEY_SECRET" not in env
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["policybind-audit-key"]["mountPath"] == "/var/run/secrets/policybind/audit"

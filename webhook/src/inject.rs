@@ -502,6 +502,18 @@ pub fn sidecar_env(config: &AdmissionConfig, wiring: &SidecarWiring<'_>) -> Vec<
         ),
         plain_env(env::AUDIT_KEY, paths::AUDIT_KEY_FILE),
     ];
+    // Memory stays bounded whatever image runs the sidecar, unless
+    // sidecar.extraEnv sets its own value.
+    if !s
+        .extra_env
+        .iter()
+        .any(|(k, _)| k == env::MALLOC_MMAP_THRESHOLD)
+    {
+        env.push(plain_env(
+            env::MALLOC_MMAP_THRESHOLD,
+            env::MALLOC_MMAP_THRESHOLD_VALUE,
+        ));
+    }
     env.extend(s.extra_env.iter().map(|(k, v)| plain_env(k, v.clone())));
     env
 }
