@@ -57,6 +57,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod refusal;
 pub mod rejections;
+pub mod rounds;
 pub mod source;
 pub mod sse;
 pub mod state;

@@ -339,18 +339,11 @@ impl UsageReporter {
     /// Cancel `stop` after the servers have drained, so the final report holds
     /// the requests that finished during shutdown.
     pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+        let mut rounds = crate::rounds::Rounds::new(interval, stop);
+        while rounds.next().await {
             let result = self.report_once().await;
             self.log(result);
         }
-        let result = self.report_once().await;
-        self.log(result);
     }
 
     fn log(&self, result: Result<Reported, ReportError>) {

@@ -247,18 +247,11 @@ impl UsagePersister {
     /// Cancel `stop` after the servers drained, so the last write holds every
     /// request that finished.
     pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+        let mut rounds = crate::rounds::Rounds::new(interval, stop);
+        while rounds.next().await {
             let result = self.persist_once().await;
             self.log(result);
         }
-        let result = self.persist_once().await;
-        self.log(result);
     }
 
     fn log(&self, result: Result<bool, UsageFileError>) {
