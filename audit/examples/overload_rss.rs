@@ -11,31 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use policybind_audit::sample::decision;
 use policybind_audit::{AuditConfig, AuditWriter, DirectoryStore};
-use policybind_crds::Effect;
-use policybind_engine::audit::{AuditEvent, AuditSigningKey, CostUsd, Usage};
-use sha2::{Digest, Sha256};
-
-fn decision(n: u64) -> AuditEvent {
-    let digest = hex::encode(Sha256::digest(n.to_be_bytes()));
-    AuditEvent::decision(Effect::Allow)
-        .request_id(&digest[..36])
-        .subject("team-payments")
-        .token_id("team-payments/ci-token")
-        .model("gpt-4o-mini")
-        .namespace("team-payments")
-        .policy_rule("team-payments/default", "allow-approved-models")
-        .code("ALLOWED")
-        .fingerprint("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
-        .prompt(&digest)
-        .usage(Usage {
-            input_tokens: 100 + n % 900,
-            output_tokens: 96,
-            cost_usd: CostUsd::from_nanos(151_400),
-        })
-        .detail("endpoint", "chat")
-        .detail("stage", "policy")
-}
+use policybind_engine::audit::AuditSigningKey;
 
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

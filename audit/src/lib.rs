@@ -34,6 +34,7 @@ pub mod naming;
 mod open_segment;
 mod resume;
 pub mod retention;
+pub mod sample;
 pub mod store;
 pub mod writer;
 

@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use policybind_audit::sample::decision;
 use policybind_audit::{
     AuditConfig, AuditWriter, ConfigMapStore, DirectoryStore, Error, RawSegment, SegmentObject,
     SegmentStore, StoreProfile, verify_stored,
 };
-use policybind_crds::Effect;
-use policybind_engine::audit::{
-    AuditEvent, AuditSigningKey, CostUsd, Keyring, Usage, VerifyOptions,
-};
-use sha2::{Digest, Sha256};
+use policybind_engine::audit::{AuditSigningKey, Keyring, VerifyOptions};
 
 /// Which store to measure.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,44 +112,6 @@ impl SegmentStore for Counting {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-}
-
-/// A decision as a sidecar records it; ids and prompts differ per request, as
-/// they do in traffic, so compression is not flattered.
-fn decision(n: u64) -> AuditEvent {
-    let digest = hex::encode(Sha256::digest(n.to_be_bytes()));
-    AuditEvent::decision(if n.is_multiple_of(10) {
-        Effect::Deny
-    } else {
-        Effect::Allow
-    })
-    .request_id(format!(
-        "{}-{}-{}-{}-{}",
-        &digest[..8],
-        &digest[8..12],
-        &digest[12..16],
-        &digest[16..20],
-        &digest[20..32]
-    ))
-    .subject("team-payments")
-    .token_id("team-payments/ci-token")
-    .model("gpt-4o-mini")
-    .namespace("team-payments")
-    .policy_rule("team-payments/default", "allow-approved-models")
-    .code(if n.is_multiple_of(10) {
-        "PII_DETECTED"
-    } else {
-        "ALLOWED"
-    })
-    .fingerprint("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
-    .prompt(&digest)
-    .usage(Usage {
-        input_tokens: 100 + n % 900,
-        output_tokens: 96,
-        cost_usd: CostUsd::from_nanos(151_400),
-    })
-    .detail("endpoint", "chat")
-    .detail("stage", "policy")
 }
 
 fn peak_rss_kib() -> Option<(u64, u64)> {
