@@ -244,6 +244,28 @@ async fn expect_no_call_err<F: Future<Output = crate::Result<Action>>>(
     }
 }
 
+/// Reconciles AccessToken team-a/bot, whose Secret is issued, answering its
+/// one call (the status patch); returns the patch.
+async fn reconcile_bot_status(env: &mut Env, t: &AccessToken) -> Value {
+    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
+        Arc::new(t.clone()),
+        env.ctx.clone(),
+    ));
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
+    )
+    .await;
+    reply(send, 200, &with_status(t, &status));
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    status
+}
+
 fn with_status<K: serde::Serialize>(object: &K, body: &Value) -> Value {
     let mut value = serde_json::to_value(object).unwrap();
     value["status"] = body["status"].clone();
@@ -1101,22 +1123,7 @@ async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_
             .usage_reports
             .apply_watcher_event(&Event::Apply(report));
     }
-    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
-        Arc::new(t.clone()),
-        env.ctx.clone(),
-    ));
-    let (status, send) = expect(
-        &mut env.api,
-        "PATCH",
-        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
-    )
-    .await;
-    reply(send, 200, &with_status(&t, &status));
-    tokio::time::timeout(Duration::from_secs(5), reconcile)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let status = reconcile_bot_status(&mut env, &t).await;
     assert_eq!(status["status"]["phase"], "Active", "{status}");
     let usage = &status["status"]["usage"][0];
     assert_eq!(usage["costUsd"], 1.5, "{status}");
@@ -1185,22 +1192,7 @@ async fn status_shows_spend_the_reset_time_and_what_replicas_hold() {
     env.ctx.state.ledgers.publish("team-a", &team_a);
     env.ctx.state.ledgers.publish("team-c", &team_c);
 
-    let reconcile = tokio::spawn(crate::controllers::access_token::reconcile(
-        Arc::new(t.clone()),
-        env.ctx.clone(),
-    ));
-    let (status, send) = expect(
-        &mut env.api,
-        "PATCH",
-        "/apis/policybind.io/v1alpha1/namespaces/team-a/accesstokens/bot/status",
-    )
-    .await;
-    reply(send, 200, &with_status(&t, &status));
-    tokio::time::timeout(Duration::from_secs(5), reconcile)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let status = reconcile_bot_status(&mut env, &t).await;
     assert_eq!(
         status["status"]["usage"],
         json!([{"period": "Day", "periodStart": "2026-11-21T23:00:00Z",
