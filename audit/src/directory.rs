@@ -96,9 +96,11 @@ impl DirectoryStore {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename; with `durable`,
-/// fsync the file before and the directory after the rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
+/// Write `bytes` to `path` through a temporary file (`<path>` with extension
+/// `json.tmp`) and a rename; with `durable`, fsync the file before and the
+/// directory after the rename. Readers see the old file or the new one, never
+/// part of one.
+pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
     let tmp = path.with_extension("json.tmp");
     let mut file = fs::File::create(&tmp).map_err(io("create", &tmp))?;
     file.write_all(bytes).map_err(io("write", &tmp))?;
@@ -107,7 +109,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Resu
     }
     drop(file);
     fs::rename(&tmp, path).map_err(io("rename", path))?;
-    if durable && let Some(parent) = path.parent() {
+    if durable && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         // The rename is durable only once the directory entry is synced.
         fs::File::open(parent)
             .and_then(|d| d.sync_all())

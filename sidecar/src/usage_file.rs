@@ -29,7 +29,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,23 +164,12 @@ impl UsageFile {
     }
 
     fn save_json(&self, json: &str) -> Result<(), UsageFileError> {
-        let write_error = |source| UsageFileError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let temporary = sibling(&self.path, ".tmp");
-        let mut file = File::create(&temporary).map_err(write_error)?;
-        file.write_all(json.as_bytes()).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        drop(file);
-        std::fs::rename(&temporary, &self.path).map_err(write_error)?;
-        // The rename is durable only once the directory entry is.
-        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(parent)
-                .and_then(|dir| dir.sync_all())
-                .map_err(write_error)?;
-        }
-        Ok(())
+        policybind_audit::directory::write_atomically(&self.path, json.as_bytes(), true).map_err(
+            |error| UsageFileError::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other(error),
+            },
+        )
     }
 }
 
