@@ -684,6 +684,16 @@ mod tests {
         DecisionSummary::parse(&json).unwrap().entries
     }
 
+    /// The requests report of team-a of `kind` summing these pods' tallies,
+    /// each read back as the operator reads it.
+    fn requests_report(kind: ReportKind, pods: &[&DecisionTally]) -> Value {
+        let mut aggregate = Aggregate::new();
+        for pod in pods {
+            absorb(&mut aggregate, &parsed(pod));
+        }
+        report_object(kind, "team-a", names::REQUESTS_REPORT, aggregate)
+    }
+
     use policybind_crds::summary;
 
     #[test]
@@ -704,15 +714,7 @@ mod tests {
             key("team-a/p", "allow", ReportResult::Pass),
             example(11, "POLICY_ALLOW"),
         );
-        let mut aggregate = Aggregate::new();
-        absorb(&mut aggregate, &parsed(&pod_a));
-        absorb(&mut aggregate, &parsed(&pod_b));
-        let report = report_object(
-            ReportKind::OpenReports,
-            "team-a",
-            names::REQUESTS_REPORT,
-            aggregate,
-        );
+        let report = requests_report(ReportKind::OpenReports, &[&pod_a, &pod_b]);
         assert_eq!(report["apiVersion"], "openreports.io/v1alpha1");
         assert_eq!(report["kind"], "Report");
         assert_eq!(report["source"], "policybind");
@@ -737,14 +739,7 @@ mod tests {
         );
         assert_eq!(fail["message"], "6 requests refused");
         // wgpolicyk8s: same results, no report-level source.
-        let mut again = Aggregate::new();
-        absorb(&mut again, &parsed(&pod_a));
-        let wg = report_object(
-            ReportKind::WgPolicy,
-            "team-a",
-            names::REQUESTS_REPORT,
-            again,
-        );
+        let wg = requests_report(ReportKind::WgPolicy, &[&pod_a]);
         assert_eq!(wg["apiVersion"], "wgpolicyk8s.io/v1alpha2");
         assert_eq!(wg["kind"], "PolicyReport");
         assert!(wg.get("source").is_none());
@@ -759,11 +754,7 @@ mod tests {
                 example(i, "REDACTED"),
             );
         }
-        let build = || {
-            let mut a = Aggregate::new();
-            absorb(&mut a, &parsed(&tally));
-            report_object(ReportKind::OpenReports, "ns", names::REQUESTS_REPORT, a).to_string()
-        };
+        let build = || requests_report(ReportKind::OpenReports, &[&tally]).to_string();
         assert_eq!(build(), build());
     }
 
@@ -810,16 +801,7 @@ mod tests {
             ex.object = Some(long('o', MAX_NAME));
             pods[(i % 4) as usize].record(key(&policy, &rule, result), ex);
         }
-        let mut aggregate = Aggregate::new();
-        for pod in &pods {
-            absorb(&mut aggregate, &parsed(pod));
-        }
-        let report = report_object(
-            ReportKind::OpenReports,
-            "team-a",
-            names::REQUESTS_REPORT,
-            aggregate,
-        );
+        let report = requests_report(ReportKind::OpenReports, &pods.iter().collect::<Vec<_>>());
         let size = report.to_string().len();
         let total: u64 = report["summary"]
             .as_object()
@@ -850,14 +832,7 @@ mod tests {
             ex.subject = Some(summary::subject_hash(&format!("user-{}", i % 50)));
             tally.record(k, ex);
         }
-        let mut aggregate = Aggregate::new();
-        absorb(&mut aggregate, &parsed(&tally));
-        let report = report_object(
-            ReportKind::OpenReports,
-            "team-a",
-            names::REQUESTS_REPORT,
-            aggregate,
-        );
+        let report = requests_report(ReportKind::OpenReports, &[&tally]);
         let size = report.to_string().len();
         eprintln!(
             "typical report after 360,000 decisions: {size} bytes, {} results",
