@@ -100,17 +100,39 @@ pub async fn serving(s: &Scenario) -> Result<Serving> {
         .await?;
     wait_model_approval(s, &model_deployment, &["NotRequired", "Approved"]).await?;
     let token = wait_token_value(s, "e2e-token").await?;
+    let pod = fixtures::model_pod("e2e-pod", &model_deployment);
+    let (upstream, sidecar) = serve_through_pod(s, &pod, &token, MODEL).await?;
+    Ok(Serving {
+        upstream,
+        sidecar,
+        token,
+        model_deployment,
+    })
+}
+
+/// Create the model pod `pod` (admitted and injected by the webhook), run its
+/// sidecar in front of a fresh fake upstream, and wait until a request with
+/// `token` for `model` goes through to that upstream.
+pub async fn serve_through_pod(
+    s: &Scenario,
+    pod: &Value,
+    token: &str,
+    model: &str,
+) -> Result<(Upstream, Sidecar)> {
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .context("pod without a name")?;
     let upstream = Upstream::start().await?;
-    s.create_pod(&fixtures::model_pod("e2e-pod", &model_deployment))
+    s.create_pod(pod)
         .await
-        .context("create the model pod")?;
-    let sidecar = s.start_sidecar(&upstream, "e2e-pod").await?;
+        .with_context(|| format!("create the model pod {name}"))?;
+    let sidecar = s.start_sidecar(&upstream, name).await?;
     let first = s
         .wait_for(
             "the sidecar to let a request through",
             RECONCILE_TIMEOUT,
             || async {
-                let response = sidecar.chat(Some(&token), MODEL).await?;
+                let response = sidecar.chat(Some(token), model).await?;
                 Ok((response.status == 200).then_some(response))
             },
         )
@@ -122,12 +144,7 @@ pub async fn serving(s: &Scenario) -> Result<Serving> {
             first.summary()
         );
     }
-    Ok(Serving {
-        upstream,
-        sidecar,
-        token,
-        model_deployment,
-    })
+    Ok((upstream, sidecar))
 }
 
 /// Send requests every 20 ms from `start` until one is refused (status 401,

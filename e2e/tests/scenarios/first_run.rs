@@ -18,15 +18,14 @@
 //! (`e2e/run.sh`): `kubectl apply -k examples/` adds cluster-wide policies and
 //! namespaces that would change what the other scenarios see.
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use policybind_crds::wire::{annotations, names};
 use policybind_e2e::fixtures;
-use policybind_e2e::flows::{RECONCILE_TIMEOUT, wait_model_approval};
+use policybind_e2e::flows::{serve_through_pod, wait_model_approval};
 use policybind_e2e::identity::Rendered;
 use policybind_e2e::system::chart_values;
-use policybind_e2e::upstream::Upstream;
 use policybind_e2e::{Mode, Scenario, scenario};
 
 /// The group the NOTES' RoleBinding step names.
@@ -94,26 +93,11 @@ async fn notes_steps(s: &Scenario) -> Result<()> {
 /// request through to the (fake) model server.
 async fn alice_is_served(s: &Scenario, token: &str) -> Result<()> {
     wait_model_approval(s, QUICKSTART_MODEL, &["NotRequired", "Approved"]).await?;
-    let upstream = Upstream::start().await?;
     // As the NOTES say: the namespace takes data up to Internal, the quick
     // start's models up to Confidential, so the pod declares what it handles.
     let mut pod = fixtures::model_pod("quickstart-pod", QUICKSTART_MODEL);
     pod["metadata"]["annotations"][annotations::DATA_CLASSIFICATION] = "Internal".into();
-    s.create_pod(&pod)
-        .await
-        .context("create a model pod of the quick start")?;
-    let sidecar = s.start_sidecar(&upstream, "quickstart-pod").await?;
-    s.wait_for(
-        "the sidecar to let alice's request through",
-        RECONCILE_TIMEOUT,
-        || async {
-            let response = sidecar.chat(Some(token), QUICKSTART_MODEL).await?;
-            Ok((response.status == 200).then_some(()))
-        },
-    )
-    .await
-    .with_context(|| format!("sidecar log:\n{}", sidecar.log_tail()))?;
-    ensure!(upstream.received() > 0, "the model server received nothing");
+    serve_through_pod(s, &pod, token, QUICKSTART_MODEL).await?;
     Ok(())
 }
 
@@ -159,24 +143,15 @@ async fn readme_steps(s: &Scenario, namespace: &str) -> Result<()> {
 }
 
 /// `policybind check` until it passes: the example namespaces' bundles and
-/// audit keys appear within seconds of `kubectl apply -k examples/`.
+/// audit keys appear within seconds of `kubectl apply -k examples/`. On a
+/// timeout the error carries the last run's output.
 async fn check_passes(s: &Scenario, command: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let output = shell(s, command).await?;
-        if output.status.success() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "`{command}` still fails after 60 s (exit {:?}):\n{}{}",
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    s.wait_for(
+        &format!("`{command}` to pass"),
+        Duration::from_secs(60),
+        || async { run(s, command).await.map(|_| Some(())) },
+    )
+    .await
 }
 
 /// Remove what the README's commands created; the scenario's own namespace
