@@ -236,21 +236,16 @@ pub async fn load(
     };
     let (mut verified, changed) = reuse_unchanged(segments, keyring_basis.as_deref(), previous);
     let built = tokio::task::spawn_blocking(move || {
-        let (bases, raw): (BTreeMap<_, _>, BTreeMap<_, _>) = changed
+        changed
             .into_iter()
-            .map(|(namespace, (basis, raw))| ((namespace.clone(), basis), (namespace, raw)))
-            .unzip();
-        let trails = build_trails(raw, keyring.as_ref());
-        (bases, trails)
+            .map(|(namespace, (basis, raw))| {
+                let trail = build_trail(&namespace, raw, keyring.as_ref());
+                (namespace, (basis, Arc::new(trail)))
+            })
+            .collect::<VerifiedTrails>()
     })
     .await;
-    if let Ok((mut bases, trails)) = built {
-        for (namespace, trail) in trails {
-            if let Some(basis) = bases.remove(&namespace) {
-                verified.insert(namespace, (basis, Arc::new(trail)));
-            }
-        }
-    }
+    verified.extend(built.unwrap_or_default());
     snapshot.trails = verified
         .iter()
         .map(|(namespace, (_, trail))| (namespace.clone(), trail.clone()))
@@ -288,38 +283,30 @@ async fn list_segments(
     by_namespace
 }
 
-/// Verifies and parses each namespace's segments (pure; CPU-bound).
-pub fn build_trails(
-    segments: BTreeMap<String, Vec<RawSegment>>,
-    keyring: Option<&Keyring>,
-) -> BTreeMap<String, Trail> {
-    segments
+/// Verifies and parses one namespace's segments (pure; CPU-bound).
+pub fn build_trail(namespace: &str, mut raw: Vec<RawSegment>, keyring: Option<&Keyring>) -> Trail {
+    raw.sort_by(|a, b| a.name.cmp(&b.name));
+    let options = VerifyOptions {
+        keyring: keyring.cloned(),
+        // The open tail of a live writer is normal; it is shown as unproven.
+        allow_open_tail: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_documents(
+        raw.len(),
+        |i| (format!("{namespace}/{}", raw[i].name), raw[i].json.clone()),
+        &options,
+    );
+    let mut records: Vec<AuditRecord> = StoredSegment::parse_many(raw)
         .into_iter()
-        .map(|(namespace, mut raw)| {
-            raw.sort_by(|a, b| a.name.cmp(&b.name));
-            let options = VerifyOptions {
-                keyring: keyring.cloned(),
-                // The open tail of a live writer is normal; it is shown as unproven.
-                allow_open_tail: true,
-                ..VerifyOptions::default()
-            };
-            let report = verify_documents(
-                raw.len(),
-                |i| (format!("{namespace}/{}", raw[i].name), raw[i].json.clone()),
-                &options,
-            );
-            let mut records: Vec<AuditRecord> = StoredSegment::parse_many(raw)
-                .into_iter()
-                .filter_map(|stored| stored.content.ok())
-                .flat_map(|segment| segment.records)
-                .collect();
-            records.sort_by(|a, b| a.time.get().cmp(&b.time.get()).then(a.seq.cmp(&b.seq)));
-            if records.len() > RECORDS_KEPT_PER_NAMESPACE {
-                records.drain(..records.len() - RECORDS_KEPT_PER_NAMESPACE);
-            }
-            (namespace, Trail { records, report })
-        })
-        .collect()
+        .filter_map(|stored| stored.content.ok())
+        .flat_map(|segment| segment.records)
+        .collect();
+    records.sort_by(|a, b| a.time.get().cmp(&b.time.get()).then(a.seq.cmp(&b.seq)));
+    if records.len() > RECORDS_KEPT_PER_NAMESPACE {
+        records.drain(..records.len() - RECORDS_KEPT_PER_NAMESPACE);
+    }
+    Trail { records, report }
 }
 
 /// Rule messages by the policy name audit records carry: `namespace/name`
@@ -418,11 +405,7 @@ mod tests {
             size_bytes: json.len() as u64,
             json: Ok(json),
         };
-        let mut trails = build_trails(
-            BTreeMap::from([("team-a".to_string(), vec![raw])]),
-            Some(keyring),
-        );
-        trails.remove("team-a").unwrap()
+        build_trail("team-a", vec![raw], Some(keyring))
     }
 
     fn segment(name: &str, resource_version: &str) -> ConfigMap {
