@@ -259,6 +259,16 @@ impl LedgerView {
         changed
     }
 
+    /// `namespace`'s ledger as last written, if one was.
+    pub fn get(&self, namespace: &str) -> Option<Ledger> {
+        self.lock().get(namespace).cloned()
+    }
+
+    /// The namespaces with a ledger written.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// What replicas hold of `token`'s budget of `period` starting at `start`.
     pub fn held(&self, token: &str, period: BudgetPeriod, start: DateTime<Utc>) -> Held {
         let usd_key = lease::budget_key(token, period, start, Unit::Usd);
@@ -324,13 +334,13 @@ pub async fn run(
 ) {
     let home = ctx.settings.namespace.clone();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &home);
-    let mut written = loop {
+    loop {
         match load(&api).await {
             Ok(ledgers) => {
                 for (namespace, ledger) in &ledgers {
                     wake(&tokens, ctx.state.ledgers.publish(namespace, ledger));
                 }
-                break ledgers;
+                break;
             }
             Err(error) => warn!(%error, "reading the budget ledgers; retrying"),
         }
@@ -338,7 +348,7 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ROUND) => {}
         }
-    };
+    }
     let mut ticks = tokio::time::interval(ROUND);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -346,7 +356,7 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        wake(&tokens, round(&ctx, &api, &home, &mut written).await);
+        wake(&tokens, round(&ctx, &api, &home).await);
     }
 }
 
@@ -358,12 +368,7 @@ fn wake(tokens: &UnboundedSender<ObjectRef<AccessToken>>, ids: BTreeSet<String>)
 
 /// One round over every namespace; returns the ids of the tokens whose
 /// grants changed.
-pub(crate) async fn round(
-    ctx: &Context,
-    api: &Api<ConfigMap>,
-    home: &str,
-    written: &mut HashMap<String, Ledger>,
-) -> BTreeSet<String> {
+pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BTreeSet<String> {
     let mut changed = BTreeSet::new();
     let now = ctx.now();
     let reports = ctx.stores.usage_reports.state();
@@ -388,7 +393,7 @@ pub(crate) async fn round(
     let namespaces: BTreeSet<String> = reports
         .iter()
         .filter_map(|cm| cm.metadata.namespace.clone())
-        .chain(written.keys().cloned())
+        .chain(ctx.state.ledgers.namespaces())
         .collect();
     for namespace in namespaces {
         if !enforced.contains(&namespace) {
@@ -403,12 +408,13 @@ pub(crate) async fn round(
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| p.metadata.name.clone())
             .collect();
-        let previous = written.get(&namespace).cloned().unwrap_or_default();
+        let written = ctx.state.ledgers.get(&namespace);
+        let previous = written.clone().unwrap_or_default();
         let demands = demands_in(&reports, &namespace);
         let next = next_ledger(&previous, &demands, &live, |key| {
             limit_of(key, &namespace, &tokens, now)
         });
-        if next == previous && written.contains_key(&namespace) {
+        if next == previous && written.is_some() {
             continue;
         }
         let cm = ledger_config_map(home, &namespace, &next);
@@ -429,7 +435,6 @@ pub(crate) async fn round(
                     })
                     .inc();
                 changed.extend(ctx.state.ledgers.publish(&namespace, &next));
-                written.insert(namespace, next);
             }
             Err(error) => {
                 warn!(%namespace, %error, "writing the budget ledger; retrying next round")

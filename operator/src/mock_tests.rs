@@ -1803,16 +1803,15 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
             .apply_watcher_event(&Event::Apply(lease_report(pod, ask(wanted))));
     }
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(env.ctx.client.clone(), HOME);
-    let mut written = std::collections::HashMap::new();
     let ctx = env.ctx.clone();
     let round = tokio::spawn(async move {
-        let changed = crate::ledger::round(&ctx, &api, HOME, &mut written).await;
-        (api, written, changed)
+        let changed = crate::ledger::round(&ctx, &api, HOME).await;
+        (api, changed)
     });
     let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-ledger.team-a");
     let (body, send) = expect(&mut env.api, "PATCH", &path).await;
     reply(send, 200, &body);
-    let (api, mut written, changed) = round.await.unwrap();
+    let (api, changed) = round.await.unwrap();
     // The token whose grants changed is woken, and its status can show them.
     assert_eq!(
         changed,
@@ -1841,7 +1840,7 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
     // The same reports again: their basis is no longer the grant; no call.
     let ctx = env.ctx.clone();
     tokio::select! {
-        changed = crate::ledger::round(&ctx, &api, HOME, &mut written) => {
+        changed = crate::ledger::round(&ctx, &api, HOME) => {
             assert!(changed.is_empty(), "{changed:?}");
         }
         request = env.api.next_request() => {
@@ -1849,7 +1848,7 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
             panic!("unexpected call on an unchanged ledger: {} {}", request.method(), request.uri());
         }
     }
-    assert_eq!(written["team-a"], ledger);
+    assert_eq!(env.ctx.state.ledgers.get("team-a"), Some(ledger));
 }
 
 // --- Reports (crate::reports) ---
