@@ -11,12 +11,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use policybind_crds::summary::{DecisionTally, Example, MAX_ENTRIES, ReportResult, SummaryKey};
 
 fn key(rule: usize) -> SummaryKey {
-    SummaryKey {
-        namespace: None,
-        policy: "team-a/guardrails".into(),
-        rule: format!("rule-{rule}"),
-        result: ReportResult::Fail,
-    }
+    SummaryKey::local(
+        "team-a/guardrails",
+        format!("rule-{rule}"),
+        ReportResult::Fail,
+    )
 }
 
 fn example() -> Example {

@@ -96,6 +96,17 @@ pub struct SummaryKey {
 }
 
 impl SummaryKey {
+    /// The key of an enforcement point's decision: no namespace (the report it
+    /// goes into says where).
+    pub fn local(policy: impl Into<String>, rule: impl Into<String>, result: ReportResult) -> Self {
+        SummaryKey {
+            namespace: None,
+            policy: policy.into(),
+            rule: rule.into(),
+            result,
+        }
+    }
+
     /// The key with every string clamped to its bound.
     pub fn clamped(self) -> SummaryKey {
         SummaryKey {
@@ -424,12 +435,7 @@ mod tests {
     use super::*;
 
     fn key(policy: &str, rule: &str, result: ReportResult) -> SummaryKey {
-        SummaryKey {
-            namespace: None,
-            policy: policy.into(),
-            rule: rule.into(),
-            result,
-        }
+        SummaryKey::local(policy, rule, result)
     }
 
     fn example(second: u32, code: &str) -> Example {

@@ -659,12 +659,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(policy: &str, rule: &str, result: ReportResult) -> SummaryKey {
-        SummaryKey {
-            namespace: None,
-            policy: policy.into(),
-            rule: rule.into(),
-            result,
-        }
+        SummaryKey::local(policy, rule, result)
     }
 
     fn example(second: i64, code: &str) -> Example {

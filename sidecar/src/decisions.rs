@@ -69,12 +69,11 @@ pub fn record(
         ),
         _ => {
             let key = match (&decision.policy, &decision.rule) {
-                (Some(policy), rule) => SummaryKey {
-                    namespace: None,
-                    policy: policy.clone(),
-                    rule: rule.clone().unwrap_or_default(),
-                    result: result_of_effect(decision.effect),
-                },
+                (Some(policy), rule) => SummaryKey::local(
+                    policy.clone(),
+                    rule.clone().unwrap_or_default(),
+                    result_of_effect(decision.effect),
+                ),
                 (None, _) => built_in(
                     decision_stage(decision.stage),
                     result_of_effect(decision.effect),
@@ -107,12 +106,7 @@ pub fn record_early_refusal(
 }
 
 fn built_in(rule: &str, result: ReportResult) -> SummaryKey {
-    SummaryKey {
-        namespace: None,
-        policy: BUILT_IN_POLICY.into(),
-        rule: rule.into(),
-        result,
-    }
+    SummaryKey::local(BUILT_IN_POLICY, rule, result)
 }
 
 #[cfg(test)]

@@ -549,12 +549,7 @@ mod tests {
             interval: Duration::from_secs(10),
             ledger_home: None,
         };
-        let key = SummaryKey {
-            namespace: None,
-            policy: "team-a/guard".into(),
-            rule: "no-pii".into(),
-            result: ReportResult::Fail,
-        };
+        let key = SummaryKey::local("team-a/guard", "no-pii", ReportResult::Fail);
         let example = |s: i64| Example {
             time: Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap(),
             code: "DENY_PII".into(),
