@@ -49,7 +49,8 @@ pub use store::{
     RawSegment, SegmentObject, SegmentStore, StoreProfile, StoredSegment, verify_stored,
 };
 pub use writer::{
-    AppendError, AppendReceipt, AuditConfig, AuditWriter, ShutdownReport, WriterStats,
+    AppendError, AppendReceipt, AuditConfig, AuditWriter, DEFAULT_QUEUE_CAPACITY_BYTES,
+    ShutdownReport, WriterStats,
 };
 
 /// Rationale code an enforcement point uses when it refuses a request because the

@@ -27,8 +27,8 @@
 //! sealed segment keeps its records only inside its encoded body. Beyond the
 //! budget a writer holds about three segments' worth of buffers while it seals
 //! and writes (the open segment, a body, the store's copy of it). With the
-//! directory store's 4 MiB segments and the default 32 MiB budget that is
-//! about 45 MiB at most, provided freed buffers go back to the system: with
+//! directory store's 4 MiB segments and the default 24 MiB budget the whole
+//! process peaked at 53.1 MiB under sustained overload (docs/audit.md), provided freed buffers go back to the system: with
 //! glibc, set `MALLOC_MMAP_THRESHOLD_=131072` (the container image does).
 //!
 //! ## Unauthenticated floods
@@ -64,6 +64,13 @@ use crate::store::{SegmentStore, StoreProfile};
 /// hash) and of checkpoint origins.
 pub const MAX_WRITER_BYTES: usize = 253;
 
+/// The default queue budget. Measured with the directory store at 150,000
+/// appends/s offered for 60 s on a quiet 2-core machine: 32 MiB peaked at
+/// 65.4 MiB RSS, over the 64 MiB a writer under overload may use; 24 MiB
+/// still holds several seconds of a 5,000/s ConfigMap writer's records
+/// (that writer's queue peaked at 15.7 MiB).
+pub const DEFAULT_QUEUE_CAPACITY_BYTES: usize = 24 << 20;
+
 /// How a writer batches, seals and retries.
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
@@ -85,7 +92,8 @@ pub struct AuditConfig {
     /// Seal a segment this long after its first record. Default 60 s.
     pub max_segment_age: Duration,
     /// Bytes of record JSON appended but not yet in a written, sealed segment
-    /// that the writer holds before `append` refuses. Default 32 MiB. The
+    /// that the writer holds before `append` refuses. Default
+    /// [`DEFAULT_QUEUE_CAPACITY_BYTES`] (24 MiB). The
     /// writer's memory is about this plus three segments (see the module
     /// docs, "Memory").
     pub queue_capacity_bytes: usize,
@@ -109,7 +117,7 @@ impl AuditConfig {
             flush_interval: Duration::from_secs(1),
             max_segment_bytes: 900 * 1024,
             max_segment_age: Duration::from_secs(60),
-            queue_capacity_bytes: 32 << 20,
+            queue_capacity_bytes: DEFAULT_QUEUE_CAPACITY_BYTES,
             max_retry_backoff: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(20),
             summary_interval: Duration::from_secs(10),

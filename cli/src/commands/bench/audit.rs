@@ -55,8 +55,8 @@ pub struct AuditBenchArgs {
     /// Threads appending (as request handlers do).
     #[arg(long, default_value_t = 2)]
     pub producers: usize,
-    /// The writer's queue budget, MiB.
-    #[arg(long, default_value_t = 32)]
+    /// The writer's queue budget, MiB (default: the writer's own default).
+    #[arg(long, default_value_t = policybind_audit::DEFAULT_QUEUE_CAPACITY_BYTES >> 20)]
     pub queue_mib: usize,
     /// Writer identity (unique per run: a new pod name).
     #[arg(long)]
