@@ -100,10 +100,11 @@ VALUE_SETS = {
 USER_ROLES = ["policybind-admin", "policybind-approver", "policybind-auditor", "policybind-developer"]
 OUR_KINDS = {
     "aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens",
-    "approvalrequests", "incidents", "evidencegates",
+    "approvalrequests", "incidents", "evidencegates", "aibudgets",
 }
 # Kinds the webhook validates (Incidents are written by the operator only;
-# EvidenceGates have no cross-object rules, their schema holds them).
+# EvidenceGates have no cross-object rules, their schema holds them; AIBudgets
+# are compiled by the webhook like tokens).
 VALIDATED_KINDS = OUR_KINDS - {"incidents", "evidencegates"}
 EXCLUDED = {"kube-system", "kube-public", NAMESPACE}
 READ_VERBS = {"get", "list", "watch"}
@@ -796,7 +797,7 @@ def test_operator_rbac_is_exactly_what_it_calls(render):
     assert verbs_on(rules, "policybind.io", "approvalrequests") == READ_VERBS | {"create", "patch"}
     assert verbs_on(rules, "policybind.io", "incidents") == READ_VERBS | {"create", "patch"}
     for kind in ["aipolicies", "clusteraipolicies", "modeldeployments", "accesstokens",
-                 "evidencegates"]:
+                 "evidencegates", "aibudgets"]:
         assert verbs_on(rules, "policybind.io", kind) == READ_VERBS
     assert verbs_on(rules, "", "secrets") == READ_VERBS | {"create", "patch"}
     for owner in ["accesstokens", "modeldeployments"]:

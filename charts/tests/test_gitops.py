@@ -28,6 +28,7 @@ HEALTH_KEYS = {
     "policybind.io_ApprovalRequest": "approvalrequest.lua",
     "policybind.io_Incident": "incident.lua",
     "policybind.io_EvidenceGate": "ready-condition.lua",
+    "policybind.io_AIBudget": "ready-condition.lua",
     "argoproj.io_Application": "application.lua",
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_token;
+pub mod ai_budget;
 pub mod ai_policy;
 pub mod approval_request;
 pub mod common;
@@ -20,6 +21,7 @@ pub mod summary;
 pub mod wire;
 
 pub use access_token::{AccessToken, AccessTokenSpec, AccessTokenStatus, TokenPhase};
+pub use ai_budget::{AIBudget, AIBudgetSpec, AIBudgetStatus, BudgetScope};
 pub use ai_policy::{AIPolicy, AIPolicySpec, ClusterAIPolicy, ClusterAIPolicySpec, PolicyRule};
 pub use approval_request::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus};
 pub use common::*;
@@ -46,6 +48,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ClusterAIPolicy::crd(),
         ModelDeployment::crd(),
         AccessToken::crd(),
+        AIBudget::crd(),
         ApprovalRequest::crd(),
         Incident::crd(),
         EvidenceGate::crd(),

@@ -56,6 +56,9 @@ pub mod labels {
     pub const AUDIT_KEY: &str = "policybind.io/audit-key";
     /// ApprovalRequests opened for a ModelDeployment; the value is its name.
     pub const MODEL_DEPLOYMENT: &str = "policybind.io/model-deployment";
+    /// AccessToken label naming the application the token belongs to: AIBudgets of
+    /// scope Application select tokens by it.
+    pub const APPLICATION: &str = "policybind.io/application";
     /// Incidents: the violation pattern that raised them.
     pub const INCIDENT_PATTERN: &str = "policybind.io/pattern";
     /// Incidents: a hash of the subject they concern.

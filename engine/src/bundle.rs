@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use policybind_crds::ai_policy::CustomDetectorSpec;
 use policybind_crds::model_deployment::ApprovalState;
 use policybind_crds::{
-    AIPolicy, AccessToken, AccessTokenSpec, ClusterAIPolicy, Effect, Enforcement, ModelDeployment,
-    ModelDeploymentSpec, PolicyRule, RiskLevel,
+    AIBudget, AIBudgetSpec, AIPolicy, AccessToken, AccessTokenSpec, ClusterAIPolicy, Effect,
+    Enforcement, ModelDeployment, ModelDeploymentSpec, PolicyRule, RiskLevel,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,6 +41,9 @@ pub struct Bundle {
     pub policies: Vec<BundlePolicy>,
     pub models: Vec<BundleModel>,
     pub tokens: Vec<BundleToken>,
+    /// AIBudgets: limits of namespaces, teams, applications and token groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BundleBudget>,
     /// Labels of namespaces, for ClusterAIPolicy namespace selectors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
@@ -64,6 +67,7 @@ impl Default for Bundle {
             policies: vec![],
             models: vec![],
             tokens: vec![],
+            budgets: vec![],
             namespace_labels: BTreeMap::new(),
         }
     }
@@ -194,6 +198,9 @@ pub struct BundleToken {
     pub namespace: String,
     pub name: String,
     pub spec: AccessTokenSpec,
+    /// The AccessToken's labels, for AIBudget scopes (application, token selectors).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// SHA-256 (hex) of each value that is accepted: the current one, and during a
     /// rotation grace period the previous one.
     pub hashes: Vec<TokenHash>,
@@ -216,9 +223,33 @@ impl BundleToken {
             namespace: token.metadata.namespace.clone().unwrap_or_default(),
             name: token.metadata.name.clone().unwrap_or_default(),
             spec: token.spec.clone(),
+            labels: token.metadata.labels.clone().unwrap_or_default(),
             hashes,
             exhausted: false,
             exhausted_cost_only: false,
+        }
+    }
+}
+
+/// An AIBudget as enforcement points see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleBudget {
+    pub namespace: String,
+    pub name: String,
+    pub spec: AIBudgetSpec,
+}
+
+impl BundleBudget {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn from_budget(budget: &AIBudget) -> Self {
+        BundleBudget {
+            namespace: budget.metadata.namespace.clone().unwrap_or_default(),
+            name: budget.metadata.name.clone().unwrap_or_default(),
+            spec: budget.spec.clone(),
         }
     }
 }
@@ -246,6 +277,8 @@ impl Bundle {
         self.models
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.tokens
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.budgets
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         for token in &mut self.tokens {
             token.hashes.sort_by(|a, b| a.sha256.cmp(&b.sha256));

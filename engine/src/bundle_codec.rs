@@ -262,6 +262,7 @@ mod tests {
             .map(|i| BundleToken {
                 namespace: "team-a".into(),
                 name: format!("token-{i}"),
+                labels: Default::default(),
                 spec: AccessTokenSpec {
                     subject: TokenSubject {
                         kind: SubjectKind::User,

@@ -67,6 +67,8 @@ pub struct PolicySet {
     pub(crate) tokens: Vec<CompiledToken>,
     pub(crate) token_by_id: HashMap<String, usize>,
     pub(crate) token_by_hash: HashMap<[u8; 32], (usize, Option<DateTime<Utc>>)>,
+    /// AIBudgets, in namespace and name order.
+    pub(crate) scopes: Vec<crate::charges::CompiledScope>,
     pub(crate) detectors: Detectors,
     /// Whether some rule names PROMPT_INJECTION: only then does a scan run
     /// the classifier (see [`crate::injection`]), which costs far more than
@@ -164,6 +166,8 @@ pub(crate) struct CompiledToken {
     pub namespaces: Vec<String>,
     pub subject: String,
     pub team: String,
+    /// The AccessToken's labels (AIBudget scopes).
+    pub labels: BTreeMap<String, String>,
     pub allowed_models: GlobSet,
     pub allowed_use_cases: Vec<String>,
     pub default_use_case: Option<String>,
@@ -227,12 +231,12 @@ impl BitSet {
     }
 }
 
-struct Errors {
-    list: Vec<CompileError>,
+pub(crate) struct Errors {
+    pub(crate) list: Vec<CompileError>,
 }
 
 impl Errors {
-    fn push(
+    pub(crate) fn push(
         &mut self,
         resource: &str,
         rule: Option<&str>,
@@ -438,6 +442,7 @@ impl PolicySet {
             token_by_id.insert(compiled.id.clone(), tokens.len());
             tokens.push(compiled);
         }
+        let scopes = crate::charges::compile_scopes(&bundle.budgets, &mut errors);
 
         if !errors.list.is_empty() {
             return Err(CompileErrors(errors.list));
@@ -464,6 +469,7 @@ impl PolicySet {
             tokens,
             token_by_id,
             token_by_hash,
+            scopes,
             detectors,
             classify_injection,
             cel,
@@ -929,25 +935,14 @@ fn compile_model(model: &BundleModel) -> CompiledModel {
     }
 }
 
-fn compile_token(
-    token: &BundleToken,
+/// Budgets with their time zones resolved; every problem is pushed to `errors`.
+pub(crate) fn compile_budgets(
+    list: &[policybind_crds::Budget],
     resource: &str,
-    globs: &mut HashMap<Vec<String>, GlobSet>,
     errors: &mut Errors,
-) -> Option<CompiledToken> {
-    let spec = &token.spec;
-    let before = errors.list.len();
-    let allowed_models = match globs.get(&spec.allowed_models) {
-        Some(g) => Some(g.clone()),
-        None => selector::glob_set(&spec.allowed_models)
-            .map_err(|e| errors.push(resource, None, "spec.allowedModels".into(), e))
-            .ok()
-            .inspect(|g| {
-                globs.insert(spec.allowed_models.clone(), g.clone());
-            }),
-    };
+) -> Vec<CompiledBudget> {
     let mut budgets = vec![];
-    for (i, b) in spec.budgets.iter().enumerate() {
+    for (i, b) in list.iter().enumerate() {
         match parse_time_zone(&b.time_zone) {
             Ok(tz) => budgets.push(CompiledBudget {
                 period: b.period,
@@ -974,6 +969,27 @@ fn compile_token(
             );
         }
     }
+    budgets
+}
+
+fn compile_token(
+    token: &BundleToken,
+    resource: &str,
+    globs: &mut HashMap<Vec<String>, GlobSet>,
+    errors: &mut Errors,
+) -> Option<CompiledToken> {
+    let spec = &token.spec;
+    let before = errors.list.len();
+    let allowed_models = match globs.get(&spec.allowed_models) {
+        Some(g) => Some(g.clone()),
+        None => selector::glob_set(&spec.allowed_models)
+            .map_err(|e| errors.push(resource, None, "spec.allowedModels".into(), e))
+            .ok()
+            .inspect(|g| {
+                globs.insert(spec.allowed_models.clone(), g.clone());
+            }),
+    };
+    let budgets = compile_budgets(&spec.budgets, resource, errors);
     let schedule = spec
         .schedule
         .as_ref()
@@ -1013,6 +1029,7 @@ fn compile_token(
             .collect(),
         subject: spec.subject.name.clone(),
         team: spec.team.clone(),
+        labels: token.labels.clone(),
         allowed_models: allowed_models?,
         allowed_use_cases: spec.allowed_use_cases.clone(),
         default_use_case: spec.default_use_case.clone(),

@@ -15,6 +15,7 @@
 //! - [`injection`]: the PROMPT_INJECTION classifier (weights compiled in).
 //! - [`output`]: rules on responses: redact or block, whole or streamed.
 //! - [`expr`]: CEL `when` expressions over the request.
+//! - [`charges`]: what a request is charged to (its token, AIBudget scopes).
 //! - [`schedule`], [`risk`], [`selector`]: time windows and budget periods, model
 //!   risk scoring, label selectors and globs.
 //! - [`scope`]: what applies in one namespace (tokens, models, policies).
@@ -29,6 +30,7 @@
 pub mod audit;
 pub mod bundle;
 pub mod bundle_codec;
+pub mod charges;
 pub mod codes;
 pub mod compile;
 pub mod decide;

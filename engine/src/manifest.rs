@@ -13,13 +13,15 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use policybind_crds::approval_request::{ApprovalPhase, ApprovalTargetKind, DecisionState};
 use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
+    AIBudget, AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
     ModelDeployment,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken, TokenHash, hash_token};
+use crate::bundle::{
+    Bundle, BundleBudget, BundleModel, BundlePolicy, BundleToken, TokenHash, hash_token,
+};
 use crate::request::Request;
 
 /// Where a document came from, for messages.
@@ -73,6 +75,7 @@ pub enum Object {
     ClusterAIPolicy(ClusterAIPolicy),
     ModelDeployment(ModelDeployment),
     AccessToken(AccessToken),
+    AIBudget(AIBudget),
     ApprovalRequest(ApprovalRequest),
     Incident(Incident),
     /// Read by the compliance tools; gates play no part in deciding requests.
@@ -288,6 +291,7 @@ pub fn parse_documents(path: &str, text: &str) -> Result<Vec<(Source, Object)>, 
                 "ClusterAIPolicy" => Object::ClusterAIPolicy(typed(value, &source, kind, &name)?),
                 "ModelDeployment" => Object::ModelDeployment(typed(value, &source, kind, &name)?),
                 "AccessToken" => Object::AccessToken(typed(value, &source, kind, &name)?),
+                "AIBudget" => Object::AIBudget(typed(value, &source, kind, &name)?),
                 "ApprovalRequest" => Object::ApprovalRequest(typed(value, &source, kind, &name)?),
                 "Incident" => Object::Incident(typed(value, &source, kind, &name)?),
                 // Deprecated: see DEPRECATED_POLICY_TEST_API_VERSION.
@@ -426,6 +430,11 @@ impl Manifests {
                         .unwrap_or_else(|| format!("{name}-token"));
                     let hashes = token_values.hashes(&ns, &name, &secret_name);
                     bundle.tokens.push(BundleToken::from_token(&t, hashes));
+                }
+                Object::AIBudget(b) => {
+                    let mut b = b.clone();
+                    b.metadata.namespace.get_or_insert_with(|| "default".into());
+                    bundle.budgets.push(BundleBudget::from_budget(&b));
                 }
                 Object::Namespace(name, labels) => {
                     namespace_labels.insert(name.clone(), labels.clone());

@@ -96,6 +96,7 @@ pub fn bundle_for(
     policies: &[BundlePolicy],
     models: &[BundleModel],
     tokens: &[BundleToken],
+    budgets: &[crate::bundle::BundleBudget],
     all_namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Bundle {
     let empty = BTreeMap::new();
@@ -120,6 +121,12 @@ pub fn bundle_for(
             .filter(|t| token_valid_in(t, namespace))
             .cloned()
             .collect(),
+        // An AIBudget covers requests decided in its own namespace only.
+        budgets: budgets
+            .iter()
+            .filter(|b| b.namespace == namespace)
+            .cloned()
+            .collect(),
         namespace_labels,
         ..Default::default()
     };
@@ -140,6 +147,7 @@ impl Bundle {
                 &self.policies,
                 &self.models,
                 &self.tokens,
+                &self.budgets,
                 &self.namespace_labels,
             )
         }
@@ -176,6 +184,7 @@ mod tests {
         BundleToken {
             namespace: namespace.into(),
             name: "t".into(),
+            labels: Default::default(),
             spec: AccessTokenSpec {
                 additional_namespaces: additional.iter().map(|s| s.to_string()).collect(),
                 ..spec

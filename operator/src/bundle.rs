@@ -26,8 +26,10 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
-use policybind_crds::{AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment};
-use policybind_engine::bundle::{Bundle, BundleModel, BundlePolicy, BundleToken};
+use policybind_crds::{
+    AIBudget, AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, ModelDeployment,
+};
+use policybind_engine::bundle::{Bundle, BundleBudget, BundleModel, BundlePolicy, BundleToken};
 
 use crate::controllers::access_token::{self, SecretState};
 use crate::controllers::ai_policy::versions_in_force;
@@ -41,6 +43,7 @@ pub struct ClusterView {
     pub policies: Vec<BundlePolicy>,
     pub models: Vec<BundleModel>,
     pub tokens: Vec<BundleToken>,
+    pub budgets: Vec<BundleBudget>,
     pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// When the view changes by itself (a review falls due, a grace period ends,
     /// a budget period starts); bundles are rebuilt then.
@@ -54,6 +57,7 @@ pub struct ViewInputs<'a> {
     pub models: &'a [Arc<ModelDeployment>],
     pub approvals: &'a [Arc<ApprovalRequest>],
     pub tokens: &'a [Arc<AccessToken>],
+    pub budgets: &'a [Arc<AIBudget>],
     /// Token Secret state by `namespace/secret-name`.
     pub secrets: &'a HashMap<String, SecretState>,
     /// Usage reports the operator counts ([`crate::controllers::access_token::usage_reports`]).
@@ -223,6 +227,11 @@ pub fn cluster_view(inputs: &ViewInputs, memory: &PolicyMemory, now: DateTime<Ut
         policies,
         models,
         tokens,
+        budgets: inputs
+            .budgets
+            .iter()
+            .map(|b| BundleBudget::from_budget(b))
+            .collect(),
         namespace_labels,
         next_change,
     }
@@ -237,6 +246,7 @@ pub fn desired_bundle(view: &ClusterView, namespace: &str) -> Bundle {
         &view.policies,
         &view.models,
         &view.tokens,
+        &view.budgets,
         &view.namespace_labels,
     )
 }
@@ -348,6 +358,7 @@ mod tests {
                 models: &self.models,
                 approvals: &[],
                 tokens: &self.tokens,
+                budgets: &[],
                 secrets: &self.secrets,
                 usage: &[],
                 namespaces: &self.namespaces,

@@ -31,9 +31,10 @@ use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use policybind_crds::access_token::PeriodUsage;
+use policybind_crds::ai_budget::{self, Owner};
 use policybind_crds::lease::{self, Demand, Demands, KeyLedger, Ledger, Unit};
 use policybind_crds::wire::{self, field_managers, keys, labels};
-use policybind_crds::{AccessToken, AccessTokenSpec, BudgetPeriod};
+use policybind_crds::{AIBudget, AccessToken, AccessTokenSpec, Budget, BudgetPeriod};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -111,29 +112,65 @@ pub fn grant_round(
     }
 }
 
-/// The limit of a budget key, if the key names a current period of a budget
-/// the token has and the token is valid in `namespace`.
-fn limit_of(
-    key: &str,
-    namespace: &str,
-    tokens: &HashMap<String, Arc<AccessToken>>,
-    now: DateTime<Utc>,
-) -> Option<f64> {
+/// What a ledger round looks limits up in.
+pub struct Limits<'a> {
+    /// AccessTokens by `namespace/name`.
+    pub tokens: &'a HashMap<String, Arc<AccessToken>>,
+    /// AIBudgets by `namespace/name`.
+    pub budgets: &'a HashMap<String, Arc<AIBudget>>,
+}
+
+/// The limit of a budget key in the ledger of `namespace`, if the key names a
+/// current period of a budget its owner has: a token valid in `namespace`, or
+/// an AIBudget of `namespace` itself (an AIBudget covers requests decided in
+/// its own namespace only, so a pod elsewhere asking for its keys gets nothing).
+fn limit_of(key: &str, namespace: &str, limits: &Limits<'_>, now: DateTime<Utc>) -> Option<f64> {
     let parts = lease::parse_budget_key(key)?;
-    let token = tokens.get(parts.token)?;
-    let (token_ns, _) = parts.token.split_once('/')?;
-    let spec: &AccessTokenSpec = &token.spec;
-    if !policybind_engine::scope::spec_valid_in(token_ns, spec, namespace) {
+    let budgets: &[Budget] = match ai_budget::parse_owner(parts.token)? {
+        Owner::Token(id) => {
+            let token = limits.tokens.get(id)?;
+            let (token_ns, _) = id.split_once('/')?;
+            let spec: &AccessTokenSpec = &token.spec;
+            if !policybind_engine::scope::spec_valid_in(token_ns, spec, namespace) {
+                return None;
+            }
+            &spec.budgets
+        }
+        Owner::Budget {
+            namespace: budget_ns,
+            name,
+            token,
+        } => {
+            let budget = limits.budgets.get(&format!("{budget_ns}/{name}"))?;
+            if budget_ns != namespace || budget.spec.per_token != token.is_some() {
+                return None;
+            }
+            &budget.spec.budgets
+        }
+    };
+    if crate::usage::period_start_of(budgets, parts.period, now) != parts.start {
         return None;
     }
-    if crate::usage::current_period_start(spec, parts.period, now) != parts.start {
-        return None;
-    }
-    let budget = spec.budget(parts.period)?;
+    let budget = budgets.iter().find(|b| b.period == parts.period)?;
     match parts.unit {
         Unit::Usd => budget.max_cost_usd,
         Unit::Tokens => budget.max_tokens.map(|t| t as f64),
     }
+}
+
+/// What the ledgers of namespaces other than `namespace` committed of `key`:
+/// a token valid in several namespaces has its keys in each of their ledgers,
+/// and all of them together must stay within its limit.
+fn committed_elsewhere(ledgers: &HashMap<String, Ledger>, namespace: &str, key: &str) -> f64 {
+    ledgers
+        .iter()
+        .filter(|(ns, _)| ns.as_str() != namespace)
+        .filter_map(|(_, ledger)| ledger.keys.get(key))
+        .map(|k| {
+            let granted: f64 = k.grants.values().copied().map(usable).sum();
+            usable(k.limit - k.remaining).max(granted)
+        })
+        .sum()
 }
 
 /// The demands of every pod that reported in `namespace`, by pod name.
@@ -265,6 +302,11 @@ impl LedgerView {
     }
 
     /// The namespaces with a ledger written.
+    /// Every ledger last written, by namespace.
+    pub fn all(&self) -> HashMap<String, Ledger> {
+        self.lock().clone()
+    }
+
     pub fn namespaces(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
@@ -372,6 +414,13 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
     let mut changed = BTreeSet::new();
     let now = ctx.now();
     let reports = ctx.stores.usage_reports.state();
+    let budgets: HashMap<String, Arc<AIBudget>> = ctx
+        .stores
+        .budgets
+        .state()
+        .into_iter()
+        .map(|b| (crate::context::key_of(b.as_ref()), b))
+        .collect();
     let tokens: HashMap<String, Arc<AccessToken>> = ctx
         .stores
         .tokens
@@ -411,8 +460,16 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
         let written = ctx.state.ledgers.get(&namespace);
         let previous = written.clone().unwrap_or_default();
         let demands = demands_in(&reports, &namespace);
+        let limits = Limits {
+            tokens: &tokens,
+            budgets: &budgets,
+        };
+        let others = ctx.state.ledgers.all();
         let next = next_ledger(&previous, &demands, &live, |key| {
-            limit_of(key, &namespace, &tokens, now)
+            let limit = limit_of(key, &namespace, &limits, now)?;
+            Some(usable(
+                limit - committed_elsewhere(&others, &namespace, key),
+            ))
         });
         if next == previous && written.is_some() {
             continue;
@@ -539,6 +596,91 @@ mod tests {
         assert_eq!(ledger.keys.len(), 1);
         assert_eq!(ledger.granted(&key, "pod-1"), 0.25);
         assert_eq!(ledger.keys[&key].remaining, 0.75);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn aibudget(namespace: &str, name: &str, spec: serde_json::Value) -> Arc<AIBudget> {
+        let mut budget = AIBudget::new(name, serde_json::from_value(spec).unwrap());
+        budget.metadata.namespace = Some(namespace.into());
+        Arc::new(budget)
+    }
+
+    #[test]
+    fn an_aibudget_key_has_a_limit_only_in_the_ledger_of_its_own_namespace() {
+        let now = at("2026-11-22T15:00:00Z");
+        let tokens = HashMap::new();
+        let budgets = HashMap::from([
+            (
+                "team-a/eng".to_string(),
+                aibudget(
+                    "team-a",
+                    "eng",
+                    serde_json::json!({"scope": "Team", "team": "eng",
+                    "budgets": [{"period": "Day", "maxCostUsd": 2.0}]}),
+                ),
+            ),
+            (
+                "team-a/trial".to_string(),
+                aibudget(
+                    "team-a",
+                    "trial",
+                    serde_json::json!({"scope": "Namespace", "perToken": true,
+                    "budgets": [{"period": "Day", "maxTokens": 100}]}),
+                ),
+            ),
+        ]);
+        let limits = Limits {
+            tokens: &tokens,
+            budgets: &budgets,
+        };
+        let day = "2026-11-22T00:00:00Z";
+        let shared = format!("AIBudget:team-a/eng|Day|{day}|usd");
+        assert_eq!(limit_of(&shared, "team-a", &limits, now), Some(2.0));
+        // A pod of another namespace asking for it gets nothing.
+        assert_eq!(limit_of(&shared, "team-b", &limits, now), None);
+        // A per-token copy only of a per-token AIBudget, and the other way round.
+        let copy = format!("AIBudget:team-a/trial@team-b/bot|Day|{day}|tokens");
+        assert_eq!(limit_of(&copy, "team-a", &limits, now), Some(100.0));
+        let forged = format!("AIBudget:team-a/eng@team-b/bot|Day|{day}|usd");
+        assert_eq!(limit_of(&forged, "team-a", &limits, now), None);
+        let whole = format!("AIBudget:team-a/trial|Day|{day}|tokens");
+        assert_eq!(limit_of(&whole, "team-a", &limits, now), None);
+        // Another period, another unit, garbage: nothing.
+        let yesterday = "AIBudget:team-a/eng|Day|2026-11-21T00:00:00Z|usd";
+        assert_eq!(limit_of(yesterday, "team-a", &limits, now), None);
+        let tokens_unit = format!("AIBudget:team-a/eng|Day|{day}|tokens");
+        assert_eq!(limit_of(&tokens_unit, "team-a", &limits, now), None);
+        assert_eq!(
+            limit_of(&format!("AIBudget:|Day|{day}|usd"), "team-a", &limits, now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_token_valid_in_two_namespaces_is_granted_its_limit_once_across_both_ledgers() {
+        let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd".to_string();
+        let asking = |pod: &str| {
+            BTreeMap::from([(
+                pod.to_string(),
+                Demands::from([(key.clone(), side(true, 0.0, 0.8, 0.0).demand)]),
+            )])
+        };
+        let mut ledgers: HashMap<String, Ledger> = HashMap::new();
+        for (namespace, pod) in [("team-a", "pod-a"), ("team-b", "pod-b")] {
+            let live = BTreeSet::from([pod.to_string()]);
+            let next = next_ledger(&Ledger::default(), &asking(pod), &live, |k| {
+                (k == key).then(|| usable(1.0 - committed_elsewhere(&ledgers, namespace, k)))
+            });
+            ledgers.insert(namespace.to_string(), next);
+        }
+        let a = ledgers["team-a"].granted(&key, "pod-a");
+        let b = ledgers["team-b"].granted(&key, "pod-b");
+        assert_eq!(a, 0.8);
+        assert!((b - 0.2).abs() < 1e-12, "{b}");
+        assert!(a + b <= 1.0 + 1e-12);
     }
 
     fn any_side() -> impl Strategy<Value = PodSide> {

@@ -95,6 +95,7 @@ fn env_with(settings: Settings) -> Env {
     let (audit_keys, audit_keys_w) = ready::<Secret>();
     let (pods, pods_w) = ready::<PartialObjectMeta<Pod>>();
     let (evidence_gates, evidence_gates_w) = ready::<policybind_crds::EvidenceGate>();
+    let (budgets, budgets_w) = ready::<policybind_crds::AIBudget>();
     let stores = Stores {
         policies,
         cluster_policies,
@@ -113,6 +114,7 @@ fn env_with(settings: Settings) -> Env {
         audit_keys,
         pods,
         evidence_gates,
+        budgets,
     };
     let ctx = Arc::new(Context::new(
         client,
@@ -144,6 +146,7 @@ fn env_with(settings: Settings) -> Env {
                 Box::new(policies_w),
                 Box::new(cluster_policies_w),
                 Box::new(evidence_gates_w),
+                Box::new(budgets_w),
             ],
         },
     }

@@ -20,7 +20,7 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use policybind_crds::{
-    AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
+    AIBudget, AIPolicy, AccessToken, ApprovalRequest, ClusterAIPolicy, EvidenceGate, Incident,
     ModelDeployment,
 };
 
@@ -57,6 +57,8 @@ pub struct Stores {
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// EvidenceGates: a model's `Compliant` condition is judged against them.
     pub evidence_gates: Store<EvidenceGate>,
+    /// AIBudgets: in the bundles of their namespace, with spend in status.
+    pub budgets: Store<AIBudget>,
 }
 
 impl Stores {
@@ -81,6 +83,7 @@ impl Stores {
                 && self.audit_keys.wait_until_ready().await.is_ok()
                 && self.pods.wait_until_ready().await.is_ok()
                 && self.evidence_gates.wait_until_ready().await.is_ok()
+                && self.budgets.wait_until_ready().await.is_ok()
         };
         all.await
     }
@@ -105,6 +108,7 @@ pub struct Reflectors {
     pub audit_keys: Writer<Secret>,
     pub pods: Writer<PartialObjectMeta<Pod>>,
     pub evidence_gates: Writer<EvidenceGate>,
+    pub budgets: Writer<AIBudget>,
 }
 
 impl Stores {
@@ -127,6 +131,7 @@ impl Stores {
         let (audit_keys, audit_keys_w) = reflector::store();
         let (pods, pods_w) = reflector::store();
         let (evidence_gates, evidence_gates_w) = reflector::store();
+        let (budgets, budgets_w) = reflector::store();
         let stores = Stores {
             policies,
             cluster_policies,
@@ -145,6 +150,7 @@ impl Stores {
             audit_keys,
             pods,
             evidence_gates,
+            budgets,
         };
         let reflectors = Reflectors {
             policies: policies_w,
@@ -164,6 +170,7 @@ impl Stores {
             audit_keys: audit_keys_w,
             pods: pods_w,
             evidence_gates: evidence_gates_w,
+            budgets: budgets_w,
         };
         (stores, reflectors)
     }

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use policybind_crds::access_token::PeriodUsage;
-use policybind_crds::{AccessTokenSpec, BudgetPeriod};
+use policybind_crds::{AccessTokenSpec, Budget, BudgetPeriod};
 use serde::{Deserialize, Serialize};
 
 /// One sidecar's report: token id (`namespace/name`) to usage per period.
@@ -64,8 +64,10 @@ impl UsageReport {
     }
 }
 
-fn budget_time_zone(spec: &AccessTokenSpec, period: BudgetPeriod) -> chrono_tz::Tz {
-    spec.budget(period)
+fn budget_time_zone(budgets: &[Budget], period: BudgetPeriod) -> chrono_tz::Tz {
+    budgets
+        .iter()
+        .find(|b| b.period == period)
         .and_then(|b| policybind_engine::schedule::parse_time_zone(&b.time_zone).ok())
         .unwrap_or(chrono_tz::UTC)
 }
@@ -77,7 +79,17 @@ pub fn current_period_start(
     period: BudgetPeriod,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    policybind_engine::schedule::period_start(period, budget_time_zone(spec, period), now)
+    period_start_of(&spec.budgets, period, now)
+}
+
+/// Start of the current period of `period` in the time zone of the budget of
+/// that period among `budgets` (UTC without one).
+pub fn period_start_of(
+    budgets: &[Budget],
+    period: BudgetPeriod,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    policybind_engine::schedule::period_start(period, budget_time_zone(budgets, period), now)
 }
 
 /// End of the current period (when an exhausted budget resets).
@@ -86,16 +98,23 @@ pub fn current_period_end(
     period: BudgetPeriod,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    policybind_engine::schedule::period_end(period, budget_time_zone(spec, period), now)
+    period_end_of(&spec.budgets, period, now)
+}
+
+/// End of the current period of `period` among `budgets`.
+pub fn period_end_of(
+    budgets: &[Budget],
+    period: BudgetPeriod,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    policybind_engine::schedule::period_end(period, budget_time_zone(budgets, period), now)
 }
 
 /// Sums the entries for the token `token_namespace/token_name` that belong to the
 /// token's current periods, from the reports of namespaces where the token is
 /// valid (a report from anywhere else counts for nothing). Periods with a budget
 /// are always listed (zero when nothing was reported), so `status.usage` shows
-/// every budget. Costs are summed in nano-dollars: the order of reports (cache
-/// order) must not change the result, or an unchanged cluster would produce a
-/// different status and a needless write.
+/// every budget.
 pub fn current_usage<'a>(
     token_namespace: &str,
     token_name: &str,
@@ -104,41 +123,59 @@ pub fn current_usage<'a>(
     now: DateTime<Utc>,
 ) -> Vec<PeriodUsage> {
     let token_id = format!("{token_namespace}/{token_name}");
-    let periods = [BudgetPeriod::Day, BudgetPeriod::Week, BudgetPeriod::Month];
-    let starts: Vec<DateTime<Utc>> = periods
-        .iter()
-        .map(|&p| current_period_start(spec, p, now))
-        .collect();
-    // (nano-dollars, tokens, requests, seen)
-    let mut sums = [(0u128, 0u64, 0u64, false); 3];
     let counted = reports
         .into_iter()
         .filter(|r| policybind_engine::scope::spec_valid_in(token_namespace, spec, &r.namespace));
-    for counted in counted {
-        let Some(entries) = counted.report.0.get(&token_id) else {
-            continue;
-        };
-        for entry in entries {
-            let i = periods.iter().position(|&p| p == entry.period).unwrap_or(0);
-            if entry.period_start != starts[i] {
+    owners_usage(&spec.budgets, counted, |owner| owner == token_id, now)
+}
+
+/// Sums the entries of every owner `owns` accepts that belong to the current
+/// periods of `budgets`, over `reports` (already filtered to the namespaces
+/// that count). Periods with a budget are always listed. Costs are summed in
+/// nano-dollars: the order of reports (cache order) must not change the
+/// result, or an unchanged cluster would produce a different status and a
+/// needless write.
+pub fn owners_usage<'a>(
+    budgets: &[Budget],
+    reports: impl IntoIterator<Item = &'a CountedReport>,
+    owns: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> Vec<PeriodUsage> {
+    let periods = [BudgetPeriod::Day, BudgetPeriod::Week, BudgetPeriod::Month];
+    let starts: Vec<DateTime<Utc>> = periods
+        .iter()
+        .map(|&p| period_start_of(budgets, p, now))
+        .collect();
+    // (nano-dollars, tokens, requests, seen)
+    let mut sums = [(0u128, 0u64, 0u64, false); 3];
+    for counted in reports {
+        for (owner, entries) in &counted.report.0 {
+            if !owns(owner) {
                 continue;
             }
-            let sum = &mut sums[i];
-            // A report is written by the workload's pod too: any number may
-            // be in it (1e308, negative). Clamped, then summed without wrapping.
-            let nanos = (policybind_crds::common::clamp_usd(entry.cost_usd) * 1e9).round() as u128;
-            sum.0 = sum.0.saturating_add(nanos);
-            sum.1 = sum.1.saturating_add(entry.tokens);
-            sum.2 = sum.2.saturating_add(entry.requests);
-            sum.3 = true;
+            for entry in entries {
+                let i = periods.iter().position(|&p| p == entry.period).unwrap_or(0);
+                if entry.period_start != starts[i] {
+                    continue;
+                }
+                let sum = &mut sums[i];
+                // A report is written by the workload's pod too: any number may
+                // be in it (1e308, negative). Clamped, then summed without wrapping.
+                let nanos =
+                    (policybind_crds::common::clamp_usd(entry.cost_usd) * 1e9).round() as u128;
+                sum.0 = sum.0.saturating_add(nanos);
+                sum.1 = sum.1.saturating_add(entry.tokens);
+                sum.2 = sum.2.saturating_add(entry.requests);
+                sum.3 = true;
+            }
         }
     }
     periods
         .iter()
         .enumerate()
-        .filter(|(i, p)| sums[*i].3 || spec.budget(**p).is_some())
+        .filter(|(i, p)| sums[*i].3 || budgets.iter().any(|b| b.period == **p))
         .map(|(i, &period)| PeriodUsage {
-            resets_at: Some(current_period_end(spec, period, now)),
+            resets_at: Some(period_end_of(budgets, period, now)),
             ..PeriodUsage::settled(
                 period,
                 starts[i],

@@ -148,6 +148,29 @@ pub trait UsageLedger: Send + Sync + 'static {
     /// The request still counts against the requests-per-minute limit.
     fn release(&self, id: ReservationId, now: DateTime<Utc>);
 
+    /// Adds `more` to a reservation in flight, checked against the budgets
+    /// like a new reservation (rate limits are not counted again): a stream
+    /// that outgrew its estimate asks to go on. Refused with
+    /// [`Refusal::BudgetExceeded`] when it does not fit. A ledger that cannot
+    /// extend lets the stream go on (the default), settling what it produced.
+    fn extend(
+        &self,
+        _id: ReservationId,
+        _budgets: &[CompiledBudget],
+        _more: Amount,
+        _now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Undoes a reservation entirely, the request counted against no rate
+    /// limit either: another owner the same request is charged to refused it
+    /// (a request refused by any scope consumes nothing). Ledgers that cannot
+    /// take a request back from a rate limit release it.
+    fn cancel(&self, id: ReservationId, now: DateTime<Utc>) {
+        self.release(id, now);
+    }
+
     /// Settled usage of every token in the latest period of each budget it
     /// was charged against, for the usage report the operator sums into
     /// `AccessToken.status.usage`. Periods with nothing settled are left out.
@@ -462,6 +485,48 @@ impl UsageLedger for InProcessLedger {
             if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period) {
                 unreserve(tally, pending.estimate);
             }
+        }
+    }
+
+    fn extend(
+        &self,
+        id: ReservationId,
+        budgets: &[CompiledBudget],
+        more: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        let more = more.sanitized();
+        let mut inner = self.lock();
+        let Inner {
+            tokens, pending, ..
+        } = &mut *inner;
+        let Some(pending) = pending.get_mut(&id.0) else {
+            return Ok(());
+        };
+        let state = tokens.entry(pending.token.clone()).or_default();
+        state.check_budgets(budgets, more, now)?;
+        for (period, start) in &pending.periods {
+            if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period)
+                && tally.start == *start
+            {
+                tally.reserved = tally.reserved.plus(more);
+            }
+        }
+        pending.estimate = pending.estimate.plus(more);
+        Ok(())
+    }
+
+    fn cancel(&self, id: ReservationId, now: DateTime<Utc>) {
+        let token = self.lock().pending.get(&id.0).map(|p| p.token.clone());
+        self.release(id, now);
+        if let Some(token) = token
+            && let Some(bucket) = self
+                .lock()
+                .tokens
+                .get_mut(&token)
+                .and_then(|s| s.requests.as_mut())
+        {
+            bucket.level = (bucket.level + 1.0).min(bucket.capacity);
         }
     }
 

@@ -341,6 +341,33 @@ impl UsageLedger for LeasedLedger {
         self.lock().pending.remove(&id);
     }
 
+    fn extend(
+        &self,
+        id: ReservationId,
+        budgets: &[CompiledBudget],
+        more: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        let mut state = self.lock();
+        let Some(token) = state.pending.get(&id).map(|(t, _)| t.clone()) else {
+            return Ok(());
+        };
+        if budgets.is_empty() {
+            return self.inner.extend(id, budgets, more, now);
+        }
+        let taken = self.check_grants(&mut state, &token, budgets, more, now)?;
+        self.inner.extend(id, budgets, more, now)?;
+        if let Some((_, keys)) = state.pending.get_mut(&id) {
+            keys.extend(taken);
+        }
+        Ok(())
+    }
+
+    fn cancel(&self, id: ReservationId, now: DateTime<Utc>) {
+        self.inner.cancel(id, now);
+        self.lock().pending.remove(&id);
+    }
+
     fn settled_usage(&self) -> Vec<SettledUsage> {
         self.inner.settled_usage()
     }

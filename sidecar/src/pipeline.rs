@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use policybind_crds::{DataClassification, Effect};
 use policybind_engine::PolicySet;
 use policybind_engine::audit::{AuditEvent, CostUsd, Usage};
+use policybind_engine::charges::Charge;
 use policybind_engine::codes;
 use policybind_engine::detect;
 use policybind_engine::request::{Decision, Request as Facts, Stage as EngineStage};
@@ -203,22 +204,18 @@ impl AppState {
                 reservation: None,
             });
         };
-        let limits = TokenLimits {
-            rate: set.rate_limit(call.token),
-            budgets: set.budgets(call.token),
-        };
         let amount = Amount::new(
             estimate.cost_usd,
             estimate.input_tokens.saturating_add(estimate.output_tokens),
         );
-        match self.reserve_waiting(call.token, limits, amount, now).await {
-            Ok(id) => Ok(Admitted {
+        match self.reserve_all(call.token, set, amount, now).await {
+            Ok(ids) => Ok(Admitted {
                 ready,
                 reservation: Some(Reservation {
                     state: self.clone(),
                     loaded: call.loaded.clone(),
                     token: call.token.to_string(),
-                    id: Some(id),
+                    ids,
                     estimate,
                     decided: Decided {
                         request_id: call.request_id.to_string(),
@@ -229,8 +226,42 @@ impl AppState {
                     },
                 }),
             }),
-            Err(refusal) => Err(after_decision(self.limited(call.token, refusal), decision)),
+            Err(refusal) => Err(after_decision(refusal, decision)),
         }
+    }
+
+    /// Reserves `amount` with every owner the request is charged to, the
+    /// token first ([`PolicySet::charges`]). The first refusal cancels what
+    /// was reserved before it and names its scope; a request refused by any
+    /// scope consumes nothing.
+    async fn reserve_all(
+        &self,
+        token: &str,
+        set: &PolicySet,
+        amount: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(ReservationId, String)>, Refusal> {
+        let charges = set.charges(token, &self.settings.namespace);
+        let mut ids = Vec::with_capacity(charges.len());
+        for charge in &charges {
+            let limits = TokenLimits {
+                rate: charge.rate,
+                budgets: &charge.budgets,
+            };
+            match self
+                .reserve_waiting(&charge.owner, limits, amount, now)
+                .await
+            {
+                Ok(id) => ids.push((id, charge.owner.clone())),
+                Err(refusal) => {
+                    for (id, _) in ids {
+                        self.ledger.cancel(id, now);
+                    }
+                    return Err(self.limited(charge, refusal));
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Reserves; when this replica's budget share is short, waits for a grant
@@ -265,17 +296,17 @@ impl AppState {
         }
     }
 
-    fn limited(&self, token: &str, refusal: LedgerRefusal) -> Refusal {
-        let message = format!("token {token}: {refusal}");
+    fn limited(&self, charge: &Charge<'_>, refusal: LedgerRefusal) -> Refusal {
+        let message = format!("{}: {refusal}", charge.label);
         match refusal {
             LedgerRefusal::RateLimited { retry_after, .. } => {
-                self.metrics.rate_limited(token);
-                let mut r = Refusal::new(Stage::Rate, codes::RATE_LIMITED, message);
+                self.metrics.rate_limited(&charge.owner);
+                let mut r = Refusal::new(Stage::Rate, charge.kind.rate_code(), message);
                 r.hint = Some(Box::new(Hint::RetryAfter(retry_after)));
                 r
             }
             LedgerRefusal::BudgetExceeded { .. } => {
-                Refusal::new(Stage::Budget, codes::BUDGET_EXCEEDED, message)
+                Refusal::new(Stage::Budget, charge.kind.budget_code(), message)
             }
             LedgerRefusal::AwaitingGrant | LedgerRefusal::LeaseUnavailable => {
                 let mut r = Refusal::new(Stage::Budget, codes::BUDGET_LEASE_UNAVAILABLE, message);
@@ -524,7 +555,9 @@ pub struct Reservation {
     state: Arc<AppState>,
     loaded: Arc<Loaded>,
     token: String,
-    id: Option<ReservationId>,
+    /// One reservation per owner charged (the token, then AIBudgets), with
+    /// the owner; empty once settled or released.
+    ids: Vec<(ReservationId, String)>,
     pub estimate: Estimate,
     decided: Decided,
 }
@@ -534,9 +567,10 @@ impl Reservation {
     /// provider did not report is counted by source and recorded in the audit
     /// trail, so that what was charged on an estimate can be told apart.
     pub fn settle(&mut self, usage: crate::providers::Usage, source: UsageSource) {
-        let Some(id) = self.id.take() else {
+        let ids = std::mem::take(&mut self.ids);
+        if ids.is_empty() {
             return;
-        };
+        }
         let (input_tokens, output_tokens) = (usage.input_tokens, usage.output_tokens);
         let cost = self
             .loaded
@@ -546,12 +580,75 @@ impl Reservation {
             .unwrap_or(0.0);
         let now = Utc::now();
         let actual = Amount::new(cost, input_tokens.saturating_add(output_tokens));
-        self.state.ledger.settle(id, actual, now);
+        for (id, _) in ids {
+            self.state.ledger.settle(id, actual, now);
+        }
         self.state.metrics.settled(source);
         if source != UsageSource::Provider {
             self.record_estimated(usage, cost, source, now);
         }
         self.publish_spend(now);
+    }
+
+    /// Reserves `output_tokens` more with every owner charged: a stream that
+    /// produced more than its estimate asks to go on. `Err` is the refusal of
+    /// the first owner whose budget does not cover it (the stream is cut);
+    /// what was added before it is kept until the reservation settles, which
+    /// replaces every amount with the actual usage.
+    pub fn extend(&mut self, output_tokens: u64) -> Result<(), Refusal> {
+        let set = &self.loaded.set;
+        let namespace = &self.state.settings.namespace;
+        let cost = set
+            .pricing(&self.estimate.model, namespace)
+            .map(|p| p.cost(0, output_tokens))
+            .unwrap_or(0.0);
+        let more = Amount::new(cost, output_tokens);
+        let now = Utc::now();
+        let charges = set.charges(&self.token, namespace);
+        for (id, owner) in &self.ids {
+            let Some(charge) = charges.iter().find(|c| &c.owner == owner) else {
+                continue;
+            };
+            match self.state.ledger.extend(*id, &charge.budgets, more, now) {
+                Ok(()) | Err(LedgerRefusal::AwaitingGrant) => {}
+                Err(refusal) => {
+                    let refusal = self.state.limited(charge, refusal);
+                    self.record_cut(&refusal, now);
+                    return Err(refusal);
+                }
+            }
+        }
+        self.estimate.output_tokens = self.estimate.output_tokens.saturating_add(output_tokens);
+        self.estimate.cost_usd = policybind_crds::common::add_usd(self.estimate.cost_usd, cost);
+        Ok(())
+    }
+
+    /// One audit record (`stage: stream-cut`, effect Deny, the refusal's
+    /// code) for a stream ended because it outgrew what its budgets cover.
+    fn record_cut(&self, refusal: &Refusal, now: DateTime<Utc>) {
+        let decided = &self.decided;
+        let mut event = AuditEvent::decision(Effect::Deny)
+            .time(now)
+            .request_id(decided.request_id.clone())
+            .token_id(self.token.clone())
+            .model(self.estimate.model.clone())
+            .namespace(decided.namespace.clone().unwrap_or_default())
+            .fingerprint(self.loaded.set.fingerprint().to_string())
+            .code(refusal.code.clone())
+            .detail("endpoint", decided.endpoint)
+            .detail("stage", "stream-cut")
+            .detail("decidedEffect", decided.effect.as_str())
+            .detail(
+                "reservedOutputTokens",
+                self.estimate.output_tokens.to_string(),
+            );
+        if let Some(subject) = &decided.subject {
+            event = event.subject(subject.clone());
+        }
+        warn!(code = %refusal.code, "stream cut: {}", refusal.message);
+        if let Err(e) = self.state.audit.append(event) {
+            warn!("stream cut not recorded: {e}");
+        }
     }
 
     /// One audit record (`stage: settle`, `usage: estimated`) with what was
@@ -614,8 +711,9 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.state.ledger.release(id, Utc::now());
+        let now = Utc::now();
+        for (id, _) in std::mem::take(&mut self.ids) {
+            self.state.ledger.release(id, now);
         }
     }
 }

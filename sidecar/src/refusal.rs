@@ -117,8 +117,16 @@ pub fn status_for(code: &str) -> (StatusCode, &'static str) {
         | codes::TOKEN_EXPIRED
         | codes::TOKEN_REVOKED
         | codes::TOKEN_NOT_YET_VALID => (StatusCode::UNAUTHORIZED, "authentication_error"),
-        codes::RATE_LIMITED => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-        codes::BUDGET_EXCEEDED => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+        codes::RATE_LIMITED
+        | codes::NAMESPACE_RATE_LIMITED
+        | codes::TEAM_RATE_LIMITED
+        | codes::APPLICATION_RATE_LIMITED
+        | codes::GROUP_RATE_LIMITED => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        codes::BUDGET_EXCEEDED
+        | codes::NAMESPACE_BUDGET_EXCEEDED
+        | codes::TEAM_BUDGET_EXCEEDED
+        | codes::APPLICATION_BUDGET_EXCEEDED
+        | codes::GROUP_BUDGET_EXCEEDED => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
         codes::REQUEST_INVALID => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         codes::PATH_NOT_ALLOWED => (StatusCode::NOT_FOUND, "invalid_request_error"),
         codes::NO_POLICY_SET | codes::AUDIT_UNAVAILABLE | codes::ROUTE_UNAVAILABLE => {

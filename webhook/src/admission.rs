@@ -448,6 +448,7 @@ async fn validate_resource(
     let user = &request.user_info;
     let authorizer = app.authorizer.as_ref();
     match kind {
+        "AIBudget" => resources::validate_budget(&object),
         "AIPolicy" | "ClusterAIPolicy" | "ModelDeployment" | "AccessToken" => {
             let compiled = compile_resource(app, kind, object.clone()).await;
             if !compiled.allowed {

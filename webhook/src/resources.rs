@@ -364,6 +364,27 @@ pub async fn authorize_token_namespaces(
     )
 }
 
+/// An AIBudget: what the engine checks when compiling it (time zones, selector
+/// operators, one budget per period), which the CRD schema cannot.
+pub fn validate_budget(object: &Value) -> Verdict {
+    let budget: policybind_crds::AIBudget = match parse("AIBudget", object) {
+        Ok(b) => b,
+        Err(v) => return v,
+    };
+    let (namespace, name) = name_of(object);
+    let resource = format!("AIBudget {namespace}/{name}");
+    let bundle = Bundle {
+        budgets: vec![policybind_engine::bundle::BundleBudget::from_budget(
+            &budget,
+        )],
+        ..Bundle::default()
+    };
+    match PolicySet::compile(&bundle) {
+        Ok(_) => Verdict::allow(codes::POLICY_ALLOW),
+        Err(errors) => Verdict::deny(RESOURCE_INVALID, errors_for(&errors, &resource).join("; ")),
+    }
+}
+
 /// An AccessToken: what the engine checks when compiling it, and the scope rules
 /// that span fields.
 pub fn validate_token(

@@ -296,8 +296,8 @@ pub fn access_tokens(s: &Snapshot) -> Finding {
                 c.starts_with("TOKEN_")
                     || c == "USE_CASE_NOT_ALLOWED"
                     || c == "DATA_CLASSIFICATION_EXCEEDED"
-                    || c == "BUDGET_EXCEEDED"
-                    || c == "RATE_LIMITED"
+                    || c.ends_with("BUDGET_EXCEEDED")
+                    || c.ends_with("RATE_LIMITED")
             })
     });
     f.notes.push(

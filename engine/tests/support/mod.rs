@@ -84,6 +84,7 @@ pub fn token(name: &str, team: &str) -> BundleToken {
     BundleToken {
         namespace: "ns".into(),
         name: name.into(),
+        labels: Default::default(),
         spec: AccessTokenSpec {
             subject: TokenSubject {
                 kind: SubjectKind::User,

@@ -32,6 +32,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use policybind_crds::access_token::PeriodUsage;
+use policybind_crds::ai_budget::{Owner, parse_owner};
 use policybind_crds::conditions::{self, reasons as crd_reasons, types};
 use policybind_crds::{API_VERSION, AccessToken, AccessTokenStatus, TokenPhase};
 use policybind_engine::audit::AuditEvent;
@@ -613,7 +614,11 @@ pub fn run(
                 }
                 for cm in changed {
                     let report = UsageReport::from_config_map(&cm).unwrap_or_default();
-                    for (ns, name) in report.0.keys().filter_map(|id| id.split_once('/')) {
+                    let owners = report.0.keys().filter_map(|id| match parse_owner(id) {
+                        Some(Owner::Token(token)) => token.split_once('/'),
+                        _ => None,
+                    });
+                    for (ns, name) in owners {
                         let _ = tokens.unbounded_send(ObjectRef::new(name).within(ns));
                     }
                 }

@@ -17,6 +17,7 @@
 //! that another must act on goes through a trigger channel, and shared memory
 //! lives in [`crate::state`], which the context owns.
 pub mod access_token;
+pub mod ai_budget;
 pub mod ai_policy;
 pub mod approval_request;
 pub mod incident;
@@ -153,6 +154,7 @@ pub async fn run_all(w: &Wiring, caches: Reflectors, rx: Receivers) {
         audit_keys,
         pods,
         evidence_gates,
+        budgets,
     } = caches;
     let mut tasks = Tasks::default();
     tasks.add(ai_policy::run(w, policies, cluster_policies));
@@ -171,6 +173,7 @@ pub async fn run_all(w: &Wiring, caches: Reflectors, rx: Receivers) {
         rx.tokens,
     ));
     tasks.add(approval_request::run(w, approvals));
+    tasks.add(ai_budget::run(w, budgets));
     tasks.add(namespace::run(
         w,
         namespaces,

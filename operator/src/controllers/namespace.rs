@@ -103,6 +103,7 @@ pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
     let models = stores.models.state();
     let approvals = stores.approvals.state();
     let tokens = stores.tokens.state();
+    let budgets = stores.budgets.state();
     let namespaces = stores.namespaces.state();
     let inputs = ViewInputs {
         policies: &policies,
@@ -110,6 +111,7 @@ pub fn current_view(ctx: &Context) -> (u64, Arc<ClusterView>) {
         models: &models,
         approvals: &approvals,
         tokens: &tokens,
+        budgets: &budgets,
         secrets: &secrets,
         usage: &usage,
         namespaces: &namespaces,

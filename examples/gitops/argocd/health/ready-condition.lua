@@ -1,4 +1,4 @@
--- AIPolicy, ClusterAIPolicy, EvidenceGate: Healthy once the operator read the current
+-- AIPolicy, ClusterAIPolicy, EvidenceGate, AIBudget: Healthy once the operator read the current
 -- generation (condition Ready=True), Degraded when it could not (Ready=False,
 -- the message says why), Progressing until then.
 local hs = { status = "Progressing", message = "Waiting for the PolicyBind operator" }
