@@ -31,6 +31,7 @@ use crate::handler::{Head, Ready, add_upstream_wait};
 use crate::metrics::OutputLabels;
 use crate::output::{
     Action, Guarded, Judge, OutputPolicy, OutputSummary, StreamGuard, judge_response,
+    stream_refusal_event,
 };
 use crate::pipeline::{Reservation, UsageSource};
 use crate::providers::response::{ChoicesAnswer, answer_text, usage_from_value};
@@ -40,6 +41,9 @@ use crate::source::Loaded;
 use crate::sse::{EventSplitter, Piece};
 use crate::state::AppState;
 use crate::upstream::UpstreamFailure;
+
+/// Fewest output tokens a stream that outgrew its reservation asks for at a time.
+pub const MIN_STREAM_SLICE: u64 = 256;
 
 /// An admitted request and everything its answer needs.
 pub struct Forward<'a> {
@@ -414,9 +418,7 @@ impl StreamState {
         for piece in pieces {
             let event = match piece {
                 Piece::Opaque(raw) => {
-                    if self.guard.is_some() {
-                        out.extend_from_slice(&raw);
-                    }
+                    out.extend_from_slice(&raw);
                     continue;
                 }
                 Piece::Event(event) => event,
@@ -427,22 +429,63 @@ impl StreamState {
             if let Some(data) = &data {
                 self.usage.observe(self.api, data);
             }
-            let Some(guard) = &mut self.guard else {
-                continue;
-            };
-            match guard.event(&event, data) {
-                Guarded::Send(pieces) => pieces.iter().for_each(|p| out.extend_from_slice(p)),
-                Guarded::Blocked(pieces) => {
+            let cut = self.outgrown();
+            match &mut self.guard {
+                None => out.extend_from_slice(&event.raw),
+                Some(guard) => match guard.event(&event, data) {
+                    Guarded::Send(pieces) => pieces.iter().for_each(|p| out.extend_from_slice(p)),
+                    Guarded::Blocked(pieces) => {
+                        pieces.iter().for_each(|p| out.extend_from_slice(p));
+                        self.ended = true;
+                        break;
+                    }
+                },
+            }
+            if let Some(refusal) = cut {
+                // What the model produced so far goes out (it is charged),
+                // then the error event, and the stream ends here.
+                if let Some(guard) = &mut self.guard {
+                    let (Guarded::Send(pieces) | Guarded::Blocked(pieces)) = guard.finish();
                     pieces.iter().for_each(|p| out.extend_from_slice(p));
-                    self.ended = true;
-                    break;
                 }
+                out.extend_from_slice(&stream_refusal_event(
+                    self.api,
+                    &refusal.code,
+                    &refusal.message,
+                    refusal.error_type,
+                ));
+                self.ended = true;
+                break;
             }
         }
-        if self.guard.is_none() {
+        if self.passthrough() {
             return decoded;
         }
         out.freeze()
+    }
+
+    /// Neither judged nor budgeted: bytes go on as they came, events are only
+    /// read for usage.
+    fn passthrough(&self) -> bool {
+        self.guard.is_none() && self.reservation.is_none()
+    }
+
+    /// A stream that produced more output than its reservation holds asks
+    /// for another slice (as much again as it reserved for output, at least
+    /// [`MIN_STREAM_SLICE`] tokens); the refusal, when its budget or a scope's
+    /// does not cover it, cuts the stream.
+    fn outgrown(&mut self) -> Option<Refusal> {
+        let reservation = self.reservation.as_mut()?;
+        let produced = self
+            .usage
+            .reported
+            .map_or(0, |u| u.output_tokens)
+            .max(self.usage.counted_output_tokens());
+        if produced <= reservation.estimate.output_tokens {
+            return None;
+        }
+        let slice = reservation.estimate.output_tokens.max(MIN_STREAM_SLICE);
+        reservation.extend(slice).err()
     }
 }
 

@@ -195,23 +195,34 @@ pub fn judge_response(
 
 /// The body that ends a blocked stream, in the API's error shape.
 pub fn stream_error_event(api: Api, blocked: &Blocked) -> Bytes {
+    stream_refusal_event(api, &blocked.code, &blocked.message, "permission_error")
+}
+
+/// The last event of a stream PolicyBind ends, in `api`'s error shape, with
+/// the code: SDKs raise it as an API error. `error_type` is OpenAI's
+/// (`insufficient_quota`, `permission_error`, ...); Anthropic's follows from it.
+pub fn stream_refusal_event(api: Api, code: &str, message: &str, error_type: &str) -> Bytes {
     match api {
-        Api::Messages => Event::encode(
-            Some("error"),
-            &json!({"type": "error", "error": {
-                "type": "permission_error", "message": blocked.message, "code": blocked.code}})
-            .to_string(),
-        ),
+        Api::Messages => {
+            let anthropic_type = match error_type {
+                "insufficient_quota" | "rate_limit_error" => "rate_limit_error",
+                _ => "permission_error",
+            };
+            Event::encode(
+                Some("error"),
+                &json!({"type": "error", "error": {
+                    "type": anthropic_type, "message": message, "code": code}})
+                .to_string(),
+            )
+        }
         Api::Responses => Event::encode(
             Some("error"),
-            &json!({"type": "error", "code": blocked.code, "message": blocked.message,
-                "param": null})
-            .to_string(),
+            &json!({"type": "error", "code": code, "message": message, "param": null}).to_string(),
         ),
         _ => Event::encode(
             None,
-            &json!({"error": {"message": blocked.message, "type": "permission_error",
-                "code": blocked.code, "param": null}})
+            &json!({"error": {"message": message, "type": error_type,
+                "code": code, "param": null}})
             .to_string(),
         ),
     }
