@@ -13,3 +13,4 @@ mod first_run;
 mod hostile;
 mod install;
 mod reports;
+mod scopes;
