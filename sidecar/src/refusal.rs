@@ -129,7 +129,12 @@ pub fn status_for(code: &str) -> (StatusCode, &'static str) {
         | codes::GROUP_BUDGET_EXCEEDED => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
         codes::REQUEST_INVALID => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         codes::PATH_NOT_ALLOWED => (StatusCode::NOT_FOUND, "invalid_request_error"),
-        codes::NO_POLICY_SET | codes::AUDIT_UNAVAILABLE | codes::ROUTE_UNAVAILABLE => {
+        // Transient and fail closed: the replica cannot learn its share of a
+        // budget right now (it says when to retry), not a lack of permission.
+        codes::NO_POLICY_SET
+        | codes::AUDIT_UNAVAILABLE
+        | codes::ROUTE_UNAVAILABLE
+        | codes::BUDGET_LEASE_UNAVAILABLE => {
             (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
         }
         codes::APPROVAL_REQUIRED => (StatusCode::FORBIDDEN, "approval_required"),
@@ -262,4 +267,44 @@ pub fn decision_headers(
     );
     set_header(headers, CODES_HEADER, &codes.join(","));
     set_header(headers, REQUEST_ID_HEADER, request_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_refusals_of_every_scope_are_429_and_a_missing_lease_is_503() {
+        for code in [
+            codes::BUDGET_EXCEEDED,
+            codes::NAMESPACE_BUDGET_EXCEEDED,
+            codes::TEAM_BUDGET_EXCEEDED,
+            codes::APPLICATION_BUDGET_EXCEEDED,
+            codes::GROUP_BUDGET_EXCEEDED,
+        ] {
+            assert_eq!(
+                status_for(code),
+                (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+                "{code}"
+            );
+        }
+        for code in [
+            codes::RATE_LIMITED,
+            codes::NAMESPACE_RATE_LIMITED,
+            codes::TEAM_RATE_LIMITED,
+            codes::APPLICATION_RATE_LIMITED,
+            codes::GROUP_RATE_LIMITED,
+        ] {
+            assert_eq!(
+                status_for(code),
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+                "{code}"
+            );
+        }
+        // Transient: a client retries after `retry-after`, not a permission problem.
+        assert_eq!(
+            status_for(codes::BUDGET_LEASE_UNAVAILABLE),
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        );
+    }
 }
