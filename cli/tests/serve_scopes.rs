@@ -7,28 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Serve, repo};
+use common::Serve;
 
 const ALICE: &str = "pb-demo-alice-0000-DEMO-ONLY";
 const BOB: &str = "pb-demo-bob-0000-DEMO-ONLY";
 
 /// The quick start plus `extra` manifests; `tokens` edits tokens.yaml.
 fn config_with(dir: &Path, extra: &str, tokens: impl Fn(String) -> String) -> PathBuf {
-    let config = dir.join("config");
-    let quickstart = repo().join("examples/quickstart");
-    std::fs::create_dir_all(config.join("standalone")).unwrap();
-    for file in [
-        "models.yaml",
-        "policy.yaml",
-        "standalone/demo-token-values.yaml",
-    ] {
-        std::fs::copy(quickstart.join(file), config.join(file)).unwrap();
-    }
-    let original = std::fs::read_to_string(quickstart.join("tokens.yaml")).unwrap();
-    let edited = tokens(original.clone());
-    std::fs::write(config.join("tokens.yaml"), edited).unwrap();
-    std::fs::write(config.join("budgets.yaml"), extra).unwrap();
-    config
+    common::quickstart_copy(dir, extra, tokens)
 }
 
 /// About 100 tokens; the demo upstream echoes it, so a call settles ~180.
@@ -159,25 +145,9 @@ spec:
 
 /// A raw streaming chat request; the whole response (headers and SSE body).
 fn stream_chat(serve: &Serve, token: &str, text: &str) -> String {
-    use std::io::{Read, Write};
     let body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
-        "messages": [{"role": "user", "content": text}]})
-    .to_string();
-    let mut stream = std::net::TcpStream::connect(serve.addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        serve.addr,
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+        "messages": [{"role": "user", "content": text}]});
+    serve.post_chat(token, &body)
 }
 
 #[test]

@@ -626,29 +626,37 @@ impl Reservation {
     /// One audit record (`stage: stream-cut`, effect Deny, the refusal's
     /// code) for a stream ended because it outgrew what its budgets cover.
     fn record_cut(&self, refusal: &Refusal, now: DateTime<Utc>) {
+        let event = self
+            .after_decision_event(Effect::Deny, now)
+            .code(refusal.code.clone())
+            .detail("stage", "stream-cut")
+            .detail("decidedEffect", self.decided.effect.as_str())
+            .detail(
+                "reservedOutputTokens",
+                self.estimate.output_tokens.to_string(),
+            );
+        warn!(code = %refusal.code, "stream cut: {}", refusal.message);
+        if let Err(e) = self.state.audit.append(event) {
+            warn!("stream cut not recorded: {e}");
+        }
+    }
+
+    /// A record about this request after its decision: who, which token,
+    /// model, namespace, fingerprint and endpoint.
+    fn after_decision_event(&self, effect: Effect, now: DateTime<Utc>) -> AuditEvent {
         let decided = &self.decided;
-        let mut event = AuditEvent::decision(Effect::Deny)
+        let mut event = AuditEvent::decision(effect)
             .time(now)
             .request_id(decided.request_id.clone())
             .token_id(self.token.clone())
             .model(self.estimate.model.clone())
             .namespace(decided.namespace.clone().unwrap_or_default())
             .fingerprint(self.loaded.set.fingerprint().to_string())
-            .code(refusal.code.clone())
-            .detail("endpoint", decided.endpoint)
-            .detail("stage", "stream-cut")
-            .detail("decidedEffect", decided.effect.as_str())
-            .detail(
-                "reservedOutputTokens",
-                self.estimate.output_tokens.to_string(),
-            );
+            .detail("endpoint", decided.endpoint);
         if let Some(subject) = &decided.subject {
             event = event.subject(subject.clone());
         }
-        warn!(code = %refusal.code, "stream cut: {}", refusal.message);
-        if let Err(e) = self.state.audit.append(event) {
-            warn!("stream cut not recorded: {e}");
-        }
+        event
     }
 
     /// One audit record (`stage: settle`, `usage: estimated`) with what was
@@ -660,26 +668,16 @@ impl Reservation {
         source: UsageSource,
         now: DateTime<Utc>,
     ) {
-        let decided = &self.decided;
-        let mut event = AuditEvent::decision(decided.effect)
-            .time(now)
-            .request_id(decided.request_id.clone())
-            .token_id(self.token.clone())
-            .model(self.estimate.model.clone())
-            .namespace(decided.namespace.clone().unwrap_or_default())
-            .fingerprint(self.loaded.set.fingerprint().to_string())
+        let event = self
+            .after_decision_event(self.decided.effect, now)
             .usage(Usage {
                 input_tokens: usage.input_tokens,
                 output_tokens: usage.output_tokens,
                 cost_usd: CostUsd::from_usd(cost_usd),
             })
-            .detail("endpoint", decided.endpoint)
             .detail("stage", "settle")
             .detail("usage", "estimated")
             .detail("usageBasis", source.as_str());
-        if let Some(subject) = &decided.subject {
-            event = event.subject(subject.clone());
-        }
         if let Err(e) = self.state.audit.append(event) {
             warn!("estimated settlement not recorded: {e}");
         }

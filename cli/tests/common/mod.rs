@@ -12,6 +12,31 @@ pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// A copy of the quick start in `<dir>/config` with its tokens.yaml passed
+/// through `edit_tokens` and `extra` written as `extra.yaml` (when not empty).
+pub fn quickstart_copy(
+    dir: &Path,
+    extra: &str,
+    edit_tokens: impl Fn(String) -> String,
+) -> std::path::PathBuf {
+    let config = dir.join("config");
+    let quickstart = repo().join("examples/quickstart");
+    std::fs::create_dir_all(config.join("standalone")).unwrap();
+    for file in [
+        "models.yaml",
+        "policy.yaml",
+        "standalone/demo-token-values.yaml",
+    ] {
+        std::fs::copy(quickstart.join(file), config.join(file)).unwrap();
+    }
+    let tokens = std::fs::read_to_string(quickstart.join("tokens.yaml")).unwrap();
+    std::fs::write(config.join("tokens.yaml"), edit_tokens(tokens)).unwrap();
+    if !extra.is_empty() {
+        std::fs::write(config.join("extra.yaml"), extra).unwrap();
+    }
+    config
+}
+
 /// A running `policybind serve` and the lines it logged until it listened.
 pub struct Serve {
     pub child: Child,
@@ -58,8 +83,22 @@ impl Serve {
         text: &str,
     ) -> (String, Vec<(String, String)>, String) {
         let body =
-            serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
-                .to_string();
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]});
+        let response = self.post_chat(token, &body);
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let mut head = head.lines();
+        let status = head.next().unwrap().to_string();
+        let headers = head
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
+    /// POSTs `body` to `/v1/chat/completions` and reads the whole raw
+    /// response (status line, headers and body; streams to their end).
+    pub fn post_chat(&self, token: &str, body: &serde_json::Value) -> String {
+        let body = body.to_string();
         let mut stream = TcpStream::connect(self.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -74,14 +113,7 @@ impl Serve {
         .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let mut head = head.lines();
-        let status = head.next().unwrap().to_string();
-        let headers = head
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        (status, headers, body.to_string())
+        response
     }
 
     pub fn stop(mut self) {
