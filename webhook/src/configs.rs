@@ -220,6 +220,7 @@ impl Registration {
                     "clusteraipolicies",
                     "modeldeployments",
                     "accesstokens",
+                    "aibudgets",
                     "approvalrequests",
                 ],
                 &["CREATE", "UPDATE"],

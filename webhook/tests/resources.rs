@@ -633,3 +633,47 @@ async fn a_rejection_is_never_blocked_by_evidence_gates() {
         .await;
     assert!(reply.allowed(), "{}", reply.message());
 }
+
+fn budget_review(spec: Value) -> Value {
+    json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "11111111-2222-4333-8444-555555555556",
+            "kind": {"group": "policybind.io", "version": "v1alpha1", "kind": "AIBudget"},
+            "resource": {"group": "policybind.io", "version": "v1alpha1", "resource": "aibudgets"},
+            "name": "eng", "namespace": "team-a", "operation": "CREATE",
+            "userInfo": {"username": "dave@example.com"},
+            "object": {"apiVersion": "policybind.io/v1alpha1", "kind": "AIBudget",
+                "metadata": {"name": "eng", "namespace": "team-a"}, "spec": spec},
+            "dryRun": false
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_aibudget_that_cannot_be_enforced_is_denied_naming_the_field() {
+    let harness = start(default_view(), AdmissionConfig::default()).await;
+    let good = json!({"scope": "Team", "team": "eng",
+        "budgets": [{"period": "Month", "maxCostUsd": 500.0, "timeZone": "Europe/Berlin"}]});
+    let reply = harness.validate(&budget_review(good)).await;
+    assert!(reply.allowed(), "{}", reply.message());
+    let bad_zone = json!({"scope": "Namespace",
+        "budgets": [{"period": "Day", "maxTokens": 5, "timeZone": "Mars/Olympus"}]});
+    let reply = harness.validate(&budget_review(bad_zone)).await;
+    assert_eq!(code(&reply), "RESOURCE_INVALID");
+    assert!(
+        reply.message().contains("AIBudget team-a/eng"),
+        "{}",
+        reply.message()
+    );
+    assert!(reply.message().contains("timeZone"), "{}", reply.message());
+    let bad_selector = json!({"scope": "Tokens", "rateLimit": {"requestsPerMinute": 5},
+        "tokenSelector": {"matchExpressions": [{"key": "tier", "operator": "In"}]}});
+    let reply = harness.validate(&budget_review(bad_selector)).await;
+    assert!(
+        reply.message().contains("spec.tokenSelector"),
+        "{}",
+        reply.message()
+    );
+}
