@@ -283,12 +283,8 @@ impl BatchTask {
             rest = Some(tail);
         };
         self.prev_segment_hash = sealed.segment.last_hash();
-        if let Some(before) = &sealed.segment.tree_before {
-            let mut tree = before.clone();
-            for hash in &sealed.segment.hashes {
-                tree.push_record(hash);
-            }
-            self.next_tree = Some(tree);
+        if let Some(after) = sealed.segment.tree_after() {
+            self.next_tree = Some(after.clone());
         }
         self.sealed.push_back(sealed);
         rest

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use policybind_engine::audit::{
-    AuditSigningKey, Hash256, RecordTime, SEGMENT_DOCUMENT_END, SegmentHeader, TreeFrontier,
-    segment_document_start,
+    AuditSigningKey, Hash256, LEGACY_SEGMENT_FORMAT, RecordTime, SEGMENT_DOCUMENT_END,
+    SEGMENT_FORMAT, SegmentHeader, TreeFrontier, leaf_hash, segment_document_start,
 };
 use tokio::time::Instant;
 
@@ -39,6 +39,42 @@ pub(crate) struct OpenSegment {
     pub dirty: bool,
     /// Times the store refused the name.
     pub renames: u32,
+    /// The Merkle trees over `hashes`, kept up to date record by record so that
+    /// a flush costs O(log n) hashes instead of rehashing the whole segment
+    /// (which made a flush of a long open segment the sidecar's main cost at
+    /// low request rates).
+    trees: Trees,
+}
+
+/// The segment's own tree (its `merkle_root`) and the writer's tree after its
+/// records (its `tree_root`, format 2), as frontiers.
+#[derive(Debug, Clone)]
+struct Trees {
+    segment: TreeFrontier,
+    after: Option<TreeFrontier>,
+}
+
+impl Trees {
+    fn new(before: Option<&TreeFrontier>) -> Self {
+        Trees {
+            segment: TreeFrontier::new(),
+            after: before.cloned(),
+        }
+    }
+
+    fn push(&mut self, record_hash: &Hash256) {
+        let leaf = leaf_hash(record_hash);
+        self.segment.push_leaf(leaf);
+        if let Some(after) = &mut self.after {
+            after.push_leaf(leaf);
+        }
+    }
+
+    fn of(before: Option<&TreeFrontier>, hashes: &[Hash256]) -> Self {
+        let mut trees = Trees::new(before);
+        hashes.iter().for_each(|hash| trees.push(hash));
+        trees
+    }
 }
 
 impl OpenSegment {
@@ -54,7 +90,6 @@ impl OpenSegment {
             name,
             first_seq,
             prev_segment_hash,
-            tree_before,
             hashes: Vec::new(),
             json: Vec::new(),
             ends: Vec::new(),
@@ -63,6 +98,8 @@ impl OpenSegment {
             opened_at: Instant::now(),
             dirty: false,
             renames: 0,
+            trees: Trees::new(tree_before.as_ref()),
+            tree_before,
         }
     }
 
@@ -93,6 +130,7 @@ impl OpenSegment {
         self.json.extend_from_slice(record_json);
         self.ends.push(self.json.len());
         self.hashes.push(hash);
+        self.trees.push(&hash);
         self.dirty = true;
     }
 
@@ -125,26 +163,8 @@ impl OpenSegment {
         key: &AuditSigningKey,
         sealed_at: Option<RecordTime>,
     ) -> (Vec<u8>, Option<TreeFrontier>) {
-        let (mut header, after) = match &self.tree_before {
-            Some(before) => {
-                let (header, after) = SegmentHeader::describe(
-                    &self.writer,
-                    self.prev_segment_hash,
-                    before,
-                    &self.hashes,
-                );
-                (header, Some(after))
-            }
-            None => (
-                SegmentHeader::describe_v1(
-                    &self.writer,
-                    self.prev_segment_hash,
-                    self.first_seq,
-                    &self.hashes,
-                ),
-                None,
-            ),
-        };
+        let mut header = self.header();
+        let after = self.trees.after.clone();
         let signature =
             (after.is_some() || sealed_at.is_some()).then(|| header.sign(sealed_at, key));
         let checkpoint = sealed_at
@@ -158,6 +178,35 @@ impl OpenSegment {
             checkpoint.as_deref(),
         );
         (head, after)
+    }
+
+    /// The writer's tree after this segment's records (format 2).
+    pub fn tree_after(&self) -> Option<&TreeFrontier> {
+        self.trees.after.as_ref()
+    }
+
+    /// The unsigned header of the records so far: what
+    /// `SegmentHeader::describe` (format 2) or `describe_v1` (a resumed format-1
+    /// chain) gives, from the trees kept up to date by [`OpenSegment::push`].
+    fn header(&self) -> SegmentHeader {
+        let count = self.hashes.len() as u64;
+        let (format, first_seq) = match &self.tree_before {
+            Some(before) => (SEGMENT_FORMAT, before.size() + 1),
+            None => (LEGACY_SEGMENT_FORMAT, self.first_seq),
+        };
+        SegmentHeader {
+            format,
+            writer: self.writer.to_string(),
+            first_seq,
+            last_seq: first_seq + count.saturating_sub(1),
+            record_count: count,
+            prev_segment_hash: self.prev_segment_hash,
+            last_hash: self.hashes.last().copied().unwrap_or(Hash256::ZERO),
+            merkle_root: self.trees.segment.root(),
+            tree_root: self.trees.after.as_ref().map(TreeFrontier::root),
+            sealed_at: None,
+            key_id: None,
+        }
     }
 
     /// The stored body: the head, the records and the end, encoded. For gzip the
@@ -223,6 +272,9 @@ impl OpenSegment {
         };
         self.json.extend_from_slice(&next.json);
         self.ends.extend(next.ends.iter().map(|end| end + offset));
+        for hash in &next.hashes {
+            self.trees.push(hash);
+        }
         self.hashes.extend(next.hashes);
         self.drop_members();
         self.dirty = true;
@@ -249,6 +301,8 @@ impl OpenSegment {
         rest.json = self.json[cut + 1..].to_vec();
         rest.ends = self.ends[keep..].iter().map(|end| end - cut - 1).collect();
         rest.hashes = self.hashes.split_off(keep);
+        rest.trees = Trees::of(rest.tree_before.as_ref(), &rest.hashes);
+        self.trees = Trees::of(self.tree_before.as_ref(), &self.hashes);
         rest.opened_at = self.opened_at;
         rest.dirty = true;
         self.json.truncate(cut);
@@ -338,5 +392,58 @@ mod tests {
         assert_eq!(sealed.record_bytes(), record_bytes);
         let open = sealed.into_open();
         assert_eq!((open.len(), open.json), (2, json));
+    }
+
+    fn hash(n: u8) -> Hash256 {
+        Hash256::from_bytes([n; 32])
+    }
+
+    /// The header kept up to date record by record is the header computed
+    /// from scratch, through pushes, splits and joins, in both formats.
+    #[test]
+    fn the_incremental_header_is_the_header_described_from_scratch() {
+        let mut before = TreeFrontier::new();
+        (0..5).for_each(|n| before.push_record(&hash(200 + n)));
+        for tree_before in [Some(before), None] {
+            let describe = |open: &OpenSegment| match &open.tree_before {
+                Some(before) => {
+                    SegmentHeader::describe(
+                        &open.writer,
+                        open.prev_segment_hash,
+                        before,
+                        &open.hashes,
+                    )
+                    .0
+                }
+                None => SegmentHeader::describe_v1(
+                    &open.writer,
+                    open.prev_segment_hash,
+                    open.first_seq,
+                    &open.hashes,
+                ),
+            };
+            let mut open = OpenSegment::new("w".into(), "a".into(), 6, hash(9), tree_before);
+            assert_eq!(open.header(), describe(&open), "empty");
+            for n in 0..37 {
+                open.push(br#"{}"#, hash(n));
+                assert_eq!(open.header(), describe(&open), "{n} records");
+            }
+            let rest = open.split_off(20, "b".into());
+            assert_eq!(open.header(), describe(&open), "first half");
+            assert_eq!(rest.header(), describe(&rest), "second half");
+            open.join(rest);
+            assert_eq!(open.header(), describe(&open), "joined");
+            assert_eq!(open.signed_head(&key(), None).1, {
+                let mut after = open.tree_before.clone();
+                if let Some(tree) = &mut after {
+                    open.hashes.iter().for_each(|h| tree.push_record(h));
+                }
+                after
+            });
+        }
+    }
+
+    fn key() -> AuditSigningKey {
+        AuditSigningKey::from_seed(&[7; 32])
     }
 }

@@ -8,13 +8,14 @@
 # core).
 #
 #   DURATION=120 bash sidecar/bench/side-by-side.sh
-#   SIDECAR_ENV=TOKIO_WORKER_THREADS=1 bash sidecar/bench/side-by-side.sh   # one worker thread
+#   SIDECAR_ARGS="--workers 1" bash sidecar/bench/side-by-side.sh   # one worker thread
+#   PROFILE=dist bash sidecar/bench/side-by-side.sh   # the LTO build (Cargo.toml)
 #
 # Needs a release build (cargo build --release -p policybind -p policybind-sidecar
 # --bins) and nginx (apt-get install -y nginx).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-target="${CARGO_TARGET_DIR:-target}/release"
+target="${CARGO_TARGET_DIR:-target}/${PROFILE:-release}"
 duration="${DURATION:-60}"
 work="$(mktemp -d /tmp/pb-side-by-side.XXXXXX)"
 chmod 0777 "$work"
@@ -30,7 +31,7 @@ trap cleanup EXIT
 pids+=($!)
 env RUST_LOG=warn ${SIDECAR_ENV:-} "$target/policybind" serve --config sidecar/bench --upstream http://127.0.0.1:18000 \
   --audit-dir "$work/audit" --listen 127.0.0.1:18080 --health-listen 127.0.0.1:18081 \
-  --no-decide-api > "$work/sidecar.log" 2>&1 &
+  --no-decide-api ${SIDECAR_ARGS:-} > "$work/sidecar.log" 2>&1 &
 sidecar=$!
 pids+=($sidecar)
 sed "s|@WORK@|$work|g" sidecar/bench/nginx.conf > "$work/nginx.conf"

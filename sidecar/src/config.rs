@@ -141,6 +141,12 @@ pub struct Settings {
     /// Sent with every response of the main port as `x-policybind-upstream`, so
     /// that no caller mistakes the built-in demo upstream (`demo`) for a model.
     pub upstream_label: Option<String>,
+    /// Threads serving the main port, each a single-threaded runtime
+    /// accepting from the port's listening socket, with its own upstream
+    /// connections, so that a request stays on one thread from accept to
+    /// answer (no hand-offs between threads). 0: the main port is served on
+    /// the runtime that called [`crate::start`].
+    pub workers: usize,
 }
 
 /// A setting that cannot work, found at start-up.
@@ -207,6 +213,7 @@ impl Settings {
             metrics_token_labels: false,
             rejection_summary_interval: Duration::from_secs(60),
             upstream_label: None,
+            workers: 0,
         }
     }
 

@@ -179,6 +179,114 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// The main port's listeners: one on the caller's runtime, or one per worker
+/// thread, all the same listening socket (each worker accepts from it when it
+/// is free). One socket rather than one per worker with `SO_REUSEPORT`: that
+/// would let any other process of the same user in the pod's network
+/// namespace join the port and take a share of the callers' connections.
+enum MainPort {
+    Here(tokio::net::TcpListener),
+    Workers(Vec<std::net::TcpListener>),
+}
+
+impl MainPort {
+    async fn bind(addr: SocketAddr, workers: usize) -> Result<MainPort, Error> {
+        let listener = bind(addr).await?;
+        if workers == 0 {
+            return Ok(MainPort::Here(listener));
+        }
+        let bind_error = |source| Error::Bind { addr, source };
+        let first = listener.into_std().map_err(bind_error)?;
+        let mut listeners = Vec::with_capacity(workers);
+        for _ in 1..workers {
+            listeners.push(first.try_clone().map_err(bind_error)?);
+        }
+        listeners.push(first);
+        Ok(MainPort::Workers(listeners))
+    }
+
+    fn local_addr(&self) -> Result<SocketAddr, Error> {
+        match self {
+            MainPort::Here(listener) => listener.local_addr(),
+            MainPort::Workers(listeners) => listeners[0].local_addr(),
+        }
+        .map_err(Error::Serve)
+    }
+
+    fn serve(
+        self,
+        tasks: &mut JoinSet<Result<(), Error>>,
+        app: Router,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
+        match self {
+            MainPort::Here(listener) => serve(tasks, listener, app, stop),
+            MainPort::Workers(listeners) => {
+                for (index, listener) in listeners.into_iter().enumerate() {
+                    serve_on_worker(tasks, index, listener, app.clone(), stop)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepted connections send at once (`TCP_NODELAY`): an answer written in
+/// two pieces must not wait for the caller's delayed acknowledgement.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
+/// Serves `listener` on a thread of its own running a single-threaded
+/// runtime, so that everything a request does (the caller's connection, the
+/// pipeline, the upstream connection) runs on that thread, as in nginx's
+/// worker processes. Stops like the other servers: no new connections once
+/// `stop` is cancelled, then waits for the requests in progress.
+fn serve_on_worker(
+    tasks: &mut JoinSet<Result<(), Error>>,
+    index: usize,
+    listener: std::net::TcpListener,
+    app: Router,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    let stop = stop.clone();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("policybind-worker-{index}"))
+        .spawn(move || {
+            upstream::Upstream::enter_worker(index);
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Serve)
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener =
+                            tokio::net::TcpListener::from_std(listener).map_err(Error::Serve)?;
+                        axum::serve(without_nagle(listener), app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                            .map_err(Error::Serve)
+                    })
+                });
+            let _ = done.send(served);
+        })
+        .map_err(Error::Serve)?;
+    tasks.spawn(async move {
+        finished.await.unwrap_or_else(|_| {
+            Err(Error::Serve(std::io::Error::other(
+                "worker thread panicked",
+            )))
+        })
+    });
+    Ok(())
+}
+
 fn approvals(settings: &Settings, kube: Option<&kube::Client>) -> Approvals {
     match &settings.approvals {
         ApprovalSettings::Directory(dir) => Approvals::Directory(dir.clone()),
@@ -315,7 +423,7 @@ fn serve(
 ) {
     let stop = stop.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(without_nagle(listener), app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .map_err(Error::Serve)
@@ -433,13 +541,13 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         .route("/metrics", get(metrics_handler))
         .with_state((holder.clone(), metrics.clone(), audit.clone()));
 
-    let listener = bind(settings.listen).await?;
+    let main_port = MainPort::bind(settings.listen, settings.workers).await?;
     let health_listener = bind(settings.health_listen).await?;
     let decide_listener = match settings.decide_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let addr = main_port.local_addr()?;
     let health_addr = health_listener.local_addr().map_err(Error::Serve)?;
     let decide_addr = match &decide_listener {
         Some(l) => Some(l.local_addr().map_err(Error::Serve)?),
@@ -447,7 +555,7 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
     };
     let decide_shown = decide_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     info!(%addr, %health_addr, decide_addr = %decide_shown, upstream = %settings.upstream,
-        "policybind enforcement point listening");
+        workers = settings.workers, "policybind enforcement point listening");
 
     let mut after_drain: Vec<_> =
         start_reporter(&settings, kube, &ledger, &holder, &metrics, leases)
@@ -467,7 +575,10 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
             .await;
         Ok(())
     });
-    serve(&mut tasks, listener, app, &stop);
+    if let Err(e) = main_port.serve(&mut tasks, app, &stop) {
+        stop.cancel();
+        return Err(e);
+    }
     serve(&mut tasks, health_listener, health, &stop);
     if let Some(listener) = decide_listener {
         serve(&mut tasks, listener, decide_api::router(state), &stop);

@@ -48,10 +48,20 @@ pub enum UpstreamError {
     BadUpstream(String),
 }
 
-/// The pooled client every upstream call goes through.
+/// The pooled clients every upstream call goes through: one for the runtime
+/// that started the server and one per worker thread ([`Settings::workers`]),
+/// so that a worker's requests use connections whose tasks run on that
+/// worker (a shared pool would hand requests to connections driven by
+/// another thread, and lose them when that thread stops first).
 #[derive(Clone)]
 pub struct Upstream {
-    client: HttpsClient,
+    clients: Arc<[HttpsClient]>,
+}
+
+thread_local! {
+    /// The worker this thread is (1-based), set by [`Upstream::enter_worker`];
+    /// 0 on other threads.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Why an upstream call failed.
@@ -68,20 +78,21 @@ impl Upstream {
             return Err(UpstreamError::BadUpstream(settings.upstream.clone()));
         }
         let tls = tls_config(settings.upstream_ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(settings.limits.upstream_connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(settings.limits.max_concurrency.min(512))
-            .build(connector);
-        Ok(Upstream { client })
+        let clients = (0..=settings.workers)
+            .map(|_| client(settings, tls.clone()))
+            .collect();
+        Ok(Upstream { clients })
+    }
+
+    /// Marks the calling thread as worker `index` (0-based) of the server:
+    /// its upstream calls use that worker's own client.
+    pub(crate) fn enter_worker(index: usize) {
+        WORKER.with(|w| w.set(index + 1));
+    }
+
+    fn client(&self) -> &HttpsClient {
+        let worker = WORKER.with(std::cell::Cell::get);
+        self.clients.get(worker).unwrap_or(&self.clients[0])
     }
 
     /// Sends a request, bounded by `timeout` until the response headers.
@@ -97,12 +108,29 @@ impl Upstream {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, self.client().request(request)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(Err(e)) => Err(UpstreamFailure::Unavailable(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// A pooled client over plain HTTP and HTTPS, with Nagle's algorithm off.
+fn client(settings: &Settings, tls: rustls::ClientConfig) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(settings.limits.upstream_connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(settings.limits.max_concurrency.min(512))
+        .build(connector)
 }
 
 /// An error with its sources (a TLS failure hides behind "client error (Connect)").

@@ -66,6 +66,14 @@ pub struct ProxyArgs {
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "POLICYBIND_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Threads serving the model APIs, each accepting connections from the
+    /// port when it is free and keeping its own upstream connections, so a
+    /// request stays on one thread from accept to answer. Default: one per
+    /// available CPU (the container's CPU limit counts). 0: on the process's
+    /// main runtime instead, shared with the health port and background work.
+    /// `--max-concurrency` applies to all of them together.
+    #[arg(long, env = "POLICYBIND_WORKERS", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: Option<u16>,
     /// Requests handled at once; more are answered 503 at once.
     #[arg(long, env = "POLICYBIND_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
@@ -189,6 +197,10 @@ impl ProxyArgs {
         };
         settings.rejection_summary_interval = Duration::from_secs(self.rejection_summary_secs);
         settings.metrics_token_labels = self.metrics_token_labels;
+        settings.workers = match self.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
     }
 }
 
