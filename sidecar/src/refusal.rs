@@ -121,7 +121,10 @@ pub fn status_for(code: &str) -> (StatusCode, &'static str) {
         codes::BUDGET_EXCEEDED => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
         codes::REQUEST_INVALID => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         codes::PATH_NOT_ALLOWED => (StatusCode::NOT_FOUND, "invalid_request_error"),
-        codes::NO_POLICY_SET | codes::AUDIT_UNAVAILABLE | codes::ROUTE_UNAVAILABLE => {
+        codes::NO_POLICY_SET
+        | codes::AUDIT_UNAVAILABLE
+        | codes::ROUTE_UNAVAILABLE
+        | codes::BUDGET_STORE_UNAVAILABLE => {
             (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
         }
         codes::APPROVAL_REQUIRED => (StatusCode::FORBIDDEN, "approval_required"),
