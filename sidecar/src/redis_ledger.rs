@@ -69,6 +69,30 @@ const MAX_COUNT: u64 = (1 << 53) - 1;
 const COMMON: &str = include_str!("redis_ledger/common.lua");
 const RESERVE: &str = include_str!("redis_ledger/reserve.lua");
 const SETTLE: &str = include_str!("redis_ledger/settle.lua");
+/// Pushes the deadlines of reservations in flight on, by Redis' clock (as
+/// the scripts purge by it). XX: a reservation already freed stays freed.
+const HEARTBEAT_SCRIPT: &str = "local t = redis.call('TIME') \
+    local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1]) \
+    for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end \
+    return 0";
+
+/// How long reservations live without news from their replica, and how
+/// often a replica pushes them on. [`Timings::default`] is
+/// [`RESERVATION_LEASE`] and [`HEARTBEAT`]; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease: RESERVATION_LEASE,
+            heartbeat: HEARTBEAT,
+        }
+    }
+}
 
 /// Why the budget store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +209,7 @@ struct Shared {
     conn: ConnectionManager,
     reserve: Script,
     settle: Script,
+    heartbeat: Script,
     /// Distinguishes this replica's reservation ids from every other's.
     instance: String,
     next: AtomicU64,
@@ -193,6 +218,7 @@ struct Shared {
     local: InProcessLedger,
     /// Settlements given up after [`SETTLE_RETRY_FOR`].
     lost_settlements: AtomicU64,
+    timings: Timings,
 }
 
 /// A [`UsageLedger`] whose tallies and rate limits live in Redis.
@@ -217,6 +243,14 @@ impl RedisLedger {
     /// refuses requests (fail closed) until it is back. Must be called inside
     /// a Tokio runtime; the heartbeat runs on it until the ledger is dropped.
     pub fn connect(store: &RedisStoreSettings) -> Result<RedisLedger, StoreError> {
+        Self::connect_with(store, Timings::default())
+    }
+
+    /// [`RedisLedger::connect`] with other [`Timings`].
+    pub fn connect_with(
+        store: &RedisStoreSettings,
+        timings: Timings,
+    ) -> Result<RedisLedger, StoreError> {
         let (url, password) = (store.url.as_str(), store.password.as_deref());
         let shown = redact_url(url);
         let mut info = url.into_connection_info().map_err(|e| StoreError::Url {
@@ -239,17 +273,19 @@ impl RedisLedger {
                 conn,
                 reserve: Script::new(&format!("{COMMON}\n{RESERVE}")),
                 settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
+                heartbeat: Script::new(HEARTBEAT_SCRIPT),
                 instance: random_instance(),
                 next: AtomicU64::new(0),
                 pending: Mutex::new(HashMap::new()),
                 local: InProcessLedger::new(),
                 lost_settlements: AtomicU64::new(0),
+                timings,
             }),
             runtime: tokio::runtime::Handle::current(),
         };
         ledger
             .runtime
-            .spawn(heartbeat(Arc::downgrade(&ledger.shared)));
+            .spawn(heartbeat(Arc::downgrade(&ledger.shared), timings.heartbeat));
         tracing::info!(url = %shown, instance = %ledger.shared.instance,
             "budgets and rate limits shared through Redis");
         Ok(ledger)
@@ -430,7 +466,7 @@ impl Shared {
             .key(keys.key("tpm"))
             .arg(keys.budget_prefix())
             .arg(call.member)
-            .arg(RESERVATION_LEASE.as_millis() as u64)
+            .arg(self.timings.lease.as_millis() as u64)
             .arg(micro_usd(call.estimate.cost_usd))
             .arg(call.estimate.tokens.min(MAX_COUNT))
             .arg(call.rpm.min(MAX_COUNT))
@@ -520,26 +556,23 @@ impl Shared {
         if by_owner.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
         for (owner, members) in by_owner {
-            let deadline_ms = (Utc::now() + RESERVATION_LEASE).timestamp_millis();
-            // XX: a reservation already freed is not brought back.
-            let cmd = pipe
-                .cmd("ZADD")
-                .arg(OwnerKeys::new(&owner).key("res"))
-                .arg("XX");
+            let mut invocation = self.heartbeat.prepare_invoke();
+            invocation
+                .key(OwnerKeys::new(&owner).key("res"))
+                .arg(self.timings.lease.as_millis() as u64);
             for member in members {
-                cmd.arg(deadline_ms).arg(member);
+                invocation.arg(member);
             }
-            pipe.ignore();
+            let mut conn = self.conn.clone();
+            timed(invocation.invoke_async::<()>(&mut conn)).await?;
         }
-        let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        Ok(())
     }
 }
 
-async fn heartbeat(shared: Weak<Shared>) {
-    let mut ticks = tokio::time::interval(HEARTBEAT);
+async fn heartbeat(shared: Weak<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
         let Some(shared) = shared.upgrade() else {
