@@ -136,6 +136,34 @@ fn limit_of(
     }
 }
 
+/// The limit of a rate key ([`lease::rate_key`]): the token's requests or
+/// tokens per minute, if the key names the current minute or the next one
+/// (replicas ask ahead in the last seconds of a minute) and the token is valid
+/// in `namespace`. Separate from [`limit_of`]: keys of one kind never parse as
+/// the other.
+fn rate_limit_of(
+    key: &str,
+    namespace: &str,
+    tokens: &HashMap<String, Arc<AccessToken>>,
+    now: DateTime<Utc>,
+) -> Option<f64> {
+    let parts = lease::parse_rate_key(key)?;
+    let this_minute = lease::minute_start(now);
+    if parts.start != this_minute && parts.start != this_minute + chrono::Duration::minutes(1) {
+        return None;
+    }
+    let token = tokens.get(parts.token)?;
+    let (token_ns, _) = parts.token.split_once('/')?;
+    if !policybind_engine::scope::spec_valid_in(token_ns, &token.spec, namespace) {
+        return None;
+    }
+    let rate = token.spec.rate_limit.as_ref()?;
+    match parts.unit {
+        lease::RateUnit::Requests => rate.requests_per_minute.map(f64::from),
+        lease::RateUnit::Tokens => rate.tokens_per_minute.map(|t| t as f64),
+    }
+}
+
 /// The demands of every pod that reported in `namespace`, by pod name.
 pub fn demands_in(reports: &[Arc<ConfigMap>], namespace: &str) -> BTreeMap<String, Demands> {
     reports
@@ -413,6 +441,7 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
         let demands = demands_in(&reports, &namespace);
         let next = next_ledger(&previous, &demands, &live, |key| {
             limit_of(key, &namespace, &tokens, now)
+                .or_else(|| rate_limit_of(key, &namespace, &tokens, now))
         });
         if next == previous && written.is_some() {
             continue;
@@ -539,6 +568,39 @@ mod tests {
         assert_eq!(ledger.keys.len(), 1);
         assert_eq!(ledger.granted(&key, "pod-1"), 0.25);
         assert_eq!(ledger.keys[&key].remaining, 0.75);
+    }
+
+    fn token_with_rate(rpm: Option<u32>, tpm: Option<u64>) -> HashMap<String, Arc<AccessToken>> {
+        let mut token = crate::testing::token("team-a", "bot").build();
+        token.spec.rate_limit = Some(policybind_crds::RateLimit {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        });
+        HashMap::from([("team-a/bot".to_string(), Arc::new(token))])
+    }
+
+    #[test]
+    fn rate_keys_of_this_minute_and_the_next_have_the_tokens_limits() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 15, 4, 55).unwrap();
+        let tokens = token_with_rate(Some(60), Some(10_000));
+        let key = |minute: u32, unit| {
+            let at = Utc.with_ymd_and_hms(2026, 11, 22, 15, minute, 0).unwrap();
+            lease::rate_key("team-a/bot", at, unit)
+        };
+        let of = |k: &str| rate_limit_of(k, "team-a", &tokens, now);
+        assert_eq!(of(&key(4, lease::RateUnit::Requests)), Some(60.0));
+        assert_eq!(of(&key(5, lease::RateUnit::Tokens)), Some(10_000.0));
+        // Past minutes and minutes too far ahead are dropped.
+        assert_eq!(of(&key(3, lease::RateUnit::Requests)), None);
+        assert_eq!(of(&key(6, lease::RateUnit::Requests)), None);
+        // Not valid in another namespace; a budget key is not a rate key.
+        let elsewhere = rate_limit_of(&key(4, lease::RateUnit::Requests), "team-b", &tokens, now);
+        assert_eq!(elsewhere, None);
+        assert_eq!(of("team-a/bot|Day|2026-11-22T00:00:00Z|usd"), None);
+        let no_tpm = token_with_rate(Some(60), None);
+        let tokens_key = key(4, lease::RateUnit::Tokens);
+        assert_eq!(rate_limit_of(&tokens_key, "team-a", &no_tpm, now), None);
     }
 
     fn any_side() -> impl Strategy<Value = PodSide> {

@@ -22,7 +22,9 @@ use policybind_sidecar::redis_ledger::{RedisLedger, RedisStoreSettings};
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().expect("usage: redis_ledger_load REDIS_URL [SECONDS]");
+    let url = args
+        .next()
+        .expect("usage: redis_ledger_load REDIS_URL [SECONDS]");
     let seconds: u64 = args.next().map_or(10, |s| s.parse().expect("seconds"));
     let store = RedisStoreSettings {
         url,
