@@ -149,7 +149,7 @@ pub struct ProxyArgs {
     pub budget_store: Option<BudgetStoreArg>,
     /// Password of the Redis budget store when its URL has none.
     #[arg(long, env = wire::env::BUDGET_STORE_PASSWORD, hide_env_values = true)]
-    pub budget_store_password: Option<String>,
+    pub budget_store_password: Option<Password>,
     /// Seconds between audit records summarising refused unauthenticated requests.
     #[arg(
         long,
@@ -158,6 +158,24 @@ pub struct ProxyArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub rejection_summary_secs: u64,
+}
+
+/// A password given on the command line or in the environment: never shown
+/// (Debug prints `***`).
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Password(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// `--budget-store`.
@@ -234,7 +252,7 @@ impl ProxyArgs {
         settings.budget_store = match &self.budget_store {
             Some(BudgetStoreArg::Redis(url)) => Some(RedisStoreSettings {
                 url: url.clone(),
-                password: self.budget_store_password.clone(),
+                password: self.budget_store_password.clone().map(|p| p.0),
             }),
             _ => None,
         };
@@ -456,6 +474,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_stores_parse_and_never_show_credentials() {
+        assert_eq!(parse_budget_store("memory"), Ok(BudgetStoreArg::Memory));
+        assert_eq!(parse_budget_store("leases"), Ok(BudgetStoreArg::Leases));
+        let redis = parse_budget_store("redis://u:s3cret@h:6379/1").unwrap();
+        assert_eq!(format!("{redis:?}"), "Redis(redis://***@h:6379/1)");
+        let error = parse_budget_store("rediss://u:s3cret@h:6379").unwrap_err();
+        assert!(
+            !error.contains("s3cret") && error.contains("rediss://***@h:6379"),
+            "{error}"
+        );
+        let password: Password = "s3cret".parse().unwrap();
+        assert_eq!(format!("{:?}", Some(password)), "Some(***)");
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
