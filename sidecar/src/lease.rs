@@ -372,6 +372,10 @@ impl LeasedLedger {
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, RateUnit, f64)>, Refusal> {
         let minute = lease::minute_start(now);
+        // Asks for minutes gone are moot (the operator drops their keys).
+        state
+            .wanted
+            .retain(|k, _| lease::parse_rate_key(k).is_none_or(|p| p.start >= minute));
         let ask_ahead = now - minute >= chrono::Duration::seconds(60) - ASK_AHEAD;
         let mut short = false;
         let mut taken = Vec::new();
@@ -738,9 +742,13 @@ mod tests {
         assert_eq!(demand.settled, 3.0);
         assert_eq!(demand.basis, 3.0);
         assert!(demand.wanted >= 4.0, "{demand:?}");
-        // The next minute is a new key: nothing is held there yet.
+        // The next minute is a new key: nothing is held there yet; the ask
+        // for the minute gone is dropped.
         let next = at + chrono::Duration::minutes(1);
         assert_eq!(rated(&ledger, next), Err(Refusal::AwaitingGrant));
+        let demands = ledger.demands();
+        assert_eq!(demands[&key].wanted, 0.0, "{demands:?}");
+        assert!(demands[&lease::rate_key(TOKEN, next, RateUnit::Requests)].wanted > 0.0);
     }
 
     #[test]
