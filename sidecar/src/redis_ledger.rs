@@ -76,13 +76,16 @@ const HEARTBEAT_SCRIPT: &str = "local t = redis.call('TIME') \
     for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end \
     return 0";
 
-/// How long reservations live without news from their replica, and how
-/// often a replica pushes them on. [`Timings::default`] is
-/// [`RESERVATION_LEASE`] and [`HEARTBEAT`]; tests shorten them.
+/// How long reservations live without news from their replica, how often a
+/// replica pushes them on, how long Redis may take. [`Timings::default`] is
+/// [`RESERVATION_LEASE`], [`HEARTBEAT`] and [`COMMAND_TIMEOUT`]; tests
+/// change them.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     pub lease: Duration,
     pub heartbeat: Duration,
+    /// Longest a connection attempt or a command may take.
+    pub command_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -90,6 +93,7 @@ impl Default for Timings {
         Timings {
             lease: RESERVATION_LEASE,
             heartbeat: HEARTBEAT,
+            command_timeout: COMMAND_TIMEOUT,
         }
     }
 }
@@ -263,8 +267,8 @@ impl RedisLedger {
         }
         let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(timings.command_timeout))
+            .set_response_timeout(Some(timings.command_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
@@ -286,6 +290,17 @@ impl RedisLedger {
         ledger
             .runtime
             .spawn(heartbeat(Arc::downgrade(&ledger.shared), timings.heartbeat));
+        // Load the scripts now, so that the first request pays one EVALSHA
+        // rather than a connect, a NOSCRIPT and an EVAL.
+        let shared = ledger.shared.clone();
+        ledger.runtime.spawn(async move {
+            let mut conn = shared.conn.clone();
+            for script in [&shared.reserve, &shared.settle, &shared.heartbeat] {
+                if let Err(e) = script.prepare_invoke().load_async(&mut conn).await {
+                    debug!("budget store: script not loaded ahead: {}", e.category());
+                }
+            }
+        });
         tracing::info!(url = %shown, instance = %ledger.shared.instance,
             "budgets and rate limits shared through Redis");
         Ok(ledger)
@@ -413,7 +428,11 @@ impl RedisLedger {
                 .arg(&["cost", "tokens", "rcost", "rtokens"]);
         }
         let mut conn = self.shared.conn.clone();
-        let rows: Vec<Vec<Option<String>>> = timed(pipe.query_async(&mut conn)).await?;
+        let rows: Vec<Vec<Option<String>>> = timed(
+            self.shared.timings.command_timeout,
+            pipe.query_async(&mut conn),
+        )
+        .await?;
         budgets
             .iter()
             .zip(rows)
@@ -482,9 +501,12 @@ impl Shared {
                 .arg(*expire_at);
         }
         let mut conn = self.conn.clone();
-        let answer: (i64, i64, i64) = timed(invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|reason| Refusal::StoreUnavailable { reason })?;
+        let answer: (i64, i64, i64) = timed(
+            self.timings.command_timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|reason| Refusal::StoreUnavailable { reason })?;
         refusal_of(answer, call.budgets)
     }
 
@@ -535,7 +557,11 @@ impl Shared {
             invocation.key(key).arg(*expire_at);
         }
         let mut conn = self.conn.clone();
-        let done: i64 = timed(invocation.invoke_async(&mut conn)).await?;
+        let done: i64 = timed(
+            self.timings.command_timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
         if done == 2 {
             debug!(owner = %pending.owner, "settled a reservation that had expired");
         }
@@ -565,7 +591,11 @@ impl Shared {
                 invocation.arg(member);
             }
             let mut conn = self.conn.clone();
-            timed(invocation.invoke_async::<()>(&mut conn)).await?;
+            timed(
+                self.timings.command_timeout,
+                invocation.invoke_async::<()>(&mut conn),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -584,10 +614,13 @@ async fn heartbeat(shared: Weak<Shared>, every: Duration) {
     }
 }
 
-/// Runs a Redis call with [`COMMAND_TIMEOUT`] (the client's own timeouts do
+/// Runs a Redis call within `limit` ([`COMMAND_TIMEOUT`] by default) (the client's own timeouts do
 /// not bound a reconnect), turning every failure into a reason to refuse.
-async fn timed<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+async fn timed<T>(
+    limit: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if e.to_string().contains("POLICYBIND_CORRUPT") => {
             Err("Redis holds budget values PolicyBind did not write".to_string())
@@ -595,7 +628,7 @@ async fn timed<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T
         Ok(Err(e)) => Err(format!("Redis: {}", e.category())),
         Err(_) => Err(format!(
             "Redis did not answer within {} ms",
-            COMMAND_TIMEOUT.as_millis()
+            limit.as_millis()
         )),
     }
 }
