@@ -168,3 +168,59 @@ def test_a_gateway_in_policybinds_own_namespace_fails_to_render(chart):
 def test_schema_refuses_bad_gateway_values(chart, values):
     with pytest.raises(helm.HelmError):
         chart.validate_schema(values)
+
+
+REDIS = {"store": "redis", "redis": {"url": "redis://redis.shared:6379/2"}}
+
+
+def test_budgets_use_leases_by_default(render):
+    rendered = render(ON)
+    assert not any(a.startswith("--budget-store") for a in container_of(rendered)["args"])
+    webhook = rendered.get("Deployment", f"{FULL}-webhook")["spec"]["template"]["spec"]
+    assert not any("POLICYBIND_BUDGET_STORE" in a for a in webhook["containers"][0]["args"])
+
+
+def test_redis_budgets_reach_the_gateway_and_injected_sidecars(render):
+    rendered = render({"gateway": {"enabled": True}, "budgets": REDIS})
+    assert "--budget-store=redis://redis.shared:6379/2" in container_of(rendered)["args"]
+    assert "POLICYBIND_BUDGET_STORE_PASSWORD" not in env_of(container_of(rendered))
+    webhook = rendered.get("Deployment", f"{FULL}-webhook")["spec"]["template"]["spec"]
+    assert ("--sidecar-env=POLICYBIND_BUDGET_STORE=redis://redis.shared:6379/2"
+            in webhook["containers"][0]["args"])
+
+
+def test_a_redis_password_comes_from_a_secret_into_the_gateway_only(render):
+    budgets = {"store": "redis", "redis": {
+        "url": "redis://redis.shared:6379", "gatewayOnly": True,
+        "passwordSecret": {"name": "redis-auth", "key": "pw"}}}
+    rendered = render({"gateway": {"enabled": True}, "budgets": budgets})
+    env = env_of(container_of(rendered))
+    ref = env["POLICYBIND_BUDGET_STORE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "redis-auth", "key": "pw"}
+    webhook = rendered.get("Deployment", f"{FULL}-webhook")["spec"]["template"]["spec"]
+    assert not any("BUDGET_STORE" in a for a in webhook["containers"][0]["args"])
+
+
+@pytest.mark.parametrize(
+    "budgets, message",
+    [
+        ({"store": "redis"}, "needs budgets.redis.url"),
+        ({"store": "redis", "redis": {"url": "redis://h:1",
+                                      "passwordSecret": {"name": "s"}}}, "gateway only"),
+    ],
+    ids=["no-url", "password-for-sidecars"],
+)
+def test_unusable_redis_budgets_fail_to_render(chart, budgets, message):
+    with pytest.raises(helm.HelmError, match=message):
+        chart.render(values={"gateway": {"enabled": True}, "budgets": budgets}, name=RELEASE,
+                     namespace=NAMESPACE, is_install=True)
+
+
+@pytest.mark.parametrize(
+    "budgets",
+    [{"store": "memory"}, {"redis": {"url": "redis://user:pw@h:1"}}, {"redis": {"tls": True}}],
+    ids=["unknown-store", "credentials-in-url", "unknown-key"],
+)
+def test_schema_refuses_bad_budget_values(chart, budgets):
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"budgets": budgets})

@@ -11,6 +11,9 @@
 //! only while its own settled plus in-flight plus the request's estimate stays
 //! within its grant.
 //!
+//! Rate limits are leased the same way, one key per calendar minute
+//! ([`rate_key`]).
+//!
 //! Grants only grow within a period and are never handed back: a slice a pod
 //! holds counts as spent for everyone else, whether the pod spends it, idles or
 //! dies. That is what makes the sum safe without knowing what a dead pod spent
@@ -91,6 +94,75 @@ pub fn parse_budget_key(key: &str) -> Option<KeyParts<'_>> {
     })
 }
 
+/// What a rate key counts in one calendar minute.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RateUnit {
+    /// Requests admitted (`RateLimit.requestsPerMinute`).
+    Requests,
+    /// Estimated input plus output tokens, corrected at settle
+    /// (`RateLimit.tokensPerMinute`).
+    Tokens,
+}
+
+impl RateUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Requests => "requests",
+            RateUnit::Tokens => "tokens",
+        }
+    }
+}
+
+/// A rate limit of a token in one calendar minute (UTC), leased like a budget
+/// key: `<token id>|Minute|<minute start, RFC 3339 UTC>|<requests or tokens>`,
+/// e.g. `team-a/bot|Minute|2026-11-22T15:04:00Z|requests`. The operator grants
+/// at most the per-minute limit over all pods per minute, so across replicas
+/// the requests admitted in one calendar minute never exceed
+/// `requestsPerMinute`. `start` is truncated to its minute.
+pub fn rate_key(token: &str, start: DateTime<Utc>, unit: RateUnit) -> String {
+    let minute = minute_start(start);
+    format!(
+        "{token}|Minute|{}|{}",
+        minute.to_rfc3339_opts(SecondsFormat::Secs, true),
+        unit.as_str()
+    )
+}
+
+/// The start of the calendar minute (UTC) containing `time`.
+pub fn minute_start(time: DateTime<Utc>) -> DateTime<Utc> {
+    let seconds = time.timestamp().div_euclid(60) * 60;
+    DateTime::from_timestamp(seconds, 0).unwrap_or(time)
+}
+
+/// The parts of a [`rate_key`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateKeyParts<'a> {
+    pub token: &'a str,
+    pub start: DateTime<Utc>,
+    pub unit: RateUnit,
+}
+
+/// Parses a [`rate_key`]; `None` when it is not one (budget keys included).
+pub fn parse_rate_key(key: &str) -> Option<RateKeyParts<'_>> {
+    let mut parts = key.split('|');
+    let token = parts.next()?;
+    if parts.next()? != "Minute" {
+        return None;
+    }
+    let start = DateTime::parse_from_rfc3339(parts.next()?)
+        .ok()?
+        .with_timezone(&Utc);
+    let unit = match parts.next()? {
+        "requests" => RateUnit::Requests,
+        "tokens" => RateUnit::Tokens,
+        _ => return None,
+    };
+    if parts.next().is_some() || token.is_empty() || minute_start(start) != start {
+        return None;
+    }
+    Some(RateKeyParts { token, start, unit })
+}
+
 /// What one replica says about one budget key.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -165,6 +237,28 @@ mod tests {
             "a|Day|2026-11-22T00:00:00Z|usd|x",
         ] {
             assert!(parse_budget_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rate_keys_round_trip_and_are_not_budget_keys() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 15, 4, 37).unwrap();
+        let key = rate_key("team-a/bot", at, RateUnit::Requests);
+        assert_eq!(key, "team-a/bot|Minute|2026-11-22T15:04:00Z|requests");
+        let parts = parse_rate_key(&key).unwrap();
+        assert_eq!(parts.token, "team-a/bot");
+        assert_eq!(parts.start, minute_start(at));
+        assert_eq!(parts.unit, RateUnit::Requests);
+        assert!(parse_budget_key(&key).is_none());
+        assert!(parse_rate_key("team-a/bot|Day|2026-11-22T00:00:00Z|usd").is_none());
+        for bad in [
+            "a|Minute|2026-11-22T15:04:30Z|requests",
+            "a|Minute|2026-11-22T15:04:00Z|usd",
+            "|Minute|2026-11-22T15:04:00Z|tokens",
+            "a|Minute|x|tokens",
+            "a|Minute|2026-11-22T15:04:00Z|tokens|x",
+        ] {
+            assert!(parse_rate_key(bad).is_none(), "{bad}");
         }
     }
 

@@ -367,6 +367,11 @@ pub mod writers {
     }
 }
 
+/// Prefix of every Redis key of the Redis budget store: each owner's keys are
+/// `policybind:{<owner>}:...` (one hash tag per owner, so one Redis Cluster
+/// slot); a Redis ACL for enforcement points may allow `~policybind:*` only.
+pub const BUDGET_STORE_KEY_PREFIX: &str = "policybind:";
+
 /// Environment variables: what the webhook gives an injected sidecar, and the
 /// settings every `policybind` role reads.
 pub mod env {
@@ -427,6 +432,14 @@ pub mod env {
     pub const DECIDE_LISTEN: &str = "POLICYBIND_DECIDE_LISTEN";
     /// `true`: run `policybind sidecar` as the central gateway (no model container).
     pub const GATEWAY: &str = "POLICYBIND_GATEWAY";
+    /// Where enforcement points keep budgets and rate limits shared by
+    /// replicas (`policybind sidecar|serve --budget-store`): `leases` (the
+    /// operator's ledger, cluster default), `memory` (this process only,
+    /// `serve`'s default) or `redis://[user[:password]@]host:port[/db]`.
+    pub const BUDGET_STORE: &str = "POLICYBIND_BUDGET_STORE";
+    /// Password of the Redis budget store, when its URL carries none (the
+    /// chart fills it from `budgets.redis.passwordSecret`). Never logged.
+    pub const BUDGET_STORE_PASSWORD: &str = "POLICYBIND_BUDGET_STORE_PASSWORD";
 }
 
 #[cfg(test)]

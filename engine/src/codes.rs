@@ -35,6 +35,7 @@ codes! {
     OUTSIDE_SCHEDULE = "token", "The request falls outside the token's schedule (also the default code of rules with a schedule condition).";
     BUDGET_EXCEEDED = "token", "The estimated cost or tokens would exceed a budget of the current period: the token's own, or a per-token AIBudget's default (the message names it).";
     BUDGET_LEASE_UNAVAILABLE = "token", "The token has a budget and this replica holds no share of it that covers the request: the operator's ledger cannot be read (API server away, or not yet read since start) or granted no more in time. Fails closed; retry later.";
+    BUDGET_STORE_UNAVAILABLE = "token", "The token has a budget or rate limit kept in the shared budget store (Redis) and the store could not be used: unreachable within 200 ms, or it holds values PolicyBind did not write. Fails closed; retry later.";
     RATE_LIMITED = "token", "The token's requests or tokens per minute are used up (also a per-token AIBudget's default rate limit).";
     NAMESPACE_BUDGET_EXCEEDED = "scope", "The estimated cost or tokens would exceed a budget of an AIBudget of scope Namespace (the message names it).";
     TEAM_BUDGET_EXCEEDED = "scope", "The estimated cost or tokens would exceed a budget of an AIBudget of scope Team.";

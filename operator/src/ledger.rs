@@ -173,6 +173,49 @@ fn committed_elsewhere(ledgers: &HashMap<String, Ledger>, namespace: &str, key: 
         .sum()
 }
 
+/// The limit of a rate key ([`lease::rate_key`]): the owner's requests or
+/// tokens per minute, if the key names the current minute or the next one
+/// (replicas ask ahead in the last seconds of a minute) and the owner applies
+/// in `namespace` (a token valid there, or an AIBudget of that namespace).
+/// Separate from [`limit_of`]: keys of one kind never parse as the other.
+fn rate_limit_of(
+    key: &str,
+    namespace: &str,
+    limits: &Limits<'_>,
+    now: DateTime<Utc>,
+) -> Option<f64> {
+    let parts = lease::parse_rate_key(key)?;
+    let this_minute = lease::minute_start(now);
+    if parts.start != this_minute && parts.start != this_minute + chrono::Duration::minutes(1) {
+        return None;
+    }
+    let rate = match ai_budget::parse_owner(parts.token)? {
+        Owner::Token(id) => {
+            let token = limits.tokens.get(id)?;
+            let (token_ns, _) = id.split_once('/')?;
+            if !policybind_engine::scope::spec_valid_in(token_ns, &token.spec, namespace) {
+                return None;
+            }
+            token.spec.rate_limit.as_ref()?
+        }
+        Owner::Budget {
+            namespace: budget_ns,
+            name,
+            token,
+        } => {
+            let budget = limits.budgets.get(&format!("{budget_ns}/{name}"))?;
+            if budget_ns != namespace || budget.spec.per_token != token.is_some() {
+                return None;
+            }
+            budget.spec.rate_limit.as_ref()?
+        }
+    };
+    match parts.unit {
+        lease::RateUnit::Requests => rate.requests_per_minute.map(f64::from),
+        lease::RateUnit::Tokens => rate.tokens_per_minute.map(|t| t as f64),
+    }
+}
+
 /// The demands of every pod that reported in `namespace`, by pod name.
 pub fn demands_in(reports: &[Arc<ConfigMap>], namespace: &str) -> BTreeMap<String, Demands> {
     reports
@@ -466,7 +509,8 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
         };
         let others = ctx.state.ledgers.all();
         let next = next_ledger(&previous, &demands, &live, |key| {
-            let limit = limit_of(key, &namespace, &limits, now)?;
+            let limit = limit_of(key, &namespace, &limits, now)
+                .or_else(|| rate_limit_of(key, &namespace, &limits, now))?;
             Some(usable(
                 limit - committed_elsewhere(&others, &namespace, key),
             ))
@@ -681,6 +725,48 @@ mod tests {
         assert_eq!(a, 0.8);
         assert!((b - 0.2).abs() < 1e-12, "{b}");
         assert!(a + b <= 1.0 + 1e-12);
+    }
+
+    fn token_with_rate(rpm: Option<u32>, tpm: Option<u64>) -> HashMap<String, Arc<AccessToken>> {
+        let mut token = crate::testing::token("team-a", "bot").build();
+        token.spec.rate_limit = Some(policybind_crds::RateLimit {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        });
+        HashMap::from([("team-a/bot".to_string(), Arc::new(token))])
+    }
+
+    #[test]
+    fn rate_keys_of_this_minute_and_the_next_have_the_tokens_limits() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 15, 4, 55).unwrap();
+        let tokens = token_with_rate(Some(60), Some(10_000));
+        let key = |minute: u32, unit| {
+            let at = Utc.with_ymd_and_hms(2026, 11, 22, 15, minute, 0).unwrap();
+            lease::rate_key("team-a/bot", at, unit)
+        };
+        let budgets = HashMap::new();
+        let limits = Limits {
+            tokens: &tokens,
+            budgets: &budgets,
+        };
+        let of = |k: &str| rate_limit_of(k, "team-a", &limits, now);
+        assert_eq!(of(&key(4, lease::RateUnit::Requests)), Some(60.0));
+        assert_eq!(of(&key(5, lease::RateUnit::Tokens)), Some(10_000.0));
+        // Past minutes and minutes too far ahead are dropped.
+        assert_eq!(of(&key(3, lease::RateUnit::Requests)), None);
+        assert_eq!(of(&key(6, lease::RateUnit::Requests)), None);
+        // Not valid in another namespace; a budget key is not a rate key.
+        let elsewhere = rate_limit_of(&key(4, lease::RateUnit::Requests), "team-b", &limits, now);
+        assert_eq!(elsewhere, None);
+        assert_eq!(of("team-a/bot|Day|2026-11-22T00:00:00Z|usd"), None);
+        let no_tpm = token_with_rate(Some(60), None);
+        let limits = Limits {
+            tokens: &no_tpm,
+            budgets: &budgets,
+        };
+        let tokens_key = key(4, lease::RateUnit::Tokens);
+        assert_eq!(rate_limit_of(&tokens_key, "team-a", &limits, now), None);
     }
 
     fn any_side() -> impl Strategy<Value = PodSide> {

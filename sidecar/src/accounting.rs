@@ -36,6 +36,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use policybind_crds::common::{add_usd, clamp_usd};
 use policybind_crds::{BudgetPeriod, RateLimit};
 use policybind_engine::compile::CompiledBudget;
@@ -77,6 +78,17 @@ impl Amount {
 /// Identifies one reservation until it is settled or released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservationId(u64);
+
+impl ReservationId {
+    /// An id a ledger numbers itself.
+    pub(crate) fn from_raw(id: u64) -> Self {
+        ReservationId(id)
+    }
+
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+}
 
 /// What one token settled in one budget period: the ledger's side of a usage
 /// report (`crate::usage`). Reservations in flight are not included; they are
@@ -122,6 +134,11 @@ pub enum Refusal {
         "this replica holds no budget lease that covers the request and cannot reach the operator's ledger"
     )]
     LeaseUnavailable,
+    /// The shared budget store (Redis, `crate::redis_ledger`) cannot be
+    /// reached in time or holds values PolicyBind did not write: refused
+    /// (fail closed).
+    #[error("the budget store cannot be used: {reason}")]
+    StoreUnavailable { reason: String },
 }
 
 /// Where usage is counted. Implementations must be safe under concurrency:
@@ -140,6 +157,31 @@ pub trait UsageLedger: Send + Sync + 'static {
         estimate: Amount,
         now: DateTime<Utc>,
     ) -> Result<ReservationId, Refusal>;
+
+    /// [`UsageLedger::usage`] for the request path: a ledger whose tallies
+    /// live elsewhere (`crate::redis_ledger`) reads them without blocking.
+    fn usage_shared<'a>(
+        &'a self,
+        token: &'a str,
+        budgets: &'a [CompiledBudget],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Vec<UsageSoFar>> {
+        Box::pin(std::future::ready(self.usage(token, budgets, now)))
+    }
+
+    /// [`UsageLedger::reserve`] for the request path: a ledger whose tallies
+    /// live elsewhere (`crate::redis_ledger`) reserves without blocking.
+    fn reserve_shared<'a>(
+        &'a self,
+        token: &'a str,
+        limits: TokenLimits<'a>,
+        estimate: Amount,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<ReservationId, Refusal>> {
+        Box::pin(std::future::ready(
+            self.reserve(token, limits, estimate, now),
+        ))
+    }
 
     /// Replaces a reservation's estimate with the actual usage.
     fn settle(&self, id: ReservationId, actual: Amount, now: DateTime<Utc>);

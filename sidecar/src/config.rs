@@ -133,6 +133,10 @@ pub struct Settings {
     /// [`crate::usage_file`]): read before serving, written at most every
     /// second and at shutdown. `None`: spend is kept in memory only.
     pub usage_file: Option<PathBuf>,
+    /// Budgets and rate limits kept in Redis, shared by every replica using
+    /// the same Redis (`crate::redis_ledger`); takes the place of the
+    /// operator's leases. `None`: leases in a cluster, this process otherwise.
+    pub budget_store: Option<crate::redis_ledger::RedisStoreSettings>,
     /// Label per-token metrics with the token (one series per token and
     /// period per process); off: bounded series, see [`crate::metrics`].
     pub metrics_token_labels: bool,
@@ -210,6 +214,7 @@ impl Settings {
             limits: Limits::default(),
             usage_report: None,
             usage_file: None,
+            budget_store: None,
             metrics_token_labels: false,
             rejection_summary_interval: Duration::from_secs(60),
             upstream_label: None,

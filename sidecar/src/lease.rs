@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use policybind_crds::lease::{self, Demand, Demands, Ledger, Unit};
+use policybind_crds::RateLimit;
+use policybind_crds::lease::{self, Demand, Demands, Ledger, RateUnit, Unit};
 use policybind_crds::wire::{self, keys};
 use policybind_engine::compile::CompiledBudget;
 use policybind_engine::request::UsageSoFar;
@@ -55,6 +56,8 @@ pub const IDLE_READ: Duration = Duration::from_secs(2);
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Ask ahead when the unspent grant is below this share of a slice (2 s of 10).
 const LOW_WATER_SHARE: f64 = 0.2;
+/// Rate keys of the next minute are asked for this long before it starts.
+const ASK_AHEAD: chrono::Duration = chrono::Duration::seconds(10);
 
 /// Where this pod's grants come from.
 #[derive(Debug, Clone)]
@@ -79,6 +82,11 @@ struct State {
     pending: HashMap<ReservationId, (String, Vec<(String, f64)>)>,
     /// Token to its recent settled spend `(when, usd, tokens)`.
     spend: HashMap<String, VecDeque<(Instant, f64, f64)>>,
+    /// Rate key to what this pod admitted in its minute: requests, or
+    /// estimated tokens corrected at settle.
+    minute_used: HashMap<String, f64>,
+    /// Reservation to its tokens-per-minute key and estimate.
+    rate_pending: HashMap<ReservationId, (String, f64)>,
 }
 
 impl State {
@@ -105,6 +113,25 @@ impl State {
             .iter()
             .map(|(_, usd, tokens)| if unit == Unit::Usd { *usd } else { *tokens })
             .sum()
+    }
+
+    /// Ten seconds of this pod's recent requests (`Requests`) or settled
+    /// tokens (`Tokens`) of `token`.
+    fn rate_slice(&mut self, token: &str, unit: RateUnit) -> f64 {
+        let tokens = self.slice(token, Unit::Tokens);
+        match unit {
+            RateUnit::Tokens => tokens,
+            RateUnit::Requests => self.spend.get(token).map_or(0, VecDeque::len) as f64,
+        }
+    }
+
+    /// Counts `amount` in `key`'s minute, forgetting minutes before the last.
+    fn count_in_minute(&mut self, key: &str, amount: f64, now: DateTime<Utc>) {
+        let previous = lease::minute_start(now) - chrono::Duration::minutes(1);
+        self.minute_used
+            .retain(|k, _| lease::parse_rate_key(k).is_some_and(|p| p.start >= previous));
+        let used = self.minute_used.entry(key.to_string()).or_insert(0.0);
+        *used = (*used + amount).max(0.0);
     }
 
     fn in_flight(&self, key: &str) -> f64 {
@@ -221,6 +248,16 @@ impl LeasedLedger {
         keys.dedup();
         keys.into_iter()
             .filter_map(|key| {
+                if lease::parse_rate_key(key).is_some() {
+                    // What this pod admitted in the minute, in flight included.
+                    let demand = Demand {
+                        settled: state.minute_used.get(key).copied().unwrap_or(0.0),
+                        in_flight: 0.0,
+                        wanted: state.wanted.get(key).copied().unwrap_or(0.0),
+                        basis: state.ledger.granted(key, &self.pod),
+                    };
+                    return Some((key.clone(), demand));
+                }
                 let parts = lease::parse_budget_key(key)?;
                 let settled = settled
                     .iter()
@@ -292,6 +329,103 @@ impl LeasedLedger {
     }
 }
 
+/// The rate keys a request of `estimate` takes now: `(key, unit, limit, need)`.
+fn rate_keys_of(
+    token: &str,
+    rate: Option<&RateLimit>,
+    estimate: Amount,
+    now: DateTime<Utc>,
+) -> Vec<(String, RateUnit, f64, f64)> {
+    let Some(rate) = rate else {
+        return vec![];
+    };
+    let limits = [
+        (
+            RateUnit::Requests,
+            rate.requests_per_minute.map(f64::from),
+            1.0,
+        ),
+        (
+            RateUnit::Tokens,
+            rate.tokens_per_minute.map(|t| t as f64),
+            estimate.tokens as f64,
+        ),
+    ];
+    limits
+        .into_iter()
+        .filter_map(|(unit, limit, need)| {
+            Some((lease::rate_key(token, now, unit), unit, limit?, need))
+        })
+        .collect()
+}
+
+impl LeasedLedger {
+    /// Checks the grants of this minute's rate keys for `estimate`; asks for
+    /// more where short, and in the last [`ASK_AHEAD`] of a minute asks for
+    /// the next minute's, so that steady load does not wait at the boundary.
+    fn check_rate_grants(
+        &self,
+        state: &mut State,
+        token: &str,
+        rate: Option<&RateLimit>,
+        estimate: Amount,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, RateUnit, f64)>, Refusal> {
+        let minute = lease::minute_start(now);
+        // Asks for minutes gone are moot (the operator drops their keys).
+        state
+            .wanted
+            .retain(|k, _| lease::parse_rate_key(k).is_none_or(|p| p.start >= minute));
+        let ask_ahead = now - minute >= chrono::Duration::seconds(60) - ASK_AHEAD;
+        let mut short = false;
+        let mut taken = Vec::new();
+        for (key, unit, limit, need) in rate_keys_of(token, rate, estimate, now) {
+            let used = state.minute_used.get(&key).copied().unwrap_or(0.0);
+            let held = state.ledger.granted(&key, &self.pod);
+            let slice = state.rate_slice(token, unit).max(need * 4.0).min(limit);
+            if used + need > held {
+                if state
+                    .ledger
+                    .keys
+                    .get(&key)
+                    .is_some_and(|k| k.remaining <= 0.0)
+                {
+                    let next = minute + chrono::Duration::minutes(1);
+                    return Err(Refusal::RateLimited {
+                        what: match unit {
+                            RateUnit::Requests => "requests per minute",
+                            RateUnit::Tokens => "tokens per minute",
+                        },
+                        retry_after: (next - now).to_std().unwrap_or_default(),
+                    });
+                }
+                state.wanted.insert(key.clone(), slice);
+                short = true;
+            } else if held - used - need < slice * LOW_WATER_SHARE {
+                state.wanted.entry(key.clone()).or_insert(slice);
+                self.asking.notify_one();
+            }
+            if ask_ahead {
+                let next = lease::rate_key(token, minute + chrono::Duration::minutes(1), unit);
+                if state.ledger.granted(&next, &self.pod) < slice * LOW_WATER_SHARE {
+                    state.wanted.entry(next).or_insert(slice);
+                    self.asking.notify_one();
+                }
+            }
+            taken.push((key, unit, need));
+        }
+        if short {
+            self.asking.notify_one();
+            return Err(if state.fresh() {
+                Refusal::AwaitingGrant
+            } else {
+                Refusal::LeaseUnavailable
+            });
+        }
+        Ok(taken)
+    }
+}
+
 impl UsageLedger for LeasedLedger {
     fn usage(
         &self,
@@ -309,7 +443,10 @@ impl UsageLedger for LeasedLedger {
         estimate: Amount,
         now: DateTime<Utc>,
     ) -> Result<ReservationId, Refusal> {
-        if limits.budgets.is_empty() {
+        let rated = limits
+            .rate
+            .is_some_and(|r| r.requests_per_minute.is_some() || r.tokens_per_minute.is_some());
+        if limits.budgets.is_empty() && !rated {
             return self.inner.reserve(token, limits, estimate, now);
         }
         // One lock over check and reservation: concurrent requests cannot
@@ -318,8 +455,18 @@ impl UsageLedger for LeasedLedger {
         if !state.ready() {
             return Err(Refusal::LeaseUnavailable);
         }
-        let taken = self.check_grants(&mut state, token, limits.budgets, estimate, now)?;
+        let budgets = self.check_grants(&mut state, token, limits.budgets, estimate, now);
+        // Rate keys are asked for even when a budget is short.
+        let rates = self.check_rate_grants(&mut state, token, limits.rate, estimate, now);
+        let (taken, rates) = (budgets?, rates?);
+        // The process's own token bucket still smooths bursts within a minute.
         let id = self.inner.reserve(token, limits, estimate, now)?;
+        for (key, unit, need) in rates {
+            state.count_in_minute(&key, need, now);
+            if unit == RateUnit::Tokens {
+                state.rate_pending.insert(id, (key, need));
+            }
+        }
         state.pending.insert(id, (token.to_string(), taken));
         Ok(id)
     }
@@ -327,6 +474,9 @@ impl UsageLedger for LeasedLedger {
     fn settle(&self, id: ReservationId, actual: Amount, now: DateTime<Utc>) {
         self.inner.settle(id, actual, now);
         let mut state = self.lock();
+        if let Some((key, estimate)) = state.rate_pending.remove(&id) {
+            state.count_in_minute(&key, actual.tokens as f64 - estimate, now);
+        }
         if let Some((token, _)) = state.pending.remove(&id) {
             state.spend.entry(token).or_default().push_back((
                 Instant::now(),
@@ -338,7 +488,13 @@ impl UsageLedger for LeasedLedger {
 
     fn release(&self, id: ReservationId, now: DateTime<Utc>) {
         self.inner.release(id, now);
-        self.lock().pending.remove(&id);
+        let mut state = self.lock();
+        state.pending.remove(&id);
+        // The request still counts against requests per minute; its
+        // estimated tokens are given back.
+        if let Some((key, estimate)) = state.rate_pending.remove(&id) {
+            state.count_in_minute(&key, -estimate, now);
+        }
     }
 
     fn extend(
@@ -567,5 +723,124 @@ mod tests {
                 .reserve(TOKEN, limits, Amount::default(), now())
                 .is_ok()
         );
+    }
+
+    fn rate_ledger(requests: f64, remaining: f64, at: DateTime<Utc>) -> LeasedLedger {
+        let ledger = LeasedLedger::new("pod-1");
+        ledger.report_restored();
+        let key = lease::rate_key(TOKEN, at, RateUnit::Requests);
+        ledger.apply_ledger(Ledger {
+            keys: BTreeMap::from([(
+                key,
+                KeyLedger {
+                    limit: 10.0,
+                    remaining,
+                    grants: BTreeMap::from([("pod-1".to_string(), requests)]),
+                },
+            )]),
+        });
+        ledger
+    }
+
+    fn rated(ledger: &LeasedLedger, at: DateTime<Utc>) -> Result<ReservationId, Refusal> {
+        let rate = RateLimit {
+            requests_per_minute: Some(10),
+            tokens_per_minute: None,
+        };
+        let limits = TokenLimits {
+            rate: Some(&rate),
+            budgets: &[],
+        };
+        ledger.reserve(TOKEN, limits, Amount::new(0.0, 10), at)
+    }
+
+    #[test]
+    fn requests_per_minute_are_spent_from_this_minutes_grant_then_asked_for() {
+        let at = now();
+        let ledger = rate_ledger(3.0, 7.0, at);
+        for _ in 0..3 {
+            let id = rated(&ledger, at).unwrap();
+            // A failed request still counts against requests per minute.
+            ledger.release(id, at);
+        }
+        assert_eq!(rated(&ledger, at), Err(Refusal::AwaitingGrant));
+        let key = lease::rate_key(TOKEN, at, RateUnit::Requests);
+        let demand = ledger.demands()[&key];
+        assert_eq!(demand.settled, 3.0);
+        assert_eq!(demand.basis, 3.0);
+        assert!(demand.wanted >= 4.0, "{demand:?}");
+        // The next minute is a new key: nothing is held there yet; the ask
+        // for the minute gone is dropped.
+        let next = at + chrono::Duration::minutes(1);
+        assert_eq!(rated(&ledger, next), Err(Refusal::AwaitingGrant));
+        let demands = ledger.demands();
+        assert_eq!(demands[&key].wanted, 0.0, "{demands:?}");
+        assert!(demands[&lease::rate_key(TOKEN, next, RateUnit::Requests)].wanted > 0.0);
+    }
+
+    #[test]
+    fn nothing_left_of_a_minute_is_rate_limited_until_the_next() {
+        let at = now() + chrono::Duration::seconds(20);
+        let ledger = rate_ledger(1.0, 0.0, at);
+        rated(&ledger, at).unwrap();
+        match rated(&ledger, at) {
+            Err(Refusal::RateLimited { what, retry_after }) => {
+                assert_eq!(what, "requests per minute");
+                assert_eq!(retry_after, Duration::from_secs(40));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_next_minute_is_asked_for_in_the_last_seconds_of_this_one() {
+        let early = now() + chrono::Duration::seconds(30);
+        let ledger = rate_ledger(5.0, 5.0, early);
+        rated(&ledger, early).unwrap();
+        let next = lease::rate_key(
+            TOKEN,
+            now() + chrono::Duration::minutes(1),
+            RateUnit::Requests,
+        );
+        assert!(!ledger.demands().contains_key(&next));
+        let late = now() + chrono::Duration::seconds(55);
+        rated(&ledger, late).unwrap();
+        let demand = ledger.demands()[&next];
+        assert!(demand.wanted > 0.0 && demand.basis == 0.0, "{demand:?}");
+    }
+
+    #[test]
+    fn tokens_per_minute_count_estimates_corrected_at_settle() {
+        let at = now();
+        let ledger = LeasedLedger::new("pod-1");
+        ledger.report_restored();
+        let key = lease::rate_key(TOKEN, at, RateUnit::Tokens);
+        ledger.apply_ledger(Ledger {
+            keys: BTreeMap::from([(
+                key.clone(),
+                KeyLedger {
+                    limit: 1000.0,
+                    remaining: 0.0,
+                    grants: BTreeMap::from([("pod-1".to_string(), 1000.0)]),
+                },
+            )]),
+        });
+        let rate = RateLimit {
+            requests_per_minute: None,
+            tokens_per_minute: Some(1000),
+        };
+        let limits = TokenLimits {
+            rate: Some(&rate),
+            budgets: &[],
+        };
+        let id = ledger
+            .reserve(TOKEN, limits, Amount::new(0.0, 800), at)
+            .unwrap();
+        assert!(matches!(
+            ledger.reserve(TOKEN, limits, Amount::new(0.0, 300), at),
+            Err(Refusal::RateLimited { .. })
+        ));
+        ledger.settle(id, Amount::new(0.0, 100), at);
+        assert_eq!(ledger.demands()[&key].settled, 100.0);
     }
 }

@@ -55,6 +55,7 @@ pub mod models;
 pub mod output;
 pub mod pipeline;
 pub mod providers;
+pub mod redis_ledger;
 pub mod refusal;
 pub mod rejections;
 pub mod rounds;
@@ -110,6 +111,8 @@ pub enum Error {
     Upstream(#[from] upstream::UpstreamError),
     #[error(transparent)]
     UsageFile(#[from] usage_file::UsageFileError),
+    #[error(transparent)]
+    BudgetStore(#[from] redis_ledger::StoreError),
 }
 
 /// What the server is built from besides its settings.
@@ -502,18 +505,24 @@ pub async fn start(settings: Settings, deps: Dependencies) -> Result<Running, Er
         ));
     }
 
-    // Budgets shared with other replicas through the operator's ledger when
-    // this pod reports usage in a cluster; one process's own ledger otherwise.
-    let leases = match (&deps.ledger, &settings.usage_report, kube) {
-        (None, Some(report), Some(_)) if report.ledger_home.is_some() => {
+    // Budgets shared with other replicas through Redis when one is given,
+    // else through the operator's ledger when this pod reports usage in a
+    // cluster; one process's own ledger otherwise.
+    let redis = match (&deps.ledger, &settings.budget_store) {
+        (None, Some(store)) => Some(Arc::new(redis_ledger::RedisLedger::connect(store)?)),
+        _ => None,
+    };
+    let leases = match (&deps.ledger, &redis, &settings.usage_report, kube) {
+        (None, None, Some(report), Some(_)) if report.ledger_home.is_some() => {
             Some(Arc::new(lease::LeasedLedger::new(&report.pod)))
         }
         _ => None,
     };
-    let ledger = match (deps.ledger, &leases) {
-        (Some(ledger), _) => ledger,
-        (None, Some(leases)) => leases.clone() as Arc<dyn UsageLedger>,
-        (None, None) => Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>,
+    let ledger = match (deps.ledger, redis, &leases) {
+        (Some(ledger), _, _) => ledger,
+        (None, Some(redis), _) => redis as Arc<dyn UsageLedger>,
+        (None, None, Some(leases)) => leases.clone() as Arc<dyn UsageLedger>,
+        (None, None, None) => Arc::new(InProcessLedger::new()) as Arc<dyn UsageLedger>,
     };
     let persister = restore_usage_file(&settings, &ledger)?;
     let audit = deps.audit;

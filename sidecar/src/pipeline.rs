@@ -169,7 +169,7 @@ impl AppState {
             time: now,
             estimated_input_tokens: asked.estimated_input_tokens,
             estimated_output_tokens: asked.estimated_output_tokens,
-            usage: self.ledger.usage(call.token, budgets, now),
+            usage: self.ledger.usage_shared(call.token, budgets, now).await,
             approved,
             prompt: Some(std::mem::take(&mut call.asked.prompt)),
             labels: std::mem::take(&mut call.asked.labels),
@@ -277,7 +277,7 @@ impl AppState {
         loop {
             let granted = self.ledger.grant_changed();
             let notified = granted.as_ref().map(|n| n.notified());
-            match self.ledger.reserve(token, limits, amount, now) {
+            match self.ledger.reserve_shared(token, limits, amount, now).await {
                 Err(LedgerRefusal::AwaitingGrant) => {}
                 other => return other,
             }
@@ -311,6 +311,13 @@ impl AppState {
             LedgerRefusal::AwaitingGrant | LedgerRefusal::LeaseUnavailable => {
                 let mut r = Refusal::new(Stage::Budget, codes::BUDGET_LEASE_UNAVAILABLE, message);
                 r.hint = Some(Box::new(Hint::RetryAfter(crate::lease::GRANT_WAIT)));
+                r
+            }
+            LedgerRefusal::StoreUnavailable { .. } => {
+                let mut r = Refusal::new(Stage::Budget, codes::BUDGET_STORE_UNAVAILABLE, message);
+                r.hint = Some(Box::new(Hint::RetryAfter(std::time::Duration::from_secs(
+                    1,
+                ))));
                 r
             }
         }

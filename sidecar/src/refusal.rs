@@ -134,7 +134,8 @@ pub fn status_for(code: &str) -> (StatusCode, &'static str) {
         codes::NO_POLICY_SET
         | codes::AUDIT_UNAVAILABLE
         | codes::ROUTE_UNAVAILABLE
-        | codes::BUDGET_LEASE_UNAVAILABLE => {
+        | codes::BUDGET_LEASE_UNAVAILABLE
+        | codes::BUDGET_STORE_UNAVAILABLE => {
             (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
         }
         codes::APPROVAL_REQUIRED => (StatusCode::FORBIDDEN, "approval_required"),

@@ -159,3 +159,28 @@ annotations:
 {{- define "policybind.dashboardName" -}}
 {{- printf "%s-dashboard" (include "policybind.fullname" .) }}
 {{- end }}
+
+{{/*
+The budget store of enforcement points, `leases` or `redis`, checked:
+Redis needs a URL without credentials, and a password Secret only reaches the
+gateway (injected sidecars run in workload namespaces).
+*/}}
+{{- define "policybind.budgetStore" -}}
+{{- $b := .Values.budgets -}}
+{{- if eq $b.store "leases" -}}
+leases
+{{- else if eq $b.store "redis" -}}
+{{- if not (hasPrefix "redis://" $b.redis.url) -}}
+{{- fail "budgets.store=redis needs budgets.redis.url = redis://host:port[/db]" -}}
+{{- end -}}
+{{- if contains "@" $b.redis.url -}}
+{{- fail "budgets.redis.url must not carry credentials (they would show in pod specs): use budgets.redis.passwordSecret" -}}
+{{- end -}}
+{{- if and $b.redis.passwordSecret.name (not $b.redis.gatewayOnly) -}}
+{{- fail "budgets.redis.passwordSecret reaches the gateway only; injected sidecars cannot be given it: set budgets.redis.gatewayOnly=true, or use a Redis without a password behind a NetworkPolicy" -}}
+{{- end -}}
+redis
+{{- else -}}
+{{- fail (printf "budgets.store must be leases or redis, not %q" $b.store) -}}
+{{- end -}}
+{{- end -}}

@@ -25,6 +25,7 @@ use policybind_sidecar::config::{
 };
 use policybind_sidecar::credentials::{CredentialSettings, ProviderKey};
 use policybind_sidecar::providers::TokenEstimates;
+use policybind_sidecar::redis_ledger::{RedisStoreSettings, redact_url};
 
 /// Options shared by `serve` and `sidecar`: upstreams, provider keys, limits
 /// and request handling.
@@ -146,6 +147,17 @@ pub struct ProxyArgs {
     /// per token and period per process when on).
     #[arg(long, env = wire::env::METRICS_TOKEN_LABELS)]
     pub metrics_token_labels: bool,
+    /// Where budgets and rate limits are counted: `leases` (shared with the
+    /// other replicas through the operator's ledger; the sidecar's and
+    /// gateway's default), `memory` (this process only; `serve`'s default) or
+    /// `redis://[user[:password]@]host:port[/db]` (every replica using that
+    /// Redis shares them exactly; see docs/sidecar.md, "With Redis"). Requests
+    /// with limits are refused with BUDGET_STORE_UNAVAILABLE while Redis is away.
+    #[arg(long, env = wire::env::BUDGET_STORE, value_parser = parse_budget_store, hide_env_values = true)]
+    pub budget_store: Option<BudgetStoreArg>,
+    /// Password of the Redis budget store when its URL has none.
+    #[arg(long, env = wire::env::BUDGET_STORE_PASSWORD, hide_env_values = true)]
+    pub budget_store_password: Option<Password>,
     /// Seconds between audit records summarising refused unauthenticated requests.
     #[arg(
         long,
@@ -154,6 +166,54 @@ pub struct ProxyArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub rejection_summary_secs: u64,
+}
+
+/// A password given on the command line or in the environment: never shown
+/// (Debug prints `***`).
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Password(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `--budget-store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BudgetStoreArg {
+    Memory,
+    Leases,
+    Redis(String),
+}
+
+impl std::fmt::Debug for BudgetStoreArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BudgetStoreArg::Memory => f.write_str("Memory"),
+            BudgetStoreArg::Leases => f.write_str("Leases"),
+            BudgetStoreArg::Redis(url) => write!(f, "Redis({})", redact_url(url)),
+        }
+    }
+}
+
+fn parse_budget_store(text: &str) -> Result<BudgetStoreArg, String> {
+    match text {
+        "memory" => Ok(BudgetStoreArg::Memory),
+        "leases" => Ok(BudgetStoreArg::Leases),
+        url if url.starts_with("redis://") => Ok(BudgetStoreArg::Redis(url.to_string())),
+        other => Err(format!(
+            "{:?} is none of `memory`, `leases`, `redis://host:port[/db]` (TLS, `rediss://`, is not supported)",
+            redact_url(other)
+        )),
+    }
 }
 
 fn parse_credential_env(text: &str) -> Result<((String, String), String), String> {
@@ -200,6 +260,13 @@ impl ProxyArgs {
         settings.workers = match self.workers {
             Some(n) => usize::from(n),
             None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        settings.budget_store = match &self.budget_store {
+            Some(BudgetStoreArg::Redis(url)) => Some(RedisStoreSettings {
+                url: url.clone(),
+                password: self.budget_store_password.clone().map(|p| p.0),
+            }),
+            _ => None,
         };
     }
 }
@@ -357,6 +424,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "--config {} is not a directory",
         args.config.display()
     );
+    anyhow::ensure!(
+        args.proxy.budget_store != Some(BudgetStoreArg::Leases),
+        "--budget-store leases needs the operator's ledger in a cluster; `policybind serve` takes `memory` or `redis://...`"
+    );
     let (upstream_url, upstream_label) = upstream(&args).await?;
     let state = StatePaths::resolve(&args)?;
     tracing::info!(
@@ -415,6 +486,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_stores_parse_and_never_show_credentials() {
+        assert_eq!(parse_budget_store("memory"), Ok(BudgetStoreArg::Memory));
+        assert_eq!(parse_budget_store("leases"), Ok(BudgetStoreArg::Leases));
+        let redis = parse_budget_store("redis://u:s3cret@h:6379/1").unwrap();
+        assert_eq!(format!("{redis:?}"), "Redis(redis://***@h:6379/1)");
+        let error = parse_budget_store("rediss://u:s3cret@h:6379").unwrap_err();
+        assert!(
+            !error.contains("s3cret") && error.contains("rediss://***@h:6379"),
+            "{error}"
+        );
+        let password: Password = "s3cret".parse().unwrap();
+        assert_eq!(format!("{:?}", Some(password)), "Some(***)");
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {

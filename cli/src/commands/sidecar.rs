@@ -21,7 +21,7 @@ use policybind_sidecar::cluster::BundleSource;
 use policybind_sidecar::config::{ApprovalSettings, Settings, SourceSettings};
 use policybind_sidecar::usage::UsageReportSettings;
 
-use super::serve::ProxyArgs;
+use super::serve::{BudgetStoreArg, ProxyArgs};
 
 /// Arguments of `policybind sidecar`.
 #[derive(clap::Args, Debug)]
@@ -152,7 +152,9 @@ fn settings(args: &SidecarArgs, bundle_namespace: String, writer_id: &str) -> Se
         namespace: args.namespace.clone(),
         pod: args.pod_name.clone(),
         interval: Duration::from_secs(args.usage_report_interval_secs),
-        ledger_home: Some(home),
+        // `memory`: each process counts alone (no leases); Redis takes the
+        // leases' place when given.
+        ledger_home: (args.proxy.budget_store != Some(BudgetStoreArg::Memory)).then_some(home),
     });
     args.proxy.apply(&mut settings, None);
     settings
