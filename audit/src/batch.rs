@@ -93,6 +93,12 @@ impl BatchTask {
             // Its records are this writer's (it signed them): seal them now.
             let open = task.open_of(name, &segment);
             let sealed = task.sealed_of(open, RecordTime::new(Utc::now()));
+            // Held like any queued record until written: `release` takes
+            // exactly this off again (without it the count wraps below zero
+            // and the queue reads as full for ever).
+            task.shared
+                .held_bytes
+                .fetch_add(sealed.record_bytes(), Ordering::Relaxed);
             task.sealed.push_back(sealed);
         }
         task

@@ -845,3 +845,39 @@ async fn sixty_mib_of_planted_segments_before_retention_push_out_no_real_segment
     assert!(verified.is_ok(), "{:?}", verified.problems);
     assert_eq!(verified.total_records(), 200);
 }
+
+/// A hard kill leaves the open segment written but unsealed; the restarted
+/// writer adopts and seals it. Its records must count against the queue until
+/// written exactly as they are taken off after, or the queue reads as full for
+/// ever and every later decision is refused with AUDIT_UNAVAILABLE.
+#[test]
+fn a_writer_that_adopts_an_open_segment_keeps_its_whole_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirectoryStore::open(dir.path()).unwrap());
+    let killed = tokio::runtime::Runtime::new().unwrap();
+    let first = killed.block_on(async {
+        let writer = AuditWriter::start(AuditConfig::new(WRITER, key()), store.clone())
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            writer.append(event(i)).unwrap();
+        }
+        writer.flush().await.unwrap();
+        writer
+    });
+    // kill -9: the runtime goes, its writer task with it, nothing is sealed.
+    drop(killed);
+    drop(first);
+    let restarted = tokio::runtime::Runtime::new().unwrap();
+    restarted.block_on(async {
+        let writer = AuditWriter::start(AuditConfig::new(WRITER, key()), store)
+            .await
+            .unwrap();
+        writer.flush().await.unwrap();
+        // What is left is the restart's own lifecycle record, in the open segment.
+        let stats = writer.stats();
+        assert!(stats.queued_bytes < 4096, "{stats:?}");
+        writer.append(event(6)).unwrap();
+        writer.shutdown().await.unwrap();
+    });
+}

@@ -22,6 +22,7 @@
 //! test panics ([`process`]).
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod fixtures;
 pub mod flows;
 pub mod http;
@@ -32,6 +33,7 @@ pub mod scenario;
 pub mod settings;
 pub mod system;
 pub mod upstream;
+pub mod writes;
 
 pub use scenario::{Scenario, scenario};
 pub use settings::{Mode, Settings};

@@ -27,6 +27,7 @@ exit $status"#;
 #[derive(Debug)]
 pub struct Process {
     name: String,
+    program: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -63,9 +64,58 @@ impl Process {
             .with_context(|| format!("start {name} ({})", program.display()))?;
         Ok(Process {
             name: name.to_string(),
+            program: program.to_path_buf(),
             child,
             log,
         })
+    }
+
+    /// SIGKILL the process itself (not its guard), as the kernel's OOM killer
+    /// or a `kill -9` would: no signal handler runs, nothing is flushed.
+    /// Returns once it is gone.
+    pub fn kill_hard(&self) -> Result<()> {
+        let pid = self.program_pid()?;
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("run kill")?;
+        if !status.success() {
+            bail!("kill -KILL {pid} ({}) failed: {status}", self.name);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The guard waits for it, so it does not linger as a zombie.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if Instant::now() >= deadline {
+                bail!("{} (pid {pid}) still running 10 s after SIGKILL", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The pid of the program under the guard: the guard's child whose
+    /// command line starts with the program's path.
+    fn program_pid(&self) -> Result<u32> {
+        let guard = self.child.id();
+        let program = self.program.as_os_str().as_encoded_bytes();
+        for entry in std::fs::read_dir("/proc").context("read /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after `)`.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if parent == Some(guard) && cmdline.split(|b| *b == 0).next() == Some(program) {
+                return Ok(pid);
+            }
+        }
+        bail!("{} is not running under its guard (pid {guard})", self.name)
     }
 
     /// Fail if the process already exited, with the end of its log.
@@ -160,6 +210,35 @@ mod tests {
             "SIGTERM was not enough"
         );
         assert!(!proc_dir.exists(), "process {pid} outlived its handle");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn kill_hard_kills_the_program_and_not_only_its_guard() {
+        let dir = std::env::temp_dir().join(format!("pb-e2e-kill-{}", std::process::id()));
+        let mut process = Process::start(
+            "sleeper",
+            Path::new("/bin/sleep"),
+            &["30".into()],
+            &[],
+            dir.join("log"),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pid = loop {
+            if let Ok(pid) = process.program_pid() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        process.kill_hard().unwrap();
+        assert!(!PathBuf::from(format!("/proc/{pid}")).exists());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process.check_running().is_ok() {
+            assert!(Instant::now() < deadline, "the guard outlived the program");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

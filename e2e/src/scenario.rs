@@ -310,6 +310,18 @@ impl Scenario {
     /// its upstream (the model container, which does not run here) is replaced
     /// by `upstream`.
     pub async fn start_sidecar(&self, upstream: &Upstream, pod_name: &str) -> Result<Sidecar> {
+        self.start_sidecar_logged(upstream, pod_name, "sidecar")
+            .await
+    }
+
+    /// [`Scenario::start_sidecar`] with its log in `<namespace>-<pod>-<log>.log`:
+    /// a container restarted under the same pod name keeps the first log.
+    pub async fn start_sidecar_logged(
+        &self,
+        upstream: &Upstream,
+        pod_name: &str,
+        log: &str,
+    ) -> Result<Sidecar> {
         let pod: Pod = self
             .api::<Pod>()
             .get(pod_name)
@@ -362,7 +374,7 @@ impl Scenario {
             &launch.env,
             self.settings
                 .log_dir
-                .join(format!("{}-{pod_name}-sidecar.log", self.namespace)),
+                .join(format!("{}-{pod_name}-{log}.log", self.namespace)),
         )?;
         let mut sidecar = Sidecar { listen, process };
         // Listening is enough here; a scenario waits for the decisions it needs.
@@ -494,12 +506,19 @@ pub struct Sidecar {
 impl Sidecar {
     /// `POST /v1/chat/completions` for `model`, with `token` as bearer if given.
     pub async fn chat(&self, token: Option<&str>, model: &str) -> Result<Response> {
-        let body = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": "Say hello to the e2e suite."}],
-            "max_tokens": 16
-        })
-        .to_string();
+        self.chat_with(token, &chat_body(model), Duration::from_secs(10))
+            .await
+    }
+
+    /// `POST /v1/chat/completions` with `body`, waiting up to `timeout` for the
+    /// whole answer (a stream ends with the connection).
+    pub async fn chat_with(
+        &self,
+        token: Option<&str>,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let body = body.to_string();
         let bearer = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(bearer) = bearer.as_deref() {
@@ -511,13 +530,28 @@ impl Sidecar {
             "/v1/chat/completions",
             &headers,
             Some(body.as_bytes()),
-            Duration::from_secs(10),
+            timeout,
         )
         .await
+    }
+
+    /// SIGKILL the sidecar process, as `kill -9` would (nothing flushed).
+    pub fn kill_hard(&self) -> Result<()> {
+        self.process.kill_hard()
     }
 
     /// The end of the sidecar's log, for failure messages.
     pub fn log_tail(&self) -> String {
         self.process.log_tail(30)
     }
+}
+
+/// The chat request [`Sidecar::chat`] sends for `model`: one short prompt,
+/// at most 16 output tokens.
+pub fn chat_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello to the e2e suite."}],
+        "max_tokens": 16
+    })
 }

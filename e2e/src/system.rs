@@ -51,6 +51,18 @@ pub struct System {
     /// Files of this test process (keys, kubeconfigs, mounted volumes).
     pub work_dir: PathBuf,
     processes: Mutex<Vec<Process>>,
+    /// How each local process was started, in the order of `processes`, so it
+    /// can be started again ([`System::restart_exited`]).
+    launches: Vec<LocalStart>,
+}
+
+/// What a local control-plane process was started with.
+#[derive(Debug, Clone)]
+struct LocalStart {
+    name: String,
+    binary: PathBuf,
+    launch: Launch,
+    log: PathBuf,
 }
 
 static SYSTEM: OnceLock<Result<System, String>> = OnceLock::new();
@@ -134,6 +146,7 @@ impl System {
             },
             work_dir: work_dir()?,
             processes: Mutex::new(Vec::new()),
+            launches: Vec::new(),
         })
     }
 
@@ -209,18 +222,24 @@ impl System {
 
         let logs = &settings.log_dir;
         let binary_name = test_binary_name();
-        let controller = start_launch(
-            "policybind controller",
-            &settings.binary,
-            controller_launch.clone(),
-            logs.join(format!("{binary_name}-controller.log")),
-        )?;
-        let webhook = start_launch(
-            "policybind webhook",
-            &settings.binary,
-            webhook_launch.clone(),
-            logs.join(format!("{binary_name}-webhook.log")),
-        )?;
+        let launches = vec![
+            LocalStart {
+                name: "policybind controller".into(),
+                binary: settings.binary.clone(),
+                launch: controller_launch.clone(),
+                log: logs.join(format!("{binary_name}-controller.log")),
+            },
+            LocalStart {
+                name: "policybind webhook".into(),
+                binary: settings.binary.clone(),
+                launch: webhook_launch.clone(),
+                log: logs.join(format!("{binary_name}-webhook.log")),
+            },
+        ];
+        let processes = launches
+            .iter()
+            .map(|start| start.run(&start.log))
+            .collect::<Result<Vec<_>>>()?;
         let controller_health = controller_launch.listen("0.0.0.0:8080")?.to_string();
         let webhook_health = webhook_launch.listen("0.0.0.0:8080")?.to_string();
         let audit_key = chart_audit_key(&rendered, &fullname, &work)?;
@@ -231,7 +250,8 @@ impl System {
             audit_key,
             rendered,
             work_dir: work,
-            processes: Mutex::new(vec![controller, webhook]),
+            processes: Mutex::new(processes),
+            launches,
         };
         for addr in [&controller_health, &webhook_health] {
             if let Err(error) = crate::http::wait_ok(addr, "/readyz", Duration::from_secs(60)).await
@@ -250,6 +270,26 @@ impl System {
             process.check_running()?;
         }
         Ok(())
+    }
+
+    /// Start again every local process that exited, with the same arguments,
+    /// environment and credentials, as a kubelet restarts a container
+    /// (`restartPolicy: Always`); its log continues in `<log>.restarts.log`.
+    /// Returns the names of those restarted. The operator exits on purpose
+    /// when it could not renew its leader Lease in time (an API server outage
+    /// longer than the Lease), counting on exactly this.
+    pub fn restart_exited(&self) -> Result<Vec<String>> {
+        let mut processes = self.processes.lock().expect("not poisoned");
+        let mut restarted = Vec::new();
+        for (process, start) in processes.iter_mut().zip(&self.launches) {
+            if process.check_running().is_ok() {
+                continue;
+            }
+            let log = start.log.with_extension("restarts.log");
+            *process = start.run(&log)?;
+            restarted.push(start.name.clone());
+        }
+        Ok(restarted)
     }
 
     /// Out-of-cluster "uninstall": stop the local processes and remove the
@@ -299,8 +339,16 @@ async fn local_launch(
     Ok(launch)
 }
 
-fn start_launch(name: &str, binary: &Path, launch: Launch, log: PathBuf) -> Result<Process> {
-    Process::start(name, binary, &launch.args, &launch.env, log)
+impl LocalStart {
+    fn run(&self, log: &Path) -> Result<Process> {
+        Process::start(
+            &self.name,
+            &self.binary,
+            &self.launch.args,
+            &self.launch.env,
+            log.to_path_buf(),
+        )
+    }
 }
 
 /// The webhook's HTTPS container port in the chart.

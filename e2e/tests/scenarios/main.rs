@@ -5,6 +5,7 @@
 mod admission;
 mod audit;
 mod budgets;
+mod budgets_proof;
 mod check;
 mod compliance;
 mod dashboard;
