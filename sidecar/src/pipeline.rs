@@ -216,6 +216,7 @@ impl AppState {
                     loaded: call.loaded.clone(),
                     token: call.token.to_string(),
                     ids,
+                    settled: false,
                     estimate,
                     decided: Decided {
                         request_id: call.request_id.to_string(),
@@ -565,6 +566,8 @@ pub struct Reservation {
     /// One reservation per owner charged (the token, then AIBudgets), with
     /// the owner; empty once settled or released.
     ids: Vec<(ReservationId, String)>,
+    /// Whether [`Reservation::settle`] ran.
+    settled: bool,
     pub estimate: Estimate,
     decided: Decided,
 }
@@ -574,10 +577,13 @@ impl Reservation {
     /// provider did not report is counted by source and recorded in the audit
     /// trail, so that what was charged on an estimate can be told apart.
     pub fn settle(&mut self, usage: crate::providers::Usage, source: UsageSource) {
-        let ids = std::mem::take(&mut self.ids);
-        if ids.is_empty() {
+        // Settled once; a request charged to no owner (a token without any
+        // limit) is still counted and, when estimated, recorded.
+        if self.settled {
             return;
         }
+        self.settled = true;
+        let ids = std::mem::take(&mut self.ids);
         let (input_tokens, output_tokens) = (usage.input_tokens, usage.output_tokens);
         let cost = self
             .loaded
