@@ -352,6 +352,10 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
         // immutable, written at once.
         let sealed = loop {
             let (method, uri, _, body, respond) = next_request(&mut handle).await;
+            // Measured from request to request (not from our answer, which
+            // comes later), with a few milliseconds for the timer's jitter.
+            let since = last_write.elapsed();
+            last_write = tokio::time::Instant::now();
             assert_eq!(
                 (method, uri.as_str()),
                 (Method::PATCH, apply_path(&name).as_str())
@@ -362,11 +366,9 @@ async fn writer_lists_once_writes_one_batch_per_interval_retries_when_the_api_is
                 break body;
             }
             assert!(
-                last_write.elapsed() >= interval,
-                "wrote again after {:?}",
-                last_write.elapsed()
+                since + Duration::from_millis(20) >= interval,
+                "wrote again after {since:?}"
             );
-            last_write = tokio::time::Instant::now();
         };
         (handle, records(&sealed))
     });
