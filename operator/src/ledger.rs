@@ -120,34 +120,53 @@ pub struct Limits<'a> {
     pub budgets: &'a HashMap<String, Arc<AIBudget>>,
 }
 
+/// What an owner id may be granted in one namespace's ledger.
+struct OwnerLimits<'a> {
+    budgets: &'a [Budget],
+    rate: Option<&'a policybind_crds::RateLimit>,
+}
+
+impl<'a> Limits<'a> {
+    /// The limits of `owner` in the ledger of `namespace`: a token valid
+    /// there, or an AIBudget of that namespace itself (per-token ids only of
+    /// a per-token AIBudget, and the other way round); `None` for anything
+    /// else, a forged or malformed id included.
+    fn owner_in(&self, owner: &str, namespace: &str) -> Option<OwnerLimits<'a>> {
+        match ai_budget::parse_owner(owner)? {
+            Owner::Token(id) => {
+                let token = self.tokens.get(id)?;
+                let (token_ns, _) = id.split_once('/')?;
+                let spec: &AccessTokenSpec = &token.spec;
+                policybind_engine::scope::spec_valid_in(token_ns, spec, namespace).then_some(
+                    OwnerLimits {
+                        budgets: &spec.budgets,
+                        rate: spec.rate_limit.as_ref(),
+                    },
+                )
+            }
+            Owner::Budget {
+                namespace: budget_ns,
+                name,
+                token,
+            } => {
+                let budget = self.budgets.get(&format!("{budget_ns}/{name}"))?;
+                let applies = budget_ns == namespace && budget.spec.per_token == token.is_some();
+                applies.then_some(OwnerLimits {
+                    budgets: &budget.spec.budgets,
+                    rate: budget.spec.rate_limit.as_ref(),
+                })
+            }
+        }
+    }
+}
+
 /// The limit of a budget key in the ledger of `namespace`, if the key names a
 /// current period of a budget its owner has: a token valid in `namespace`, or
 /// an AIBudget of `namespace` itself (an AIBudget covers requests decided in
 /// its own namespace only, so a pod elsewhere asking for its keys gets nothing).
 fn limit_of(key: &str, namespace: &str, limits: &Limits<'_>, now: DateTime<Utc>) -> Option<f64> {
     let parts = lease::parse_budget_key(key)?;
-    let budgets: &[Budget] = match ai_budget::parse_owner(parts.token)? {
-        Owner::Token(id) => {
-            let token = limits.tokens.get(id)?;
-            let (token_ns, _) = id.split_once('/')?;
-            let spec: &AccessTokenSpec = &token.spec;
-            if !policybind_engine::scope::spec_valid_in(token_ns, spec, namespace) {
-                return None;
-            }
-            &spec.budgets
-        }
-        Owner::Budget {
-            namespace: budget_ns,
-            name,
-            token,
-        } => {
-            let budget = limits.budgets.get(&format!("{budget_ns}/{name}"))?;
-            if budget_ns != namespace || budget.spec.per_token != token.is_some() {
-                return None;
-            }
-            &budget.spec.budgets
-        }
-    };
+    let budgets = limits.owner_in(parts.token, namespace)?.budgets;
     if crate::usage::period_start_of(budgets, parts.period, now) != parts.start {
         return None;
     }
@@ -189,27 +208,7 @@ fn rate_limit_of(
     if parts.start != this_minute && parts.start != this_minute + chrono::Duration::minutes(1) {
         return None;
     }
-    let rate = match ai_budget::parse_owner(parts.token)? {
-        Owner::Token(id) => {
-            let token = limits.tokens.get(id)?;
-            let (token_ns, _) = id.split_once('/')?;
-            if !policybind_engine::scope::spec_valid_in(token_ns, &token.spec, namespace) {
-                return None;
-            }
-            token.spec.rate_limit.as_ref()?
-        }
-        Owner::Budget {
-            namespace: budget_ns,
-            name,
-            token,
-        } => {
-            let budget = limits.budgets.get(&format!("{budget_ns}/{name}"))?;
-            if budget_ns != namespace || budget.spec.per_token != token.is_some() {
-                return None;
-            }
-            budget.spec.rate_limit.as_ref()?
-        }
-    };
+    let rate = limits.owner_in(parts.token, namespace)?.rate?;
     match parts.unit {
         lease::RateUnit::Requests => rate.requests_per_minute.map(f64::from),
         lease::RateUnit::Tokens => rate.tokens_per_minute.map(|t| t as f64),
