@@ -211,6 +211,33 @@ impl Ledger {
             .copied()
             .unwrap_or(0.0)
     }
+
+    /// The pods that hold a slice of `key`, counting `pod` even before its
+    /// first grant.
+    pub fn holders(&self, key: &str, pod: &str) -> usize {
+        let grants = self.keys.get(key).map(|k| &k.grants);
+        let others = grants.map_or(0, |g| g.keys().filter(|p| *p != pod).count());
+        others + 1
+    }
+}
+
+/// The least share of a key's limit that the replicas holding it ask for at
+/// once, split evenly among them ([`least_slice`]).
+pub const LEAST_SLICE_SHARE: f64 = 0.01;
+
+/// The least a replica asks for at once under a key of `limit` held by
+/// `holders` replicas: 1% of the limit among them. Without it a pod whose
+/// recent spend is small (a quiet pod, or one that just started) would ask for
+/// a few requests' worth and wait for the operator's next round (about a
+/// second) every few requests. What a slice strands is bounded: all replicas
+/// together hold at most about 1% of the limit unspent this way, and the
+/// operator never grants more than an equal share of what remains.
+pub fn least_slice(limit: f64, holders: usize) -> f64 {
+    if limit.is_finite() && limit > 0.0 {
+        limit * LEAST_SLICE_SHARE / holders.max(1) as f64
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@
 //! with `BUDGET_EXCEEDED` at once.
 //!
 //! Slices are sized from this pod's own spend: it asks for about ten seconds of
-//! its recent spend (at least four times the request that ran short), and asks
-//! ahead, as soon as what it holds unspent falls below two seconds of spend, so
+//! its recent spend (at least four times the request that ran short, and at
+//! least [`lease::least_slice`], 1% of the limit shared by the pods holding the
+//! key), and asks ahead, as soon as what it holds unspent falls below two seconds of spend, so
 //! that under steady load requests do not wait.
 //!
 //! Before the pod has read back its own report and the ledger once, it holds
@@ -296,7 +297,12 @@ impl LeasedLedger {
         for (key, index, used, need) in keys_of(token, budgets, &usage, estimate, now) {
             let held = state.ledger.granted(&key, &self.pod);
             let unit = lease::parse_budget_key(&key).map_or(Unit::Usd, |p| p.unit);
-            let slice = state.slice(token, unit).max(need * 4.0);
+            let limit = match unit {
+                Unit::Usd => budgets[index].max_cost_usd.unwrap_or(0.0),
+                Unit::Tokens => budgets[index].max_tokens.map_or(0.0, |t| t as f64),
+            };
+            let least = lease::least_slice(limit, state.ledger.holders(&key, &self.pod));
+            let slice = state.slice(token, unit).max(need * 4.0).max(least);
             if used + need > held {
                 let exhausted = state
                     .ledger
@@ -382,7 +388,12 @@ impl LeasedLedger {
         for (key, unit, limit, need) in rate_keys_of(token, rate, estimate, now) {
             let used = state.minute_used.get(&key).copied().unwrap_or(0.0);
             let held = state.ledger.granted(&key, &self.pod);
-            let slice = state.rate_slice(token, unit).max(need * 4.0).min(limit);
+            let least = lease::least_slice(limit, state.ledger.holders(&key, &self.pod));
+            let slice = state
+                .rate_slice(token, unit)
+                .max(need * 4.0)
+                .max(least)
+                .min(limit);
             if used + need > held {
                 if state
                     .ledger
@@ -776,6 +787,55 @@ mod tests {
         let demands = ledger.demands();
         assert_eq!(demands[&key].wanted, 0.0, "{demands:?}");
         assert!(demands[&lease::rate_key(TOKEN, next, RateUnit::Requests)].wanted > 0.0);
+    }
+
+    #[test]
+    fn a_quiet_pod_under_a_large_limit_asks_for_a_share_of_the_limit_not_a_few_requests() {
+        let at = now();
+        let key = lease::rate_key(TOKEN, at, RateUnit::Requests);
+        let ledger = LeasedLedger::new("pod-1");
+        ledger.report_restored();
+        let grant = |requests: f64| Ledger {
+            keys: BTreeMap::from([(
+                key.clone(),
+                KeyLedger {
+                    limit: 100_000.0,
+                    remaining: 100_000.0 - requests,
+                    grants: BTreeMap::from([
+                        ("pod-1".to_string(), requests),
+                        ("pod-2".to_string(), 0.0),
+                    ]),
+                },
+            )]),
+        };
+        ledger.apply_ledger(grant(0.0));
+        let rate = RateLimit {
+            requests_per_minute: Some(100_000),
+            tokens_per_minute: None,
+        };
+        let limits = || TokenLimits {
+            rate: Some(&rate),
+            budgets: &[],
+        };
+        let one = || ledger.reserve(TOKEN, limits(), Amount::new(0.0, 10), at);
+        assert_eq!(one(), Err(Refusal::AwaitingGrant));
+        // 1% of 100 000 requests between the two pods holding the key: 500,
+        // where ten seconds of spend (none) or four requests would be a few.
+        assert_eq!(ledger.demands()[&key].wanted, 500.0);
+        ledger.apply_ledger(grant(500.0));
+        for _ in 0..400 {
+            one().unwrap();
+        }
+        assert_eq!(
+            ledger.demands()[&key].wanted,
+            0.0,
+            "no ask while 20% is left"
+        );
+        one().unwrap();
+        assert!(
+            ledger.demands()[&key].wanted >= 500.0,
+            "asks ahead once less than a fifth of the slice is left"
+        );
     }
 
     #[test]
