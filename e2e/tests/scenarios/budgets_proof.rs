@@ -254,6 +254,11 @@ fn sigkill_during_a_stream_neither_overspends_nor_resets_spend() {
             match response.status {
                 200 => break killed_at.elapsed(),
                 _ if response.mentions("BUDGET_LEASE_UNAVAILABLE") => unavailable_first += 1,
+                // Not ready yet (its bundle is still being read): a kubelet's
+                // readiness probe would keep the Service's traffic away.
+                503 if response.mentions("NO_POLICY_SET") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
                 _ => bail!("restarted sidecar answered {}", response.summary()),
             }
             ensure!(
