@@ -201,14 +201,43 @@ def test_a_redis_password_comes_from_a_secret_into_the_gateway_only(render):
     assert not any("BUDGET_STORE" in a for a in webhook["containers"][0]["args"])
 
 
+def test_redis_over_tls_with_a_private_ca_mounts_it_into_the_gateway(render):
+    budgets = {"store": "redis", "redis": {
+        "url": "rediss://redis.shared:6380/1", "gatewayOnly": True,
+        "ca": {"configMap": "redis-ca", "key": "bundle.pem"}}}
+    rendered = render({"gateway": {"enabled": True}, "budgets": budgets})
+    container = container_of(rendered)
+    assert "--budget-store=rediss://redis.shared:6380/1" in container["args"]
+    assert "--budget-store-ca-file=/etc/policybind/budget-store-ca/bundle.pem" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "budget-store-ca")
+    assert mount == {"name": "budget-store-ca", "mountPath": "/etc/policybind/budget-store-ca",
+                     "readOnly": True}
+    pod = rendered.get("Deployment", GATEWAY)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "budget-store-ca")
+    assert volume["configMap"] == {"name": "redis-ca"}
+
+
+def test_redis_over_tls_with_public_roots_reaches_injected_sidecars(render):
+    rendered = render({"gateway": {"enabled": True},
+                       "budgets": {"store": "redis", "redis": {"url": "rediss://redis.shared:6380"}}})
+    assert not any(a.startswith("--budget-store-ca-file") for a in container_of(rendered)["args"])
+    webhook = rendered.get("Deployment", f"{FULL}-webhook")["spec"]["template"]["spec"]
+    assert ("--sidecar-env=POLICYBIND_BUDGET_STORE=rediss://redis.shared:6380"
+            in webhook["containers"][0]["args"])
+
+
 @pytest.mark.parametrize(
     "budgets, message",
     [
         ({"store": "redis"}, "needs budgets.redis.url"),
+        ({"store": "redis", "redis": {"url": "rediss://h:1", "ca": {"configMap": "c"}}},
+         "injected sidecars check"),
+        ({"store": "redis", "redis": {"url": "redis://h:1", "gatewayOnly": True,
+                                      "ca": {"configMap": "c"}}}, "must be rediss://"),
         ({"store": "redis", "redis": {"url": "redis://h:1",
                                       "passwordSecret": {"name": "s"}}}, "gateway only"),
     ],
-    ids=["no-url", "password-for-sidecars"],
+    ids=["no-url", "private-ca-for-sidecars", "ca-without-tls", "password-for-sidecars"],
 )
 def test_unusable_redis_budgets_fail_to_render(chart, budgets, message):
     with pytest.raises(helm.HelmError, match=message):

@@ -435,11 +435,15 @@ pub mod env {
     /// Where enforcement points keep budgets and rate limits shared by
     /// replicas (`policybind sidecar|serve --budget-store`): `leases` (the
     /// operator's ledger, cluster default), `memory` (this process only,
-    /// `serve`'s default) or `redis://[user[:password]@]host:port[/db]`.
+    /// `serve`'s default) or `redis://[user[:password]@]host:port[/db]`
+    /// (`rediss://` for TLS).
     pub const BUDGET_STORE: &str = "POLICYBIND_BUDGET_STORE";
     /// Password of the Redis budget store, when its URL carries none (the
     /// chart fills it from `budgets.redis.passwordSecret`). Never logged.
     pub const BUDGET_STORE_PASSWORD: &str = "POLICYBIND_BUDGET_STORE_PASSWORD";
+    /// PEM file of the CA certificates trusted for a `rediss://` budget store
+    /// instead of the platform's (for a Redis with a private CA).
+    pub const BUDGET_STORE_CA_FILE: &str = "POLICYBIND_BUDGET_STORE_CA_FILE";
 }
 
 #[cfg(test)]

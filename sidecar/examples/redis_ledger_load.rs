@@ -29,6 +29,7 @@ async fn main() {
     let store = RedisStoreSettings {
         url,
         password: None,
+        ca_file: None,
     };
     let ledger = Arc::new(RedisLedger::connect(&store).expect("redis url"));
     for concurrency in [1usize, 16] {

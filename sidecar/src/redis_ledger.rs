@@ -111,11 +111,14 @@ pub enum StoreError {
 /// (Debug) without its credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreSettings {
-    /// `redis://[user[:password]@]host:port[/db]`.
+    /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
     /// Used when the URL carries no password
     /// ([`policybind_crds::wire::env::BUDGET_STORE_PASSWORD`]).
     pub password: Option<String>,
+    /// PEM CA certificates trusted for `rediss://` instead of the platform's
+    /// roots ([`policybind_crds::wire::env::BUDGET_STORE_CA_FILE`]).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisStoreSettings {
@@ -123,6 +126,7 @@ impl std::fmt::Debug for RedisStoreSettings {
         f.debug_struct("RedisStoreSettings")
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -242,7 +246,11 @@ impl std::fmt::Debug for RedisLedger {
 
 impl RedisLedger {
     /// A ledger on the Redis at `url` (`redis://[user[:password]@]host:port[/db]`,
-    /// `rediss://` for TLS is not built in). `password`, when given, is used
+    /// or `rediss://` for TLS: the server's certificate is checked against the
+    /// platform's roots, or only against `ca_file` when given, and its host
+    /// name must match; there is no way to turn the check off). A CA file that
+    /// cannot be read or holds no certificate is an error here, at start, not
+    /// at the first request. `password`, when given, is used
     /// unless the URL has one. Does not wait for Redis: a Redis that is away
     /// refuses requests (fail closed) until it is back. Must be called inside
     /// a Tokio runtime; the heartbeat runs on it until the ledger is dropped.
@@ -265,7 +273,38 @@ impl RedisLedger {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let client = match (&store.ca_file, tls) {
+            (Some(path), true) => {
+                let pem = std::fs::read(path).map_err(|e| StoreError::Url {
+                    url: shown.clone(),
+                    message: format!("cannot read the CA file {}: {e}", path.display()),
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(StoreError::Url {
+                        url: shown,
+                        message: format!("the CA file {} holds no PEM certificate", path.display()),
+                    });
+                }
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )?
+            }
+            (Some(path), false) => {
+                return Err(StoreError::Url {
+                    url: shown,
+                    message: format!(
+                        "a CA file ({}) is given but the URL is not rediss:// (TLS)",
+                        path.display()
+                    ),
+                });
+            }
+            (None, _) => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timings.command_timeout))
             .set_response_timeout(Some(timings.command_timeout))

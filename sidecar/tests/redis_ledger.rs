@@ -40,6 +40,7 @@ impl RedisServer {
         RedisStoreSettings {
             url: self.url(),
             password: None,
+            ca_file: None,
         }
     }
 
@@ -539,6 +540,7 @@ async fn the_documented_acl_is_enough_and_nothing_less_passes() {
     let store = |user: &str| RedisStoreSettings {
         url: format!("redis://{user}@127.0.0.1:{}/0", redis.port),
         password: Some("pw".into()),
+        ca_file: None,
     };
     let timings = Timings {
         lease: Duration::from_secs(2),
@@ -569,4 +571,135 @@ async fn the_documented_acl_is_enough_and_nothing_less_passes() {
         matches!(refused, Err(Refusal::StoreUnavailable { .. })),
         "{refused:?}"
     );
+}
+
+/// A CA, and a server certificate for `localhost` and 127.0.0.1 signed by it,
+/// written as PEM files into `dir` (`<name>-ca.pem`, `<name>-cert.pem`,
+/// `<name>-key.pem`).
+fn test_ca(dir: &Path, name: &str) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join(format!("{name}-ca.pem")), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-cert.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_works_and_an_untrusted_or_plain_connection_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    test_ca(dir.path(), "redis");
+    test_ca(dir.path(), "other");
+    let port = free_port();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // Debian's redis-server is built with TLS: only a TLS port, no plain one.
+    let _redis = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", &file("redis-cert.pem")])
+            .args(["--tls-key-file", &file("redis-key.pem")])
+            .args(["--tls-ca-cert-file", &file("redis-ca.pem")])
+            .args(["--tls-auth-clients", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server)"),
+    );
+    let budgets = day_budget(Some(1.0), None);
+    let limits = no_rate(&budgets);
+    let store = |url: String, ca: Option<&str>| RedisStoreSettings {
+        url,
+        password: None,
+        ca_file: ca.map(|name| dir.path().join(name)),
+    };
+    let tls_url = format!("rediss://localhost:{port}/0");
+    let trusted = connect(&store(tls_url.clone(), Some("redis-ca.pem")));
+    // The server may still be starting: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        match trusted
+            .reserve_shared("ns/tok", limits, Amount::new(0.4, 1), Utc::now())
+            .await
+        {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "never reached Redis over TLS: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    trusted.settle(id, Amount::new(0.4, 1), Utc::now());
+    assert!((settled_in_redis(&trusted, "ns/tok", &budgets).await - 0.4).abs() < 1e-9);
+    // The same budget, read over TLS by a second replica.
+    let second = connect(&store(tls_url.clone(), Some("redis-ca.pem")));
+    assert!(
+        (second.usage_shared("ns/tok", &budgets, Utc::now()).await[0].cost_usd - 0.4).abs() < 1e-9
+    );
+    // A server whose certificate another CA signed is not trusted; nor is a
+    // plain connection to the TLS port answered: both fail closed.
+    for refused_store in [
+        store(tls_url.clone(), Some("other-ca.pem")),
+        store(tls_url.clone(), None),
+        store(format!("redis://localhost:{port}/0"), None),
+    ] {
+        let ledger = connect(&refused_store);
+        let refused = ledger
+            .reserve_shared("ns/tok", limits, Amount::new(0.1, 1), Utc::now())
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::StoreUnavailable { .. })),
+            "{refused_store:?}: {refused:?}"
+        );
+    }
+    // Mistakes in the settings are errors at start.
+    let not_pem = dir.path().join("not-pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (bad, expected) in [
+        (
+            store(tls_url.clone(), Some("missing.pem")),
+            "cannot read the CA file",
+        ),
+        (
+            store(tls_url.clone(), Some("not-pem")),
+            "holds no PEM certificate",
+        ),
+        (
+            store(format!("redis://localhost:{port}/0"), Some("redis-ca.pem")),
+            "not rediss://",
+        ),
+    ] {
+        let error = RedisLedger::connect_with(&bad, patient())
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

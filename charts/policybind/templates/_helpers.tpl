@@ -170,8 +170,14 @@ gateway (injected sidecars run in workload namespaces).
 {{- if eq $b.store "leases" -}}
 leases
 {{- else if eq $b.store "redis" -}}
-{{- if not (hasPrefix "redis://" $b.redis.url) -}}
-{{- fail "budgets.store=redis needs budgets.redis.url = redis://host:port[/db]" -}}
+{{- if not (or (hasPrefix "redis://" $b.redis.url) (hasPrefix "rediss://" $b.redis.url)) -}}
+{{- fail "budgets.store=redis needs budgets.redis.url = redis://host:port[/db] or rediss://host:port[/db]" -}}
+{{- end -}}
+{{- if and $b.redis.ca.configMap (not (hasPrefix "rediss://" $b.redis.url)) -}}
+{{- fail "budgets.redis.ca is for TLS: budgets.redis.url must be rediss://" -}}
+{{- end -}}
+{{- if and $b.redis.ca.configMap (not $b.redis.gatewayOnly) -}}
+{{- fail "budgets.redis.ca reaches the gateway only; injected sidecars check the Redis certificate against the platform's roots: set budgets.redis.gatewayOnly=true, or give Redis a certificate from a public CA" -}}
 {{- end -}}
 {{- if contains "@" $b.redis.url -}}
 {{- fail "budgets.redis.url must not carry credentials (they would show in pod specs): use budgets.redis.passwordSecret" -}}

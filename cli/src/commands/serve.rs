@@ -151,13 +151,18 @@ pub struct ProxyArgs {
     /// other replicas through the operator's ledger; the sidecar's and
     /// gateway's default), `memory` (this process only; `serve`'s default) or
     /// `redis://[user[:password]@]host:port[/db]` (every replica using that
-    /// Redis shares them exactly; see docs/sidecar.md, "With Redis"). Requests
+    /// Redis shares them exactly; see docs/sidecar.md, "With Redis"), or
+    /// `rediss://...` for Redis over TLS. Requests
     /// with limits are refused with BUDGET_STORE_UNAVAILABLE while Redis is away.
     #[arg(long, env = wire::env::BUDGET_STORE, value_parser = parse_budget_store, hide_env_values = true)]
     pub budget_store: Option<BudgetStoreArg>,
     /// Password of the Redis budget store when its URL has none.
     #[arg(long, env = wire::env::BUDGET_STORE_PASSWORD, hide_env_values = true)]
     pub budget_store_password: Option<Password>,
+    /// PEM file of the CA certificates trusted for a `rediss://` budget store,
+    /// instead of the platform's roots (for a Redis with a private CA).
+    #[arg(long, env = wire::env::BUDGET_STORE_CA_FILE)]
+    pub budget_store_ca_file: Option<PathBuf>,
     /// Seconds between audit records summarising refused unauthenticated requests.
     #[arg(
         long,
@@ -208,9 +213,11 @@ fn parse_budget_store(text: &str) -> Result<BudgetStoreArg, String> {
     match text {
         "memory" => Ok(BudgetStoreArg::Memory),
         "leases" => Ok(BudgetStoreArg::Leases),
-        url if url.starts_with("redis://") => Ok(BudgetStoreArg::Redis(url.to_string())),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(BudgetStoreArg::Redis(url.to_string()))
+        }
         other => Err(format!(
-            "{:?} is none of `memory`, `leases`, `redis://host:port[/db]` (TLS, `rediss://`, is not supported)",
+            "{:?} is none of `memory`, `leases`, `redis://host:port[/db]`, `rediss://host:port[/db]`",
             redact_url(other)
         )),
     }
@@ -265,6 +272,7 @@ impl ProxyArgs {
             Some(BudgetStoreArg::Redis(url)) => Some(RedisStoreSettings {
                 url: url.clone(),
                 password: self.budget_store_password.clone().map(|p| p.0),
+                ca_file: self.budget_store_ca_file.clone(),
             }),
             _ => None,
         };
@@ -493,9 +501,11 @@ mod tests {
         assert_eq!(parse_budget_store("leases"), Ok(BudgetStoreArg::Leases));
         let redis = parse_budget_store("redis://u:s3cret@h:6379/1").unwrap();
         assert_eq!(format!("{redis:?}"), "Redis(redis://***@h:6379/1)");
-        let error = parse_budget_store("rediss://u:s3cret@h:6379").unwrap_err();
+        let tls = parse_budget_store("rediss://u:s3cret@h:6379").unwrap();
+        assert_eq!(format!("{tls:?}"), "Redis(rediss://***@h:6379)");
+        let error = parse_budget_store("redsi://u:s3cret@h:6379").unwrap_err();
         assert!(
-            !error.contains("s3cret") && error.contains("rediss://***@h:6379"),
+            !error.contains("s3cret") && error.contains("redsi://***@h:6379"),
             "{error}"
         );
         let password: Password = "s3cret".parse().unwrap();
