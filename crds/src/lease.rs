@@ -128,6 +128,12 @@ pub fn rate_key(token: &str, start: DateTime<Utc>, unit: RateUnit) -> String {
     )
 }
 
+/// In the last this-many seconds of a minute, the next minute's rate keys are
+/// asked for (by replicas under load) and granted ahead (by the operator, to
+/// the replicas holding this minute's key), so that a new minute does not
+/// start with a wait for a grant.
+pub const ASK_AHEAD_SECS: i64 = 10;
+
 /// The start of the calendar minute (UTC) containing `time`.
 pub fn minute_start(time: DateTime<Utc>) -> DateTime<Utc> {
     let seconds = time.timestamp().div_euclid(60) * 60;

@@ -277,6 +277,78 @@ pub fn next_ledger(
     next
 }
 
+/// In the last [`lease::ASK_AHEAD_SECS`] of a minute, grants each live pod
+/// that holds a slice of a rate key of this minute a [`lease::least_slice`]
+/// of the same key's next minute, unless it holds some already, within an
+/// equal share of what the next minute has left. A replica whose traffic is
+/// too sparse to ask ahead itself (it asks only while serving a request in
+/// those seconds) then starts the new minute with a grant instead of waiting
+/// about a second for one. What this strands is the least slice: about 1% of
+/// the per-minute limit over all pods.
+pub fn grant_next_minutes(
+    ledger: &mut Ledger,
+    live: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    limit: impl Fn(&str) -> Option<f64>,
+) {
+    let minute = lease::minute_start(now);
+    if now - minute < chrono::Duration::seconds(60 - lease::ASK_AHEAD_SECS) {
+        return;
+    }
+    let next_minute = minute + chrono::Duration::minutes(1);
+    let ahead: Vec<(String, Vec<String>)> = ledger
+        .keys
+        .iter()
+        .filter_map(|(key, k)| {
+            let parts = lease::parse_rate_key(key)?;
+            if parts.start != minute {
+                return None;
+            }
+            let holders = k
+                .grants
+                .iter()
+                .filter(|(pod, granted)| **granted > 0.0 && live.contains(*pod))
+                .map(|(pod, _)| pod.clone())
+                .collect();
+            Some((
+                lease::rate_key(parts.token, next_minute, parts.unit),
+                holders,
+            ))
+        })
+        .collect();
+    for (key, holders) in ahead {
+        let Some(limit) = limit(&key) else { continue };
+        let entry = ledger.keys.entry(key.clone()).or_insert_with(|| KeyLedger {
+            limit,
+            remaining: limit,
+            grants: BTreeMap::new(),
+        });
+        let wanting: Vec<&String> = holders
+            .iter()
+            .filter(|pod| entry.grants.get(*pod).copied().unwrap_or(0.0) <= 0.0)
+            .collect();
+        if wanting.is_empty() {
+            continue;
+        }
+        let count = holders.len().max(entry.grants.len());
+        let least = lease::least_slice(limit, count);
+        let mut left = usable(limit - entry.grants.values().copied().map(usable).sum::<f64>());
+        let share = left / wanting.len() as f64;
+        for pod in wanting {
+            let slice = least.min(share).min(left);
+            if slice <= 0.0 {
+                break;
+            }
+            left -= slice;
+            *entry.grants.entry(pod.clone()).or_insert(0.0) += slice;
+        }
+        entry.remaining = left;
+        if entry.grants.is_empty() {
+            ledger.keys.remove(&key);
+        }
+    }
+}
+
 /// The ledger ConfigMap of `namespace`.
 pub fn ledger_config_map(home: &str, namespace: &str, ledger: &Ledger) -> ConfigMap {
     ConfigMap {
@@ -507,13 +579,15 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
             budgets: &budgets,
         };
         let others = ctx.state.ledgers.all();
-        let next = next_ledger(&previous, &demands, &live, |key| {
+        let limit = |key: &str| {
             let limit = limit_of(key, &namespace, &limits, now)
                 .or_else(|| rate_limit_of(key, &namespace, &limits, now))?;
             Some(usable(
                 limit - committed_elsewhere(&others, &namespace, key),
             ))
-        });
+        };
+        let mut next = next_ledger(&previous, &demands, &live, limit);
+        grant_next_minutes(&mut next, &live, now, limit);
         if next == previous && written.is_some() {
             continue;
         }
@@ -766,6 +840,75 @@ mod tests {
         };
         let tokens_key = key(4, lease::RateUnit::Tokens);
         assert_eq!(rate_limit_of(&tokens_key, "team-a", &limits, now), None);
+    }
+
+    #[test]
+    fn holders_of_this_minutes_rate_key_are_granted_the_next_minute_ahead() {
+        let this = lease::rate_key(
+            "ns/bot",
+            at("2026-11-22T15:04:00Z"),
+            lease::RateUnit::Requests,
+        );
+        let next = lease::rate_key(
+            "ns/bot",
+            at("2026-11-22T15:05:00Z"),
+            lease::RateUnit::Requests,
+        );
+        let mut ledger = Ledger::default();
+        ledger.keys.insert(
+            this.clone(),
+            KeyLedger {
+                limit: 10_000.0,
+                remaining: 9_000.0,
+                grants: BTreeMap::from([
+                    ("live-1".to_string(), 600.0),
+                    ("live-2".to_string(), 400.0),
+                    ("gone".to_string(), 0.0),
+                ]),
+            },
+        );
+        let live: BTreeSet<String> = ["live-1", "live-2", "idle"].map(String::from).into();
+        let limit = |_: &str| Some(10_000.0);
+        // Not before the last ten seconds of the minute.
+        let mut early = ledger.clone();
+        grant_next_minutes(&mut early, &live, at("2026-11-22T15:04:49Z"), limit);
+        assert_eq!(early, ledger);
+        let mut ahead = ledger.clone();
+        grant_next_minutes(&mut ahead, &live, at("2026-11-22T15:04:50Z"), limit);
+        let granted = &ahead.keys[&next];
+        // 1% of the limit between the two pods that held this minute's key;
+        // nothing for a gone pod or one that held nothing.
+        assert_eq!(
+            granted.grants,
+            BTreeMap::from([("live-1".to_string(), 50.0), ("live-2".to_string(), 50.0)])
+        );
+        assert_eq!(granted.remaining, 9_900.0);
+        // Once granted, a later round adds nothing.
+        let again = {
+            let mut l = ahead.clone();
+            grant_next_minutes(&mut l, &live, at("2026-11-22T15:04:58Z"), limit);
+            l
+        };
+        assert_eq!(again, ahead);
+        // Never past what the next minute has left.
+        let mut tight = ledger.clone();
+        tight.keys.insert(
+            next.clone(),
+            KeyLedger {
+                limit: 10_000.0,
+                remaining: 30.0,
+                grants: BTreeMap::from([("other".to_string(), 9_970.0)]),
+            },
+        );
+        grant_next_minutes(&mut tight, &live, at("2026-11-22T15:04:55Z"), limit);
+        let total: f64 = tight.keys[&next].grants.values().sum();
+        assert!(total <= 10_000.0 + 1e-9, "{total}");
+        assert_eq!(tight.keys[&next].remaining, 0.0);
+        // A key the owner has no limit for (revoked token, gone rate limit) is
+        // not granted ahead.
+        let mut none = ledger.clone();
+        grant_next_minutes(&mut none, &live, at("2026-11-22T15:04:55Z"), |_| None);
+        assert!(!none.keys.contains_key(&next));
     }
 
     fn any_side() -> impl Strategy<Value = PodSide> {

@@ -58,7 +58,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Ask ahead when the unspent grant is below this share of a slice (2 s of 10).
 const LOW_WATER_SHARE: f64 = 0.2;
 /// Rate keys of the next minute are asked for this long before it starts.
-const ASK_AHEAD: chrono::Duration = chrono::Duration::seconds(10);
+const ASK_AHEAD: chrono::Duration = chrono::Duration::seconds(lease::ASK_AHEAD_SECS);
 
 /// Where this pod's grants come from.
 #[derive(Debug, Clone)]
