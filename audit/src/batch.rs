@@ -262,7 +262,7 @@ impl BatchTask {
             name: open.name.clone(),
             writer: self.writer.to_string(),
             sealed: true,
-            body,
+            body: body.into(),
         };
         SealedSegment::new(open, object, record_bytes, records_in_body)
     }
@@ -360,7 +360,7 @@ impl BatchTask {
             name: open.name.clone(),
             writer: self.writer.to_string(),
             sealed: false,
-            body,
+            body: body.into(),
         };
         match self.store.put(&object).await {
             Ok(()) => {
@@ -448,7 +448,7 @@ impl BatchTask {
     fn quarantine(&mut self, sealed: SealedSegment, reason: &str) {
         let segment = &sealed.segment;
         let document = match self.encoding() {
-            Encoding::Json => Ok(sealed.object.body.clone()),
+            Encoding::Json => Ok(sealed.object.body.to_vec()),
             Encoding::Gzip => crate::encoding::gunzip(&sealed.object.body),
         };
         tracing::error!(

@@ -101,7 +101,7 @@ impl ConfigMapStore {
             },
             binary_data: Some(BTreeMap::from([(
                 keys::SEGMENT_GZ.to_string(),
-                ByteString(object.body.clone()),
+                ByteString(object.body.to_vec()),
             )])),
             immutable: object.sealed.then_some(true),
             ..ConfigMap::default()
@@ -115,7 +115,7 @@ impl ConfigMapStore {
             name: segment_name(&segment.header.writer, segment.header.first_seq),
             writer: segment.header.writer.clone(),
             sealed: segment.is_sealed(),
-            body: gzip_member(&encode_segment(segment)),
+            body: gzip_member(&encode_segment(segment)).into(),
         };
         Self::config_map_of(&object, &BTreeMap::new())
     }

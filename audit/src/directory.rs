@@ -120,8 +120,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Result<(), 
 
 impl SegmentStore for DirectoryStore {
     fn put<'a>(&'a self, object: &'a SegmentObject) -> BoxFuture<'a, Result<(), Error>> {
-        // Blocking file I/O off the async workers. The body is copied once so
-        // the closure can be 'static; next to the write itself that is cheap.
+        // Blocking file I/O off the async workers; the body is shared with
+        // the closure, not copied.
         let path = self.path_of(&object.name);
         let body = object.body.clone();
         let durable = object.sealed;

@@ -385,7 +385,7 @@ mod tests {
             name: "seg".into(),
             writer: "w".into(),
             sealed: true,
-            body,
+            body: body.into(),
         };
         let records = head.len()..head.len() + json.len();
         let sealed = SealedSegment::new(open, object, record_bytes, Some(records));

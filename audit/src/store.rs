@@ -23,7 +23,10 @@ pub struct SegmentObject {
     /// immutable before `put` returns).
     pub sealed: bool,
     /// The document, encoded as the store's [`StoreProfile::encoding`] says.
-    pub body: Vec<u8>,
+    /// Shared, not copied, when a store hands it to a blocking write: the
+    /// open segment is written whole at every flush, so a copy per write
+    /// was a tenth of the sidecar's instructions per request (callgrind).
+    pub body: bytes::Bytes,
 }
 
 /// What a store wants from the writer.

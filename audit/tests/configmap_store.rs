@@ -123,7 +123,8 @@ async fn sealed_segment_is_one_server_side_apply_of_an_immutable_labelled_config
         sealed: true,
         body: policybind_audit::encoding::gzip_member(&policybind_audit::store::encode_segment(
             &segment,
-        )),
+        ))
+        .into(),
     };
     let server = tokio::spawn(async move {
         let (method, uri, content_type, body, respond) = next_request(&mut handle).await;
@@ -170,7 +171,7 @@ async fn extra_labels_of_the_caller_go_on_every_segment_but_never_replace_the_se
         name: segment_name(WRITER, 1),
         writer: WRITER.into(),
         sealed: true,
-        body: policybind_audit::encoding::gzip_member(b"{}"),
+        body: policybind_audit::encoding::gzip_member(b"{}").into(),
     };
     let server = tokio::spawn(async move {
         let (_, _, _, body, respond) = next_request(&mut handle).await;
@@ -193,7 +194,7 @@ async fn open_segment_is_applied_without_immutable_and_labelled_with_its_pod() {
         name: segment_name(WRITER, 1),
         writer: WRITER.into(),
         sealed: false,
-        body: policybind_audit::encoding::gzip_member(b"{}"),
+        body: policybind_audit::encoding::gzip_member(b"{}").into(),
     };
     let server = tokio::spawn(async move {
         let (_, _, _, body, respond) = next_request(&mut handle).await;
