@@ -384,9 +384,17 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct LedgerView {
     ledgers: Mutex<HashMap<String, Ledger>>,
+    /// Namespaces whose last write failed: the API server may have stored it
+    /// all the same (a reply lost when it went away), and a pod may have read
+    /// it, so the next round starts from what is stored, not from memory.
+    unsure: Mutex<BTreeSet<String>>,
 }
 
 impl LedgerView {
+    fn unsure(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unsure.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ledger>> {
         self.ledgers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -571,6 +579,27 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| p.metadata.name.clone())
             .collect();
+        if ctx.state.ledgers.unsure().contains(&namespace) {
+            // Read back what is stored before granting anything more: grants
+            // computed from an older ledger would take back a slice a pod may
+            // already be spending.
+            match api.get_opt(&wire::ledger_config_map(&namespace)).await {
+                Ok(stored) => {
+                    let stored = stored
+                        .as_ref()
+                        .and_then(|cm| cm.data.as_ref()?.get(keys::LEDGER))
+                        .and_then(|json| serde_json::from_str::<Ledger>(json).ok());
+                    if let Some(stored) = stored {
+                        changed.extend(ctx.state.ledgers.publish(&namespace, &stored));
+                    }
+                    ctx.state.ledgers.unsure().remove(&namespace);
+                }
+                Err(error) => {
+                    debug!(%namespace, %error, "reading back the budget ledger; retrying next round");
+                    continue;
+                }
+            }
+        }
         let written = ctx.state.ledgers.get(&namespace);
         let previous = written.clone().unwrap_or_default();
         let demands = demands_in(&reports, &namespace);
@@ -611,7 +640,8 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
                 changed.extend(ctx.state.ledgers.publish(&namespace, &next));
             }
             Err(error) => {
-                warn!(%namespace, %error, "writing the budget ledger; retrying next round")
+                ctx.state.ledgers.unsure().insert(namespace.clone());
+                warn!(%namespace, %error, "writing the budget ledger; reading it back and retrying next round")
             }
         }
     }

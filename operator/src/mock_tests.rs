@@ -1854,6 +1854,86 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
     assert_eq!(env.ctx.state.ledgers.get("team-a"), Some(ledger));
 }
 
+#[tokio::test]
+async fn after_a_failed_ledger_write_the_stored_ledger_is_read_back_before_granting_again() {
+    let mut env = env_with(Settings {
+        namespace: HOME.into(),
+        ..Settings::default()
+    });
+    let t = token("team-a", "bot")
+        .budget(policybind_crds::Budget {
+            period: policybind_crds::BudgetPeriod::Day,
+            max_cost_usd: Some(1.0),
+            max_tokens: None,
+            time_zone: "UTC".into(),
+        })
+        .build();
+    env.w.tokens.apply_watcher_event(&Event::Apply(t));
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    for pod in ["p1", "p2"] {
+        env.w.pods.apply_watcher_event(&Event::Apply(live_pod(pod)));
+    }
+    let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd";
+    let ask = |wanted: f64| json!({key: {"settled": 0.0, "inFlight": 0.0, "wanted": wanted, "basis": 0.0}});
+    env.w
+        .usage_reports
+        .apply_watcher_event(&Event::Apply(lease_report("p1", ask(0.3))));
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(env.ctx.client.clone(), HOME);
+    let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-ledger.team-a");
+
+    // The write reaches etcd but the API server goes away before it answers:
+    // the operator sees an error; p1 may already read and spend its 0.3.
+    let round = {
+        let (ctx, api) = (env.ctx.clone(), api.clone());
+        tokio::spawn(async move { crate::ledger::round(&ctx, &api, HOME).await })
+    };
+    let (stored, send) = expect(&mut env.api, "PATCH", &path).await;
+    reply(
+        send,
+        503,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "message": "unavailable"}),
+    );
+    round.await.unwrap();
+    assert_eq!(env.ctx.state.ledgers.get("team-a"), None);
+
+    // p2 asks for all of it. The next round reads the stored ledger back
+    // first: p1 keeps its 0.3 and p2 gets the 0.7 left, not 0.9 of a limit
+    // the operator believed untouched.
+    env.w
+        .usage_reports
+        .apply_watcher_event(&Event::Apply(lease_report("p2", ask(0.9))));
+    let round = {
+        let (ctx, api) = (env.ctx.clone(), api.clone());
+        tokio::spawn(async move { crate::ledger::round(&ctx, &api, HOME).await })
+    };
+    let (_, send) = expect(&mut env.api, "GET", &path).await;
+    reply(send, 200, &stored);
+    let (body, send) = expect(&mut env.api, "PATCH", &path).await;
+    reply(send, 200, &body);
+    round.await.unwrap();
+    let ledger: policybind_crds::lease::Ledger =
+        serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    assert_eq!(ledger.granted(key, "p1"), 0.3);
+    assert!(
+        (ledger.granted(key, "p2") - 0.7).abs() < 1e-12,
+        "{ledger:?}"
+    );
+    let total: f64 = ledger.keys[key].grants.values().sum();
+    assert!(total <= 1.0 + 1e-12, "{total}");
+
+    // Written: no read-back any more.
+    let ctx = env.ctx.clone();
+    tokio::select! {
+        _ = crate::ledger::round(&ctx, &api, HOME) => {}
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("unexpected call: {} {}", request.method(), request.uri());
+        }
+    }
+}
+
 // --- Reports (crate::reports) ---
 
 fn decisions_json(
