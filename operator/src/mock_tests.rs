@@ -1770,8 +1770,9 @@ fn live_pod(name: &str) -> PartialObjectMeta<Pod> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes_nothing() {
+/// An operator in [`HOME`] with the enforced namespace `team-a` and its token
+/// `bot` with a $1 day budget, for ledger rounds.
+fn ledger_env() -> Env {
     let mut env = env_with(Settings {
         namespace: HOME.into(),
         ..Settings::default()
@@ -1788,6 +1789,12 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
     env.w
         .namespaces
         .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    env
+}
+
+#[tokio::test]
+async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes_nothing() {
+    let mut env = ledger_env();
     let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd";
     let stale = "team-a/bot|Day|2026-11-21T00:00:00Z|usd";
     let ask = |wanted: f64| {
@@ -1856,22 +1863,7 @@ async fn the_ledger_grants_live_pods_that_ask_once_and_an_unchanged_round_writes
 
 #[tokio::test]
 async fn after_a_failed_ledger_write_the_stored_ledger_is_read_back_before_granting_again() {
-    let mut env = env_with(Settings {
-        namespace: HOME.into(),
-        ..Settings::default()
-    });
-    let t = token("team-a", "bot")
-        .budget(policybind_crds::Budget {
-            period: policybind_crds::BudgetPeriod::Day,
-            max_cost_usd: Some(1.0),
-            max_tokens: None,
-            time_zone: "UTC".into(),
-        })
-        .build();
-    env.w.tokens.apply_watcher_event(&Event::Apply(t));
-    env.w
-        .namespaces
-        .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    let mut env = ledger_env();
     for pod in ["p1", "p2"] {
         env.w.pods.apply_watcher_event(&Event::Apply(live_pod(pod)));
     }
