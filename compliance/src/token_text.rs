@@ -880,6 +880,7 @@ fn budget_fields(
                     max_cost_usd: b.usd,
                     max_tokens: b.tokens,
                     time_zone: "UTC".into(),
+                    window: Default::default(),
                 },
                 vec![b.words.clone()],
             )),

@@ -226,7 +226,40 @@ impl BudgetPeriod {
     }
 }
 
-/// A spending cap per calendar period. At least one of `maxCostUsd` and `maxTokens`.
+/// How a budget's period is counted.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum BudgetWindow {
+    /// The calendar period in the budget's time zone (today, this week from
+    /// Monday, this month): spend starts again at zero when it ends.
+    #[default]
+    Calendar,
+    /// The last 24 hours (Day), 7 days (Week) or 30 days (Month), ending now,
+    /// counted in UTC buckets of 1 hour (Day), 6 hours (Week) or 1 day (Month):
+    /// spend leaves the window between one period and one period plus one
+    /// bucket after it was made, never sooner. `timeZone` does not apply.
+    Rolling,
+}
+
+impl BudgetWindow {
+    pub fn is_calendar(&self) -> bool {
+        *self == BudgetWindow::Calendar
+    }
+}
+
+/// A spending cap per period. At least one of `maxCostUsd` and `maxTokens`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -234,8 +267,16 @@ impl BudgetPeriod {
     {"rule": "!has(self.maxCostUsd) || self.maxCostUsd > 0.0", "message": "maxCostUsd must be positive"},
 ]))]
 pub struct Budget {
-    /// Period after which the budget resets: Day, Week (from Monday) or Month.
+    /// Period the cap applies to: Day, Week (from Monday) or Month; with
+    /// `window: Rolling`, the last 24 hours, 7 days or 30 days.
     pub period: BudgetPeriod,
+    /// `Calendar` (default): the cap resets when the calendar period ends, in
+    /// `timeZone`. `Rolling`: the cap applies to the spend of the last period,
+    /// ending now, and spend leaves the window as it ages (counted in UTC
+    /// buckets of 1 h for Day, 6 h for Week, 1 day for Month; spend leaves up to
+    /// one bucket late, never early).
+    #[serde(default, skip_serializing_if = "BudgetWindow::is_calendar")]
+    pub window: BudgetWindow,
     /// Maximum spend in US dollars per period, estimated before and settled after each call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
@@ -243,7 +284,8 @@ pub struct Budget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tokens: Option<u64>,
-    /// IANA time zone in which periods start. Default `UTC`.
+    /// IANA time zone in which calendar periods start. Default `UTC`. Not used
+    /// by rolling windows.
     #[serde(default = "utc")]
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: String,

@@ -123,6 +123,7 @@ fn bundle(rules: usize) -> Bundle {
                 max_cost_usd: Some(100.0),
                 max_tokens: None,
                 time_zone: "Europe/Berlin".into(),
+                window: Default::default(),
             }];
             token.hashes = vec![TokenHash {
                 sha256: hash_token(&format!("secret-{t}")),

@@ -191,6 +191,27 @@ pub struct CompiledBudget {
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
     pub tz: Tz,
+    /// `window: Rolling` ([`policybind_crds::BudgetWindow`]).
+    pub rolling: bool,
+}
+
+impl CompiledBudget {
+    /// Start of what spend is tallied under now: the calendar period, or the
+    /// current bucket of a rolling window ([`crate::schedule::tally_start`]).
+    pub fn tally_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        crate::schedule::tally_start(self.period, self.tz, self.rolling, now)
+    }
+
+    /// Earliest tally start that still counts now
+    /// ([`crate::schedule::counting_start`]).
+    pub fn counting_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        crate::schedule::counting_start(self.period, self.tz, self.rolling, now)
+    }
+
+    /// When the current tally ends ([`crate::schedule::tally_end`]).
+    pub fn tally_end(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        crate::schedule::tally_end(self.period, self.tz, self.rolling, now)
+    }
 }
 
 /// Bit sets of rule numbers, one per value of each indexed dimension.
@@ -949,6 +970,7 @@ pub(crate) fn compile_budgets(
                 max_cost_usd: b.max_cost_usd,
                 max_tokens: b.max_tokens,
                 tz,
+                rolling: b.window == policybind_crds::BudgetWindow::Rolling,
             }),
             Err(e) => errors.push(resource, None, format!("spec.budgets[{i}].timeZone"), e),
         }

@@ -24,7 +24,6 @@ use crate::compile::{BitSet, CompiledModel, CompiledRule, CompiledToken, PolicyS
 use crate::detect::Findings;
 use crate::exclude::ExcludeFacts;
 use crate::request::{Decision, Obligations, Request, ResolvedFacts, RuleTrace, Stage, WouldHave};
-use crate::schedule::period_start;
 use crate::{expr, selector};
 
 /// Why a token was refused by [`PolicySet::authenticate`].
@@ -859,11 +858,12 @@ fn check_token(
             .max_tokens
             .is_some_and(|max| spent_tokens.saturating_add(facts.estimated_tokens) > max);
         if over_cost || over_tokens {
-            let start = period_start(budget.period, budget.tz, now);
+            let start = budget.counting_start(now);
+            let window = if budget.rolling { "rolling " } else { "" };
             return Some((
                 codes::BUDGET_EXCEEDED,
                 format!(
-                    "token {} would exceed its {} budget (period from {start})",
+                    "token {} would exceed its {window}{} budget (spend since {start})",
                     token.id,
                     budget.period.as_str()
                 ),

@@ -101,6 +101,82 @@ pub fn period_end(period: BudgetPeriod, tz: Tz, time: DateTime<Utc>) -> DateTime
     local_midnight(tz, next)
 }
 
+/// The bucket a rolling window of `period` counts in: 1 hour for a day, 6
+/// hours for a week, 1 day for a month (a window of 30 days).
+pub fn bucket_len(period: BudgetPeriod) -> Duration {
+    match period {
+        BudgetPeriod::Day => Duration::hours(1),
+        BudgetPeriod::Week => Duration::hours(6),
+        BudgetPeriod::Month => Duration::days(1),
+    }
+}
+
+/// Buckets in a rolling window of `period`: 24, 28 or 30.
+pub fn window_buckets(period: BudgetPeriod) -> i32 {
+    match period {
+        BudgetPeriod::Day => 24,
+        BudgetPeriod::Week => 28,
+        BudgetPeriod::Month => 30,
+    }
+}
+
+/// Start of the UTC bucket of a rolling window of `period` containing `time`
+/// (buckets are aligned on the Unix epoch, so on UTC hours and days).
+pub fn bucket_start(period: BudgetPeriod, time: DateTime<Utc>) -> DateTime<Utc> {
+    let len = bucket_len(period).num_seconds();
+    let seconds = time.timestamp().div_euclid(len) * len;
+    DateTime::from_timestamp(seconds, 0).unwrap_or(time)
+}
+
+/// Start of what spend is tallied under at `time`: the calendar period
+/// ([`period_start`]), or, for a rolling window, the current bucket.
+pub fn tally_start(
+    period: BudgetPeriod,
+    tz: Tz,
+    rolling: bool,
+    time: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if rolling {
+        bucket_start(period, time)
+    } else {
+        period_start(period, tz, time)
+    }
+}
+
+/// The earliest tally start that counts at `time`: the calendar period's
+/// start, or, for a rolling window, the start of the bucket
+/// [`window_buckets`] before the current one. So a rolling window counts the
+/// current bucket and the whole period before it: spend leaves it between one
+/// period and one period plus one bucket after it was made, never sooner.
+pub fn counting_start(
+    period: BudgetPeriod,
+    tz: Tz,
+    rolling: bool,
+    time: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if rolling {
+        bucket_start(period, time) - bucket_len(period) * window_buckets(period)
+    } else {
+        period_start(period, tz, time)
+    }
+}
+
+/// When the current tally ends: the calendar period's end ([`period_end`]),
+/// or the current bucket's end, when the oldest counted bucket leaves a
+/// rolling window.
+pub fn tally_end(
+    period: BudgetPeriod,
+    tz: Tz,
+    rolling: bool,
+    time: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if rolling {
+        bucket_start(period, time) + bucket_len(period)
+    } else {
+        period_end(period, tz, time)
+    }
+}
+
 /// Midnight of a local date as UTC. Where a DST change skips midnight (some zones
 /// switch at 00:00), the first existing instant of the day is used.
 fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {

@@ -419,6 +419,7 @@ fn prices_and_cost_budgets_that_are_not_finite_non_negative_dollars_do_not_compi
             max_cost_usd: Some(bad),
             max_tokens: None,
             time_zone: "UTC".into(),
+            window: Default::default(),
         }];
         let errors = PolicySet::compile(&b).unwrap_err().0;
         let at = |resource: &str, field: &str| {
@@ -599,6 +600,7 @@ fn spent_on_cost(cost_only: bool) -> PolicySet {
         max_cost_usd: Some(1.0),
         max_tokens: Some(10_000),
         time_zone: "UTC".into(),
+        window: Default::default(),
     }];
     b.tokens[0].exhausted = true;
     b.tokens[0].exhausted_cost_only = cost_only;
@@ -634,6 +636,7 @@ fn a_spent_cost_budget_in_the_request_usage_does_not_refuse_a_free_model() {
         max_cost_usd: Some(1.0),
         max_tokens: None,
         time_zone: "UTC".into(),
+        window: Default::default(),
     }];
     let s = PolicySet::compile(&s_bundle).unwrap();
     let spent = |model: &str| {

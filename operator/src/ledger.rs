@@ -34,7 +34,8 @@ use policybind_crds::access_token::PeriodUsage;
 use policybind_crds::ai_budget::{self, Owner};
 use policybind_crds::lease::{self, Demand, Demands, KeyLedger, Ledger, Unit};
 use policybind_crds::wire::{self, field_managers, keys, labels};
-use policybind_crds::{AIBudget, AccessToken, AccessTokenSpec, Budget, BudgetPeriod};
+use policybind_crds::{AIBudget, AccessToken, AccessTokenSpec, Budget, BudgetPeriod, BudgetWindow};
+use policybind_engine::schedule;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -164,17 +165,68 @@ impl<'a> Limits<'a> {
 /// current period of a budget its owner has: a token valid in `namespace`, or
 /// an AIBudget of `namespace` itself (an AIBudget covers requests decided in
 /// its own namespace only, so a pod elsewhere asking for its keys gets nothing).
-fn limit_of(key: &str, namespace: &str, limits: &Limits<'_>, now: DateTime<Utc>) -> Option<f64> {
+///
+/// A rolling window has a key per bucket (`ledgers`: every namespace's last
+/// written ledger, this one's included). The current bucket's key may be
+/// granted the limit less what the keys of the earlier buckets still in the
+/// window committed, in every ledger. An earlier bucket's key stays in the
+/// ledger while it is in the window, frozen: its limit is what was committed
+/// under it, so nothing more is granted there.
+fn limit_of(
+    key: &str,
+    namespace: &str,
+    limits: &Limits<'_>,
+    ledgers: &HashMap<String, Ledger>,
+    now: DateTime<Utc>,
+) -> Option<f64> {
     let parts = lease::parse_budget_key(key)?;
     let budgets = limits.owner_in(parts.token, namespace)?.budgets;
-    if crate::usage::period_start_of(budgets, parts.period, now) != parts.start {
-        return None;
-    }
     let budget = budgets.iter().find(|b| b.period == parts.period)?;
-    match parts.unit {
+    let limit = match parts.unit {
         Unit::Usd => budget.max_cost_usd,
         Unit::Tokens => budget.max_tokens.map(|t| t as f64),
+    }?;
+    if budget.window != BudgetWindow::Rolling {
+        return (crate::usage::period_start_of(budgets, parts.period, now) == parts.start)
+            .then_some(limit);
     }
+    let current = schedule::bucket_start(parts.period, now);
+    let counting = schedule::counting_start(parts.period, chrono_tz::UTC, true, now);
+    if parts.start > current
+        || parts.start < counting
+        || schedule::bucket_start(parts.period, parts.start) != parts.start
+    {
+        return None;
+    }
+    if parts.start < current {
+        let own = ledgers
+            .get(namespace)
+            .and_then(|l| l.keys.get(key))
+            .map_or(0.0, committed_of);
+        // The caller takes what other ledgers committed off again.
+        return Some(own + committed_elsewhere(ledgers, namespace, key));
+    }
+    let earlier: f64 = ledgers
+        .values()
+        .flat_map(|l| l.keys.iter())
+        .filter(|(k, _)| {
+            lease::parse_budget_key(k).is_some_and(|p| {
+                p.token == parts.token
+                    && p.period == parts.period
+                    && p.unit == parts.unit
+                    && p.start >= counting
+                    && p.start < current
+            })
+        })
+        .map(|(_, k)| committed_of(k))
+        .sum();
+    Some(usable(limit - earlier))
+}
+
+/// What a key's pods have spent or may still spend, as its ledger entry says.
+fn committed_of(k: &KeyLedger) -> f64 {
+    let granted: f64 = k.grants.values().copied().map(usable).sum();
+    usable(k.limit - k.remaining).max(granted)
 }
 
 /// What the ledgers of namespaces other than `namespace` committed of `key`:
@@ -185,10 +237,7 @@ fn committed_elsewhere(ledgers: &HashMap<String, Ledger>, namespace: &str, key: 
         .iter()
         .filter(|(ns, _)| ns.as_str() != namespace)
         .filter_map(|(_, ledger)| ledger.keys.get(key))
-        .map(|k| {
-            let granted: f64 = k.grants.values().copied().map(usable).sum();
-            usable(k.limit - k.remaining).max(granted)
-        })
+        .map(committed_of)
         .sum()
 }
 
@@ -433,17 +482,24 @@ impl LedgerView {
         self.lock().keys().cloned().collect()
     }
 
-    /// What replicas hold of `token`'s budget of `period` starting at `start`.
+    /// What replicas hold of `token`'s budget of `period` starting at `start`:
+    /// the key of that period, or, for a rolling window whose oldest counted
+    /// bucket starts at `start`, the keys of every bucket since.
     pub fn held(&self, token: &str, period: BudgetPeriod, start: DateTime<Utc>) -> Held {
-        let usd_key = lease::budget_key(token, period, start, Unit::Usd);
-        let tokens_key = lease::budget_key(token, period, start, Unit::Tokens);
         let ledgers = self.lock();
         let mut held = Held::default();
         let mut holders = BTreeSet::new();
         for (namespace, ledger) in ledgers.iter() {
-            for (key, total) in [(&usd_key, &mut held.usd), (&tokens_key, &mut held.tokens)] {
-                let Some(entry) = ledger.keys.get(key) else {
+            for (key, entry) in &ledger.keys {
+                let Some(parts) = lease::parse_budget_key(key) else {
                     continue;
+                };
+                if parts.token != token || parts.period != period || parts.start < start {
+                    continue;
+                }
+                let total = match parts.unit {
+                    Unit::Usd => &mut held.usd,
+                    Unit::Tokens => &mut held.tokens,
                 };
                 for (pod, grant) in entry.grants.iter().filter(|(_, g)| **g > 0.0) {
                     *total += usable(*grant);
@@ -609,7 +665,7 @@ pub(crate) async fn round(ctx: &Context, api: &Api<ConfigMap>, home: &str) -> BT
         };
         let others = ctx.state.ledgers.all();
         let limit = |key: &str| {
-            let limit = limit_of(key, &namespace, &limits, now)
+            let limit = limit_of(key, &namespace, &limits, &others, now)
                 .or_else(|| rate_limit_of(key, &namespace, &limits, now))?;
             Some(usable(
                 limit - committed_elsewhere(&others, &namespace, key),
@@ -785,23 +841,50 @@ mod tests {
         };
         let day = "2026-11-22T00:00:00Z";
         let shared = format!("AIBudget:team-a/eng|Day|{day}|usd");
-        assert_eq!(limit_of(&shared, "team-a", &limits, now), Some(2.0));
+        assert_eq!(
+            limit_of(&shared, "team-a", &limits, &HashMap::new(), now),
+            Some(2.0)
+        );
         // A pod of another namespace asking for it gets nothing.
-        assert_eq!(limit_of(&shared, "team-b", &limits, now), None);
+        assert_eq!(
+            limit_of(&shared, "team-b", &limits, &HashMap::new(), now),
+            None
+        );
         // A per-token copy only of a per-token AIBudget, and the other way round.
         let copy = format!("AIBudget:team-a/trial@team-b/bot|Day|{day}|tokens");
-        assert_eq!(limit_of(&copy, "team-a", &limits, now), Some(100.0));
+        assert_eq!(
+            limit_of(&copy, "team-a", &limits, &HashMap::new(), now),
+            Some(100.0)
+        );
         let forged = format!("AIBudget:team-a/eng@team-b/bot|Day|{day}|usd");
-        assert_eq!(limit_of(&forged, "team-a", &limits, now), None);
+        assert_eq!(
+            limit_of(&forged, "team-a", &limits, &HashMap::new(), now),
+            None
+        );
         let whole = format!("AIBudget:team-a/trial|Day|{day}|tokens");
-        assert_eq!(limit_of(&whole, "team-a", &limits, now), None);
+        assert_eq!(
+            limit_of(&whole, "team-a", &limits, &HashMap::new(), now),
+            None
+        );
         // Another period, another unit, garbage: nothing.
         let yesterday = "AIBudget:team-a/eng|Day|2026-11-21T00:00:00Z|usd";
-        assert_eq!(limit_of(yesterday, "team-a", &limits, now), None);
-        let tokens_unit = format!("AIBudget:team-a/eng|Day|{day}|tokens");
-        assert_eq!(limit_of(&tokens_unit, "team-a", &limits, now), None);
         assert_eq!(
-            limit_of(&format!("AIBudget:|Day|{day}|usd"), "team-a", &limits, now),
+            limit_of(yesterday, "team-a", &limits, &HashMap::new(), now),
+            None
+        );
+        let tokens_unit = format!("AIBudget:team-a/eng|Day|{day}|tokens");
+        assert_eq!(
+            limit_of(&tokens_unit, "team-a", &limits, &HashMap::new(), now),
+            None
+        );
+        assert_eq!(
+            limit_of(
+                &format!("AIBudget:|Day|{day}|usd"),
+                "team-a",
+                &limits,
+                &HashMap::new(),
+                now
+            ),
             None
         );
     }
@@ -870,6 +953,87 @@ mod tests {
         };
         let tokens_key = key(4, lease::RateUnit::Tokens);
         assert_eq!(rate_limit_of(&tokens_key, "team-a", &limits, now), None);
+    }
+
+    #[test]
+    fn a_rolling_windows_current_bucket_gets_the_limit_less_the_earlier_buckets_in_the_window() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 30, 0).unwrap();
+        let token = crate::testing::token("team-a", "bot")
+            .budget(policybind_crds::Budget {
+                period: BudgetPeriod::Day,
+                window: BudgetWindow::Rolling,
+                max_cost_usd: Some(1.0),
+                max_tokens: None,
+                time_zone: "UTC".into(),
+            })
+            .build();
+        let tokens = HashMap::from([("team-a/bot".to_string(), Arc::new(token))]);
+        let budgets = HashMap::new();
+        let limits = Limits {
+            tokens: &tokens,
+            budgets: &budgets,
+        };
+        let key = |at: &str| format!("team-a/bot|Day|{at}|usd");
+        let entry = |pod: &str, granted: f64| KeyLedger {
+            limit: granted,
+            remaining: 0.0,
+            grants: BTreeMap::from([(pod.to_string(), granted)]),
+        };
+        let mut team_a = Ledger::default();
+        // Earlier buckets in the window (from 2026-11-21T10:00), here and in
+        // another namespace's ledger, and one that has left it.
+        team_a
+            .keys
+            .insert(key("2026-11-22T05:00:00Z"), entry("pod-1", 0.3));
+        team_a
+            .keys
+            .insert(key("2026-11-21T10:00:00Z"), entry("pod-1", 0.1));
+        team_a
+            .keys
+            .insert(key("2026-11-21T09:00:00Z"), entry("pod-1", 0.5));
+        let mut team_b = Ledger::default();
+        team_b
+            .keys
+            .insert(key("2026-11-22T08:00:00Z"), entry("pod-9", 0.2));
+        let ledgers = HashMap::from([
+            ("team-a".to_string(), team_a.clone()),
+            ("team-b".to_string(), team_b),
+        ]);
+        let of = |k: &str| limit_of(k, "team-a", &limits, &ledgers, now);
+        // 1.0 - (0.3 + 0.1 + 0.2): what left the window no longer counts.
+        let current = of(&key("2026-11-22T10:00:00Z")).unwrap();
+        assert!((current - 0.4).abs() < 1e-12, "{current}");
+        // An earlier bucket is kept, frozen at what it committed.
+        assert_eq!(of(&key("2026-11-22T05:00:00Z")), Some(0.3));
+        // Gone from the window, not yet begun, or not a bucket start: no key.
+        assert_eq!(of(&key("2026-11-21T09:00:00Z")), None);
+        assert_eq!(of(&key("2026-11-22T11:00:00Z")), None);
+        assert_eq!(of(&key("2026-11-22T10:15:00Z")), None);
+        // A round: a pod asking for the whole limit gets what the window
+        // left; the earlier bucket keeps its grant and grants nothing more;
+        // the bucket that left the window is dropped.
+        let demands = BTreeMap::from([(
+            "pod-2".to_string(),
+            Demands::from([
+                (
+                    key("2026-11-22T10:00:00Z"),
+                    side(true, 0.0, 1.0, 0.0).demand,
+                ),
+                (
+                    key("2026-11-22T05:00:00Z"),
+                    side(true, 0.0, 1.0, 0.0).demand,
+                ),
+            ]),
+        )]);
+        let live = BTreeSet::from(["pod-1".to_string(), "pod-2".to_string()]);
+        let next = next_ledger(&team_a, &demands, &live, |k| {
+            Some(usable(of(k)? - committed_elsewhere(&ledgers, "team-a", k)))
+        });
+        assert!((next.granted(&key("2026-11-22T10:00:00Z"), "pod-2") - 0.4).abs() < 1e-12);
+        assert_eq!(next.granted(&key("2026-11-22T05:00:00Z"), "pod-2"), 0.0);
+        assert_eq!(next.granted(&key("2026-11-22T05:00:00Z"), "pod-1"), 0.3);
+        assert!(!next.keys.contains_key(&key("2026-11-21T09:00:00Z")));
     }
 
     #[test]

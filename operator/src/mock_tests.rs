@@ -1072,6 +1072,7 @@ async fn only_reports_a_sidecar_serving_the_token_could_write_count_against_its_
             max_cost_usd: Some(3.0),
             max_tokens: None,
             time_zone: "UTC".into(),
+            window: Default::default(),
         })
         .build();
     // Valid in team-c (enforced by a pod's opt-in) and team-e (not enforced).
@@ -1144,6 +1145,7 @@ async fn status_shows_spend_the_reset_time_and_what_replicas_hold() {
             max_cost_usd: Some(3.0),
             max_tokens: Some(1000),
             time_zone: "Europe/Berlin".into(),
+            window: Default::default(),
         })
         .build();
     let secret = crate::controllers::access_token::build_secret(&t, "pb_value", now(), None);
@@ -1783,6 +1785,7 @@ fn ledger_env() -> Env {
             max_cost_usd: Some(1.0),
             max_tokens: None,
             time_zone: "UTC".into(),
+            window: Default::default(),
         })
         .build();
     env.w.tokens.apply_watcher_event(&Event::Apply(t));
@@ -2295,6 +2298,7 @@ async fn token_spend_is_exported_per_budgeted_period_from_status_and_drops_with_
         max_cost_usd: Some(5.0),
         max_tokens: None,
         time_zone: "UTC".into(),
+        window: Default::default(),
     };
     let mut t = token("team-a", "bot")
         .budget(budget(BudgetPeriod::Day))

@@ -83,13 +83,27 @@ pub fn current_period_start(
 }
 
 /// Start of the current period of `period` in the time zone of the budget of
-/// that period among `budgets` (UTC without one).
+/// that period among `budgets` (UTC without one). For a rolling window: the
+/// start of the oldest bucket still counted
+/// ([`policybind_engine::schedule::counting_start`]).
 pub fn period_start_of(
     budgets: &[Budget],
     period: BudgetPeriod,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    policybind_engine::schedule::period_start(period, budget_time_zone(budgets, period), now)
+    policybind_engine::schedule::counting_start(
+        period,
+        budget_time_zone(budgets, period),
+        is_rolling(budgets, period),
+        now,
+    )
+}
+
+/// Whether the budget of `period` among `budgets` is a rolling window.
+pub fn is_rolling(budgets: &[Budget], period: BudgetPeriod) -> bool {
+    budgets
+        .iter()
+        .any(|b| b.period == period && b.window == policybind_crds::BudgetWindow::Rolling)
 }
 
 /// End of the current period (when an exhausted budget resets).
@@ -101,13 +115,20 @@ pub fn current_period_end(
     period_end_of(&spec.budgets, period, now)
 }
 
-/// End of the current period of `period` among `budgets`.
+/// End of the current period of `period` among `budgets`; for a rolling
+/// window, the end of the current bucket, when the oldest counted spend next
+/// leaves the window.
 pub fn period_end_of(
     budgets: &[Budget],
     period: BudgetPeriod,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    policybind_engine::schedule::period_end(period, budget_time_zone(budgets, period), now)
+    policybind_engine::schedule::tally_end(
+        period,
+        budget_time_zone(budgets, period),
+        is_rolling(budgets, period),
+        now,
+    )
 }
 
 /// Sums the entries for the token `token_namespace/token_name` that belong to the
@@ -146,6 +167,12 @@ pub fn owners_usage<'a>(
         .iter()
         .map(|&p| period_start_of(budgets, p, now))
         .collect();
+    // A rolling window is reported bucket by bucket: every bucket from the
+    // oldest counted to the current one is summed.
+    let rolling: Vec<Option<DateTime<Utc>>> = periods
+        .iter()
+        .map(|&p| is_rolling(budgets, p).then(|| policybind_engine::schedule::bucket_start(p, now)))
+        .collect();
     // (nano-dollars, tokens, requests, seen)
     let mut sums = [(0u128, 0u64, 0u64, false); 3];
     for counted in reports {
@@ -155,7 +182,13 @@ pub fn owners_usage<'a>(
             }
             for entry in entries {
                 let i = periods.iter().position(|&p| p == entry.period).unwrap_or(0);
-                if entry.period_start != starts[i] {
+                let counts = match rolling[i] {
+                    Some(current) => {
+                        entry.period_start >= starts[i] && entry.period_start <= current
+                    }
+                    None => entry.period_start == starts[i],
+                };
+                if !counts {
                     continue;
                 }
                 let sum = &mut sums[i];
@@ -260,6 +293,7 @@ mod tests {
             max_cost_usd: Some(max_cost),
             max_tokens: None,
             time_zone: "UTC".into(),
+            window: Default::default(),
         }
     }
 
@@ -283,6 +317,39 @@ mod tests {
         assert_eq!(usage[0].cost_usd, expected);
         assert_eq!(usage[0].tokens, u64::MAX, "saturated, not wrapped");
         assert_eq!(usage[0].requests, 4);
+    }
+
+    #[test]
+    fn a_rolling_window_sums_the_buckets_of_the_last_day_from_every_sidecar() {
+        let budget = policybind_crds::Budget {
+            window: policybind_crds::BudgetWindow::Rolling,
+            ..day_budget(1.0)
+        };
+        let spec = token("team-a", "bot").budget(budget).spec();
+        let now = at("2026-11-22T15:20:00Z");
+        let reports = [
+            report(
+                "team-a/bot",
+                vec![
+                    // Left the window (it counts from 2026-11-21T15:00).
+                    entry(BudgetPeriod::Day, "2026-11-21T14:00:00Z", 5.0, 500),
+                    entry(BudgetPeriod::Day, "2026-11-21T15:00:00Z", 0.25, 25),
+                    entry(BudgetPeriod::Day, "2026-11-22T15:00:00Z", 0.5, 50),
+                ],
+            ),
+            report(
+                "team-a/bot",
+                vec![entry(BudgetPeriod::Day, "2026-11-22T09:00:00Z", 0.3, 30)],
+            ),
+        ];
+        let usage = current_usage("team-a", "bot", &spec, &reports, now);
+        assert_eq!(usage.len(), 1);
+        assert!((usage[0].cost_usd - 1.05).abs() < 1e-9, "{usage:?}");
+        assert_eq!(usage[0].tokens, 105);
+        assert_eq!(usage[0].period_start, at("2026-11-21T15:00:00Z"));
+        // When the oldest counted bucket next leaves the window.
+        assert_eq!(usage[0].resets_at, Some(at("2026-11-22T16:00:00Z")));
+        assert_eq!(exhausted_period(&spec, &usage), Some(BudgetPeriod::Day));
     }
 
     #[test]
@@ -426,6 +493,7 @@ mod tests {
             max_cost_usd: Some(1.0),
             max_tokens: Some(1_000),
             time_zone: "UTC".into(),
+            window: Default::default(),
         }];
         let cost_spent = [entry(BudgetPeriod::Day, "2026-11-23T00:00:00Z", 1.5, 10)];
         assert!(exhausted_period(&spec, &cost_spent).is_some());

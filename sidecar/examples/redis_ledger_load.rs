@@ -51,6 +51,7 @@ async fn run(ledger: &Arc<RedisLedger>, concurrency: usize, length: Duration) {
                 max_cost_usd: Some(1e9),
                 max_tokens: Some(1 << 50),
                 tz: chrono_tz::UTC,
+                rolling: false,
             }];
             let rate = RateLimit {
                 requests_per_minute: Some(u32::MAX),

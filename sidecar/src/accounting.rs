@@ -31,7 +31,7 @@
 //! and at most [`policybind_crds::common::MAX_USD`] (NaN counts as that
 //! maximum: an amount that cannot be known exhausts a cost budget).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,7 +41,6 @@ use policybind_crds::common::{add_usd, clamp_usd};
 use policybind_crds::{BudgetPeriod, RateLimit};
 use policybind_engine::compile::CompiledBudget;
 use policybind_engine::request::UsageSoFar;
-use policybind_engine::schedule::period_start;
 
 /// Cost and tokens of one request, estimated or actual.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -277,11 +276,40 @@ impl Bucket {
 #[derive(Debug, Clone)]
 struct PeriodTally {
     period: BudgetPeriod,
+    /// Start of the calendar period, or of the current bucket of a rolling
+    /// window.
     start: DateTime<Utc>,
     settled: Amount,
     /// Requests settled in the period.
     requests: u64,
     reserved: Amount,
+    /// A rolling window's earlier buckets still in it, oldest first.
+    past: VecDeque<PastBucket>,
+    /// Whether the budget is a rolling window; `None` until a request used
+    /// the tally (it was only restored from a report).
+    rolling: Option<bool>,
+}
+
+/// What was settled in one earlier bucket of a rolling window.
+#[derive(Debug, Clone)]
+struct PastBucket {
+    start: DateTime<Utc>,
+    settled: Amount,
+    requests: u64,
+}
+
+impl PeriodTally {
+    /// Settled in the earlier buckets still in the window.
+    fn past_settled(&self) -> Amount {
+        self.past
+            .iter()
+            .fold(Amount::default(), |sum, b| sum.plus(b.settled))
+    }
+
+    /// Settled plus reserved, over the whole window.
+    fn counted(&self) -> Amount {
+        self.settled.plus(self.reserved).plus(self.past_settled())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -330,7 +358,7 @@ impl TokenState {
         for budget in budgets {
             let tally = self.tally(budget, now);
             // A request priced at zero never takes a cost budget over.
-            let total = tally.settled.plus(tally.reserved).plus(estimate);
+            let total = tally.counted().plus(estimate);
             let over_cost = budget
                 .max_cost_usd
                 .is_some_and(|max| estimate.cost_usd > 0.0 && total.cost_usd > max);
@@ -345,7 +373,7 @@ impl TokenState {
     }
 
     fn tally(&mut self, budget: &CompiledBudget, now: DateTime<Utc>) -> &mut PeriodTally {
-        let start = period_start(budget.period, budget.tz, now);
+        let start = budget.tally_start(now);
         let index = match self.periods.iter().position(|p| p.period == budget.period) {
             Some(i) => i,
             None => {
@@ -355,17 +383,36 @@ impl TokenState {
                     settled: Amount::default(),
                     requests: 0,
                     reserved: Amount::default(),
+                    past: VecDeque::new(),
+                    rolling: Some(budget.rolling),
                 });
                 self.periods.len() - 1
             }
         };
         let tally = &mut self.periods[index];
-        if tally.start != start {
-            // A new period: what was settled belongs to the old one. Reservations
+        tally.rolling = Some(budget.rolling);
+        if tally.start < start {
+            // A new period or bucket: what was settled belongs to the old one.
+            // A rolling window keeps it while it is in the window. Reservations
             // still in flight stay counted until they settle or are released.
+            // (Kept even when empty: a request reserved in it may settle later.)
+            if budget.rolling {
+                tally.past.push_back(PastBucket {
+                    start: tally.start,
+                    settled: tally.settled,
+                    requests: tally.requests,
+                });
+            }
             tally.start = start;
             tally.settled = Amount::default();
             tally.requests = 0;
+        }
+        if !budget.rolling {
+            tally.past.clear();
+        }
+        let counting = budget.counting_start(now);
+        while tally.past.front().is_some_and(|b| b.start < counting) {
+            tally.past.pop_front();
         }
         tally
     }
@@ -406,6 +453,34 @@ impl InProcessLedger {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Settled plus reserved under each budget's current tally only: the
+    /// calendar period, or the current bucket of a rolling window (what a
+    /// lease key of that bucket is checked with).
+    pub fn tally_usage(
+        &self,
+        token: &str,
+        budgets: &[CompiledBudget],
+        now: DateTime<Utc>,
+    ) -> Vec<UsageSoFar> {
+        if budgets.is_empty() {
+            return vec![];
+        }
+        let mut inner = self.lock();
+        let state = inner.tokens.entry(token.to_string()).or_default();
+        budgets
+            .iter()
+            .map(|b| {
+                let t = state.tally(b, now);
+                let total = t.settled.plus(t.reserved);
+                UsageSoFar {
+                    period: b.period,
+                    cost_usd: total.cost_usd,
+                    tokens: total.tokens,
+                }
+            })
+            .collect()
+    }
+
     /// Number of reservations in flight (for tests and metrics).
     pub fn in_flight(&self) -> usize {
         self.lock().pending.len()
@@ -427,8 +502,7 @@ impl UsageLedger for InProcessLedger {
         budgets
             .iter()
             .map(|b| {
-                let t = state.tally(b, now);
-                let total = t.settled.plus(t.reserved);
+                let total = state.tally(b, now).counted();
                 UsageSoFar {
                     period: b.period,
                     cost_usd: total.cost_usd,
@@ -505,6 +579,11 @@ impl UsageLedger for InProcessLedger {
                 if tally.start == *start {
                     tally.settled = tally.settled.plus(actual);
                     tally.requests = tally.requests.saturating_add(1);
+                } else if let Some(bucket) = tally.past.iter_mut().find(|b| b.start == *start) {
+                    // Reserved in an earlier bucket of a rolling window: the
+                    // spend is counted where it was reserved.
+                    bucket.settled = bucket.settled.plus(actual);
+                    bucket.requests = bucket.requests.saturating_add(1);
                 }
             }
         }
@@ -549,7 +628,7 @@ impl UsageLedger for InProcessLedger {
         state.check_budgets(budgets, more, now)?;
         for (period, start) in &pending.periods {
             if let Some(tally) = state.periods.iter_mut().find(|t| t.period == *period)
-                && tally.start == *start
+                && (tally.start == *start || tally.past.iter().any(|b| b.start == *start))
             {
                 tally.reserved = tally.reserved.plus(more);
             }
@@ -578,17 +657,24 @@ impl UsageLedger for InProcessLedger {
             .tokens
             .iter()
             .flat_map(|(token, state)| {
-                state
-                    .periods
-                    .iter()
-                    .filter(|t| t.requests > 0 || t.settled != Amount::default())
-                    .map(|t| SettledUsage {
-                        token: token.clone(),
-                        period: t.period,
-                        period_start: t.start,
-                        settled: t.settled,
-                        requests: t.requests,
-                    })
+                // A rolling window is reported bucket by bucket, the earlier
+                // ones still in the window included.
+                state.periods.iter().flat_map(move |t| {
+                    t.past
+                        .iter()
+                        .map(|b| (b.start, b.settled, b.requests))
+                        .chain([(t.start, t.settled, t.requests)])
+                        .filter(|(_, settled, requests)| {
+                            *requests > 0 || *settled != Amount::default()
+                        })
+                        .map(move |(start, settled, requests)| SettledUsage {
+                            token: token.clone(),
+                            period: t.period,
+                            period_start: start,
+                            settled,
+                            requests,
+                        })
+                })
             })
             .collect()
     }
@@ -598,21 +684,67 @@ impl UsageLedger for InProcessLedger {
         for entry in settled {
             let restored = entry.settled.sanitized();
             let state = inner.tokens.entry(entry.token.clone()).or_default();
-            match state.periods.iter_mut().find(|t| t.period == entry.period) {
-                Some(tally) if tally.start == entry.period_start => {
-                    tally.settled = tally.settled.plus(restored);
-                    tally.requests = tally.requests.saturating_add(entry.requests);
+            let tally = match state
+                .periods
+                .iter_mut()
+                .position(|t| t.period == entry.period)
+            {
+                Some(i) => &mut state.periods[i],
+                None => {
+                    state.periods.push(PeriodTally {
+                        period: entry.period,
+                        start: entry.period_start,
+                        settled: Amount::default(),
+                        requests: 0,
+                        reserved: Amount::default(),
+                        past: VecDeque::new(),
+                        rolling: None,
+                    });
+                    state.periods.last_mut().expect("just pushed")
                 }
-                // This run already counts a newer (or other) period: the
-                // restored entry is of a past one.
-                Some(_) => {}
-                None => state.periods.push(PeriodTally {
-                    period: entry.period,
-                    start: entry.period_start,
-                    settled: restored,
-                    requests: entry.requests,
-                    reserved: Amount::default(),
-                }),
+            };
+            if tally.rolling == Some(false) && entry.period_start != tally.start {
+                // This run already counts another calendar period: the entry
+                // is of a past one.
+                continue;
+            }
+            if entry.period_start > tally.start {
+                // Newer than what this run counts: that becomes an earlier bucket.
+                let current = PastBucket {
+                    start: tally.start,
+                    settled: tally.settled,
+                    requests: tally.requests,
+                };
+                tally.past.push_back(current);
+                tally.start = entry.period_start;
+                tally.settled = Amount::default();
+                tally.requests = 0;
+            }
+            if entry.period_start == tally.start {
+                tally.settled = tally.settled.plus(restored);
+                tally.requests = tally.requests.saturating_add(entry.requests);
+            } else {
+                // An earlier bucket (of a rolling window; a calendar budget
+                // drops it at its next use, as a past period).
+                match tally
+                    .past
+                    .iter()
+                    .position(|b| b.start >= entry.period_start)
+                {
+                    Some(i) if tally.past[i].start == entry.period_start => {
+                        let bucket = &mut tally.past[i];
+                        bucket.settled = bucket.settled.plus(restored);
+                        bucket.requests = bucket.requests.saturating_add(entry.requests);
+                    }
+                    at => tally.past.insert(
+                        at.unwrap_or(tally.past.len()),
+                        PastBucket {
+                            start: entry.period_start,
+                            settled: restored,
+                            requests: entry.requests,
+                        },
+                    ),
+                }
             }
         }
     }
@@ -638,11 +770,81 @@ mod tests {
             max_cost_usd: max_cost,
             max_tokens,
             tz: chrono_tz::UTC,
+            rolling: false,
         }
     }
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 10, h, m, s).unwrap()
+    }
+
+    #[test]
+    fn a_rolling_day_counts_the_last_24_hours_bucket_by_bucket_across_a_restart() {
+        let rolling = [CompiledBudget {
+            rolling: true,
+            ..budget(Some(1.0), None)
+        }];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &rolling,
+        };
+        let day = |d: u32, h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, d, h, m, 0).unwrap();
+        let ledger = InProcessLedger::new();
+        let spend = |ledger: &InProcessLedger, cost: f64, at: DateTime<Utc>| {
+            ledger
+                .reserve("ns/bot", limits, amount(cost, 1), at)
+                .map(|id| ledger.settle(id, amount(cost, 1), at))
+        };
+        spend(&ledger, 0.6, day(10, 10, 30)).unwrap();
+        // Reserved at 10:59, settled at 11:01: it counts in the 10:00 bucket.
+        let late = ledger
+            .reserve("ns/bot", limits, amount(0.3, 1), day(10, 10, 59))
+            .unwrap();
+        ledger.settle(late, amount(0.3, 1), day(10, 11, 1));
+        spend(&ledger, 0.05, day(10, 14, 0)).unwrap();
+        // Past midnight a calendar day would start again; the window does not.
+        let refused = Err(Refusal::BudgetExceeded {
+            period: BudgetPeriod::Day,
+        });
+        assert_eq!(spend(&ledger, 0.2, day(11, 9, 0)), refused);
+        let usage = ledger.usage("ns/bot", &rolling, day(11, 9, 0));
+        assert!((usage[0].cost_usd - 0.95).abs() < 1e-9, "{usage:?}");
+
+        // A restart: the report, bucket by bucket, is read back.
+        let report = ledger.settled_usage();
+        let starts: Vec<_> = report.iter().map(|e| e.period_start).collect();
+        assert!(
+            starts.contains(&day(10, 10, 0)) && starts.contains(&day(10, 14, 0)),
+            "{report:?}"
+        );
+        let restarted = InProcessLedger::new();
+        restarted.restore(&report);
+        for ledger in [&ledger, &restarted] {
+            // At 10:30 the next day the 10:00 bucket is still in the window
+            // (never released early)...
+            assert_eq!(spend(ledger, 0.2, day(11, 10, 30)), refused);
+            // ...and from 11:00 it has left it: 0.05 remains counted.
+            let usage = ledger.usage("ns/bot", &rolling, day(11, 11, 0));
+            assert!((usage[0].cost_usd - 0.05).abs() < 1e-9, "{usage:?}");
+            assert_eq!(spend(ledger, 0.9, day(11, 11, 0)), Ok(()));
+            assert_eq!(spend(ledger, 0.1, day(11, 11, 5)), refused);
+        }
+        // A calendar day, for contrast, starts again at midnight.
+        let calendar = [budget(Some(1.0), None)];
+        let daily = InProcessLedger::new();
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &calendar,
+        };
+        let id = daily
+            .reserve("ns/bot", limits, amount(0.95, 1), day(10, 23, 0))
+            .unwrap();
+        daily.settle(id, amount(0.95, 1), day(10, 23, 0));
+        assert!(
+            daily
+                .reserve("ns/bot", limits, amount(0.9, 1), day(11, 0, 0))
+                .is_ok()
+        );
     }
 
     fn amount(cost: f64, tokens: u64) -> Amount {

@@ -35,7 +35,6 @@ use policybind_crds::lease::{self, Demand, Demands, Ledger, RateUnit, Unit};
 use policybind_crds::wire::{self, keys};
 use policybind_engine::compile::CompiledBudget;
 use policybind_engine::request::UsageSoFar;
-use policybind_engine::schedule::period_start;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -156,7 +155,7 @@ fn keys_of(
 ) -> Vec<(String, usize, f64, f64)> {
     let mut keys = Vec::new();
     for (index, budget) in budgets.iter().enumerate() {
-        let start = period_start(budget.period, budget.tz, now);
+        let start = budget.tally_start(now);
         let used = usage.get(index);
         // A request priced at zero needs no slice of a cost budget.
         if budget.max_cost_usd.is_some() && estimate.cost_usd > 0.0 {
@@ -291,7 +290,8 @@ impl LeasedLedger {
         estimate: Amount,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, f64)>, Refusal> {
-        let usage = self.inner.usage(token, budgets, now);
+        // A key is one calendar period, or one bucket of a rolling window.
+        let usage = self.inner.tally_usage(token, budgets, now);
         let mut short = false;
         let mut taken = Vec::new();
         for (key, index, used, need) in keys_of(token, budgets, &usage, estimate, now) {
@@ -301,7 +301,16 @@ impl LeasedLedger {
                 Unit::Usd => budgets[index].max_cost_usd.unwrap_or(0.0),
                 Unit::Tokens => budgets[index].max_tokens.map_or(0.0, |t| t as f64),
             };
-            let least = lease::least_slice(limit, state.ledger.holders(&key, &self.pod));
+            // A rolling window has a key per bucket, and a slice left unspent
+            // in a bucket stays counted for the whole window: its least slice
+            // is a bucket's share, so that all of them together stay about 1%.
+            let budget = &budgets[index];
+            let per_key = if budget.rolling {
+                limit / f64::from(policybind_engine::schedule::window_buckets(budget.period) + 1)
+            } else {
+                limit
+            };
+            let least = lease::least_slice(per_key, state.ledger.holders(&key, &self.pod));
             let slice = state.slice(token, unit).max(need * 4.0).max(least);
             if used + need > held {
                 let exhausted = state
@@ -614,6 +623,7 @@ mod tests {
             max_cost_usd: Some(1.0),
             max_tokens: None,
             tz: chrono_tz::UTC,
+            rolling: false,
         }]
     }
 
@@ -787,6 +797,68 @@ mod tests {
         let demands = ledger.demands();
         assert_eq!(demands[&key].wanted, 0.0, "{demands:?}");
         assert!(demands[&lease::rate_key(TOKEN, next, RateUnit::Requests)].wanted > 0.0);
+    }
+
+    #[test]
+    fn a_rolling_window_is_leased_bucket_by_bucket() {
+        let rolling = [CompiledBudget {
+            rolling: true,
+            ..budgets()[0].clone()
+        }];
+        let limits = TokenLimits {
+            rate: None,
+            budgets: &rolling,
+        };
+        let at = |h: u32| Utc.with_ymd_and_hms(2026, 11, 22, h, 30, 0).unwrap();
+        let bucket = |h: u32| {
+            let start = Utc.with_ymd_and_hms(2026, 11, 22, h, 0, 0).unwrap();
+            lease::budget_key(TOKEN, BudgetPeriod::Day, start, Unit::Usd)
+        };
+        let granting = |keys: &[(String, f64)]| Ledger {
+            keys: keys
+                .iter()
+                .map(|(key, grant)| {
+                    let entry = KeyLedger {
+                        limit: 1.0,
+                        remaining: 0.5,
+                        grants: BTreeMap::from([("pod-1".to_string(), *grant)]),
+                    };
+                    (key.clone(), entry)
+                })
+                .collect(),
+        };
+        let ledger = LeasedLedger::new("pod-1");
+        ledger.report_restored();
+        ledger.apply_ledger(granting(&[(bucket(10), 0.3)]));
+        let spend = |cost: f64, h: u32| {
+            ledger
+                .reserve(TOKEN, limits, Amount::new(cost, 1), at(h))
+                .map(|id| ledger.settle(id, Amount::new(cost, 1), at(h)))
+        };
+        spend(0.3, 10).unwrap();
+        // The next bucket is a new key: nothing held there yet. It asks as for
+        // any key: its recent spend (0.3), at least four times the request.
+        assert_eq!(spend(0.1, 11), Err(Refusal::AwaitingGrant));
+        let demands = ledger.demands();
+        let asked = demands[&bucket(11)].wanted;
+        assert!((asked - 0.4).abs() < 1e-12, "{demands:?}");
+        // Granted: spent against that bucket's own grant, whatever the window
+        // already counts (the operator takes the earlier buckets off the
+        // grant it gives); the earlier bucket's key is still reported.
+        ledger.apply_ledger(granting(&[(bucket(10), 0.3), (bucket(11), 0.4)]));
+        spend(0.1, 11).unwrap();
+        let demands = ledger.demands();
+        assert!(
+            (demands[&bucket(10)].settled - 0.3).abs() < 1e-12,
+            "{demands:?}"
+        );
+        assert!(
+            (demands[&bucket(11)].settled - 0.1).abs() < 1e-12,
+            "{demands:?}"
+        );
+        // The engine's view of the token is the whole window.
+        let usage = ledger.usage(TOKEN, &rolling, at(11));
+        assert!((usage[0].cost_usd - 0.4).abs() < 1e-12, "{usage:?}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use futures::future::BoxFuture;
 use policybind_crds::wire;
 use policybind_engine::compile::CompiledBudget;
 use policybind_engine::request::UsageSoFar;
-use policybind_engine::schedule::{period_end, period_start};
+use policybind_engine::schedule;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script};
 use tracing::{debug, warn};
@@ -184,20 +184,47 @@ impl OwnerKeys {
         self.key("b:")
     }
 
+    /// The key of `budget`'s tally at `now`: its calendar period, or the
+    /// current bucket of its rolling window (`...:b:Day-rolling:<start>`).
     fn budget(&self, budget: &CompiledBudget, now: DateTime<Utc>) -> String {
-        let start = period_start(budget.period, budget.tz, now);
+        self.budget_at(budget, budget.tally_start(now))
+    }
+
+    fn budget_at(&self, budget: &CompiledBudget, start: DateTime<Utc>) -> String {
+        let rolling = if budget.rolling { "-rolling" } else { "" };
         format!(
-            "{}{}:{}",
+            "{}{}{rolling}:{}",
             self.budget_prefix(),
             budget.period.as_str(),
             start.timestamp()
         )
     }
+
+    /// The keys of the earlier buckets still in `budget`'s rolling window at
+    /// `now`, oldest first (none for a calendar budget).
+    fn earlier(&self, budget: &CompiledBudget, now: DateTime<Utc>) -> Vec<String> {
+        if !budget.rolling {
+            return vec![];
+        }
+        let len = schedule::bucket_len(budget.period);
+        let current = budget.tally_start(now);
+        (1..=schedule::window_buckets(budget.period))
+            .rev()
+            .map(|back| self.budget_at(budget, current - len * back))
+            .collect()
+    }
 }
 
-/// When a budget key of `budget` may go: the end of its period plus a margin.
+/// When a budget key of `budget` may go: the end of its period plus a margin,
+/// or, for a rolling window's bucket, once the bucket has left the window.
 fn expire_at(budget: &CompiledBudget, now: DateTime<Utc>) -> i64 {
-    (period_end(budget.period, budget.tz, now) + PERIOD_MARGIN).timestamp()
+    let end = if budget.rolling {
+        let len = schedule::bucket_len(budget.period);
+        budget.tally_start(now) + len * (schedule::window_buckets(budget.period) + 1)
+    } else {
+        budget.tally_end(now)
+    };
+    (end + PERIOD_MARGIN).timestamp()
 }
 
 /// A reservation this replica holds.
@@ -461,27 +488,41 @@ impl RedisLedger {
     ) -> Result<Vec<UsageSoFar>, String> {
         let keys = OwnerKeys::new(owner);
         let mut pipe = redis::pipe();
-        for budget in budgets {
-            pipe.cmd("HMGET")
-                .arg(keys.budget(budget, now))
-                .arg(&["cost", "tokens", "rcost", "rtokens"]);
-        }
+        // A rolling window's earlier buckets count too: each budget reads
+        // its earlier buckets and then its current key.
+        let per_budget: Vec<usize> = budgets
+            .iter()
+            .map(|budget| {
+                let earlier = keys.earlier(budget, now);
+                for key in earlier.iter().chain([&keys.budget(budget, now)]) {
+                    pipe.cmd("HMGET")
+                        .arg(key)
+                        .arg(&["cost", "tokens", "rcost", "rtokens"]);
+                }
+                earlier.len() + 1
+            })
+            .collect();
         let mut conn = self.shared.conn.clone();
         let rows: Vec<Vec<Option<String>>> = timed(
             self.shared.timings.command_timeout,
             pipe.query_async(&mut conn),
         )
         .await?;
+        let mut rows = rows.into_iter();
         budgets
             .iter()
-            .zip(rows)
-            .map(|(budget, row)| {
-                let field = |i: usize| parse_count(row.get(i).cloned().flatten());
-                let (cost, tokens) = (field(0)?.saturating_add(field(2)?), field(1)?);
+            .zip(per_budget)
+            .map(|(budget, count)| {
+                let (mut cost, mut tokens) = (0u64, 0u64);
+                for row in rows.by_ref().take(count) {
+                    let field = |i: usize| parse_count(row.get(i).cloned().flatten());
+                    cost = cost.saturating_add(field(0)?).saturating_add(field(2)?);
+                    tokens = tokens.saturating_add(field(1)?).saturating_add(field(3)?);
+                }
                 Ok(UsageSoFar {
                     period: budget.period,
                     cost_usd: micro_to_usd(cost),
-                    tokens: tokens.saturating_add(field(3)?),
+                    tokens,
                 })
             })
             .collect()
@@ -529,15 +570,23 @@ impl Shared {
             .arg(call.estimate.tokens.min(MAX_COUNT))
             .arg(call.rpm.min(MAX_COUNT))
             .arg(call.tpm.min(MAX_COUNT))
-            .arg(keep_until);
+            .arg(keep_until)
+            .arg(call.budget_keys.len());
+        let mut earlier = Vec::new();
         for (budget, (key, expire_at)) in call.budgets.iter().zip(call.budget_keys) {
             let max_cost = budget.max_cost_usd.map_or(-1, |m| micro_usd(m) as i64);
             let max_tokens = budget.max_tokens.map_or(-1, |m| m.min(MAX_COUNT) as i64);
+            let before = keys.earlier(budget, call.now);
             invocation
                 .key(key)
                 .arg(max_cost)
                 .arg(max_tokens)
-                .arg(*expire_at);
+                .arg(*expire_at)
+                .arg(before.len());
+            earlier.extend(before);
+        }
+        for key in earlier {
+            invocation.key(key);
         }
         let mut conn = self.conn.clone();
         let answer: (i64, i64, i64) = timed(

@@ -442,6 +442,7 @@ mod tests {
             max_cost_usd: Some(10.0),
             max_tokens: None,
             tz: chrono_tz::UTC,
+            rolling: false,
         }];
         let limits = TokenLimits {
             rate: None,
@@ -487,6 +488,7 @@ mod tests {
             max_cost_usd: Some(1.0),
             max_tokens: None,
             tz: chrono_tz::UTC,
+            rolling: false,
         }];
         let limits = TokenLimits {
             rate: None,

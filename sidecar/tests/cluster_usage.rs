@@ -81,6 +81,7 @@ fn spend(ledger: &InProcessLedger, token: &str, cost_usd: f64, tokens: u64) {
         max_cost_usd: Some(100.0),
         max_tokens: None,
         tz: chrono_tz::UTC,
+        rolling: false,
     }];
     let limits = TokenLimits {
         rate: None,

@@ -114,6 +114,7 @@ fn day_budget(max_cost: Option<f64>, max_tokens: Option<u64>) -> Vec<CompiledBud
         max_cost_usd: max_cost,
         max_tokens,
         tz: chrono_tz::UTC,
+        rolling: false,
     }]
 }
 
@@ -178,6 +179,59 @@ async fn replicas_reserving_at_once_never_exceed_the_budget() {
         .usage_shared("team-a/bot", &budgets, Utc::now())
         .await;
     assert!((usage[0].cost_usd - 0.99).abs() < 1e-9, "{usage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_window_is_shared_by_replicas_and_releases_spend_as_it_ages() {
+    let redis = RedisServer::start();
+    let rolling = vec![CompiledBudget {
+        rolling: true,
+        ..day_budget(Some(1.0), None).remove(0)
+    }];
+    let calendar = day_budget(Some(1.0), None);
+    let ledgers = replicas(&redis, 2);
+    let (a, b) = (&ledgers[0], &ledgers[1]);
+    let limits = no_rate(&rolling);
+    // Budget keys follow the time a request is decided at, so the window can
+    // be walked here; a day ahead, so that the keys' expiry lies in the future.
+    let hour = |h: i64| {
+        let base = Utc::now() + chrono::Duration::days(2);
+        policybind_engine::schedule::bucket_start(BudgetPeriod::Day, base)
+            + chrono::Duration::hours(h)
+            + chrono::Duration::minutes(30)
+    };
+    let spent = a
+        .reserve_shared("ns/tok", limits, Amount::new(0.6, 1), hour(0))
+        .await
+        .unwrap();
+    a.settle(spent, Amount::new(0.6, 1), hour(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = b
+        .reserve_shared("ns/tok", limits, Amount::new(0.3, 1), hour(5))
+        .await
+        .unwrap();
+    b.settle(later, Amount::new(0.3, 1), hour(5));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another replica, 24 hours on (the first bucket is still in the window):
+    // 0.9 counted, so 0.2 does not fit.
+    let refused = b
+        .reserve_shared("ns/tok", limits, Amount::new(0.2, 1), hour(24))
+        .await;
+    assert!(
+        matches!(refused, Err(Refusal::BudgetExceeded { .. })),
+        "{refused:?}"
+    );
+    let usage = a.usage_shared("ns/tok", &rolling, hour(24)).await;
+    assert!((usage[0].cost_usd - 0.9).abs() < 1e-9, "{usage:?}");
+    // An hour later the first bucket has left: 0.3 counted, 0.7 fits.
+    let usage = a.usage_shared("ns/tok", &rolling, hour(25)).await;
+    assert!((usage[0].cost_usd - 0.3).abs() < 1e-9, "{usage:?}");
+    a.reserve_shared("ns/tok", limits, Amount::new(0.7, 1), hour(25))
+        .await
+        .expect("0.3 + 0.7 fits once the first bucket left");
+    // A calendar budget of the same token and period is counted apart.
+    let day = a.usage_shared("ns/tok", &calendar, hour(0)).await;
+    assert_eq!(day[0].cost_usd, 0.0, "{day:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "eu-ai-act.json",
-  "sha256": "be6f6a42b0411237f3f575264167fc194c2d5a9ec8d740c8571c877f5fa10a82",
-  "signature": "0/w9t21UgP1acI9LUlIW3F+sHCqRX31ubwrx53g/Bz7AOV2oYbWRerQY+el7vTiqWEonNUG65Xg/VDAwkF7qDw=="
+  "sha256": "be60e060b14e79c7cd8a83e045e00ed14b5838957aa084915dec99d9f896ecf4",
+  "signature": "ZbEwXniHioPxewfIhO11HuHlkUfPm7uUtgwanJuxVFbw5Ef9sOH9D2SXq/LGn55LvulD6CWxg7L109XuDEfHBw=="
 }

@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "incident-support-agent-data-exposure.json",
-  "sha256": "c5c4678be3a06bbe80ca3b791815dad7ec9d28ea54e56474dc4b0d65f3593adf",
-  "signature": "H3QecL4W3kfedX6jz3cXDvgsVLWhS190RDQeqOZ+w4CY5dnjMfQsATtjDzeenaz7mNpUFt/s+Eux0cZ+XE7ACg=="
+  "sha256": "8e6e2b018c1c13fb238312188a207e73a85cffc9f0224d9a8b8cff5f356b9190",
+  "signature": "bUwXC8dyytKydgn7Mz6Y3OAUFbGKy9QY0+gR2P6Gy2Lkm15s26FbDGQa3tEc+3sWZrLZgR5ZzBo9VQkumrZpDw=="
 }

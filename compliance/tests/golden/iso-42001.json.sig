@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "iso-42001.json",
-  "sha256": "05e2281359d9b28439af6604ff88be19aba6110cca2c69bb378abc070b07c0b2",
-  "signature": "+xhaCYi2se7UicUwIz4dCkw+/JG7MkZtjLnX906JuhA2340vk+gkPOTlExF8nW+uSrShFtTGwX7A9v04RZmmDg=="
+  "sha256": "3ee05c1e915320547f579e76c91562864831014b3779063715c7e92882e3b273",
+  "signature": "iPpaptg7Nlz5kZahVSjLGbSqrxSodnWliJy90hskcCGdZQvIu0lwZu7mEigYKnP8yV3mr9k2GzCn9ne2L/QDBg=="
 }

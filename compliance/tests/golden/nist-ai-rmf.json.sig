@@ -3,6 +3,6 @@
   "algorithm": "Ed25519",
   "keyId": "b1e3ff24afcd9ccb",
   "signed": "nist-ai-rmf.json",
-  "sha256": "89a78766c6f47dc52cef4e0e862d768614bc5ebe56e88b85b0f1da8cec19de77",
-  "signature": "bC3q38toHUw0TAqitBZ0WjU7dgqgCM7dJzXhnqsmSeYIRHCZmWRqfdE6bwrRw45nb7hRRDPdBX1GOGRFrMp+Aw=="
+  "sha256": "9b43d701358d4f91f1f3d2ee8021bdc0eca4568fdb0b7022b4f4157c2b5d22a3",
+  "signature": "RT96zxU6NdCaWBWnpM5ZpZGs8Zax5mFbyTDUJh+AJSmPsiUIoF+UcMPTIcTIXjBJ+F9hkwySp0S942bXbTScCA=="
 }

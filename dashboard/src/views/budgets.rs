@@ -79,8 +79,13 @@ pub fn render(context: &Context<'_>) -> String {
                 escape(&subject),
                 pill(&phase, &phase),
                 format!(
-                    "{}<br><span class=\"note\">{} requests</span>",
+                    "{}{}<br><span class=\"note\">{} requests</span>",
                     budget.period.as_str(),
+                    if budget.window == policybind_crds::BudgetWindow::Rolling {
+                        " (rolling)"
+                    } else {
+                        ""
+                    },
                     usage.map_or(0, |u| u.requests)
                 ),
                 limit_cell(
