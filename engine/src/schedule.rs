@@ -199,6 +199,52 @@ mod tests {
         s.parse().unwrap()
     }
 
+    #[test]
+    fn rolling_windows_count_whole_utc_buckets_back_one_period_from_the_current_one() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let t = utc("2026-11-22T15:20:00Z");
+        let cases = [
+            (
+                BudgetPeriod::Day,
+                "2026-11-22T15:00:00Z",
+                "2026-11-21T15:00:00Z",
+                "2026-11-22T16:00:00Z",
+            ),
+            (
+                BudgetPeriod::Week,
+                "2026-11-22T12:00:00Z",
+                "2026-11-15T12:00:00Z",
+                "2026-11-22T18:00:00Z",
+            ),
+            (
+                BudgetPeriod::Month,
+                "2026-11-22T00:00:00Z",
+                "2026-10-23T00:00:00Z",
+                "2026-11-23T00:00:00Z",
+            ),
+        ];
+        for (period, tally, counting, end) in cases {
+            // The time zone does not move a rolling window.
+            assert_eq!(tally_start(period, ny, true, t), utc(tally), "{period:?}");
+            assert_eq!(
+                counting_start(period, ny, true, t),
+                utc(counting),
+                "{period:?}"
+            );
+            assert_eq!(tally_end(period, ny, true, t), utc(end), "{period:?}");
+            // Calendar periods are unchanged.
+            assert_eq!(
+                tally_start(period, ny, false, t),
+                period_start(period, ny, t)
+            );
+            assert_eq!(tally_end(period, ny, false, t), period_end(period, ny, t));
+        }
+        assert_eq!(
+            bucket_start(BudgetPeriod::Day, utc("2026-11-22T15:00:00Z")),
+            utc("2026-11-22T15:00:00Z")
+        );
+    }
+
     fn business_hours(tz: &str) -> CompiledSchedule {
         CompiledSchedule::compile(&Schedule {
             days: vec![

@@ -462,6 +462,17 @@ impl InProcessLedger {
         budgets: &[CompiledBudget],
         now: DateTime<Utc>,
     ) -> Vec<UsageSoFar> {
+        self.usage_by(token, budgets, now, |t| t.settled.plus(t.reserved))
+    }
+
+    /// `amount` of each budget's tally of `token`, as the engine's usage.
+    fn usage_by(
+        &self,
+        token: &str,
+        budgets: &[CompiledBudget],
+        now: DateTime<Utc>,
+        amount: impl Fn(&PeriodTally) -> Amount,
+    ) -> Vec<UsageSoFar> {
         if budgets.is_empty() {
             return vec![];
         }
@@ -470,8 +481,7 @@ impl InProcessLedger {
         budgets
             .iter()
             .map(|b| {
-                let t = state.tally(b, now);
-                let total = t.settled.plus(t.reserved);
+                let total = amount(state.tally(b, now));
                 UsageSoFar {
                     period: b.period,
                     cost_usd: total.cost_usd,
@@ -494,22 +504,8 @@ impl UsageLedger for InProcessLedger {
         budgets: &[CompiledBudget],
         now: DateTime<Utc>,
     ) -> Vec<UsageSoFar> {
-        if budgets.is_empty() {
-            return vec![];
-        }
-        let mut inner = self.lock();
-        let state = inner.tokens.entry(token.to_string()).or_default();
-        budgets
-            .iter()
-            .map(|b| {
-                let total = state.tally(b, now).counted();
-                UsageSoFar {
-                    period: b.period,
-                    cost_usd: total.cost_usd,
-                    tokens: total.tokens,
-                }
-            })
-            .collect()
+        // The whole window: a rolling window's earlier buckets count.
+        self.usage_by(token, budgets, now, PeriodTally::counted)
     }
 
     fn reserve(
