@@ -319,7 +319,11 @@ pub fn next_ledger(
         let empty = BTreeMap::new();
         let before = previous.keys.get(key).map_or(&empty, |k| &k.grants);
         let round = grant_round(limit, before, &pods);
-        if !round.grants.is_empty() || round.remaining < limit {
+        // A key someone asked about is written even when nothing is left of
+        // it (a rolling window whose earlier buckets took the whole limit, a
+        // token whose other namespaces did): the pod then refuses with
+        // BUDGET_EXCEEDED at once instead of waiting for a grant.
+        if !round.grants.is_empty() || round.remaining < limit || !pods.is_empty() {
             next.keys.insert(key.clone(), round);
         }
     }
@@ -1034,6 +1038,19 @@ mod tests {
         assert_eq!(next.granted(&key("2026-11-22T05:00:00Z"), "pod-2"), 0.0);
         assert_eq!(next.granted(&key("2026-11-22T05:00:00Z"), "pod-1"), 0.3);
         assert!(!next.keys.contains_key(&key("2026-11-21T09:00:00Z")));
+
+        // When the earlier buckets took the whole limit, the current bucket's
+        // key is still written, with nothing left: the pod asking refuses
+        // BUDGET_EXCEEDED at once rather than wait for a grant that never comes.
+        let mut full = team_a.clone();
+        full.keys
+            .insert(key("2026-11-22T06:00:00Z"), entry("pod-1", 0.6));
+        let ledgers = HashMap::from([("team-a".to_string(), full.clone())]);
+        let of = |k: &str| limit_of(k, "team-a", &limits, &ledgers, now);
+        assert_eq!(of(&key("2026-11-22T10:00:00Z")), Some(0.0));
+        let next = next_ledger(&full, &demands, &live, of);
+        let current = &next.keys[&key("2026-11-22T10:00:00Z")];
+        assert_eq!((current.remaining, current.grants.len()), (0.0, 0));
     }
 
     #[test]
