@@ -201,7 +201,9 @@ pub struct AccessTokenStatus {
 pub struct PeriodUsage {
     /// Day, Week or Month.
     pub period: BudgetPeriod,
-    /// Start of the current period.
+    /// Start of the current period. For a rolling window: the start of the
+    /// oldest bucket counted (in a sidecar's usage report, each bucket's own
+    /// start).
     pub period_start: DateTime<Utc>,
     /// Settled spend in US dollars.
     pub cost_usd: f64,
@@ -210,12 +212,15 @@ pub struct PeriodUsage {
     /// Requests forwarded.
     pub requests: u64,
     /// When the period ends and its spend starts again at zero (in the
-    /// budget's time zone). Set by the operator in the token's status; absent
-    /// in the sidecars' usage reports.
+    /// budget's time zone). For a rolling window: the end of the current
+    /// bucket, when the oldest spend counted next leaves the window. Set by
+    /// the operator in the token's status; absent in the sidecars' usage
+    /// reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resets_at: Option<DateTime<Utc>>,
     /// US dollars of the cost budget the operator has granted to replicas in
-    /// this period, summed over every namespace and pod: what replicas may
+    /// this period (a rolling window: its buckets in the window), summed over
+    /// every namespace and pod: what replicas may
     /// spend without asking again, including what they already spent of it
     /// (grants are never handed back within a period). Absent when no replica
     /// holds a grant of the cost budget.
