@@ -218,6 +218,27 @@ impl Ledger {
             .unwrap_or(0.0)
     }
 
+    /// The budget keys of `token`'s budget of `period` whose start is `start`
+    /// or later, either unit, oldest first. Keys sort by owner, period and
+    /// then start (RFC 3339 in UTC sorts by time), so this is a range of the
+    /// map, not a scan of every key.
+    pub fn budget_keys_from<'a>(
+        &'a self,
+        token: &'a str,
+        period: BudgetPeriod,
+        start: DateTime<Utc>,
+    ) -> impl Iterator<Item = (KeyParts<'a>, &'a KeyLedger)> + 'a {
+        let prefix = format!("{token}|{}|", period.as_str());
+        let from = format!(
+            "{prefix}{}|",
+            start.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        self.keys
+            .range(from..)
+            .take_while(move |(key, _)| key.starts_with(&prefix))
+            .filter_map(|(key, entry)| Some((parse_budget_key(key)?, entry)))
+    }
+
     /// The pods that hold a slice of `key`, counting `pod` even before its
     /// first grant.
     pub fn holders(&self, key: &str, pod: &str) -> usize {
@@ -249,6 +270,70 @@ pub fn least_slice(limit: f64, holders: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_keys_from_is_one_owners_period_from_a_start_and_no_more() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let mut ledger = Ledger::default();
+        for (token, period, start, unit) in [
+            (
+                "ns/bot",
+                BudgetPeriod::Day,
+                "2026-11-22T09:00:00Z",
+                Unit::Usd,
+            ),
+            (
+                "ns/bot",
+                BudgetPeriod::Day,
+                "2026-11-22T10:00:00Z",
+                Unit::Usd,
+            ),
+            (
+                "ns/bot",
+                BudgetPeriod::Day,
+                "2026-11-22T10:00:00Z",
+                Unit::Tokens,
+            ),
+            (
+                "ns/bot",
+                BudgetPeriod::Week,
+                "2026-11-22T12:00:00Z",
+                Unit::Usd,
+            ),
+            (
+                "ns/bot2",
+                BudgetPeriod::Day,
+                "2026-11-22T11:00:00Z",
+                Unit::Usd,
+            ),
+            (
+                "ns/bo",
+                BudgetPeriod::Day,
+                "2026-11-22T11:00:00Z",
+                Unit::Usd,
+            ),
+        ] {
+            ledger.keys.insert(
+                budget_key(token, period, at(start), unit),
+                KeyLedger::default(),
+            );
+        }
+        ledger.keys.insert(
+            rate_key("ns/bot", at("2026-11-22T10:00:00Z"), RateUnit::Requests),
+            KeyLedger::default(),
+        );
+        let found: Vec<_> = ledger
+            .budget_keys_from("ns/bot", BudgetPeriod::Day, at("2026-11-22T10:00:00Z"))
+            .map(|(p, _)| (p.start, p.unit))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (at("2026-11-22T10:00:00Z"), Unit::Tokens),
+                (at("2026-11-22T10:00:00Z"), Unit::Usd)
+            ]
+        );
+    }
     use chrono::TimeZone;
 
     #[test]

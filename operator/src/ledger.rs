@@ -208,16 +208,8 @@ fn limit_of(
     }
     let earlier: f64 = ledgers
         .values()
-        .flat_map(|l| l.keys.iter())
-        .filter(|(k, _)| {
-            lease::parse_budget_key(k).is_some_and(|p| {
-                p.token == parts.token
-                    && p.period == parts.period
-                    && p.unit == parts.unit
-                    && p.start >= counting
-                    && p.start < current
-            })
-        })
+        .flat_map(|l| l.budget_keys_from(parts.token, parts.period, counting))
+        .filter(|(p, _)| p.unit == parts.unit && p.start < current)
         .map(|(_, k)| committed_of(k))
         .sum();
     Some(usable(limit - earlier))
@@ -494,13 +486,7 @@ impl LedgerView {
         let mut held = Held::default();
         let mut holders = BTreeSet::new();
         for (namespace, ledger) in ledgers.iter() {
-            for (key, entry) in &ledger.keys {
-                let Some(parts) = lease::parse_budget_key(key) else {
-                    continue;
-                };
-                if parts.token != token || parts.period != period || parts.start < start {
-                    continue;
-                }
+            for (parts, entry) in ledger.budget_keys_from(token, period, start) {
                 let total = match parts.unit {
                     Unit::Usd => &mut held.usd,
                     Unit::Tokens => &mut held.tokens,
