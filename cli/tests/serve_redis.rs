@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Serve, repo};
+use common::Serve;
 
 const ALICE: &str = "pb-demo-alice-0000-DEMO-ONLY";
 const PASSWORD: &str = "s3cret-for-redis";
@@ -51,21 +51,11 @@ fn start_redis(dir: &Path) -> (RedisServer, u16) {
 
 /// The quick start with alice's budget made tiny: 150 tokens a day.
 fn tiny_budget_config(dir: &Path) -> PathBuf {
-    let config = dir.join("config");
-    let quickstart = repo().join("examples/quickstart");
-    std::fs::create_dir_all(config.join("standalone")).unwrap();
-    for file in [
-        "models.yaml",
-        "policy.yaml",
-        "standalone/demo-token-values.yaml",
-    ] {
-        std::fs::copy(quickstart.join(file), config.join(file)).unwrap();
-    }
-    let tokens = std::fs::read_to_string(quickstart.join("tokens.yaml")).unwrap();
-    let tiny = tokens.replace("maxCostUsd: 5", "maxTokens: 150");
-    assert_ne!(tiny, tokens, "the quick start's budget line changed");
-    std::fs::write(config.join("tokens.yaml"), tiny).unwrap();
-    config
+    common::quickstart_copy(dir, "", |tokens| {
+        let tiny = tokens.replace("maxCostUsd: 5", "maxTokens: 150");
+        assert_ne!(tiny, tokens, "the quick start's budget line changed");
+        tiny
+    })
 }
 
 #[test]
