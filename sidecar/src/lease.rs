@@ -281,6 +281,17 @@ impl LeasedLedger {
             .collect()
     }
 
+    /// A request short of a grant: the reporter is woken to ask for it, and
+    /// the request waits for it while the ledger is fresh, else fails closed.
+    fn short(&self, state: &State) -> Refusal {
+        self.asking.notify_one();
+        if state.fresh() {
+            Refusal::AwaitingGrant
+        } else {
+            Refusal::LeaseUnavailable
+        }
+    }
+
     /// Checks the grants for `estimate`; asks for more where short.
     fn check_grants(
         &self,
@@ -333,12 +344,7 @@ impl LeasedLedger {
             taken.push((key, need));
         }
         if short {
-            self.asking.notify_one();
-            return Err(if state.fresh() {
-                Refusal::AwaitingGrant
-            } else {
-                Refusal::LeaseUnavailable
-            });
+            return Err(self.short(state));
         }
         Ok(taken)
     }
@@ -435,12 +441,7 @@ impl LeasedLedger {
             taken.push((key, unit, need));
         }
         if short {
-            self.asking.notify_one();
-            return Err(if state.fresh() {
-                Refusal::AwaitingGrant
-            } else {
-                Refusal::LeaseUnavailable
-            });
+            return Err(self.short(state));
         }
         Ok(taken)
     }
