@@ -407,12 +407,15 @@ impl TokenState {
             tally.settled = Amount::default();
             tally.requests = 0;
         }
-        if !budget.rolling {
+        if budget.rolling {
+            let counting = budget.counting_start(now);
+            while tally.past.front().is_some_and(|b| b.start < counting) {
+                tally.past.pop_front();
+            }
+        } else {
+            // (A calendar period's start was just computed: no second time-zone
+            // lookup on the request path.)
             tally.past.clear();
-        }
-        let counting = budget.counting_start(now);
-        while tally.past.front().is_some_and(|b| b.start < counting) {
-            tally.past.pop_front();
         }
         tally
     }
