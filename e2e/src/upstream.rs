@@ -240,11 +240,9 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn answers_chat_completions_and_counts_them() {
-        let upstream = Upstream::start().await.unwrap();
-        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        let response = crate::http::request(
+    /// One chat completion POST to the fake upstream.
+    async fn chat(upstream: &Upstream, body: &'static [u8]) -> crate::http::Response {
+        crate::http::request(
             &upstream.addr.to_string(),
             "POST",
             "/v1/chat/completions",
@@ -253,7 +251,14 @@ mod tests {
             Duration::from_secs(5),
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_chat_completions_and_counts_them() {
+        let upstream = Upstream::start().await.unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let response = chat(&upstream, body).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.json()["model"], "m");
         assert_eq!(response.json()["usage"]["total_tokens"], 18);
@@ -281,21 +286,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let send = |body: &'static [u8]| {
-            let addr = upstream.addr.to_string();
-            async move {
-                crate::http::request(
-                    &addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("Content-Type", "application/json")],
-                    Some(body),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap()
-            }
-        };
+        let send = |body: &'static [u8]| chat(&upstream, body);
         let first = send(br#"{"model":"m","messages":[]}"#).await;
         assert_eq!(first.json()["usage"]["total_tokens"], 18);
         let second = send(
