@@ -6,10 +6,11 @@
 //!   directly and through the sidecar, for each rate; latency percentiles and
 //!   their difference, plus the sidecar's memory when its process id is given;
 //! - `--connections 1,16`: closed loops on that many kept-alive connections,
-//!   the upstream directly, the sidecar and (with `--nginx`) nginx as a plain
-//!   reverse proxy taking turns in slices for `--duration-secs` each; latency
+//!   the upstream directly, the sidecar, (with `--nginx`) nginx as a plain
+//!   reverse proxy and (with `--floor`) a policy-free proxy on the sidecar's
+//!   own stack taking turns in slices for `--duration-secs` each; latency
 //!   percentiles, the latency each proxy adds, and each proxy's CPU time per
-//!   request (`--sidecar-pid`, `--nginx-pid`).
+//!   request (`--sidecar-pid`, `--nginx-pid`, `--floor-pid`).
 //!
 //! Start the upstream (for example the repository's `fake-upstream`) and
 //! `policybind serve` first; see docs/sidecar.md.
@@ -91,6 +92,15 @@ pub struct BenchArgs {
     /// Process id of the nginx master; its workers' CPU time is charged to it.
     #[arg(long)]
     pub nginx_pid: Option<u32>,
+    /// Base URL of a policy-free proxy on the sidecar's own stack (the
+    /// `bare_proxy` example of policybind-sidecar) in front of the same
+    /// upstream, measured side by side in closed-loop mode: what the stack
+    /// costs before any policy work.
+    #[arg(long)]
+    pub floor: Option<String>,
+    /// Process id of that floor proxy.
+    #[arg(long)]
+    pub floor_pid: Option<u32>,
     /// Seconds of each turn in closed-loop mode.
     #[arg(long, default_value_t = 5)]
     pub slice_secs: u64,
@@ -273,7 +283,8 @@ fn closed_row(connections: usize, r: &ClosedReport) {
     );
 }
 
-/// Closed-loop mode: direct, sidecar and nginx side by side per connection count.
+/// Closed-loop mode: direct, sidecar, nginx and the floor proxy side by side
+/// per connection count.
 async fn run_connections(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let body = request_body(args)?;
     let sidecar_token = token(args)?;
@@ -296,6 +307,9 @@ async fn run_connections(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     ];
     if let Some(nginx) = &args.nginx {
         targets.push(target("nginx", nginx, None, args.nginx_pid));
+    }
+    if let Some(floor) = &args.floor {
+        targets.push(target("floor", floor, None, args.floor_pid));
     }
     println!(
         "{:<8} {:>5} {:>9} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
@@ -335,13 +349,23 @@ async fn run_connections(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 proxy.cpu_us_per_request
             );
         }
-        if let [direct, sidecar, nginx] = &reports[..] {
-            let added = |r: &ClosedReport| (r.p50_us as f64 - direct.p50_us as f64).max(1.0);
-            println!(
-                "sidecar / nginx at {connections} connection(s): added p50 {:.2}x, CPU per request {:.2}x",
-                added(sidecar) / added(nginx),
-                sidecar.cpu_us_per_request / nginx.cpu_us_per_request.max(f64::MIN_POSITIVE)
-            );
+        let named = |name: &str| reports.iter().find(|r| r.name == name);
+        let added = |r: &ClosedReport| (r.p50_us as f64 - direct.p50_us as f64).max(1.0);
+        let pairs = [
+            ("sidecar", "nginx"),
+            ("floor", "nginx"),
+            ("sidecar", "floor"),
+        ];
+        for (a, b) in pairs {
+            if let (Some(a), Some(b)) = (named(a), named(b)) {
+                println!(
+                    "{} / {} at {connections} connection(s): added p50 {:.2}x, CPU per request {:.2}x",
+                    a.name,
+                    b.name,
+                    added(a) / added(b),
+                    a.cpu_us_per_request / b.cpu_us_per_request.max(f64::MIN_POSITIVE)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
