@@ -11,7 +11,11 @@
 #   REQUESTS=5000 KEEP=/tmp/cg bash sidecar/bench/callgrind.sh   # keep the profile
 #
 # SIDECAR_ARGS adds options (e.g. "--workers 1"); PROFILE picks the build
-# (default release; dist for the LTO profile). Needs that build and valgrind (apt-get install -y valgrind).
+# (default release; dist for the LTO profile). FLOOR=1 counts the same
+# requests through the policy-free floor proxy (policybind-sidecar's
+# bare_proxy example) instead. Needs that build (cargo build --release -p
+# policybind -p policybind-sidecar --bins --example bare_proxy) and valgrind
+# (apt-get install -y valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}/${PROFILE:-release}"
@@ -28,15 +32,26 @@ trap cleanup EXIT
 
 "$target/fake-upstream" --listen 127.0.0.1:18100 --no-record > "$work/upstream.log" 2>&1 &
 pids+=($!)
-env RUST_LOG=warn ${SIDECAR_ENV:-} valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$work/callgrind.out" \
-  "$target/policybind" serve --config sidecar/bench --upstream http://127.0.0.1:18100 \
-  --audit-dir "$work/audit" --listen 127.0.0.1:18180 --health-listen 127.0.0.1:18181 \
-  --no-decide-api ${SIDECAR_ARGS:-} > "$work/sidecar.log" 2>&1 &
+if [ -n "${FLOOR:-}" ]; then
+  # The floor: the same requests through the policy-free bare_proxy example.
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
+    "$target/examples/bare_proxy" 127.0.0.1:18180 http://127.0.0.1:18100 "${FLOOR_WORKERS:-$(nproc)}" \
+    > "$work/sidecar.log" 2>&1 &
+  ready=http://127.0.0.1:18180/
+  ok="curl -s -o /dev/null"   # any answer (the upstream's 404 for /) means it is up
+else
+  env RUST_LOG=warn ${SIDECAR_ENV:-} valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/callgrind.out" \
+    "$target/policybind" serve --config sidecar/bench --upstream http://127.0.0.1:18100 \
+    --audit-dir "$work/audit" --listen 127.0.0.1:18180 --health-listen 127.0.0.1:18181 \
+    --no-decide-api ${SIDECAR_ARGS:-} > "$work/sidecar.log" 2>&1 &
+  ready=http://127.0.0.1:18181/readyz
+  ok="curl -sf -o /dev/null"
+fi
 sidecar=$!
 pids+=($sidecar)
 for _ in $(seq 300); do
-  curl -sf http://127.0.0.1:18181/readyz >/dev/null && break
+  $ok "$ready" && break
   sleep 0.2
 done
 
