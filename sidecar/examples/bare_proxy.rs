@@ -20,18 +20,18 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-/// Largest body passed either way, as the sidecar's default limits.
-const MAX_BODY_BYTES: usize = 10 << 20;
+use policybind_sidecar::config::Limits;
 
 #[derive(Clone)]
 struct Upstream {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The sidecar's default body limits, bounding what is read either way.
+    limits: Limits,
 }
 
 fn main() {
@@ -65,9 +65,11 @@ fn worker(listener: std::net::TcpListener, base: String) {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(http);
-        let app = Router::new()
-            .fallback(any(forward))
-            .with_state(Upstream { base, client });
+        let app = Router::new().fallback(any(forward)).with_state(Upstream {
+            base,
+            client,
+            limits: Limits::default(),
+        });
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -79,7 +81,7 @@ fn worker(listener: std::net::TcpListener, base: String) {
 
 async fn forward(State(upstream): State<Upstream>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+    let Ok(body) = axum::body::to_bytes(body, upstream.limits.max_body_bytes).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -95,7 +97,10 @@ async fn forward(State(upstream): State<Upstream>, request: Request) -> Response
         return StatusCode::BAD_GATEWAY.into_response();
     };
     let (parts, body) = answer.into_parts();
-    match body.collect().await {
+    match Limited::new(body, upstream.limits.max_response_bytes)
+        .collect()
+        .await
+    {
         Ok(collected) => Response::from_parts(parts, Body::from(collected.to_bytes())),
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
