@@ -160,15 +160,54 @@ impl Drop for Process {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// Ports [`free_port`] hands out: below the kernel's default ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768 upwards).
+const FREE_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process started
+/// next to listen on.
+///
+/// Not a port the kernel picks (`bind` to port 0): the kernel takes the same
+/// ephemeral range for the local end of outgoing connections, so with
+/// scenarios running side by side a client's connection could take the port
+/// before the process bound it (a sidecar once exited with "Address already
+/// in use" that way). Ports come in turn from a random start instead, so the
+/// scenarios of one run never get the same one.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
-    Ok(listener.local_addr()?.port())
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let random = RandomState::new().hash_one(std::process::id());
+        AtomicU32::new((random % u64::from(FREE_PORTS.len() as u32)) as u32)
+    });
+    for _ in FREE_PORTS {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % FREE_PORTS.len() as u32;
+        let port = u16::try_from(FREE_PORTS.start + offset).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 in {FREE_PORTS:?}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_outside_the_ephemeral_range_and_not_repeated() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        assert!(ports.iter().all(|p| FREE_PORTS.contains(&u32::from(*p))));
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
+        for port in ports {
+            TcpListener::bind(("127.0.0.1", port)).expect("a port it gave is free");
+        }
+    }
 
     #[test]
     fn dropping_the_handle_stops_the_process() {
