@@ -97,16 +97,35 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// What readiness waits for.
+/// What readiness waits for: a serving certificate, synced caches, and the
+/// HTTPS listener bound. The health port comes up first, so without the last
+/// one a pod could be marked ready (and a URL registration called) while
+/// admission requests would still be refused at the TCP level.
 #[derive(Debug, Default)]
 pub struct Readiness {
     pub certificate: AtomicBool,
     pub caches: AtomicBool,
+    pub listening: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.certificate.load(Ordering::Acquire) && self.caches.load(Ordering::Acquire)
+        self.certificate.load(Ordering::Acquire)
+            && self.caches.load(Ordering::Acquire)
+            && self.listening.load(Ordering::Acquire)
+    }
+
+    /// Why the webhook is not ready yet, the first missing condition.
+    pub fn waiting_for(&self) -> Option<&'static str> {
+        if !self.certificate.load(Ordering::Acquire) {
+            Some("no serving certificate yet")
+        } else if !self.caches.load(Ordering::Acquire) {
+            Some("caches not synced yet")
+        } else if !self.listening.load(Ordering::Acquire) {
+            Some("admission listener not bound yet")
+        } else {
+            None
+        }
     }
 }
 
@@ -179,15 +198,9 @@ pub fn health_router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
-                if h.readiness.ready() {
-                    (StatusCode::OK, "ready")
-                } else if !h.readiness.certificate.load(Ordering::Acquire) {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no serving certificate yet",
-                    )
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+                match h.readiness.waiting_for() {
+                    None => (StatusCode::OK, "ready"),
+                    Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                 }
             }),
         )
@@ -470,6 +483,7 @@ pub async fn run(mut settings: Settings) -> Result<(), Error> {
         metrics.clone(),
     )?;
     let listener = TcpListener::bind(settings.listen).await?;
+    readiness.listening.store(true, Ordering::Release);
     tracing::info!(address = %settings.listen, "admission webhook (HTTPS)");
     let server = tokio::spawn(serve_tls(
         listener,

@@ -138,7 +138,7 @@ async fn get(app: axum::Router, path: &str) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn readiness_waits_for_certificate_and_caches_and_health_does_not() {
+async fn readiness_waits_for_certificate_caches_and_listener_and_health_does_not() {
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
     let app = health_router(readiness.clone(), metrics);
@@ -153,6 +153,13 @@ async fn readiness_waits_for_certificate_and_caches_and_health_does_not() {
         (503, "caches not synced yet".into())
     );
     readiness.caches.store(true, Ordering::Release);
+    // Health comes up before the HTTPS listener: until it is bound, a ready
+    // pod would have its admission calls refused.
+    assert_eq!(
+        get(app.clone(), "/readyz").await,
+        (503, "admission listener not bound yet".into())
+    );
+    readiness.listening.store(true, Ordering::Release);
     assert_eq!(get(app.clone(), "/readyz").await.0, 200);
     let (status, metrics) = get(app, "/metrics").await;
     assert_eq!(status, 200);
