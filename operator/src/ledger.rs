@@ -535,8 +535,9 @@ async fn load(api: &Api<ConfigMap>) -> Result<HashMap<String, Ledger>, kube::Err
         .collect())
 }
 
-/// Runs ledger rounds every [`ROUND`] until `stop`; a round that changes a
-/// token's grants wakes it through `tokens` (its status shows them).
+/// Runs ledger rounds every [`ROUND`] until `stop`, once every watch cache
+/// has filled; a round that changes a token's grants wakes it through
+/// `tokens` (its status shows them).
 pub async fn run(
     ctx: Arc<Context>,
     stop: CancellationToken,
@@ -544,6 +545,29 @@ pub async fn run(
 ) {
     let home = ctx.settings.namespace.clone();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &home);
+    // No round from half-filled caches. A round looks every key's limit up in
+    // the token and AIBudget caches and drops the keys it finds no limit for:
+    // with the tokens not listed yet, a new leader's first round would drop
+    // every key and take back the grants replicas hold and are spending, then
+    // grant the period afresh, and the budget would be overspent.
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            filled = tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready()) => {
+                match filled {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::error!("a watch cache closed; no budget grants from this replica");
+                        return;
+                    }
+                    Err(_) => warn!(
+                        timeout = ?ctx.settings.cache_timeout,
+                        "watch caches not filled yet; no budget grants until they are"
+                    ),
+                }
+            }
+        }
+    }
     loop {
         match load(&api).await {
             Ok(ledgers) => {

@@ -76,12 +76,23 @@ fn env() -> Env {
 }
 
 fn env_with(settings: Settings) -> Env {
+    env_filled(settings, true)
+}
+
+/// An operator whose AccessToken cache has not listed yet (`tokens_listed`
+/// false) until the test sends it `Event::InitDone`; every other cache is
+/// filled.
+fn env_filled(settings: Settings, tokens_listed: bool) -> Env {
     let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (policies, policies_w) = ready::<AIPolicy>();
     let (cluster_policies, cluster_policies_w) = ready::<ClusterAIPolicy>();
     let (models, models_w) = ready::<ModelDeployment>();
-    let (tokens, tokens_w) = ready::<AccessToken>();
+    let (tokens, tokens_w) = if tokens_listed {
+        ready::<AccessToken>()
+    } else {
+        reflector::store::<AccessToken>()
+    };
     let (approvals, approvals_w) = ready::<ApprovalRequest>();
     let (incidents, incidents_w) = ready::<Incident>();
     let (namespaces, namespaces_w) = ready::<Namespace>();
@@ -1779,7 +1790,16 @@ fn ledger_env() -> Env {
         namespace: HOME.into(),
         ..Settings::default()
     });
-    let t = token("team-a", "bot")
+    env.w.tokens.apply_watcher_event(&Event::Apply(day_bot()));
+    env.w
+        .namespaces
+        .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
+    env
+}
+
+/// Token `team-a/bot` with a $1 day budget.
+fn day_bot() -> AccessToken {
+    token("team-a", "bot")
         .budget(policybind_crds::Budget {
             period: policybind_crds::BudgetPeriod::Day,
             max_cost_usd: Some(1.0),
@@ -1787,12 +1807,93 @@ fn ledger_env() -> Env {
             time_zone: "UTC".into(),
             window: Default::default(),
         })
-        .build();
-    env.w.tokens.apply_watcher_event(&Event::Apply(t));
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_grants_nothing_before_its_caches_are_filled_and_keeps_the_grants_it_finds() {
+    // A new leader (a failover, or the operator restarted after an API
+    // server outage) whose AccessToken cache has not listed yet.
+    let mut env = env_filled(
+        Settings {
+            namespace: HOME.into(),
+            ..Settings::default()
+        },
+        false,
+    );
     env.w
         .namespaces
         .apply_watcher_event(&Event::Apply(namespace("team-a", true)));
-    env
+    env.w
+        .pods
+        .apply_watcher_event(&Event::Apply(live_pod("p1")));
+    let key = "team-a/bot|Day|2026-11-22T00:00:00Z|usd";
+    // p1 holds 0.3 from the previous leader, has spent 0.25 and asks for more.
+    env.w
+        .usage_reports
+        .apply_watcher_event(&Event::Apply(lease_report(
+            "p1",
+            json!({key: {"settled": 0.25, "inFlight": 0.0, "wanted": 0.2, "basis": 0.3}}),
+        )));
+    let stored = {
+        let mut ledger = policybind_crds::lease::Ledger::default();
+        ledger.keys.insert(
+            key.into(),
+            policybind_crds::lease::KeyLedger {
+                limit: 1.0,
+                remaining: 0.7,
+                grants: [("p1".to_string(), 0.3)].into(),
+            },
+        );
+        ledger
+    };
+    let (tx, _rx) = futures::channel::mpsc::unbounded();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(crate::ledger::run(env.ctx.clone(), stop.clone(), tx));
+
+    // Rounds of a second each pass (time is paused and advances when all is
+    // idle): not a call while the tokens are not listed. Before the fix the
+    // first round found no limit for the key, dropped it and wrote a ledger
+    // without p1's grant.
+    tokio::select! {
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("a call before the caches filled: {} {}", request.method(), request.uri());
+        }
+        () = tokio::time::sleep(crate::ledger::ROUND * 5) => {}
+    }
+
+    // The first list of the AccessTokens arrives.
+    env.w.tokens.apply_watcher_event(&Event::Init);
+    env.w
+        .tokens
+        .apply_watcher_event(&Event::InitApply(day_bot()));
+    env.w.tokens.apply_watcher_event(&Event::InitDone);
+    // Now the previous leader's ledgers are read, and the next round starts
+    // from them: p1 keeps its 0.3 and gets the 0.2 it asked on top.
+    let (_, send) = expect(
+        &mut env.api,
+        "GET",
+        &format!("/api/v1/namespaces/{HOME}/configmaps"),
+    )
+    .await;
+    let item = crate::ledger::ledger_config_map(HOME, "team-a", &stored);
+    reply(
+        send,
+        200,
+        &json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [item]}),
+    );
+    let path = format!("/api/v1/namespaces/{HOME}/configmaps/policybind-ledger.team-a");
+    let (body, send) = expect(&mut env.api, "PATCH", &path).await;
+    reply(send, 200, &body);
+    let ledger: policybind_crds::lease::Ledger =
+        serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    assert!(
+        (ledger.granted(key, "p1") - 0.5).abs() < 1e-12,
+        "{ledger:?}"
+    );
+    stop.cancel();
+    run.await.unwrap();
 }
 
 #[tokio::test]
