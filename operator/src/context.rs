@@ -177,6 +177,20 @@ impl Context {
         }
     }
 
+    /// Waits until every watch cache has listed, up to
+    /// [`Settings::cache_timeout`]. A reconciler reads other kinds from the
+    /// caches; from half-filled ones it would act on a cluster that is not
+    /// there (an approved model without its approvals, a policy without the
+    /// bundles its last good version is recovered from), which after every
+    /// restart or failover would write wrong statuses and drop rules.
+    pub async fn caches_filled(&self) -> Result<(), crate::Error> {
+        let timeout = self.settings.cache_timeout;
+        match tokio::time::timeout(timeout, self.stores.wait_until_ready()).await {
+            Ok(true) => Ok(()),
+            _ => Err(crate::Error::CachesNotReady(timeout)),
+        }
+    }
+
     /// Records lifecycle changes in the audit trail with this writer.
     pub fn with_audit(mut self, writer: Option<policybind_audit::AuditWriter>) -> Self {
         self.audit = writer;

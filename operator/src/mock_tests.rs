@@ -76,29 +76,42 @@ fn env() -> Env {
 }
 
 fn env_with(settings: Settings) -> Env {
-    env_filled(settings, true)
+    env_filled(settings, Unlisted::None)
 }
 
-/// An operator whose AccessToken cache has not listed yet (`tokens_listed`
-/// false) until the test sends it `Event::InitDone`; every other cache is
-/// filled.
-fn env_filled(settings: Settings, tokens_listed: bool) -> Env {
+/// A cache that has not listed yet, until the test sends it its first list
+/// (`Event::Init`, `InitApply`..., `InitDone`), as after a restart.
+#[derive(PartialEq)]
+enum Unlisted {
+    None,
+    Tokens,
+    Bundles,
+}
+
+/// An operator whose caches are all filled but the one named.
+fn env_filled(settings: Settings, unlisted: Unlisted) -> Env {
+    fn cache<K>(listed: bool) -> (reflector::Store<K>, Writer<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        if listed {
+            ready::<K>()
+        } else {
+            reflector::store::<K>()
+        }
+    }
     let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (policies, policies_w) = ready::<AIPolicy>();
     let (cluster_policies, cluster_policies_w) = ready::<ClusterAIPolicy>();
     let (models, models_w) = ready::<ModelDeployment>();
-    let (tokens, tokens_w) = if tokens_listed {
-        ready::<AccessToken>()
-    } else {
-        reflector::store::<AccessToken>()
-    };
+    let (tokens, tokens_w) = cache::<AccessToken>(unlisted != Unlisted::Tokens);
     let (approvals, approvals_w) = ready::<ApprovalRequest>();
     let (incidents, incidents_w) = ready::<Incident>();
     let (namespaces, namespaces_w) = ready::<Namespace>();
     let (token_secrets, token_secrets_w) = ready::<Secret>();
     let (usage_reports, usage_w) = ready::<ConfigMap>();
-    let (bundles, bundles_w) = ready::<ConfigMap>();
+    let (bundles, bundles_w) = cache::<ConfigMap>(unlisted != Unlisted::Bundles);
     let (audit_segments, audit_w) = ready::<ConfigMap>();
     let (roles, roles_w) = ready::<Role>();
     let (role_bindings, role_bindings_w) = ready::<RoleBinding>();
@@ -592,6 +605,66 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
         crate::controllers::ai_policy::reconcile(Arc::new(again), ctx),
     )
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_a_broken_policy_keeps_its_last_good_version_once_the_bundles_are_listed() {
+    use policybind_engine::bundle::{Bundle, BundlePolicy};
+    use policybind_engine::bundle_codec as codec;
+    // The deny rule in force, written in team-a's bundle before the restart;
+    // since then someone applied a version that does not compile.
+    let good = policy("team-a", "chat", vec![rule("deny-gpt", "Deny", &["gpt-*"])]);
+    let bundle = Bundle {
+        namespace: Some("team-a".into()),
+        policies: vec![BundlePolicy::from_ai_policy(&good)],
+        ..Default::default()
+    };
+    let encoded = codec::encode(&bundle, codec::DEFAULT_MAX_PART_BYTES);
+    let written = crate::controllers::namespace::bundle_config_maps(HOME, "team-a", None, &encoded);
+    let mut broken = good.clone();
+    broken.spec.rules[0].when = Some("request.model ==".into());
+
+    let mut env = env_filled(
+        Settings {
+            namespace: HOME.into(),
+            ..Settings::default()
+        },
+        Unlisted::Bundles,
+    );
+    let reconcile = tokio::spawn(crate::controllers::ai_policy::reconcile(
+        Arc::new(broken.clone()),
+        env.ctx.clone(),
+    ));
+    // Before the fix the reconcile ran at once, recovered nothing from the
+    // empty bundle cache and let the deny rule leave the next bundles.
+    tokio::select! {
+        request = env.api.next_request() => {
+            let (request, _) = request.expect("client dropped");
+            panic!("a call before the bundles listed: {} {}", request.method(), request.uri());
+        }
+        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
+    env.w.bundles.apply_watcher_event(&Event::Init);
+    for cm in written {
+        env.w.bundles.apply_watcher_event(&Event::InitApply(cm));
+    }
+    env.w.bundles.apply_watcher_event(&Event::InitDone);
+    let (status, send) = expect(
+        &mut env.api,
+        "PATCH",
+        "/apis/policybind.io/v1alpha1/namespaces/team-a/aipolicies/chat/status",
+    )
+    .await;
+    reply(send, 200, &with_status(&broken, &status));
+    expect_event(&mut env.api, "team-a", "CompileFailed").await;
+    reconcile.await.unwrap().unwrap();
+    assert_eq!(
+        env.ctx
+            .state
+            .policies
+            .in_force(&BundlePolicy::from_ai_policy(&broken)),
+        Some(BundlePolicy::from_ai_policy(&good))
+    );
 }
 
 const HOME: &str = "policybind-system";
@@ -1819,7 +1892,7 @@ async fn a_new_leader_grants_nothing_before_its_caches_are_filled_and_keeps_the_
             namespace: HOME.into(),
             ..Settings::default()
         },
-        false,
+        Unlisted::Tokens,
     );
     env.w
         .namespaces

@@ -432,6 +432,9 @@ pub fn cached_secret(ctx: &Context, token: &AccessToken) -> Option<Arc<Secret>> 
 
 /// Reconciles one AccessToken.
 pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Action> {
+    // Its status counts the usage reports and the Secrets we own; from
+    // half-filled caches it would show a period's spend as zero.
+    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = ctx.now();
     let namespace = token

@@ -376,6 +376,10 @@ where
 
 /// Reconciles one AIPolicy.
 pub async fn reconcile(policy: Arc<AIPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    // An invalid policy keeps its last good version, recovered from the
+    // bundles: before they are listed it would be recovered from nothing,
+    // and its rules would leave the next bundles.
+    ctx.caches_filled().await?;
     let namespace = policy
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -395,6 +399,7 @@ pub async fn reconcile(policy: Arc<AIPolicy>, ctx: Arc<Context>) -> Result<Actio
 
 /// Reconciles one ClusterAIPolicy.
 pub async fn reconcile_cluster(policy: Arc<ClusterAIPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_filled().await?;
     let api: Api<ClusterAIPolicy> = Api::all(ctx.client.clone());
     let action = reconcile_policy(
         policy.as_ref(),

@@ -360,6 +360,9 @@ pub fn bundle_model(model: &ModelDeployment, state: &ModelState) -> BundleModel 
 
 /// Reconciles one ModelDeployment.
 pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    // Without the ApprovalRequests listed, an approved model would look
+    // unapproved: its status would flip and a new request be raised.
+    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = ctx.now();
     let namespace = model

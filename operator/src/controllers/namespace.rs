@@ -804,14 +804,7 @@ async fn cleanup(namespace: &str, ctx: &Context) -> Result<()> {
 pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
     // Never publish from half-filled caches: a bundle without tokens would lock
     // every caller out.
-    let timeout = ctx.settings.cache_timeout;
-    if tokio::time::timeout(timeout, ctx.stores.wait_until_ready())
-        .await
-        .ok()
-        != Some(true)
-    {
-        return Err(Error::CachesNotReady(timeout));
-    }
+    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = namespace.name_any();
     let pods = ctx.stores.pods.state();
