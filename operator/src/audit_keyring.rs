@@ -286,9 +286,9 @@ pub async fn keyring_loop(
     // An empty cache would retire every namespace's key: wait until it is filled.
     let filled = tokio::select! {
         _ = shutdown.cancelled() => return,
-        filled = tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready()) => filled,
+        filled = ctx.caches_filled() => filled,
     };
-    if filled.ok() != Some(true) {
+    if filled.is_err() {
         tracing::error!("audit keyring not published: the watch caches did not fill");
         return;
     }

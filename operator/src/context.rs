@@ -144,6 +144,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Writer of lifecycle records, when an audit key is configured.
     audit: Option<policybind_audit::AuditWriter>,
+    /// Whether every cache listed (`false`: a writer was dropped first); see
+    /// [`Context::caches_filled`].
+    caches: tokio::sync::OnceCell<bool>,
 }
 
 impl Context {
@@ -174,6 +177,7 @@ impl Context {
             bundle_trigger,
             failures: Mutex::new(HashMap::new()),
             audit: None,
+            caches: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -183,9 +187,19 @@ impl Context {
     /// there (an approved model without its approvals, a policy without the
     /// bundles its last good version is recovered from), which after every
     /// restart or failover would write wrong statuses and drop rules.
+    ///
+    /// Every wait goes through this one cell. kube-runtime's
+    /// `Store::wait_until_ready` wakes only the last of several tasks waiting
+    /// at once (it polls a oneshot receiver, which keeps one waker), so with
+    /// reconciles of several objects waiting at start, all but one slept
+    /// until their timeout: a terminated operator lingered up to
+    /// `cache_timeout` draining them, and bundles went out that much late.
+    /// One task polls the stores; the others wait on the cell, which wakes
+    /// them all.
     pub async fn caches_filled(&self) -> Result<(), crate::Error> {
         let timeout = self.settings.cache_timeout;
-        match tokio::time::timeout(timeout, self.stores.wait_until_ready()).await {
+        let filled = self.caches.get_or_init(|| self.stores.wait_until_ready());
+        match tokio::time::timeout(timeout, filled).await {
             Ok(true) => Ok(()),
             _ => Err(crate::Error::CachesNotReady(timeout)),
         }

@@ -40,6 +40,9 @@ pub enum Error {
     /// The caches of watched objects did not fill in time after start.
     #[error("the watch caches did not fill within {0:?}; is the API server reachable?")]
     CachesNotReady(std::time::Duration),
+    /// A call to the API server did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// This replica no longer holds the leader Lease.
     #[error("lost the leader Lease {0}; stopping so that only one replica acts")]
     LostLeadership(String),
@@ -68,6 +71,7 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::BundleRefused { .. } => "bundle_refused",
             Error::CachesNotReady(_) => "caches_not_ready",
+            Error::Timeout(_) => "timeout",
             Error::LostLeadership(_) => "lost_leadership",
             Error::Audit(_) => "audit",
             Error::MetricsServer { .. } => "metrics_server",

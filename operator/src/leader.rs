@@ -174,7 +174,18 @@ pub async fn hold(
             }
             _ = tokio::time::sleep(settings.renew_every) => {}
         }
-        match try_acquire(&api, &settings).await {
+        // A renewal that hangs (a connection to an API server that went away
+        // without closing it) must not keep this loop from seeing the
+        // deadline: it fails after `renew_every` like any other.
+        let attempt = tokio::time::timeout(settings.renew_every, try_acquire(&api, &settings))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "renewing the Lease took over {:?}",
+                    settings.renew_every
+                )))
+            });
+        match attempt {
             Ok(true) => last_renewal = tokio::time::Instant::now(),
             Ok(false) => return Err(Error::LostLeadership(settings.name.clone())),
             Err(error) => {

@@ -553,19 +553,14 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            filled = tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready()) => {
-                match filled {
-                    Ok(true) => break,
-                    Ok(false) => {
-                        tracing::error!("a watch cache closed; no budget grants from this replica");
-                        return;
-                    }
-                    Err(_) => warn!(
-                        timeout = ?ctx.settings.cache_timeout,
-                        "watch caches not filled yet; no budget grants until they are"
-                    ),
-                }
+            filled = ctx.caches_filled() => match filled {
+                Ok(()) => break,
+                Err(error) => warn!(%error, "no budget grants until the caches are filled"),
             }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ROUND) => {}
         }
     }
     loop {

@@ -158,6 +158,11 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// How long in-flight work may run on after shutdown is requested; well
+/// inside the Lease's 15 s, so a replica that lost it stops acting before
+/// another can take it over.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the operator with a given client until `shutdown` is cancelled: the
 /// metrics server at once, then (once leading) every controller, the incident
 /// scan and audit retention, until shutdown or a lost Lease.
@@ -219,13 +224,31 @@ pub async fn run_with(
         shutdown.clone(),
     );
     let reports = reports::reports_loop(ctx.clone(), shutdown.clone());
-    tokio::join!(
-        controllers::run_all(&wiring, reflectors, receivers),
-        retention,
-        keyring,
-        reports,
-        report_ready(&ctx, &ready),
-    );
+    let work = async {
+        tokio::join!(
+            controllers::run_all(&wiring, reflectors, receivers),
+            retention,
+            keyring,
+            reports,
+            report_ready(&ctx, &ready, &shutdown),
+        )
+    };
+    // Shutdown (a signal, or the Lease lost) gives in-flight work
+    // SHUTDOWN_GRACE to finish, then drops it: a replica that lost the Lease
+    // must not act on while another takes over, and a stuck call must not
+    // keep a terminated pod alive. Every reconcile is idempotent; the next
+    // leader does again what was cut short.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = work => {}
+        () = grace => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "work still running after the shutdown grace period; dropped"
+        ),
+    }
     // Shutdown (signal or lost Lease) stops each controller gracefully: no new
     // work, in-flight reconciles finish. The side watches are dropped here.
     shutdown.cancel();
@@ -276,17 +299,24 @@ async fn retention(
 }
 
 /// Marks the operator ready once every cache has filled.
-async fn report_ready(ctx: &Context, ready: &AtomicBool) {
-    let timeout = ctx.settings.cache_timeout;
-    if tokio::time::timeout(timeout, ctx.stores.wait_until_ready())
-        .await
-        .ok()
-        == Some(true)
-    {
-        ready.store(true, Ordering::SeqCst);
-        tracing::info!("watch caches filled; controllers running");
-    } else {
-        tracing::error!(?timeout, "watch caches did not fill in time");
+async fn report_ready(ctx: &Context, ready: &AtomicBool, shutdown: &CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            filled = ctx.caches_filled() => match filled {
+                Ok(()) => {
+                    ready.store(true, Ordering::SeqCst);
+                    tracing::info!("watch caches filled; controllers running");
+                    return;
+                }
+                // Not ready, and said so each timeout, until they fill.
+                Err(error) => tracing::error!(%error, "not ready"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -608,6 +608,71 @@ async fn broken_policy_reports_the_compile_error_then_a_second_reconcile_makes_n
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewals_hang_stops_before_its_lease_could_expire() {
+    // The API server takes every request and never answers (a connection to
+    // one that went away without closing it). Before renewals had a timeout
+    // the renewal loop waited on the first of them for good, and the replica
+    // acted on as leader while another took the Lease over.
+    let Env { ctx, mut api, .. } = env();
+    let held = tokio::spawn(async move {
+        let mut unanswered = Vec::new();
+        while let Some(request) = api.next_request().await {
+            unanswered.push(request);
+        }
+    });
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(ctx.client.clone(), HOME);
+    let settings = crate::leader::LeaseSettings::new(HOME, "policybind-operator", "me");
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(300),
+        crate::leader::hold(
+            leases,
+            settings.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the renewal loop never gave up");
+    assert!(
+        matches!(result, Err(crate::Error::LostLeadership(_))),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < settings.duration,
+        "gave up after {:?}, the Lease lasts {:?}",
+        started.elapsed(),
+        settings.duration
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn every_task_waiting_for_the_caches_is_woken_when_they_fill() {
+    // Reconciles of many objects wait at once after a start. kube-runtime's
+    // Store::wait_until_ready wakes only the last of them: the others slept
+    // on to their 120 s timeout (a terminated operator lingered that long,
+    // draining them). Each must be done within a second of the caches filling.
+    let mut env = env_filled(Settings::default(), Unlisted::Tokens);
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let ctx = env.ctx.clone();
+            tokio::spawn(async move { ctx.caches_filled().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.w.tokens.apply_watcher_event(&Event::Init);
+    env.w.tokens.apply_watcher_event(&Event::InitDone);
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("waiter {i} was not woken"))
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_a_restart_a_broken_policy_keeps_its_last_good_version_once_the_bundles_are_listed() {
     use policybind_engine::bundle::{Bundle, BundlePolicy};
     use policybind_engine::bundle_codec as codec;

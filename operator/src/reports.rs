@@ -626,9 +626,9 @@ pub async fn reports_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
     let filled = tokio::select! {
         _ = shutdown.cancelled() => return,
-        filled = tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready()) => filled,
+        filled = ctx.caches_filled() => filled,
     };
-    if filled.ok() != Some(true) {
+    if filled.is_err() {
         tracing::error!("reports not written: the watch caches did not fill");
         return;
     }

@@ -481,11 +481,12 @@ async fn scan_loop(
     mut changes: UnboundedReceiver<()>,
     shutdown: CancellationToken,
 ) {
-    if tokio::time::timeout(ctx.settings.cache_timeout, ctx.stores.wait_until_ready())
-        .await
-        .ok()
-        != Some(true)
-    {
+    let filled = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        filled = ctx.caches_filled() => filled,
+    };
+    if let Err(error) = filled {
+        tracing::error!(%error, "no incident scan");
         return;
     }
     loop {
