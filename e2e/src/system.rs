@@ -221,7 +221,9 @@ impl System {
         apply_documents(client, &configurations).await?;
 
         let logs = &settings.log_dir;
-        let binary_name = test_binary_name();
+        // One log per test process: run.sh runs the suite in several, and a
+        // process still shutting down must not write into the next one's log.
+        let binary_name = format!("{}-{}", test_binary_name(), std::process::id());
         let launches = vec![
             LocalStart {
                 name: "policybind controller".into(),

@@ -377,10 +377,15 @@ fn api_server_outage_fails_closed() {
         let (report, _) = lease_report(&s, PODS[0]).await?;
         let key = bench.usd_key(&report)?;
         // The operator exits when it cannot renew its leader Lease in time;
-        // a kubelet would restart it, and so does the harness.
-        let restarted = s.system.restart_exited()?;
+        // a kubelet would restart it, and so does the harness, whenever it
+        // finds it gone (it may still be stopping when the API server is back).
+        let restarted = std::sync::Mutex::new(s.system.restart_exited()?);
         let resumed = Instant::now();
         s.wait_for("a replica to serve again", SETTLE, || async {
+            restarted
+                .lock()
+                .expect("not poisoned")
+                .extend(s.system.restart_exited()?);
             let ok: u64 = counts.iter().map(|c| c.snapshot().ok).sum();
             let ok_during: u64 = during.iter().map(|d| d.ok).sum();
             let ok_before: u64 = before.iter().map(|b| b.ok).sum();
@@ -388,6 +393,7 @@ fn api_server_outage_fails_closed() {
         })
         .await?;
         let resumed_after = resumed.elapsed();
+        let restarted = restarted.into_inner().expect("not poisoned");
         join_all(workers).await?;
         let total: u64 = counts.iter().map(|c| c.snapshot().ok).sum();
         if !counts.iter().any(|c| c.saw_exhaustion()) {
