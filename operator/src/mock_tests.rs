@@ -648,6 +648,31 @@ async fn a_leader_whose_renewals_hang_stops_before_its_lease_could_expire() {
 }
 
 #[tokio::test]
+async fn the_caches_wait_ends_even_when_a_controller_took_the_stores_wake() {
+    // A controller's runner waits on its own store too, and kube-runtime
+    // wakes only the last of the two to poll: here the runner polls last.
+    let mut env = env_filled(Settings::default(), Unlisted::Tokens);
+    let ours = {
+        let ctx = env.ctx.clone();
+        tokio::spawn(async move { ctx.caches_filled().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let runner = {
+        let tokens = env.ctx.stores.tokens.clone();
+        tokio::spawn(async move { tokens.wait_until_ready().await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    env.w.tokens.apply_watcher_event(&Event::Init);
+    env.w.tokens.apply_watcher_event(&Event::InitDone);
+    tokio::time::timeout(Duration::from_secs(1), ours)
+        .await
+        .expect("the caches wait saw the filled store")
+        .unwrap()
+        .unwrap();
+    runner.abort();
+}
+
+#[tokio::test]
 async fn every_task_waiting_for_the_caches_is_woken_when_they_fill() {
     // Reconciles of many objects wait at once after a start. kube-runtime's
     // Store::wait_until_ready wakes only the last of them: the others slept

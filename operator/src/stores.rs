@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -64,28 +65,50 @@ pub struct Stores {
 impl Stores {
     /// Waits until every cache has been filled once. The bundle builder must not
     /// run before: an empty token cache would publish bundles without tokens.
+    /// `false` if a cache's writer was dropped first (shutdown).
+    ///
+    /// Call it from one task only ([`Context::caches_filled`] does, for all).
     pub async fn wait_until_ready(&self) -> bool {
-        let all = async {
-            self.policies.wait_until_ready().await.is_ok()
-                && self.cluster_policies.wait_until_ready().await.is_ok()
-                && self.models.wait_until_ready().await.is_ok()
-                && self.tokens.wait_until_ready().await.is_ok()
-                && self.approvals.wait_until_ready().await.is_ok()
-                && self.incidents.wait_until_ready().await.is_ok()
-                && self.namespaces.wait_until_ready().await.is_ok()
-                && self.token_secrets.wait_until_ready().await.is_ok()
-                && self.usage_reports.wait_until_ready().await.is_ok()
-                && self.bundles.wait_until_ready().await.is_ok()
-                && self.audit_segments.wait_until_ready().await.is_ok()
-                && self.roles.wait_until_ready().await.is_ok()
-                && self.role_bindings.wait_until_ready().await.is_ok()
-                && self.network_policies.wait_until_ready().await.is_ok()
-                && self.audit_keys.wait_until_ready().await.is_ok()
-                && self.pods.wait_until_ready().await.is_ok()
-                && self.evidence_gates.wait_until_ready().await.is_ok()
-                && self.budgets.wait_until_ready().await.is_ok()
-        };
-        all.await
+        listed(&self.policies).await
+            && listed(&self.cluster_policies).await
+            && listed(&self.models).await
+            && listed(&self.tokens).await
+            && listed(&self.approvals).await
+            && listed(&self.incidents).await
+            && listed(&self.namespaces).await
+            && listed(&self.token_secrets).await
+            && listed(&self.usage_reports).await
+            && listed(&self.bundles).await
+            && listed(&self.audit_segments).await
+            && listed(&self.roles).await
+            && listed(&self.role_bindings).await
+            && listed(&self.network_policies).await
+            && listed(&self.audit_keys).await
+            && listed(&self.pods).await
+            && listed(&self.evidence_gates).await
+            && listed(&self.budgets).await
+    }
+}
+
+/// How often [`listed`] looks again.
+const LISTED_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `store` has listed once; `false` if its writer was dropped first.
+///
+/// Written by hand around `Store::wait_until_ready` because that one wakes
+/// only the task that polled it last (kube-runtime keeps one waker per
+/// store), and each controller's own runner waits on its store too: a wake
+/// taken by the runner would leave this wait asleep until a timeout. So it
+/// looks again every [`LISTED_POLL`] instead of counting on the wake.
+async fn listed<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(LISTED_POLL, store.wait_until_ready()).await {
+            return ready.is_ok();
+        }
     }
 }
 
