@@ -8,6 +8,22 @@ pub const MODEL: &str = "e2e-model";
 /// Team of the scenario tokens.
 pub const TEAM: &str = "e2e";
 
+/// A time zone whose midnight is at least four hours away, for the Day
+/// budgets of scenarios that measure spend against the limit: a new day
+/// starts a new period with the whole limit again, so a run across midnight
+/// would measure two days against one limit. Named zones rather than UTC, so
+/// that period starts in a token's own zone are exercised as well.
+pub fn zone_far_from_midnight() -> &'static str {
+    use chrono::Timelike;
+    // Asia/Kolkata (UTC+5:30) turns a day at 18:30 UTC, America/New_York at
+    // 04:00 or 05:00 UTC.
+    if chrono::Utc::now().hour() < 12 {
+        "Asia/Kolkata"
+    } else {
+        "America/New_York"
+    }
+}
+
 /// A ModelDeployment builder.
 #[derive(Clone, Debug)]
 pub struct ModelDeployment {

@@ -59,7 +59,8 @@ fn three_replicas_never_overspend_a_shared_budget() {
                 "e2e-token",
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"budgets": [
-                    {"period": "Day", "maxCostUsd": LIMIT_USD}
+                    {"period": "Day", "maxCostUsd": LIMIT_USD,
+                     "timeZone": fixtures::zone_far_from_midnight()}
                 ]}})),
             )
             .await?;

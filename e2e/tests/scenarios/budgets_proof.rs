@@ -496,7 +496,11 @@ impl Bench {
         ))
         .await?;
         let mut token = fixtures::access_token("e2e-token", &[MODEL]);
-        token["spec"]["budgets"] = json!([{"period": "Day", "maxCostUsd": LIMIT_USD}]);
+        token["spec"]["budgets"] = json!([{
+            "period": "Day",
+            "maxCostUsd": LIMIT_USD,
+            "timeZone": fixtures::zone_far_from_midnight(),
+        }]);
         s.apply(&token).await?;
         wait_model_approval(s, "e2e-model", &["NotRequired", "Approved"]).await?;
         let token = wait_token_value(s, "e2e-token").await?;
