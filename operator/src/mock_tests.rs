@@ -721,12 +721,11 @@ async fn after_a_restart_a_broken_policy_keeps_its_last_good_version_once_the_bu
         },
         Unlisted::Bundles,
     );
-    let reconcile = tokio::spawn(crate::controllers::ai_policy::reconcile(
-        Arc::new(broken.clone()),
-        env.ctx.clone(),
-    ));
-    // Before the fix the reconcile ran at once, recovered nothing from the
-    // empty bundle cache and let the deny rule leave the next bundles.
+    // As the controller runs it (every reconciler goes through once_listed).
+    let mut reconcile = crate::controllers::once_listed(crate::controllers::ai_policy::reconcile);
+    let reconcile = tokio::spawn(reconcile(Arc::new(broken.clone()), env.ctx.clone()));
+    // Run at once, the reconcile recovered nothing from the empty bundle
+    // cache and let the deny rule leave the next bundles.
     tokio::select! {
         request = env.api.next_request() => {
             let (request, _) = request.expect("client dropped");

@@ -432,9 +432,6 @@ pub fn cached_secret(ctx: &Context, token: &AccessToken) -> Option<Arc<Secret>> 
 
 /// Reconciles one AccessToken.
 pub async fn reconcile(token: Arc<AccessToken>, ctx: Arc<Context>) -> Result<Action> {
-    // Its status counts the usage reports and the Secrets we own; from
-    // half-filled caches it would show a period's spend as zero.
-    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = ctx.now();
     let namespace = token
@@ -581,7 +578,7 @@ pub fn run(
         .with_config(w.config(Some(std::time::Duration::from_millis(100))))
         .reconcile_on(wake)
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, ctx.clone());
     let secrets = {
         let (ctx, tokens) = (ctx.clone(), w.triggers.tokens.clone());
         drive(watch(

@@ -166,7 +166,7 @@ pub fn run(w: &Wiring, budgets: Writer<AIBudget>) -> Tasks {
     let controller = Controller::for_stream(stream, ctx.stores.budgets.clone())
         .with_config(w.config(Some(Duration::from_millis(100))))
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, ctx.clone());
     Tasks {
         main: vec![drain(controller)],
         side: vec![],

@@ -376,10 +376,6 @@ where
 
 /// Reconciles one AIPolicy.
 pub async fn reconcile(policy: Arc<AIPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    // An invalid policy keeps its last good version, recovered from the
-    // bundles: before they are listed it would be recovered from nothing,
-    // and its rules would leave the next bundles.
-    ctx.caches_filled().await?;
     let namespace = policy
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -399,7 +395,6 @@ pub async fn reconcile(policy: Arc<AIPolicy>, ctx: Arc<Context>) -> Result<Actio
 
 /// Reconciles one ClusterAIPolicy.
 pub async fn reconcile_cluster(policy: Arc<ClusterAIPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches_filled().await?;
     let api: Api<ClusterAIPolicy> = Api::all(ctx.client.clone());
     let action = reconcile_policy(
         policy.as_ref(),
@@ -452,12 +447,16 @@ pub fn run(
     let policies = Controller::for_stream(policy_stream, ctx.stores.policies.clone())
         .with_config(w.config(None))
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, ctx.clone());
     let cluster_policies =
         Controller::for_stream(cluster_stream, ctx.stores.cluster_policies.clone())
             .with_config(w.config(None))
             .graceful_shutdown_on(w.graceful())
-            .run(reconcile_cluster, error_policy_cluster, ctx.clone());
+            .run(
+                super::once_listed(reconcile_cluster),
+                error_policy_cluster,
+                ctx.clone(),
+            );
     Tasks {
         main: vec![drain(policies), drain(cluster_policies)],
         side: vec![],

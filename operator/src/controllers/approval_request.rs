@@ -215,7 +215,7 @@ pub fn run(w: &Wiring, approvals: Writer<ApprovalRequest>) -> Tasks {
     let controller = Controller::for_stream(stream, w.ctx.stores.approvals.clone())
         .with_config(w.config(None))
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, w.ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, w.ctx.clone());
     Tasks {
         main: vec![drain(controller)],
         side: vec![],

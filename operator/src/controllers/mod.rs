@@ -33,7 +33,7 @@ use futures::StreamExt;
 use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::ObjectRef;
 use policybind_crds::{AccessToken, ModelDeployment};
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,33 @@ impl Wiring {
             Some(quiet) => config.debounce(quiet),
             None => config,
         }
+    }
+}
+
+/// A reconcile in progress, as [`once_listed`] hands it to the controller.
+pub(crate) type Reconciling = Pin<Box<dyn Future<Output = crate::Result<Action>> + Send>>;
+
+/// `reconcile`, run only once every watch cache has listed
+/// ([`Context::caches_filled`]; after `cache_timeout` the reconcile fails with
+/// `caches_not_ready` and is retried). Reconcilers read other kinds from the
+/// caches, and from half-filled ones they act on a cluster that is not there
+/// after every restart or failover: an approved model without its
+/// ApprovalRequests looks unapproved, a broken policy recovers its last good
+/// version from no bundles and its rules leave the next ones, a token's
+/// status shows no spend. Every controller's reconciler goes through this.
+pub(crate) fn once_listed<K, F, Fut>(
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> Reconciling
+where
+    K: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = crate::Result<Action>> + Send + 'static,
+{
+    move |object, ctx| {
+        Box::pin(async move {
+            ctx.caches_filled().await?;
+            reconcile(object, ctx).await
+        })
     }
 }
 

@@ -360,9 +360,6 @@ pub fn bundle_model(model: &ModelDeployment, state: &ModelState) -> BundleModel 
 
 /// Reconciles one ModelDeployment.
 pub async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
-    // Without the ApprovalRequests listed, an approved model would look
-    // unapproved: its status would flip and a new request be raised.
-    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = ctx.now();
     let namespace = model
@@ -490,7 +487,7 @@ pub fn run(
         .with_config(w.config(Some(Duration::from_millis(100))))
         .reconcile_on(wake)
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, ctx.clone());
     let models_store = ctx.stores.models.clone();
     let triggers = w.triggers.clone();
     let pods = drive(watch(

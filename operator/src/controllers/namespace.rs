@@ -800,11 +800,10 @@ async fn cleanup(namespace: &str, ctx: &Context) -> Result<()> {
     remove_legacy(ctx, namespace).await
 }
 
-/// Reconciles everything the operator keeps for one namespace.
+/// Reconciles everything the operator keeps for one namespace. Run through
+/// [`super::once_listed`]: a bundle built from half-filled caches (no tokens
+/// yet) would lock every caller out.
 pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
-    // Never publish from half-filled caches: a bundle without tokens would lock
-    // every caller out.
-    ctx.caches_filled().await?;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = namespace.name_any();
     let pods = ctx.stores.pods.state();
@@ -878,7 +877,7 @@ pub fn run(
         .reconcile_all_on(all)
         .reconcile_on(wake)
         .graceful_shutdown_on(w.graceful())
-        .run(reconcile, error_policy, ctx.clone());
+        .run(super::once_listed(reconcile), error_policy, ctx.clone());
     let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     let by_name =
         watcher::Config::default().fields(&format!("metadata.name={}", names::AUDIT_KEY_SECRET));
