@@ -284,12 +284,10 @@ pub async fn keyring_loop(
         );
     }
     // An empty cache would retire every namespace's key: wait until it is filled.
-    let filled = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        filled = ctx.caches_filled() => filled,
-    };
-    if filled.is_err() {
-        tracing::error!("audit keyring not published: the watch caches did not fill");
+    if !ctx
+        .until_caches_filled(&shutdown, "the audit keyring")
+        .await
+    {
         return;
     }
     let mut webhook_problem: Option<String> = None;

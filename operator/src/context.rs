@@ -22,6 +22,7 @@ use kube::api::PatchParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit_retention::AuditRetentionSettings;
 use crate::controllers::incident::IncidentSettings;
@@ -202,6 +203,27 @@ impl Context {
         match tokio::time::timeout(timeout, filled).await {
             Ok(true) => Ok(()),
             _ => Err(crate::Error::CachesNotReady(timeout)),
+        }
+    }
+
+    /// Waits for [`Self::caches_filled`] however long it takes, saying so
+    /// each `cache_timeout` (`what` names the waiter), until `shutdown`:
+    /// `false` then. For the leader's loops, which cannot act without the
+    /// caches and have nothing better to do than wait for them.
+    pub async fn until_caches_filled(&self, shutdown: &CancellationToken, what: &str) -> bool {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                filled = self.caches_filled() => match filled {
+                    Ok(()) => return true,
+                    Err(error) => tracing::warn!(%error, "{what} waits for the watch caches"),
+                }
+            }
+            // A cache whose writer is gone fails at once: do not spin.
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 

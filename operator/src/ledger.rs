@@ -550,18 +550,8 @@ pub async fn run(
     // with the tokens not listed yet, a new leader's first round would drop
     // every key and take back the grants replicas hold and are spending, then
     // grant the period afresh, and the budget would be overspent.
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            filled = ctx.caches_filled() => match filled {
-                Ok(()) => break,
-                Err(error) => warn!(%error, "no budget grants until the caches are filled"),
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(ROUND) => {}
-        }
+    if !ctx.until_caches_filled(&stop, "budget granting").await {
+        return;
     }
     loop {
         match load(&api).await {

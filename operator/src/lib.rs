@@ -300,23 +300,9 @@ async fn retention(
 
 /// Marks the operator ready once every cache has filled.
 async fn report_ready(ctx: &Context, ready: &AtomicBool, shutdown: &CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            filled = ctx.caches_filled() => match filled {
-                Ok(()) => {
-                    ready.store(true, Ordering::SeqCst);
-                    tracing::info!("watch caches filled; controllers running");
-                    return;
-                }
-                // Not ready, and said so each timeout, until they fill.
-                Err(error) => tracing::error!(%error, "not ready"),
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
+    if ctx.until_caches_filled(shutdown, "readiness").await {
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!("watch caches filled; controllers running");
     }
 }
 

@@ -624,12 +624,7 @@ pub async fn reports_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
         tracing::info!("reports are off");
         return;
     }
-    let filled = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        filled = ctx.caches_filled() => filled,
-    };
-    if filled.is_err() {
-        tracing::error!("reports not written: the watch caches did not fill");
+    if !ctx.until_caches_filled(&shutdown, "reports").await {
         return;
     }
     let mut writer = ReportWriter::default();

@@ -481,12 +481,10 @@ async fn scan_loop(
     mut changes: UnboundedReceiver<()>,
     shutdown: CancellationToken,
 ) {
-    let filled = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        filled = ctx.caches_filled() => filled,
-    };
-    if let Err(error) = filled {
-        tracing::error!(%error, "no incident scan");
+    if !ctx
+        .until_caches_filled(&shutdown, "the incident scan")
+        .await
+    {
         return;
     }
     loop {
