@@ -110,9 +110,7 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.certificate.load(Ordering::Acquire)
-            && self.caches.load(Ordering::Acquire)
-            && self.listening.load(Ordering::Acquire)
+        self.waiting_for().is_none()
     }
 
     /// Why the webhook is not ready yet, the first missing condition.
